@@ -1,0 +1,156 @@
+"""Closed-form gradient (and Hessian-vector product) of the composed loss, numpy only.
+
+No autodiff anywhere here: every formula is derived by hand below, independently of the
+dense-target formulation in ``losses.py``, so that agreement between the two means something.
+
+Derivation (one row; drop the row index i)
+------------------------------------------
+Softmax ``p = softmax(v)`` has Jacobian ``∂p_j/∂v_k = p_j(δ_jk − p_k)``, and
+``∂lse/∂v = p``.  For any target vector ``m`` (non-negative, not necessarily normalized)::
+
+    ce = −Σ_j m_j log p_j = −Σ_j m_j (v_j − lse) = (Σm)·lse − m·v
+    ∂ce/∂v = (Σm)·p − m                                              (1)
+
+which is ``p − y`` only when ``Σm = 1``.  The variants only change ``m``:
+
+* plain, index target y:            m = e_y                       → p − e_y
+* class weights:                    m = w_y e_y                   → w_y (p − e_y)
+* label smoothing ε, "uniform":     m = w ⊙ ((1−ε) e_y + ε/C)
+      Σm = (1−ε) w_y + (ε/C)·W, W = Σ_c w_c
+      → (1−ε) w_y (p − e_y) + (ε/C)(W p − w)            (PyTorch's exact formula)
+* label smoothing ε, "others":      m_y = (1−ε) w_y, m_c = ε/(C−1)·w_c (c ≠ y)
+      → (1−ε) w_y (p − e_y) + ε/(C−1)·((W − w_y) p − w ⊙ (1 − e_y))
+* probability targets q:            m = w ⊙ q', q' = (1−ε) q + ε/C        ("uniform")
+                                              q' = (1−ε) q + ε/(C−1)(Σq − q) ("others")
+      → (Σ_c w_c q'_c) p − w ⊙ q'
+* z-loss COEF·lse²:                 ∂/∂v = 2·COEF·lse·p
+* reduction: row gradients times α = g/D (ce) and β = g/n (z-loss) under mean, g under sum,
+  g_i under none (g = upstream gradient); ignored rows are exactly zero; D = 0 → zero.
+* softcap v = S·tanh(u/S):          ∂v/∂u = 1 − tanh²(u/S)           (chain factor)
+* temperature u = z/T:              ∂u/∂z = 1/T
+
+So ``∂L/∂z = (α·∂ce/∂v + β·2·COEF·lse·p) ⊙ (1 − t²) / T``, t = tanh(z/(T·S)).
+
+Second order (per row): ``∂²ce/∂v² = (Σm)(diag p − p pᵀ)`` and
+``∂²lse²/∂v² = 2(p pᵀ + lse (diag p − p pᵀ))``; through ``v = g(u)``, ``u = z/T``::
+
+    H_z d = [g' ⊙ H_v (g' ⊙ d) + G_v ⊙ g'' ⊙ d] / T²,   g' = 1 − t², g'' = −2t(1 − t²)/S
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import Inputs
+
+
+def compute_dtype(dtype) -> type:
+    """float64 stays float64; everything narrower is computed in float32, then rounded.
+
+    That is what fused kernels do for 16-bit inputs (fp32 math, output in the input dtype).
+    """
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _forward(inputs: Inputs, cd):
+    spec = inputs.spec
+    z = np.asarray(inputs.logits, dtype=cd)
+    u = z / cd(spec.temperature)
+    t = None
+    if spec.softcap:
+        s = cd(spec.softcap)
+        t = np.tanh(u / s)
+        v = s * t
+    else:
+        v = u
+    mx = np.max(v, axis=-1, keepdims=True)
+    e = np.exp(v - mx)
+    tot = np.sum(e, axis=-1, keepdims=True)
+    p = e / tot
+    lse = (mx + np.log(tot))[:, 0]
+    return z, t, p, lse
+
+
+def _grad_v(inputs: Inputs, cd, p, lse):
+    """∂L/∂v (before the softcap and temperature chain factors) from (1), with the per-row
+    scales α, β and the target mass Σm (used by the Hessian)."""
+    spec = inputs.spec
+    n, c = p.shape
+    w = np.ones(c, cd) if inputs.weight is None else np.asarray(inputs.weight, cd)
+    eps = cd(spec.label_smoothing)
+    uniform = spec.smoothing_convention == "uniform"
+    valid = inputs.valid
+    big_w = np.sum(w)
+    if spec.hard:
+        y = np.where(valid, inputs.target, 0)
+        onehot = np.zeros((n, c), cd)
+        onehot[np.arange(n), y] = 1
+        wy = (w[y] * valid).astype(cd)[:, None]
+        g = (1 - eps) * wy * (p - onehot)
+        mass = (1 - eps) * wy[:, 0]
+        if eps and uniform:
+            g += (eps / c) * (big_w * p - w)
+            mass = mass + eps / c * big_w
+        elif eps and c > 1:
+            g += (eps / (c - 1)) * ((big_w - wy) * p - w * (1 - onehot))
+            mass = mass + eps / (c - 1) * (big_w - wy[:, 0])
+        g *= valid[:, None]
+        denom, count = float(np.sum(wy)), float(np.sum(valid))
+    else:
+        q = np.asarray(inputs.target, cd)
+        if uniform:
+            qs = (1 - eps) * q + eps / c
+        elif c > 1:
+            qs = (1 - eps) * q + (eps / (c - 1)) * (np.sum(q, -1, keepdims=True) - q)
+        else:
+            qs = (1 - eps) * q
+        m = w * qs
+        mass = np.sum(m, -1)
+        g = mass[:, None] * p - m
+        denom = count = float(n)
+    go = np.broadcast_to(np.asarray(inputs.grad_output, np.float64), (n,))
+    if spec.reduction == "mean":
+        alpha = go / denom if denom > 0 else np.zeros(n)
+        beta = go / count if count > 0 else np.zeros(n)
+    else:
+        alpha = beta = go
+    beta = beta * valid
+    gv = alpha.astype(cd)[:, None] * g
+    if spec.z_loss:
+        gv += beta.astype(cd)[:, None] * (2 * cd(spec.z_loss)) * lse[:, None] * p
+    return gv, alpha, beta, mass
+
+
+def gradient(inputs: Inputs) -> np.ndarray:
+    """∂L/∂logits (times the upstream gradient), in the dtype of ``inputs.logits``."""
+    cd = compute_dtype(inputs.logits.dtype)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        _, t, p, lse = _forward(inputs, cd)
+        gv = _grad_v(inputs, cd, p, lse)[0]
+        if t is not None:
+            gv = gv * (1 - t * t)
+        g = gv / cd(inputs.spec.temperature)
+    return g.astype(inputs.logits.dtype)
+
+
+def hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:
+    """Hessian of the loss w.r.t. the logits times ``direction`` (N, C), in float64."""
+    spec = inputs.spec
+    d = np.asarray(direction, np.float64)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        _, t, p, lse = _forward(inputs, np.float64)
+        gv, alpha, beta, mass = _grad_v(inputs, np.float64, p, lse)
+        valid = inputs.valid
+        coef = spec.z_loss
+        a_row = (alpha * mass + 2 * beta * coef * lse) * valid   # multiplies diag p − p pᵀ
+        b_row = 2 * beta * coef                                  # multiplies p pᵀ
+        if t is not None:
+            g1 = 1 - t * t
+            g2 = -2 * t * g1 / spec.softcap
+        else:
+            g1, g2 = np.ones_like(p), np.zeros_like(p)
+        x = g1 * d
+        px = np.sum(p * x, -1, keepdims=True)
+        hx = a_row[:, None] * (p * x - p * px) + b_row[:, None] * p * px
+        out = g1 * hx + gv * g2 * d
+    return out / spec.temperature**2

@@ -1,0 +1,239 @@
+"""The command line: parse, call the library, render, pick the exit code. Nothing else.
+
+Exit codes: 0 every case agrees, 1 something is wrong (a case failed), 2 the check could not
+run (bad option, bad TARGET, unwritable output, ...): one line on stderr, no traceback unless
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from .spec import SoftcheckError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class Group(click.Group):
+    """Turns every invocation error into one line on stderr and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv or os.environ.get("SOFTCHECK_DEBUG") == "1"
+        try:
+            rv = super().main(argv, prog_name or "softcheck", complete_var,
+                              standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _error("aborted")
+            sys.exit(130)
+        except click.ClickException as e:
+            if debug:
+                raise
+            hint = ""
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                hint = f" (see '{ctx.command_path} --help')"
+            _error(f"{e.format_message()}{hint}")
+            sys.exit(EXIT_USAGE)
+        except SoftcheckError as e:
+            if debug:
+                raise
+            _error(str(e))
+            sys.exit(EXIT_USAGE)
+        except Exception as e:  # noqa: BLE001 - never a traceback without --debug
+            if debug:
+                raise
+            _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+            sys.exit(EXIT_USAGE)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+def _error(msg: str) -> None:
+    msg = " ".join(str(msg).split())
+    click.echo(f"softcheck: error: {msg}", err=True)
+
+
+class CommaList(click.ParamType):
+    """One value or a comma-separated list (an axis of the suite)."""
+
+    def __init__(self, kind=str):
+        self.kind = kind
+        self.name = f"{kind.__name__}[,{kind.__name__}...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            try:
+                out.append(self.kind(part))
+            except ValueError:
+                self.fail(f"{part!r} is not a valid {self.kind.__name__}", param, ctx)
+        return tuple(out)
+
+
+class WeightType(click.ParamType):
+    name = "random|w1,w2,..."
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple) or value == "random":
+            return value
+        try:
+            return tuple(float(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is neither 'random' nor a comma list of numbers", param, ctx)
+
+
+def suite_options(fn):
+    """The options of ``run``, ``check`` (and the keys of batch files)."""
+    opts = [
+        click.option("--classes", type=CommaList(int), default="10", show_default=True,
+                     help="Number of classes C (comma list: one value per case)."),
+        click.option("--batch", type=CommaList(int), help="Batch sizes N [default: 1,6]."),
+        click.option("--dtype", type=CommaList(str),
+                     help="float64, float32, bfloat16, float16 [run default: all; check: float64,float32]."),
+        click.option("--targets", type=CommaList(str),
+                     help="index, onehot, probs [run default: all; check: index]."),
+        click.option("--reduction", type=CommaList(str),
+                     help="mean, sum, none [run default: all; check: mean]."),
+        click.option("--regime", type=CommaList(str),
+                     help="normal, large, tied, confident, wrong, masked, all-ignored [default: all]."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every input."),
+        click.option("--weight", type=WeightType(), default=None,
+                     help="Class weights: 'random' or C comma-separated values."),
+        click.option("--ignore-index", type=int, default=None,
+                     help="Targets equal to it contribute nothing (PyTorch ignore_index)."),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+                     help="EPS in [0, 1]."),
+        click.option("--smoothing-convention", type=click.Choice(["uniform", "others"]),
+                     default="uniform", show_default=True,
+                     help="uniform: EPS/C on every class (PyTorch); others: EPS/(C-1) off-target."),
+        click.option("--temperature", type=float, default=1.0, show_default=True,
+                     help="Logits divided by T (> 0)."),
+        click.option("--softcap", type=float, default=None, help="Logits -> S*tanh(z/S) (> 0)."),
+        click.option("--z-loss", type=float, default=0.0, show_default=True,
+                     help="Adds COEF*lse^2 per non-ignored row (>= 0)."),
+        click.option("--fd", type=click.Choice(["central", "richardson", "complex"]), default=None,
+                     help="Finite-difference method [default: most accurate affordable]."),
+        click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+                     help="2: check Hessian-vector products."),
+        click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
+                     help="Directional probes when FD covers a subset of columns."),
+        click.option("--fd-budget", type=float, default=2e9, show_default=True,
+                     help="Element evaluations FD may spend per case before sampling columns."),
+        click.option("--json", "json_path", type=str, default=None,
+                     help="Write the JSON report to PATH ('-': stdout, nothing else there)."),
+        click.option("--junit", "junit_path", type=str, default=None, help="Write JUnit XML to PATH."),
+        click.option("--markdown", "markdown_path", type=str, default=None,
+                     help="Write a Markdown summary to PATH."),
+        click.option("--fail-fast", is_flag=True, help="Stop at the first failing case."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+CONFIG_KEYS = ("classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "weight",
+               "ignore_index", "label_smoothing", "smoothing_convention", "temperature", "softcap",
+               "z_loss", "fd", "order", "probes", "fd_budget")
+
+
+def _config(kw):
+    from .api import config
+
+    return config(**{k: kw[k] for k in CONFIG_KEYS})
+
+
+def _check_outputs(*paths) -> None:
+    """Fail before any work if an output cannot be written (exit 2, nothing written)."""
+    for p in paths:
+        if p is None or p == "-":
+            continue
+        d = os.path.dirname(os.path.abspath(p)) or "."
+        if not os.path.isdir(d):
+            raise SoftcheckError(f"cannot write {p}: folder {d} does not exist")
+        if not os.access(d, os.W_OK) or (os.path.exists(p) and not os.access(p, os.W_OK)):
+            raise SoftcheckError(f"cannot write {p}: permission denied")
+        if os.path.isdir(p):
+            raise SoftcheckError(f"cannot write {p}: it is a folder")
+
+
+def _console(stderr: bool):
+    from rich.console import Console
+
+    force = None
+    if os.environ.get("FORCE_COLOR"):
+        force = True
+    no_color = bool(os.environ.get("NO_COLOR")) and not force
+    return Console(stderr=stderr, force_terminal=force, no_color=no_color, highlight=False,
+                   soft_wrap=False)
+
+
+def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False) -> int:
+    """Write the reports, render the table, and return the exit code."""
+    from . import formats
+
+    to_stdout = json_path == "-"
+    console = _console(stderr=to_stdout)
+    if not quiet:
+        formats.render_table(report, console)
+    if json_path and json_path != "-":
+        formats.write_atomic(json_path, report.to_json())
+    if junit_path:
+        formats.write_atomic(junit_path, formats.to_junit(report))
+    if markdown_path:
+        formats.write_atomic(markdown_path, formats.to_markdown(report))
+    if to_stdout:
+        click.echo(report.to_json())
+    return EXIT_OK if report.passed else EXIT_FAIL
+
+
+def with_outputs(fn):
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        _check_outputs(kw.get("json_path"), kw.get("junit_path"), kw.get("markdown_path"))
+        return fn(**kw)
+
+    return wrapper
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="softcheck", prog_name="softcheck")
+def cli():
+    """Verify softmax cross-entropy gradients three independent ways: the closed form
+    (analytic), JAX autodiff, and float64 finite differences.
+
+    Exit codes: 0 all agree, 1 something is wrong, 2 the check could not run.
+    """
+
+
+@cli.command()
+@suite_options
+@with_outputs
+def run(json_path, junit_path, markdown_path, fail_fast, debug, **kw):
+    """Check analytic vs autodiff vs finite differences over a suite of cases.
+
+    Every axis option (--classes, --batch, --dtype, --targets, --reduction, --regime) takes one
+    value or a comma list; a given axis is pinned, the others run their default values.
+    """
+    from .runner import run as run_suite
+
+    cfg = _config(kw)
+    report = run_suite(cfg, fail_fast=fail_fast)
+    return emit(report, json_path, junit_path, markdown_path)
+
+
+def main() -> None:
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Compare two gradients entry by entry, and check the invariants that need no reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import tolerances
+from .spec import Inputs
+
+WORST_ENTRIES = 3
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One gradient entry where a comparison is tightest (or broken)."""
+
+    row: int
+    cls: int
+    is_target: bool
+    ignored: bool
+    value: float | None
+    reference: float | None
+    error: float | None
+
+    def to_dict(self) -> dict:
+        return {"row": self.row, "class": self.cls, "is_target": self.is_target,
+                "ignored": self.ignored, "value": self.value, "reference": self.reference,
+                "error": self.error}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Max errors of ``pair[0]`` against ``pair[1]``, with the tolerance that judged them.
+
+    ``max_rel_error`` is ``max_abs_error / scale`` (the gradient's scale, see tolerances.py);
+    ``ratio`` is the largest error/allowed over the entries: ≤ 1 passes.
+    """
+
+    pair: tuple[str, str]
+    max_abs_error: float
+    max_rel_error: float
+    atol: float
+    rtol: float
+    ratio: float
+    passed: bool
+    reason: str | None = None
+    worst: tuple[Entry, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {"pair": list(self.pair), "max_abs_error": self.max_abs_error,
+                "max_rel_error": self.max_rel_error, "atol": self.atol, "rtol": self.rtol,
+                "ratio": self.ratio, "passed": self.passed, "reason": self.reason,
+                "worst": [e.to_dict() for e in self.worst]}
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A property that holds without any reference (row sums zero, ignored rows zero)."""
+
+    name: str
+    method: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "method": self.method, "passed": self.passed,
+                "detail": self.detail}
+
+
+def _target_mask(inputs: Inputs) -> np.ndarray:
+    n, c = inputs.logits.shape
+    mask = np.zeros((n, c), bool)
+    if inputs.spec.hard:
+        rows = np.flatnonzero(inputs.valid)
+        mask[rows, inputs.target[rows]] = True
+    else:
+        mask[np.arange(n), np.argmax(inputs.target64, -1)] = True
+    return mask
+
+
+def entries(inputs: Inputs, x: np.ndarray, ref: np.ndarray, order: np.ndarray, k: int) -> tuple[Entry, ...]:
+    """The k entries ranked first by ``order`` (flat indices sorted by badness)."""
+    n, c = x.shape
+    is_target = _target_mask(inputs)
+    valid = inputs.valid
+    out = []
+    for flat in order[:k]:
+        i, j = divmod(int(flat), c)
+        xv, rv = float(x[i, j]), float(ref[i, j])
+        err = abs(xv - rv) if np.isfinite(xv) and np.isfinite(rv) else None
+        out.append(Entry(i, j, bool(is_target[i, j]), not bool(valid[i]),
+                         xv if np.isfinite(xv) else None, rv if np.isfinite(rv) else None, err))
+    return tuple(out)
+
+
+def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: Inputs,
+            dtype: str, kappa: float, scale: float, band: float = 0.0) -> Comparison:
+    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band)."""
+    x = np.asarray(x, np.float64)
+    ref = np.asarray(ref, np.float64)
+    allowed, atol, rtol = tolerances.allowed(dtype, kappa, scale, ref)
+    allowed = allowed + band
+    atol += float(np.max(band, initial=0.0))
+    bad_x = ~np.isfinite(x) & np.isfinite(ref)
+    bad_ref = ~np.isfinite(ref)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.abs(x - ref)
+        err = np.where(np.isfinite(err), err, np.inf)
+        ratio_arr = np.where(err == 0, 0.0, err / allowed)
+    order = np.argsort(-ratio_arr, axis=None, kind="stable")
+    worst = entries(inputs, x, ref, order, WORST_ENTRIES)
+    reason = None
+    if bad_ref.any():
+        reason = f"{pair[1]} is not finite at {int(bad_ref.sum())} entries"
+    elif bad_x.any():
+        reason = f"{pair[0]} has NaN/Inf at {int(bad_x.sum())} of {x.size} entries"
+    max_abs = float(np.max(err)) if err.size else 0.0
+    ratio = float(np.max(ratio_arr)) if ratio_arr.size else 0.0
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    passed = reason is None and ratio <= 1.0
+    if not passed and reason is None:
+        reason = f"max error {max_abs:.3g} exceeds the allowed {atol:.3g} + {rtol:.1g}·|ref|"
+    return Comparison(pair, max_abs, rel, atol, rtol, ratio, passed, reason, worst)
+
+
+def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa: float,
+               scale: float) -> list[Invariant]:
+    """Row sums are zero (no z-loss, no softcap); ignored rows are exactly zero."""
+    spec = inputs.spec
+    g = np.asarray(g, np.float64)
+    out = []
+    if not np.all(np.isfinite(g)):
+        return out
+    if not spec.z_loss and not spec.softcap:
+        _, atol, rtol = tolerances.allowed(dtype, kappa, scale, np.zeros(1))
+        sums = np.abs(np.sum(g, -1))
+        limit = atol * g.shape[1] + rtol * np.sum(np.abs(g), -1)
+        bad = np.flatnonzero(sums > limit)
+        detail = (f"max |row sum| {float(np.max(sums, initial=0)):.3g}"
+                  + (f"; rows {bad[:5].tolist()} exceed {float(limit[bad[0]]):.3g}" if bad.size else ""))
+        out.append(Invariant("row sums are zero", method, not bad.size, detail))
+    ignored = ~inputs.valid
+    if ignored.any():
+        nz = np.flatnonzero(np.any(g[ignored] != 0, -1))
+        rows = np.flatnonzero(ignored)[nz]
+        detail = (f"{int(ignored.sum())} ignored rows" + (f"; rows {rows[:5].tolist()} are not zero"
+                                                           if rows.size else " are exactly zero"))
+        out.append(Invariant("ignored rows are zero", method, not rows.size, detail))
+    return out

@@ -1,0 +1,160 @@
+"""One formatter per output format: rich table, JSON, JUnit XML, Markdown.
+
+Computation never knows which format is used; each formatter reads a finished ``Report``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+
+from .report import CaseResult, Report
+
+SHORT_DTYPE = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+SHORT_METHOD = {"analytic": "analytic", "autodiff": "autodiff", "finite_difference": "FD",
+                "candidate": "candidate"}
+
+
+def short_name(case: CaseResult) -> str:
+    p = case.params
+    return (f"C{p['classes']} B{p['batch']} {SHORT_DTYPE.get(p['dtype'], p['dtype'])} "
+            f"{p['targets']} {p['reduction']} {p['regime']}")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "—"
+    if x != x or x in (float("inf"), float("-inf")):
+        return "nan" if x != x else "inf"
+    return f"{x:.1e}"
+
+
+def pair_label(pair) -> str:
+    return f"{SHORT_METHOD[pair[0]]}\nvs {SHORT_METHOD[pair[1]]}"
+
+
+def render_table(report: Report, console, *, details: int = 10) -> None:
+    """The human report: one row per case (max error relative to the gradient's scale per
+    pair), then the failures in detail, then a summary line."""
+    from rich.table import Table
+    from rich.text import Text
+
+    pairs: list[tuple[str, str]] = []
+    for case in report.cases:
+        for c in case.comparisons:
+            if c.pair not in pairs:
+                pairs.append(c.pair)
+    table = Table(title=None, show_lines=False, header_style="bold", pad_edge=False,
+                  caption="errors: max |difference| / gradient scale (see README)")
+    table.add_column("case", no_wrap=True)
+    for p in pairs:
+        table.add_column(pair_label(p), justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    for case in report.cases:
+        cells = [Text(short_name(case))]
+        by_pair = {c.pair: c for c in case.comparisons}
+        for p in pairs:
+            c = by_pair.get(p)
+            if c is None:
+                cells.append(Text("—", style="dim"))
+            else:
+                cells.append(Text(_fmt(c.max_rel_error), style="green" if c.passed else "red bold"))
+        cells.append(Text("PASS", style="bold green") if case.passed
+                     else Text("FAIL", style="bold red"))
+        table.add_row(*cells)
+    console.print(table)
+    for case in report.failed[:details]:
+        console.print(failure_text(case), style="red", highlight=False, markup=False)
+    if len(report.failed) > details:
+        console.print(f"... and {len(report.failed) - details} more failed cases (see --json)",
+                      style="red", markup=False)
+    for note in report.skipped:
+        console.print(f"skipped: {note}", style="dim", markup=False, highlight=False)
+    s = report.summary()
+    verdict = "all agree" if report.passed else "DISAGREEMENT"
+    style = "bold green" if report.passed else "bold red"
+    console.print(f"{s['total']} cases: {s['passed']} passed, {s['failed']} failed — {verdict} "
+                  f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
+
+
+def failure_text(case: CaseResult) -> str:
+    """A failing case in words: what failed, where, and what it looks like."""
+    lines = [f"FAIL {case.name}"]
+    if case.error:
+        lines.append(f"  error: {case.error}")
+    for c in case.comparisons:
+        if c.passed:
+            continue
+        lines.append(f"  {c.pair[0]} vs {c.pair[1]}: {c.reason}")
+        for e in c.worst:
+            tags = ", ".join(t for t, on in (("target class", e.is_target), ("ignored row", e.ignored)) if on)
+            lines.append(f"    row {e.row}, class {e.cls}{' (' + tags + ')' if tags else ''}: "
+                         f"got {_fmt(e.value)}, expected {_fmt(e.reference)}")
+    for i in case.invariants:
+        if not i.passed:
+            lines.append(f"  invariant broken ({i.method}): {i.name}: {i.detail}")
+    for d in case.diagnosis:
+        lines.append(f"  hint: {d}")
+    for n in case.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def to_junit(report: Report) -> str:
+    """JUnit XML: one testsuite per group, one testcase per case."""
+    groups: dict[str, list[CaseResult]] = {}
+    for case in report.cases:
+        groups.setdefault(case.group or report.command, []).append(case)
+    root = ET.Element("testsuites", name="softcheck", tests=str(len(report.cases)),
+                      failures=str(len(report.failed)), time=f"{report.seconds:.3f}")
+    for name, cases in groups.items():
+        suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(cases)),
+                              failures=str(sum(not c.passed for c in cases)), errors="0",
+                              skipped="0", time=f"{sum(c.seconds for c in cases):.3f}")
+        for case in cases:
+            tc = ET.SubElement(suite, "testcase", classname=f"softcheck.{name}", name=case.name,
+                               time=f"{case.seconds:.3f}")
+            if not case.passed:
+                text = failure_text(case)
+                first = text.splitlines()[1].strip() if len(text.splitlines()) > 1 else case.name
+                f = ET.SubElement(tc, "failure", message=first, type="GradientMismatch")
+                f.text = text
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def to_markdown(report: Report) -> str:
+    """A summary table for CI step summaries and PR comments."""
+    s = report.summary()
+    icon = "✅" if report.passed else "❌"
+    lines = [f"## {icon} softcheck {report.command}: {s['passed']}/{s['total']} cases passed", ""]
+    shown = report.failed or list(report.cases)
+    if report.failed:
+        lines.append(f"{s['failed']} failed:")
+        lines.append("")
+    lines += ["| case | group | worst pair | max rel error | verdict |", "|---|---|---|---|---|"]
+    for case in shown[:200]:
+        worst = max(case.comparisons, key=lambda c: c.ratio, default=None)
+        pair = f"{worst.pair[0]} vs {worst.pair[1]}" if worst else "—"
+        err = _fmt(worst.max_rel_error) if worst else "—"
+        lines.append(f"| {case.name} | {case.group or ''} | {pair} | {err} | "
+                     f"{'PASS' if case.passed else 'FAIL: ' + (case.error or '; '.join(case.diagnosis[:1]) or 'mismatch')} |")
+    if len(shown) > 200:
+        lines.append(f"| … {len(shown) - 200} more | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file in the same folder, then rename: never a half-written file."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".softcheck-", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

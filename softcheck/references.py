@@ -1,0 +1,326 @@
+"""The two independent references: JAX autodiff and float64 finite differences.
+
+Both differentiate ``losses.reference_rows``; neither uses the closed form.
+
+Finite differences use the rows' independence: shifting column j of *every* row at once and
+keeping the per-row values gives the whole column j of the gradient, so a full gradient costs
+2·C (central) evaluations of the (N, C) batch instead of 2·N·C.  Columns are processed in
+chunks of K perturbed copies (K·N·C ≤ 2^20 elements) so memory stays bounded.
+
+Step and error band (per row i, along one coordinate)
+-----------------------------------------------------
+Along a coordinate the derivatives of cross-entropy are cumulants of a Bernoulli(p_j):
+|κ2| ≤ 1/4, |κ3| ≤ 1/(6√3) ≈ 0.0962.  With a_i = |α_i|Σm_i (cross-entropy scale), b_i =
+2|β_i|·COEF (z-loss), L = |lse_i|::
+
+    |f'| ≤ F1 = a + b·L,   |f''| ≤ F2 = a/4 + b(1 + L/4),   |f'''| ≤ F3 = 0.0962a + b(0.445 + 0.0962L)
+
+through v = S·tanh(u/S) (|g'| ≤ 1, |g''| ≤ 0.77/S, |g'''| ≤ 2/S²) and u = z/T:
+``M3 = (F3 + 2.31·F2/S + 2·F1/S²)/T³``.  The row's value is about
+``R = a(L + max|v|) + b·L²/2``, evaluated with error ≲ γ·u·R, γ = 8 + log2 C (one rounding per
+operation plus the pairwise sum over C).
+
+* central  (f(z+h) − f(z−h))/2h: error ≤ M3·h²/6 + γuR/h, minimal at h = (3γuR/M3)^(1/3)
+* richardson (4·D(h/2) − D(h))/3: error ≤ M5·h⁴/480 + 3γuR/h, h = (360γuR/M5)^(1/5), with
+  M5 ≈ (0.05a + b(1 + 0.05L))·(1 + 3/S)⁴/T⁵ (an estimate: |κ5| of a Bernoulli is < 0.05)
+* complex  Im f(z + ih)/h, h = 1e-20: no subtraction, so no cancellation; error ≈ γ·u·κ·F1/T,
+  the same as evaluating the gradient itself.
+
+The band (the error bound at the chosen h) is reported per case and added to the tolerance of
+every pair that involves ``finite_difference``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _jax
+from .analytic import _forward, _grad_v
+from .losses import params, reference_rows
+from .spec import Inputs
+
+U64 = 2.0**-53
+CHUNK_ELEMENTS = 2**20
+COMPLEX_STEP = 1e-20
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Per-row magnitudes that bound the gradient and its derivatives (module docstring)."""
+
+    a: np.ndarray      # |α|·Σm
+    b: np.ndarray      # 2|β|·COEF
+    lse: np.ndarray    # |lse|
+    vmax: np.ndarray   # max finite |v| per row
+    temperature: float
+    softcap: float | None
+    classes: int
+
+    @property
+    def scale(self) -> float:
+        """The gradient's scale: the largest magnitude any entry can have (tolerances.py)."""
+        s = np.max(self.a + self.b * self.lse, initial=0.0) / self.temperature
+        return float(s)
+
+
+def row_stats(inputs: Inputs) -> RowStats:
+    spec = inputs.spec
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        _, t, p, lse = _forward(inputs, np.float64)
+        _, alpha, beta, mass = _grad_v(inputs, np.float64, p, lse)
+        v = inputs.logits64 / spec.temperature
+        if t is not None:
+            v = spec.softcap * np.tanh(v / spec.softcap)
+    vmax = np.max(np.where(np.isfinite(v), np.abs(v), 0.0), axis=-1)
+    a = np.abs(alpha * mass) * inputs.valid
+    b = 2 * np.abs(beta) * spec.z_loss
+    return RowStats(a, b, np.abs(lse), vmax, spec.temperature, spec.softcap, p.shape[1])
+
+
+# --------------------------------------------------------------------------------------
+# autodiff
+
+
+@functools.cache
+def _jitted(hard: bool, what: str):
+    jax, jnp = _jax.load()
+
+    def objective(z, target, prm):
+        return jnp.sum(reference_rows(jnp, z, target, prm, hard, jax.lax.stop_gradient))
+
+    grad = jax.grad(objective)
+    if what == "grad":
+        return jax.jit(grad)
+
+    def hvp(z, target, prm, d):
+        return jax.jvp(lambda x: grad(x, target, prm), (z,), (d,))[1]
+
+    return jax.jit(hvp)
+
+
+def autodiff(inputs: Inputs) -> np.ndarray:
+    """``jax.grad`` of the reference loss (the upstream gradient folded in), float64."""
+    fn = _jitted(inputs.spec.hard, "grad")
+    return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs)))
+
+
+def autodiff_hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:
+    """Hessian-vector product by ``jax.jvp`` of ``jax.grad``, float64."""
+    fn = _jitted(inputs.spec.hard, "hvp")
+    return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs), direction))
+
+
+# --------------------------------------------------------------------------------------
+# finite differences
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A directional derivative along ``direction`` (rows orthogonal to the all-ones vector),
+    per row, by complex step: exact to rounding."""
+
+    direction: np.ndarray
+    value: np.ndarray
+    band: np.ndarray
+
+
+@dataclass(frozen=True)
+class FDResult:
+    grad: np.ndarray                  # NaN where a column was not computed
+    method: str
+    band: np.ndarray                  # predicted max error per row
+    step: np.ndarray                  # h per row
+    mask: np.ndarray | None = None    # columns computed (None: all of them)
+    probes: tuple[Probe, ...] = ()
+
+    @property
+    def error_estimate(self) -> float:
+        return float(np.max(self.band, initial=0.0))
+
+    @property
+    def columns(self) -> int:
+        return int(self.grad.shape[1] if self.mask is None else np.sum(np.any(self.mask, 0)))
+
+    @property
+    def coverage(self) -> str:
+        c = self.grad.shape[1]
+        if self.mask is None:
+            return "every coordinate"
+        return (f"{self.columns} of {c} columns (every target column, the largest |g| entries, "
+                f"random columns) + {len(self.probes)} directional probes over every coordinate")
+
+
+def _bounds(st: RowStats):
+    s, t = st.softcap, st.temperature
+    a, b, lse = st.a, st.b, st.lse
+    f1 = a + b * lse
+    f2 = a / 4 + b * (1 + lse / 4)
+    f3 = 0.0962 * a + b * (0.445 + 0.0962 * lse)
+    m3 = f3 + ((2.31 * f2 / s + 2 * f1 / s**2) if s else 0.0)
+    m3 = m3 / t**3
+    m5 = (0.05 * a + b * (1 + 0.05 * lse)) * ((1 + 3 / s) ** 4 if s else 1.0) / t**5
+    r = a * (lse + st.vmax) + b * lse**2 / 2
+    gamma = 8 + math.log2(max(st.classes, 2))
+    return f1, m3, m5, r, gamma
+
+
+def fd_plan(st: RowStats, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row step h and predicted error band for ``method`` (see the module docstring)."""
+    f1, m3, m5, r, gamma = _bounds(st)
+    noise = gamma * U64 * r
+    cap = st.temperature * min(1.0, st.softcap or 1.0)       # keep h inside the Taylor region
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "central":
+            h = np.where(m3 > 0, np.cbrt(3 * noise / m3), cap * 1e-4)
+            h = np.clip(np.nan_to_num(h, nan=cap * 1e-4), 1e-12 * cap, 0.25 * cap)
+            band = m3 * h**2 / 6 + noise / h
+        elif method == "richardson":
+            h = np.where(m5 > 0, (360 * noise / m5) ** 0.2, cap * 1e-2)
+            h = np.clip(np.nan_to_num(h, nan=cap * 1e-2), 1e-8 * cap, 0.5 * cap)
+            band = m5 * h**4 / 480 + 3 * noise / h
+        elif method == "complex":
+            h = np.full_like(r, COMPLEX_STEP * cap)
+            kappa = 1 + st.lse + st.vmax
+            band = gamma * U64 * kappa * f1 / st.temperature + m3 * h**2 / 6
+        else:
+            raise ValueError(method)
+    return h, band
+
+
+EVALS = {"central": 2, "richardson": 4, "complex": 4}   # real-batch evaluations per column
+
+
+def default_fd_method(n: int, c: int, budget: float = 2e9) -> str:
+    """The most accurate affordable method: complex step (about twice central's work) while
+    every column fits the budget, central differences beyond."""
+    return "complex" if EVALS["complex"] * n * c * c <= budget else "central"
+
+
+def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
+                      columns: np.ndarray | None = None, budget: float | None = None,
+                      probes: int = 8, priority: np.ndarray | None = None,
+                      seed: int = 0) -> FDResult:
+    """Finite-difference gradient of the reference loss.
+
+    Every coordinate while ``EVALS·N·C²`` element evaluations fit ``budget``; beyond it a
+    subset of columns (every target column, then the columns of the largest ``|priority|``
+    entries, then random ones) plus ``probes`` directional derivatives over every coordinate.
+    ``step`` overrides the derived per-row step (``softcheck steps``).
+    """
+    n, c = inputs.logits.shape
+    method = method or default_fd_method(n, c, budget or 2e9)
+    st = row_stats(inputs)
+    h, band = fd_plan(st, method)
+    if step is not None:
+        h = np.broadcast_to(np.asarray(step, np.float64), (n,)).copy()
+    z = inputs.logits64
+    target = inputs.target64
+    prm = params(inputs)
+    hard = inputs.spec.hard
+
+    def rows(zz):
+        return reference_rows(np, zz, target, prm, hard)
+
+    mask = None
+    probe_list: tuple[Probe, ...] = ()
+    if columns is None and budget is not None and EVALS[method] * n * c * c > budget:
+        columns = _choose_columns(inputs, int(budget // (EVALS[method] * n * c)), priority, seed)
+    cols = np.arange(c) if columns is None else np.asarray(columns)
+    grad = np.full((n, c), np.nan)
+    k = max(1, min(len(cols), CHUNK_ELEMENTS // max(1, n * c)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for j0 in range(0, len(cols), k):
+            js = cols[j0:j0 + k]
+            grad[:, js] = _columns(rows, z, js, h, method).T
+        if columns is not None:
+            mask = np.zeros((n, c), bool)
+            mask[:, cols] = True
+            probe_list = _probes(rows, z, st, probes, seed)
+    return FDResult(grad, method, band, h, mask, probe_list)
+
+
+def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarray:
+    n, c = inputs.logits.shape
+    count = max(1, min(c, count))
+    if inputs.spec.hard:
+        first = inputs.target[inputs.valid]
+    else:
+        first = np.argmax(inputs.target64, -1)
+    chosen = list(dict.fromkeys(int(j) for j in first))
+    if priority is not None:
+        flat = np.argsort(-np.abs(np.nan_to_num(priority)), axis=None)[: 4 * count]
+        chosen += [int(j) for j in dict.fromkeys(flat % c)]
+    rng = np.random.default_rng([seed, 3])
+    chosen += [int(j) for j in rng.permutation(c)]
+    return np.array(list(dict.fromkeys(chosen))[:count])
+
+
+def _probes(rows, z, st: RowStats, count: int, seed: int) -> tuple[Probe, ...]:
+    rng = np.random.default_rng([seed, 4])
+    finite = np.isfinite(z)
+    gamma = 8 + math.log2(max(st.classes, 2))
+    f1 = st.a + st.b * st.lse
+    out = []
+    for _ in range(count):
+        d = rng.standard_normal(z.shape)
+        d = np.where(finite, d, 0.0)
+        d -= np.where(finite, np.sum(d, -1, keepdims=True) / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
+        zc = z.astype(np.complex128) + 1j * COMPLEX_STEP * d
+        val = np.imag(rows(zc)) / COMPLEX_STEP
+        band = gamma * U64 * (1 + st.lse + st.vmax) * f1 * np.sum(np.abs(d), -1) / st.temperature
+        out.append(Probe(d, val, band))
+    return tuple(out)
+
+
+def _columns(rows, z, js, h, method):
+    """Derivatives for columns ``js`` of every row: shape (len(js), N)."""
+    k = len(js)
+    n = z.shape[0]
+    at = (np.arange(k)[:, None], np.arange(n)[None, :], js[:, None])
+    zj = z[:, js].T                                           # (k, N)
+    finite = np.isfinite(zj)
+
+    def central(hh):
+        zp = np.broadcast_to(z, (k,) + z.shape).copy()
+        zm = zp.copy()
+        zp[at] = zj + hh
+        zm[at] = zj - hh
+        step = np.where(finite, zp[at] - zm[at], 2 * hh)     # the exactly representable step
+        return (rows(zp) - rows(zm)) / step
+
+    if method == "central":
+        return central(h[None, :])
+    if method == "richardson":
+        return (4 * central(h[None, :] / 2) - central(h[None, :])) / 3
+    zc = np.broadcast_to(z, (k,) + z.shape).astype(np.complex128)
+    zc[at] = zj + 1j * h[None, :]
+    return np.imag(rows(zc)) / h[None, :]
+
+
+def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn):
+    """Central differences of a gradient function along ``direction``, with an error band.
+
+    The truncation error is estimated from two steps (h, 2h): D(2h) − D(h) ≈ 3·(h²/6)·D''' so
+    the truncation at h is about |D(2h) − D(h)|/3; rounding adds γ·u·|g|/h.
+    """
+    z = inputs.logits64
+    d = np.asarray(direction, np.float64)
+    cap = inputs.spec.temperature * min(1.0, inputs.spec.softcap or 1.0)
+    h = 1e-5 * cap
+
+    def at(x):
+        return gradient_fn(inputs.__class__(x, inputs.target, inputs.weight,
+                                             inputs.grad_output, inputs.spec))
+
+    with np.errstate(invalid="ignore"):
+        dd = np.where(np.isfinite(z), d, 0.0)
+        d1 = (at(z + h * dd) - at(z - h * dd)) / (2 * h)
+        d2 = (at(z + 2 * h * dd) - at(z - 2 * h * dd)) / (4 * h)
+    g = at(z)
+    gamma = 8 + math.log2(max(z.shape[1], 2))
+    band = 2 * np.abs(d2 - d1) / 3 + gamma * U64 * np.max(np.abs(g), initial=0.0) * 4 / h
+    return d1, float(np.max(band, initial=0.0))

@@ -1,0 +1,131 @@
+"""Results as frozen dataclasses, and their strict-JSON form (schema in ``schema.py``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+
+from .compare import Comparison, Invariant
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FDInfo:
+    """What the finite-difference judge did for a case."""
+
+    method: str
+    error_estimate: float
+    step: float
+    coverage: str = "every coordinate"
+    columns: int | None = None
+    probes: int = 0
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "error_estimate": self.error_estimate, "step": self.step,
+                "coverage": self.coverage, "columns": self.columns, "probes": self.probes}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    params: dict
+    passed: bool
+    comparisons: tuple[Comparison, ...] = ()
+    invariants: tuple[Invariant, ...] = ()
+    fd: FDInfo | None = None
+    scale: float | None = None
+    kappa: float | None = None
+    error: str | None = None           # the case could not be judged (candidate raised, ...)
+    diagnosis: tuple[str, ...] = ()    # hints on how a failing candidate is wrong
+    notes: tuple[str, ...] = ()
+    group: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "group": self.group, "passed": self.passed, "params": self.params,
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "invariants": [i.to_dict() for i in self.invariants],
+            "fd": self.fd.to_dict() if self.fd else None,
+            "scale": self.scale, "condition": self.kappa, "error": self.error,
+            "diagnosis": list(self.diagnosis), "notes": list(self.notes),
+            "timing": {"seconds": self.seconds},
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    cases: tuple[CaseResult, ...]
+    command: str = "run"
+    options: dict = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    target: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.cases)
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        return [c for c in self.cases if not c.passed]
+
+    def summary(self) -> dict:
+        n = len(self.cases)
+        f = len(self.failed)
+        return {"total": n, "passed": n - f, "failed": f}
+
+    def to_dict(self) -> dict:
+        from . import __version__
+
+        return sanitize({
+            "schema_version": SCHEMA_VERSION,
+            "softcheck_version": __version__,
+            "command": self.command,
+            "target": self.target,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "environment": environment(),
+            "options": self.options,
+            "skipped": list(self.skipped),
+            "cases": [c.to_dict() for c in self.cases],
+            "timing": {"seconds": self.seconds},
+        })
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def environment() -> dict:
+    import numpy
+
+    env = {"python": platform.python_version(), "numpy": numpy.__version__,
+           "platform": platform.platform()}
+    try:
+        from ._jax import backend_info
+
+        env.update(backend_info())
+    except Exception as exc:  # noqa: BLE001 - the report must still be written
+        env.update({"jax": None, "backend": None, "jax_error": str(exc)})
+    return env
+
+
+def sanitize(obj, path: str = ""):
+    """Strict JSON: a non-finite float becomes null, with ``<key>_reason`` beside it."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                out[k] = None
+                out[f"{k}_reason"] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            else:
+                out[k] = sanitize(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [None if isinstance(v, float) and not math.isfinite(v) else sanitize(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        return sanitize(obj.item())
+    return obj

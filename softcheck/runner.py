@@ -1,0 +1,176 @@
+"""Run cases: compute each method's gradient, compare every pair, collect the verdicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from . import analytic, references, tolerances
+from .cases import Case, Config, make_inputs, suite
+from .compare import Comparison, compare, invariants
+from .report import CaseResult, FDInfo, Report
+from .spec import Inputs
+
+REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
+                   ("autodiff", "finite_difference"))
+CANDIDATE_PAIRS = (("candidate", "analytic"), ("candidate", "autodiff"),
+                   ("candidate", "finite_difference"))
+
+
+def upcast(inputs: Inputs) -> Inputs:
+    """The same inputs in float64 (exact): what the references differentiate."""
+    t = inputs.target if inputs.spec.hard else inputs.target64
+    return dataclasses.replace(inputs, logits=inputs.logits64, target=t, weight=inputs.weight64)
+
+
+def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> CaseResult:
+    """Judge one case: the three references against each other, and the candidate if given."""
+    t0 = time.perf_counter()
+    upstream = "random" if candidate is not None and candidate.takes("grad_output") else "one"
+    inputs = make_inputs(case, upstream=upstream)
+    inputs64 = upcast(inputs)
+    stats = references.row_stats(inputs64)
+    scale = stats.scale
+    kappa = tolerances.condition(inputs64.logits, case.spec.temperature, case.spec.softcap)
+    base = dict(name=case.name, params=case.params(), group=case.group, scale=scale, kappa=kappa)
+    if case.order == 2:
+        result = _second_order(case, inputs64, candidate, scale, kappa, timeout, base)
+        return dataclasses.replace(result, seconds=time.perf_counter() - t0)
+
+    grads: dict[str, np.ndarray] = {}
+    dtypes = {"analytic": case.dtype, "autodiff": "float64", "finite_difference": "float64"}
+    notes: list[str] = []
+    if candidate is not None:
+        call = candidate.call(inputs, timeout=timeout)
+        notes.extend(call.notes)
+        if call.error:
+            return CaseResult(passed=False, error=call.error, notes=tuple(notes),
+                              seconds=time.perf_counter() - t0, **base)
+        grads["candidate"] = call.grad
+        dtypes["candidate"] = case.dtype
+        dtypes["analytic"] = "float64"       # the candidate is judged by float64 references
+        grads["analytic"] = analytic.gradient(inputs64)
+    else:
+        grads["analytic"] = analytic.gradient(inputs)
+    grads["autodiff"] = references.autodiff(inputs64)
+    fd = references.finite_difference(inputs64, case.fd, budget=case.fd_budget,
+                                      probes=case.probes, seed=case.seed,
+                                      priority=grads.get("candidate", grads["analytic"]))
+    grads["finite_difference"] = fd.grad
+    pairs = (CANDIDATE_PAIRS + REFERENCE_PAIRS) if candidate is not None else REFERENCE_PAIRS
+    comparisons = []
+    for a, b in pairs:
+        comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale))
+    checked = "candidate" if candidate is not None else "analytic"
+    invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
+                      scale=scale)
+    passed = all(c.passed for c in comparisons) and all(i.passed for i in invs)
+    diagnosis: tuple[str, ...] = ()
+    if candidate is not None and not passed:
+        from .diagnose import diagnose
+
+        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs))
+    info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
+                  fd.columns, fd.probes)
+    return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
+                      fd=info, diagnosis=diagnosis, notes=tuple(notes),
+                      seconds=time.perf_counter() - t0, **base)
+
+
+def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale) -> Comparison:
+    """Compare on the entries both sides have (FD may cover a subset of the columns)."""
+    x, ref = grads[a], grads[b]
+    band = 0.0
+    if "finite_difference" in (a, b):
+        band = fd.band[:, None]
+        if fd.mask is not None:
+            x = np.where(fd.mask, x, 0.0)
+            ref = np.where(fd.mask, ref, 0.0)
+    dtype = tolerances.coarser(dtypes[a], dtypes[b])
+    cmp = compare((a, b), x, ref, inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale,
+                  band=band)
+    if fd.probes and "finite_difference" in (a, b):
+        cmp = _fold_probes(cmp, grads[a if b == "finite_difference" else b], fd)
+    return cmp
+
+
+def _fold_probes(cmp: Comparison, x: np.ndarray, fd) -> Comparison:
+    """Directional probes: Σ_c x_ic d_ic against the complex-step derivative along d, per row."""
+    worst = 0.0
+    for probe in fd.probes:
+        with np.errstate(invalid="ignore"):
+            got = np.sum(np.where(probe.direction != 0, x * probe.direction, 0.0), -1)
+        allowed = cmp.atol * np.sum(np.abs(probe.direction), -1) + probe.band
+        err = np.abs(got - probe.value)
+        ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, 1e-300))
+        ratio = np.where(np.isfinite(ratio), ratio, np.inf)
+        worst = max(worst, float(np.max(ratio)))
+    if worst <= 1.0:
+        return cmp
+    reason = (cmp.reason + "; " if cmp.reason else "") + (
+        f"a directional probe disagrees ({worst:.3g}× the allowed error)")
+    return dataclasses.replace(cmp, passed=False, reason=reason, ratio=max(cmp.ratio, worst))
+
+
+def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> CaseResult:
+    """Hessian-vector products: analytic vs jax.jvp(jax.grad) vs FD of the analytic gradient."""
+    rng = np.random.default_rng([case.seed, 2])
+    d = rng.standard_normal(inputs64.logits.shape)
+    d -= np.mean(d, -1, keepdims=True)           # orthogonal to the all-ones null vector
+    d = np.where(np.isfinite(inputs64.logits), d, 0.0)
+    hv = {"analytic": analytic.hvp(inputs64, d), "autodiff": references.autodiff_hvp(inputs64, d)}
+    fd_hv, band = references.finite_difference_hvp(inputs64, d, analytic.gradient)
+    hv["finite_difference"] = fd_hv
+    notes = []
+    pairs = REFERENCE_PAIRS
+    if candidate is not None and candidate.hvp is not None:
+        call = candidate.call_hvp(inputs64, d, timeout=timeout)
+        notes.extend(call.notes)
+        if call.error:
+            return CaseResult(passed=False, error=call.error, notes=tuple(notes), **base)
+        hv["candidate"] = call.grad
+        pairs = CANDIDATE_PAIRS + REFERENCE_PAIRS
+    # The HVP's scale: |H d| ≤ scale·(max|d|)·(2 + 2/T-ish); use the reference's own size.
+    hscale = max(float(np.max(np.abs(hv["autodiff"]), initial=0.0)), scale * 1e-300)
+    comps = []
+    for a, b in pairs:
+        bd = band if "finite_difference" in (a, b) else 0.0
+        comps.append(compare((a, b), hv[a], hv[b], inputs=inputs64, dtype="float64",
+                             kappa=kappa, scale=hscale, band=bd))
+    passed = all(c.passed for c in comps)
+    info = FDInfo("central (of the analytic gradient)", band, 1e-5, "one random direction "
+                  "orthogonal to the all-ones vector, every entry of H·d")
+    return CaseResult(passed=passed, comparisons=tuple(comps), fd=info, notes=tuple(notes),
+                      **base)
+
+
+def run_cases(cases: list[Case], candidate=None, *, timeout=None, fail_fast=False,
+              progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    results = []
+    for case in cases:
+        r = run_case(case, candidate, timeout=timeout)
+        results.append(r)
+        if progress:
+            progress(r)
+        if fail_fast and not r.passed:
+            break
+    return results
+
+
+def run(config: Config | None = None, *, fail_fast: bool = False, progress=None,
+        **options) -> Report:
+    """Check softcheck's own three methods against each other over the suite."""
+    cfg = config or Config(**options)
+    t0 = time.perf_counter()
+    cases, skipped = suite(cfg)
+    results = run_cases(cases, fail_fast=fail_fast, progress=progress)
+    return Report(tuple(results), "run", options_dict(cfg), tuple(skipped),
+                  seconds=time.perf_counter() - t0)
+
+
+def options_dict(cfg: Config) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

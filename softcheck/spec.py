@@ -1,0 +1,146 @@
+"""The loss options every stage shares, validated once.
+
+A :class:`LossSpec` says *which* softmax cross-entropy is meant: PyTorch
+``F.cross_entropy`` options (weight, ignore_index, reduction, label_smoothing, probability
+targets) plus what fused LLM kernels add (smoothing convention, temperature, soft-capping,
+z-loss).  It holds no arrays of logits; a :class:`Case` pairs it with concrete inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+REDUCTIONS = ("mean", "sum", "none")
+TARGET_KINDS = ("index", "onehot", "probs")
+CONVENTIONS = ("uniform", "others")
+
+
+class SoftcheckError(ValueError):
+    """An invocation the check cannot run: the CLI turns it into one line and exit code 2."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Which cross-entropy: every option of the composed loss (see ``losses.reference_rows``).
+
+    ``weight`` is a tuple of C floats, the string ``"random"`` (drawn per case from the seed),
+    or ``None``.  ``ignore_index`` is ``None`` when no target is ignored.
+    """
+
+    targets: str = "index"
+    reduction: str = "mean"
+    weight: tuple[float, ...] | str | None = None
+    ignore_index: int | None = None
+    label_smoothing: float = 0.0
+    smoothing_convention: str = "uniform"
+    temperature: float = 1.0
+    softcap: float | None = None
+    z_loss: float = 0.0
+
+    def replace(self, **changes) -> LossSpec:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def hard(self) -> bool:
+        """Integer class targets (``index``); otherwise a dense (N, C) target matrix."""
+        return self.targets == "index"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(self.weight, tuple):
+            d["weight"] = list(self.weight)
+        return d
+
+    def validate(self, classes: int | None = None) -> LossSpec:
+        """Raise :class:`SoftcheckError` naming the bad option and what is allowed."""
+        _choice("targets", self.targets, TARGET_KINDS)
+        _choice("reduction", self.reduction, REDUCTIONS)
+        _choice("smoothing-convention", self.smoothing_convention, CONVENTIONS)
+        eps = self.label_smoothing
+        if not (_finite(eps) and 0.0 <= eps <= 1.0):
+            raise SoftcheckError(f"--label-smoothing must lie in [0, 1], got {eps!r}")
+        if not (_finite(self.temperature) and self.temperature > 0):
+            raise SoftcheckError(f"--temperature must be > 0, got {self.temperature!r}")
+        if self.softcap is not None and not (_finite(self.softcap) and self.softcap > 0):
+            raise SoftcheckError(f"--softcap must be > 0, got {self.softcap!r}")
+        if not (_finite(self.z_loss) and self.z_loss >= 0):
+            raise SoftcheckError(f"--z-loss must be >= 0, got {self.z_loss!r}")
+        if self.ignore_index is not None and not self.hard and self.ignore_index >= 0:
+            raise SoftcheckError(
+                f"--ignore-index {self.ignore_index} is not allowed with --targets "
+                f"{self.targets}: probability targets accept only a negative ignore index "
+                "(as PyTorch)"
+            )
+        if isinstance(self.weight, str) and self.weight != "random":
+            raise SoftcheckError(f"--weight must be 'random' or a comma list, got {self.weight!r}")
+        if isinstance(self.weight, tuple):
+            w = self.weight
+            if not all(_finite(x) and x >= 0 for x in w):
+                raise SoftcheckError("--weight values must be finite and >= 0")
+            if classes is not None and len(w) != classes:
+                raise SoftcheckError(
+                    f"--weight has {len(w)} values but --classes is {classes}: give one per class"
+                )
+        if (
+            classes is not None
+            and classes < 2
+            and eps > 0
+            and self.smoothing_convention == "others"
+        ):
+            raise SoftcheckError(
+                "--smoothing-convention others spreads EPS over the C-1 other classes: "
+                "it needs --classes >= 2"
+            )
+        return self
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SoftcheckError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Concrete arrays for one case, already rounded to the case dtype.
+
+    ``logits`` and float ``target``/``weight`` hold values representable in ``dtype``; the
+    float64 references use their exact float64 upcasts (``*64`` properties).
+    ``grad_output`` is the upstream gradient: a scalar for mean/sum, (N,) for none.
+    """
+
+    logits: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray | None
+    grad_output: np.ndarray
+    spec: LossSpec
+
+    @property
+    def logits64(self) -> np.ndarray:
+        return np.asarray(self.logits, dtype=np.float64)
+
+    @property
+    def target64(self) -> np.ndarray:
+        t = self.target
+        return t if self.spec.hard else np.asarray(t, dtype=np.float64)
+
+    @property
+    def weight64(self) -> np.ndarray | None:
+        return None if self.weight is None else np.asarray(self.weight, dtype=np.float64)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Rows that contribute (not ignored): shape (N,) bool."""
+        if self.spec.hard and self.spec.ignore_index is not None:
+            return self.target != self.spec.ignore_index
+        return np.ones(self.logits.shape[0], dtype=bool)

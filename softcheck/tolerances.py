@@ -1,0 +1,97 @@
+"""Every tolerance in one per-dtype table, each entry derived.
+
+Notation: ``u`` is a format's unit roundoff (half an ulp at 1: 2^-53 for float64, 2^-24 for
+float32, 2^-8 for bfloat16, 2^-11 for float16).
+
+**The gradient's scale.**  Every entry of ∂L/∂z is a difference ``α(Σm·p_j − m_j)`` (plus the
+z-loss term) whose two parts are each at most ``S_i = |α_i|Σ_c m_ic + 2|β_i|·COEF·|lse_i|``
+(divided by T, times the softcap factor ≤ 1).  Rounding errors scale with those *parts*, not
+with the difference: in the ``confident`` regime the gradient is ~1e-13·S while any float64
+computation of ``p_y − 1`` errs by ~1e-16·S.  So errors are measured against
+``scale = max_i S_i / T`` — "relative to the gradient's scale" everywhere in softcheck means
+``max_abs_error / scale``.
+
+**Condition.**  ``p_j = exp(v_j − lse)`` turns an absolute error δ in its argument into a relative
+error δ; computing ``v_j − lse`` errs by about ``u·(|v_j| + |lse|)`` and ``|lse| ≤ max|v| + ln C``.
+So the case's condition number is ``κ = 1 + max|v| + ln C`` (finite v; v the logits after the
+temperature and softcap): the ``large`` regime (|v| ~ 1e3) loses three digits in any precision.
+
+**Allowed error per entry**, for a gradient in dtype d judged against a float64 reference r::
+
+    |x_ij − r_ij| ≤ K_ABS·u_compute(d)·κ·scale  +  K_REL·u(d)·|r_ij|  +  floor(d)  [+ FD band]
+
+* ``u_compute``: the arithmetic's roundoff.  float64 and float32 compute in their own format;
+  bfloat16/float16 results are expected from float32 arithmetic rounded once at the end (what
+  fused kernels do; TransformerEngine even requires the bf16 result to equal the fp32
+  reference rounded), so their u_compute is float32's.
+* ``K_ABS = 8``: the closed form performs ~5 roundings per entry on quantities bounded by the
+  scale (shift, exp, division by Σexp, product with Σm, difference with m) on top of the κ
+  amplification; 8 leaves headroom for a different but correct order of operations (log_softmax
+  then exp, as PyTorch does).  Measured: every correct implementation in the test suite stays
+  below 1/4 of this bound (``tests/test_tolerances.py``).
+* ``K_REL = 2``: the final rounding to dtype d costs at most u(d)·|r|; 2 allows one more
+  rounding (e.g. the upstream-gradient product in the output dtype).
+* ``floor``: half the smallest subnormal spacing: entries below it round to zero legitimately
+  (float16: 2^-25 ≈ 3e-8, the usual victim being p_j/N for tiny p_j).
+* FD band: the finite-difference judge's own predicted error (``references.py``), added to
+  every pair that involves ``finite_difference``.
+
+With these, float64 flags a relative error of 1e-9 in any single entry larger than ~1e-5 of
+the scale (normal regime, κ ≈ 8: bound ≈ 7e-15·scale); torch.autograd.gradcheck's defaults
+(atol 1e-5, rtol 1e-3) cannot see errors below ~1e-3 relative.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+K_ABS = 8.0
+K_REL = 2.0
+
+
+@dataclass(frozen=True)
+class DtypeTolerance:
+    u: float          # the format's unit roundoff: rounding of the result
+    u_compute: float  # roundoff of the arithmetic that produced it
+    floor: float      # half the smallest subnormal spacing
+
+
+TABLE: dict[str, DtypeTolerance] = {
+    "float64": DtypeTolerance(u=2.0**-53, u_compute=2.0**-53, floor=2.0**-1075),
+    "float32": DtypeTolerance(u=2.0**-24, u_compute=2.0**-24, floor=2.0**-150),
+    "bfloat16": DtypeTolerance(u=2.0**-8, u_compute=2.0**-24, floor=2.0**-134),
+    "float16": DtypeTolerance(u=2.0**-11, u_compute=2.0**-24, floor=2.0**-25),
+}
+
+
+def dtype_name(dtype) -> str:
+    name = np.dtype(dtype).name
+    return name if name in TABLE else "float32"
+
+
+def condition(logits64: np.ndarray, temperature: float, softcap: float | None) -> float:
+    """κ = 1 + max|v| + ln C over the finite transformed logits v (see the module docstring)."""
+    z = logits64[np.isfinite(logits64)]
+    vmax = float(np.max(np.abs(z))) / temperature if z.size else 0.0
+    if softcap:
+        vmax = min(vmax, softcap)
+    return 1.0 + vmax + math.log(max(logits64.shape[-1], 1))
+
+
+def allowed(dtype: str, kappa: float, scale: float, reference: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Per-entry allowed error, and the (atol, rtol) that make it up."""
+    t = TABLE[dtype]
+    atol = K_ABS * t.u_compute * kappa * scale + t.floor
+    rtol = K_REL * t.u
+    return atol + rtol * np.abs(reference), atol, rtol
+
+
+#: the lower-precision member of a pair decides the table entry
+PRECISION_ORDER = ("float64", "float32", "float16", "bfloat16")
+
+
+def coarser(a: str, b: str) -> str:
+    return max(a, b, key=PRECISION_ORDER.index)
