@@ -63,13 +63,25 @@ def params(inputs: Inputs) -> dict:
     }
 
 
+def _divide(xp, z, t):
+    """z / t; for complex z part by part, because XLA promotes complex / real to a complex
+    division in which (−inf + 0j)/(t + 0j) is NaN (−inf·0)."""
+    if xp.iscomplexobj(z):
+        return xp.real(z) / t + 1j * (xp.imag(z) / t)
+    return z / t
+
+
 def _terms(xp, z, target, prm, hard: bool, stop_gradient=_identity):
     """Per-row cross-entropy and z-loss, the row mask, and the mean denominators D, n."""
     c = z.shape[-1]
-    u = z / prm["temperature"]
+    u = _divide(xp, z, prm["temperature"])
     has_cap = prm["cap"] > 0
     cap = xp.where(has_cap, prm["cap"], 1.0)
-    v = xp.where(has_cap, cap * xp.tanh(u / cap), u)
+    # tanh(±inf) = ±1, but complex tanh(-inf + 0j) is NaN: cap the finite part only.
+    finite = xp.isfinite(xp.real(u))
+    capped = xp.where(finite, cap * xp.tanh(xp.where(finite, u, 0.0) / cap),
+                      cap * xp.sign(xp.real(u)))
+    v = xp.where(has_cap, capped, u)
     # Max shift on the real part: c + log Σ exp(v − c) = log Σ exp(v) holds for any c, also
     # for the complex step, where v carries an imaginary perturbation.
     shift = stop_gradient(xp.max(xp.real(v), axis=-1, keepdims=True))

@@ -1,0 +1,14 @@
+import os
+
+import pytest
+from hypothesis import settings
+
+# bounded, deterministic property tests in CI
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(autouse=True)
+def _no_color(monkeypatch):
+    monkeypatch.delenv("FORCE_COLOR", raising=False)

@@ -1,0 +1,169 @@
+"""The math: closed form vs autodiff vs finite differences, known values, invariants."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import softcheck
+from softcheck import analytic, references
+from softcheck.cases import Case, make_inputs, make_inputs_from_arrays
+from softcheck.runner import upcast
+from softcheck.spec import LossSpec
+
+OPTION_SETS = [
+    {},
+    {"weight": "random"},
+    {"ignore_index": -100},
+    {"ignore_index": 2},
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "smoothing_convention": "others"},
+    {"temperature": 1.7},
+    {"softcap": 3.0},
+    {"z_loss": 1e-2},
+    {"weight": "random", "ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3,
+     "softcap": 20.0, "temperature": 1.5},
+]
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 5))
+    c = draw(st.integers(1, 7))
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    targets = draw(st.sampled_from(["index", "onehot", "probs"]))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    opts = dict(draw(st.sampled_from(OPTION_SETS)))
+    if targets != "index" and opts.get("ignore_index", -1) >= 0:
+        opts.pop("ignore_index")
+    if opts.get("smoothing_convention") == "others" and c < 2:
+        opts.pop("smoothing_convention")
+    z = np.array(draw(st.lists(st.floats(-30, 30, allow_subnormal=False), min_size=n * c,
+                               max_size=n * c))).reshape(n, c)
+    if targets == "index":
+        t = np.array(draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
+        if "ignore_index" in opts and n > 1 and draw(st.booleans()):
+            t[0] = opts["ignore_index"]
+    else:
+        q = np.array(draw(st.lists(st.floats(0, 1), min_size=n * c, max_size=n * c))).reshape(n, c)
+        t = q if targets == "probs" else np.eye(c)[np.arange(n) % c]
+    go = np.array(draw(st.lists(st.floats(0.1, 3), min_size=n, max_size=n))) if reduction == "none" else 1.0
+    spec = LossSpec(targets=targets, reduction=reduction, **opts)
+    if spec.weight == "random":
+        spec = spec.replace(weight=tuple(np.linspace(0.5, 1.5, c)))
+    return make_inputs_from_arrays(z.astype(dtype), t, spec, grad_output=go)
+
+
+@given(problems())
+def test_analytic_equals_autodiff(inputs):
+    """The closed form agrees with jax.grad on drawn logits, targets, dtypes and options."""
+    a = analytic.gradient(upcast(inputs))
+    d = references.autodiff(upcast(inputs))
+    scale = references.row_stats(upcast(inputs)).scale
+    assert np.all(np.isfinite(a))
+    assert np.max(np.abs(a - d), initial=0) <= 64 * 2**-53 * (1 + 30 + math.log(inputs.logits.shape[1] + 1)) * scale + 1e-300
+
+
+@given(problems())
+def test_complex_step_equals_analytic(inputs):
+    a = analytic.gradient(upcast(inputs))
+    f = references.finite_difference(upcast(inputs), "complex")
+    assert np.max(np.abs(a - f.grad), initial=0) <= f.error_estimate + 64 * 2**-53 * references.row_stats(upcast(inputs)).scale
+
+
+def test_loss_at_uniform_logits_is_log_c():
+    for c in (1, 2, 10, 1000):
+        assert softcheck.loss(np.zeros((3, c)), np.arange(3) % c) == pytest.approx(math.log(c), abs=1e-14)
+
+
+def test_gradient_rows_sum_to_zero_for_normalized_targets():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 9))
+    q = rng.random((5, 9))
+    q /= q.sum(1, keepdims=True)
+    for t in (np.arange(5), q):
+        g = softcheck.gradient(z, t, label_smoothing=0.1)
+        assert np.max(np.abs(g.sum(1))) < 1e-16
+
+
+def test_plain_gradient_is_p_minus_y_over_n():
+    z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    y = np.array([2, 0])
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    expected = (p - np.eye(3)[y]) / 2
+    np.testing.assert_allclose(softcheck.gradient(z, y), expected, rtol=0, atol=1e-16)
+
+
+def test_unnormalized_probability_targets_use_p_times_sum_minus_y():
+    """PyTorch accepts targets that do not sum to one: the gradient is p·Σy − y, not p − y."""
+    z = np.array([[0.5, -1.0, 2.0]])
+    q = np.array([[0.2, 0.1, 0.2]])          # sums to 0.5
+    p = np.exp(z) / np.exp(z).sum()
+    g = softcheck.gradient(z, q)
+    np.testing.assert_allclose(g, p * 0.5 - q, atol=1e-16)
+    assert np.max(np.abs(g - (p - q))) > 0.1
+
+
+def test_all_ignored_mean_is_nan_with_zero_gradient():
+    z = np.random.default_rng(1).standard_normal((3, 4))
+    y = np.full(3, -100)
+    assert math.isnan(softcheck.loss(z, y, ignore_index=-100))
+    for m in ("analytic", "autodiff", "finite_difference"):
+        assert np.all(softcheck.gradient(z, y, method=m, ignore_index=-100) == 0)
+
+
+def test_single_class_gradient_is_zero():
+    z = np.array([[3.0], [-2.0]])
+    for m in ("analytic", "autodiff", "finite_difference"):
+        assert np.all(softcheck.gradient(z, np.array([0, 0]), method=m) == 0)
+
+
+def test_large_logits_do_not_overflow():
+    z = np.array([[1000.0, -1000.0, 999.0]])
+    g = softcheck.gradient(z.astype(np.float32), np.array([1]))
+    assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("opts", OPTION_SETS)
+def test_hvp_three_ways(opts):
+    case = Case(6, 4, "float64", "normal", 0, LossSpec(**opts))
+    inp = upcast(make_inputs(case))
+    d = np.random.default_rng(0).standard_normal((4, 6))
+    a = analytic.hvp(inp, d)
+    j = references.autodiff_hvp(inp, d)
+    np.testing.assert_allclose(a, j, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["central", "richardson", "complex"])
+def test_fd_error_band_bounds_the_measured_error(method):
+    """The predicted band must bound the real error, in every regime (else verdicts lie)."""
+    for regime in ("normal", "large", "tied", "confident", "wrong", "masked"):
+        for opts in OPTION_SETS:
+            if regime == "masked" and opts.get("label_smoothing"):
+                continue
+            inp = upcast(make_inputs(Case(8, 3, "float64", regime, 0, LossSpec(**opts))))
+            a = analytic.gradient(inp)
+            f = references.finite_difference(inp, method)
+            err = np.max(np.abs(f.grad - a), axis=1)
+            assert np.all(err <= f.band + 1e-300), (regime, opts, err, f.band)
+
+
+def test_regression_complex_step_softcap_with_minus_inf_logits():
+    """Caught by the band test: complex tanh(-inf + 0j) is NaN, so the complex-step FD of a
+    softcapped loss with masked (-inf) logits was all NaN."""
+    inp = upcast(make_inputs(Case(8, 3, "float64", "masked", 0, LossSpec(softcap=3.0))))
+    f = references.finite_difference(inp, "complex")
+    assert np.all(np.isfinite(f.grad))
+
+
+def test_regression_jax_complex_step_with_minus_inf_logits(monkeypatch):
+    """Caught by `run --classes 1000`: under XLA, (−inf + 0j)/T is a complex division that
+    gives NaN, so the jitted complex-step FD of a masked case was all NaN."""
+    monkeypatch.setattr(references, "JAX_FD_THRESHOLD", 0)
+    inp = upcast(make_inputs(Case(16, 2, "float64", "masked", 0, LossSpec(temperature=1.5))))
+    f = references.finite_difference(inp, "complex")
+    assert np.all(np.isfinite(f.grad))
+    np.testing.assert_allclose(f.grad, analytic.gradient(inp), rtol=0, atol=1e-15)
