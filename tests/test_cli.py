@@ -1,0 +1,119 @@
+"""The CLI through click's CliRunner and through a real subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from softcheck.cli import cli
+
+ONE_CASE = ["--classes", "7", "--batch", "3", "--dtype", "float64", "--targets", "index",
+            "--reduction", "mean", "--regime", "normal"]
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(cli, list(args), env=env or {})
+
+
+def test_one_case_when_every_axis_is_pinned():
+    r = invoke("run", *ONE_CASE, "--json", "-")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["summary"] == {"total": 1, "passed": 1, "failed": 0}
+    assert [c["pair"] for c in d["cases"][0]["comparisons"]] == [
+        ["analytic", "autodiff"], ["analytic", "finite_difference"], ["autodiff", "finite_difference"]]
+
+
+def test_default_suite_covers_the_axes_and_passes(tmp_path):
+    out = tmp_path / "r.json"
+    r = invoke("run", "--classes", "10", "--json", str(out))
+    assert r.exit_code == 0
+    d = json.loads(out.read_text())
+    cases = d["cases"]
+    assert len(cases) >= 12
+    for axis, values in {"dtype": {"float64", "float32", "bfloat16", "float16"},
+                         "targets": {"index", "onehot", "probs"},
+                         "reduction": {"mean", "sum", "none"},
+                         "regime": {"normal", "large", "tied", "confident", "wrong", "masked"}}.items():
+        assert {c["params"][axis] for c in cases} == values
+    assert {c["params"]["batch"] for c in cases} >= {1} and max(c["params"]["batch"] for c in cases) > 1
+    for c in cases:
+        assert len(c["comparisons"]) == 3
+        assert all(isinstance(x["max_abs_error"], float) for x in c["comparisons"])
+    assert "CASE" not in r.stdout and "PASS" in r.stdout
+
+
+def test_json_dash_prints_only_json():
+    r = invoke("run", *ONE_CASE, "--json", "-")
+    json.loads(r.stdout)          # nothing but JSON on stdout
+    assert "PASS" in r.stderr     # the table went to stderr
+
+
+def test_json_round_trips(tmp_path):
+    import softcheck
+
+    rep = softcheck.run(classes=5, batch=2, dtype="float64", targets="probs", reduction="none",
+                        regime="masked")
+    d = json.loads(rep.to_json())
+    assert json.loads(json.dumps(d)) == d
+    assert d["passed"] is True and d["schema_version"] == 1
+    assert d["environment"]["backend"] == "cpu"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--classes", "0"], "--classes must be a whole number >= 1"),
+    (["--classes", "x"], "'x' is not a valid int"),
+    (["--batch", "0"], "--batch must be"),
+    (["--dtype", "float8"], "--dtype must be one of"),
+    (["--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1]"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--softcap", "-1"], "--softcap must be > 0"),
+    (["--z-loss", "-1"], "--z-loss must be >= 0"),
+    (["--weight", "1,2"], "--weight has 2 values but --classes is 10"),
+    (["--targets", "probs", "--ignore-index", "3"], "only a negative ignore index"),
+    (["--regime", "all-ignored"], "needs --ignore-index"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    r = invoke("run", *args)
+    assert r.exit_code == 2
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_unwritable_json_path_exits_2_and_writes_nothing(tmp_path):
+    r = invoke("run", *ONE_CASE, "--json", str(tmp_path / "missing" / "r.json"))
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_force_color_prints_ansi():
+    r = invoke("run", *ONE_CASE, env={"FORCE_COLOR": "1"})
+    assert "\x1b[" in r.stdout
+
+
+def test_no_color_when_not_a_tty():
+    r = invoke("run", *ONE_CASE)
+    assert "\x1b[" not in r.stdout
+
+
+def test_real_subprocess_exit_codes(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    ok = subprocess.run([sys.executable, "-m", "softcheck", "run", *ONE_CASE, "--json", "-"],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["passed"] is True
+    bad = subprocess.run([sys.executable, "-m", "softcheck", "run", "--classes", "0"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_help_does_not_import_jax():
+    code = ("import sys; from softcheck.cli import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit: pass\n"
+            "assert 'jax' not in sys.modules, 'jax imported by --help'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
