@@ -213,11 +213,13 @@ def class_weights(classes: int, seed: int) -> np.ndarray:
     return rng.uniform(0.25, 2.0, classes)
 
 
-def make_inputs(case: Case, *, upstream: str = "one") -> Inputs:
+def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
     """Draw the case's inputs (float64, seed-determined) and round them to the case dtype.
 
-    ``upstream``: ``"one"`` gives a unit upstream gradient for mean/sum, ``"random"`` a random
-    scalar; reduction none always gets a random non-uniform (N,) vector.
+    ``upstream`` (the gradient flowing into the loss): ``"auto"`` is 1 for mean/sum and a
+    random non-uniform (N,) vector for none; ``"random"`` also makes the mean/sum scalar
+    random (a candidate that declares ``grad_output``); ``"one"`` is all ones (one that
+    does not).
     """
     s = case.spec
     n, c = case.batch, case.classes
@@ -252,8 +254,10 @@ def make_inputs(case: Case, *, upstream: str = "one") -> Inputs:
         weight = class_weights(c, case.seed).astype(dt)
     elif s.weight is not None:
         weight = np.asarray(s.weight, np.float64).astype(dt)
-    if s.reduction == "none":
+    if s.reduction == "none" and upstream != "one":
         go = rng.uniform(0.25, 2.0, n).astype(dt).astype(np.float64)
+    elif s.reduction == "none":
+        go = np.ones(n)
     elif upstream == "random":
         go = np.float64(np.float64(rng.uniform(0.5, 2.0)).astype(dt))
     else:

@@ -231,6 +231,64 @@ def run(json_path, junit_path, markdown_path, fail_fast, debug, **kw):
     return emit(report, json_path, junit_path, markdown_path)
 
 
+@cli.command()
+@click.argument("target")
+@suite_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a single call of TARGET may take before its case fails.")
+@click.option("--hvp", "hvp_target", default=None,
+              help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
+@with_outputs
+def check(target, json_path, junit_path, markdown_path, fail_fast, debug, timeout, hvp_target,
+          **kw):
+    """Check YOUR gradient: TARGET is path/to/file.py:function or package.module:function.
+
+    Called as fn(logits, target, **kw) with the options it declares (weight, ignore_index,
+    reduction, label_smoothing, smoothing_convention, temperature, softcap, z_loss,
+    grad_output); it returns d(loss)/d(logits).  Compared with the closed form, autodiff and
+    finite differences; a failing case says where and how it is wrong.
+    """
+    from . import candidate as cmod
+
+    cfg = _config(kw)
+    cand = cmod.load(target)
+    if hvp_target:
+        cand.hvp = cmod.load(hvp_target).fn
+    report = cmod.check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast)
+    return emit(report, json_path, junit_path, markdown_path)
+
+
+@cli.command()
+@click.option("--classes", type=CommaList(int), default="10", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def mutants(classes, seed, debug):
+    """Prove the checker's power: every built-in wrong gradient must be caught, and the
+    correct one must pass under the same options.  Exit 0 only then."""
+    from rich.table import Table
+
+    from .mutants import run_mutants
+
+    results = run_mutants(classes=classes, seed=seed)
+    console = _console(stderr=False)
+    table = Table(header_style="bold", pad_edge=False)
+    for col in ("mutant", "options", "caught", "verdict"):
+        table.add_column(col)
+    for r in results:
+        opts = ", ".join(f"{k}={v}" for k, v in r.mutant.options.items()) or "-"
+        regimes = sorted({n.rsplit("-", 1)[-1] for n in r.caught})
+        caught = f"{len(r.caught)}/{r.total} cases" + (f" ({', '.join(regimes)})" if regimes else "")
+        verdict = ("CAUGHT" if r.ok else ("MISSED" if not r.caught else "CORRECT ONE FAILS"))
+        table.add_row(r.mutant.name, opts, caught, verdict,
+                      style="green" if r.ok else "bold red")
+    console.print(table)
+    bad = [r for r in results if not r.ok]
+    console.print(f"{len(results) - len(bad)}/{len(results)} mutants caught, correct reference "
+                  f"{'passes' if all(r.correct_passed for r in results) else 'FAILS'}",
+                  style="bold green" if not bad else "bold red", markup=False)
+    return EXIT_OK if not bad else EXIT_FAIL
+
+
 def main() -> None:
     cli.main()
 

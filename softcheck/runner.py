@@ -29,7 +29,9 @@ def upcast(inputs: Inputs) -> Inputs:
 def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> CaseResult:
     """Judge one case: the three references against each other, and the candidate if given."""
     t0 = time.perf_counter()
-    upstream = "random" if candidate is not None and candidate.takes("grad_output") else "one"
+    upstream = "auto"
+    if candidate is not None:
+        upstream = "random" if candidate.takes("grad_output") else "one"
     inputs = make_inputs(case, upstream=upstream)
     inputs64 = upcast(inputs)
     stats = references.row_stats(inputs64)

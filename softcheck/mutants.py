@@ -1,0 +1,170 @@
+"""A catalog of plausible wrong gradients, from how real cross-entropy code goes wrong.
+
+``softcheck mutants`` checks each one under the options where its bug shows, and the correct
+implementation under the same options: the proof that the checker catches what it should and
+nothing else.  Each mutant is an ordinary candidate ``fn(logits, target, **kw)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KW = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
+      "temperature", "softcap", "z_loss", "grad_output")
+
+
+def correct(logits, target, **kw):
+    """A correct gradient (softcheck's closed form) for the options in ``kw``."""
+    import softcheck
+
+    opts = {k: v for k, v in kw.items() if k in KW and v is not None}
+    if np.asarray(target).ndim == 2:
+        opts["targets"] = "probs"
+    return softcheck.gradient(logits, target, **opts)
+
+
+def _plain(z, y, axis=-1, shift=True):
+    z = np.asarray(z, np.float64)
+    with np.errstate(all="ignore"):
+        e = np.exp(z - np.max(z, axis=axis, keepdims=True)) if shift else np.exp(z)
+        p = e / np.sum(e, axis=axis, keepdims=True)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(y)), y] = 1
+    return (p - onehot) / len(y)
+
+
+def _one_entry(logits, target, **kw):
+    g = np.array(correct(logits, target, **kw))
+    g[0, int(target[0])] *= 1 + 1e-9
+    return g
+
+
+def _smoothing_unmasked(logits, target, ignore_index=-100, label_smoothing=0.0, **kw):
+    """pytorch#73205: the smoothing term was not masked for ignored rows."""
+    g = correct(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, **kw)
+    z = np.asarray(logits, np.float64)
+    c = z.shape[1]
+    ign = target == ignore_index
+    n_valid = max(int((~ign).sum()), 1)
+    e = np.exp(z - z.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    g = np.array(g)
+    g[ign] = label_smoothing / c * (c * p[ign] - 1) / n_valid
+    return g
+
+
+def _softcap_no_chain(logits, target, softcap=None, **kw):
+    return correct(np.asarray(logits, np.float64), target, softcap=softcap, **kw) / (
+        1 - np.tanh(np.asarray(logits, np.float64) / softcap) ** 2)
+
+
+def _p_minus_q(logits, target, **kw):
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True) - target) / len(z)
+
+
+def _ignores_grad_output(logits, target, grad_output=None, **kw):
+    return correct(logits, target, **kw)
+
+
+def _float32_inside(logits, target, **kw):
+    return np.asarray(correct(np.asarray(logits, np.float32), target, **kw), np.float64)
+
+
+def _zloss_weighted(logits, target, weight=None, z_loss=0.0, **kw):
+    g0 = correct(logits, target, weight=weight, **kw)
+    z = np.asarray(logits, np.float64)
+    m = z.max(1, keepdims=True)
+    e = np.exp(z - m)
+    lse = (m + np.log(e.sum(1, keepdims=True)))
+    p = e / e.sum(1, keepdims=True)
+    wy = np.asarray(weight, np.float64)[target][:, None]
+    return g0 + 2 * z_loss * lse * p * wy / len(z)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    description: str
+    fn: Callable
+    options: dict = field(default_factory=dict)
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("sign-flip", "returns y - p instead of p - y",
+           lambda z, y, **kw: -correct(z, y, **kw)),
+    Mutant("sum-not-mean", "forgets the mean's division by the row count",
+           lambda z, y, reduction="mean", **kw: correct(z, y, reduction="sum", **kw)),
+    Mutant("mean-over-ignored", "with ignore_index, divides by N instead of the non-ignored count",
+           lambda z, y, reduction="mean", **kw: correct(z, y, reduction="sum", **kw) / len(z),
+           {"ignore_index": -100}),
+    Mutant("no-max-shift", "softmax without the max shift: exp overflows for large logits",
+           lambda z, y, **kw: _plain(z, y, shift=False)),
+    Mutant("off-by-one-target", "subtracts the one-hot at class y+1",
+           lambda z, y, **kw: _plain(z, (y + 1) % np.asarray(z).shape[1])),
+    Mutant("wrong-axis", "softmax over the batch axis instead of the classes",
+           lambda z, y, **kw: _plain(z, y, axis=0)),
+    Mutant("no-label-smoothing", "ignores label smoothing",
+           lambda z, y, label_smoothing=0.0, **kw: correct(z, y, **kw), {"label_smoothing": 0.1}),
+    Mutant("smoothing-convention", "EPS/(C-1) off-target (fairseq) where PyTorch's EPS/C is asked",
+           lambda z, y, smoothing_convention="uniform", **kw:
+           correct(z, y, smoothing_convention="others", **kw), {"label_smoothing": 0.1}),
+    Mutant("smoothing-on-ignored-rows", "label smoothing not masked on ignored rows (pytorch#73205)",
+           _smoothing_unmasked, {"label_smoothing": 0.1, "ignore_index": -100}),
+    Mutant("weights-denominator", "weighted loss, but the mean divides by the count, not Σ w[y]",
+           lambda z, y, weight=None, **kw: correct(z, y, weight=weight, reduction="sum") / len(z),
+           {"weight": "random"}),
+    Mutant("z-loss-half", "z-loss gradient COEF·lse·p instead of 2·COEF·lse·p",
+           lambda z, y, z_loss=0.0, **kw: correct(z, y, z_loss=z_loss / 2, **kw), {"z_loss": 1e-3}),
+    Mutant("z-loss-weighted", "applies the class weights to the z-loss term",
+           _zloss_weighted, {"weight": "random", "z_loss": 1e-2}),
+    Mutant("softcap-no-chain", "forgets the softcap chain factor 1 - tanh²(z/S)",
+           _softcap_no_chain, {"softcap": 5.0}),
+    Mutant("temperature-no-chain", "forgets the temperature's chain factor 1/T",
+           lambda z, y, temperature=1.0, **kw: correct(z, y, temperature=temperature, **kw) * temperature,
+           {"temperature": 2.0}),
+    Mutant("assumes-normalized-targets", "p - y for probability targets that need not sum to one",
+           _p_minus_q, {"targets": "probs"}),
+    Mutant("ignores-grad-output", "reduction none, but the upstream gradient is dropped",
+           _ignores_grad_output, {"reduction": "none"}),
+    Mutant("float32-inside", "computes in float32 and returns float64",
+           _float32_inside, {"dtype": "float64"}),
+    Mutant("one-entry-1e-9", "correct except one entry off by a relative 1e-9",
+           _one_entry, {"dtype": "float64"}),
+)
+
+
+@dataclass(frozen=True)
+class MutantResult:
+    mutant: Mutant
+    caught: tuple[str, ...]
+    total: int
+    correct_passed: bool
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.caught) and self.correct_passed
+
+
+def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
+    from .api import config
+    from .candidate import Candidate, check_candidate
+
+    out = []
+    baseline: dict = {}
+    for m in MUTANTS:
+        if names and m.name not in names:
+            continue
+        cfg = config(classes=classes, seed=seed, **m.options)
+        rep = check_candidate(Candidate.from_callable(m.fn, label=m.name), cfg)
+        key = tuple(sorted(m.options.items()))
+        if key not in baseline:
+            good = check_candidate(Candidate.from_callable(correct, label="correct"), cfg)
+            baseline[key] = good.passed
+        caught = tuple(c.name for c in rep.cases if not c.passed)
+        out.append(MutantResult(m, caught, len(rep.cases), baseline[key]))
+    return out

@@ -1,0 +1,152 @@
+"""softcheck check: correct candidates pass, wrong ones fail with a useful diagnosis."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import softcheck
+from softcheck.cli import cli
+from softcheck.mutants import correct
+from softcheck.testing import assert_gradient_correct
+
+EX = "scripts/examples"
+
+
+def hints(report):
+    return [h for c in report.failed for h in c.diagnosis]
+
+
+@pytest.mark.parametrize("opts", [
+    {}, {"weight": "random"}, {"ignore_index": -100}, {"ignore_index": 3},
+    {"label_smoothing": 0.1}, {"label_smoothing": 0.1, "smoothing_convention": "others"},
+    {"temperature": 1.5}, {"softcap": 10.0}, {"z_loss": 1e-3}, {"reduction": "none"},
+    {"reduction": "sum"}, {"targets": "probs"},
+    {"weight": "random", "ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3,
+     "softcap": 20.0, "temperature": 1.5},
+])
+def test_correct_candidate_passes_under_each_option_set(opts):
+    rep = softcheck.check(correct, **opts)
+    assert rep.passed, [c.name for c in rep.failed]
+    assert all(p.pair[0] == "candidate" for p in rep.cases[0].comparisons[:3])
+
+
+def test_torch_candidate_with_every_torch_option():
+    from scripts_examples import torch_ce
+
+    rep = softcheck.check(torch_ce.grad, weight="random", ignore_index=-100, label_smoothing=0.1,
+                          reduction="none")
+    assert rep.passed, [c.name for c in rep.failed]
+    rep = softcheck.check(torch_ce.grad, ignore_index=2, reduction="mean")
+    assert rep.passed
+
+
+def test_numpy_and_jax_examples():
+    from scripts_examples import jax_ce, numpy_ce
+
+    assert softcheck.check(numpy_ce.grad, ignore_index=-100, label_smoothing=0.1).passed
+    assert softcheck.check(jax_ce.grad).passed
+    wrong = softcheck.check(numpy_ce.grad_wrong, ignore_index=-100)
+    assert not wrong.passed
+    assert any("instead of the number" in h for h in hints(wrong))
+
+
+def test_sign_flip_is_named():
+    rep = softcheck.check(lambda z, y: -correct(z, y), dtype="float64", regime="normal")
+    assert not rep.passed and any("sign flipped" in h for h in hints(rep))
+
+
+def test_constant_factor_is_named():
+    rep = softcheck.check(lambda z, y: correct(z, y) * len(z), dtype="float64", regime="normal",
+                          batch=5)
+    assert any("= N (batch size)" in h or "reduction 'sum'" in h for h in hints(rep))
+
+
+def test_other_smoothing_convention_is_recognized():
+    rep = softcheck.check(lambda z, y, label_smoothing=0.0: correct(
+                              z, y, label_smoothing=label_smoothing, smoothing_convention="others"),
+                          label_smoothing=0.1, dtype="float64")
+    assert any("convention 'others'" in h for h in hints(rep))
+
+
+def test_missing_max_shift_blamed_in_large_regime():
+    def no_shift(z, y):
+        e = np.exp(z.astype(np.float64))
+        p = e / e.sum(1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        return p / len(y)
+
+    rep = softcheck.check(no_shift, dtype="float64")
+    failed = {c.params["regime"] for c in rep.failed}
+    assert failed == {"large"}
+    assert any("max shift" in h for h in hints(rep))
+
+
+def test_target_column_only_error():
+    def bad(z, y):
+        g = correct(z, y)
+        g[np.arange(len(y)), y] *= 1.01
+        return g
+
+    rep = softcheck.check(bad, dtype="float64", regime="normal")
+    assert any("only in the target column" in h for h in hints(rep))
+
+
+def test_ignored_rows_not_zero_is_reported():
+    def bad(z, y, ignore_index=-100):
+        return correct(z, np.where(y == ignore_index, 0, y))
+
+    rep = softcheck.check(bad, ignore_index=-100, dtype="float64", regime="normal")
+    assert any("ignored rows must be exactly zero" in h for h in hints(rep))
+
+
+def test_candidate_writing_into_logits_is_judged_correctly():
+    def inplace(z, y):
+        g = correct(z, y)
+        z[...] = g          # Liger-style: the gradient overwrites the logits buffer
+        return z
+
+    rep = softcheck.check(inplace)
+    assert rep.passed
+    assert any("wrote into its logits" in n for n in rep.cases[0].notes)
+
+
+def test_wrong_candidate_exit_1_with_diagnosis_in_cli_and_json():
+    r = CliRunner().invoke(cli, ["check", f"{EX}/numpy_ce.py:grad_wrong", "--ignore-index", "-100",
+                                 "--json", "-"])
+    assert r.exit_code == 1
+    d = json.loads(r.stdout)
+    assert not d["passed"]
+    failed = [c for c in d["cases"] if not c["passed"]]
+    assert failed and failed[0]["diagnosis"]
+    assert failed[0]["comparisons"][0]["pair"][0] == "candidate"
+    assert "row" in failed[0]["comparisons"][0]["worst"][0]
+
+
+def test_subprocess_check_passes_for_the_examples():
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{EX}/torch_ce.py:grad",
+                        "--weight", "random", "--ignore-index", "-100", "--label-smoothing",
+                        "0.1", "--reduction", "none"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_pytest_helper_message_is_the_diagnosis():
+    assert_gradient_correct(correct, label_smoothing=0.1)
+    with pytest.raises(AssertionError, match="sign flipped"):
+        assert_gradient_correct(lambda z, y: -correct(z, y), regime="normal")
+
+
+def test_mutants_command_exits_0():
+    r = CliRunner().invoke(cli, ["mutants"])
+    assert r.exit_code == 0, r.stdout
+    assert "18/18 mutants caught" in r.stdout
+
+
+def test_one_entry_1e9_relative_error_fails_in_float64():
+    from softcheck.mutants import _one_entry
+
+    rep = softcheck.check(_one_entry, dtype="float64", regime="normal")
+    assert not rep.passed
