@@ -344,11 +344,12 @@ def _columns(rows, z, js, h, method):
     return np.imag(rows(zc)) / h[None, :]
 
 
-def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn):
+def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn, scale: float):
     """Central differences of a gradient function along ``direction``, with an error band.
 
     The truncation error is estimated from two steps (h, 2h): D(2h) − D(h) ≈ 3·(h²/6)·D''' so
-    the truncation at h is about |D(2h) − D(h)|/3; rounding adds γ·u·|g|/h.
+    the truncation at h is about |D(2h) − D(h)|/3; rounding adds γ·u·scale·max|d|/h, with the
+    gradient's natural scale (its entries' parts, not the entries: see tolerances.py).
     """
     z = inputs.logits64
     d = np.asarray(direction, np.float64)
@@ -363,7 +364,6 @@ def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn):
         dd = np.where(np.isfinite(z), d, 0.0)
         d1 = (at(z + h * dd) - at(z - h * dd)) / (2 * h)
         d2 = (at(z + 2 * h * dd) - at(z - 2 * h * dd)) / (4 * h)
-    g = at(z)
     gamma = 8 + math.log2(max(z.shape[1], 2))
-    band = 2 * np.abs(d2 - d1) / 3 + gamma * U64 * np.max(np.abs(g), initial=0.0) * 4 / h
+    band = 2 * np.abs(d2 - d1) / 3 + gamma * U64 * scale * np.max(np.abs(dd), initial=0.0) * 4 / h
     return d1, float(np.max(band, initial=0.0))

@@ -124,7 +124,7 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
     d -= np.mean(d, -1, keepdims=True)           # orthogonal to the all-ones null vector
     d = np.where(np.isfinite(inputs64.logits), d, 0.0)
     hv = {"analytic": analytic.hvp(inputs64, d), "autodiff": references.autodiff_hvp(inputs64, d)}
-    fd_hv, band = references.finite_difference_hvp(inputs64, d, analytic.gradient)
+    fd_hv, band = references.finite_difference_hvp(inputs64, d, analytic.gradient, scale)
     hv["finite_difference"] = fd_hv
     notes = []
     pairs = REFERENCE_PAIRS
@@ -135,8 +135,13 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
             return CaseResult(passed=False, error=call.error, notes=tuple(notes), **base)
         hv["candidate"] = call.grad
         pairs = CANDIDATE_PAIRS + REFERENCE_PAIRS
-    # The HVP's scale: |H d| ≤ scale·(max|d|)·(2 + 2/T-ish); use the reference's own size.
-    hscale = max(float(np.max(np.abs(hv["autodiff"]), initial=0.0)), scale * 1e-300)
+    # The natural scale of H·d, as for the gradient (tolerances.py): per row H = A(diag p − p pᵀ)
+    # (+ the z-loss p pᵀ and the softcap g'' terms), each part at most the gradient's scale
+    # times |d| and 1/T; ‖diag p − p pᵀ‖∞ ≤ 2, |g''| ≤ 0.77/S.  Rounding scales with the parts,
+    # not with H·d itself (which vanishes when p saturates).
+    cap = case.spec.softcap
+    hscale = scale * float(np.max(np.abs(d), initial=0.0)) * (2 + (0.77 / cap if cap else 0.0)) \
+        / case.spec.temperature
     comps = []
     for a, b in pairs:
         bd = band if "finite_difference" in (a, b) else 0.0
