@@ -12,6 +12,7 @@ import os
 import sys
 
 import click
+import numpy as np
 
 from .spec import SoftcheckError
 
@@ -287,6 +288,48 @@ def mutants(classes, seed, debug):
                   f"{'passes' if all(r.correct_passed for r in results) else 'FAILS'}",
                   style="bold green" if not bad else "bold red", markup=False)
     return EXIT_OK if not bad else EXIT_FAIL
+
+
+@cli.command()
+@click.option("--classes", type=int, default=10, show_default=True)
+@click.option("--batch", type=int, default=6, show_default=True)
+@click.option("--targets", type=click.Choice(["index", "onehot", "probs"]), default="index")
+@click.option("--reduction", type=click.Choice(["mean", "sum", "none"]), default="mean")
+@click.option("--regime", type=click.Choice(["normal", "large", "tied", "confident", "wrong",
+                                             "masked"]), default="normal")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", "plot_path", default=None, help="Draw the curves to PATH.png (needs softcheck[plot]).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def steps(classes, batch, targets, reduction, regime, seed, plot_path, debug):
+    """Sweep the finite-difference step h over decades and print each method's error against
+    the closed form: the V of truncation vs rounding, with the derived h marked (*)."""
+    from rich.table import Table
+
+    from .api import config
+    from .cases import suite
+    from .steps import plot, sweep
+
+    _check_outputs(plot_path)
+    cfg = config(classes=classes, batch=batch, dtype="float64", targets=targets,
+                 reduction=reduction, regime=regime, seed=seed)
+    case = suite(cfg)[0][0]
+    sweeps = sweep(case)
+    console = _console(stderr=False)
+    for s in sweeps:
+        table = Table(title=f"{s.method} (derived h = {s.derived:.2g})", header_style="bold",
+                      pad_edge=False)
+        table.add_column("h", justify="right")
+        table.add_column("max error / scale", justify="right")
+        best = int(np.argmin(s.errors))
+        near = int(np.argmin([abs(np.log10(h / s.derived)) for h in s.steps]))
+        for i, (h, e) in enumerate(zip(s.steps, s.errors)):
+            mark = (" *" if i == near else "") + (" (min)" if i == best else "")
+            table.add_row(f"{h:.0e}{mark}", f"{e:.1e}", style="green" if i == best else None)
+        console.print(table)
+    if plot_path:
+        plot(sweeps, plot_path, case.name)
+        console.print(f"wrote {plot_path}", markup=False)
+    return EXIT_OK
 
 
 def main() -> None:
