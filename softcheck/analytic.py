@@ -52,6 +52,14 @@ def compute_dtype(dtype) -> type:
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Max-shifted softmax in float64 (also used by the diagnosis and the mutants)."""
+    z = np.asarray(z, np.float64)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        e = np.exp(z - np.max(z, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
 def _forward(inputs: Inputs, cd):
     spec = inputs.spec
     z = np.asarray(inputs.logits, dtype=cd)

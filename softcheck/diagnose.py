@@ -26,10 +26,7 @@ def _grad(inputs, **spec_changes):
 
 
 def _softmax_wrong_axis(inputs):
-    z = inputs.logits64 / inputs.spec.temperature
-    with np.errstate(all="ignore"):
-        e = np.exp(z - np.max(z, axis=0, keepdims=True))
-        p = e / np.sum(e, axis=0, keepdims=True)
+    p = analytic.softmax(inputs.logits64 / inputs.spec.temperature, axis=0)
     y = np.zeros_like(p)
     if inputs.spec.hard:
         rows = np.flatnonzero(inputs.valid)
@@ -37,10 +34,10 @@ def _softmax_wrong_axis(inputs):
     else:
         y = inputs.target64
     g = p - y
-    return g / len(z) if inputs.spec.reduction == "mean" else g
+    return g / len(p) if inputs.spec.reduction == "mean" else g
 
 
-def _known_bugs(inputs, case):
+def _known_bugs(inputs):
     """(description, gradient) of classic mistakes that apply to this case's options."""
     s = inputs.spec
     n = inputs.logits.shape[0]
@@ -89,10 +86,7 @@ def _p_minus_y(inputs):
     if s.label_smoothing or s.weight is not None or s.z_loss or s.softcap or s.temperature != 1:
         return None
     z = inputs.logits64
-    with np.errstate(all="ignore"):
-        e = np.exp(z - np.max(z, -1, keepdims=True))
-        p = e / np.sum(e, -1, keepdims=True)
-    g = p - inputs.target64
+    g = analytic.softmax(z) - inputs.target64
     go = np.broadcast_to(np.asarray(inputs.grad_output, float), (len(z),))[:, None]
     return g * go / (len(z) if s.reduction == "mean" else 1)
 
@@ -144,15 +138,14 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
             hints.append("gradient rows should sum to zero (softmax is shift-invariant) and do not")
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
-    dt = tolerances.coarser(case.dtype, "float64")
     kappa = tolerances.condition(inp.logits, case.spec.temperature, case.spec.softcap)
     from .references import row_stats
 
     sc = row_stats(inp).scale
-    for desc, g in _known_bugs(inp, case):
+    for desc, g in _known_bugs(inp):
         if g.shape != x.shape or not np.all(np.isfinite(g)):
             continue
-        if compare(("candidate", "pattern"), x, g, inputs=inp, dtype=dt, kappa=kappa, scale=sc).passed:
+        if compare(("candidate", "pattern"), x, g, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc).passed:
             hints.append(f"looks like a known bug: {desc}")
     worst = max(comparisons, key=lambda c: c.ratio, default=None)
     if worst is not None and worst.worst and not hints:

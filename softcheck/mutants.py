@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .analytic import softmax
+
 KW = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
       "temperature", "softcap", "z_loss", "grad_output")
 
@@ -28,9 +30,11 @@ def correct(logits, target, **kw):
 
 def _plain(z, y, axis=-1, shift=True):
     z = np.asarray(z, np.float64)
-    with np.errstate(all="ignore"):
-        e = np.exp(z - np.max(z, axis=axis, keepdims=True)) if shift else np.exp(z)
-        p = e / np.sum(e, axis=axis, keepdims=True)
+    if shift:
+        p = softmax(z, axis)
+    else:
+        with np.errstate(all="ignore"):
+            p = np.exp(z) / np.sum(np.exp(z), axis=axis, keepdims=True)
     onehot = np.zeros_like(p)
     onehot[np.arange(len(y)), y] = 1
     return (p - onehot) / len(y)
@@ -49,8 +53,7 @@ def _smoothing_unmasked(logits, target, ignore_index=-100, label_smoothing=0.0, 
     c = z.shape[1]
     ign = target == ignore_index
     n_valid = max(int((~ign).sum()), 1)
-    e = np.exp(z - z.max(1, keepdims=True))
-    p = e / e.sum(1, keepdims=True)
+    p = softmax(z)
     g = np.array(g)
     g[ign] = label_smoothing / c * (c * p[ign] - 1) / n_valid
     return g
@@ -62,9 +65,7 @@ def _softcap_no_chain(logits, target, softcap=None, **kw):
 
 
 def _p_minus_q(logits, target, **kw):
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(1, keepdims=True))
-    return (e / e.sum(1, keepdims=True) - target) / len(z)
+    return (softmax(logits) - target) / len(target)
 
 
 def _ignores_grad_output(logits, target, grad_output=None, **kw):
@@ -78,10 +79,9 @@ def _float32_inside(logits, target, **kw):
 def _zloss_weighted(logits, target, weight=None, z_loss=0.0, **kw):
     g0 = correct(logits, target, weight=weight, **kw)
     z = np.asarray(logits, np.float64)
+    p = softmax(z)
     m = z.max(1, keepdims=True)
-    e = np.exp(z - m)
-    lse = (m + np.log(e.sum(1, keepdims=True)))
-    p = e / e.sum(1, keepdims=True)
+    lse = m + np.log(np.sum(np.exp(z - m), 1, keepdims=True))
     wy = np.asarray(weight, np.float64)[target][:, None]
     return g0 + 2 * z_loss * lse * p * wy / len(z)
 
