@@ -45,6 +45,8 @@ class Candidate:
     fn: object
     label: str
     hvp: object = None
+    source: str | None = None       # TARGET with an absolute path: a worker process reloads it
+    hvp_source: str | None = None
 
     @classmethod
     def from_callable(cls, fn, hvp=None, label: str | None = None) -> Candidate:
@@ -219,7 +221,8 @@ def load(target: str) -> Candidate:
         raise SoftcheckError(f"TARGET {target}: {where} has no function named {name!r}")
     if not callable(fn):
         raise SoftcheckError(f"TARGET {target}: {name!r} is a {type(fn).__name__}, not callable")
-    return Candidate.from_callable(fn, label=target)
+    source = f"{os.path.abspath(where) if _is_path(where) else where}:{name}"
+    return Candidate(fn, target, source=source)
 
 
 def _is_path(where: str) -> bool:
@@ -259,7 +262,8 @@ def _import_module(where: str):
         raise SoftcheckError(f"importing TARGET module {where} failed: {type(e).__name__}: {e}") from e
 
 
-def check_candidate(cand: Candidate, cfg, *, timeout=None, fail_fast=False, progress=None):
+def check_candidate(cand: Candidate, cfg, *, timeout=None, fail_fast=False, progress=None,
+                    jobs: int = 1):
     """Run the check suite: targets ``index`` and reduction ``mean`` unless pinned, dtypes
     float64 and float32 unless given."""
     from .cases import suite
@@ -269,7 +273,8 @@ def check_candidate(cand: Candidate, cfg, *, timeout=None, fail_fast=False, prog
     t0 = time.perf_counter()
     cases, skipped = suite(cfg, targets=("index",), reduction=("mean",),
                            dtypes=("float64", "float32"))
-    results = run_cases(cases, cand, timeout=timeout, fail_fast=fail_fast, progress=progress)
+    results = run_cases(cases, cand, timeout=timeout, fail_fast=fail_fast, progress=progress,
+                        jobs=jobs)
     return Report(tuple(results), "check", options_dict(cfg), tuple(skipped), target=cand.label,
                   seconds=time.perf_counter() - t0)
 

@@ -53,6 +53,7 @@ class Config:
     probes: int = 8
     fd_budget: float = 2e9
     group: str | None = None
+    tag: str | None = None     # what tells apart cases of one batch group with the same axes
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -125,14 +126,14 @@ class Case:
     order: int = 1
     probes: int = 8
     fd_budget: float = 2e9
+    tag: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
         s = self.spec
-        return (
-            f"C{self.classes}-B{self.batch}-{self.dtype}-{s.targets}-{s.reduction}-{self.regime}"
-        )
+        name = f"C{self.classes}-B{self.batch}-{self.dtype}-{s.targets}-{s.reduction}-{self.regime}"
+        return f"{name}[{self.tag}]" if self.tag else name
 
     def params(self) -> dict:
         d = {
@@ -182,7 +183,7 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
         spec = cfg.loss_spec(tk, red)
         cases.append(
             Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
-                 cfg.fd_budget)
+                 cfg.fd_budget, cfg.tag)
         )
     return cases, skipped
 

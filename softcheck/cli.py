@@ -92,6 +92,26 @@ class WeightType(click.ParamType):
             self.fail(f"{value!r} is neither 'random' nor a comma list of numbers", param, ctx)
 
 
+REPORT_OPTIONS = [
+    click.option("--json", "json_path", type=str, default=None,
+                 help="Write the JSON report to PATH ('-': stdout, nothing else there)."),
+    click.option("--junit", "junit_path", type=str, default=None, help="Write JUnit XML to PATH."),
+    click.option("--markdown", "markdown_path", type=str, default=None,
+                 help="Write a Markdown summary to PATH."),
+    click.option("--fail-fast", is_flag=True, help="Stop at the first failing case."),
+    click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+                 help="Worker processes for independent cases (used when the work repays "
+                      "their start-up, ~1.5 s each)."),
+    click.option("--debug", is_flag=True, help="Show tracebacks."),
+]
+
+
+def report_options(fn):
+    for o in reversed(REPORT_OPTIONS):
+        fn = o(fn)
+    return fn
+
+
 def suite_options(fn):
     """The options of ``run``, ``check`` (and the keys of batch files)."""
     opts = [
@@ -129,14 +149,7 @@ def suite_options(fn):
                      help="Directional probes when FD covers a subset of columns."),
         click.option("--fd-budget", type=float, default=2e9, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
-        click.option("--json", "json_path", type=str, default=None,
-                     help="Write the JSON report to PATH ('-': stdout, nothing else there)."),
-        click.option("--junit", "junit_path", type=str, default=None, help="Write JUnit XML to PATH."),
-        click.option("--markdown", "markdown_path", type=str, default=None,
-                     help="Write a Markdown summary to PATH."),
-        click.option("--fail-fast", is_flag=True, help="Stop at the first failing case."),
-        click.option("--debug", is_flag=True, help="Show tracebacks."),
-    ]
+    ] + REPORT_OPTIONS
     for o in reversed(opts):
         fn = o(fn)
     return fn
@@ -219,7 +232,7 @@ def cli():
 @cli.command()
 @suite_options
 @with_outputs
-def run(json_path, junit_path, markdown_path, fail_fast, debug, **kw):
+def run(json_path, junit_path, markdown_path, fail_fast, jobs, debug, **kw):
     """Check analytic vs autodiff vs finite differences over a suite of cases.
 
     Every axis option (--classes, --batch, --dtype, --targets, --reduction, --regime) takes one
@@ -228,7 +241,7 @@ def run(json_path, junit_path, markdown_path, fail_fast, debug, **kw):
     from .runner import run as run_suite
 
     cfg = _config(kw)
-    report = run_suite(cfg, fail_fast=fail_fast)
+    report = run_suite(cfg, fail_fast=fail_fast, jobs=jobs)
     return emit(report, json_path, junit_path, markdown_path)
 
 
@@ -240,8 +253,8 @@ def run(json_path, junit_path, markdown_path, fail_fast, debug, **kw):
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
 @with_outputs
-def check(target, json_path, junit_path, markdown_path, fail_fast, debug, timeout, hvp_target,
-          **kw):
+def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, debug, timeout,
+          hvp_target, **kw):
     """Check YOUR gradient: TARGET is path/to/file.py:function or package.module:function.
 
     Called as fn(logits, target, **kw) with the options it declares (weight, ignore_index,
@@ -254,9 +267,38 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, debug, timeou
     cfg = _config(kw)
     cand = cmod.load(target)
     if hvp_target:
-        cand.hvp = cmod.load(hvp_target).fn
-    report = cmod.check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast)
+        h = cmod.load(hvp_target)
+        cand.hvp, cand.hvp_source = h.fn, h.source
+    report = cmod.check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast, jobs=jobs)
     return emit(report, json_path, junit_path, markdown_path)
+
+
+@cli.command()
+@click.argument("file")
+@report_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a candidate call may take (a group's 'timeout' overrides it).")
+@with_outputs
+def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, debug, timeout):
+    """Run the groups of a batch FILE (TOML, or JSON with the same structure).
+
+    Each [[case]] group takes the options of run/check with underscores (classes,
+    label_smoothing, ...); a list value runs every combination; 'target' (relative to FILE)
+    checks a candidate, 'name' names the group.  Every case in the reports records its group.
+    """
+    from . import batch as bmod
+
+    p = bmod.plan(file)
+    report = bmod.run(p, fail_fast=fail_fast, jobs=jobs, timeout=timeout)
+    return emit(report, json_path, junit_path, markdown_path)
+
+
+@cli.command()
+def schema():
+    """Print the JSON Schema (draft 2020-12) of the JSON report."""
+    from .schema import schema_json
+
+    click.echo(schema_json())
 
 
 @cli.command()

@@ -16,10 +16,24 @@ SHORT_METHOD = {"analytic": "analytic", "autodiff": "autodiff", "finite_differen
                 "candidate": "candidate"}
 
 
-def short_name(case: CaseResult) -> str:
+def name_parts(case: CaseResult) -> list[str]:
+    """A case's name in short words: C, B, dtype, targets, reduction, regime (+ the options a
+    batch group crosses)."""
     p = case.params
-    return (f"C{p['classes']} B{p['batch']} {SHORT_DTYPE.get(p['dtype'], p['dtype'])} "
-            f"{p['targets']} {p['reduction']} {p['regime']}")
+    parts = [f"C{p['classes']}", f"B{p['batch']}", SHORT_DTYPE.get(p["dtype"], p["dtype"]),
+             p["targets"], p["reduction"], p["regime"]]
+    if case.name.endswith("]") and "[" in case.name:         # a batch group's crossed options
+        tag = case.name[case.name.rindex("[") + 1:-1]
+        for long, short in (("label_smoothing", "ls"), ("smoothing_convention", "conv"),
+                            ("ignore_index", "ii"), ("temperature", "T"), ("z_loss", "zl"),
+                            ("fd_budget", "budget")):
+            tag = tag.replace(long + "=", short + "=")
+        parts.append(tag)
+    return parts
+
+
+def short_name(case: CaseResult) -> str:
+    return " ".join(name_parts(case))
 
 
 def _fmt(x: float | None) -> str:
@@ -31,39 +45,18 @@ def _fmt(x: float | None) -> str:
 
 
 def pair_label(pair) -> str:
-    return f"{SHORT_METHOD[pair[0]]}\nvs {SHORT_METHOD[pair[1]]}"
+    a = "cand" if pair[0] == "candidate" else SHORT_METHOD[pair[0]]
+    return f"{a}\n{SHORT_METHOD[pair[1]]}"
 
 
 def render_table(report: Report, console, *, details: int = 10) -> None:
-    """The human report: one row per case (max error relative to the gradient's scale per
-    pair), then the failures in detail, then a summary line."""
-    from rich.table import Table
-    from rich.text import Text
-
-    pairs: list[tuple[str, str]] = []
+    """The human report: a table per group (one row per case: max error relative to the
+    gradient's scale per pair of methods), the failures in detail, then a summary line."""
+    groups: dict[str | None, list[CaseResult]] = {}
     for case in report.cases:
-        for c in case.comparisons:
-            if c.pair not in pairs:
-                pairs.append(c.pair)
-    table = Table(title=None, show_lines=False, header_style="bold", pad_edge=False,
-                  caption="errors: max |difference| / gradient scale (see README)")
-    table.add_column("case", no_wrap=True)
-    for p in pairs:
-        table.add_column(pair_label(p), justify="right", no_wrap=True)
-    table.add_column("", no_wrap=True)
-    for case in report.cases:
-        cells = [Text(short_name(case))]
-        by_pair = {c.pair: c for c in case.comparisons}
-        for p in pairs:
-            c = by_pair.get(p)
-            if c is None:
-                cells.append(Text("—", style="dim"))
-            else:
-                cells.append(Text(_fmt(c.max_rel_error), style="green" if c.passed else "red bold"))
-        cells.append(Text("PASS", style="bold green") if case.passed
-                     else Text("FAIL", style="bold red"))
-        table.add_row(*cells)
-    console.print(table)
+        groups.setdefault(case.group, []).append(case)
+    for name, cases in groups.items():
+        console.print(_table(cases, name if len(groups) > 1 or name else None, console.width))
     for case in report.failed[:details]:
         console.print(failure_text(case), style="red", highlight=False, markup=False)
     if len(report.failed) > details:
@@ -76,6 +69,61 @@ def render_table(report: Report, console, *, details: int = 10) -> None:
     style = "bold green" if report.passed else "bold red"
     console.print(f"{s['total']} cases: {s['passed']} passed, {s['failed']} failed — {verdict} "
                   f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
+
+
+REFS = "references"
+
+
+def _table(cases: list[CaseResult], title: str | None, width: int = 80):
+    """With a candidate, its three pairs and one column for the worst of the references'
+    own three pairs (they are judged all the same): the numbers fit 80 columns."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    pairs: list = []
+    for case in cases:
+        for c in case.comparisons:
+            if c.pair not in pairs:
+                pairs.append(c.pair)
+    has_candidate = any(p[0] == "candidate" for p in pairs)
+    if has_candidate:
+        pairs = [p for p in pairs if p[0] == "candidate"] + [REFS]
+    # words shared by every case of the table go to its title, the rows keep what differs
+    parts = [name_parts(c) for c in cases]
+    same = [all(len(p) > i and p[i] == parts[0][i] for p in parts) for i in range(len(parts[0]))]
+    if len(cases) > 1 and any(same):
+        shared = " ".join(w for w, s in zip(parts[0], same) if s)
+        title = f"{title}: {shared}" if title else shared
+    else:
+        same = [False] * len(parts[0])
+    table = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / gradient scale")
+    # each number column: 8 characters + 2 of padding + 1 of divider; the verdict 4 + 3; the
+    # case gets the rest, so that numbers and verdicts are never cut
+    table.add_column("case", overflow="ellipsis", no_wrap=True, min_width=12,
+                     max_width=max(12, width - 11 * len(pairs) - 7 - 3))
+    for p in pairs:
+        label = "refs\nagree" if p == REFS else pair_label(p)
+        table.add_column(label, justify="right", no_wrap=True, min_width=8)
+    table.add_column("", no_wrap=True, min_width=4)
+    for case in cases:
+        words = name_parts(case)
+        cells = [Text(" ".join(w for i, w in enumerate(words) if i >= len(same) or not same[i]))]
+        by_pair = {c.pair: c for c in case.comparisons}
+        if has_candidate:
+            refs = [c for c in case.comparisons if c.pair[0] != "candidate"]
+            by_pair[REFS] = max(refs, key=lambda c: c.ratio) if refs else None
+        for p in pairs:
+            c = by_pair.get(p)
+            if c is None:
+                cells.append(Text("—", style="dim"))
+            else:
+                cells.append(Text(_fmt(c.max_rel_error), style="green" if c.passed else "red bold"))
+        cells.append(Text("PASS", style="bold green") if case.passed
+                     else Text("FAIL", style="bold red"))
+        table.add_row(*cells)
+    return table
 
 
 def failure_text(case: CaseResult) -> str:

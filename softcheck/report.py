@@ -42,11 +42,13 @@ class CaseResult:
     diagnosis: tuple[str, ...] = ()    # hints on how a failing candidate is wrong
     notes: tuple[str, ...] = ()
     group: str | None = None
+    target: str | None = None          # the candidate checked (None: softcheck's own methods)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "group": self.group, "passed": self.passed, "params": self.params,
+            "name": self.name, "group": self.group, "target": self.target, "passed": self.passed,
+            "params": self.params,
             "comparisons": [c.to_dict() for c in self.comparisons],
             "invariants": [i.to_dict() for i in self.invariants],
             "fd": self.fd.to_dict() if self.fd else None,

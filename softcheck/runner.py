@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,7 +38,8 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     stats = references.row_stats(inputs64)
     scale = stats.scale
     kappa = tolerances.condition(inputs64.logits, case.spec.temperature, case.spec.softcap)
-    base = dict(name=case.name, params=case.params(), group=case.group, scale=scale, kappa=kappa)
+    base = dict(name=case.name, params=case.params(), group=case.group, scale=scale, kappa=kappa,
+                target=candidate.label if candidate is not None else None)
     if case.order == 2:
         result = _second_order(case, inputs64, candidate, scale, kappa, timeout, base)
         return dataclasses.replace(result, seconds=time.perf_counter() - t0)
@@ -76,7 +78,7 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
 
         diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs))
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
-                  fd.columns, fd.probes)
+                  fd.columns, len(fd.probes))
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
                       fd=info, diagnosis=diagnosis, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
@@ -154,11 +156,34 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
                       **base)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One case to judge, with the candidate (if any) and its per-call timeout."""
+
+    case: Case
+    candidate: object = None
+    timeout: float | None = None
+
+
 def run_cases(cases: list[Case], candidate=None, *, timeout=None, fail_fast=False,
-              progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+              progress: Callable[[CaseResult], None] | None = None, jobs: int = 1
+              ) -> list[CaseResult]:
+    return run_jobs([Job(c, candidate, timeout) for c in cases], fail_fast=fail_fast,
+                    progress=progress, workers=jobs)
+
+
+def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 1
+             ) -> list[CaseResult]:
+    """Judge every job, in order.  With ``workers > 1`` the jobs run in that many worker
+    processes when the estimated work repays starting them (each imports JAX, ~1 s) and every
+    candidate can be reloaded there (it came from a TARGET string); otherwise in this process.
+    Results come back in job order either way, and are the same numbers."""
+    if workers > 1 and len(jobs) > 1 and _parallel_pays(jobs) and all(
+            j.candidate is None or j.candidate.source for j in jobs):
+        return _run_pool(jobs, workers, fail_fast, progress)
     results = []
-    for case in cases:
-        r = run_case(case, candidate, timeout=timeout)
+    for job in jobs:
+        r = run_case(job.case, job.candidate, timeout=job.timeout)
         results.append(r)
         if progress:
             progress(r)
@@ -167,13 +192,77 @@ def run_cases(cases: list[Case], candidate=None, *, timeout=None, fail_fast=Fals
     return results
 
 
-def run(config: Config | None = None, *, fail_fast: bool = False, progress=None,
+# Starting a worker process (Python + NumPy + JAX imports, first compiles) costs about 1.5 s
+# here; FD dominates a case's cost at about 2 element evaluations per B·C² at ~1e9/s.  Below
+# a few seconds of estimated work the pool only adds its start-up time.
+POOL_STARTUP_SECONDS = 1.5
+_EVALS_PER_SECOND = 1e9
+
+
+def estimate_seconds(case: Case) -> float:
+    work = min(2.0 * case.batch * case.classes ** 2, case.fd_budget)
+    return 2e-3 + work / _EVALS_PER_SECOND
+
+
+def _parallel_pays(jobs: list[Job]) -> bool:
+    return sum(estimate_seconds(j.case) for j in jobs) > 2 * POOL_STARTUP_SECONDS
+
+
+def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
+    import concurrent.futures as cf
+    import multiprocessing
+
+    # spawn, not fork: forking a process that has started JAX's threads can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    done: dict[int, CaseResult] = {}
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {}
+        for i, job in enumerate(jobs):
+            cand = job.candidate
+            payload = (job.case, job.timeout, None if cand is None else
+                       (cand.source, cand.hvp_source, cand.label))
+            futures[pool.submit(_work, payload)] = i
+        for fut in cf.as_completed(futures):
+            i = futures[fut]
+            r = fut.result()
+            done[i] = r
+            if progress:
+                progress(r)
+            if fail_fast and not r.passed:
+                for f in futures:
+                    f.cancel()
+                break
+    return [done[i] for i in sorted(done)]
+
+
+_WORKER_CANDIDATES: dict = {}     # per worker process: TARGET → loaded Candidate
+
+
+def _work(payload) -> CaseResult:
+    case, timeout, cand_info = payload
+    cand = None
+    if cand_info is not None:
+        source, hvp_source, label = cand_info
+        key = (source, hvp_source)
+        if key not in _WORKER_CANDIDATES:
+            from .candidate import load
+
+            c = load(source)
+            c.label = label
+            if hvp_source:
+                c.hvp = load(hvp_source).fn
+            _WORKER_CANDIDATES[key] = c
+        cand = _WORKER_CANDIDATES[key]
+    return run_case(case, cand, timeout=timeout)
+
+
+def run(config: Config | None = None, *, fail_fast: bool = False, progress=None, jobs: int = 1,
         **options) -> Report:
     """Check softcheck's own three methods against each other over the suite."""
     cfg = config or Config(**options)
     t0 = time.perf_counter()
     cases, skipped = suite(cfg)
-    results = run_cases(cases, fail_fast=fail_fast, progress=progress)
+    results = run_cases(cases, fail_fast=fail_fast, progress=progress, jobs=jobs)
     return Report(tuple(results), "run", options_dict(cfg), tuple(skipped),
                   seconds=time.perf_counter() - t0)
 

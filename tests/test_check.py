@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from reports import load_report
 from click.testing import CliRunner
 
 import softcheck
@@ -118,7 +119,7 @@ def test_wrong_candidate_exit_1_with_diagnosis_in_cli_and_json():
     r = CliRunner().invoke(cli, ["check", f"{EX}/numpy_ce.py:grad_wrong", "--ignore-index", "-100",
                                  "--json", "-"])
     assert r.exit_code == 1
-    d = json.loads(r.stdout)
+    d = load_report(r.stdout)
     assert not d["passed"]
     failed = [c for c in d["cases"] if not c["passed"]]
     assert failed and failed[0]["diagnosis"]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from reports import load_report
 from click.testing import CliRunner
 
 from softcheck.cli import cli
@@ -21,7 +22,7 @@ def invoke(*args, env=None):
 def test_one_case_when_every_axis_is_pinned():
     r = invoke("run", *ONE_CASE, "--json", "-")
     assert r.exit_code == 0, r.stderr
-    d = json.loads(r.stdout)
+    d = load_report(r.stdout)
     assert d["summary"] == {"total": 1, "passed": 1, "failed": 0}
     assert [c["pair"] for c in d["cases"][0]["comparisons"]] == [
         ["analytic", "autodiff"], ["analytic", "finite_difference"], ["autodiff", "finite_difference"]]
@@ -31,7 +32,7 @@ def test_default_suite_covers_the_axes_and_passes(tmp_path):
     out = tmp_path / "r.json"
     r = invoke("run", "--classes", "10", "--json", str(out))
     assert r.exit_code == 0
-    d = json.loads(out.read_text())
+    d = load_report(out.read_text())
     cases = d["cases"]
     assert len(cases) >= 12
     for axis, values in {"dtype": {"float64", "float32", "bfloat16", "float16"},
@@ -48,7 +49,7 @@ def test_default_suite_covers_the_axes_and_passes(tmp_path):
 
 def test_json_dash_prints_only_json():
     r = invoke("run", *ONE_CASE, "--json", "-")
-    json.loads(r.stdout)          # nothing but JSON on stdout
+    load_report(r.stdout)         # nothing but JSON on stdout
     assert "PASS" in r.stderr     # the table went to stderr
 
 
@@ -57,7 +58,7 @@ def test_json_round_trips(tmp_path):
 
     rep = softcheck.run(classes=5, batch=2, dtype="float64", targets="probs", reduction="none",
                         regime="masked")
-    d = json.loads(rep.to_json())
+    d = load_report(rep.to_json())
     assert json.loads(json.dumps(d)) == d
     assert d["passed"] is True and d["schema_version"] == 1
     assert d["environment"]["backend"] == "cpu"
@@ -104,7 +105,7 @@ def test_real_subprocess_exit_codes(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     ok = subprocess.run([sys.executable, "-m", "softcheck", "run", *ONE_CASE, "--json", "-"],
                         capture_output=True, text=True, env=env)
-    assert ok.returncode == 0 and json.loads(ok.stdout)["passed"] is True
+    assert ok.returncode == 0 and load_report(ok.stdout)["passed"] is True
     bad = subprocess.run([sys.executable, "-m", "softcheck", "run", "--classes", "0"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

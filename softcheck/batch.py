@@ -1,0 +1,266 @@
+"""Batch files: many groups of cases (softcheck's own, or a candidate's) in one run.
+
+A batch file is TOML, or JSON with the same structure: a list ``case`` of groups.  A group's
+keys are the command-line options with underscores; any of them may be a list, and the group
+runs every combination (for the axis options ``classes, batch, dtype, targets, reduction,
+regime`` a list is simply the axis' values).  ``target`` (a TARGET, a path relative to the
+file) makes it a candidate group; ``name`` names it (default: derived from its options)::
+
+    [[case]]
+    name = "llm-style"
+    classes = [1000, 32000]
+    weight = "random"
+    ignore_index = -100
+    label_smoothing = [0.0, 0.1]
+    target = "kernels/ce.py:grad"
+
+Every problem (unreadable file, unknown key, wrong type, a value out of range, a TARGET that
+does not load) is a :class:`SoftcheckError` naming the file, the group and the key, raised
+before any case runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from .cases import Config, suite
+from .spec import SoftcheckError
+
+AXES = ("classes", "batch", "dtype", "targets", "reduction", "regime")
+_INT, _NUM, _STR = "an integer", "a number", "a string"
+# key -> (type, may be null).  Axes take one value or a list (the axis); other keys take one
+# value or a list of values (crossed).
+KEYS: dict[str, tuple[str, bool]] = {
+    "classes": (_INT, False), "batch": (_INT, False), "dtype": (_STR, False),
+    "targets": (_STR, False), "reduction": (_STR, False), "regime": (_STR, False),
+    "seed": (_INT, False), "weight": ("weight", True), "ignore_index": (_INT, True),
+    "label_smoothing": (_NUM, False), "smoothing_convention": (_STR, False),
+    "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
+    "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
+    "fd_budget": (_NUM, False), "timeout": (_NUM, True),
+}
+META = ("name", "target", "hvp")
+WEIGHT_HELP = "'random' or a list of C numbers"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One ``[[case]]`` of the file, expanded: a Config per combination of its list values."""
+
+    name: str
+    configs: tuple[Config, ...]
+    target: str | None = None      # as written in the file
+    candidate: object = None       # the loaded Candidate
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: str
+    groups: tuple[Group, ...]
+    raw: tuple[dict, ...]
+
+
+def read(path: str) -> list[dict]:
+    """The groups of a batch file, as dicts (TOML by default, JSON for ``.json``)."""
+    if not os.path.isfile(path):
+        raise SoftcheckError(f"batch file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if path.endswith(".json"):
+            data = json.loads(raw.decode("utf-8"))
+        else:
+            import tomllib
+
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError, TOMLDecodeError
+        kind = "JSON" if path.endswith(".json") else "TOML"
+        raise SoftcheckError(f"{path}: not valid {kind}: {e}") from e
+    if not isinstance(data, dict):
+        raise SoftcheckError(f"{path}: the top level must be a table with a list 'case'")
+    extra = sorted(set(data) - {"case"})
+    if extra:
+        raise SoftcheckError(f"{path}: unknown top-level key {extra[0]!r}: the file holds only "
+                             "'case', a list of groups ([[case]] in TOML)")
+    groups = data.get("case")
+    if not isinstance(groups, list) or not groups:
+        raise SoftcheckError(f"{path}: no groups: add at least one [[case]] table "
+                             "(JSON: \"case\": [{...}])")
+    for i, g in enumerate(groups, 1):
+        if not isinstance(g, dict):
+            raise SoftcheckError(f"{path}: group {i}: each case must be a table of options")
+    return groups
+
+
+def plan(path: str) -> Plan:
+    """Read, check and expand a batch file; load its candidates.  Raises before any work."""
+    groups = read(path)
+    base = os.path.dirname(os.path.abspath(path))
+    out, names, loaded = [], set(), {}
+    for i, g in enumerate(groups, 1):
+        where = f"{path}: group {i}" + (f" ({g['name']!r})" if isinstance(g.get("name"), str) else "")
+        out.append(_group(g, where, base, names, loaded))
+    return Plan(path, tuple(out), tuple(groups))
+
+
+def _group(g: dict, where: str, base: str, names: set, loaded: dict) -> Group:
+    for k in g:
+        if k not in KEYS and k not in META:
+            near = difflib.get_close_matches(str(k).replace("-", "_"), (*KEYS, *META), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise SoftcheckError(f"{where}: unknown key {k!r}{hint}; keys are "
+                                 f"{', '.join((*META, *KEYS))}")
+    for k in META:
+        if k in g and not isinstance(g[k], str):
+            raise SoftcheckError(f"{where}: key {k!r} must be a string, got {_show(g[k])}")
+    values = {k: _values(k, g[k], where) for k in KEYS if k in g}
+    crossed = [k for k in values if k not in AXES and len(values[k]) > 1]
+    timeouts = values.pop("timeout", [None])
+    if len(timeouts) > 1:
+        raise SoftcheckError(f"{where}: key 'timeout' takes one number, not a list")
+    timeout = timeouts[0]
+    if timeout is not None and not timeout > 0:
+        raise SoftcheckError(f"{where}: key 'timeout' must be > 0 seconds, got {timeout!r}")
+
+    name = g.get("name") or _default_name(g)
+    unique, k = name, 2
+    while unique in names:
+        unique, k = f"{name} #{k}", k + 1
+    names.add(unique)
+
+    candidate = None
+    if "target" in g:
+        candidate = _load(g["target"], base, where, "target", loaded)
+        if "hvp" in g:
+            candidate = _with_hvp(candidate, _load(g["hvp"], base, where, "hvp", loaded))
+    elif "hvp" in g:
+        raise SoftcheckError(f"{where}: key 'hvp' needs a 'target'")
+
+    scalars = [k for k in values if k not in AXES]
+    axes = {k: tuple(values[k]) for k in AXES if k in values}
+    configs = []
+    for combo in itertools.product(*(values[k] for k in scalars)):
+        opts = dict(zip(scalars, combo))
+        tag = ",".join(f"{k}={_short(opts[k])}" for k in crossed) or None
+        try:
+            cfg = Config(**axes, **opts, group=unique, tag=tag)
+            cfg.validate()
+        except SoftcheckError as e:
+            msg = re.sub(r"--([a-z][a-z-]*)", lambda m: "key '" + m.group(1).replace("-", "_") + "'",
+                         str(e))
+            raise SoftcheckError(f"{where}: {msg}") from None
+        except TypeError as e:
+            raise SoftcheckError(f"{where}: {e}") from None
+        configs.append(cfg)
+    return Group(unique, tuple(configs), g.get("target"), candidate, timeout)
+
+
+def _values(key: str, v, where: str) -> list:
+    """The values of one key as a list (one element unless the file gave a list)."""
+    kind, nullable = KEYS[key]
+    if kind == "weight":
+        if isinstance(v, list) and v and all(isinstance(x, (list, str)) or x is None for x in v):
+            return [_weight(x, where) for x in v]          # a list of weights: crossed
+        return [_weight(v, where)]
+    items = v if isinstance(v, list) else [v]
+    if isinstance(v, list) and not v:
+        raise SoftcheckError(f"{where}: key {key!r} is an empty list")
+    if kind == _STR and not isinstance(v, list) and isinstance(v, str) and key in AXES:
+        items = [s.strip() for s in v.split(",")]           # "float64,float32" as on the CLI
+    out = []
+    for x in items:
+        if x is None and nullable:
+            out.append(None)
+        elif kind == _INT and isinstance(x, int) and not isinstance(x, bool):
+            out.append(x)
+        elif kind == _NUM and isinstance(x, (int, float)) and not isinstance(x, bool):
+            out.append(float(x))
+        elif kind == _STR and isinstance(x, str):
+            out.append(x)
+        else:
+            raise SoftcheckError(f"{where}: key {key!r} must be {kind} or a list of them, "
+                                 f"got {_show(x)}")
+    return out
+
+
+def _weight(v, where: str):
+    if v is None or v == "random":
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                         for x in v):
+        return tuple(float(x) for x in v)
+    raise SoftcheckError(f"{where}: key 'weight' must be {WEIGHT_HELP}, got {_show(v)}")
+
+
+def _show(v) -> str:
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def _short(v) -> str:
+    if isinstance(v, tuple):
+        return "[" + ",".join(f"{x:g}" for x in v) + "]"
+    return str(v)
+
+
+def _default_name(g: dict) -> str:
+    head = os.path.basename(g["target"]) if "target" in g else "run"
+    opts = " ".join(f"{k}={_short(tuple(v) if k == 'weight' and isinstance(v, list) else v)}"
+                    for k, v in g.items() if k not in META)
+    return f"{head} {opts}".strip()
+
+
+def _load(target: str, base: str, where: str, key: str, loaded: dict):
+    from .candidate import _is_path, load
+
+    t = target
+    if ":" in t and _is_path(t.rsplit(":", 1)[0]) and not os.path.isabs(t):
+        t = os.path.join(base, t)
+    if t not in loaded:
+        try:
+            cand = load(t)
+        except SoftcheckError as e:
+            raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
+        cand.label = target
+        loaded[t] = cand
+    return loaded[t]
+
+
+def _with_hvp(cand, hvp):
+    import dataclasses
+
+    return dataclasses.replace(cand, hvp=hvp.fn, hvp_source=hvp.source)
+
+
+def run(p: Plan, *, fail_fast: bool = False, jobs: int = 1, progress=None, timeout=None):
+    """Run every group of a plan; one Report with each case's group (and target)."""
+    from .report import Report
+    from .runner import Job, options_dict, run_jobs
+
+    t0 = time.perf_counter()
+    work, skipped = [], []
+    for g in p.groups:
+        for cfg in g.configs:
+            if g.candidate is None:
+                cases, skip = suite(cfg)
+            else:
+                cases, skip = suite(cfg, targets=("index",), reduction=("mean",),
+                                    dtypes=("float64", "float32"))
+            t = g.timeout if g.timeout is not None else timeout
+            work += [Job(c, g.candidate, t) for c in cases]
+            skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]
+    results = run_jobs(work, fail_fast=fail_fast, progress=progress, workers=jobs)
+    options = {"file": p.path,
+               "groups": [{"name": g.name, "target": g.target,
+                           "configs": [options_dict(c) for c in g.configs]} for g in p.groups]}
+    return Report(tuple(results), "batch", options, tuple(skipped),
+                  seconds=time.perf_counter() - t0)
