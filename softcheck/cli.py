@@ -294,6 +294,51 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, debug, ti
 
 
 @cli.command()
+@click.option("--classes", type=click.IntRange(2, 64), default=4, show_default=True,
+              help="Classes of the example (2 to 64).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--targets", type=click.Choice(["index", "probs"]), default="index",
+              show_default=True, help="A class index (one-hot y) or a probability vector.")
+@click.option("--label-smoothing", type=float, default=0.0, help="Also explain EPS in [0, 1].")
+@click.option("--temperature", type=float, default=1.0, help="Also explain T > 0.")
+@click.option("--softcap", type=float, default=None, help="Also explain S > 0.")
+@click.option("--z-loss", type=float, default=0.0, help="Also explain COEF >= 0.")
+@click.option("--weight", type=WeightType(), default=None,
+              help="Also explain class weights: 'random' or C comma-separated values.")
+@click.option("--json", "json_path", type=str, default=None,
+              help="Write {steps: [{title, formula, max_abs_error, holds}, ...]} to PATH ('-': stdout).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def explain(classes, seed, targets, label_smoothing, temperature, softcap, z_loss, weight,
+            json_path, debug):
+    """Walk the derivation of the gradient (softmax, loss, Jacobian, chain rule, p − y) on one
+    example, each step verified against JAX; then the classic slips, shown not to hold."""
+    import json
+
+    from . import formats
+    from .explain import explain as run_explain
+    from .spec import LossSpec
+
+    _check_outputs(json_path)
+    if weight == "random":
+        from .cases import class_weights
+
+        weight = tuple(class_weights(classes, seed))
+    LossSpec(targets="index" if targets == "index" else "probs", weight=weight,
+             label_smoothing=label_smoothing, temperature=temperature, softcap=softcap,
+             z_loss=z_loss).validate(classes)
+    ex = run_explain(classes, seed, targets, label_smoothing=label_smoothing,
+                     temperature=temperature, softcap=softcap, z_loss=z_loss, weight=weight)
+    console = _console(stderr=json_path == "-")
+    formats.render_explanation(ex, console)
+    text = json.dumps(ex.to_dict(), indent=2, allow_nan=False)
+    if json_path == "-":
+        click.echo(text)
+    elif json_path:
+        formats.write_atomic(json_path, text)
+    return EXIT_OK if ex.passed else EXIT_FAIL
+
+
+@cli.command()
 def schema():
     """Print the JSON Schema (draft 2020-12) of the JSON report."""
     from .schema import schema_json

@@ -9,6 +9,8 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 
+import numpy as np
+
 from .report import CaseResult, Report
 
 SHORT_DTYPE = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
@@ -206,3 +208,68 @@ def write_atomic(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def render_explanation(ex, console) -> None:
+    """``softcheck explain``: a panel per step (formula, both values, the error, a mark)."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    z = ", ".join(f"{v:g}" for v in ex.logits)
+    if ex.label is not None:
+        y = f"class {ex.label} (y = one-hot e_{ex.label})"
+    else:
+        y = "probabilities [" + ", ".join(f"{v:.3f}" for v in ex.target) + "]"
+    console.print(Text(f"One example: logits z = [{z}], target {y}; float64.", style="bold"))
+    console.print(Text("Each step: the value from its formula, the same value computed "
+                       "independently (JAX), and the max |difference|.", style="dim"))
+    true_steps = [s for s in ex.steps if not s.slip]
+    for n, s in enumerate(ex.steps, 1):
+        body = Text()
+        body.append(s.formula + "\n", style="bold")
+        body.append_text(_values("formula", s.value))
+        body.append_text(_values(s.method, s.independent))
+        err = s.max_abs_error
+        if s.slip:
+            ok = s.as_expected
+            mark = "✗ does not hold" + (" (as expected)" if ok else " — but it should not hold!")
+            style = "yellow" if ok else "bold red"
+        else:
+            mark = "✓ verified" if s.holds else "✗ FAILED"
+            style = "green" if s.holds else "bold red"
+        body.append(f"max |error| {err:.1e}  ", style=style)
+        body.append(mark, style=style)
+        if s.note:
+            body.append(f"\n{s.note}", style="dim")
+        title = f"{n}. {s.title}"
+        console.print(Panel(body, title=title, title_align="left", border_style=style,
+                            expand=True))
+    slips = [s for s in ex.steps if s.slip]
+    worst = max((s.max_abs_error for s in true_steps), default=0.0)
+    ok = ex.passed
+    console.print(Text(
+        f"{sum(s.holds for s in true_steps)}/{len(true_steps)} steps verified (max error "
+        f"{worst:.1e} ≤ 1e-12); {sum(s.as_expected for s in slips)}/{len(slips)} slips shown "
+        f"not to hold", style="bold green" if ok else "bold red"))
+
+
+def _values(label: str, v) -> Text:
+    """A value as one line (scalar, vector: at most 6 entries shown) or a small matrix."""
+    from rich.text import Text
+
+    v = np.asarray(v, np.float64)
+    label = (label + ":").ljust(26)
+    if v.ndim == 0:
+        return Text(f"{label}{v:+.6f}\n")
+    if v.ndim == 2 and v.shape[0] <= 6:
+        rows = [_vector(r) for r in v]
+        pad = " " * len(label)
+        return Text(label + ("\n" + pad).join(rows) + "\n")
+    if v.ndim == 2:
+        return Text(f"{label}{v.shape[0]}×{v.shape[1]} matrix\n")
+    return Text(label + _vector(v) + "\n")
+
+
+def _vector(v) -> str:
+    shown = [f"{x + 0.0:+.4f}" for x in v[:6]]       # + 0.0: no "-0.0000" for an exact zero
+    return "[" + " ".join(shown) + (" …" if len(v) > 6 else "") + "]"
