@@ -64,11 +64,11 @@ class LossSpec:
         if not (_finite(eps) and 0.0 <= eps <= 1.0):
             raise SoftcheckError(f"--label-smoothing must lie in [0, 1], got {eps!r}")
         if not (_finite(self.temperature) and self.temperature > 0):
-            raise SoftcheckError(f"--temperature must be > 0, got {self.temperature!r}")
+            raise SoftcheckError(f"--temperature must be a finite number > 0, got {self.temperature!r}")
         if self.softcap is not None and not (_finite(self.softcap) and self.softcap > 0):
-            raise SoftcheckError(f"--softcap must be > 0, got {self.softcap!r}")
+            raise SoftcheckError(f"--softcap must be a finite number > 0, got {self.softcap!r}")
         if not (_finite(self.z_loss) and self.z_loss >= 0):
-            raise SoftcheckError(f"--z-loss must be >= 0, got {self.z_loss!r}")
+            raise SoftcheckError(f"--z-loss must be a finite number >= 0, got {self.z_loss!r}")
         if self.ignore_index is not None and not self.hard and self.ignore_index >= 0:
             raise SoftcheckError(
                 f"--ignore-index {self.ignore_index} is not allowed with --targets "
