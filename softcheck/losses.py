@@ -71,22 +71,19 @@ def _divide(xp, z, t):
     return z / t
 
 
-def _terms(xp, z, target, prm, hard: bool, stop_gradient=_identity):
-    """Per-row cross-entropy and z-loss, the row mask, and the mean denominators D, n."""
-    c = z.shape[-1]
-    u = _divide(xp, z, prm["temperature"])
-    has_cap = prm["cap"] > 0
-    cap = xp.where(has_cap, prm["cap"], 1.0)
-    # tanh(±inf) = ±1, but complex tanh(-inf + 0j) is NaN: cap the finite part only.
-    finite = xp.isfinite(xp.real(u))
-    capped = xp.where(finite, cap * xp.tanh(xp.where(finite, u, 0.0) / cap),
-                      cap * xp.sign(xp.real(u)))
-    v = xp.where(has_cap, capped, u)
-    # Max shift on the real part: c + log Σ exp(v − c) = log Σ exp(v) holds for any c, also
-    # for the complex step, where v carries an imaginary perturbation.
-    shift = stop_gradient(xp.max(xp.real(v), axis=-1, keepdims=True))
-    lse = shift[..., 0] + xp.log(xp.sum(xp.exp(v - shift), axis=-1))
-    logp = v - lse[..., None]
+ALL_FEATURES = (True, True, True)
+
+
+def features(prm: dict) -> tuple[bool, bool, bool]:
+    """Which of softcap, temperature, z-loss are in use (from concrete option values): the
+    finite differences compile a kernel without the unused ones (a tanh per element is as dear
+    as the exp).  Leaving one in with its neutral value gives the same numbers."""
+    return (bool(prm["cap"] > 0), bool(prm["temperature"] != 1.0), bool(prm["z_loss"] != 0.0))
+
+
+def target_terms(xp, target, prm, hard: bool, c: int) -> tuple:
+    """Everything that does not depend on the logits: the weighted smoothed target m (and
+    where it is non-zero), the row mask, and the row factors α, β of the reduction."""
     if hard:
         valid = target != prm["ignore_index"]
         q0 = ((xp.arange(c) == target[:, None]) & valid[:, None]).astype(np.float64)
@@ -102,15 +99,73 @@ def _terms(xp, z, target, prm, hard: bool, stop_gradient=_identity):
         others = (1 - eps) * q0
     q = xp.where(prm["others"], others, uniform)
     m = prm["weight"] * q
-    # 0·log 0 = 0: classes with no target mass may have p = 0 (−inf logits).
-    ce = -xp.sum(m * xp.where(m != 0, logp, 0.0), axis=-1)
-    zl = prm["z_loss"] * lse**2
     if hard:
         denom = xp.sum(vf * xp.sum(prm["weight"] * q0, -1))
         count = xp.sum(vf)
     else:
         denom = count = np.float64(target.shape[0])
+    go = prm["go"]
+    alpha = xp.where(prm["mean"], go / xp.where(denom > 0, denom, 1.0), go)
+    beta = xp.where(prm["mean"], go / xp.where(count > 0, count, 1.0), go)
+    return m, m != 0, xp.sum(m, -1), vf, denom, count, alpha, beta
+
+
+def transform(xp, z, prm, feats=ALL_FEATURES):
+    """Logits → v: temperature, then soft-capping (each only where in use)."""
+    has_cap, has_t, _ = feats
+    u = _divide(xp, z, prm["temperature"]) if has_t else z
+    if has_cap:
+        use = prm["cap"] > 0
+        cap = xp.where(use, prm["cap"], 1.0)
+        # tanh(±inf) = ±1, but complex tanh(-inf + 0j) is NaN: cap the finite part only.
+        finite = xp.isfinite(xp.real(u))
+        capped = xp.where(finite, cap * xp.tanh(xp.where(finite, u, 0.0) / cap),
+                          cap * xp.sign(xp.real(u)))
+        return xp.where(use, capped, u)
+    return u
+
+
+def logit_terms(xp, z, m, nz, msum, prm, stop_gradient=_identity, feats=ALL_FEATURES,
+                shift=None, index=None):
+    """Per-row cross-entropy and z-loss of logits ``z`` (any leading axes) against ``m``.
+
+    ``ce = −Σ m (v − lse) = lse·Σm − Σ m v``: both sums read v once (one fused pass with the
+    exp-sum); the rounding is that of the terms, |lse|·Σm + Σ m|v|, as for the direct form.
+    ``shift`` (default: each row's max) is the constant of the max shift: ``c + log Σ
+    exp(v − c) = log Σ exp(v)`` for any c, also for the complex step (v with an imaginary
+    perturbation).  The finite differences pass the unperturbed rows' max: the same c on both
+    sides of a difference, and no max pass per evaluation.  ``index`` (N,): m has its only
+    non-zero at these classes (index targets without smoothing), so Σ m v is a gather, as in
+    PyTorch's nll_loss.
+    """
+    v = transform(xp, z, prm, feats)
+    if shift is None:
+        shift = stop_gradient(xp.max(xp.real(v), axis=-1, keepdims=True))
+    lse = shift[..., 0] + xp.log(xp.sum(xp.exp(v - shift), axis=-1))
+    # 0·log 0 = 0: classes with no target mass may have p = 0 (−inf logits).
+    if index is None:
+        ce = lse * msum - xp.sum(m * xp.where(nz, v, 0.0), axis=-1)
+    else:
+        vy = xp.take_along_axis(v, xp.broadcast_to(index[:, None], v.shape[:-1] + (1,)), -1)
+        # msum = m at the index; an ignored row (msum 0) may point at a −inf logit: 0, not NaN
+        ce = xp.where(msum != 0, (lse - vy[..., 0]) * msum, 0.0)
+    zl = prm["z_loss"] * lse**2 if feats[2] else 0.0
+    return ce, zl
+
+
+def _terms(xp, z, target, prm, hard: bool, stop_gradient=_identity):
+    """Per-row cross-entropy and z-loss, the row mask, and the mean denominators D, n."""
+    m, nz, msum, vf, denom, count, _, _ = target_terms(xp, target, prm, hard, z.shape[-1])
+    ce, zl = logit_terms(xp, z, m, nz, msum, prm, stop_gradient)
     return ce, zl, vf, denom, count
+
+
+def rows_of(xp, z, tt, prm, stop_gradient=_identity, feats=ALL_FEATURES, shift=None,
+            index=None):
+    """``reference_rows`` with the target terms computed once (``target_terms``)."""
+    m, nz, msum, vf, _, _, alpha, beta = tt
+    ce, zl = logit_terms(xp, z, m, nz, msum, prm, stop_gradient, feats, shift, index)
+    return vf * (alpha * ce + beta * zl)
 
 
 def reference_rows(xp, z, target, prm, hard: bool, stop_gradient=_identity):
@@ -119,11 +174,7 @@ def reference_rows(xp, z, target, prm, hard: bool, stop_gradient=_identity):
     ``z`` may carry leading batch axes (K, N, C): the finite differences evaluate K perturbed
     copies at once.
     """
-    ce, zl, vf, denom, count = _terms(xp, z, target, prm, hard, stop_gradient)
-    go = prm["go"]
-    alpha = xp.where(prm["mean"], go / xp.where(denom > 0, denom, 1.0), go)
-    beta = xp.where(prm["mean"], go / xp.where(count > 0, count, 1.0), go)
-    return vf * (alpha * ce + beta * zl)
+    return rows_of(xp, z, target_terms(xp, target, prm, hard, z.shape[-1]), prm, stop_gradient)
 
 
 def loss(logits, target, spec: LossSpec | None = None, *, weight=None, **options):

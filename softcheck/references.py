@@ -40,11 +40,11 @@ import numpy as np
 
 from . import _jax
 from .analytic import _forward, _grad_v
-from .losses import params, reference_rows
+from .losses import features, params, reference_rows, rows_of, target_terms, transform
 from .spec import Inputs
 
 U64 = 2.0**-53
-CHUNK_ELEMENTS = 2**20
+CHUNK_ELEMENTS = 2**18     # K·N·C per chunk: 2 MB of float64 (fits in cache; measured best)
 COMPLEX_STEP = 1e-20
 
 
@@ -222,8 +222,14 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
     prm = params(inputs)
     hard = inputs.spec.hard
 
+    tt = target_terms(np, target, prm, hard, c)
+    feats = features(prm)
+    shift = _shift(np, z, prm, feats)
+    sparse = _sparse(inputs, prm)
+    index = np.clip(target, 0, c - 1).astype(np.int64) if sparse else None
+
     def rows(zz):
-        return reference_rows(np, zz, target, prm, hard)
+        return rows_of(np, zz, tt, prm, feats=feats, shift=shift, index=index)
 
     mask = None
     probe_list: tuple[Probe, ...] = ()
@@ -234,7 +240,7 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
     k = max(1, min(len(cols), CHUNK_ELEMENTS // max(1, n * c)))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         if n * c * len(cols) >= JAX_FD_THRESHOLD:
-            grad[:, cols] = _jax_columns(inputs, prm, h, cols, method, k).T
+            grad[:, cols] = _jax_columns(inputs, prm, h, cols, method, k, feats, sparse).T
         else:
             for j0 in range(0, len(cols), k):
                 js = cols[j0:j0 + k]
@@ -283,39 +289,57 @@ def _probes(rows, z, st: RowStats, count: int, seed: int) -> tuple[Probe, ...]:
 JAX_FD_THRESHOLD = 2e5
 
 
+def _sparse(inputs: Inputs, prm) -> bool:
+    """Index targets without smoothing: one non-zero target weight per row (a gather)."""
+    return bool(inputs.spec.hard and prm["eps"] == 0.0)
+
+
 @functools.cache
-def _jax_fd(hard: bool, method: str, k: int):
+def _jax_fd(hard: bool, method: str, k: int, feats: tuple, sparse: bool):
     """Jitted FD over a list of columns: ``lax.map`` runs chunks of k columns, each chunk
-    vmapped, so memory stays at O(k·N·C) and one compilation serves every case of a shape."""
+    vmapped, so memory stays at O(k·N·C) and one compilation serves every case of a shape
+    (and feature set).  The target terms are computed once per sweep, outside the map."""
     jax, jnp = _jax.load()
 
-    def rows(zz, target, prm):
-        return reference_rows(jnp, zz, target, prm, hard, jax.lax.stop_gradient)
+    def column(z, tt, shift, index, prm, h, j):
+        def rows(zz):
+            return rows_of(jnp, zz, tt, prm, jax.lax.stop_gradient, feats, shift, index)
 
-    def column(z, target, prm, h, j):
-        e = (jnp.arange(z.shape[-1]) == j).astype(z.dtype)
+        # z.at[:, j].add: a dense copy with one column changed (measured: 2× faster here
+        # than adding h times a one-hot vector, which XLA fuses into a slow select-exp loop)
         if method == "complex":
-            zc = z.astype(jnp.complex128) + 1j * (h[:, None] * e)
-            return jnp.imag(rows(zc, target, prm)) / h
+            zc = z.astype(jnp.complex128).at[:, j].add(1j * h)
+            return jnp.imag(rows(zc)) / h
 
         def central(hh):
-            zp = z + hh[:, None] * e
-            zm = z - hh[:, None] * e
+            zp = z.at[:, j].add(hh)
+            zm = z.at[:, j].add(-hh)
             step = jnp.where(jnp.isfinite(z[:, j]), zp[:, j] - zm[:, j], 2 * hh)
-            return (rows(zp, target, prm) - rows(zm, target, prm)) / step
+            return (rows(zp) - rows(zm)) / step
 
         if method == "central":
             return central(h)
         return (4 * central(h / 2) - central(h)) / 3
 
     def sweep(z, target, prm, h, cols):
-        return jax.lax.map(lambda j: column(z, target, prm, h, j), cols, batch_size=k)
+        c = z.shape[-1]
+        tt = target_terms(jnp, target, prm, hard, c)
+        shift = _shift(jnp, z, prm, feats)
+        index = jnp.clip(target, 0, c - 1) if sparse else None
+        return jax.lax.map(lambda j: column(z, tt, shift, index, prm, h, j), cols, batch_size=k)
 
     return jax.jit(sweep)
 
 
-def _jax_columns(inputs: Inputs, prm, h, cols, method, k):
-    fn = _jax_fd(inputs.spec.hard, method, int(k))
+def _shift(xp, z, prm, feats):
+    """The max-shift constant of every perturbed copy: the unperturbed rows' max of v (a
+    perturbation moves v by at most h/T, far from overflowing exp)."""
+    v = transform(xp, z, prm, feats)
+    return xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
+
+
+def _jax_columns(inputs: Inputs, prm, h, cols, method, k, feats, sparse):
+    fn = _jax_fd(inputs.spec.hard, method, int(k), feats, sparse)
     return np.asarray(fn(inputs.logits64, inputs.target64, prm, h, np.asarray(cols, np.int32)))
 
 
