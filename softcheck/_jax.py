@@ -6,6 +6,30 @@ import functools
 import os
 
 
+def configure(devices: int | None) -> None:
+    """Ask for ``devices`` XLA host (CPU) devices: finite-difference chunks are sharded over
+    every device.  Must happen before JAX starts; a GPU/TPU backend ignores it."""
+    if not devices:
+        return
+    import sys
+
+    flag = f"--xla_force_host_platform_device_count={int(devices)}"
+    if "jax" in sys.modules and load.cache_info().currsize:
+        import jax
+
+        have = len(jax.devices())
+        if have != devices and jax.default_backend() == "cpu":
+            from .spec import SoftcheckError
+
+            raise SoftcheckError(f"--devices {devices}: JAX already started with {have} "
+                                 f"device(s) in this process; set XLA_FLAGS={flag} before "
+                                 "importing JAX")
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+
+
 @functools.cache
 def load():
     """Return ``(jax, jax.numpy)`` with x64 on and JAX's persistent compilation cache set.

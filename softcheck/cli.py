@@ -7,6 +7,7 @@ run (bad option, bad TARGET, unwritable output, ...): one line on stderr, no tra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -102,6 +103,9 @@ REPORT_OPTIONS = [
     click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
                  help="Worker processes for independent cases (used when the work repays "
                       "their start-up, ~1.5 s each)."),
+    click.option("--devices", type=click.IntRange(1), default=None,
+                 help="Shard finite differences over N XLA host devices (CPU; a GPU backend "
+                      "uses its own devices).  [default: JAX's]"),
     click.option("--debug", is_flag=True, help="Show tracebacks."),
 ]
 
@@ -210,6 +214,65 @@ def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False) -
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
+def _devices(n) -> None:
+    from ._jax import configure
+
+    configure(n)
+
+
+class _LazyBar:
+    """A rich progress bar (cases done, rate, ETA) that appears only once the work has taken
+    over a second, and only on a terminal."""
+
+    DELAY = 1.0
+
+    def __init__(self, console):
+        import time
+
+        self.console, self.t0, self.done, self.total, self.bar = console, time.perf_counter(), 0, None, None
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, result) -> None:
+        import time
+
+        self.done += 1
+        if self.bar is None and time.perf_counter() - self.t0 > self.DELAY:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.task = self.bar.add_task("cases", total=self.total, rate="")
+            self.bar.start()
+        if self.bar is not None:
+            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, completed=self.done, total=self.total,
+                            rate=f"{rate:.1f} cases/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@contextlib.contextmanager
+def progress_bar(json_path):
+    """The progress callback for a run: a lazy bar on a terminal, nothing otherwise (never
+    with ``--json -``: stdout is for the JSON, and a pipe is not a terminal)."""
+    console = _console(stderr=json_path == "-")
+    if json_path == "-" or not console.is_terminal or os.environ.get("SOFTCHECK_NO_PROGRESS"):
+        yield None
+        return
+    bar = _LazyBar(console)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def with_outputs(fn):
     @functools.wraps(fn)
     def wrapper(**kw):
@@ -232,7 +295,7 @@ def cli():
 @cli.command()
 @suite_options
 @with_outputs
-def run(json_path, junit_path, markdown_path, fail_fast, jobs, debug, **kw):
+def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, **kw):
     """Check analytic vs autodiff vs finite differences over a suite of cases.
 
     Every axis option (--classes, --batch, --dtype, --targets, --reduction, --regime) takes one
@@ -241,7 +304,9 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, debug, **kw):
     from .runner import run as run_suite
 
     cfg = _config(kw)
-    report = run_suite(cfg, fail_fast=fail_fast, jobs=jobs)
+    _devices(devices)
+    with progress_bar(json_path) as bar:
+        report = run_suite(cfg, fail_fast=fail_fast, jobs=jobs, progress=bar)
     return emit(report, json_path, junit_path, markdown_path)
 
 
@@ -253,7 +318,7 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, debug, **kw):
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
 @with_outputs
-def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, debug, timeout,
+def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, timeout,
           hvp_target, **kw):
     """Check YOUR gradient: TARGET is path/to/file.py:function or package.module:function.
 
@@ -269,7 +334,10 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, debug, 
     if hvp_target:
         h = cmod.load(hvp_target)
         cand.hvp, cand.hvp_source = h.fn, h.source
-    report = cmod.check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast, jobs=jobs)
+    _devices(devices)
+    with progress_bar(json_path) as bar:
+        report = cmod.check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast,
+                                      jobs=jobs, progress=bar)
     return emit(report, json_path, junit_path, markdown_path)
 
 
@@ -279,7 +347,7 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, debug, 
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a candidate call may take (a group's 'timeout' overrides it).")
 @with_outputs
-def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, debug, timeout):
+def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, timeout):
     """Run the groups of a batch FILE (TOML, or JSON with the same structure).
 
     Each [[case]] group takes the options of run/check with underscores (classes,
@@ -289,7 +357,9 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, debug, ti
     from . import batch as bmod
 
     p = bmod.plan(file)
-    report = bmod.run(p, fail_fast=fail_fast, jobs=jobs, timeout=timeout)
+    _devices(devices)
+    with progress_bar(json_path) as bar:
+        report = bmod.run(p, fail_fast=fail_fast, jobs=jobs, timeout=timeout, progress=bar)
     return emit(report, json_path, junit_path, markdown_path)
 
 

@@ -338,9 +338,26 @@ def _shift(xp, z, prm, feats):
     return xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
 
 
+@functools.cache
+def _sharded(hard, method, k, feats, sparse, ndev):
+    """The same sweep, its columns split over ``ndev`` devices (pmap): each device runs the
+    same per-column code, so the numbers do not depend on the device count."""
+    jax, _ = _jax.load()
+    return jax.pmap(_jax_fd(hard, method, k, feats, sparse), in_axes=(None, None, None, None, 0))
+
+
 def _jax_columns(inputs: Inputs, prm, h, cols, method, k, feats, sparse):
-    fn = _jax_fd(inputs.spec.hard, method, int(k), feats, sparse)
-    return np.asarray(fn(inputs.logits64, inputs.target64, prm, h, np.asarray(cols, np.int32)))
+    jax, _ = _jax.load()
+    cols = np.asarray(cols, np.int32)
+    ndev = jax.local_device_count()
+    args = (inputs.logits64, inputs.target64, prm, h)
+    if ndev == 1 or len(cols) < 2 * ndev * k:
+        return np.asarray(_jax_fd(inputs.spec.hard, method, int(k), feats, sparse)(*args, cols))
+    per = -(-len(cols) // ndev)
+    padded = np.concatenate([cols, np.full(per * ndev - len(cols), cols[-1], np.int32)])
+    fn = _sharded(inputs.spec.hard, method, int(k), feats, sparse, ndev)
+    out = np.asarray(fn(*args, padded.reshape(ndev, per)))
+    return out.reshape(ndev * per, -1)[: len(cols)]
 
 
 def _columns(rows, z, js, h, method):

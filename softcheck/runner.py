@@ -180,6 +180,8 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
     candidate can be reloaded there (it came from a TARGET string); otherwise in this process.
     Results come back in job order either way, and are the same numbers."""
     check_memory([j.case for j in jobs])
+    if progress is not None and hasattr(progress, "start"):
+        progress.start(len(jobs))
     if workers > 1 and len(jobs) > 1 and _parallel_pays(jobs) and all(
             j.candidate is None or j.candidate.source for j in jobs):
         return _run_pool(jobs, workers, fail_fast, progress)

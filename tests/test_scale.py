@@ -1,0 +1,105 @@
+"""Scale: FD accuracy at size, subset coverage reported, devices, progress bar (TTY only)."""
+
+import os
+import pty
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from reports import load_report, numbers
+
+import softcheck
+from softcheck.cli import cli
+
+EXAMPLE = "scripts/examples/numpy_ce.py:grad"
+
+
+def test_central_fd_every_coordinate_30x1000_within_1e9():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(30, 1000))
+    y = rng.integers(0, 1000, 30)
+    fd = softcheck.gradient(z, y, method="finite_difference", fd="central")
+    ref = softcheck.gradient(z, y)
+    assert np.all(np.isfinite(fd))
+    assert np.max(np.abs(fd - ref)) / np.max(np.abs(ref)) <= 1e-9
+
+
+@pytest.mark.parametrize("opts", [{}, {"label_smoothing": 0.1, "weight": "random"},
+                                  {"ignore_index": 5, "softcap": 3.0, "z_loss": 1e-3}])
+def test_jax_fd_path_agrees_with_numpy_path(opts, monkeypatch):
+    """The jitted kernel (specialized on the options in use) and the numpy loop agree."""
+    from softcheck import references
+    from softcheck.cases import make_inputs_from_arrays
+    from softcheck.runner import upcast
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(7, 60)) * 3
+    z[0, 2] = -np.inf
+    y = rng.integers(0, 60, 7)
+    if opts.get("weight") == "random":
+        opts = dict(opts, weight=rng.uniform(0.5, 2, 60))
+    inp = upcast(make_inputs_from_arrays(z, y, **opts))
+    for method in ("central", "complex"):
+        monkeypatch.setattr(references, "JAX_FD_THRESHOLD", 1e12)
+        a = references.finite_difference(inp, method).grad
+        monkeypatch.setattr(references, "JAX_FD_THRESHOLD", 0)
+        b = references.finite_difference(inp, method).grad
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 if method == "central" else 1e-15)
+
+
+def test_beyond_the_budget_fd_coverage_is_reported():
+    r = CliRunner().invoke(cli, ["check", EXAMPLE, "--classes", "3000", "--batch", "2",
+                                 "--dtype", "float64", "--regime", "normal",
+                                 "--fd-budget", "1e6", "--probes", "4", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    case = load_report(r.stdout)["cases"][0]
+    assert case["fd"]["columns"] < 3000 and case["fd"]["probes"] == 4
+    assert "columns" in case["fd"]["coverage"] and "4 directional probes" in case["fd"]["coverage"]
+    pairs = {tuple(c["pair"]) for c in case["comparisons"]}
+    assert ("candidate", "analytic") in pairs and ("candidate", "autodiff") in pairs
+
+
+def test_devices_2_gives_the_same_errors_as_1():
+    args = [sys.executable, "-m", "softcheck", "run", "--classes", "1000", "--batch", "4",
+            "--dtype", "float64", "--targets", "index", "--reduction", "mean",
+            "--regime", "normal,large", "--fd", "central", "--json", "-"]
+    one = subprocess.run(args + ["--devices", "1"], capture_output=True, text=True)
+    two = subprocess.run(args + ["--devices", "2"], capture_output=True, text=True)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    d1, d2 = load_report(one.stdout), load_report(two.stdout)
+    assert d1["environment"]["devices"] == 1 and d2["environment"]["devices"] == 2
+    assert numbers(d1) == numbers(d2)
+
+
+def _on_a_tty(*args) -> str:
+    pid, fd = pty.fork()
+    if pid == 0:                                        # the child: softcheck on a terminal
+        os.environ.pop("SOFTCHECK_NO_PROGRESS", None)
+        os.execv(sys.executable, [sys.executable, "-m", "softcheck", *args])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    return out.decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal_for_work_over_a_second():
+    out = _on_a_tty("run", "--classes", "300")
+    assert "checking" in out and "cases/s" in out and "ETA" in out
+    assert "432 cases: 432 passed" in out
+
+
+def test_no_progress_bar_when_json_goes_to_stdout_or_not_a_terminal():
+    out = _on_a_tty("run", "--classes", "300", "--json", "-")
+    assert "cases/s" not in out
+    r = subprocess.run([sys.executable, "-m", "softcheck", "run", "--classes", "300"],
+                       capture_output=True, text=True)
+    assert "cases/s" not in r.stdout + r.stderr
