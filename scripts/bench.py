@@ -1,0 +1,256 @@
+"""Benchmark softcheck against its peers, in one process, and print a table with ratios.
+
+    python scripts/bench.py [--cap 60] [--sizes 10x10,30x1000,...] [--markdown]
+
+For each size B×C (float64, index targets, mean reduction):
+
+* softcheck FD  — ``softcheck.gradient(z, y, method="finite_difference", fd="central")``:
+  every coordinate (warm: best of 3 after one call that compiles), and its max error against
+  the closed form relative to the largest entry;
+* softcheck check — one whole ``softcheck check`` case of a correct numpy gradient (analytic,
+  autodiff, FD of every coordinate or, beyond the budget, of a column subset plus probes);
+* torch.autograd.gradcheck of ``F.cross_entropy`` (full, and ``fast_mode=True``);
+* ``jax.test_util.check_grads`` (order 1, reverse mode) of the same loss.
+
+A peer whose predicted time exceeds ``--cap`` seconds is skipped, and the table says so
+(gradcheck grows as (B·C)²: predicted from the largest size it ran).  The "catches" column
+says whether each checker rejects a gradient with ONE entry wrong by 1e-4 relative (a bug
+confined to a few entries): fast_mode and check_grads test one random direction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+DEFAULT_SIZES = "10x10,10x1000,30x1000,8x32768,8x262144"
+
+
+def best_of(fn, repeat=3):
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def once(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def correct_grad(logits, target):
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    p[np.arange(len(target)), target] -= 1
+    return p / len(target)
+
+
+def softcheck_rows(b, c, z, y, cap):
+    import softcheck
+
+    row = {}
+    evals = 2.0 * b * c * c
+    if evals / 2e9 < cap:
+        t = best_of(lambda: softcheck.gradient(z, y, method="finite_difference", fd="central"),
+                    repeat=3 if evals < 1e9 else 1)
+        fd = softcheck.gradient(z, y, method="finite_difference", fd="central")
+        ref = softcheck.gradient(z, y)
+        row["softcheck FD"] = (t, f"{np.max(np.abs(fd - ref)) / np.max(np.abs(ref)):.1e}")
+    else:
+        row["softcheck FD"] = (None, f"skipped: ~{evals / 2e9:.0f} s predicted > cap")
+
+    def check():
+        return softcheck.check(correct_grad, classes=c, batch=b, dtype="float64",
+                               targets="index", reduction="mean", regime="normal")
+    check()
+    t, rep = once(check)
+    case = rep.cases[0]
+    wrong = _one_wrong(correct_grad)
+    caught = not softcheck.check(wrong, classes=c, batch=b, dtype="float64", targets="index",
+                                 reduction="mean", regime="normal").passed
+    row["softcheck check"] = (t, f"{'PASS' if rep.passed else 'FAIL'}; FD {case.fd.coverage}",
+                              caught)
+    return row
+
+
+def _one_wrong(fn):
+    def wrong(logits, target):
+        g = fn(logits, target)
+        g[0, 1] *= 1 + 1e-4
+        return g
+    return wrong
+
+
+def torch_rows(b, c, z, y, cap, state):
+    import torch
+    import torch.nn.functional as F
+
+    zt = torch.tensor(z, requires_grad=True)
+    yt = torch.tensor(y)
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return F.cross_entropy(x, yt)
+
+        @staticmethod
+        def backward(ctx, go):
+            (x,) = ctx.saved_tensors
+            g = torch.tensor(correct_grad(x.detach().numpy(), y)) * go
+            g[0, 1] *= 1 + 1e-4
+            return g
+
+    def caught(fast):
+        try:
+            return not torch.autograd.gradcheck(Wrong.apply, (zt,), fast_mode=fast,
+                                                raise_exception=False)
+        except Exception:  # noqa: BLE001
+            return True
+
+    row = {}
+    n = b * c
+    if "torch_rate" not in state:                   # warm up torch's first-call overhead
+        small = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(lambda x: F.cross_entropy(x, torch.tensor([0, 1])), (small,))
+        state["torch_rate"] = 0.0
+    predicted = state["torch_rate"] * n * n
+    if predicted < cap:
+        t, ok = once(lambda: torch.autograd.gradcheck(lambda x: F.cross_entropy(x, yt), (zt,)))
+        if n >= 5000:                                # (B·C)² growth: fit where it dominates
+            state["torch_rate"] = t / (n * n)
+        row["torch gradcheck"] = (t, "PASS" if ok else "FAIL", caught(False))
+    else:
+        row["torch gradcheck"] = (None, f"skipped: ~{predicted:.0f} s predicted > cap")
+    t = best_of(lambda: torch.autograd.gradcheck(lambda x: F.cross_entropy(x, yt), (zt,),
+                                                 fast_mode=True), repeat=1)
+    row["torch gradcheck fast_mode"] = (t, "PASS", caught(True))
+    return row
+
+
+def jax_rows(b, c, z, y):
+    import jax
+    import jax.numpy as jnp
+    from jax.test_util import check_grads
+
+    jax.config.update("jax_enable_x64", True)
+    zj, yj = jnp.asarray(z), jnp.asarray(y)
+
+    def loss(x):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(x), yj[:, None], 1))
+
+    @jax.custom_vjp
+    def wrong(x):
+        return loss(x)
+
+    def fwd(x):
+        return loss(x), x
+
+    def bwd(x, go):
+        g = jnp.asarray(correct_grad(np.asarray(x), y)) * go
+        return (g.at[0, 1].multiply(1 + 1e-4),)
+
+    wrong.defvjp(fwd, bwd)
+    t = best_of(lambda: check_grads(loss, (zj,), order=1, modes=["rev"]), repeat=1)
+    try:
+        check_grads(wrong, (zj,), order=1, modes=["rev"])
+        caught = False
+    except AssertionError:
+        caught = True
+    return {"jax check_grads": (t, "PASS", caught)}
+
+
+def devices_rows(sizes: str) -> list:
+    """Whole ``softcheck run`` processes with 1 and 2 XLA host devices: time and whether the
+    reported errors are identical."""
+    import json
+    import subprocess
+
+    out = []
+    for size in sizes.split(","):
+        b, c = size.lower().split("x")
+        args = [sys.executable, "-m", "softcheck", "run", "--classes", c, "--batch", b,
+                "--dtype", "float64", "--targets", "index", "--reduction", "mean",
+                "--regime", "normal", "--fd", "central", "--json", "-"]
+        res = {}
+        for n in (1, 2):
+            best = None
+            for _ in range(2):
+                t0 = time.perf_counter()
+                r = subprocess.run(args + ["--devices", str(n)], capture_output=True, text=True)
+                t = time.perf_counter() - t0
+                best = t if best is None else min(best, t)
+            d = json.loads(r.stdout)
+            res[n] = (best, [[x["max_abs_error"] for x in cs["comparisons"]] for cs in d["cases"]],
+                      d["cases"][0]["fd"]["coverage"])
+        same = "identical errors" if res[1][1] == res[2][1] else "ERRORS DIFFER"
+        for n in (1, 2):
+            row = (f"{b}×{c}", f"softcheck run --devices {n}", f"{res[n][0]:.3g} s",
+                   f"{res[n][0] / res[1][0]:.2g}×", "", f"{same}; FD {res[n][2]}")
+            print(" | ".join(row), flush=True)
+            out.append(row)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default=DEFAULT_SIZES)
+    ap.add_argument("--cap", type=float, default=60.0, help="skip a peer predicted over this")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--devices", default="8x8192,8x32768",
+                    help="sizes at which to time `softcheck run --devices 1` vs `--devices 2` "
+                         "(whole processes; '' to skip)")
+    args = ap.parse_args(argv)
+    import jax
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
+          f"python {platform.python_version()}, numpy {np.__version__}, jax {jax.__version__} "
+          f"({jax.default_backend()}, {jax.local_device_count()} device(s)), torch "
+          f"{torch.__version__}; float64", flush=True)
+    state: dict = {}
+    table = []
+    for size in args.sizes.split(","):
+        b, c = (int(x) for x in size.lower().split("x"))
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=(b, c))
+        y = rng.integers(0, c, b)
+        rows = {}
+        rows.update(softcheck_rows(b, c, z, y, args.cap))
+        rows.update(torch_rows(b, c, z, y, args.cap, state))
+        rows.update(jax_rows(b, c, z, y))
+        base = rows["softcheck FD"][0]
+        for tool, r in rows.items():
+            t, note = r[0], r[1]
+            caught = r[2] if len(r) > 2 else None
+            ratio = (f"{t / base:.2g}×" if t is not None and base and tool != "softcheck FD"
+                     else "")
+            table.append((f"{b}×{c}", tool, "—" if t is None else f"{t:.3g} s", ratio,
+                          {True: "yes", False: "NO", None: ""}[caught], note))
+            print(" | ".join(table[-1]), flush=True)
+    if args.devices:
+        table += devices_rows(args.devices)
+    header = ("size", "tool", "time", "÷ softcheck FD (devices: ÷ 1 device)", "catches 1 entry off 1e-4", "result")
+    if args.markdown:
+        print()
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for r in table:
+            print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
