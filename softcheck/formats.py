@@ -60,7 +60,8 @@ def render_table(report: Report, console, *, details: int = 10) -> None:
     for name, cases in groups.items():
         console.print(_table(cases, name if len(groups) > 1 or name else None, console.width))
     for case in report.failed[:details]:
-        console.print(failure_text(case), style="red", highlight=False, markup=False)
+        console.print(failure_text(case), style="red", highlight=False, markup=False,
+                      soft_wrap=True)
     if len(report.failed) > details:
         console.print(f"... and {len(report.failed) - details} more failed cases (see --json)",
                       style="red", markup=False)
