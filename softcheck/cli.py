@@ -214,10 +214,15 @@ def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False) -
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
-def _devices(n) -> None:
+def _execute(compute, devices, json_path, junit_path, markdown_path) -> int:
+    """Set the devices up, compute the report (with a progress bar where one belongs), write
+    and render it, and return the exit code."""
     from ._jax import configure
 
-    configure(n)
+    configure(devices)
+    with progress_bar(json_path) as bar:
+        report = compute(bar)
+    return emit(report, json_path, junit_path, markdown_path)
 
 
 class _LazyBar:
@@ -304,10 +309,8 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, *
     from .runner import run as run_suite
 
     cfg = _config(kw)
-    _devices(devices)
-    with progress_bar(json_path) as bar:
-        report = run_suite(cfg, fail_fast=fail_fast, jobs=jobs, progress=bar)
-    return emit(report, json_path, junit_path, markdown_path)
+    return _execute(lambda bar: run_suite(cfg, fail_fast=fail_fast, jobs=jobs, progress=bar),
+                    devices, json_path, junit_path, markdown_path)
 
 
 @cli.command()
@@ -334,11 +337,9 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
     if hvp_target:
         h = cmod.load(hvp_target)
         cand.hvp, cand.hvp_source = h.fn, h.source
-    _devices(devices)
-    with progress_bar(json_path) as bar:
-        report = cmod.check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast,
-                                      jobs=jobs, progress=bar)
-    return emit(report, json_path, junit_path, markdown_path)
+    return _execute(lambda bar: cmod.check_candidate(cand, cfg, timeout=timeout,
+                                                     fail_fast=fail_fast, jobs=jobs, progress=bar),
+                    devices, json_path, junit_path, markdown_path)
 
 
 @cli.command()
@@ -357,10 +358,9 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
     from . import batch as bmod
 
     p = bmod.plan(file)
-    _devices(devices)
-    with progress_bar(json_path) as bar:
-        report = bmod.run(p, fail_fast=fail_fast, jobs=jobs, timeout=timeout, progress=bar)
-    return emit(report, json_path, junit_path, markdown_path)
+    return _execute(lambda bar: bmod.run(p, fail_fast=fail_fast, jobs=jobs, timeout=timeout,
+                                         progress=bar),
+                    devices, json_path, junit_path, markdown_path)
 
 
 @cli.command()

@@ -58,8 +58,13 @@ def test_target_problems_exit_2(target, needle):
     assert_usage_error(invoke("check", target), needle)
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
 @pytest.mark.parametrize("args,needle", [
+    (["--classes", "0"], "--classes must be a whole number >= 1"),
     (["--classes", "ten"], "'ten' is not a valid int"),
+    (["--batch", "0"], "--batch must be"),
+    (["--regime", "all-ignored"], "needs --ignore-index"),
+    (["--weight", "1,2"], "--weight has 2 values but --classes is 10"),
     (["--batch", "-1"], "--batch must be a whole number >= 1"),
     (["--label-smoothing", "-0.1"], "--label-smoothing must lie in [0, 1]"),
     (["--label-smoothing", "nan"], "--label-smoothing must lie in [0, 1]"),
@@ -73,8 +78,9 @@ def test_target_problems_exit_2(target, needle):
     (["--order", "3"], "--order"),
     (["--no-such-option"], "No such option"),
 ])
-def test_invocation_errors_on_check_exit_2(args, needle):
-    assert_usage_error(invoke("check", f"{BAD}:correct", *args), needle)
+def test_invocation_errors_exit_2(command, args, needle):
+    target = [f"{BAD}:correct"] if command == "check" else []
+    assert_usage_error(invoke(command, *target, *args), needle)
 
 
 def test_memory_estimate_refuses_before_allocating():
