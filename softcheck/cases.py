@@ -94,6 +94,9 @@ class Config:
             )
         if self.fd is not None and self.fd not in FD_METHODS:
             raise SoftcheckError(f"--fd must be one of {', '.join(FD_METHODS)}; got {self.fd!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or self.seed < 0:
+            raise SoftcheckError(f"--seed must be a whole number >= 0, got {self.seed!r}")
         if self.order not in (1, 2):
             raise SoftcheckError(f"--order must be 1 or 2, got {self.order!r}")
         if self.probes < 0:

@@ -366,7 +366,7 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
 @cli.command()
 @click.option("--classes", type=click.IntRange(2, 64), default=4, show_default=True,
               help="Classes of the example (2 to 64).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--targets", type=click.Choice(["index", "probs"]), default="index",
               show_default=True, help="A class index (one-hot y) or a probability vector.")
 @click.option("--label-smoothing", type=float, default=0.0, help="Also explain EPS in [0, 1].")
@@ -418,7 +418,7 @@ def schema():
 
 @cli.command()
 @click.option("--classes", type=CommaList(int), default="10", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def mutants(classes, seed, debug):
     """Prove the checker's power: every built-in wrong gradient must be caught, and the
@@ -454,7 +454,7 @@ def mutants(classes, seed, debug):
 @click.option("--reduction", type=click.Choice(["mean", "sum", "none"]), default="mean")
 @click.option("--regime", type=click.Choice(["normal", "large", "tied", "confident", "wrong",
                                              "masked"]), default="normal")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--plot", "plot_path", default=None, help="Draw the curves to PATH.png (needs softcheck[plot]).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def steps(classes, batch, targets, reduction, regime, seed, plot_path, debug):

@@ -83,6 +83,11 @@ def test_invocation_errors_exit_2(command, args, needle):
     assert_usage_error(invoke(command, *target, *args), needle)
 
 
+def test_negative_seed_is_a_usage_error_not_an_internal_error():
+    """Caught by the batch-file fuzzer: seed -1 reached numpy's generator (internal error)."""
+    assert_usage_error(invoke("run", "--seed", "-1"), "--seed must be a whole number >= 0")
+
+
 def test_memory_estimate_refuses_before_allocating():
     r = invoke("run", "--classes", "400000000", "--batch", "64", "--dtype", "float64",
                "--targets", "index", "--reduction", "mean", "--regime", "normal")
