@@ -191,3 +191,10 @@ def test_bad_json_and_missing_batch_file(tmp_path):
     assert r.exit_code == 2 and "not valid JSON" in r.stderr
     r = invoke("batch", str(tmp_path / "missing.toml"))
     assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_example_batch_file_in_scripts_is_valid():
+    p = batch.plan("scripts/ci-batch.toml")
+    assert [g.name for g in p.groups] == ["softcheck numerics", "llm options", "numpy kernel"]
+    assert p.groups[2].candidate is not None and p.groups[2].timeout == 30
+    assert len(p.groups[1].configs) == 2           # label_smoothing crossed
