@@ -226,41 +226,66 @@ def _execute(compute, devices, json_path, junit_path, markdown_path) -> int:
 
 
 class _LazyBar:
-    """A rich progress bar (cases done, rate, ETA) that appears only once the work has taken
-    over a second, and only on a terminal."""
+    """A rich progress bar (cases done, the case in progress, rate, ETA) that appears only once
+    the work has taken over a second (a timer: also during one long case), on a terminal."""
 
     DELAY = 1.0
 
     def __init__(self, console):
+        import threading
         import time
 
-        self.console, self.t0, self.done, self.total, self.bar = console, time.perf_counter(), 0, None, None
+        self.console, self.t0 = console, time.perf_counter()
+        self.done, self.total, self.current = 0, None, ""
+        self.bar = self.task = None
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(self.DELAY, self._show)
+        self.timer.daemon = True
 
     def start(self, total: int) -> None:
         self.total = total
+        self.timer.start()
+
+    def case_started(self, name: str) -> None:
+        self.current = name
+        self._update()
 
     def __call__(self, result) -> None:
+        self.done += 1
+        self._update()
+
+    def _show(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        with self.lock:
+            if self.bar is not None:      # shown already, or closed
+                return
+            self.bar = Progress(BarColumn(bar_width=12),
+                                MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[case]}", style="dim"),
+                                console=self.console, transient=True)
+            self.task = self.bar.add_task("cases", total=self.total, rate="", case="")
+            self.bar.start()
+        self._update()
+
+    def _update(self) -> None:
         import time
 
-        self.done += 1
-        if self.bar is None and time.perf_counter() - self.t0 > self.DELAY:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                TextColumn("ETA"), TimeRemainingColumn(),
-                                console=self.console, transient=True)
-            self.task = self.bar.add_task("cases", total=self.total, rate="")
-            self.bar.start()
-        if self.bar is not None:
+        with self.lock:
+            if not self.bar:
+                return
             rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(self.task, completed=self.done, total=self.total,
-                            rate=f"{rate:.1f} cases/s")
+                            rate=f"{rate:.1f} cases/s", case=self.current[:24])
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.timer.cancel()
+        with self.lock:
+            if self.bar is not None:
+                self.bar.stop()
+            self.bar = False        # never again, even if the timer fires late
 
 
 @contextlib.contextmanager

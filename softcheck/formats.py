@@ -70,7 +70,7 @@ def render_table(report: Report, console, *, details: int = 10) -> None:
     s = report.summary()
     verdict = "all agree" if report.passed else "DISAGREEMENT"
     style = "bold green" if report.passed else "bold red"
-    console.print(f"{s['total']} cases: {s['passed']} passed, {s['failed']} failed — {verdict} "
+    console.print(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, {s['failed']} failed — {verdict} "
                   f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
 
 

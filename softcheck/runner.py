@@ -187,6 +187,8 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
         return _run_pool(jobs, workers, fail_fast, progress)
     results = []
     for job in jobs:
+        if progress is not None and hasattr(progress, "case_started"):
+            progress.case_started(job.case.name)
         r = run_case(job.case, job.candidate, timeout=job.timeout)
         results.append(r)
         if progress:

@@ -93,8 +93,15 @@ def _on_a_tty(*args) -> str:
 
 def test_progress_bar_on_a_terminal_for_work_over_a_second():
     out = _on_a_tty("run", "--classes", "300")
-    assert "checking" in out and "cases/s" in out and "ETA" in out
+    assert "cases/s" in out and "ETA" in out and "/432" in out
     assert "432 cases: 432 passed" in out
+
+
+def test_progress_bar_shows_during_one_long_case():
+    out = _on_a_tty("check", EXAMPLE, "--classes", "60000", "--batch", "8", "--dtype", "float64",
+                    "--targets", "index", "--regime", "normal", "--reduction", "mean")
+    assert "0/1" in out and "C60000-B8-float64" in out       # visible before the case ends
+    assert "1 case: 1 passed" in out
 
 
 def test_no_progress_bar_when_json_goes_to_stdout_or_not_a_terminal():
