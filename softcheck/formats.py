@@ -66,7 +66,8 @@ def render_table(report: Report, console, *, details: int = 10) -> None:
         console.print(f"... and {len(report.failed) - details} more failed cases (see --json)",
                       style="red", markup=False)
     for note in report.skipped:
-        console.print(f"skipped: {note}", style="dim", markup=False, highlight=False)
+        console.print(f"skipped: {note}", style="dim", markup=False, highlight=False,
+                      soft_wrap=True)
     s = report.summary()
     verdict = "all agree" if report.passed else "DISAGREEMENT"
     style = "bold green" if report.passed else "bold red"

@@ -23,6 +23,10 @@ class SoftcheckError(ValueError):
     """An invocation the check cannot run: the CLI turns it into one line and exit code 2."""
 
 
+#: temperature and softcap: the FD error bounds (references.py) use T⁵ and S⁻⁴ in float64
+SCALE_RANGE = (1e-30, 1e30)
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """Which cross-entropy: every option of the composed loss (see ``losses.reference_rows``).
@@ -65,8 +69,16 @@ class LossSpec:
             raise SoftcheckError(f"--label-smoothing must lie in [0, 1], got {eps!r}")
         if not (_finite(self.temperature) and self.temperature > 0):
             raise SoftcheckError(f"--temperature must be a finite number > 0, got {self.temperature!r}")
+        if not SCALE_RANGE[0] <= self.temperature <= SCALE_RANGE[1]:
+            raise SoftcheckError(f"--temperature must lie in [1e-30, 1e30], got "
+                                 f"{self.temperature!r} (the finite-difference error bounds "
+                                 "take T to the 5th power, which must stay within float64)")
         if self.softcap is not None and not (_finite(self.softcap) and self.softcap > 0):
             raise SoftcheckError(f"--softcap must be a finite number > 0, got {self.softcap!r}")
+        if self.softcap is not None and not SCALE_RANGE[0] <= self.softcap <= SCALE_RANGE[1]:
+            raise SoftcheckError(f"--softcap must lie in [1e-30, 1e30], got {self.softcap!r} "
+                                 "(the finite-difference error bounds take (1/S)^4, which must "
+                                 "stay within float64)")
         if not (_finite(self.z_loss) and self.z_loss >= 0):
             raise SoftcheckError(f"--z-loss must be a finite number >= 0, got {self.z_loss!r}")
         if self.ignore_index is not None and not self.hard and self.ignore_index >= 0:

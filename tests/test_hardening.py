@@ -88,6 +88,16 @@ def test_negative_seed_is_a_usage_error_not_an_internal_error():
     assert_usage_error(invoke("run", "--seed", "-1"), "--seed must be a whole number >= 0")
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--temperature", "4.5e61"], "--temperature must lie in [1e-30, 1e30]"),
+    (["--temperature", "1e-70"], "--temperature must lie in [1e-30, 1e30]"),
+    (["--softcap", "1e-80"], "--softcap must lie in [1e-30, 1e30]"),
+])
+def test_extreme_scales_are_usage_errors_not_overflow(args, needle):
+    """Caught by the batch-file fuzzer: temperature 4.5e61 overflowed T**5 (internal error)."""
+    assert_usage_error(invoke("run", *args), needle)
+
+
 def test_memory_estimate_refuses_before_allocating():
     r = invoke("run", "--classes", "400000000", "--batch", "64", "--dtype", "float64",
                "--targets", "index", "--reduction", "mean", "--regime", "normal")
@@ -202,6 +212,15 @@ def test_minus_inf_logits_ties_and_huge_logits():
 def test_low_precision_extremes_pass(dtype):
     r = invoke("run", "--classes", "50", "--dtype", dtype, "--regime", "large,confident,wrong,masked")
     assert r.exit_code == 0, r.output
+
+
+def test_tiny_temperature_skips_the_dtype_that_cannot_hold_the_gradient():
+    """Found while hardening: T = 1e-30 makes entries ~1e30, beyond float16 (not a bug)."""
+    r = invoke("run", "--classes", "5", "--temperature", "1e-30", "--json", "-")
+    assert r.exit_code == 0, r.output
+    d = load_report(r.stdout)
+    assert {c["params"]["dtype"] for c in d["cases"]} == {"float64", "float32", "bfloat16"}
+    assert any(s.startswith("float16: gradient entries up to") for s in d["skipped"])
 
 
 def test_batch_of_one():
