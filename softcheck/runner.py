@@ -179,7 +179,7 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
     processes when the estimated work repays starting them (each imports JAX, ~1 s) and every
     candidate can be reloaded there (it came from a TARGET string); otherwise in this process.
     Results come back in job order either way, and are the same numbers."""
-    check_memory([j.case for j in jobs])
+    check_memory([j.case for j in jobs], workers if len(jobs) > 1 else 1)
     if progress is not None and hasattr(progress, "start"):
         progress.start(len(jobs))
     if workers > 1 and len(jobs) > 1 and _parallel_pays(jobs) and all(
@@ -232,17 +232,20 @@ def available_bytes() -> float | None:
         return None
 
 
-def check_memory(cases: list[Case]) -> None:
-    """Refuse (exit 2), before allocating anything, a case this machine cannot hold."""
+def check_memory(cases: list[Case], workers: int = 1) -> None:
+    """Refuse (exit 2), before allocating anything, a case this machine cannot hold (with
+    ``workers`` processes, each may hold the largest case at once)."""
     if not cases:
         return
     big = max(cases, key=estimate_bytes)
-    need, have = estimate_bytes(big), available_bytes()
+    need, have = workers * estimate_bytes(big), available_bytes()
     if have is not None and need > have:
+        each = f", times {workers} workers" if workers > 1 else ""
         raise SoftcheckError(
             f"case {big.name} needs about {need / 2**30:.1f} GiB of memory "
-            f"({big.batch}×{big.classes} logits at ~{BYTES_PER_LOGIT} bytes each) but "
-            f"{have / 2**30:.1f} GiB are available; lower --batch or --classes")
+            f"({big.batch}×{big.classes} logits at ~{BYTES_PER_LOGIT} bytes each{each}) but "
+            f"{have / 2**30:.1f} GiB are available; lower --batch or --classes"
+            + (" or --jobs" if workers > 1 else ""))
 
 
 def estimate_seconds(case: Case) -> float:
