@@ -110,3 +110,21 @@ def test_no_progress_bar_when_json_goes_to_stdout_or_not_a_terminal():
     r = subprocess.run([sys.executable, "-m", "softcheck", "run", "--classes", "300"],
                        capture_output=True, text=True)
     assert "cases/s" not in r.stdout + r.stderr
+
+
+def test_256k_vocabulary_case_in_bounded_memory():
+    """The LLM-vocabulary acceptance case: every coordinate against analytic and autodiff,
+    FD coverage reported, peak RSS of the whole process under 2 GiB (no timing asserted)."""
+    import resource
+
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", EXAMPLE, "--classes",
+                        "262144", "--batch", "8", "--dtype", "float64", "--targets", "index",
+                        "--regime", "normal", "--reduction", "mean", "--json", "-"],
+                       capture_output=True, text=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert r.returncode == 0, r.stderr
+    case = load_report(r.stdout)["cases"][0]
+    pairs = {tuple(c["pair"]): c for c in case["comparisons"]}
+    assert pairs[("candidate", "analytic")]["passed"] and pairs[("candidate", "autodiff")]["passed"]
+    assert "of 262144 columns" in case["fd"]["coverage"] and case["fd"]["probes"] == 8
+    assert peak < 2 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
