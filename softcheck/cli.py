@@ -338,11 +338,15 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, *
                     devices, json_path, junit_path, markdown_path)
 
 
+def timeout_option(help: str):
+    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                        help=help)
+
+
 @cli.command()
 @click.argument("target")
 @suite_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds a single call of TARGET may take before its case fails.")
+@timeout_option("Seconds a single call of TARGET may take before its case fails.")
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
 @with_outputs
@@ -370,8 +374,7 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
 @cli.command()
 @click.argument("file")
 @report_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds a candidate call may take (a group's 'timeout' overrides it).")
+@timeout_option("Seconds a candidate call may take (a group's 'timeout' overrides it).")
 @with_outputs
 def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, timeout):
     """Run the groups of a batch FILE (TOML, or JSON with the same structure).
