@@ -120,12 +120,15 @@ def autodiff_hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Probe:
-    """A directional derivative along ``direction`` (rows orthogonal to the all-ones vector),
-    per row, by complex step: exact to rounding."""
+    """A directional derivative along a random direction d (rows orthogonal to the all-ones
+    vector), per row, by complex step: exact to rounding.  The direction itself is not kept
+    (N·C per probe): only what judging needs, each given gradient's projection Σ_c g_ic d_ic
+    and Σ_c |d_ic| per row."""
 
-    direction: np.ndarray
-    value: np.ndarray
-    band: np.ndarray
+    value: np.ndarray                          # (N,) the derivative along d
+    band: np.ndarray                           # (N,) its error bound
+    l1: np.ndarray                             # (N,) Σ_c |d_ic|
+    projections: dict                          # name -> (N,) Σ_c g_ic d_ic
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ def default_fd_method(n: int, c: int, budget: float = 2e9) -> str:
 def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
                       columns: np.ndarray | None = None, budget: float | None = None,
                       probes: int = 8, priority: np.ndarray | None = None,
+                      project: dict | None = None,
                       seed: int = 0) -> FDResult:
     """Finite-difference gradient of the reference loss.
 
@@ -248,7 +252,7 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
         if columns is not None:
             mask = np.zeros((n, c), bool)
             mask[:, cols] = True
-            probe_list = _probes(rows, z, st, probes, seed)
+            probe_list = _probes(rows, z, st, probes, seed, project or {})
     return FDResult(grad, method, band, h, mask, probe_list)
 
 
@@ -268,7 +272,7 @@ def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarr
     return np.array(list(dict.fromkeys(chosen))[:count])
 
 
-def _probes(rows, z, st: RowStats, count: int, seed: int) -> tuple[Probe, ...]:
+def _probes(rows, z, st: RowStats, count: int, seed: int, project: dict) -> tuple[Probe, ...]:
     rng = np.random.default_rng([seed, 4])
     finite = np.isfinite(z)
     gamma = 8 + math.log2(max(st.classes, 2))
@@ -281,7 +285,11 @@ def _probes(rows, z, st: RowStats, count: int, seed: int) -> tuple[Probe, ...]:
         zc = z.astype(np.complex128) + 1j * COMPLEX_STEP * d
         val = np.imag(rows(zc)) / COMPLEX_STEP
         band = gamma * U64 * (1 + st.lse + st.vmax) * f1 * np.sum(np.abs(d), -1) / st.temperature
-        out.append(Probe(d, val, band))
+        proj = {}
+        for name, g in project.items():
+            with np.errstate(invalid="ignore"):
+                proj[name] = np.sum(np.where(d != 0, np.asarray(g) * d, 0.0), -1)
+        out.append(Probe(val, band, np.sum(np.abs(d), -1), proj))
     return tuple(out)
 
 

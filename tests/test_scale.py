@@ -128,3 +128,28 @@ def test_256k_vocabulary_case_in_bounded_memory():
     assert pairs[("candidate", "analytic")]["passed"] and pairs[("candidate", "autodiff")]["passed"]
     assert "of 262144 columns" in case["fd"]["coverage"] and case["fd"]["probes"] == 8
     assert peak < 2 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+
+
+def test_probes_see_an_error_in_a_column_fd_did_not_cover():
+    """Directional probes cover every coordinate: a gradient wrong only in an uncovered column
+    disagrees with them beyond their band, the right one agrees within it."""
+    from softcheck import references
+    from softcheck.cases import make_inputs_from_arrays
+    from softcheck.runner import upcast
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(4, 50))
+    y = rng.integers(0, 10, 4)
+    inp = upcast(make_inputs_from_arrays(z, y))
+    good = softcheck.gradient(z, y)
+    bad = good.copy()
+    bad[:, 40] += 1e-6                   # column 40: not a target, not covered below
+    fd = references.finite_difference(inp, "central", columns=np.arange(10), probes=4,
+                                      project={"good": good, "bad": bad})
+    assert fd.mask is not None and not fd.mask[:, 40].any()
+    for p in fd.probes:
+        assert p.value.shape == (4,) and not hasattr(p, "direction")
+        allowed = 1e-12 * p.l1 + p.band
+        assert np.all(np.abs(p.projections["good"] - p.value) <= allowed)
+    assert any(np.any(np.abs(p.projections["bad"] - p.value) > 1e-12 * p.l1 + p.band)
+               for p in fd.probes)
