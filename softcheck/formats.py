@@ -176,24 +176,51 @@ def to_junit(report: Report) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    """A summary table for CI step summaries and PR comments."""
+    """A summary for CI step summaries and PR comments: per group (when there are groups),
+    then the failed cases (or every case when none failed) with the most telling hint."""
     s = report.summary()
     icon = "✅" if report.passed else "❌"
     lines = [f"## {icon} softcheck {report.command}: {s['passed']}/{s['total']} cases passed", ""]
+    groups: dict[str, list[CaseResult]] = {}
+    for case in report.cases:
+        groups.setdefault(case.group or report.command, []).append(case)
+    if len(groups) > 1:
+        lines += ["| group | cases | passed | failed |", "|---|---|---|---|"]
+        for name, cases in groups.items():
+            bad = sum(not c.passed for c in cases)
+            lines.append(f"| {'❌' if bad else '✅'} {_cell(name)} | {len(cases)} | "
+                         f"{len(cases) - bad} | {bad} |")
+        lines.append("")
     shown = report.failed or list(report.cases)
     if report.failed:
-        lines.append(f"{s['failed']} failed:")
-        lines.append("")
+        lines += [f"{s['failed']} failed:", ""]
     lines += ["| case | group | worst pair | max rel error | verdict |", "|---|---|---|---|---|"]
     for case in shown[:200]:
         worst = max(case.comparisons, key=lambda c: c.ratio, default=None)
         pair = f"{worst.pair[0]} vs {worst.pair[1]}" if worst else "—"
         err = _fmt(worst.max_rel_error) if worst else "—"
-        lines.append(f"| {case.name} | {case.group or ''} | {pair} | {err} | "
-                     f"{'PASS' if case.passed else 'FAIL: ' + (case.error or '; '.join(case.diagnosis[:1]) or 'mismatch')} |")
+        lines.append(f"| {_cell(case.name)} | {_cell(case.group or '')} | {pair} | {err} | "
+                     f"{'PASS' if case.passed else 'FAIL: ' + _cell(_why(case))} |")
     if len(shown) > 200:
         lines.append(f"| … {len(shown) - 200} more | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _why(case: CaseResult) -> str:
+    """The most telling reason a case failed: its error, a known-bug match, the first hint,
+    or the first failing comparison."""
+    if case.error:
+        return case.error
+    known = [d for d in case.diagnosis if d.startswith("looks like a known bug")]
+    if known or case.diagnosis:
+        return (known or list(case.diagnosis))[0]
+    failing = [c.reason for c in case.comparisons if not c.passed and c.reason]
+    return failing[0] if failing else "an invariant is broken"
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -87,6 +87,8 @@ def test_mixed_batch_fails_only_the_wrong_candidate(project, tmp_path, monkeypat
 
     text = md.read_text()
     assert text.startswith("## ❌ softcheck batch") and "grad_wrong" in text
+    assert "| ✅ own |" in text and "| ✅ correct |" in text and "| ❌ ce.py:grad_wrong" in text
+    assert "FAIL: looks like a known bug: divides by the batch size" in text
 
 
 def test_two_runs_give_identical_errors(project):
