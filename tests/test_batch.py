@@ -82,6 +82,9 @@ def test_mixed_batch_fails_only_the_wrong_candidate(project, tmp_path, monkeypat
     assert len(fails) == len(failed)
     assert all(isinstance(c.result[0], junitparser.Failure) for c in fails)
     assert any("batch size" in (c.result[0].text or "") for c in fails)
+    assert all("known bug" in c.result[0].message for c in fails)
+    props = {p.name: p.value for p in suites[0].properties()}
+    assert props["backend"] == "cpu" and "softcheck" in props
     assert sum(s.failures for s in suites) == len(failed)
     assert sum(s.tests for s in suites) == len(d["cases"])
 
