@@ -66,3 +66,17 @@ def gradient(logits, target, method: str = "analytic", *, grad_output=None, fd: 
     if method == "autodiff":
         return references.autodiff(upcast(inputs))
     return references.finite_difference(upcast(inputs), fd).grad
+
+
+def as_torch(array, *, requires_grad: bool = False):
+    """A numpy array as a torch tensor of the same dtype, bfloat16 included (numpy has no
+    bfloat16: softcheck passes ml_dtypes' bfloat16, which ``torch.from_numpy`` rejects).
+    For a torch candidate: ``z = softcheck.as_torch(logits, requires_grad=True)``."""
+    import torch
+
+    a = np.asarray(array)
+    if a.dtype.name == "bfloat16":
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.uint16).copy()).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.array(a, copy=True))
+    return t.requires_grad_(requires_grad) if requires_grad else t

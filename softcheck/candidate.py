@@ -148,7 +148,11 @@ def _invoke(fn, args, kw, timeout):
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise CandidateError(f"raised {type(e).__name__}")
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CandidateError(f"raised {type(e).__name__}: {msg[:200]}")
+        hint = ""
+        if "bfloat16" in msg and "numpy" in msg.lower() or "ml_dtypes" in msg:
+            hint = (" (logits arrive as numpy bfloat16 from ml_dtypes: convert with "
+                    "softcheck.as_torch(logits) or jnp.asarray(logits))")
+        raise CandidateError(f"raised {type(e).__name__}: {msg[:200]}{hint}")
     return box.get("out"), printed
 
 
@@ -196,6 +200,9 @@ def to_array(out, shape) -> np.ndarray:
         arr = np.asarray(out)
     except Exception as e:  # noqa: BLE001
         raise CandidateError(f"returned {type(out).__name__}, which is not array-like ({e})") from e
+    if arr.dtype.kind == "V" and arr.dtype.name.startswith(("bfloat16", "float8", "float6",
+                                                             "float4")):
+        arr = arr.astype(np.float32)          # ml_dtypes' low-precision floats (exact)
     if arr.dtype.kind not in "fiu":
         raise CandidateError(f"returned an array of dtype {arr.dtype}, not a numeric gradient")
     if arr.shape != tuple(shape):

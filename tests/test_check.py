@@ -151,3 +151,54 @@ def test_one_entry_1e9_relative_error_fails_in_float64():
 
     rep = softcheck.check(_one_entry, dtype="float64", regime="normal")
     assert not rep.passed
+
+
+def _denominator_rounded(ulps):
+    """Like torch's CPU bfloat16 cross_entropy: right but for the mean's denominator, off by a
+    few bfloat16 ulps (2.5 · 2^-8 relative)."""
+    def grad(logits, target):
+        g = correct(np.asarray(logits, np.float64), target)
+        return (g * (1 + ulps * 2.0**-8)).astype(logits.dtype)
+    return grad
+
+
+def test_intermediate_low_precision_rounding_is_named_not_called_a_factor():
+    """Found with torch's CPU bfloat16 cross_entropy: a factor 1.00011 was named 'N (batch
+    size)' for N = 1; a few ulps of rounding is now said to be rounding."""
+    rep = softcheck.check(_denominator_rounded(2.5), dtype="bfloat16", regime="normal")
+    assert not rep.passed
+    hints = [h for c in rep.failed for h in c.diagnosis]
+    assert any("ulps of the largest entry: consistent with intermediate rounding to bfloat16"
+               in h for h in hints), hints
+    assert not any("= N (batch size)" in h for h in hints), hints
+
+
+def test_as_torch_passes_bfloat16_to_a_torch_candidate():
+    import ml_dtypes
+
+    pytest.importorskip("torch")
+    t = softcheck.as_torch(np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16), requires_grad=True)
+    assert str(t.dtype) == "torch.bfloat16" and t.tolist() == [1.5, -2.0] and t.requires_grad
+    r = CliRunner().invoke(cli, ["check", "scripts/examples/torch_ce.py:grad", "--dtype",
+                                 "bfloat16", "--regime", "large,confident", "--json", "-"])
+    d = load_report(r.stdout)
+    assert all(c["error"] is None for c in d["cases"])        # the tensor conversion works
+
+
+def test_bfloat16_numpy_conversion_error_gets_a_hint():
+    def naive(logits, target):
+        import torch
+
+        return torch.from_numpy(logits)
+    pytest.importorskip("torch")
+    rep = softcheck.check(naive, dtype="bfloat16", regime="normal", batch=1)
+    assert "softcheck.as_torch(logits)" in rep.cases[0].error
+
+
+def test_numpy_candidate_returning_bfloat16_is_accepted():
+    """Regression: a gradient returned as ml_dtypes bfloat16 (numpy dtype kind 'V') was
+    rejected as 'not a numeric gradient'."""
+    r = CliRunner().invoke(cli, ["check", "scripts/examples/numpy_ce.py:grad", "--dtype",
+                                 "bfloat16", "--ignore-index", "-100", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert all(c["passed"] for c in load_report(r.stdout)["cases"])

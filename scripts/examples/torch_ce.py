@@ -7,12 +7,14 @@
 import torch
 import torch.nn.functional as F
 
+import softcheck
+
 
 def grad(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
          grad_output=1.0):
-    z = torch.tensor(logits, requires_grad=True)
-    w = None if weight is None else torch.tensor(weight)
+    z = softcheck.as_torch(logits, requires_grad=True)     # bfloat16 too
+    w = None if weight is None else softcheck.as_torch(weight)
     loss = F.cross_entropy(z, torch.as_tensor(target), weight=w, ignore_index=ignore_index,
                            reduction=reduction, label_smoothing=label_smoothing)
-    loss.backward(torch.as_tensor(grad_output, dtype=loss.dtype).expand_as(loss))
+    loss.backward(torch.as_tensor(grad_output, dtype=torch.float64).to(loss.dtype).expand_as(loss))
     return z.grad
