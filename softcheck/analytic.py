@@ -129,9 +129,11 @@ def _grad_v(inputs: Inputs, cd, p, lse):
     return gv, alpha, beta, mass
 
 
-def gradient(inputs: Inputs) -> np.ndarray:
-    """∂L/∂logits (times the upstream gradient), in the dtype of ``inputs.logits``."""
-    cd = compute_dtype(inputs.logits.dtype)
+def gradient(inputs: Inputs, *, native: bool = False) -> np.ndarray:
+    """∂L/∂logits (times the upstream gradient), in the dtype of ``inputs.logits``: computed
+    in float32 for 16-bit dtypes (as fused kernels do), or with ``native`` in the dtype itself
+    (every intermediate rounded to it, as a framework's plain bf16/f16 ops do)."""
+    cd = np.dtype(inputs.logits.dtype).type if native else compute_dtype(inputs.logits.dtype)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, cd)
         gv = _grad_v(inputs, cd, p, lse)[0]

@@ -43,7 +43,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "label_smoothing": (_NUM, False), "smoothing_convention": (_STR, False),
     "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
     "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
-    "fd_budget": (_NUM, False), "timeout": (_NUM, True),
+    "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
 }
 META = ("name", "target", "hvp")
 WEIGHT_HELP = "'random' or a list of C numbers"

@@ -14,6 +14,9 @@ from .spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, Inputs, LossSpec, Softc
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "all-ignored")
 FD_METHODS = ("central", "richardson", "complex")
+#: strict: low-precision candidates held to float32 arithmetic + one final rounding;
+#: native: also allowed 4× the error of the closed form computed in the dtype itself
+TOLERANCE_MODES = ("strict", "native")
 DEFAULT_BATCH = (1, 6)
 
 
@@ -52,6 +55,7 @@ class Config:
     order: int = 1
     probes: int = 8
     fd_budget: float = 2e9
+    tolerance: str = "strict"
     group: str | None = None
     tag: str | None = None     # what tells apart cases of one batch group with the same axes
 
@@ -97,6 +101,9 @@ class Config:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
                 or self.seed < 0:
             raise SoftcheckError(f"--seed must be a whole number >= 0, got {self.seed!r}")
+        if self.tolerance not in TOLERANCE_MODES:
+            raise SoftcheckError(f"--tolerance must be one of {', '.join(TOLERANCE_MODES)}; "
+                                 f"got {self.tolerance!r}")
         if self.order not in (1, 2):
             raise SoftcheckError(f"--order must be 1 or 2, got {self.order!r}")
         if self.probes < 0:
@@ -130,6 +137,7 @@ class Case:
     probes: int = 8
     fd_budget: float = 2e9
     tag: str | None = None
+    tolerance: str = "strict"
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -150,6 +158,7 @@ class Case:
         }
         d.update({k: v for k, v in self.spec.to_dict().items() if k not in d})
         d["order"] = self.order
+        d["tolerance"] = self.tolerance
         return d
 
 
@@ -186,7 +195,7 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
         spec = cfg.loss_spec(tk, red)
         cases.append(
             Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
-                 cfg.fd_budget, cfg.tag)
+                 cfg.fd_budget, cfg.tag, cfg.tolerance)
         )
     return cases, skipped
 

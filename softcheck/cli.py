@@ -151,6 +151,11 @@ def suite_options(fn):
                      help="2: check Hessian-vector products."),
         click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
                      help="Directional probes when FD covers a subset of columns."),
+        click.option("--tolerance", type=click.Choice(["strict", "native"]), default="strict",
+                     show_default=True,
+                     help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
+                          "final rounding (fused kernels); native = also 4x the error of the "
+                          "closed form computed in the dtype itself (plain framework ops)."),
         click.option("--fd-budget", type=float, default=2e9, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
     ] + REPORT_OPTIONS
@@ -161,7 +166,7 @@ def suite_options(fn):
 
 CONFIG_KEYS = ("classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "weight",
                "ignore_index", "label_smoothing", "smoothing_convention", "temperature", "softcap",
-               "z_loss", "fd", "order", "probes", "fd_budget")
+               "z_loss", "fd", "order", "probes", "fd_budget", "tolerance")
 
 
 def _config(kw):

@@ -126,7 +126,7 @@ def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: In
 
 
 def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa: float,
-               scale: float) -> list[Invariant]:
+               scale: float, band: float = 0.0) -> list[Invariant]:
     """Row sums are zero (no z-loss, no softcap); ignored rows are exactly zero."""
     spec = inputs.spec
     g = np.asarray(g, np.float64)
@@ -136,7 +136,7 @@ def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa:
     if not spec.z_loss and not spec.softcap:
         _, atol, rtol = tolerances.allowed(dtype, kappa, scale, np.zeros(1))
         sums = np.abs(np.sum(g, -1))
-        limit = atol * g.shape[1] + rtol * np.sum(np.abs(g), -1)
+        limit = (atol + band) * g.shape[1] + rtol * np.sum(np.abs(g), -1)
         bad = np.flatnonzero(sums > limit)
         detail = (f"max |row sum| {float(np.max(sums, initial=0)):.3g}"
                   + (f"; rows {bad[:5].tolist()} exceed {float(limit[bad[0]]):.3g}" if bad.size else ""))

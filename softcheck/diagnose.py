@@ -138,7 +138,8 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
                     f"consistent with intermediate rounding to {case.dtype} (e.g. the softmax or "
                     "the mean's denominator kept in it); the tolerance allows float32 "
                     "arithmetic with one final rounding, as fused kernels do, so small entries "
-                    "must be right to their own ulp")
+                    "must be right to their own ulp (--tolerance native accepts plain "
+                    f"{case.dtype} arithmetic)")
     scale = max(float(np.max(np.abs(ref), initial=0.0)), 1e-300)
     from .compare import _target_mask
 

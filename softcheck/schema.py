@@ -59,7 +59,8 @@ PARAMS = _obj({
     "temperature": {"type": "number", "exclusiveMinimum": 0},
     "softcap": {"type": ["number", "null"]}, "z_loss": {"type": "number", "minimum": 0},
     "order": {"enum": [1, 2]},
-})
+    "tolerance": {"enum": ["strict", "native"]},
+}, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
 TIMING = _obj({"seconds": {"type": "number", "minimum": 0}})
 

@@ -49,6 +49,12 @@ from dataclasses import dataclass
 import numpy as np
 
 K_ABS = 8.0
+# ``--tolerance native`` (16-bit candidates only): also allow K_NATIVE times the largest error of
+# the closed form computed with every intermediate in the dtype itself (analytic.gradient with
+# native=True).  A kernel built from a framework's plain bf16/f16 ops rounds about as often as
+# that closed form (~5 roundings per entry, one more in the mean's denominator); 4 is the
+# margin of Liger-Kernel's rule (its error ≤ 4 × torch's own same-dtype error).
+K_NATIVE = 4.0
 K_REL = 2.0
 
 

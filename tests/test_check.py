@@ -202,3 +202,28 @@ def test_numpy_candidate_returning_bfloat16_is_accepted():
                                  "bfloat16", "--ignore-index", "-100", "--json", "-"])
     assert r.exit_code == 0, r.output
     assert all(c["passed"] for c in load_report(r.stdout)["cases"])
+
+
+def test_tolerance_native_accepts_plain_bfloat16_arithmetic_and_still_catches_bugs():
+    """JAX's own bf16 log_softmax (intermediates in bf16) fails the strict standard with a hint
+    pointing at --tolerance native, and passes it; real bugs still fail under native."""
+    from softcheck.mutants import MUTANTS
+
+    args = ["check", "scripts/examples/jax_ce.py:grad", "--dtype", "bfloat16,float16",
+            "--json", "-"]
+    strict = CliRunner().invoke(cli, args)
+    assert strict.exit_code == 1
+    hints = [h for c in load_report(strict.stdout)["cases"] for h in c["diagnosis"]]
+    assert hints and all("--tolerance native" in h for h in hints if "ulps" in h)
+    native = CliRunner().invoke(cli, args + ["--tolerance", "native"])
+    assert native.exit_code == 0, native.output
+    d = load_report(native.stdout)
+    assert all(c["params"]["tolerance"] == "native" for c in d["cases"])
+    assert all("--tolerance native" in " ".join(c["notes"]) for c in d["cases"]
+               if c["params"]["dtype"] in ("bfloat16", "float16"))
+    by_name = {m.name: m for m in MUTANTS}
+    for name in ("sign-flip", "no-label-smoothing", "wrong-axis", "ignores-grad-output",
+                 "off-by-one-target", "softcap-no-chain"):
+        m = by_name[name]
+        opts = {k: v for k, v in m.options.items() if k != "dtype"}
+        assert not softcheck.check(m.fn, dtype="bfloat16", tolerance="native", **opts).passed, name
