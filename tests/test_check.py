@@ -227,3 +227,19 @@ def test_tolerance_native_accepts_plain_bfloat16_arithmetic_and_still_catches_bu
         m = by_name[name]
         opts = {k: v for k, v in m.options.items() if k != "dtype"}
         assert not softcheck.check(m.fn, dtype="bfloat16", tolerance="native", **opts).passed, name
+
+
+def test_candidate_hvp_is_checked_with_order_2():
+    base = ["check", "tests/candidates/hvp_kernels.py:grad", "--order", "2", "--classes", "7",
+            "--json", "-"]
+    ok = CliRunner().invoke(cli, base + ["--hvp", "tests/candidates/hvp_kernels.py:hvp"])
+    assert ok.exit_code == 0, ok.output
+    d = load_report(ok.stdout)
+    assert all(("candidate", "analytic") in {tuple(c["pair"]) for c in case["comparisons"]}
+               for case in d["cases"])
+    bad = CliRunner().invoke(cli, base + ["--hvp",
+                                          "tests/candidates/hvp_kernels.py:hvp_diagonal_only"])
+    assert bad.exit_code == 1
+    failed = [c for c in load_report(bad.stdout)["cases"] if not c["passed"]]
+    assert failed and all(any(x["pair"][0] == "candidate" and not x["passed"]
+                              for x in c["comparisons"]) for c in failed)
