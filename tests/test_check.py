@@ -243,3 +243,13 @@ def test_candidate_hvp_is_checked_with_order_2():
     failed = [c for c in load_report(bad.stdout)["cases"] if not c["passed"]]
     assert failed and all(any(x["pair"][0] == "candidate" and not x["passed"]
                               for x in c["comparisons"]) for c in failed)
+
+
+def test_module_target_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["check", "softcheck.mutants:correct", "--weight", "random",
+                                 "--label-smoothing", "0.1", "--ignore-index", "-100",
+                                 "--reduction", "none", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    d = load_report(r.stdout)
+    assert d["target"] == "softcheck.mutants:correct" and len(d["cases"]) > 10
