@@ -290,7 +290,7 @@ def render_explanation(ex, console) -> None:
         f"not to hold", style="bold green" if ok else "bold red"))
 
 
-def _values(label: str, v) -> Text:
+def _values(label: str, v):
     """A value as one line (scalar, vector: at most 6 entries shown) or a small matrix."""
     from rich.text import Text
 

@@ -1,6 +1,5 @@
 """softcheck check: correct candidates pass, wrong ones fail with a useful diagnosis."""
 
-import json
 import subprocess
 import sys
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from reports import load_report
 from click.testing import CliRunner
 
