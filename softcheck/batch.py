@@ -241,12 +241,10 @@ def _with_hvp(cand, hvp):
     return dataclasses.replace(cand, hvp=hvp.fn, hvp_source=hvp.source)
 
 
-def run(p: Plan, *, fail_fast: bool = False, jobs: int = 1, progress=None, timeout=None):
-    """Run every group of a plan; one Report with each case's group (and target)."""
-    from .report import Report
-    from .runner import Job, options_dict, run_jobs
+def _jobs(p: Plan, timeout=None) -> tuple[list, list[str]]:
+    """Every case of a plan as a runner Job (in file order), and the skipped notes."""
+    from .runner import Job
 
-    t0 = time.perf_counter()
     work, skipped = [], []
     for g in p.groups:
         for cfg in g.configs:
@@ -258,6 +256,31 @@ def run(p: Plan, *, fail_fast: bool = False, jobs: int = 1, progress=None, timeo
             t = g.timeout if g.timeout is not None else timeout
             work += [Job(c, g.candidate, t) for c in cases]
             skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]
+    return work, skipped
+
+
+def listing(p: Plan) -> list[str]:
+    """What ``softcheck batch --list`` prints: each group with its target and case count, then
+    its cases; nothing is computed."""
+    work, skipped = _jobs(p)
+    lines = []
+    for g in p.groups:
+        names = [j.case.name for j in work if j.case.group == g.name]
+        what = f"checks {g.target}" if g.target else "softcheck's own methods"
+        lines.append(f"{g.name}: {len(names)} cases, {what}")
+        lines += [f"  {n}" for n in names]
+    lines += [f"skipped: {s}" for s in skipped]
+    lines.append(f"{len(work)} cases in {len(p.groups)} groups")
+    return lines
+
+
+def run(p: Plan, *, fail_fast: bool = False, jobs: int = 1, progress=None, timeout=None):
+    """Run every group of a plan; one Report with each case's group (and target)."""
+    from .report import Report
+    from .runner import options_dict, run_jobs
+
+    t0 = time.perf_counter()
+    work, skipped = _jobs(p, timeout)
     results = run_jobs(work, fail_fast=fail_fast, progress=progress, workers=jobs)
     options = {"file": p.path,
                "groups": [{"name": g.name, "target": g.target,

@@ -380,8 +380,11 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
 @click.argument("file")
 @report_options
 @timeout_option("Seconds a candidate call may take (a group's 'timeout' overrides it).")
+@click.option("--list", "list_only", is_flag=True,
+              help="Check the file and list its groups and cases; run nothing.")
 @with_outputs
-def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, timeout):
+def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, debug, timeout,
+          list_only):
     """Run the groups of a batch FILE (TOML, or JSON with the same structure).
 
     Each [[case]] group takes the options of run/check with underscores (classes,
@@ -391,6 +394,9 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
     from . import batch as bmod
 
     p = bmod.plan(file)
+    if list_only:
+        click.echo("\n".join(bmod.listing(p)))
+        return EXIT_OK
     return _execute(lambda bar: bmod.run(p, fail_fast=fail_fast, jobs=jobs, timeout=timeout,
                                          progress=bar),
                     devices, json_path, junit_path, markdown_path)

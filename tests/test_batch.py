@@ -203,3 +203,16 @@ def test_example_batch_file_in_scripts_is_valid():
     assert [g.name for g in p.groups] == ["softcheck numerics", "llm options", "numpy kernel"]
     assert p.groups[2].candidate is not None and p.groups[2].timeout == 30
     assert len(p.groups[1].configs) == 2           # label_smoothing crossed
+
+
+def test_list_checks_the_file_and_runs_nothing(project):
+    code = ("import sys; from softcheck.cli import cli\n"
+            f"try:\n    cli.main(['batch', {str(project / 'b.toml')!r}, '--list'])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'jax' not in sys.modules, 'jax imported by --list'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "own: 144 cases, softcheck's own methods"
+    assert "correct: 6 cases, checks kernels/ce.py:grad" in lines
+    assert lines[-1] == "156 cases in 3 groups"
