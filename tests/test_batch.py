@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jsonschema
 import junitparser
 import pytest
 from click.testing import CliRunner
@@ -62,6 +63,9 @@ def test_mixed_batch_fails_only_the_wrong_candidate(project, tmp_path, monkeypat
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     d = load_report(out.read_text())
+    printed = subprocess.run([sys.executable, "-m", "softcheck", "schema"], capture_output=True,
+                             text=True, check=True).stdout
+    jsonschema.Draft202012Validator(json.loads(printed)).validate(d)   # what CI tools would use
     assert d["command"] == "batch"
     groups = {c["group"] for c in d["cases"]}
     assert groups == {"own", "correct", "ce.py:grad_wrong classes=9 ignore_index=-100 "
