@@ -139,7 +139,7 @@ def _group(g: dict, where: str, base: str, names: set, loaded: dict) -> Group:
     if "target" in g:
         candidate = _load(g["target"], base, where, "target", loaded)
         if "hvp" in g:
-            candidate = _with_hvp(candidate, _load(g["hvp"], base, where, "hvp", loaded))
+            candidate = candidate.with_hvp(_load(g["hvp"], base, where, "hvp", loaded))
     elif "hvp" in g:
         raise SoftcheckError(f"{where}: key 'hvp' needs a 'target'")
 
@@ -220,39 +220,27 @@ def _default_name(g: dict) -> str:
 
 
 def _load(target: str, base: str, where: str, key: str, loaded: dict):
-    from .candidate import _is_path, load
+    """A TARGET of the file (relative to it), loaded once per file; errors name group and key."""
+    from .candidate import load, relative_to
 
-    t = target
-    if ":" in t and _is_path(t.rsplit(":", 1)[0]) and not os.path.isabs(t):
-        t = os.path.join(base, t)
+    t = relative_to(target, base)
     if t not in loaded:
         try:
-            cand = load(t)
+            loaded[t] = load(t, label=target)
         except SoftcheckError as e:
             raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
-        cand.label = target
-        loaded[t] = cand
     return loaded[t]
-
-
-def _with_hvp(cand, hvp):
-    import dataclasses
-
-    return dataclasses.replace(cand, hvp=hvp.fn, hvp_source=hvp.source)
 
 
 def _jobs(p: Plan, timeout=None) -> tuple[list, list[str]]:
     """Every case of a plan as a runner Job (in file order), and the skipped notes."""
+    from .candidate import suite_for
     from .runner import Job
 
     work, skipped = [], []
     for g in p.groups:
         for cfg in g.configs:
-            if g.candidate is None:
-                cases, skip = suite(cfg)
-            else:
-                cases, skip = suite(cfg, targets=("index",), reduction=("mean",),
-                                    dtypes=("float64", "float32"))
+            cases, skip = suite(cfg) if g.candidate is None else suite_for(cfg)
             t = g.timeout if g.timeout is not None else timeout
             work += [Job(c, g.candidate, t) for c in cases]
             skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]

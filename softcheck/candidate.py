@@ -9,6 +9,7 @@ copy (N, C) in the case dtype, ``target`` int64 (N,) or float (N, C); ``kw`` hol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -47,6 +48,10 @@ class Candidate:
     hvp: object = None
     source: str | None = None       # TARGET with an absolute path: a worker process reloads it
     hvp_source: str | None = None
+
+    def with_hvp(self, h: Candidate) -> Candidate:
+        """This gradient with ``h``'s function as its Hessian-vector product (--order 2)."""
+        return dataclasses.replace(self, hvp=h.fn, hvp_source=h.source)
 
     @classmethod
     def from_callable(cls, fn, hvp=None, label: str | None = None) -> Candidate:
@@ -213,8 +218,9 @@ def to_array(out, shape) -> np.ndarray:
     return arr
 
 
-def load(target: str) -> Candidate:
-    """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if not)."""
+def load(target: str, *, hvp: str | None = None, label: str | None = None) -> Candidate:
+    """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
+    not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name."""
     if ":" not in target:
         raise SoftcheckError(f"TARGET {target!r} has no colon: write path/to/file.py:function "
                              "or package.module:function")
@@ -229,7 +235,16 @@ def load(target: str) -> Candidate:
     if not callable(fn):
         raise SoftcheckError(f"TARGET {target}: {name!r} is a {type(fn).__name__}, not callable")
     source = f"{os.path.abspath(where) if _is_path(where) else where}:{name}"
-    return Candidate(fn, target, source=source)
+    cand = Candidate(fn, label or target, source=source)
+    return cand.with_hvp(load(hvp)) if hvp else cand
+
+
+def relative_to(target: str, base: str) -> str:
+    """A file TARGET relative to folder ``base`` (module TARGETs and absolute paths as given)."""
+    where = target.rsplit(":", 1)[0]
+    if ":" in target and _is_path(where) and not os.path.isabs(target):
+        return os.path.join(base, target)
+    return target
 
 
 def _is_path(where: str) -> bool:
@@ -269,17 +284,24 @@ def _import_module(where: str):
         raise SoftcheckError(f"importing TARGET module {where} failed: {type(e).__name__}: {e}") from e
 
 
+def suite_for(cfg):
+    """The cases a candidate is checked on: target kind ``index`` and reduction ``mean``
+    unless pinned (they describe the function, they are not varied), dtypes float64 and
+    float32 unless given."""
+    from .cases import suite
+
+    return suite(cfg, targets=("index",), reduction=("mean",), dtypes=("float64", "float32"))
+
+
 def check_candidate(cand: Candidate, cfg, *, timeout=None, fail_fast=False, progress=None,
                     jobs: int = 1):
     """Run the check suite: targets ``index`` and reduction ``mean`` unless pinned, dtypes
     float64 and float32 unless given."""
-    from .cases import suite
     from .report import Report
     from .runner import options_dict, run_cases
 
     t0 = time.perf_counter()
-    cases, skipped = suite(cfg, targets=("index",), reduction=("mean",),
-                           dtypes=("float64", "float32"))
+    cases, skipped = suite_for(cfg)
     results = run_cases(cases, cand, timeout=timeout, fail_fast=fail_fast, progress=progress,
                         jobs=jobs)
     return Report(tuple(results), "check", options_dict(cfg), tuple(skipped), target=cand.label,

@@ -367,10 +367,7 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
     from . import candidate as cmod
 
     cfg = _config(kw)
-    cand = cmod.load(target)
-    if hvp_target:
-        h = cmod.load(hvp_target)
-        cand.hvp, cand.hvp_source = h.fn, h.source
+    cand = cmod.load(target, hvp=hvp_target)
     return _execute(lambda bar: cmod.check_candidate(cand, cfg, timeout=timeout,
                                                      fail_fast=fail_fast, jobs=jobs, progress=bar),
                     devices, json_path, junit_path, markdown_path)
@@ -421,25 +418,15 @@ def explain(classes, seed, targets, label_smoothing, temperature, softcap, z_los
             json_path, debug):
     """Walk the derivation of the gradient (softmax, loss, Jacobian, chain rule, p − y) on one
     example, each step verified against JAX; then the classic slips, shown not to hold."""
-    import json
-
     from . import formats
     from .explain import explain as run_explain
-    from .spec import LossSpec
 
     _check_outputs(json_path)
-    if weight == "random":
-        from .cases import class_weights
-
-        weight = tuple(class_weights(classes, seed))
-    LossSpec(targets="index" if targets == "index" else "probs", weight=weight,
-             label_smoothing=label_smoothing, temperature=temperature, softcap=softcap,
-             z_loss=z_loss).validate(classes)
     ex = run_explain(classes, seed, targets, label_smoothing=label_smoothing,
                      temperature=temperature, softcap=softcap, z_loss=z_loss, weight=weight)
     console = _console(stderr=json_path == "-")
     formats.render_explanation(ex, console)
-    text = json.dumps(ex.to_dict(), indent=2, allow_nan=False)
+    text = ex.to_json()
     if json_path == "-":
         click.echo(text)
     elif json_path:

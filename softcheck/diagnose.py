@@ -119,7 +119,7 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
         k = float(np.vdot(x, ref) / np.vdot(ref, ref))
         resid = float(np.linalg.norm(x - k * ref))
         # a factor within a few units of the dtype's rounding is rounding, not a bug
-        few_ulps = max(1e-6, 4 * tolerances.TABLE[tolerances.dtype_name(inputs.logits.dtype)].u)
+        few_ulps = max(1e-6, 4 * tolerances.TABLE[case.dtype].u)
         if resid <= 1e-3 * rn and abs(k - 1) > few_ulps:
             if abs(k + 1) < 1e-3:
                 hints.append("sign flipped: this is -∂L/∂z (the ascent direction)")
@@ -129,7 +129,7 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
                          if abs(k - f(n, c, case.spec.temperature)) <= 1e-3 * abs(k)
                          and name != "-1" and f(n, c, case.spec.temperature) != 1]
                 hints.append(f"off by a constant factor {k:.6g}" + (f" = {named[0]}" if named else ""))
-        elif case.dtype in ("bfloat16", "float16"):
+        elif case.dtype in tolerances.LOW_PRECISION:
             rel = float(np.max(np.abs(d))) / max(float(np.max(np.abs(ref))), 1e-300)
             u = tolerances.TABLE[case.dtype].u
             if rel <= 16 * u:

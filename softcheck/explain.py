@@ -74,6 +74,11 @@ class Explanation:
     def passed(self) -> bool:
         return all(s.as_expected for s in self.steps)
 
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
     def to_dict(self) -> dict:
         from .report import sanitize
 
@@ -96,10 +101,28 @@ def example(classes: int, seed: int, targets: str):
     return z, y, None
 
 
-def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) -> Explanation:
-    """Every step of the derivation (plus one per option given, and the slips), verified."""
-    from ._jax import load
+OPTIONS = ("label_smoothing", "temperature", "softcap", "z_loss", "weight")
 
+
+def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) -> Explanation:
+    """Every step of the derivation (plus one per option given, and the slips), verified.
+
+    ``options``: those of :data:`OPTIONS` (``weight`` may be ``"random"``); a bad value raises
+    :class:`SoftcheckError` before any work."""
+    from ._jax import load
+    from .cases import class_weights
+    from .spec import LossSpec, SoftcheckError
+
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise SoftcheckError(f"explain takes no option {', '.join(sorted(unknown))}")
+    if isinstance(options.get("weight"), str) and options["weight"] == "random":
+        options["weight"] = tuple(class_weights(classes, seed))
+    elif options.get("weight") is not None:
+        options["weight"] = tuple(float(x) for x in np.ravel(options["weight"]))
+    LossSpec(targets="index" if targets == "index" else "probs", **options).validate(classes)
+    default = LossSpec()
+    given = {k: v for k, v in options.items() if v != getattr(default, k)}
     jax, jnp = load()
     z, y, label = example(classes, seed, targets)
     p = np.exp(z) / np.sum(np.exp(z))                       # the formula, literally
@@ -144,7 +167,7 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
              p - y, grad_jax, "jax.grad of L(z)",
              note="the gradient w.r.t. the logits; w.r.t. the probabilities it is −y/p"),
     ]
-    steps += _option_steps(z, y, label, targets, options)
+    steps += _option_steps(z, y, label, given)
     y_bad = y * 1.5 + 0.1                      # a target vector that does not sum to one
     grad_bad = np.asarray(jax.grad(lambda v: -jnp.sum(jnp.asarray(y_bad) * jax.nn.log_softmax(v)))(jz))
     steps += [
@@ -162,7 +185,7 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
                                      **options}, tuple(steps))
 
 
-def _option_steps(z, y, label, targets, options) -> list[Step]:
+def _option_steps(z, y, label, given: dict) -> list[Step]:
     """One step per option given: its closed-form factor alone, against jax.grad of softcheck's
     reference loss with that option (batch of one row, reduction sum); then all together."""
     from . import analytic, references
@@ -170,11 +193,6 @@ def _option_steps(z, y, label, targets, options) -> list[Step]:
 
     C = len(z)
     tgt = np.array([label]) if label is not None else y[None]
-    defaults = {"label_smoothing": 0.0, "temperature": 1.0, "softcap": None, "z_loss": 0.0,
-                "weight": None}
-    given = {k: v for k, v in options.items() if v is not None and not (
-        k in defaults and not isinstance(v, (tuple, list, np.ndarray)) and v == defaults[k])}
-
     def autodiff(**opts):
         inp = make_inputs_from_arrays(z[None], tgt, reduction="sum", **opts)
         return references.autodiff(inp)[0]
@@ -217,9 +235,6 @@ def _option_steps(z, y, label, targets, options) -> list[Step]:
                             "jax.grad, reference loss",
                             note="for a class index: w_y (p − y)"))
     if len(given) > 1:
-        opts = dict(given)
-        if "weight" in opts:
-            opts["weight"] = np.asarray(opts["weight"], np.float64)
         out.append(Step("All options together", "softcheck's closed form (analytic.py)",
-                        closed(**opts), autodiff(**opts), "jax.grad, reference loss"))
+                        closed(**given), autodiff(**given), "jax.grad, reference loss"))
     return out

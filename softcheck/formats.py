@@ -54,11 +54,10 @@ def pair_label(pair) -> str:
 def render_table(report: Report, console, *, details: int = 10) -> None:
     """The human report: a table per group (one row per case: max error relative to the
     gradient's scale per pair of methods), the failures in detail, then a summary line."""
-    groups: dict[str | None, list[CaseResult]] = {}
-    for case in report.cases:
-        groups.setdefault(case.group, []).append(case)
+    groups = by_group(report)
     for name, cases in groups.items():
-        console.print(_table(cases, name if len(groups) > 1 or name else None, console.width))
+        titled = len(groups) > 1 or cases[0].group is not None
+        console.print(_table(cases, name if titled else None, console.width))
     for case in report.failed[:details]:
         console.print(failure_text(case), style="red", highlight=False, markup=False,
                       soft_wrap=True)
@@ -73,6 +72,14 @@ def render_table(report: Report, console, *, details: int = 10) -> None:
     style = "bold green" if report.passed else "bold red"
     console.print(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, {s['failed']} failed — {verdict} "
                   f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
+
+
+def by_group(report: Report) -> dict[str, list[CaseResult]]:
+    """The cases by group, in report order (ungrouped cases under the command's name)."""
+    groups: dict[str, list[CaseResult]] = {}
+    for case in report.cases:
+        groups.setdefault(case.group or report.command, []).append(case)
+    return groups
 
 
 REFS = "references"
@@ -159,9 +166,7 @@ def to_junit(report: Report) -> str:
     from . import __version__
     from .report import environment
 
-    groups: dict[str, list[CaseResult]] = {}
-    for case in report.cases:
-        groups.setdefault(case.group or report.command, []).append(case)
+    groups = by_group(report)
     env = {"softcheck": __version__, **environment()}
     root = ET.Element("testsuites", name="softcheck", tests=str(len(report.cases)),
                       failures=str(len(report.failed)), time=f"{report.seconds:.3f}")
@@ -189,9 +194,7 @@ def to_markdown(report: Report) -> str:
     s = report.summary()
     icon = "✅" if report.passed else "❌"
     lines = [f"## {icon} softcheck {report.command}: {s['passed']}/{s['total']} cases passed", ""]
-    groups: dict[str, list[CaseResult]] = {}
-    for case in report.cases:
-        groups.setdefault(case.group or report.command, []).append(case)
+    groups = by_group(report)
     if len(groups) > 1:
         lines += ["| group | cases | passed | failed |", "|---|---|---|---|"]
         for name, cases in groups.items():
@@ -252,6 +255,8 @@ def render_explanation(ex, console) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
+    from .explain import TOL
+
     z = ", ".join(f"{v:g}" for v in ex.logits)
     if ex.label is not None:
         y = f"class {ex.label} (y = one-hot e_{ex.label})"
@@ -286,7 +291,7 @@ def render_explanation(ex, console) -> None:
     ok = ex.passed
     console.print(Text(
         f"{sum(s.holds for s in true_steps)}/{len(true_steps)} steps verified (max error "
-        f"{worst:.1e} ≤ 1e-12); {sum(s.as_expected for s in slips)}/{len(slips)} slips shown "
+        f"{worst:.1e} ≤ {TOL:g}); {sum(s.as_expected for s in slips)}/{len(slips)} slips shown "
         f"not to hold", style="bold green" if ok else "bold red"))
 
 

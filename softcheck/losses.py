@@ -127,10 +127,9 @@ def transform(xp, z, prm, feats=ALL_FEATURES):
 
 def logit_terms(xp, z, m, nz, msum, prm, stop_gradient=_identity, feats=ALL_FEATURES,
                 shift=None, index=None):
-    """Per-row cross-entropy and z-loss of logits ``z`` (any leading axes) against ``m``.
+    """Per-row cross-entropy ``−Σ m (v − lse)`` and z-loss of logits ``z`` (any leading
+    axes) against ``m``.
 
-    ``ce = −Σ m (v − lse) = lse·Σm − Σ m v``: both sums read v once (one fused pass with the
-    exp-sum); the rounding is that of the terms, |lse|·Σm + Σ m|v|, as for the direct form.
     ``shift`` (default: each row's max) is the constant of the max shift: ``c + log Σ
     exp(v − c) = log Σ exp(v)`` for any c, also for the complex step (v with an imaginary
     perturbation).  The finite differences pass the unperturbed rows' max: the same c on both
@@ -144,7 +143,7 @@ def logit_terms(xp, z, m, nz, msum, prm, stop_gradient=_identity, feats=ALL_FEAT
     lse = shift[..., 0] + xp.log(xp.sum(xp.exp(v - shift), axis=-1))
     # 0·log 0 = 0: classes with no target mass may have p = 0 (−inf logits).
     if index is None:
-        ce = lse * msum - xp.sum(m * xp.where(nz, v, 0.0), axis=-1)
+        ce = -xp.sum(m * xp.where(nz, v - lse[..., None], 0.0), axis=-1)
     else:
         vy = xp.take_along_axis(v, xp.broadcast_to(index[:, None], v.shape[:-1] + (1,)), -1)
         # msum = m at the index; an ignored row (msum 0) may point at a −inf logit: 0, not NaN

@@ -226,11 +226,8 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
     prm = params(inputs)
     hard = inputs.spec.hard
 
-    tt = target_terms(np, target, prm, hard, c)
-    feats = features(prm)
-    shift = _shift(np, z, prm, feats)
-    sparse = _sparse(inputs, prm)
-    index = np.clip(target, 0, c - 1).astype(np.int64) if sparse else None
+    feats, sparse = features(prm), _sparse(inputs, prm)
+    tt, shift, index = _sweep_terms(np, z, target, prm, hard, feats, sparse)
 
     def rows(zz):
         return rows_of(np, zz, tt, prm, feats=feats, shift=shift, index=index)
@@ -330,20 +327,22 @@ def _jax_fd(hard: bool, method: str, k: int, feats: tuple, sparse: bool):
         return (4 * central(h / 2) - central(h)) / 3
 
     def sweep(z, target, prm, h, cols):
-        c = z.shape[-1]
-        tt = target_terms(jnp, target, prm, hard, c)
-        shift = _shift(jnp, z, prm, feats)
-        index = jnp.clip(target, 0, c - 1) if sparse else None
+        tt, shift, index = _sweep_terms(jnp, z, target, prm, hard, feats, sparse)
         return jax.lax.map(lambda j: column(z, tt, shift, index, prm, h, j), cols, batch_size=k)
 
     return jax.jit(sweep)
 
 
-def _shift(xp, z, prm, feats):
-    """The max-shift constant of every perturbed copy: the unperturbed rows' max of v (a
-    perturbation moves v by at most h/T, far from overflowing exp)."""
+def _sweep_terms(xp, z, target, prm, hard, feats, sparse):
+    """What every perturbed evaluation of a sweep shares, computed once: the target terms;
+    the max-shift constant, the unperturbed rows' max of v (a perturbation moves v by at most
+    h/T, far from overflowing exp); and for ``sparse`` the target classes to gather."""
+    c = z.shape[-1]
+    tt = target_terms(xp, target, prm, hard, c)
     v = transform(xp, z, prm, feats)
-    return xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
+    shift = xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
+    index = xp.clip(target, 0, c - 1).astype(np.int64) if sparse else None
+    return tt, shift, index
 
 
 @functools.cache

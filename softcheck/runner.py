@@ -66,7 +66,8 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
                                       priority=grads.get("candidate", grads["analytic"]))
     grads["finite_difference"] = fd.grad
     native = 0.0
-    if candidate is not None and case.tolerance == "native" and case.dtype in LOW_PRECISION:
+    if (candidate is not None and case.tolerance == "native"
+            and case.dtype in tolerances.LOW_PRECISION):
         native = _native_band(inputs, grads["analytic"])
         notes.append(f"--tolerance native: candidate entries also allowed "
                      f"{tolerances.K_NATIVE:g} × {native / tolerances.K_NATIVE:.2g}, the largest "
@@ -90,9 +91,6 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
                       fd=info, diagnosis=diagnosis, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
-
-
-LOW_PRECISION = ("bfloat16", "float16")
 
 
 def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:
@@ -225,9 +223,9 @@ _EVALS_PER_SECOND = 1e9
 
 
 # Peak memory of one case: JAX and friends (~0.4 GB resident) plus ~300 bytes per logit (the
-# inputs in their dtype and float64, one-hot/probability targets, four gradients, JAX's
-# temporaries, the FD chunk of perturbed copies and the probes' directions: about 30 float64
-# arrays of N·C).  Measured: 8×262144 float64 (2.1 M logits) peaks at 0.49 GB RSS (0.18 GB idle).
+# inputs in their dtype and float64, one-hot/probability targets, four gradients, the
+# candidate's guarded copies, JAX's temporaries, the FD chunk of perturbed copies and the
+# comparisons' temporaries: about 20-30 float64 arrays of N·C).  Measured: 8×262144 float64 (2.1 M logits) peaks at 0.49 GB RSS (0.18 GB idle).
 BASE_BYTES = 0.4e9
 BYTES_PER_LOGIT = 300
 
@@ -303,24 +301,19 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
     return [done[i] for i in sorted(done)]
 
 
-_WORKER_CANDIDATES: dict = {}     # per worker process: TARGET → loaded Candidate
+_WORKER_CANDIDATES: dict = {}     # per worker process: (TARGET, hvp, label) → Candidate
 
 
 def _work(payload) -> CaseResult:
     case, timeout, cand_info = payload
     cand = None
     if cand_info is not None:
-        source, hvp_source, label = cand_info
-        key = (source, hvp_source)
-        if key not in _WORKER_CANDIDATES:
+        if cand_info not in _WORKER_CANDIDATES:
             from .candidate import load
 
-            c = load(source)
-            c.label = label
-            if hvp_source:
-                c.hvp = load(hvp_source).fn
-            _WORKER_CANDIDATES[key] = c
-        cand = _WORKER_CANDIDATES[key]
+            source, hvp_source, label = cand_info
+            _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label)
+        cand = _WORKER_CANDIDATES[cand_info]
     return run_case(case, cand, timeout=timeout)
 
 

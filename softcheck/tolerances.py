@@ -55,6 +55,8 @@ K_ABS = 8.0
 # that closed form (~5 roundings per entry, one more in the mean's denominator); 4 is the
 # margin of Liger-Kernel's rule (its error ≤ 4 × torch's own same-dtype error).
 K_NATIVE = 4.0
+#: the dtypes whose closed form the reference computes in float32 and rounds
+LOW_PRECISION = ("bfloat16", "float16")
 K_REL = 2.0
 
 
