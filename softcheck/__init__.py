@@ -11,10 +11,10 @@ Public API (JAX is imported only when a JAX reference is needed)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
 __all__ = ["run", "check", "loss", "gradient", "as_torch", "Report", "SoftcheckError",
            "__version__"]
 
-from .api import as_torch, check, gradient, loss, run  # noqa: E402
-from .report import Report  # noqa: E402
-from .spec import SoftcheckError  # noqa: E402
+from ._version import __version__
+from .api import as_torch, check, gradient, loss, run
+from .engine.results import Report
+from .spec import SoftcheckError

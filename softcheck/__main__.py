@@ -1,3 +1,5 @@
+"""python -m softcheck: the command line."""
+
 from .cli import main
 
 main()

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cases import Config
-from .report import Report
+from .engine.results import Report
 from .spec import SoftcheckError
+from .suite.config import config
 
 METHODS = ("analytic", "autodiff", "finite_difference")
-_AXES = ("classes", "batch", "dtype", "targets", "reduction", "regime")
-
-
-def config(**options) -> Config:
-    """A :class:`Config` from keyword options; an axis may be one value or a sequence."""
-    unknown = set(options) - set(Config.__dataclass_fields__)
-    if unknown:
-        raise SoftcheckError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    for k in _AXES:
-        v = options.get(k)
-        if v is not None and not isinstance(v, (list, tuple)):
-            options[k] = (v,)
-        elif v is not None:
-            options[k] = tuple(v)
-    if isinstance(options.get("weight"), (list, np.ndarray)):
-        options["weight"] = tuple(float(x) for x in options["weight"])
-    return Config(**options).validate()
 
 
 def run(*, fail_fast: bool = False, **options) -> Report:
     """Check analytic vs autodiff vs finite differences over the suite (``softcheck run``)."""
-    from .runner import run as _run
+    from .engine.suites import run as _run
 
     return _run(config(**options), fail_fast=fail_fast)
 
@@ -38,7 +21,8 @@ def run(*, fail_fast: bool = False, **options) -> Report:
 def check(fn, *, timeout: float | None = None, fail_fast: bool = False, hvp=None,
           **options) -> Report:
     """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``)."""
-    from .candidate import Candidate, check_candidate
+    from .candidate import Candidate
+    from .engine.suites import check_candidate
 
     cand = Candidate.from_callable(fn, hvp=hvp)
     return check_candidate(cand, config(**options), timeout=timeout, fail_fast=fail_fast)
@@ -46,7 +30,7 @@ def check(fn, *, timeout: float | None = None, fail_fast: bool = False, hvp=None
 
 def loss(logits, target, **options):
     """The loss with PyTorch ``F.cross_entropy`` semantics (float64; (N,) for none)."""
-    from .losses import loss as _loss
+    from .reference.loss import loss as _loss
 
     return _loss(logits, target, **options)
 
@@ -54,9 +38,8 @@ def loss(logits, target, **options):
 def gradient(logits, target, method: str = "analytic", *, grad_output=None, fd: str | None = None,
              **options) -> np.ndarray:
     """∂loss/∂logits (times ``grad_output``) by one method, float64 (analytic: logits' dtype)."""
-    from . import analytic, references
-    from .cases import make_inputs_from_arrays
-    from .runner import upcast
+    from .reference import analytic, autodiff, finite_difference
+    from .suite.inputs import make_inputs_from_arrays
 
     if method not in METHODS:
         raise SoftcheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -64,8 +47,8 @@ def gradient(logits, target, method: str = "analytic", *, grad_output=None, fd: 
     if method == "analytic":
         return analytic.gradient(inputs)
     if method == "autodiff":
-        return references.autodiff(upcast(inputs))
-    return references.finite_difference(upcast(inputs), fd).grad
+        return autodiff.autodiff(inputs.float64())
+    return finite_difference.finite_difference(inputs.float64(), fd).grad
 
 
 def as_torch(array, *, requires_grad: bool = False):

@@ -17,6 +17,9 @@ import numpy as np
 REDUCTIONS = ("mean", "sum", "none")
 TARGET_KINDS = ("index", "onehot", "probs")
 CONVENTIONS = ("uniform", "others")
+#: the loss options a candidate may declare as keywords (``check``'s calling convention)
+OPTION_NAMES = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
+                "temperature", "softcap", "z_loss", "grad_output")
 
 
 class SoftcheckError(ValueError):
@@ -156,3 +159,8 @@ class Inputs:
         if self.spec.hard and self.spec.ignore_index is not None:
             return self.target != self.spec.ignore_index
         return np.ones(self.logits.shape[0], dtype=bool)
+
+    def float64(self) -> Inputs:
+        """The same inputs in float64 (exact): what the references differentiate."""
+        t = self.target if self.spec.hard else self.target64
+        return dataclasses.replace(self, logits=self.logits64, target=t, weight=self.weight64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 def assert_gradient_correct(fn, **options) -> None:
     """Check ``fn(logits, target, **kw)`` over the suite; raise AssertionError if wrong."""
     import softcheck
-    from softcheck.formats import failure_text
+    from softcheck.report.text import failure_text
 
     report = softcheck.check(fn, **options)
     if not report.passed:

@@ -4,7 +4,7 @@ import json
 
 import jsonschema
 
-from softcheck.schema import REPORT
+from softcheck.report.schema import REPORT
 
 _VALIDATOR = jsonschema.Draft202012Validator(REPORT)
 

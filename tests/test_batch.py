@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from reports import load_report, numbers
 
-from softcheck import batch
+from softcheck.engine import suites
 from softcheck.cli import cli
 
 EXAMPLE = os.path.abspath("scripts/examples/numpy_ce.py")
@@ -99,9 +99,9 @@ def test_mixed_batch_fails_only_the_wrong_candidate(project, tmp_path, monkeypat
 
 
 def test_two_runs_give_identical_errors(project):
-    p = batch.plan(str(project / "b.toml"))
-    a = json.loads(batch.run(p).to_json())
-    b = json.loads(batch.run(batch.plan(str(project / "b.toml"))).to_json())
+    p = suites.load_plan(str(project / "b.toml"))
+    a = json.loads(suites.run_batch(p).to_json())
+    b = json.loads(suites.run_batch(suites.load_plan(str(project / "b.toml"))).to_json())
     assert numbers(a) == numbers(b)
     assert all(c["timing"]["seconds"] > 0 for c in a["cases"])
 
@@ -111,20 +111,20 @@ def test_json_batch_file_is_the_same_as_toml(project):
 
     groups = tomllib.loads(MIXED)["case"]
     (project / "b.json").write_text(json.dumps({"case": groups}))
-    t = batch.run(batch.plan(str(project / "b.toml")))
-    j = batch.run(batch.plan(str(project / "b.json")))
+    t = suites.run_batch(suites.load_plan(str(project / "b.toml")))
+    j = suites.run_batch(suites.load_plan(str(project / "b.json")))
     assert [c.name for c in t.cases] == [c.name for c in j.cases]
     assert numbers(json.loads(t.to_json())) == numbers(json.loads(j.to_json()))
 
 
 def test_jobs_give_the_same_errors(project, monkeypatch):
     """Worker processes (forced on: this batch is too small to repay them) change nothing."""
-    from softcheck import runner
+    from softcheck.engine import pool as runner
 
     monkeypatch.setattr(runner, "_parallel_pays", lambda jobs: True)
-    p = batch.plan(str(project / "b.toml"))
-    one = json.loads(batch.run(p).to_json())
-    two = json.loads(batch.run(p, jobs=2).to_json())
+    p = suites.load_plan(str(project / "b.toml"))
+    one = json.loads(suites.run_batch(p).to_json())
+    two = json.loads(suites.run_batch(p, jobs=2).to_json())
     assert numbers(one) == numbers(two)
 
 
@@ -132,7 +132,7 @@ def test_a_group_default_name_and_duplicates_are_unique(tmp_path):
     f = tmp_path / "b.toml"
     f.write_text("[[case]]\nclasses = 4\nregime = 'normal'\n[[case]]\nclasses = 4\n"
                  "regime = 'normal'\n")
-    names = [g.name for g in batch.plan(str(f)).groups]
+    names = [g.name for g in suites.load_plan(str(f)).plan.groups]
     assert names == ["run classes=4 regime=normal", "run classes=4 regime=normal #2"]
 
 
@@ -203,10 +203,11 @@ def test_bad_json_and_missing_batch_file(tmp_path):
 
 
 def test_example_batch_file_in_scripts_is_valid():
-    p = batch.plan("scripts/ci-batch.toml")
-    assert [g.name for g in p.groups] == ["softcheck numerics", "llm options", "numpy kernel"]
-    assert p.groups[2].candidate is not None and p.groups[2].timeout == 30
-    assert len(p.groups[1].configs) == 2           # label_smoothing crossed
+    p = suites.load_plan("scripts/ci-batch.toml")
+    groups = p.plan.groups
+    assert [g.name for g in groups] == ["softcheck numerics", "llm options", "numpy kernel"]
+    assert p.candidates.get("numpy kernel") is not None and groups[2].timeout == 30
+    assert len(groups[1].configs) == 2           # label_smoothing crossed
 
 
 def test_list_checks_the_file_and_runs_nothing(project):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import softcheck
 from softcheck.cli import cli
-from softcheck.mutants import correct
+from softcheck.tools.mutants import correct
 from softcheck.testing import assert_gradient_correct
 
 EX = "scripts/examples"
@@ -146,7 +146,7 @@ def test_mutants_command_exits_0():
 
 
 def test_one_entry_1e9_relative_error_fails_in_float64():
-    from softcheck.mutants import _one_entry
+    from softcheck.tools.mutants import _one_entry
 
     rep = softcheck.check(_one_entry, dtype="float64", regime="normal")
     assert not rep.passed
@@ -206,7 +206,7 @@ def test_numpy_candidate_returning_bfloat16_is_accepted():
 def test_tolerance_native_accepts_plain_bfloat16_arithmetic_and_still_catches_bugs():
     """JAX's own bf16 log_softmax (intermediates in bf16) fails the strict standard with a hint
     pointing at --tolerance native, and passes it; real bugs still fail under native."""
-    from softcheck.mutants import MUTANTS
+    from softcheck.tools.mutants import MUTANTS
 
     args = ["check", "scripts/examples/jax_ce.py:grad", "--dtype", "bfloat16,float16",
             "--json", "-"]
@@ -246,9 +246,9 @@ def test_candidate_hvp_is_checked_with_order_2():
 
 def test_module_target_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(cli, ["check", "softcheck.mutants:correct", "--weight", "random",
+    r = CliRunner().invoke(cli, ["check", "softcheck.tools.mutants:correct", "--weight", "random",
                                  "--label-smoothing", "0.1", "--ignore-index", "-100",
                                  "--reduction", "none", "--json", "-"])
     assert r.exit_code == 0, r.output
     d = load_report(r.stdout)
-    assert d["target"] == "softcheck.mutants:correct" and len(d["cases"]) > 10
+    assert d["target"] == "softcheck.tools.mutants:correct" and len(d["cases"]) > 10

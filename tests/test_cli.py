@@ -96,3 +96,15 @@ def test_help_does_not_import_jax():
             "assert 'jax' not in sys.modules, 'jax imported by --help'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_internal_error_exits_3_and_says_it_is_a_bug():
+    """A bug inside softcheck (here: the engine raising) is exit 3, one line, not exit 2."""
+    code = ("import sys\nimport softcheck.engine.suites as s\n"
+            "def boom(*a, **k):\n    raise RuntimeError('boom')\n"
+            "s.run = boom\nfrom softcheck.cli import main\nsys.argv = ['softcheck', 'run']\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "RuntimeError: boom" in err and "softcheck bug, please report it" in err

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from rich.cells import cell_len
 
 from softcheck.cli import cli
-from softcheck.explain import explain
+from softcheck.tools.explain import explain
 
 
 def invoke(*args):

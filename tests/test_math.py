@@ -8,9 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import softcheck
-from softcheck import analytic, references
-from softcheck.cases import Case, make_inputs, make_inputs_from_arrays
-from softcheck.runner import upcast
+from softcheck.reference import analytic
+from softcheck.reference import finite_difference as references
+from softcheck.reference.autodiff import autodiff, autodiff_hvp
+from softcheck.suite.cases import Case
+from softcheck.suite.inputs import make_inputs, make_inputs_from_arrays
 from softcheck.spec import LossSpec
 
 OPTION_SETS = [
@@ -26,6 +28,10 @@ OPTION_SETS = [
     {"weight": "random", "ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3,
      "softcap": 20.0, "temperature": 1.5},
 ]
+
+
+def _f64(inputs):
+    return inputs.float64()
 
 
 @st.composite
@@ -59,18 +65,18 @@ def problems(draw):
 @given(problems())
 def test_analytic_equals_autodiff(inputs):
     """The closed form agrees with jax.grad on drawn logits, targets, dtypes and options."""
-    a = analytic.gradient(upcast(inputs))
-    d = references.autodiff(upcast(inputs))
-    scale = references.row_stats(upcast(inputs)).scale
+    a = analytic.gradient(_f64(inputs))
+    d = autodiff(_f64(inputs))
+    scale = references.row_stats(_f64(inputs)).scale
     assert np.all(np.isfinite(a))
     assert np.max(np.abs(a - d), initial=0) <= 64 * 2**-53 * (1 + 30 + math.log(inputs.logits.shape[1] + 1)) * scale + 1e-300
 
 
 @given(problems())
 def test_complex_step_equals_analytic(inputs):
-    a = analytic.gradient(upcast(inputs))
-    f = references.finite_difference(upcast(inputs), "complex")
-    assert np.max(np.abs(a - f.grad), initial=0) <= f.error_estimate + 64 * 2**-53 * references.row_stats(upcast(inputs)).scale
+    a = analytic.gradient(_f64(inputs))
+    f = references.finite_difference(_f64(inputs), "complex")
+    assert np.max(np.abs(a - f.grad), initial=0) <= f.error_estimate + 64 * 2**-53 * references.row_stats(_f64(inputs)).scale
 
 
 def test_loss_at_uniform_logits_is_log_c():
@@ -130,10 +136,10 @@ def test_large_logits_do_not_overflow():
 @pytest.mark.parametrize("opts", OPTION_SETS)
 def test_hvp_three_ways(opts):
     case = Case(6, 4, "float64", "normal", 0, LossSpec(**opts))
-    inp = upcast(make_inputs(case))
+    inp = _f64(make_inputs(case))
     d = np.random.default_rng(0).standard_normal((4, 6))
     a = analytic.hvp(inp, d)
-    j = references.autodiff_hvp(inp, d)
+    j = autodiff_hvp(inp, d)
     np.testing.assert_allclose(a, j, rtol=0, atol=1e-14)
 
 
@@ -144,7 +150,7 @@ def test_fd_error_band_bounds_the_measured_error(method):
         for opts in OPTION_SETS:
             if regime == "masked" and opts.get("label_smoothing"):
                 continue
-            inp = upcast(make_inputs(Case(8, 3, "float64", regime, 0, LossSpec(**opts))))
+            inp = _f64(make_inputs(Case(8, 3, "float64", regime, 0, LossSpec(**opts))))
             a = analytic.gradient(inp)
             f = references.finite_difference(inp, method)
             err = np.max(np.abs(f.grad - a), axis=1)
@@ -154,7 +160,7 @@ def test_fd_error_band_bounds_the_measured_error(method):
 def test_regression_complex_step_softcap_with_minus_inf_logits():
     """Caught by the band test: complex tanh(-inf + 0j) is NaN, so the complex-step FD of a
     softcapped loss with masked (-inf) logits was all NaN."""
-    inp = upcast(make_inputs(Case(8, 3, "float64", "masked", 0, LossSpec(softcap=3.0))))
+    inp = _f64(make_inputs(Case(8, 3, "float64", "masked", 0, LossSpec(softcap=3.0))))
     f = references.finite_difference(inp, "complex")
     assert np.all(np.isfinite(f.grad))
 
@@ -163,7 +169,7 @@ def test_regression_jax_complex_step_with_minus_inf_logits(monkeypatch):
     """Caught by `run --classes 1000`: under XLA, (−inf + 0j)/T is a complex division that
     gives NaN, so the jitted complex-step FD of a masked case was all NaN."""
     monkeypatch.setattr(references, "JAX_FD_THRESHOLD", 0)
-    inp = upcast(make_inputs(Case(16, 2, "float64", "masked", 0, LossSpec(temperature=1.5))))
+    inp = _f64(make_inputs(Case(16, 2, "float64", "masked", 0, LossSpec(temperature=1.5))))
     f = references.finite_difference(inp, "complex")
     assert np.all(np.isfinite(f.grad))
     np.testing.assert_allclose(f.grad, analytic.gradient(inp), rtol=0, atol=1e-15)

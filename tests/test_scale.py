@@ -16,6 +16,10 @@ from softcheck.cli import cli
 EXAMPLE = "scripts/examples/numpy_ce.py:grad"
 
 
+def _f64(inputs):
+    return inputs.float64()
+
+
 def test_central_fd_every_coordinate_30x1000_within_1e9():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(30, 1000))
@@ -30,17 +34,16 @@ def test_central_fd_every_coordinate_30x1000_within_1e9():
                                   {"ignore_index": 5, "softcap": 3.0, "z_loss": 1e-3}])
 def test_jax_fd_path_agrees_with_numpy_path(opts, monkeypatch):
     """The jitted kernel (specialized on the options in use) and the numpy loop agree."""
-    from softcheck import references
-    from softcheck.cases import make_inputs_from_arrays
-    from softcheck.runner import upcast
-
+    from softcheck.reference import finite_difference as references
+    from softcheck.suite.inputs import make_inputs_from_arrays
+    
     rng = np.random.default_rng(1)
     z = rng.normal(size=(7, 60)) * 3
     z[0, 2] = -np.inf
     y = rng.integers(0, 60, 7)
     if opts.get("weight") == "random":
         opts = dict(opts, weight=rng.uniform(0.5, 2, 60))
-    inp = upcast(make_inputs_from_arrays(z, y, **opts))
+    inp = _f64(make_inputs_from_arrays(z, y, **opts))
     for method in ("central", "complex"):
         monkeypatch.setattr(references, "JAX_FD_THRESHOLD", 1e12)
         a = references.finite_difference(inp, method).grad
@@ -133,14 +136,13 @@ def test_256k_vocabulary_case_in_bounded_memory():
 def test_probes_see_an_error_in_a_column_fd_did_not_cover():
     """Directional probes cover every coordinate: a gradient wrong only in an uncovered column
     disagrees with them beyond their band, the right one agrees within it."""
-    from softcheck import references
-    from softcheck.cases import make_inputs_from_arrays
-    from softcheck.runner import upcast
-
+    from softcheck.reference import finite_difference as references
+    from softcheck.suite.inputs import make_inputs_from_arrays
+    
     rng = np.random.default_rng(3)
     z = rng.normal(size=(4, 50))
     y = rng.integers(0, 10, 4)
-    inp = upcast(make_inputs_from_arrays(z, y))
+    inp = _f64(make_inputs_from_arrays(z, y))
     good = softcheck.gradient(z, y)
     bad = good.copy()
     bad[:, 40] += 1e-6                   # column 40: not a target, not covered below

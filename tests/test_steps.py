@@ -3,10 +3,10 @@
 import numpy as np
 from click.testing import CliRunner
 
-from softcheck.cases import Case
+from softcheck.suite.cases import Case
 from softcheck.cli import cli
 from softcheck.spec import LossSpec
-from softcheck.steps import sweep
+from softcheck.tools.steps import sweep
 
 
 def test_minimum_lies_near_the_derived_step():

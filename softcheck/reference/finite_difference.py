@@ -1,6 +1,5 @@
-"""The two independent references: JAX autodiff and float64 finite differences.
-
-Both differentiate ``losses.reference_rows``; neither uses the closed form.
+"""The finite-difference reference: float64 differences of ``loss.reference_rows`` (never the
+closed form), with a derived step and error band per row.
 
 Finite differences use the rows' independence: shifting column j of *every* row at once and
 keeping the per-row values gives the whole column j of the gradient, so a full gradient costs
@@ -38,10 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _jax
+from ..spec import Inputs
+from . import jaxsetup
 from .analytic import _forward, _grad_v
-from .losses import features, params, reference_rows, rows_of, target_terms, transform
-from .spec import Inputs
+from .loss import features, params, rows_of, target_terms, transform
 
 U64 = 2.0**-53
 CHUNK_ELEMENTS = 2**18     # K·N·C per chunk: 2 MB of float64 (fits in cache; measured best)
@@ -79,39 +78,6 @@ def row_stats(inputs: Inputs) -> RowStats:
     a = np.abs(alpha * mass) * inputs.valid
     b = 2 * np.abs(beta) * spec.z_loss
     return RowStats(a, b, np.abs(lse), vmax, spec.temperature, spec.softcap, p.shape[1])
-
-
-# --------------------------------------------------------------------------------------
-# autodiff
-
-
-@functools.cache
-def _jitted(hard: bool, what: str):
-    jax, jnp = _jax.load()
-
-    def objective(z, target, prm):
-        return jnp.sum(reference_rows(jnp, z, target, prm, hard, jax.lax.stop_gradient))
-
-    grad = jax.grad(objective)
-    if what == "grad":
-        return jax.jit(grad)
-
-    def hvp(z, target, prm, d):
-        return jax.jvp(lambda x: grad(x, target, prm), (z,), (d,))[1]
-
-    return jax.jit(hvp)
-
-
-def autodiff(inputs: Inputs) -> np.ndarray:
-    """``jax.grad`` of the reference loss (the upstream gradient folded in), float64."""
-    fn = _jitted(inputs.spec.hard, "grad")
-    return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs)))
-
-
-def autodiff_hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:
-    """Hessian-vector product by ``jax.jvp`` of ``jax.grad``, float64."""
-    fn = _jitted(inputs.spec.hard, "hvp")
-    return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs), direction))
 
 
 # --------------------------------------------------------------------------------------
@@ -304,7 +270,7 @@ def _jax_fd(hard: bool, method: str, k: int, feats: tuple, sparse: bool):
     """Jitted FD over a list of columns: ``lax.map`` runs chunks of k columns, each chunk
     vmapped, so memory stays at O(k·N·C) and one compilation serves every case of a shape
     (and feature set).  The target terms are computed once per sweep, outside the map."""
-    jax, jnp = _jax.load()
+    jax, jnp = jaxsetup.load()
 
     def column(z, tt, shift, index, prm, h, j):
         def rows(zz):
@@ -349,12 +315,12 @@ def _sweep_terms(xp, z, target, prm, hard, feats, sparse):
 def _sharded(hard, method, k, feats, sparse, ndev):
     """The same sweep, its columns split over ``ndev`` devices (pmap): each device runs the
     same per-column code, so the numbers do not depend on the device count."""
-    jax, _ = _jax.load()
+    jax, _ = jaxsetup.load()
     return jax.pmap(_jax_fd(hard, method, k, feats, sparse), in_axes=(None, None, None, None, 0))
 
 
 def _jax_columns(inputs: Inputs, prm, h, cols, method, k, feats, sparse):
-    jax, _ = _jax.load()
+    jax, _ = jaxsetup.load()
     cols = np.asarray(cols, np.int32)
     ndev = jax.local_device_count()
     args = (inputs.logits64, inputs.target64, prm, h)

@@ -75,11 +75,6 @@ TABLE: dict[str, DtypeTolerance] = {
 }
 
 
-def dtype_name(dtype) -> str:
-    name = np.dtype(dtype).name
-    return name if name in TABLE else "float32"
-
-
 def condition(logits64: np.ndarray, temperature: float, softcap: float | None) -> float:
     """κ = 1 + max|v| + ln C over the finite transformed logits v (see the module docstring)."""
     z = logits64[np.isfinite(logits64)]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import tolerances
-from .spec import Inputs
+from ..spec import Inputs
 
 WORST_ENTRIES = 3
 
@@ -69,7 +69,7 @@ class Invariant:
                 "detail": self.detail}
 
 
-def _target_mask(inputs: Inputs) -> np.ndarray:
+def target_mask(inputs: Inputs) -> np.ndarray:
     n, c = inputs.logits.shape
     mask = np.zeros((n, c), bool)
     if inputs.spec.hard:
@@ -83,7 +83,7 @@ def _target_mask(inputs: Inputs) -> np.ndarray:
 def entries(inputs: Inputs, x: np.ndarray, ref: np.ndarray, order: np.ndarray, k: int) -> tuple[Entry, ...]:
     """The k entries ranked first by ``order`` (flat indices sorted by badness)."""
     n, c = x.shape
-    is_target = _target_mask(inputs)
+    is_target = target_mask(inputs)
     valid = inputs.valid
     out = []
     for flat in order[:k]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analytic import softmax
+from ..reference.analytic import softmax
 
 TOL = 1e-12          # a true step holds to this (float64 on O(1) numbers; the issue's bound)
 SLIP_MIN = 1e-3      # a slip must be wrong by at least this to count as shown wrong
@@ -80,7 +80,7 @@ class Explanation:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def to_dict(self) -> dict:
-        from .report import sanitize
+        from ..engine.results import sanitize
 
         return sanitize({"passed": self.passed, "logits": self.logits.tolist(),
                          "target": self.target.tolist(), "label": self.label,
@@ -109,17 +109,19 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
 
     ``options``: those of :data:`OPTIONS` (``weight`` may be ``"random"``); a bad value raises
     :class:`SoftcheckError` before any work."""
-    from ._jax import load
-    from .cases import class_weights
-    from .spec import LossSpec, SoftcheckError
+    from ..reference.jaxsetup import load
+    from ..spec import LossSpec, SoftcheckError
+    from ..suite.config import normalize_weight
+    from ..suite.inputs import class_weights
 
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise SoftcheckError(f"explain takes no option {', '.join(sorted(unknown))}")
-    if isinstance(options.get("weight"), str) and options["weight"] == "random":
-        options["weight"] = tuple(class_weights(classes, seed))
-    elif options.get("weight") is not None:
-        options["weight"] = tuple(float(x) for x in np.ravel(options["weight"]))
+    weight = normalize_weight(options.get("weight"))
+    if weight == "random":
+        weight = tuple(class_weights(classes, seed))
+    if "weight" in options:
+        options["weight"] = weight
     LossSpec(targets="index" if targets == "index" else "probs", **options).validate(classes)
     default = LossSpec()
     given = {k: v for k, v in options.items() if v != getattr(default, k)}
@@ -188,14 +190,14 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
 def _option_steps(z, y, label, given: dict) -> list[Step]:
     """One step per option given: its closed-form factor alone, against jax.grad of softcheck's
     reference loss with that option (batch of one row, reduction sum); then all together."""
-    from . import analytic, references
-    from .cases import make_inputs_from_arrays
+    from ..reference import analytic, autodiff as reference_autodiff
+    from ..suite.inputs import make_inputs_from_arrays
 
     C = len(z)
     tgt = np.array([label]) if label is not None else y[None]
     def autodiff(**opts):
         inp = make_inputs_from_arrays(z[None], tgt, reduction="sum", **opts)
-        return references.autodiff(inp)[0]
+        return reference_autodiff.autodiff(inp)[0]
 
     def closed(**opts):
         inp = make_inputs_from_arrays(z[None], tgt, reduction="sum", **opts)

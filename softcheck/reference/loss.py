@@ -33,9 +33,11 @@ upstream gradient (``grad_output``).  Rows are independent, which the finite dif
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
-from .spec import Inputs, LossSpec
+from ..spec import Inputs, LossSpec
 
 #: stands for "no ignore_index": no class index can equal it.
 NO_IGNORE = np.int64(-(2**62))
@@ -81,7 +83,20 @@ def features(prm: dict) -> tuple[bool, bool, bool]:
     return (bool(prm["cap"] > 0), bool(prm["temperature"] != 1.0), bool(prm["z_loss"] != 0.0))
 
 
-def target_terms(xp, target, prm, hard: bool, c: int) -> tuple:
+class TargetTerms(NamedTuple):
+    """What does not depend on the logits (``target_terms``); arrays of numpy or jax.numpy."""
+
+    m: Any          # (N, C) weighted smoothed target
+    nz: Any         # (N, C) where m is non-zero (0·log 0 = 0 elsewhere)
+    msum: Any       # (N,) Σ_c m
+    valid: Any      # (N,) 1.0 for rows that count, 0.0 for ignored rows
+    denom: Any      # the mean's denominator for cross-entropy (Σ w[y] over valid rows)
+    count: Any      # the mean's denominator for z-loss (number of valid rows)
+    alpha: Any      # the reduction's row factor for cross-entropy (× grad_output)
+    beta: Any       # the reduction's row factor for z-loss (× grad_output)
+
+
+def target_terms(xp, target, prm, hard: bool, c: int) -> TargetTerms:
     """Everything that does not depend on the logits: the weighted smoothed target m (and
     where it is non-zero), the row mask, and the row factors α, β of the reduction."""
     if hard:
@@ -107,7 +122,7 @@ def target_terms(xp, target, prm, hard: bool, c: int) -> tuple:
     go = prm["go"]
     alpha = xp.where(prm["mean"], go / xp.where(denom > 0, denom, 1.0), go)
     beta = xp.where(prm["mean"], go / xp.where(count > 0, count, 1.0), go)
-    return m, m != 0, xp.sum(m, -1), vf, denom, count, alpha, beta
+    return TargetTerms(m, m != 0, xp.sum(m, -1), vf, denom, count, alpha, beta)
 
 
 def transform(xp, z, prm, feats=ALL_FEATURES):
@@ -154,17 +169,16 @@ def logit_terms(xp, z, m, nz, msum, prm, stop_gradient=_identity, feats=ALL_FEAT
 
 def _terms(xp, z, target, prm, hard: bool, stop_gradient=_identity):
     """Per-row cross-entropy and z-loss, the row mask, and the mean denominators D, n."""
-    m, nz, msum, vf, denom, count, _, _ = target_terms(xp, target, prm, hard, z.shape[-1])
-    ce, zl = logit_terms(xp, z, m, nz, msum, prm, stop_gradient)
-    return ce, zl, vf, denom, count
+    tt = target_terms(xp, target, prm, hard, z.shape[-1])
+    ce, zl = logit_terms(xp, z, tt.m, tt.nz, tt.msum, prm, stop_gradient)
+    return ce, zl, tt.valid, tt.denom, tt.count
 
 
 def rows_of(xp, z, tt, prm, stop_gradient=_identity, feats=ALL_FEATURES, shift=None,
             index=None):
     """``reference_rows`` with the target terms computed once (``target_terms``)."""
-    m, nz, msum, vf, _, _, alpha, beta = tt
-    ce, zl = logit_terms(xp, z, m, nz, msum, prm, stop_gradient, feats, shift, index)
-    return vf * (alpha * ce + beta * zl)
+    ce, zl = logit_terms(xp, z, tt.m, tt.nz, tt.msum, prm, stop_gradient, feats, shift, index)
+    return tt.valid * (tt.alpha * ce + tt.beta * zl)
 
 
 def reference_rows(xp, z, target, prm, hard: bool, stop_gradient=_identity):
@@ -181,7 +195,7 @@ def loss(logits, target, spec: LossSpec | None = None, *, weight=None, **options
 
     ``logits`` (N, C); ``target`` int (N,) or float (N, C); options as ``LossSpec`` fields.
     """
-    from .cases import make_inputs_from_arrays
+    from ..suite.inputs import make_inputs_from_arrays
 
     inputs = make_inputs_from_arrays(logits, target, spec, weight=weight, **options)
     prm = params(inputs)

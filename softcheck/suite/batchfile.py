@@ -14,9 +14,9 @@ file) makes it a candidate group; ``name`` names it (default: derived from its o
     label_smoothing = [0.0, 0.1]
     target = "kernels/ce.py:grad"
 
-Every problem (unreadable file, unknown key, wrong type, a value out of range, a TARGET that
-does not load) is a :class:`SoftcheckError` naming the file, the group and the key, raised
-before any case runs.
+Every problem (unreadable file, unknown key, wrong type, a value out of range) is a
+:class:`SoftcheckError` naming the file, the group and the key, raised before any case runs
+(the engine loads the TARGETs, with the same naming).  Reading a file runs nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ import itertools
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 
-from .cases import Config, suite
-from .spec import SoftcheckError
-
-AXES = ("classes", "batch", "dtype", "targets", "reduction", "regime")
+from ..spec import SoftcheckError
+from .config import AXES, CONFIG_KEYS, Config
 _INT, _NUM, _STR = "an integer", "a number", "a string"
 # key -> (type, may be null).  Axes take one value or a list (the axis); other keys take one
 # value or a list of values (crossed).
@@ -45,6 +42,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
     "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
 }
+assert set(KEYS) == {*CONFIG_KEYS, "timeout"}, "batch keys are the options (suite/config.py)"
 META = ("name", "target", "hvp")
 WEIGHT_HELP = "'random' or a list of C numbers"
 
@@ -56,15 +54,20 @@ class Group:
     name: str
     configs: tuple[Config, ...]
     target: str | None = None      # as written in the file
-    candidate: object = None       # the loaded Candidate
+    hvp: str | None = None
     timeout: float | None = None
+    where: str = ""                # "FILE: group i ('name')", for messages
 
 
 @dataclass(frozen=True)
 class Plan:
     path: str
     groups: tuple[Group, ...]
-    raw: tuple[dict, ...]
+
+    @property
+    def base(self) -> str:
+        """The folder TARGETs are relative to."""
+        return os.path.dirname(os.path.abspath(self.path))
 
 
 def read(path: str) -> list[dict]:
@@ -100,17 +103,16 @@ def read(path: str) -> list[dict]:
 
 
 def plan(path: str) -> Plan:
-    """Read, check and expand a batch file; load its candidates.  Raises before any work."""
+    """Read, check and expand a batch file.  Raises before any work."""
     groups = read(path)
-    base = os.path.dirname(os.path.abspath(path))
-    out, names, loaded = [], set(), {}
+    out, names = [], set()
     for i, g in enumerate(groups, 1):
         where = f"{path}: group {i}" + (f" ({g['name']!r})" if isinstance(g.get("name"), str) else "")
-        out.append(_group(g, where, base, names, loaded))
-    return Plan(path, tuple(out), tuple(groups))
+        out.append(_group(g, where, names))
+    return Plan(path, tuple(out))
 
 
-def _group(g: dict, where: str, base: str, names: set, loaded: dict) -> Group:
+def _group(g: dict, where: str, names: set) -> Group:
     for k in g:
         if k not in KEYS and k not in META:
             near = difflib.get_close_matches(str(k).replace("-", "_"), (*KEYS, *META), n=1)
@@ -135,12 +137,7 @@ def _group(g: dict, where: str, base: str, names: set, loaded: dict) -> Group:
         unique, k = f"{name} #{k}", k + 1
     names.add(unique)
 
-    candidate = None
-    if "target" in g:
-        candidate = _load(g["target"], base, where, "target", loaded)
-        if "hvp" in g:
-            candidate = candidate.with_hvp(_load(g["hvp"], base, where, "hvp", loaded))
-    elif "hvp" in g:
+    if "hvp" in g and "target" not in g:
         raise SoftcheckError(f"{where}: key 'hvp' needs a 'target'")
 
     scalars = [k for k in values if k not in AXES]
@@ -159,7 +156,7 @@ def _group(g: dict, where: str, base: str, names: set, loaded: dict) -> Group:
         except TypeError as e:
             raise SoftcheckError(f"{where}: {e}") from None
         configs.append(cfg)
-    return Group(unique, tuple(configs), g.get("target"), candidate, timeout)
+    return Group(unique, tuple(configs), g.get("target"), g.get("hvp"), timeout, where)
 
 
 def _values(key: str, v, where: str) -> list:
@@ -217,61 +214,3 @@ def _default_name(g: dict) -> str:
     opts = " ".join(f"{k}={_short(tuple(v) if k == 'weight' and isinstance(v, list) else v)}"
                     for k, v in g.items() if k not in META)
     return f"{head} {opts}".strip()
-
-
-def _load(target: str, base: str, where: str, key: str, loaded: dict):
-    """A TARGET of the file (relative to it), loaded once per file; errors name group and key."""
-    from .candidate import load, relative_to
-
-    t = relative_to(target, base)
-    if t not in loaded:
-        try:
-            loaded[t] = load(t, label=target)
-        except SoftcheckError as e:
-            raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
-    return loaded[t]
-
-
-def _jobs(p: Plan, timeout=None) -> tuple[list, list[str]]:
-    """Every case of a plan as a runner Job (in file order), and the skipped notes."""
-    from .candidate import suite_for
-    from .runner import Job
-
-    work, skipped = [], []
-    for g in p.groups:
-        for cfg in g.configs:
-            cases, skip = suite(cfg) if g.candidate is None else suite_for(cfg)
-            t = g.timeout if g.timeout is not None else timeout
-            work += [Job(c, g.candidate, t) for c in cases]
-            skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]
-    return work, skipped
-
-
-def listing(p: Plan) -> list[str]:
-    """What ``softcheck batch --list`` prints: each group with its target and case count, then
-    its cases; nothing is computed."""
-    work, skipped = _jobs(p)
-    lines = []
-    for g in p.groups:
-        names = [j.case.name for j in work if j.case.group == g.name]
-        what = f"checks {g.target}" if g.target else "softcheck's own methods"
-        lines.append(f"{g.name}: {len(names)} cases, {what}")
-        lines += [f"  {n}" for n in names]
-    lines += [f"skipped: {s}" for s in skipped]
-    lines.append(f"{len(work)} cases in {len(p.groups)} groups")
-    return lines
-
-
-def run(p: Plan, *, fail_fast: bool = False, jobs: int = 1, progress=None, timeout=None):
-    """Run every group of a plan; one Report with each case's group (and target)."""
-    from .report import Report
-    from .runner import options_dict, run_jobs
-
-    t0 = time.perf_counter()
-    work, skipped = _jobs(p, timeout)
-    results = run_jobs(work, fail_fast=fail_fast, progress=progress, workers=jobs)
-    options = {"file": p.path,
-               "groups": [{"name": g.name, "target": g.target,
-                           "configs": [options_dict(c) for c in g.configs]} for g in p.groups]}
-    return Report(tuple(results), "batch", options, tuple(skipped),
-                  seconds=time.perf_counter() - t0)

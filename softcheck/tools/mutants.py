@@ -12,20 +12,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analytic import softmax
-
-KW = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
-      "temperature", "softcap", "z_loss", "grad_output")
+from ..reference.analytic import softmax
+from ..spec import OPTION_NAMES
 
 
 def correct(logits, target, **kw):
     """A correct gradient (softcheck's closed form) for the options in ``kw``."""
-    import softcheck
+    from ..reference import analytic
+    from ..suite.inputs import make_inputs_from_arrays
 
-    opts = {k: v for k, v in kw.items() if k in KW and v is not None}
+    opts = {k: v for k, v in kw.items() if k in OPTION_NAMES and v is not None}
     if np.asarray(target).ndim == 2:
         opts["targets"] = "probs"
-    return softcheck.gradient(logits, target, **opts)
+    go = opts.pop("grad_output", None)
+    return analytic.gradient(make_inputs_from_arrays(logits, target, grad_output=go, **opts))
 
 
 def _plain(z, y, axis=-1, shift=True):
@@ -144,15 +144,28 @@ class MutantResult:
     caught: tuple[str, ...]
     total: int
     correct_passed: bool
+    regimes: tuple[str, ...] = ()      # the regimes of the caught cases (carried as data)
 
     @property
     def ok(self) -> bool:
         return bool(self.caught) and self.correct_passed
 
+    @property
+    def verdict(self) -> str:
+        return "CAUGHT" if self.ok else ("MISSED" if not self.caught else "CORRECT ONE FAILS")
+
+    def row(self) -> tuple[str, str, str, str]:
+        """The ``softcheck mutants`` table row: mutant, options, caught, verdict."""
+        opts = ", ".join(f"{k}={v}" for k, v in self.mutant.options.items()) or "-"
+        caught = f"{len(self.caught)}/{self.total} cases" + (
+            f" ({', '.join(self.regimes)})" if self.regimes else "")
+        return self.mutant.name, opts, caught, self.verdict
+
 
 def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
-    from .api import config
-    from .candidate import Candidate, check_candidate
+    from ..candidate import Candidate
+    from ..engine.suites import check_candidate
+    from ..suite.config import config
 
     out = []
     baseline: dict = {}
@@ -165,6 +178,16 @@ def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
         if key not in baseline:
             good = check_candidate(Candidate.from_callable(correct, label="correct"), cfg)
             baseline[key] = good.passed
-        caught = tuple(c.name for c in rep.cases if not c.passed)
-        out.append(MutantResult(m, caught, len(rep.cases), baseline[key]))
+        failed = [c for c in rep.cases if not c.passed]
+        regimes = tuple(sorted({c.params["regime"] for c in failed}))
+        out.append(MutantResult(m, tuple(c.name for c in failed), len(rep.cases), baseline[key],
+                                regimes))
     return out
+
+
+def summary(results: list[MutantResult]) -> tuple[bool, str]:
+    """Whether every mutant was caught with the correct reference passing, and the line."""
+    bad = [r for r in results if not r.ok]
+    good = all(r.correct_passed for r in results)
+    return not bad, (f"{len(results) - len(bad)}/{len(results)} mutants caught, correct "
+                     f"reference {'passes' if good else 'FAILS'}")

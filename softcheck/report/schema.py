@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .report import SCHEMA_VERSION
+from ..engine.results import SCHEMA_VERSION
 
 _NUM = {"type": ["number", "null"]}
 _STR = {"type": ["string", "null"]}

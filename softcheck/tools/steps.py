@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import analytic, references
-from .cases import Case, make_inputs
-from .runner import upcast
+from ..reference import analytic
+from ..reference import finite_difference as references
+from ..spec import SoftcheckError
+from ..suite.cases import Case
+from ..suite.inputs import make_inputs
 
 STEPS = tuple(10.0 ** -k for k in range(0, 13))
 COMPLEX_STEPS = tuple(10.0 ** -k for k in (1, 2, 4, 6, 8, 10, 15, 20, 50, 100, 300))
@@ -25,9 +27,28 @@ class Sweep:
     errors: tuple[float, ...]      # max |FD − analytic| / scale
     derived: float                 # the step softcheck derives for this case (median over rows)
 
+    @property
+    def best(self) -> int:
+        """Index of the step with the smallest error."""
+        return int(np.argmin(self.errors))
+
+    @property
+    def nearest_derived(self) -> int:
+        """Index of the swept step closest (in decades) to the derived one."""
+        return int(np.argmin([abs(np.log10(h / self.derived)) for h in self.steps]))
+
+    def rows(self) -> list[tuple[str, str, bool]]:
+        """Table rows: the step (marked ``*`` nearest the derived h, ``(min)`` at the best),
+        the error, and whether it is the best."""
+        out = []
+        for i, (h, e) in enumerate(zip(self.steps, self.errors)):
+            mark = (" *" if i == self.nearest_derived else "") + (" (min)" if i == self.best else "")
+            out.append((f"{h:.0e}{mark}", f"{e:.1e}", i == self.best))
+        return out
+
 
 def sweep(case: Case) -> list[Sweep]:
-    inputs = upcast(make_inputs(case))
+    inputs = make_inputs(case).float64()
     ref = analytic.gradient(inputs)
     stats = references.row_stats(inputs)
     scale = stats.scale or 1.0
@@ -46,8 +67,6 @@ def plot(sweeps: list[Sweep], path: str, title: str) -> None:
     try:
         import matplotlib
     except ImportError as e:
-        from .spec import SoftcheckError
-
         raise SoftcheckError("--plot needs matplotlib: pip install 'softcheck[plot]'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,3 +84,11 @@ def plot(sweeps: list[Sweep], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def step_case(**options) -> Case:
+    """The one float64 case ``softcheck steps`` sweeps (options as for ``run``)."""
+    from ..suite.cases import suite
+    from ..suite.config import config
+
+    return suite(config(dtype="float64", **options))[0][0]

@@ -17,7 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from . import analytic, tolerances
+from ..reference import analytic
+from . import tolerances
 from .compare import compare
 
 
@@ -99,9 +100,8 @@ _FACTORS = {"N (batch size)": lambda n, c, t: n, "1/N": lambda n, c, t: 1 / n,
 
 def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
     """Hints, most specific first, for a candidate gradient ``x`` that failed."""
-    from .runner import upcast
 
-    inp = upcast(inputs)
+    inp = inputs.float64()
     ref = analytic.gradient(inp)
     hints = []
     finite = np.isfinite(x)
@@ -141,9 +141,9 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
                     "must be right to their own ulp (--tolerance native accepts plain "
                     f"{case.dtype} arithmetic)")
     scale = max(float(np.max(np.abs(ref), initial=0.0)), 1e-300)
-    from .compare import _target_mask
+    from .compare import target_mask
 
-    tmask = _target_mask(inp)
+    tmask = target_mask(inp)
     big = np.abs(d) > 1e-6 * scale
     if big.any() and not big[~tmask].any():
         hints.append("the error is only in the target column (the -y term)")
@@ -153,7 +153,7 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
     kappa = tolerances.condition(inp.logits, case.spec.temperature, case.spec.softcap)
-    from .references import row_stats
+    from ..reference.finite_difference import row_stats
 
     sc = row_stats(inp).scale
     for desc, g in _known_bugs(inp):

@@ -1,13 +1,13 @@
-"""Results as frozen dataclasses, and their strict-JSON form (schema in ``schema.py``)."""
+"""What a run produces: frozen result dataclasses and their strict-JSON form (``report/schema.py``)."""
 
 from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import dataclass, field
 
-from .compare import Comparison, Invariant
+from .._version import __version__
+from ..judge.compare import Comparison, Invariant
 
 SCHEMA_VERSION = 1
 
@@ -66,6 +66,7 @@ class Report:
     skipped: tuple[str, ...] = ()
     target: str | None = None
     seconds: float = 0.0
+    environment: dict = field(default_factory=dict)   # recorded once by the engine
 
     @property
     def passed(self) -> bool:
@@ -81,8 +82,6 @@ class Report:
         return {"total": n, "passed": n - f, "failed": f}
 
     def to_dict(self) -> dict:
-        from . import __version__
-
         return sanitize({
             "schema_version": SCHEMA_VERSION,
             "softcheck_version": __version__,
@@ -90,7 +89,7 @@ class Report:
             "target": self.target,
             "passed": self.passed,
             "summary": self.summary(),
-            "environment": environment(),
+            "environment": self.environment,
             "options": self.options,
             "skipped": list(self.skipped),
             "cases": [c.to_dict() for c in self.cases],
@@ -99,20 +98,6 @@ class Report:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-
-def environment() -> dict:
-    import numpy
-
-    env = {"python": platform.python_version(), "numpy": numpy.__version__,
-           "platform": platform.platform()}
-    try:
-        from ._jax import backend_info
-
-        env.update(backend_info())
-    except Exception as exc:  # noqa: BLE001 - the report must still be written
-        env.update({"jax": None, "backend": None, "jax_error": str(exc)})
-    return env
 
 
 def sanitize(obj, path: str = ""):

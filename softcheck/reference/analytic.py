@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import Inputs
+from ..spec import Inputs
 
 
 def compute_dtype(dtype) -> type:

@@ -19,7 +19,7 @@ def configure(devices: int | None) -> None:
 
         have = len(jax.devices())
         if have != devices and jax.default_backend() == "cpu":
-            from .spec import SoftcheckError
+            from ..spec import SoftcheckError
 
             raise SoftcheckError(f"--devices {devices}: JAX already started with {have} "
                                  f"device(s) in this process; set XLA_FLAGS={flag} before "

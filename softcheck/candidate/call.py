@@ -1,4 +1,4 @@
-"""The user's gradient function: load it, call it in isolation, judge what it returns.
+"""Call the user's gradient function on one case: guarded, captured, converted to an array.
 
 Calling convention (fixed): ``fn(logits, target, **kw)``; ``logits`` a fresh writable numpy
 copy (N, C) in the case dtype, ``target`` int64 (N,) or float (N, C); ``kw`` holds those of
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import inspect
 import io
 import os
@@ -19,15 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import Inputs, SoftcheckError
+from ..spec import OPTION_NAMES, Inputs, SoftcheckError
 
-OPTION_NAMES = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
-                "temperature", "softcap", "z_loss", "grad_output")
 
 
 class CandidateError(Exception):
@@ -84,7 +79,7 @@ class Candidate:
             "z_loss": s.z_loss,
             "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
         }
-        return {k: v for k, v in values.items() if self.takes(k)}
+        return {k: values[k] for k in OPTION_NAMES if self.takes(k)}
 
     def call(self, inputs: Inputs, *, timeout: float | None = None) -> CallResult:
         logits = np.array(inputs.logits, copy=True)
@@ -216,94 +211,3 @@ def to_array(out, shape) -> np.ndarray:
                                  f"(N, C) = {tuple(shape)}")
         raise CandidateError(f"returned shape {arr.shape}, expected (N, C) = {tuple(shape)}")
     return arr
-
-
-def load(target: str, *, hvp: str | None = None, label: str | None = None) -> Candidate:
-    """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
-    not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name."""
-    if ":" not in target:
-        raise SoftcheckError(f"TARGET {target!r} has no colon: write path/to/file.py:function "
-                             "or package.module:function")
-    where, name = target.rsplit(":", 1)
-    if not where or not name:
-        raise SoftcheckError(f"TARGET {target!r}: both the module and the function name are needed")
-    with contextlib.redirect_stdout(sys.stderr):
-        module = _import_file(where) if _is_path(where) else _import_module(where)
-    fn = getattr(module, name, None)
-    if fn is None:
-        raise SoftcheckError(f"TARGET {target}: {where} has no function named {name!r}")
-    if not callable(fn):
-        raise SoftcheckError(f"TARGET {target}: {name!r} is a {type(fn).__name__}, not callable")
-    source = f"{os.path.abspath(where) if _is_path(where) else where}:{name}"
-    cand = Candidate(fn, label or target, source=source)
-    return cand.with_hvp(load(hvp)) if hvp else cand
-
-
-def relative_to(target: str, base: str) -> str:
-    """A file TARGET relative to folder ``base`` (module TARGETs and absolute paths as given)."""
-    where = target.rsplit(":", 1)[0]
-    if ":" in target and _is_path(where) and not os.path.isabs(target):
-        return os.path.join(base, target)
-    return target
-
-
-def _is_path(where: str) -> bool:
-    return where.endswith(".py") or "/" in where or os.sep in where
-
-
-def _import_file(where: str):
-    path = os.path.abspath(where)
-    if not os.path.isfile(path):
-        raise SoftcheckError(f"TARGET file {where} does not exist")
-    modname = f"_softcheck_candidate_{zlib.crc32(path.encode())}"
-    spec = importlib.util.spec_from_file_location(modname, path)
-    if spec is None or spec.loader is None:
-        raise SoftcheckError(f"TARGET file {where} cannot be imported (not a Python file?)")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.path.dirname(path))
-    try:
-        sys.modules[modname] = module
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise SoftcheckError(f"TARGET file {where} has a syntax error at line {e.lineno}: {e.msg}") from e
-    except Exception as e:  # noqa: BLE001
-        raise SoftcheckError(f"importing TARGET file {where} failed: {type(e).__name__}: {e}") from e
-    finally:
-        sys.path.remove(os.path.dirname(path))
-    return module
-
-
-def _import_module(where: str):
-    try:
-        return importlib.import_module(where)
-    except ModuleNotFoundError as e:
-        raise SoftcheckError(f"TARGET module {where} cannot be imported: {e}") from e
-    except SyntaxError as e:
-        raise SoftcheckError(f"TARGET module {where} has a syntax error at line {e.lineno}: {e.msg}") from e
-    except Exception as e:  # noqa: BLE001
-        raise SoftcheckError(f"importing TARGET module {where} failed: {type(e).__name__}: {e}") from e
-
-
-def suite_for(cfg):
-    """The cases a candidate is checked on: target kind ``index`` and reduction ``mean``
-    unless pinned (they describe the function, they are not varied), dtypes float64 and
-    float32 unless given."""
-    from .cases import suite
-
-    return suite(cfg, targets=("index",), reduction=("mean",), dtypes=("float64", "float32"))
-
-
-def check_candidate(cand: Candidate, cfg, *, timeout=None, fail_fast=False, progress=None,
-                    jobs: int = 1):
-    """Run the check suite: targets ``index`` and reduction ``mean`` unless pinned, dtypes
-    float64 and float32 unless given."""
-    from .report import Report
-    from .runner import options_dict, run_cases
-
-    t0 = time.perf_counter()
-    cases, skipped = suite_for(cfg)
-    results = run_cases(cases, cand, timeout=timeout, fail_fast=fail_fast, progress=progress,
-                        jobs=jobs)
-    return Report(tuple(results), "check", options_dict(cfg), tuple(skipped), target=cand.label,
-                  seconds=time.perf_counter() - t0)
-

@@ -1,0 +1,79 @@
+"""Load a TARGET (``path/to/file.py:fn`` or ``package.module:fn``) into a :class:`Candidate`."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import zlib
+
+from ..spec import SoftcheckError
+from .call import Candidate
+
+
+def load(target: str, *, hvp: str | None = None, label: str | None = None) -> Candidate:
+    """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
+    not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name."""
+    if ":" not in target:
+        raise SoftcheckError(f"TARGET {target!r} has no colon: write path/to/file.py:function "
+                             "or package.module:function")
+    where, name = target.rsplit(":", 1)
+    if not where or not name:
+        raise SoftcheckError(f"TARGET {target!r}: both the module and the function name are needed")
+    with contextlib.redirect_stdout(sys.stderr):
+        module = _import_file(where) if _is_path(where) else _import_module(where)
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise SoftcheckError(f"TARGET {target}: {where} has no function named {name!r}")
+    if not callable(fn):
+        raise SoftcheckError(f"TARGET {target}: {name!r} is a {type(fn).__name__}, not callable")
+    source = f"{os.path.abspath(where) if _is_path(where) else where}:{name}"
+    cand = Candidate(fn, label or target, source=source)
+    return cand.with_hvp(load(hvp)) if hvp else cand
+
+
+def relative_to(target: str, base: str) -> str:
+    """A file TARGET relative to folder ``base`` (module TARGETs and absolute paths as given)."""
+    where = target.rsplit(":", 1)[0]
+    if ":" in target and _is_path(where) and not os.path.isabs(target):
+        return os.path.join(base, target)
+    return target
+
+
+def _is_path(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def _import_file(where: str):
+    path = os.path.abspath(where)
+    if not os.path.isfile(path):
+        raise SoftcheckError(f"TARGET file {where} does not exist")
+    modname = f"_softcheck_candidate_{zlib.crc32(path.encode())}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise SoftcheckError(f"TARGET file {where} cannot be imported (not a Python file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(path))
+    try:
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise SoftcheckError(f"TARGET file {where} has a syntax error at line {e.lineno}: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001
+        raise SoftcheckError(f"importing TARGET file {where} failed: {type(e).__name__}: {e}") from e
+    finally:
+        sys.path.remove(os.path.dirname(path))
+    return module
+
+
+def _import_module(where: str):
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as e:
+        raise SoftcheckError(f"TARGET module {where} cannot be imported: {e}") from e
+    except SyntaxError as e:
+        raise SoftcheckError(f"TARGET module {where} has a syntax error at line {e.lineno}: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001
+        raise SoftcheckError(f"importing TARGET module {where} failed: {type(e).__name__}: {e}") from e

@@ -1,0 +1,126 @@
+"""Click declarations of the options; choices and names come from the library's constants."""
+
+from __future__ import annotations
+
+import click
+
+from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS
+from ..suite.config import CONFIG_KEYS, DTYPES, FD_METHODS, REGIMES, TOLERANCE_MODES
+
+#: --debug is read by the command group (app.Group) from the command line; commands ignore it
+DEBUG = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks.")
+
+
+class CommaList(click.ParamType):
+    """One value or a comma-separated list (an axis of the suite)."""
+
+    def __init__(self, kind=str):
+        self.kind = kind
+        self.name = f"{kind.__name__}[,{kind.__name__}...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            try:
+                out.append(self.kind(part))
+            except ValueError:
+                self.fail(f"{part!r} is not a valid {self.kind.__name__}", param, ctx)
+        return tuple(out)
+
+
+class WeightType(click.ParamType):
+    name = "random|w1,w2,..."
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple) or value == "random":
+            return value
+        try:
+            return tuple(float(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is neither 'random' nor a comma list of numbers", param, ctx)
+
+
+REPORT_OPTIONS = [
+    click.option("--json", "json_path", type=str, default=None,
+                 help="Write the JSON report to PATH ('-': stdout, nothing else there)."),
+    click.option("--junit", "junit_path", type=str, default=None, help="Write JUnit XML to PATH."),
+    click.option("--markdown", "markdown_path", type=str, default=None,
+                 help="Write a Markdown summary to PATH."),
+    click.option("--fail-fast", is_flag=True, help="Stop at the first failing case."),
+    click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+                 help="Worker processes for independent cases (used when the work repays "
+                      "their start-up, ~1.5 s each)."),
+    click.option("--devices", type=click.IntRange(1), default=None,
+                 help="Shard finite differences over N XLA host devices (CPU; a GPU backend "
+                      "uses its own devices).  [default: JAX's]"),
+    DEBUG,
+]
+
+
+def report_options(fn):
+    for o in reversed(REPORT_OPTIONS):
+        fn = o(fn)
+    return fn
+
+
+def suite_options(fn):
+    """The options of ``run``, ``check`` (and the keys of batch files)."""
+    opts = [
+        click.option("--classes", type=CommaList(int), default="10", show_default=True,
+                     help="Number of classes C (comma list: one value per case)."),
+        click.option("--batch", type=CommaList(int), help="Batch sizes N [default: 1,6]."),
+        click.option("--dtype", type=CommaList(str),
+                     help=f"{', '.join(DTYPES)} [run default: all; check: float64,float32]."),
+        click.option("--targets", type=CommaList(str),
+                     help=f"{', '.join(TARGET_KINDS)} [run default: all; check: index]."),
+        click.option("--reduction", type=CommaList(str),
+                     help=f"{', '.join(REDUCTIONS)} [run default: all; check: mean]."),
+        click.option("--regime", type=CommaList(str),
+                     help=f"{', '.join(REGIMES)} [default: all]."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every input."),
+        click.option("--weight", type=WeightType(), default=None,
+                     help="Class weights: 'random' or C comma-separated values."),
+        click.option("--ignore-index", type=int, default=None,
+                     help="Targets equal to it contribute nothing (PyTorch ignore_index)."),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+                     help="EPS in [0, 1]."),
+        click.option("--smoothing-convention", type=click.Choice(CONVENTIONS),
+                     default="uniform", show_default=True,
+                     help="uniform: EPS/C on every class (PyTorch); others: EPS/(C-1) off-target."),
+        click.option("--temperature", type=float, default=1.0, show_default=True,
+                     help="Logits divided by T (> 0)."),
+        click.option("--softcap", type=float, default=None, help="Logits -> S*tanh(z/S) (> 0)."),
+        click.option("--z-loss", type=float, default=0.0, show_default=True,
+                     help="Adds COEF*lse^2 per non-ignored row (>= 0)."),
+        click.option("--fd", type=click.Choice(FD_METHODS), default=None,
+                     help="Finite-difference method [default: most accurate affordable]."),
+        click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+                     help="2: check Hessian-vector products."),
+        click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
+                     help="Directional probes when FD covers a subset of columns."),
+        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="strict",
+                     show_default=True,
+                     help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
+                          "final rounding (fused kernels); native = also 4x the error of the "
+                          "closed form computed in the dtype itself (plain framework ops)."),
+        click.option("--fd-budget", type=float, default=2e9, show_default=True,
+                     help="Element evaluations FD may spend per case before sampling columns."),
+    ] + REPORT_OPTIONS
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def to_config(kw: dict):
+    """The suite options of a command's keywords, validated by the library (suite.config)."""
+    from ..suite.config import config
+
+    return config(**{k: kw[k] for k in CONFIG_KEYS})
+
+
+def timeout_option(help: str):
+    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                        help=help)

@@ -1,0 +1,1 @@
+"""The engine: judge each case (references, candidate, comparisons) and assemble the Report."""

@@ -1,0 +1,155 @@
+"""Run many cases: in order, or in worker processes when that pays; refuse what cannot fit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..spec import SoftcheckError
+from ..suite.cases import Case
+from .case import run_case
+from .results import CaseResult
+
+
+@dataclass(frozen=True)
+class Job:
+    """One case to judge, with the candidate (if any) and its per-call timeout."""
+
+    case: Case
+    candidate: object = None
+    timeout: float | None = None
+
+
+def run_cases(cases: list[Case], candidate=None, *, timeout=None, fail_fast=False,
+              progress: Callable[[CaseResult], None] | None = None, jobs: int = 1
+              ) -> list[CaseResult]:
+    return run_jobs([Job(c, candidate, timeout) for c in cases], fail_fast=fail_fast,
+                    progress=progress, workers=jobs)
+
+
+def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 1
+             ) -> list[CaseResult]:
+    """Judge every job, in order.  With ``workers > 1`` the jobs run in that many worker
+    processes when the estimated work repays starting them (each imports JAX, ~1 s) and every
+    candidate can be reloaded there (it came from a TARGET string); otherwise in this process.
+    Results come back in job order either way, and are the same numbers."""
+    check_memory([j.case for j in jobs], workers if len(jobs) > 1 else 1)
+    if progress is not None and hasattr(progress, "start"):
+        progress.start(len(jobs))
+    if workers > 1 and len(jobs) > 1 and _parallel_pays(jobs) and all(
+            j.candidate is None or j.candidate.source for j in jobs):
+        return _run_pool(jobs, workers, fail_fast, progress)
+    results = []
+    for job in jobs:
+        if progress is not None and hasattr(progress, "case_started"):
+            progress.case_started(job.case.name)
+        r = run_case(job.case, job.candidate, timeout=job.timeout)
+        results.append(r)
+        if progress:
+            progress(r)
+        if fail_fast and not r.passed:
+            break
+    return results
+
+
+# Starting a worker process (Python + NumPy + JAX imports, first compiles) costs about 1.5 s
+# here; FD dominates a case's cost at about 2 element evaluations per B·C² at ~1e9/s.  Below
+# a few seconds of estimated work the pool only adds its start-up time.
+POOL_STARTUP_SECONDS = 1.5
+_EVALS_PER_SECOND = 1e9
+
+
+# Peak memory of one case: JAX and friends (~0.4 GB resident) plus ~300 bytes per logit (the
+# inputs in their dtype and float64, one-hot/probability targets, four gradients, the
+# candidate's guarded copies, JAX's temporaries, the FD chunk of perturbed copies and the
+# comparisons' temporaries: about 20-30 float64 arrays of N·C).  Measured: 8×262144 float64 (2.1 M logits) peaks at 0.49 GB RSS (0.18 GB idle).
+BASE_BYTES = 0.4e9
+BYTES_PER_LOGIT = 300
+
+
+def estimate_bytes(case: Case) -> float:
+    return BASE_BYTES + BYTES_PER_LOGIT * case.batch * case.classes
+
+
+def available_bytes() -> float | None:
+    """Memory this process may still use: MemAvailable (Linux), else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cases: list[Case], workers: int = 1) -> None:
+    """Refuse (exit 2), before allocating anything, a case this machine cannot hold (with
+    ``workers`` processes, each may hold the largest case at once)."""
+    if not cases:
+        return
+    big = max(cases, key=estimate_bytes)
+    need, have = workers * estimate_bytes(big), available_bytes()
+    if have is not None and need > have:
+        each = f", times {workers} workers" if workers > 1 else ""
+        raise SoftcheckError(
+            f"case {big.name} needs about {need / 2**30:.1f} GiB of memory "
+            f"({big.batch}×{big.classes} logits at ~{BYTES_PER_LOGIT} bytes each{each}) but "
+            f"{have / 2**30:.1f} GiB are available; lower --batch or --classes"
+            + (" or --jobs" if workers > 1 else ""))
+
+
+def estimate_seconds(case: Case) -> float:
+    work = min(2.0 * case.batch * case.classes ** 2, case.fd_budget)
+    return 2e-3 + work / _EVALS_PER_SECOND
+
+
+def _parallel_pays(jobs: list[Job]) -> bool:
+    return sum(estimate_seconds(j.case) for j in jobs) > 2 * POOL_STARTUP_SECONDS
+
+
+def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
+    import concurrent.futures as cf
+    import multiprocessing
+
+    # spawn, not fork: forking a process that has started JAX's threads can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    done: dict[int, CaseResult] = {}
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {}
+        for i, job in enumerate(jobs):
+            cand = job.candidate
+            payload = (job.case, job.timeout, None if cand is None else
+                       (cand.source, cand.hvp_source, cand.label))
+            futures[pool.submit(_work, payload)] = i
+        for fut in cf.as_completed(futures):
+            i = futures[fut]
+            r = fut.result()
+            done[i] = r
+            if progress:
+                progress(r)
+            if fail_fast and not r.passed:
+                for f in futures:
+                    f.cancel()
+                break
+    return [done[i] for i in sorted(done)]
+
+
+_WORKER_CANDIDATES: dict = {}     # per worker process: (TARGET, hvp, label) → Candidate
+
+
+def _work(payload) -> CaseResult:
+    case, timeout, cand_info = payload
+    cand = None
+    if cand_info is not None:
+        if cand_info not in _WORKER_CANDIDATES:
+            from ..candidate import load
+
+            source, hvp_source, label = cand_info
+            _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label)
+        cand = _WORKER_CANDIDATES[cand_info]
+    return run_case(case, cand, timeout=timeout)

@@ -1,0 +1,1 @@
+"""The judge: per-dtype tolerances, entry-by-entry comparison, invariants, diagnosis."""

@@ -1,0 +1,1 @@
+"""What to check: options → Config → cases → seeded inputs; batch files → groups."""

@@ -1,0 +1,119 @@
+"""Cases: the suite's axes crossed (with the combinations left out, and why)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..spec import REDUCTIONS, TARGET_KINDS, LossSpec
+from .config import DEFAULT_BATCH, DTYPES, REGIMES, Config, numpy_dtype
+
+@dataclass(frozen=True)
+class Case:
+    """One check: sizes, dtype, target kind, reduction, regime, seed, and the loss options."""
+
+    classes: int
+    batch: int
+    dtype: str
+    regime: str
+    seed: int
+    spec: LossSpec
+    group: str | None = None
+    fd: str | None = None
+    order: int = 1
+    probes: int = 8
+    fd_budget: float = 2e9
+    tag: str | None = None
+    tolerance: str = "strict"
+
+    @property
+    def name(self) -> str:
+        s = self.spec
+        name = f"C{self.classes}-B{self.batch}-{self.dtype}-{s.targets}-{s.reduction}-{self.regime}"
+        return f"{name}[{self.tag}]" if self.tag else name
+
+    def params(self) -> dict:
+        d = {
+            "classes": self.classes,
+            "batch": self.batch,
+            "dtype": self.dtype,
+            "targets": self.spec.targets,
+            "reduction": self.spec.reduction,
+            "regime": self.regime,
+            "seed": self.seed,
+        }
+        d.update({k: v for k, v in self.spec.to_dict().items() if k not in d})
+        d["order"] = self.order
+        d["tolerance"] = self.tolerance
+        return d
+
+
+def default_regimes(cfg: Config) -> tuple[str, ...]:
+    regimes = [r for r in REGIMES if r != "all-ignored"]
+    if cfg.ignore_index is not None:
+        regimes.append("all-ignored")
+    return tuple(regimes)
+
+
+def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[list[Case], list[str]]:
+    """Cross the axes; return the cases and a note for each combination left out (and why).
+
+    ``targets``/``reduction``/``dtypes`` give the defaults of unpinned axes (``check`` fixes
+    target kind and reduction, and narrows the dtypes).
+    """
+    cfg.validate()
+    axes = dict(
+        classes=cfg.classes,
+        batch=cfg.batch or DEFAULT_BATCH,
+        dtype=cfg.dtype or dtypes or DTYPES,
+        targets=cfg.targets or targets or TARGET_KINDS,
+        reduction=cfg.reduction or reduction or REDUCTIONS,
+        regime=cfg.regime or default_regimes(cfg),
+    )
+    cases, skipped = [], []
+    for c, n, dt, tk, red, reg in itertools.product(*axes.values()):
+        why = _skip_reason(cfg, tk, reg)
+        note = f"{tk}/{reg}: {why}" if why else None
+        if not note and (why := _dtype_skip(cfg, dt)):
+            note = f"{dt}: {why}"
+        if note:
+            if note not in skipped:
+                skipped.append(note)
+            continue
+        spec = cfg.loss_spec(tk, red)
+        cases.append(
+            Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
+                 cfg.fd_budget, cfg.tag, cfg.tolerance)
+        )
+    return cases, skipped
+
+
+def _dtype_skip(cfg: Config, dtype: str) -> str | None:
+    """A gradient the dtype cannot hold is not a disagreement: entries reach ~1/T (times the
+    class weights, ≤ 2 when random), beyond float16's 65504 for T below ~3e-5."""
+    import ml_dtypes
+
+    w = max(cfg.weight) if isinstance(cfg.weight, tuple) and cfg.weight else 2.0
+    bound = 2.0 * max(w, 1.0) / cfg.temperature
+    top = float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
+    if bound > top / 4:
+        return (f"gradient entries up to ~{bound:.1e} (1/T = {1 / cfg.temperature:.1e}) "
+                f"overflow {dtype} (max {top:.4g})")
+    return None
+
+
+def _skip_reason(cfg: Config, targets: str, regime: str) -> str | None:
+    if regime == "all-ignored" and targets != "index":
+        return "probability targets have no ignored rows"
+    if targets != "index" and cfg.ignore_index is not None and cfg.ignore_index >= 0:
+        return "PyTorch allows only a negative ignore index with probability targets"
+    if regime == "masked" and cfg.label_smoothing > 0:
+        return "label smoothing puts mass on -inf logits (loss +inf)"
+    return None
+
+
+def check_suite(cfg: Config) -> tuple[list[Case], list[str]]:
+    """The cases a candidate is checked on: target kind ``index`` and reduction ``mean``
+    unless pinned (they describe the function, they are not varied), dtypes float64 and
+    float32 unless given."""
+    return suite(cfg, targets=("index",), reduction=("mean",), dtypes=("float64", "float32"))

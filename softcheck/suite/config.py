@@ -1,0 +1,173 @@
+"""What to run: the suite's axes and options as a validated :class:`Config`, defined once.
+
+Every option name, choice list and validation lives here; the CLI, the Python API and batch
+files all end in :func:`config`, which names an unknown option with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, LossSpec, SoftcheckError
+
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "all-ignored")
+FD_METHODS = ("central", "richardson", "complex")
+#: strict: low-precision candidates held to float32 arithmetic + one final rounding;
+#: native: also allowed 4× the error of the closed form computed in the dtype itself
+TOLERANCE_MODES = ("strict", "native")
+DEFAULT_BATCH = (1, 6)
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in DTYPES:
+        raise SoftcheckError(f"--dtype must be one of {', '.join(DTYPES)}; got {name!r}")
+    return np.dtype(name)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to run: each axis a tuple of values (crossed), plus the loss options and knobs.
+
+    An axis left at ``None`` takes its default suite values; a given one is pinned.
+    """
+
+    classes: tuple[int, ...] = (10,)
+    batch: tuple[int, ...] | None = None
+    dtype: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+    reduction: tuple[str, ...] | None = None
+    regime: tuple[str, ...] | None = None
+    seed: int = 0
+    weight: tuple[float, ...] | str | None = None
+    ignore_index: int | None = None
+    label_smoothing: float = 0.0
+    smoothing_convention: str = "uniform"
+    temperature: float = 1.0
+    softcap: float | None = None
+    z_loss: float = 0.0
+    fd: str | None = None
+    order: int = 1
+    probes: int = 8
+    fd_budget: float = 2e9
+    tolerance: str = "strict"
+    group: str | None = None
+    tag: str | None = None     # what tells apart cases of one batch group with the same axes
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def loss_spec(self, targets: str, reduction: str) -> LossSpec:
+        return LossSpec(
+            targets=targets,
+            reduction=reduction,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            smoothing_convention=self.smoothing_convention,
+            temperature=self.temperature,
+            softcap=self.softcap,
+            z_loss=self.z_loss,
+        )
+
+    def validate(self) -> Config:
+        for name in ("classes", "batch"):
+            for v in getattr(self, name) or ():
+                if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                    raise SoftcheckError(f"--{name} must be a whole number >= 1, got {v!r}")
+        for name, allowed in (
+            ("dtype", DTYPES),
+            ("targets", TARGET_KINDS),
+            ("reduction", REDUCTIONS),
+            ("regime", REGIMES),
+        ):
+            for v in getattr(self, name) or ():
+                if v not in allowed:
+                    raise SoftcheckError(
+                        f"--{name} must be one of {', '.join(allowed)}; got {v!r}"
+                    )
+        if self.smoothing_convention not in CONVENTIONS:
+            raise SoftcheckError(
+                f"--smoothing-convention must be one of {', '.join(CONVENTIONS)}; "
+                f"got {self.smoothing_convention!r}"
+            )
+        if self.fd is not None and self.fd not in FD_METHODS:
+            raise SoftcheckError(f"--fd must be one of {', '.join(FD_METHODS)}; got {self.fd!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or self.seed < 0:
+            raise SoftcheckError(f"--seed must be a whole number >= 0, got {self.seed!r}")
+        if self.tolerance not in TOLERANCE_MODES:
+            raise SoftcheckError(f"--tolerance must be one of {', '.join(TOLERANCE_MODES)}; "
+                                 f"got {self.tolerance!r}")
+        if self.order not in (1, 2):
+            raise SoftcheckError(f"--order must be 1 or 2, got {self.order!r}")
+        if self.probes < 0:
+            raise SoftcheckError(f"--probes must be >= 0, got {self.probes!r}")
+        if self.regime and "all-ignored" in self.regime and self.ignore_index is None:
+            raise SoftcheckError("--regime all-ignored needs --ignore-index")
+        if self.regime and "masked" in self.regime and self.label_smoothing > 0:
+            raise SoftcheckError(
+                "--regime masked with --label-smoothing: smoothing puts mass on the -inf "
+                "logits, so the loss is +inf; drop one of the two"
+            )
+        for c in self.classes:
+            for t in self.targets or ("index",):
+                self.loss_spec(t, "mean").validate(c)
+        return self
+
+
+#: the axes of the suite: each takes one value or a sequence (crossed)
+AXES = ("classes", "batch", "dtype", "targets", "reduction", "regime")
+#: the options of ``run``/``check`` (and the keys of a batch group), in CLI order
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("group", "tag"))
+
+
+def normalize_weight(value):
+    """``--weight`` in its one form: ``None``, ``"random"`` or a tuple of floats (from a
+    list, an array or a comma string)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    if isinstance(value, str):
+        if value == "random":
+            return value
+        try:
+            return tuple(float(x) for x in value.split(","))
+        except ValueError:
+            raise SoftcheckError(f"--weight must be 'random' or a comma list of numbers, "
+                                 f"got {value!r}") from None
+    try:
+        return tuple(float(x) for x in np.ravel(np.asarray(value, dtype=np.float64)))
+    except (TypeError, ValueError):
+        raise SoftcheckError(f"--weight must be 'random' or a list of numbers, "
+                             f"got {value!r}") from None
+
+
+def unknown_option(name: str, known=CONFIG_KEYS) -> str:
+    """'unknown option X (did you mean Y?)' for any spelling (dashes or underscores)."""
+    near = difflib.get_close_matches(str(name).replace("-", "_"), known, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"unknown option {name!r}{hint}"
+
+
+def config(**options) -> Config:
+    """A validated :class:`Config` from keyword options; an axis may be one value or a
+    sequence.  The one validator behind the CLI, the Python API and batch files."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for k in options:
+        if k not in fields:
+            raise SoftcheckError(unknown_option(k))
+    for k in AXES:
+        v = options.get(k)
+        if v is not None:
+            options[k] = tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else (v,)
+    if "weight" in options:
+        options["weight"] = normalize_weight(options["weight"])
+    return Config(**options).validate()

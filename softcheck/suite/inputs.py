@@ -1,0 +1,140 @@
+"""Each case's inputs, drawn reproducibly from the seed per regime, or taken from user arrays."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from ..spec import Inputs, LossSpec, SoftcheckError
+from .cases import Case
+from .config import normalize_weight, numpy_dtype
+
+def _rng(case: Case, stream: str) -> np.random.Generator:
+    s = case.spec
+    key = f"{stream}|{case.classes}|{case.batch}|{s.targets}|{s.reduction}|{case.regime}"
+    return np.random.default_rng([case.seed, zlib.crc32(key.encode())])
+
+
+def class_weights(classes: int, seed: int) -> np.ndarray:
+    """``--weight random``: positive weights drawn from the seed, the same for every case of C."""
+    rng = np.random.default_rng([seed, zlib.crc32(f"weight|{classes}".encode())])
+    return rng.uniform(0.25, 2.0, classes)
+
+
+def weight_array(weight, classes: int, seed: int, dtype) -> np.ndarray | None:
+    """The class-weight array of a (normalized) ``--weight`` value, rounded to ``dtype``."""
+    if weight is None:
+        return None
+    w = class_weights(classes, seed) if weight == "random" else np.asarray(weight, np.float64)
+    return w.astype(dtype)
+
+
+def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
+    """Draw the case's inputs (float64, seed-determined) and round them to the case dtype.
+
+    ``upstream`` (the gradient flowing into the loss): ``"auto"`` is 1 for mean/sum and a
+    random non-uniform (N,) vector for none; ``"random"`` also makes the mean/sum scalar
+    random (a candidate that declares ``grad_output``); ``"one"`` is all ones (one that
+    does not).
+    """
+    s = case.spec
+    n, c = case.batch, case.classes
+    rng = _rng(case, "inputs")
+    dt = numpy_dtype(case.dtype)
+    ii = s.ignore_index
+    # class targets (never the ignore index, unless the row is meant to be ignored)
+    choices = np.array([k for k in range(c) if k != ii] if ii is not None and 0 <= ii < c
+                       else np.arange(c))
+    y = choices[rng.integers(0, len(choices), n)] if len(choices) else np.full(n, ii)
+    ignored = np.zeros(n, bool)
+    if s.hard and ii is not None:
+        if case.regime == "all-ignored":
+            ignored[:] = True
+        elif n > 1:
+            ignored[rng.choice(n, max(1, n // 3), replace=False)] = True
+    z = _logits(case.regime, rng, n, c, y)
+    if s.hard:
+        target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
+    else:
+        q = np.zeros((n, c))
+        q[np.arange(n), y] = 1.0
+        if s.targets == "probs":
+            q = rng.random((n, c)) ** 3 + 1e-3
+            q[np.arange(n), y] += np.max(q, -1)      # the target class is the most likely
+            q[~np.isfinite(z)] = 0.0
+            q /= np.sum(q, -1, keepdims=True)
+            q[1::2] *= rng.uniform(0.5, 0.9, (len(q[1::2]), 1))  # rows that do not sum to one
+        target = q.astype(dt)
+    weight = weight_array(s.weight, c, case.seed, dt)
+    if s.reduction == "none" and upstream != "one":
+        go = rng.uniform(0.25, 2.0, n).astype(dt).astype(np.float64)
+    elif s.reduction == "none":
+        go = np.ones(n)
+    elif upstream == "random":
+        go = np.float64(np.float64(rng.uniform(0.5, 2.0)).astype(dt))
+    else:
+        go = np.float64(1.0)
+    return Inputs(z.astype(dt), target, weight, go, s)
+
+
+def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray) -> np.ndarray:
+    """Logits of each regime; ``y`` are the (would-be) target classes."""
+    rows = np.arange(n)
+    z = rng.standard_normal((n, c)) * 2.0
+    if regime == "large":
+        # groups at +1000, 0, -1000 (spread >= 1e3: exp overflows without the max shift);
+        # every row has a top-group entry, so p spreads over several classes there.
+        grp = rng.integers(-1, 2, (n, c)).astype(float)
+        grp[rows, rng.integers(0, c, n)] = 1.0
+        if c > 1:
+            k = (np.argmax(grp, -1) + 1 + rng.integers(0, c - 1, n)) % c
+            grp[rows, k] = -1.0
+        z = 1000.0 * grp + rng.standard_normal((n, c))
+    elif regime == "tied":
+        z = np.repeat(rng.standard_normal((n, 1)), c, axis=1)
+    elif regime == "confident":
+        z[rows, y] = np.max(z, -1) + 30.0           # p_target -> 1 (1 - p ~ 1e-13)
+    elif regime == "wrong" and c > 1:
+        other = (y + 1 + rng.integers(0, c - 1, n)) % c
+        z[rows, other] = np.max(z, -1) + 30.0       # p_target -> 0
+    elif regime == "masked" and c > 1:
+        mask = rng.random((n, c)) < 0.3
+        mask[rows, y] = False
+        mask[rows, (y + 1) % c] = True              # at least one -inf per row
+        z[mask] = -np.inf
+    return z
+
+
+def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, weight=None,
+                            grad_output=None, **options) -> Inputs:
+    """Inputs from user arrays (the Python API): infers the target kind from its shape."""
+    z = np.asarray(logits)
+    if z.ndim != 2:
+        raise SoftcheckError(f"logits must have shape (N, C), got {z.shape}")
+    if z.dtype.kind != "f":
+        z = z.astype(np.float64)
+    t = np.asarray(target)
+    if spec is None:
+        if "targets" not in options:
+            options["targets"] = "index" if t.ndim == 1 else "probs"
+        options["weight"] = normalize_weight(weight)
+        spec = LossSpec(**options)
+    spec.validate(z.shape[1])
+    n, c = z.shape
+    if spec.hard:
+        if t.shape != (n,) or t.dtype.kind not in "iu":
+            raise SoftcheckError(f"index targets must be integers of shape ({n},), got {t.dtype} {t.shape}")
+        bad = (t != (spec.ignore_index if spec.ignore_index is not None else -1)) & ((t < 0) | (t >= c))
+        if np.any(bad):
+            raise SoftcheckError(f"target {int(t[bad][0])} is out of range [0, {c})")
+        t = t.astype(np.int64)
+    elif t.shape != (n, c):
+        raise SoftcheckError(f"probability targets must have shape ({n}, {c}), got {t.shape}")
+    w = weight_array(spec.weight, c, 0, z.dtype)
+    if grad_output is None:
+        grad_output = np.ones(n) if spec.reduction == "none" else 1.0
+    go = np.asarray(grad_output, np.float64)
+    if spec.reduction == "none" and go.shape != (n,):
+        raise SoftcheckError(f"grad_output for reduction none must have shape ({n},)")
+    return Inputs(z, t if spec.hard else t.astype(z.dtype), w, go, spec)

@@ -1,0 +1,1 @@
+"""Tools beside the pipeline: explain (the derivation), mutants (proof of power), steps (FD sweep)."""

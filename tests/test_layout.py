@@ -1,0 +1,124 @@
+"""The package's layout: imports point down the stages only, no cycles, no module over 450
+lines, no numerics in the CLI, and ``softcheck --help`` imports no JAX."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import softcheck
+
+ROOT = pathlib.Path(softcheck.__file__).parent
+
+#: the stages, lowest first: a module may import its own stage and those before it.
+#: (The data flows suite → reference → judge → candidate → engine → report → cli; tools sit
+#: beside the pipeline, above the engine; api/testing are the Python face, just below cli.)
+STAGES = ("base", "suite", "reference", "judge", "candidate", "engine", "tools", "report",
+          "api", "cli")
+BASE = {"spec", "_version", "__init__"}
+
+
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in BASE:
+        return "base"
+    if parts[1] == "__main__":
+        return "cli"
+    if parts[1] in ("api", "testing"):
+        return "api"
+    return parts[1]
+
+
+def modules() -> dict[str, pathlib.Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = ["softcheck", *f.relative_to(ROOT).with_suffix("").parts]
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def imports(module: str, path: pathlib.Path) -> set[str]:
+    """Every softcheck module ``module`` imports, at top level or inside functions."""
+    mods = modules()
+    pkg = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = pkg.split(".")
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for n in names:
+            if n in mods and n != module and n != "softcheck":
+                found.add(n)
+    return found
+
+
+def test_imports_point_down_the_stages_only():
+    upward = []
+    for m, f in modules().items():
+        if m == "softcheck":
+            continue
+        for n in imports(m, f):
+            if STAGES.index(stage_of(n)) > STAGES.index(stage_of(m)):
+                upward.append(f"{m} imports {n}")
+    assert not upward, upward
+
+
+def test_no_import_cycle():
+    graph = {m: imports(m, f) for m, f in modules().items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in graph.get(m, ()):
+            if state.get(n) == 1:
+                cycles.append(stack[stack.index(n):] + [n] if n in stack else [m, n])
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+    # a package's __init__ re-exporting its own modules is not a cycle of stages
+    real = [c for c in cycles if len({x.rsplit(".", 1)[0] for x in c}) > 1 or len(c) > 2]
+    assert not real, real
+
+
+def test_no_module_over_450_lines():
+    big = {m: n for m, f in modules().items() if (n := len(f.read_text().splitlines())) > 450}
+    assert not big, big
+
+
+def test_every_module_says_its_job():
+    missing = [m for m, f in modules().items()
+               if m != "softcheck.__main__" and not ast.get_docstring(ast.parse(f.read_text()))]
+    assert not missing, missing
+
+
+def test_cli_has_no_numerics():
+    for f in (ROOT / "cli").glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in ("numpy", "jax", "torch") for n in names), \
+                    f"{f.name} imports numerics: {names}"
+
+
+def test_help_imports_no_jax():
+    code = ("import sys\nfrom softcheck.cli import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'jax' not in sys.modules and 'torch' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith(('jax', 'torch')))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
