@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine.results import Report
+from .candidate.call import DEFAULT_TIMEOUT
 from .spec import SoftcheckError
 from .suite.config import config
 
@@ -18,14 +19,23 @@ def run(*, fail_fast: bool = False, **options) -> Report:
     return _run(config(**options), fail_fast=fail_fast)
 
 
-def check(fn, *, timeout: float | None = None, fail_fast: bool = False, hvp=None,
-          **options) -> Report:
-    """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``)."""
-    from .candidate import Candidate
+def check(fn, *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
+          nondet_tol: float | None = None, in_process: bool = False, fail_fast: bool = False,
+          hvp=None, **options) -> Report:
+    """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``).
+
+    ``fn`` runs in a worker process when it can be re-imported there by its module and name
+    (a module-level function); a lambda or closure runs in this process, and the report says
+    so.  ``timeout`` seconds per call (0 or None: no limit); ``repeat`` calls per case on
+    identical inputs; ``nondet_tol`` the difference allowed between them."""
+    from .candidate import CallPolicy, Candidate, source_of
     from .engine.suites import check_candidate
 
     cand = Candidate.from_callable(fn, hvp=hvp)
-    return check_candidate(cand, config(**options), timeout=timeout, fail_fast=fail_fast)
+    cand.source = source_of(fn)
+    cand.hvp_source = source_of(hvp) if hvp is not None else None
+    policy = CallPolicy(timeout, repeat, nondet_tol, not in_process)
+    return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)
 
 
 def loss(logits, target, **options):

@@ -139,7 +139,6 @@ def test_debug_shows_the_traceback():
     ("wrong_shape", "returned shape (3, 4), expected (N, C) = (3, 5)"),
     ("transposed", "the transpose of the expected"),
     ("non_finite", "NaN/Inf"),
-    ("prints", "printed to stdout"),
     ("writes_target", "modified its target argument in place"),
 ])
 def test_misbehaving_candidate_fails_each_case_with_the_reason(fn, reason):
@@ -170,11 +169,13 @@ def test_writing_into_logits_is_allowed_and_noted():
 
 
 def test_printing_candidate_never_reaches_stdout_json_in_a_subprocess():
+    """Printing is captured and kept with the case (#15: as in pytest, not a failure)."""
     r = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{BAD}:prints", *SMALL,
                         "--json", "-"], capture_output=True, text=True)
-    assert r.returncode == 1
+    assert r.returncode == 0, r.stderr
     d = load_report(r.stdout)                 # parses: nothing but the JSON there
-    assert all("printed to stdout ('debug: computing" in c["error"] for c in d["cases"])
+    assert all(c["passed"] and c["output"].startswith("debug: computing the gradient")
+               for c in d["cases"])
 
 
 # ------------------------------------------------------------------------------ edge inputs

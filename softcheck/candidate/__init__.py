@@ -1,6 +1,7 @@
 """The candidate under test: load a TARGET, call it on a case, get back its gradient."""
 
-from .call import CallResult, Candidate, CandidateError, to_array
-from .load import load, relative_to
+from .call import CallPolicy, CallResult, Candidate, CandidateError, to_array
+from .load import isolated, load, relative_to, source_of
 
-__all__ = ["CallResult", "Candidate", "CandidateError", "load", "relative_to", "to_array"]
+__all__ = ["CallPolicy", "CallResult", "Candidate", "CandidateError", "isolated", "load",
+           "relative_to", "source_of", "to_array"]

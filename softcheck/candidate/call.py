@@ -1,9 +1,12 @@
-"""Call the user's gradient function on one case: guarded, captured, converted to an array.
+"""Call the user's gradient function on one case: fresh inputs, repeated, checked, converted.
 
 Calling convention (fixed): ``fn(logits, target, **kw)``; ``logits`` a fresh writable numpy
 copy (N, C) in the case dtype, ``target`` int64 (N,) or float (N, C); ``kw`` holds those of
 :data:`OPTION_NAMES` the function declares (all of them if it takes ``**kwargs``).  It returns
 ∂L/∂logits as anything array-like (numpy, JAX, torch, also requiring grad or on a GPU).
+
+:func:`invoke` is the one place a candidate is called: in its worker process
+(``worker_main``) or, with ``--in-process``, here (:meth:`Candidate.call`).
 """
 
 from __future__ import annotations
@@ -11,18 +14,46 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import io
 import os
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
 
+#: the captured output of one call kept in a report (the rest is counted, not kept)
+OUTPUT_LIMIT = 4096
+#: seconds one call may take unless --timeout says otherwise (0: no limit)
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """How the candidate is called: where, for how long, how many times per case."""
+
+    timeout: float | None = DEFAULT_TIMEOUT   # per call; None or 0: no limit
+    repeat: int = 2                  # calls per case on identical inputs (determinism)
+    nondet_tol: float | None = None  # allowed difference between them (None: the case's atol)
+    isolate: bool = True             # a worker process (False: --in-process)
+
+    def __post_init__(self):
+        if self.repeat < 1:
+            raise SoftcheckError(f"--repeat must be >= 1, got {self.repeat!r}")
+        if self.timeout is not None and not self.timeout >= 0:
+            raise SoftcheckError(f"--timeout must be >= 0 seconds (0: no limit), got "
+                                 f"{self.timeout!r}")
+        if self.nondet_tol is not None and not self.nondet_tol >= 0:
+            raise SoftcheckError(f"--nondet-tol must be >= 0, got {self.nondet_tol!r}")
+
+    @property
+    def limit(self) -> float | None:
+        """The per-call limit in seconds, or None for none."""
+        return self.timeout or None
 
 
 class CandidateError(Exception):
@@ -34,10 +65,14 @@ class CallResult:
     grad: np.ndarray | None
     error: str | None = None
     notes: tuple[str, ...] = ()
+    output: str = ""           # what the call printed (stdout and stderr, file-descriptor level)
+    nondet: float = 0.0        # max |difference| between repeated calls on identical inputs
 
 
 @dataclass
 class Candidate:
+    """A gradient function called in this process (``--in-process``, lambdas, closures)."""
+
     fn: object
     label: str
     hvp: object = None
@@ -56,129 +91,210 @@ class Candidate:
 
     @property
     def _params(self):
-        try:
-            return inspect.signature(self.fn).parameters
-        except (TypeError, ValueError):
-            return {}
+        return signature_of(self.fn)[0]
 
     def takes(self, name: str) -> bool:
-        ps = self._params
-        return name in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
+        params, varkw = signature_of(self.fn)
+        return name in params or varkw
 
     def kwargs(self, inputs: Inputs) -> dict:
-        s = inputs.spec
-        go = np.asarray(inputs.grad_output)
-        values = {
-            "weight": None if inputs.weight is None else np.array(inputs.weight, copy=True),
-            "ignore_index": -100 if s.ignore_index is None else s.ignore_index,
-            "reduction": s.reduction,
-            "label_smoothing": s.label_smoothing,
-            "smoothing_convention": s.smoothing_convention,
-            "temperature": s.temperature,
-            "softcap": s.softcap,
-            "z_loss": s.z_loss,
-            "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
-        }
-        return {k: values[k] for k in OPTION_NAMES if self.takes(k)}
+        return kwargs_for(inputs, self.takes)
 
-    def call(self, inputs: Inputs, *, timeout: float | None = None) -> CallResult:
-        logits = np.array(inputs.logits, copy=True)
-        target = np.array(inputs.target, copy=True)
-        kw = self.kwargs(inputs)
-        return _guarded(self.fn, (logits, target), kw, inputs, timeout, self.label)
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
+             ) -> CallResult:
+        args = [inputs.logits, inputs.target]
+        return _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
 
     def call_hvp(self, inputs: Inputs, direction: np.ndarray, *, timeout=None) -> CallResult:
-        kw = self.kwargs(inputs)
-        args = (np.array(inputs.logits, copy=True), np.array(inputs.target, copy=True),
-                np.array(direction, copy=True))
-        return _guarded(self.hvp, args, kw, inputs, timeout, "hvp")
+        args = [inputs.logits, inputs.target, np.asarray(direction)]
+        return _in_process(self.hvp, args, self.kwargs(inputs), inputs, timeout, 1)
+
+    def close(self) -> None:
+        """Nothing to end: the function runs in this process."""
 
 
-def _guarded(fn, args, kw, inputs: Inputs, timeout, label) -> CallResult:
-    originals = [np.array(a, copy=True) for a in args]
-    kw_originals = {k: np.array(v, copy=True) for k, v in kw.items() if isinstance(v, np.ndarray)}
-    notes = []
+def signature_of(fn) -> tuple[tuple[str, ...], bool]:
+    """The parameter names of ``fn`` and whether it takes ``**kwargs``."""
     try:
-        out, printed = _invoke(fn, args, kw, timeout)
-        if printed:
-            raise CandidateError(f"printed to stdout ({printed[:60].strip()!r}): a gradient "
-                                 "function must not write there (stdout carries --json -)")
-        grad = to_array(out, inputs.logits.shape)
-    except CandidateError as e:
-        return CallResult(None, str(e))
-    if not np.array_equal(args[0], originals[0], equal_nan=True):
-        notes.append("wrote into its logits argument (allowed: each call gets a fresh copy)")
-    names = ("target", "direction")
-    for i, (a, o) in enumerate(zip(args[1:], originals[1:])):
-        if not np.array_equal(a, o, equal_nan=True):
-            return CallResult(None, f"modified its {names[i]} argument in place")
-    for k, o in kw_originals.items():
-        if not np.array_equal(kw[k], o, equal_nan=True):
-            return CallResult(None, f"modified its {k} argument in place")
-    if grad.dtype.itemsize < np.dtype(inputs.logits.dtype).itemsize:
-        notes.append(f"returned {grad.dtype} for a {np.dtype(inputs.logits.dtype).name} case")
-    return CallResult(np.asarray(grad, np.float64), None, tuple(notes))
+        ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return (), False
+    return tuple(ps), any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
 
-def _invoke(fn, args, kw, timeout):
-    """Call with stdout captured (Python and file-descriptor level) and an optional timeout."""
+def kwargs_for(inputs: Inputs, takes: Callable[[str], bool]) -> dict:
+    """The keyword options a candidate declares, with their values for this case."""
+    s = inputs.spec
+    go = np.asarray(inputs.grad_output)
+    values = {
+        "weight": None if inputs.weight is None else np.array(inputs.weight, copy=True),
+        "ignore_index": -100 if s.ignore_index is None else s.ignore_index,
+        "reduction": s.reduction,
+        "label_smoothing": s.label_smoothing,
+        "smoothing_convention": s.smoothing_convention,
+        "temperature": s.temperature,
+        "softcap": s.softcap,
+        "z_loss": s.z_loss,
+        "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
+    }
+    return {k: values[k] for k in OPTION_NAMES if takes(k)}
+
+
+def describe_exception(e: BaseException) -> str:
+    """A candidate's exception in one line, computed where it was raised (``str(e)`` is the
+    candidate's code: it may raise, even SystemExit)."""
+    name = type(e).__name__
+    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        return f"raised {name}"
+    try:
+        text = str(e).strip()
+        msg = text.splitlines()[0] if text else ""
+    except (KeyboardInterrupt, SystemExit) as inner:
+        return f"raised {name} (and its message raised {type(inner).__name__})"
+    except BaseException:  # noqa: BLE001
+        msg = "<its message could not be formatted>"
+    hint = ""
+    if "bfloat16" in msg and "numpy" in msg.lower() or "ml_dtypes" in msg:
+        hint = (" (logits arrive as numpy bfloat16 from ml_dtypes: convert with "
+                "softcheck.as_torch(logits) or jnp.asarray(logits))")
+    return f"raised {name}: {msg[:200]}{hint}"
+
+
+def max_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b|, NaN against NaN counting as equal and NaN against a number as inf."""
+    both_nan = np.isnan(a) & np.isnan(b)
+    with np.errstate(all="ignore"):
+        d = np.abs(a - b)
+    d = np.where(both_nan | (a == b), 0.0, np.where(np.isnan(d), np.inf, d))
+    return float(d.max()) if d.size else 0.0
+
+
+def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], case_dtype,
+           repeat: int = 1) -> tuple[np.ndarray | None, str | None, list[str], float]:
+    """Call ``fn(*args, **kw)`` ``repeat`` times on identical fresh inputs (``fresh()``) and
+    judge what it does: ``(grad float64, error, notes, nondet)``.  Everything the candidate's
+    objects do (``__array__``, ``.detach()``, ``str(e)``) happens inside this call."""
+    case_dtype = np.dtype(case_dtype)
+    notes: list[str] = []
+    first = first_out = first_arr = None
+    nondet, differs, same_buffer = 0.0, False, False
+    for i in range(max(1, repeat)):
+        args, kw = fresh()
+        originals = [np.array(a, copy=True) for a in args]
+        kw_originals = {k: np.array(v, copy=True) for k, v in kw.items()
+                        if isinstance(v, np.ndarray)}
+        where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
+        try:
+            out = fn(*args, **kw)
+            arr = to_array(out, shape)
+            grad = np.array(arr, np.float64, copy=True)
+        except CandidateError as e:
+            return None, str(e) + where, notes, 0.0
+        except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
+            return None, describe_exception(e) + where, notes, 0.0
+        if i == 0:
+            if not np.array_equal(args[0], originals[0], equal_nan=True):
+                notes.append("wrote into its logits argument (allowed: each call gets a fresh copy)")
+            for name, a, o in zip(("target", "direction"), args[1:], originals[1:]):
+                if not np.array_equal(a, o, equal_nan=True):
+                    return None, f"modified its {name} argument in place", notes, 0.0
+            for k, o in kw_originals.items():
+                if not np.array_equal(kw[k], o, equal_nan=True):
+                    return None, f"modified its {k} argument in place", notes, 0.0
+            if arr.dtype.itemsize < case_dtype.itemsize:
+                note = f"returned {arr.dtype} for a {case_dtype.name} case"
+                jax = sys.modules.get("jax")
+                if jax is not None and not bool(jax.config.jax_enable_x64):
+                    note += " (JAX x64 is off in the candidate's process?)"
+                notes.append(note)
+            first, first_out, first_arr = grad, out, arr
+        else:
+            if (out is first_out or np.shares_memory(arr, first_arr)
+                    or np.array(first_arr, np.float64).tobytes() != first.tobytes()):
+                same_buffer = True
+            if grad.tobytes() != first.tobytes():
+                differs = True
+                nondet = max(nondet, max_difference(first, grad))
+    if same_buffer:
+        notes.append("returned the same buffer on two calls")
+    if differs:
+        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
+                     f"{nondet:.3g} (max abs)")
+    return first, None, notes, nondet
+
+
+def _in_process(fn, args, kw, inputs: Inputs, timeout, repeat) -> CallResult:
+    """``invoke`` in this process, with its output captured (file-descriptor level) and a
+    timeout that stops waiting (a thread cannot be stopped: prefer the worker process)."""
+    def fresh():
+        return (tuple(np.array(a, copy=True) for a in args),
+                {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+                 for k, v in kw.items()})
+
     box: dict = {}
 
     def target():
-        try:
-            box["out"] = fn(*args, **kw)
-        except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
-            box["exc"] = e
+        box["r"] = invoke(fn, fresh, inputs.logits.shape, inputs.logits.dtype, repeat)
 
-    buf = io.StringIO()
-    with _capture_fd1() as fd_text, contextlib.redirect_stdout(buf):
+    with _capture_output() as output:
         if timeout:
             th = threading.Thread(target=target, daemon=True)
             t0 = time.perf_counter()
             th.start()
             th.join(timeout)
             if th.is_alive():
-                raise CandidateError(f"took longer than {timeout:g} s (--timeout); "
-                                     f"stopped waiting after {time.perf_counter() - t0:.1f} s")
+                box["timeout"] = time.perf_counter() - t0
         else:
             target()
-    printed = buf.getvalue() + fd_text()
-    if "exc" in box:
-        e = box["exc"]
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise CandidateError(f"raised {type(e).__name__}")
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        hint = ""
-        if "bfloat16" in msg and "numpy" in msg.lower() or "ml_dtypes" in msg:
-            hint = (" (logits arrive as numpy bfloat16 from ml_dtypes: convert with "
-                    "softcheck.as_torch(logits) or jnp.asarray(logits))")
-        raise CandidateError(f"raised {type(e).__name__}: {msg[:200]}{hint}")
-    return box.get("out"), printed
+    if "timeout" in box:
+        return CallResult(None, f"took longer than {timeout:g} s (--timeout); stopped waiting "
+                                f"after {box['timeout']:.1f} s", output=output())
+    grad, error, notes, nondet = box["r"]
+    return CallResult(grad, error, tuple(notes), output=output(), nondet=nondet)
+
+
+def clip_output(text: str, total: int) -> str:
+    """At most OUTPUT_LIMIT characters of a call's output, with a note of what was cut."""
+    if total > OUTPUT_LIMIT or len(text) > OUTPUT_LIMIT:
+        return text[:OUTPUT_LIMIT] + f"… ({total - OUTPUT_LIMIT} bytes more)"
+    return text
 
 
 @contextlib.contextmanager
-def _capture_fd1():
-    """Route file descriptor 1 to a temporary file (C-level printf, subprocess output)."""
+def _capture_output():
+    """Route file descriptors 1 and 2 (and sys.stdout/err) to a temporary file: C-level
+    printf and child processes are caught too.  Yields a function giving the text."""
     text = {"v": ""}
+    streams = (sys.stdout, sys.stderr)
     try:
-        sys.stdout.flush()
-        saved = os.dup(1)
+        for s in streams:
+            s.flush()
+        saved = (os.dup(1), os.dup(2))
     except (OSError, ValueError, AttributeError):
         yield lambda: ""
         return
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        sink = open(tmp.fileno(), "w", closefd=False, buffering=1)
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = sink
         try:
             yield lambda: text["v"]
         finally:
-            try:
-                sys.__stdout__.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-            os.dup2(saved, 1)
-            os.close(saved)
-            tmp.seek(0)
-            text["v"] = tmp.read().decode("utf-8", "replace")
+            sys.stdout, sys.stderr = old
+            for s in (sink, sys.__stdout__, sys.__stderr__):
+                try:
+                    s.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            size = os.fstat(tmp.fileno()).st_size
+            data = os.pread(tmp.fileno(), OUTPUT_LIMIT, 0).decode("utf-8", "replace")
+            text["v"] = clip_output(data, size)
 
 
 def to_array(out, shape) -> np.ndarray:

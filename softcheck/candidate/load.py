@@ -77,3 +77,33 @@ def _import_module(where: str):
         raise SoftcheckError(f"TARGET module {where} has a syntax error at line {e.lineno}: {e.msg}") from e
     except Exception as e:  # noqa: BLE001
         raise SoftcheckError(f"importing TARGET module {where} failed: {type(e).__name__}: {e}") from e
+
+
+def source_of(fn) -> str | None:
+    """A TARGET that re-imports ``fn`` in another process (``module:name`` or
+    ``path.py:name``), or None for what cannot be (a lambda, a closure, a method, a function
+    of the ``__main__`` script, which re-importing would run again)."""
+    name, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
+    if not name or not module or not name.isidentifier() or module == "__main__":
+        return None
+    mod = sys.modules.get(module)
+    if mod is None or getattr(mod, name, None) is not fn:
+        return None
+    path = getattr(mod, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin and path and os.path.samefile(spec.origin, path):
+        return f"{module}:{name}"
+    return f"{os.path.abspath(path)}:{name}" if path and path.endswith(".py") else None
+
+
+def isolated(cand: Candidate, *, x64: bool):
+    """``cand`` in its own worker process when it can be reloaded there; else ``cand`` itself
+    (with ``in_process`` telling why)."""
+    from .worker import IsolatedCandidate
+
+    if cand.source is None or (cand.hvp is not None and cand.hvp_source is None):
+        return None
+    return IsolatedCandidate(cand.source, cand.hvp_source, cand.label, x64=x64)

@@ -7,8 +7,8 @@ import click
 from ..suite.config import REGIMES
 from ..spec import REDUCTIONS, TARGET_KINDS
 from .app import EXIT_FAIL, EXIT_OK, Group
-from .options import (DEBUG, CommaList, WeightType, report_options, suite_options, timeout_option,
-                      to_config)
+from .options import (DEBUG, CommaList, WeightType, candidate_options, report_options,
+                      suite_options, to_config, to_policy)
 from .output import check_outputs, execute, make_console, with_outputs
 
 
@@ -42,12 +42,12 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, **kw):
 @cli.command()
 @click.argument("target")
 @suite_options
-@timeout_option("Seconds a single call of TARGET may take before its case fails.")
+@candidate_options
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
 @with_outputs
-def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices, timeout,
-          hvp_target, **kw):
+def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices, hvp_target,
+          **kw):
     """Check YOUR gradient: TARGET is path/to/file.py:function or package.module:function.
 
     Called as fn(logits, target, **kw) with the options it declares (weight, ignore_index,
@@ -58,9 +58,10 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
     from ..candidate import load
     from ..engine.suites import check_candidate
 
+    policy = to_policy(kw)
     cfg = to_config(kw)
     cand = load(target, hvp=hvp_target)
-    return execute(lambda bar: check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast,
+    return execute(lambda bar: check_candidate(cand, cfg, policy=policy, fail_fast=fail_fast,
                                                jobs=jobs, progress=bar),
                    devices, json_path, junit_path, markdown_path)
 
@@ -68,12 +69,12 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
 @cli.command()
 @click.argument("file")
 @report_options
-@timeout_option("Seconds a candidate call may take (a group's 'timeout' overrides it).")
+@candidate_options
 @click.option("--list", "list_only", is_flag=True,
               help="Check the file and list its groups and cases; run nothing.")
 @with_outputs
-def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, timeout,
-          list_only):
+def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, list_only,
+          **kw):
     """Run the groups of a batch FILE (TOML, or JSON with the same structure).
 
     Each [[case]] group takes the options of run/check with underscores (classes,
@@ -82,11 +83,12 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
     """
     from ..engine.suites import batch_listing, load_plan, run_batch
 
+    policy = to_policy(kw)
     plan = load_plan(file)
     if list_only:
         click.echo("\n".join(batch_listing(plan)))
         return EXIT_OK
-    return execute(lambda bar: run_batch(plan, fail_fast=fail_fast, jobs=jobs, timeout=timeout,
+    return execute(lambda bar: run_batch(plan, policy=policy, fail_fast=fail_fast, jobs=jobs,
                                          progress=bar),
                    devices, json_path, junit_path, markdown_path)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..candidate.call import DEFAULT_TIMEOUT
 from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS
 from ..suite.config import CONFIG_KEYS, DTYPES, FD_METHODS, REGIMES, TOLERANCE_MODES
 
@@ -121,6 +122,31 @@ def to_config(kw: dict):
     return config(**{k: kw[k] for k in CONFIG_KEYS})
 
 
-def timeout_option(help: str):
-    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                        help=help)
+def candidate_options(fn):
+    """How a candidate is called (``check`` and ``batch``): ``CallPolicy``'s fields."""
+    opts = [
+        click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT,
+                     show_default=True,
+                     help="Seconds one call of the candidate may take before its process is "
+                          "stopped and the case fails (0: no limit; a batch group's 'timeout' "
+                          "overrides it)."),
+        click.option("--repeat", type=click.IntRange(1), default=2, show_default=True,
+                     help="Calls per case on identical inputs (determinism; 1: off)."),
+        click.option("--nondet-tol", type=click.FloatRange(min=0), default=None,
+                     help="Difference allowed between repeated calls [default: the case's "
+                          "absolute tolerance]."),
+        click.option("--in-process", is_flag=True,
+                     help="Call the candidate in softcheck's own process (for pdb and "
+                          "profilers): no isolation, a timeout only stops waiting."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def to_policy(kw: dict):
+    """The candidate options of a command's keywords (popped) as a CallPolicy."""
+    from ..candidate import CallPolicy
+
+    return CallPolicy(kw.pop("timeout"), kw.pop("repeat"), kw.pop("nondet_tol"),
+                      not kw.pop("in_process"))

@@ -56,11 +56,16 @@ def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False) -
 
 
 def execute(compute, devices, json_path, junit_path, markdown_path) -> int:
-    """Set the devices up, compute the report (with a progress bar where one belongs), write
-    and render it, and return the exit code."""
+    """Set the devices up, mark every report path as an incomplete run, compute the report
+    (with a progress bar where one belongs), write and render it, and return the exit code."""
     from ..reference.jaxsetup import configure
+    from ..report import incomplete
+    from ..report.files import write_atomic
 
     configure(devices)
+    for fmt, path in (("json", json_path), ("junit", junit_path), ("markdown", markdown_path)):
+        if path and path != "-":
+            write_atomic(path, incomplete(fmt))
     with progress_bar(json_path) as bar:
         report = compute(bar)
     return emit(report, json_path, junit_path, markdown_path)
@@ -145,8 +150,13 @@ def progress_bar(json_path):
 
 
 def with_outputs(fn):
+    """Report paths checked and made absolute before any work (a later chdir, by softcheck
+    or an in-process candidate, cannot redirect them)."""
     @functools.wraps(fn)
     def wrapper(**kw):
+        for k in ("json_path", "junit_path", "markdown_path"):
+            if kw.get(k) and kw[k] != "-":
+                kw[k] = os.path.abspath(kw[k])
         check_outputs(kw.get("json_path"), kw.get("junit_path"), kw.get("markdown_path"))
         return fn(**kw)
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from ..judge import tolerances
-from ..judge.compare import Comparison, compare, invariants
+from ..candidate import CallPolicy
+from ..judge.compare import Comparison, Invariant, compare, invariants
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
 from ..spec import Inputs
@@ -22,9 +23,11 @@ CANDIDATE_PAIRS = (("candidate", "analytic"), ("candidate", "autodiff"),
                    ("candidate", "finite_difference"))
 
 
-def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> CaseResult:
-    """Judge one case: the three references against each other, and the candidate if given."""
+def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -> CaseResult:
+    """Judge one case: the three references against each other, and the candidate if given
+    (called as ``policy`` says: time limit, repeats on identical inputs)."""
     t0 = time.perf_counter()
+    timeout = policy.limit
     upstream = "auto"
     if candidate is not None:
         upstream = "random" if candidate.takes("grad_output") else "one"
@@ -43,8 +46,9 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     dtypes = {"analytic": case.dtype, "autodiff": "float64", "finite_difference": "float64"}
     notes: list[str] = []
     if candidate is not None:
-        call = candidate.call(inputs, timeout=timeout)
+        call = candidate.call(inputs, timeout=timeout, repeat=policy.repeat)
         notes.extend(call.notes)
+        base["output"] = call.output or None
         if call.error:
             return CaseResult(passed=False, error=call.error, notes=tuple(notes),
                               seconds=time.perf_counter() - t0, **base)
@@ -74,6 +78,8 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native)
+    if candidate is not None and policy.repeat > 1:
+        invs.append(_determinism(call.nondet, policy, comparisons[0]))
     passed = all(c.passed for c in comparisons) and all(i.passed for i in invs)
     diagnosis: tuple[str, ...] = ()
     if candidate is not None and not passed:
@@ -85,6 +91,17 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
                       fd=info, diagnosis=diagnosis, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
+
+
+def _determinism(nondet: float, policy: CallPolicy, cmp: Comparison) -> Invariant:
+    """Repeated calls on identical inputs agree to within --nondet-tol, or else to within
+    the case's absolute tolerance (torch gradcheck's ``nondet_tol``, defaulting to what the
+    comparison with the closed form allows)."""
+    allowed = policy.nondet_tol if policy.nondet_tol is not None else cmp.atol
+    detail = (f"{policy.repeat} calls on identical inputs: bitwise identical" if nondet == 0
+              else f"{policy.repeat} calls on identical inputs differ by up to {nondet:.3g} "
+                   f"(allowed {allowed:.3g}{' by --nondet-tol' if policy.nondet_tol is not None else ', the case tolerance'})")
+    return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
 
 
 def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..candidate import CallPolicy
 from ..spec import SoftcheckError
 from ..suite.cases import Case
 from .case import run_case
@@ -14,17 +15,17 @@ from .results import CaseResult
 
 @dataclass(frozen=True)
 class Job:
-    """One case to judge, with the candidate (if any) and its per-call timeout."""
+    """One case to judge, with the candidate (if any) and how it is called."""
 
     case: Case
     candidate: object = None
-    timeout: float | None = None
+    policy: CallPolicy = CallPolicy()
 
 
-def run_cases(cases: list[Case], candidate=None, *, timeout=None, fail_fast=False,
-              progress: Callable[[CaseResult], None] | None = None, jobs: int = 1
-              ) -> list[CaseResult]:
-    return run_jobs([Job(c, candidate, timeout) for c in cases], fail_fast=fail_fast,
+def run_cases(cases: list[Case], candidate=None, *, policy: CallPolicy = CallPolicy(),
+              fail_fast=False, progress: Callable[[CaseResult], None] | None = None,
+              jobs: int = 1) -> list[CaseResult]:
+    return run_jobs([Job(c, candidate, policy) for c in cases], fail_fast=fail_fast,
                     progress=progress, workers=jobs)
 
 
@@ -44,7 +45,7 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
     for job in jobs:
         if progress is not None and hasattr(progress, "case_started"):
             progress.case_started(job.case.name)
-        r = run_case(job.case, job.candidate, timeout=job.timeout)
+        r = run_case(job.case, job.candidate, policy=job.policy)
         results.append(r)
         if progress:
             progress(r)
@@ -123,8 +124,8 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
         futures = {}
         for i, job in enumerate(jobs):
             cand = job.candidate
-            payload = (job.case, job.timeout, None if cand is None else
-                       (cand.source, cand.hvp_source, cand.label))
+            payload = (job.case, job.policy, None if cand is None else
+                       (cand.source, cand.hvp_source, cand.label, getattr(cand, "x64", None)))
             futures[pool.submit(_work, payload)] = i
         for fut in cf.as_completed(futures):
             i = futures[fut]
@@ -139,17 +140,24 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
     return [done[i] for i in sorted(done)]
 
 
-_WORKER_CANDIDATES: dict = {}     # per worker process: (TARGET, hvp, label) → Candidate
+_WORKER_CANDIDATES: dict = {}     # per pool process: (TARGET, hvp, label, x64) → candidate
 
 
 def _work(payload) -> CaseResult:
-    case, timeout, cand_info = payload
+    """One case in a pool process; an isolated candidate gets its own worker there too."""
+    case, policy, cand_info = payload
     cand = None
     if cand_info is not None:
         if cand_info not in _WORKER_CANDIDATES:
-            from ..candidate import load
+            source, hvp_source, label, x64 = cand_info
+            if x64 is None:
+                from ..candidate import load
 
-            source, hvp_source, label = cand_info
-            _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label)
+                _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label)
+            else:
+                from ..candidate.worker import IsolatedCandidate
+
+                _WORKER_CANDIDATES[cand_info] = IsolatedCandidate(source, hvp_source, label,
+                                                                  x64=x64)
         cand = _WORKER_CANDIDATES[cand_info]
-    return run_case(case, cand, timeout=timeout)
+    return run_case(case, cand, policy=policy)

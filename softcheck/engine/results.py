@@ -44,6 +44,7 @@ class CaseResult:
     group: str | None = None
     target: str | None = None          # the candidate checked (None: softcheck's own methods)
     seconds: float = 0.0
+    output: str | None = None          # what the candidate printed during the case (clipped)
 
     def to_dict(self) -> dict:
         return {
@@ -53,7 +54,7 @@ class CaseResult:
             "invariants": [i.to_dict() for i in self.invariants],
             "fd": self.fd.to_dict() if self.fd else None,
             "scale": self.scale, "condition": self.kappa, "error": self.error,
-            "diagnosis": list(self.diagnosis), "notes": list(self.notes),
+            "diagnosis": list(self.diagnosis), "notes": list(self.notes), "output": self.output,
             "timing": {"seconds": self.seconds},
         }
 

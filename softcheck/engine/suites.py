@@ -6,7 +6,7 @@ import dataclasses
 import platform
 import time
 
-from ..candidate import Candidate, load, relative_to
+from ..candidate import CallPolicy, Candidate, isolated, load, relative_to
 from ..spec import SoftcheckError
 from ..suite import batchfile
 from ..suite.cases import Case, check_suite, suite
@@ -38,11 +38,60 @@ def options_dict(cfg: Config) -> dict:
 def execute(command: str, jobs: list[Job], skipped: list[str], options: dict, *,
             target: str | None = None, fail_fast: bool = False, progress=None,
             workers: int = 1) -> Report:
-    """Judge the jobs and assemble the Report: the one place every command ends."""
+    """Judge the jobs and assemble the Report: the one place every command ends.
+
+    Each candidate of the jobs runs in its own worker process when its policy says so
+    (and it can be reloaded there); every worker, and all it started, has ended when this
+    returns.  JAX's float64 flag is as the caller had it."""
+    from ..reference.jaxsetup import x64_restored
+
     t0 = time.perf_counter()
-    results = run_jobs(jobs, fail_fast=fail_fast, progress=progress, workers=workers)
+    jobs, workers_started, process = _isolate(jobs)
+    try:
+        with x64_restored():
+            results = run_jobs(jobs, fail_fast=fail_fast, progress=progress, workers=workers)
+            env = environment()
+    finally:
+        for w in workers_started:
+            w.close()
+    if process:
+        env["candidate_process"] = process
     return Report(tuple(results), command, options, tuple(skipped), target=target,
-                  seconds=time.perf_counter() - t0, environment=environment())
+                  seconds=time.perf_counter() - t0, environment=env)
+
+
+def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
+    """Each candidate (one per TARGET) swapped for a worker process where its policy isolates
+    it; JAX float64 is turned on there before the TARGET loads when any of its cases is
+    float64.  Returns the jobs, the workers to close, and what the report says of them."""
+    started: dict[int, object] = {}
+    process: dict = {}
+    out = []
+    try:
+        for job in jobs:
+            cand = job.candidate
+            if cand is None:
+                out.append(job)
+                continue
+            if id(cand) not in started:
+                iso = None
+                if job.policy.isolate:
+                    x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
+                    iso = isolated(cand, x64=x64)
+                started[id(cand)] = iso or cand
+                process[cand.label] = (
+                    {"isolated": True, "jax_enable_x64": iso.x64, "repeat": job.policy.repeat}
+                    if iso is not None else
+                    {"isolated": False, "repeat": job.policy.repeat,
+                     "why": "--in-process" if not job.policy.isolate else
+                     "a lambda, closure or __main__ function cannot be re-imported by "
+                     "module and name: it ran in softcheck's process"})
+            out.append(dataclasses.replace(job, candidate=started[id(cand)]))
+    except BaseException:
+        for w in started.values():
+            w.close()
+        raise
+    return out, [w for w in started.values() if w is not None], process
 
 
 def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -> Report:
@@ -52,11 +101,11 @@ def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -
                    fail_fast=fail_fast, progress=progress, workers=jobs)
 
 
-def check_candidate(cand: Candidate, cfg: Config, *, timeout=None, fail_fast=False,
-                    progress=None, jobs: int = 1) -> Report:
+def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPolicy(),
+                    fail_fast=False, progress=None, jobs: int = 1) -> Report:
     """A candidate against the three references over the check suite (``check_suite``)."""
     cases, skipped = check_suite(cfg)
-    return execute("check", [Job(c, cand, timeout) for c in cases], skipped, options_dict(cfg),
+    return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
                    target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs)
 
 
@@ -96,15 +145,16 @@ def _load(target: str, base: str, where: str, key: str, loaded: dict) -> Candida
     return loaded[t]
 
 
-def _batch_jobs(bp: BatchPlan, timeout=None) -> tuple[list[Job], list[str]]:
+def _batch_jobs(bp: BatchPlan, policy: CallPolicy = CallPolicy()
+                ) -> tuple[list[Job], list[str]]:
     """Every case of a plan as a Job (in file order), and the skipped notes."""
     work, skipped = [], []
     for g in bp.plan.groups:
         cand = bp.candidates.get(g.name)
+        pol = policy if g.timeout is None else dataclasses.replace(policy, timeout=g.timeout)
         for cfg in g.configs:
             cases, skip = suite(cfg) if cand is None else check_suite(cfg)
-            t = g.timeout if g.timeout is not None else timeout
-            work += [Job(c, cand, t) for c in cases]
+            work += [Job(c, cand, pol) for c in cases]
             skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]
     return work, skipped
 
@@ -124,10 +174,10 @@ def batch_listing(bp: BatchPlan) -> list[str]:
     return lines
 
 
-def run_batch(bp: BatchPlan, *, fail_fast: bool = False, jobs: int = 1, progress=None,
-              timeout=None) -> Report:
+def run_batch(bp: BatchPlan, *, policy: CallPolicy = CallPolicy(), fail_fast: bool = False,
+              jobs: int = 1, progress=None) -> Report:
     """Every group of a plan; one Report with each case's group (and target)."""
-    work, skipped = _batch_jobs(bp, timeout)
+    work, skipped = _batch_jobs(bp, policy)
     options = {"file": bp.plan.path,
                "groups": [{"name": g.name, "target": g.target,
                            "configs": [options_dict(c) for c in g.configs]}

@@ -32,11 +32,13 @@ def _jitted(hard: bool, what: str):
 
 def autodiff(inputs: Inputs) -> np.ndarray:
     """``jax.grad`` of the reference loss (the upstream gradient folded in), float64."""
+    jaxsetup.load()                       # x64 on (a caller may have restored it off)
     fn = _jitted(inputs.spec.hard, "grad")
     return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs)))
 
 
 def autodiff_hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:
     """Hessian-vector product by ``jax.jvp`` of ``jax.grad``, float64."""
+    jaxsetup.load()
     fn = _jitted(inputs.spec.hard, "hvp")
     return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs), direction))

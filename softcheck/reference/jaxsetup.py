@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 
 
 def configure(devices: int | None) -> None:
@@ -11,10 +13,9 @@ def configure(devices: int | None) -> None:
     every device.  Must happen before JAX starts; a GPU/TPU backend ignores it."""
     if not devices:
         return
-    import sys
 
     flag = f"--xla_force_host_platform_device_count={int(devices)}"
-    if "jax" in sys.modules and load.cache_info().currsize:
+    if "jax" in sys.modules and _import.cache_info().currsize:
         import jax
 
         have = len(jax.devices())
@@ -30,9 +31,18 @@ def configure(devices: int | None) -> None:
     os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
 
 
-@functools.cache
 def load():
-    """Return ``(jax, jax.numpy)`` with x64 on and JAX's persistent compilation cache set.
+    """Return ``(jax, jax.numpy)`` with x64 on (every time: a caller may have restored it,
+    see ``x64_restored``) and JAX's persistent compilation cache set."""
+    jax, jnp = _import()
+    if not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return jax, jnp
+
+
+@functools.cache
+def _import():
+    """Import JAX once, with x64 on and JAX's persistent compilation cache set.
 
     The cache (``$SOFTCHECK_CACHE_DIR`` or ``~/.cache/softcheck/jax``) makes a second run skip
     XLA compilation entirely; set ``SOFTCHECK_CACHE_DIR=''`` to turn it off.
@@ -58,3 +68,20 @@ def backend_info() -> dict:
     devs = jax.devices()
     return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(devs),
             "device_kind": devs[0].device_kind if devs else None}
+
+
+@contextlib.contextmanager
+def x64_restored():
+    """Leave JAX's float64 flag as the caller had it (softcheck turns it on for its float64
+    references): a ``softcheck.check`` inside a pytest session must not change later tests."""
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        before = bool(jax.config.jax_enable_x64)
+    else:                                   # JAX's default when it is imported later
+        before = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true", "yes", "on")
+    try:
+        yield
+    finally:
+        jax = sys.modules.get("jax")
+        if jax is not None and bool(jax.config.jax_enable_x64) != bool(before):
+            jax.config.update("jax_enable_x64", bool(before))

@@ -25,3 +25,25 @@ def _markdown(report) -> str:
 
 #: file format name -> render(report) -> text
 FORMATS = {"json": _json, "junit": _junit, "markdown": _markdown}
+
+
+#: what stands at a report path while a run is in progress (or after one that died): never a
+#: stale pass from an earlier run
+_INCOMPLETE_REASON = ("incomplete run: softcheck started writing this report and has not "
+                      "finished (still running, or it was interrupted)")
+
+
+def incomplete(fmt: str) -> str:
+    """The marker of an unfinished run in format ``fmt``: a failure in every format."""
+    import json
+    from xml.sax.saxutils import quoteattr
+
+    if fmt == "json":
+        return json.dumps({"incomplete": True, "passed": False, "reason": _INCOMPLETE_REASON},
+                          indent=2) + "\n"
+    if fmt == "junit":
+        return ('<?xml version="1.0" encoding="utf-8"?>\n<testsuites name="softcheck" tests="1" '
+                'failures="1"><testsuite name="softcheck" tests="1" failures="1"><testcase '
+                'classname="softcheck" name="incomplete run"><failure message='
+                f'{quoteattr(_INCOMPLETE_REASON)} /></testcase></testsuite></testsuites>\n')
+    return f"## ❌ softcheck: {_INCOMPLETE_REASON}\n"

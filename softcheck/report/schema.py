@@ -71,7 +71,24 @@ CASE = _obj({
     "fd": {"oneOf": [{"type": "null"}, FD]}, "scale": _NUM, "condition": _NUM,
     "error": _STR, "diagnosis": {"type": "array", "items": {"type": "string"}},
     "notes": {"type": "array", "items": {"type": "string"}}, "timing": TIMING,
+    "output": {"type": ["string", "null"],
+               "description": "what the candidate printed during the case (stdout and stderr "
+                              "at the file-descriptor level), clipped to a few KB with a note"},
 })
+
+CANDIDATE_PROCESS = {
+    "type": "object",
+    "description": "per candidate (by label): where it ran and how it was called",
+    "additionalProperties": _obj({
+        "isolated": {"type": "boolean", "description": "in its own worker process"},
+        "jax_enable_x64": {"type": "boolean",
+                           "description": "JAX float64 turned on in the worker before the "
+                                          "TARGET loaded (the suite has float64 cases)"},
+        "repeat": {"type": "integer", "minimum": 1,
+                   "description": "calls per case on identical inputs"},
+        "why": {"type": "string", "description": "why it was not isolated"},
+    }, required=["isolated", "repeat"]),
+}
 
 SUMMARY = _obj({k: {"type": "integer", "minimum": 0} for k in ("total", "passed", "failed")})
 
@@ -89,8 +106,9 @@ REPORT = {
         "target": _STR,
         "passed": {"type": "boolean"},
         "summary": SUMMARY,
-        "environment": _obj({"python": {"type": "string"}, "numpy": {"type": "string"}},
-                            strict=False),
+        "environment": _obj({"python": {"type": "string"}, "numpy": {"type": "string"},
+                             "candidate_process": CANDIDATE_PROCESS},
+                            required=["python", "numpy"], strict=False),
         "options": {"type": "object"},
         "skipped": {"type": "array", "items": {"type": "string"}},
         "cases": {"type": "array", "items": CASE},

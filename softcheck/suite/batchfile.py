@@ -128,8 +128,9 @@ def _group(g: dict, where: str, names: set) -> Group:
     if len(timeouts) > 1:
         raise SoftcheckError(f"{where}: key 'timeout' takes one number, not a list")
     timeout = timeouts[0]
-    if timeout is not None and not timeout > 0:
-        raise SoftcheckError(f"{where}: key 'timeout' must be > 0 seconds, got {timeout!r}")
+    if timeout is not None and not timeout >= 0:
+        raise SoftcheckError(f"{where}: key 'timeout' must be >= 0 seconds (0: no limit), "
+                             f"got {timeout!r}")
 
     name = g.get("name") or _default_name(g)
     unique, k = name, 2

@@ -1,0 +1,165 @@
+"""The worker process (``python -m softcheck.candidate.worker_main``): load the TARGET once,
+then serve calls sent over the channel.  Nothing here reaches the parent but its replies."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+
+import numpy as np
+
+from .call import describe_exception, invoke, signature_of
+from .load import load
+
+_HEADER = struct.Struct("<Q")
+
+
+def _prctl(option: int, arg: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _recv(sock: socket.socket):
+    head = _recv_exact(sock, _HEADER.size)
+    if head is None:
+        return None
+    body = _recv_exact(sock, _HEADER.unpack(head)[0])
+    return None if body is None else pickle.loads(body)
+
+
+def _recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _send(sock, obj) -> None:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(body)) + body)
+
+
+def _dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+
+
+class _Shm:
+    def __init__(self, fd: int):
+        self.fd, self.mm, self.size = fd, None, 0
+
+    def ensure(self, size: int) -> None:
+        if size > self.size:
+            if self.mm is not None:
+                try:
+                    self.mm.close()
+                except BufferError:
+                    pass
+            self.mm, self.size = mmap.mmap(self.fd, size), size
+
+    def fresh(self, desc):
+        """A writable private copy of an array described as ("arr", offset, shape, dtype)."""
+        if not (isinstance(desc, tuple) and desc and desc[0] == "arr"):
+            return desc
+        _, off, shape, dt = desc
+        dt = _dtype(dt)
+        count = int(np.prod(shape, dtype=np.int64))
+        view = np.frombuffer(self.mm, dt, count, off).reshape(shape)
+        return np.array(view, copy=True)
+
+
+def serve_call(cand, shm: _Shm, req: dict) -> dict:
+    """One request: the candidate called (``invoke``), its gradient written to shared memory."""
+    fn = cand.fn if req["op"] == "call" else cand.hvp
+    if fn is None:
+        return {"error": "no Hessian-vector product function was given"}
+
+    def fresh():
+        return (tuple(shm.fresh(d) for d in req["args"]),
+                {k: shm.fresh(v) for k, v in req["kw"].items()})
+
+    grad, error, notes, nondet = invoke(fn, fresh, tuple(req["shape"]),
+                                        _dtype(req["case_dtype"]), req["repeat"])
+    if error is not None:
+        return {"error": error, "notes": [str(x) for x in notes]}
+    np.frombuffer(shm.mm, np.float64, grad.size, req["out"])[:] = grad.ravel()
+    return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet)}
+
+
+def _flush() -> None:
+    for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            f.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+def main() -> None:
+    ctl_fd, shm_fd, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
+    _prctl(1, signal.SIGKILL)                     # PR_SET_PDEATHSIG: die with the parent
+    if os.getppid() != parent:
+        os._exit(3)
+    faulthandler.enable()                         # fd 2 is the captured output file
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
+    sock = socket.socket(fileno=ctl_fd)
+    shm = _Shm(shm_fd)
+    hello = _recv(sock)
+    if hello is None:
+        os._exit(0)
+    try:
+        cand = load(hello["source"], hvp=hello["hvp_source"], label=hello["label"])
+    except BaseException as e:  # noqa: BLE001 - SoftcheckError's message, or what the import raised
+        msg = str(e) if isinstance(e, ValueError) else \
+            f"importing TARGET {hello['source']} raised {type(e).__name__}"
+        _flush()
+        _send(sock, {"load_error": msg})
+        os._exit(0)
+    try:
+        params, varkw = signature_of(cand.fn)
+    except BaseException:  # noqa: BLE001
+        params, varkw = (), False
+    _flush()
+    _send(sock, {"ready": True, "params": [str(p) for p in params], "varkw": bool(varkw)})
+    while True:
+        req = _recv(sock)
+        if req is None:
+            os._exit(0)
+        _flush()
+        os.ftruncate(1, 0)                        # per-call capture: fds 1 and 2 share this file
+        os.lseek(1, 0, os.SEEK_SET)
+        try:
+            shm.ensure(req["shm_size"])
+            reply = serve_call(cand, shm, req)
+        except (KeyboardInterrupt, SystemExit) as e:
+            reply = {"error": f"raised {type(e).__name__}"}
+        except BaseException as e:  # noqa: BLE001
+            try:
+                reply = {"error": f"judging its result failed: {describe_exception(e)}"}
+            except BaseException:  # noqa: BLE001
+                reply = {"error": "judging its result failed"}
+        _flush()
+        reply["seq"] = req["seq"]
+        _send(sock, reply)
+
+
+if __name__ == "__main__":
+    main()
