@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
+from .errors import format_exception
 
 
 
@@ -147,12 +148,7 @@ def _invoke(fn, args, kw, timeout):
         e = box["exc"]
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise CandidateError(f"raised {type(e).__name__}")
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        hint = ""
-        if "bfloat16" in msg and "numpy" in msg.lower() or "ml_dtypes" in msg:
-            hint = (" (logits arrive as numpy bfloat16 from ml_dtypes: convert with "
-                    "softcheck.as_torch(logits) or jnp.asarray(logits))")
-        raise CandidateError(f"raised {type(e).__name__}: {msg[:200]}{hint}")
+        raise CandidateError(format_exception(e))
     return box.get("out"), printed
 
 

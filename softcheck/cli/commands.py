@@ -26,17 +26,19 @@ def cli():
 @cli.command()
 @suite_options
 @with_outputs
-def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, **kw):
+def run(json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs, devices,
+        **kw):
     """Check analytic vs autodiff vs finite differences over a suite of cases.
 
     Every axis option (--classes, --batch, --dtype, --targets, --reduction, --regime) takes one
     value or a comma list; a given axis is pinned, the others run their default values.
     """
-    from ..engine.suites import run as run_suite
+    from ..engine.suites import estimate_run, run as run_suite
 
     cfg = to_config(kw)
     return execute(lambda bar: run_suite(cfg, fail_fast=fail_fast, jobs=jobs, progress=bar),
-                   devices, json_path, junit_path, markdown_path)
+                   devices, json_path, junit_path, markdown_path, verbose=verbose,
+                   detail=json_detail, estimate=lambda: estimate_run(cfg))
 
 
 @cli.command()
@@ -46,8 +48,8 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, **kw):
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
 @with_outputs
-def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices, timeout,
-          hvp_target, **kw):
+def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs,
+          devices, timeout, hvp_target, **kw):
     """Check YOUR gradient: TARGET is path/to/file.py:function or package.module:function.
 
     Called as fn(logits, target, **kw) with the options it declares (weight, ignore_index,
@@ -56,13 +58,14 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
     finite differences; a failing case says where and how it is wrong.
     """
     from ..candidate import load
-    from ..engine.suites import check_candidate
+    from ..engine.suites import check_candidate, estimate_run
 
     cfg = to_config(kw)
     cand = load(target, hvp=hvp_target)
     return execute(lambda bar: check_candidate(cand, cfg, timeout=timeout, fail_fast=fail_fast,
                                                jobs=jobs, progress=bar),
-                   devices, json_path, junit_path, markdown_path)
+                   devices, json_path, junit_path, markdown_path, verbose=verbose,
+                   detail=json_detail, estimate=lambda: estimate_run(cfg, check=True))
 
 
 @cli.command()
@@ -72,15 +75,15 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
 @click.option("--list", "list_only", is_flag=True,
               help="Check the file and list its groups and cases; run nothing.")
 @with_outputs
-def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, timeout,
-          list_only):
+def batch(file, json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs,
+          devices, timeout, list_only):
     """Run the groups of a batch FILE (TOML, or JSON with the same structure).
 
     Each [[case]] group takes the options of run/check with underscores (classes,
     label_smoothing, ...); a list value runs every combination; 'target' (relative to FILE)
     checks a candidate, 'name' names the group.  Every case in the reports records its group.
     """
-    from ..engine.suites import batch_listing, load_plan, run_batch
+    from ..engine.suites import batch_listing, estimate_batch, load_plan, run_batch
 
     plan = load_plan(file)
     if list_only:
@@ -88,7 +91,8 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
         return EXIT_OK
     return execute(lambda bar: run_batch(plan, fail_fast=fail_fast, jobs=jobs, timeout=timeout,
                                          progress=bar),
-                   devices, json_path, junit_path, markdown_path)
+                   devices, json_path, junit_path, markdown_path, verbose=verbose,
+                   detail=json_detail, estimate=lambda: estimate_batch(plan))
 
 
 @cli.command()
