@@ -25,7 +25,7 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
     for name, cases in groups.items():
         bad = sum(not c.passed for c in cases)
         console.print(group_line(name, cases), style="red" if bad else "green", markup=False,
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=False, overflow="fold")
     for case in report.failed:
         console.print(failure_text(case), style="red", highlight=False, markup=False,
                       soft_wrap=True)
@@ -58,18 +58,19 @@ class _Null:
 
 
 def group_line(name: str, cases: list[CaseResult]) -> str:
-    """``PASS name: 36 passed, 0 failed; worst cand-vs-FD 3.1e-15; FD all columns``."""
+    """``PASS name: 36 passed, 0 failed`` and, indented below, the worst error (its pair and
+    its share of the allowed error) and FD's coverage."""
     bad = sum(not c.passed for c in cases)
     comps = [c for case in cases for c in case.comparisons]
     worst = max(comps, key=lambda c: c.ratio, default=None)
     line = f"{'FAIL' if bad else 'PASS'} {name}: {len(cases) - bad} passed, {bad} failed"
     if worst is not None:
-        line += (f"; worst error {fmt(worst.max_rel_error)} ({pair_label(worst.pair, ' vs ')}, "
+        line += (f"\n    worst error {fmt(worst.max_rel_error)} ({pair_label(worst.pair, ' vs ')}, "
                  f"{worst.ratio:.2g}× allowed)")
     partial = [c for c in cases if fd_cell(c) not in ("all", "—")]
     if partial:
         least = min(partial, key=lambda c: c.fd.columns or 0)
-        line += f"; FD covered {least.fd.columns} of {least.params['classes']} columns"
+        line += f"\n    FD covered {least.fd.columns} of {least.params['classes']} columns"
         if least.fd.probes:
             line += f" (+{least.fd.probes} probes)"
         if len(partial) < len(cases):

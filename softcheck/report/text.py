@@ -45,7 +45,7 @@ def failure_text(case: CaseResult) -> str:
     """A failing case in words: what failed, where, and what it looks like."""
     lines = [f"FAIL {case.name}"]
     if case.error:
-        lines.append(f"  error: {case.error}")
+        lines.append("  error: " + case.error.replace("\n", "\n    "))
     for c in case.comparisons:
         if c.passed:
             continue
