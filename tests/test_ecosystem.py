@@ -138,3 +138,54 @@ def test_atol_rtol_judge_the_candidate_and_are_recorded_beside_the_derived_ones(
 def test_negative_atol_is_a_usage_error():
     r = invoke("check", EXAMPLE, "--atol", "-1")
     assert r.exit_code == 2 and "--atol must be a finite number >= 0" in r.stderr
+
+
+def _run_action(tmp_path, batch_text):
+    ws = tmp_path / "ws"
+    (ws / "ci").mkdir(parents=True)
+    (ws / "ci" / "softcheck.toml").write_text(batch_text)
+    summary, output = tmp_path / "summary.md", tmp_path / "output.txt"
+    summary.write_text("earlier step\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GITHUB_WORKSPACE": str(ws),
+           "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output),
+           "RUNNER_TEMP": str(tmp_path), "INPUT_FILE": "ci/softcheck.toml",
+           "INPUT_JUNIT": "out/softcheck-junit.xml", "INPUT_JSON": "out/softcheck.json",
+           "INPUT_ARGS": "--timeout 30", "SOFTCHECK_NO_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "action.py")], env=env,
+                       capture_output=True, text=True, cwd=tmp_path)
+    return r, ws, summary.read_text(), dict(
+        line.split("=", 1) for line in output.read_text().splitlines())
+
+
+def test_action_script_passing_batch_fills_summary_junit_and_outputs(tmp_path):
+    import junitparser
+
+    r, ws, summary, outputs = _run_action(tmp_path, (
+        f'[[case]]\nname = "ce"\ntarget = "{ROOT / EXAMPLE}"\nclasses = 5\nbatch = 2\n'
+        'dtype = "float64"\nregime = "normal"\n'))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert summary.startswith("earlier step\n## ✅ softcheck batch: 1/1 cases passed")
+    suite = list(junitparser.JUnitXml.fromfile(str(ws / "out" / "softcheck-junit.xml")))
+    assert suite[0].name == "ce" and suite[0].tests == 1
+    load_report((ws / "out" / "softcheck.json").read_text())
+    assert outputs == {"passed": "true", "failed": "0"}
+
+
+def test_action_script_failing_batch_exits_1_with_the_failure_in_the_summary(tmp_path):
+    r, ws, summary, outputs = _run_action(tmp_path, (
+        f'[[case]]\nname = "bad"\ntarget = "{ROOT / BAD}:wrong_denominator"\nclasses = 5\n'
+        'batch = 2\ndtype = "float64"\nregime = "normal"\n'))
+    assert r.returncode == 1
+    assert "## ❌ softcheck batch: 0/1 cases passed" in summary and "FAIL" in summary
+    assert outputs == {"passed": "false", "failed": "1"}
+    assert "::error::softcheck: 1 case(s) failed" in r.stderr
+
+
+def test_action_yml_runs_the_script_with_the_inputs_it_reads():
+    import re
+
+    text = (ROOT / "action.yml").read_text()
+    assert "using: composite" in text and "scripts/action.py" in text
+    script = (ROOT / "scripts" / "action.py").read_text()
+    for name in set(re.findall(r"INPUT_[A-Z]+", script)):
+        assert f"{name}: ${{{{ inputs." in text, name
