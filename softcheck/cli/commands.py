@@ -107,11 +107,16 @@ def batch(file, json_path, junit_path, markdown_path, json_detail, verbose, fail
 @click.option("--z-loss", type=float, default=0.0, help="Also explain COEF >= 0.")
 @click.option("--weight", type=WeightType(), default=None,
               help="Also explain class weights: 'random' or C comma-separated values.")
+@click.option("--ignore-index", type=int, default=None,
+              help="Also explain ignored rows (on a batch of 4 rows, row 1 ignored).")
+@click.option("--reduction", type=click.Choice(REDUCTIONS), default=None,
+              help="Also explain the reduction: the mean's denominator (non-ignored count or "
+                   "weight sum).")
 @click.option("--json", "json_path", type=str, default=None,
               help="Write {steps: [{title, formula, max_abs_error, holds}, ...]} to PATH ('-': stdout).")
 @DEBUG
 def explain(classes, seed, targets, label_smoothing, temperature, softcap, z_loss, weight,
-            json_path):
+            ignore_index, reduction, json_path):
     """Walk the derivation of the gradient (softmax, loss, Jacobian, chain rule, p − y) on one
     example, each step verified against JAX; then the classic slips, shown not to hold."""
     from ..report.console import render_explanation
@@ -120,7 +125,8 @@ def explain(classes, seed, targets, label_smoothing, temperature, softcap, z_los
 
     check_outputs(json_path)
     ex = run_explain(classes, seed, targets, label_smoothing=label_smoothing,
-                     temperature=temperature, softcap=softcap, z_loss=z_loss, weight=weight)
+                     temperature=temperature, softcap=softcap, z_loss=z_loss, weight=weight,
+                     ignore_index=ignore_index, reduction=reduction)
     render_explanation(ex, make_console(stderr=json_path == "-"))
     text = ex.to_json()
     if json_path == "-":
