@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._version import __version__
 from ..judge.compare import Comparison, Invariant
@@ -22,7 +23,7 @@ DEFAULT_DETAIL = {"batch": "summary"}
 RENDERERS: dict[str, Callable[..., str]] = {}
 
 
-def _render(name: str, report: Report, **kw) -> str:
+def _render(name: str, report: Report, **kw: Any) -> str:
     return RENDERERS[name](report, **kw)
 
 
@@ -150,10 +151,10 @@ class Report:
                 f"{s['failed']} failed, {self.seconds:.2f} s>")
 
 
-def sanitize(obj, path: str = ""):
+def sanitize(obj: Any, path: str = "") -> Any:
     """Strict JSON: a non-finite float becomes null, with ``<key>_reason`` beside it."""
     if isinstance(obj, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in obj.items():
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None

@@ -40,7 +40,7 @@ def case_id(case: Case) -> str:
     return f"{name}[{case.tag}]" if case.tag else name
 
 
-def parametrize(argname: str = "case", **options: Any):
+def parametrize(argname: str = "case", **options: Any) -> Any:
     """``@softcheck.testing.parametrize(classes=10)``: the test runs once per case of the
     check suite with these options, ``argname`` bound to the :class:`Case`."""
     import pytest
