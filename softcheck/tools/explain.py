@@ -241,7 +241,7 @@ def _batch_steps(classes: int, seed: int, batch: dict, weight) -> list[Step]:
                         note=f"D is {what}, not N = {BATCH}"))
         if abs(denom - BATCH) > 1e-12:
             out.append(Step(f"Slip: dividing by N = {BATCH}",
-                            f"∂L/∂zᵢ = w_yᵢ (pᵢ − yᵢ) / N   ✗", per_row / BATCH, auto,
+                            "∂L/∂zᵢ = w_yᵢ (pᵢ − yᵢ) / N   ✗", per_row / BATCH, auto,
                             "jax.grad, reference loss", slip=True,
                             note=f"the mean is over {what}, not over the batch size"))
     else:
