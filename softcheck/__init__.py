@@ -17,4 +17,6 @@ __all__ = ["run", "check", "loss", "gradient", "as_torch", "Report", "SoftcheckE
 from ._version import __version__
 from .api import as_torch, check, gradient, loss, run
 from .engine.results import Report
+from . import report as _report   # registers str(report), report.to_markdown(), .to_junit()
+del _report
 from .spec import SoftcheckError

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from .engine.results import Report
@@ -12,16 +15,16 @@ from .suite.config import config
 METHODS = ("analytic", "autodiff", "finite_difference")
 
 
-def run(*, fail_fast: bool = False, **options) -> Report:
+def run(*, fail_fast: bool = False, **options: Any) -> Report:
     """Check analytic vs autodiff vs finite differences over the suite (``softcheck run``)."""
     from .engine.suites import run as _run
 
     return _run(config(**options), fail_fast=fail_fast)
 
 
-def check(fn, *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
+def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
           nondet_tol: float | None = None, in_process: bool = False, fail_fast: bool = False,
-          hvp=None, **options) -> Report:
+          hvp: Callable[..., Any] | None = None, **options: Any) -> Report:
     """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``).
 
     ``fn`` runs in a worker process when it can be re-imported there by its module and name
@@ -38,15 +41,15 @@ def check(fn, *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)
 
 
-def loss(logits, target, **options):
+def loss(logits: Any, target: Any, **options: Any) -> np.ndarray:
     """The loss with PyTorch ``F.cross_entropy`` semantics (float64; (N,) for none)."""
     from .reference.loss import loss as _loss
 
     return _loss(logits, target, **options)
 
 
-def gradient(logits, target, method: str = "analytic", *, grad_output=None, fd: str | None = None,
-             **options) -> np.ndarray:
+def gradient(logits: Any, target: Any, method: str = "analytic", *, grad_output: Any = None,
+             fd: str | None = None, **options: Any) -> np.ndarray:
     """∂loss/∂logits (times ``grad_output``) by one method, float64 (analytic: logits' dtype)."""
     from .reference import analytic, autodiff, finite_difference
     from .suite.inputs import make_inputs_from_arrays
@@ -61,7 +64,7 @@ def gradient(logits, target, method: str = "analytic", *, grad_output=None, fd: 
     return finite_difference.finite_difference(inputs.float64(), fd).grad
 
 
-def as_torch(array, *, requires_grad: bool = False):
+def as_torch(array: Any, *, requires_grad: bool = False) -> Any:
     """A numpy array as a torch tensor of the same dtype, bfloat16 included (numpy has no
     bfloat16: softcheck passes ml_dtypes' bfloat16, which ``torch.from_numpy`` rejects).
     For a torch candidate: ``z = softcheck.as_torch(logits, requires_grad=True)``."""

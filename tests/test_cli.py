@@ -64,9 +64,11 @@ def test_json_round_trips(tmp_path):
 
 
 def test_unwritable_json_path_exits_2_and_writes_nothing(tmp_path):
-    r = invoke("run", *ONE_CASE, "--json", str(tmp_path / "missing" / "r.json"))
-    assert r.exit_code == 2 and "does not exist" in r.stderr
-    assert not (tmp_path / "missing").exists()
+    # (issue 21: a missing folder is now created; a FILE where a folder should be is not)
+    (tmp_path / "afile").write_text("x")
+    r = invoke("run", *ONE_CASE, "--json", str(tmp_path / "afile" / "sub" / "r.json"))
+    assert r.exit_code == 2 and "is not a folder" in r.stderr
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_force_color_prints_ansi():

@@ -70,3 +70,32 @@ def test_explain_bad_options_exit_2():
         r = invoke(*args)
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reduction_mean_explains_the_denominator_with_ignored_rows():
+    """The mean's denominator, the most common real bug: the non-ignored count, not N."""
+    from softcheck.tools.explain import explain as run_explain
+
+    ex = run_explain(5, 0, "index", ignore_index=-100, reduction="mean")
+    titles = {s.title: s for s in ex.steps}
+    assert titles["Ignored rows (ignore_index = -100)"].holds
+    mean = titles["Reduction mean: the denominator"]
+    assert mean.holds and "the non-ignored count = 3, not N = 4" in mean.note
+    slip = titles["Slip: dividing by N = 4"]
+    assert slip.slip and slip.as_expected and slip.max_abs_error > 1e-3
+    assert ex.passed
+
+
+def test_weighted_mean_divides_by_the_weight_sum_and_other_reductions_have_none():
+    r = CliRunner().invoke(cli, ["explain", "--weight", "random", "--reduction", "mean",
+                                 "--ignore-index", "1", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    steps = {s["title"]: s for s in json.loads(r.stdout)["steps"]}
+    assert "weight sum" in steps["Reduction mean: the denominator"]["note"]
+    assert steps["Reduction mean: the denominator"]["holds"]
+    from softcheck.tools.explain import explain as run_explain
+
+    for red in ("sum", "none"):
+        ex = run_explain(4, 0, "index", reduction=red)
+        step = [s for s in ex.steps if s.title == f"Reduction {red}"][0]
+        assert step.holds and not any(s.title.startswith("Slip: dividing") for s in ex.steps)

@@ -105,14 +105,21 @@ def test_memory_estimate_refuses_before_allocating():
     assert "lower --batch or --classes" in r.stderr
 
 
+def _a_file(d):
+    (d / "afile").write_text("x")
+    return d / "afile"
+
+
 @pytest.mark.parametrize("make", [
-    lambda d: str(d / "missing" / "r.json"),
+    # a file where a folder should be (a missing folder is created since issue 21)
+    lambda d: str(_a_file(d) / "sub" / "r.json"),
     lambda d: str(d),                                   # a folder
 ])
 def test_unwritable_outputs_exit_2_and_write_nothing(tmp_path, make):
+    path = make(tmp_path)
     before = sorted(os.listdir(tmp_path))
     for opt in ("--json", "--junit", "--markdown"):
-        assert_usage_error(invoke("run", *SMALL, opt, make(tmp_path)), "cannot write")
+        assert_usage_error(invoke("run", *SMALL, opt, path), "cannot write")
     assert sorted(os.listdir(tmp_path)) == before
 
 

@@ -215,7 +215,7 @@ def test_repeat_catches_nondeterminism_and_shared_buffers(make):
     np.testing.assert_array_equal(r.grad, want)                    # the first call's gradient
     c = make("third_call_raises")
     assert c.call(_inputs(), repeat=2).error is None
-    assert c.call(_inputs(), repeat=2).error == "raised RuntimeError: third call"
+    assert c.call(_inputs(), repeat=2).error.startswith("raised RuntimeError: third call\n  at ")
 
 
 def test_argument_checks_as_today(make):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
+from .errors import format_exception
 
 #: the captured output of one call kept in a report (the rest is counted, not kept)
 OUTPUT_LIMIT = 4096
@@ -140,26 +141,6 @@ def kwargs_for(inputs: Inputs, takes: Callable[[str], bool]) -> dict:
     return {k: values[k] for k in OPTION_NAMES if takes(k)}
 
 
-def describe_exception(e: BaseException) -> str:
-    """A candidate's exception in one line, computed where it was raised (``str(e)`` is the
-    candidate's code: it may raise, even SystemExit)."""
-    name = type(e).__name__
-    if isinstance(e, (KeyboardInterrupt, SystemExit)):
-        return f"raised {name}"
-    try:
-        text = str(e).strip()
-        msg = text.splitlines()[0] if text else ""
-    except (KeyboardInterrupt, SystemExit) as inner:
-        return f"raised {name} (and its message raised {type(inner).__name__})"
-    except BaseException:  # noqa: BLE001
-        msg = "<its message could not be formatted>"
-    hint = ""
-    if "bfloat16" in msg and "numpy" in msg.lower() or "ml_dtypes" in msg:
-        hint = (" (logits arrive as numpy bfloat16 from ml_dtypes: convert with "
-                "softcheck.as_torch(logits) or jnp.asarray(logits))")
-    return f"raised {name}: {msg[:200]}{hint}"
-
-
 def max_difference(a: np.ndarray, b: np.ndarray) -> float:
     """max |a − b|, NaN against NaN counting as equal and NaN against a number as inf."""
     both_nan = np.isnan(a) & np.isnan(b)
@@ -191,7 +172,7 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
         except CandidateError as e:
             return None, str(e) + where, notes, 0.0
         except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
-            return None, describe_exception(e) + where, notes, 0.0
+            return None, format_exception(e) + where, notes, 0.0
         if i == 0:
             if not np.array_equal(args[0], originals[0], equal_nan=True):
                 notes.append("wrote into its logits argument (allowed: each call gets a fresh copy)")

@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-from .call import describe_exception, invoke, signature_of
+from .call import invoke, signature_of
+from .errors import format_exception
 from .load import load
 
 _HEADER = struct.Struct("<Q")
@@ -153,7 +154,7 @@ def main() -> None:
             reply = {"error": f"raised {type(e).__name__}"}
         except BaseException as e:  # noqa: BLE001
             try:
-                reply = {"error": f"judging its result failed: {describe_exception(e)}"}
+                reply = {"error": f"judging its result failed: {format_exception(e)}"}
             except BaseException:  # noqa: BLE001
                 reply = {"error": "judging its result failed"}
         _flush()

@@ -26,17 +26,19 @@ def cli():
 @cli.command()
 @suite_options
 @with_outputs
-def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, **kw):
+def run(json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs, devices,
+        **kw):
     """Check analytic vs autodiff vs finite differences over a suite of cases.
 
     Every axis option (--classes, --batch, --dtype, --targets, --reduction, --regime) takes one
     value or a comma list; a given axis is pinned, the others run their default values.
     """
-    from ..engine.suites import run as run_suite
+    from ..engine.suites import estimate_run, run as run_suite
 
     cfg = to_config(kw)
     return execute(lambda bar: run_suite(cfg, fail_fast=fail_fast, jobs=jobs, progress=bar),
-                   devices, json_path, junit_path, markdown_path)
+                   devices, json_path, junit_path, markdown_path, verbose=verbose,
+                   detail=json_detail, estimate=lambda: estimate_run(cfg))
 
 
 @cli.command()
@@ -46,8 +48,8 @@ def run(json_path, junit_path, markdown_path, fail_fast, jobs, devices, **kw):
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
 @with_outputs
-def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices, hvp_target,
-          **kw):
+def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs,
+          devices, hvp_target, **kw):
     """Check YOUR gradient: TARGET is path/to/file.py:function or package.module:function.
 
     Called as fn(logits, target, **kw) with the options it declares (weight, ignore_index,
@@ -56,14 +58,15 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
     finite differences; a failing case says where and how it is wrong.
     """
     from ..candidate import load
-    from ..engine.suites import check_candidate
+    from ..engine.suites import check_candidate, estimate_run
 
     policy = to_policy(kw)
     cfg = to_config(kw)
     cand = load(target, hvp=hvp_target)
     return execute(lambda bar: check_candidate(cand, cfg, policy=policy, fail_fast=fail_fast,
                                                jobs=jobs, progress=bar),
-                   devices, json_path, junit_path, markdown_path)
+                   devices, json_path, junit_path, markdown_path, verbose=verbose,
+                   detail=json_detail, estimate=lambda: estimate_run(cfg, check=True))
 
 
 @cli.command()
@@ -73,15 +76,15 @@ def check(target, json_path, junit_path, markdown_path, fail_fast, jobs, devices
 @click.option("--list", "list_only", is_flag=True,
               help="Check the file and list its groups and cases; run nothing.")
 @with_outputs
-def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, list_only,
-          **kw):
+def batch(file, json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs,
+          devices, list_only, **kw):
     """Run the groups of a batch FILE (TOML, or JSON with the same structure).
 
     Each [[case]] group takes the options of run/check with underscores (classes,
     label_smoothing, ...); a list value runs every combination; 'target' (relative to FILE)
     checks a candidate, 'name' names the group.  Every case in the reports records its group.
     """
-    from ..engine.suites import batch_listing, load_plan, run_batch
+    from ..engine.suites import batch_listing, estimate_batch, load_plan, run_batch
 
     policy = to_policy(kw)
     plan = load_plan(file)
@@ -90,7 +93,8 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
         return EXIT_OK
     return execute(lambda bar: run_batch(plan, policy=policy, fail_fast=fail_fast, jobs=jobs,
                                          progress=bar),
-                   devices, json_path, junit_path, markdown_path)
+                   devices, json_path, junit_path, markdown_path, verbose=verbose,
+                   detail=json_detail, estimate=lambda: estimate_batch(plan))
 
 
 @cli.command()
@@ -105,11 +109,16 @@ def batch(file, json_path, junit_path, markdown_path, fail_fast, jobs, devices, 
 @click.option("--z-loss", type=float, default=0.0, help="Also explain COEF >= 0.")
 @click.option("--weight", type=WeightType(), default=None,
               help="Also explain class weights: 'random' or C comma-separated values.")
+@click.option("--ignore-index", type=int, default=None,
+              help="Also explain ignored rows (on a batch of 4 rows, row 1 ignored).")
+@click.option("--reduction", type=click.Choice(REDUCTIONS), default=None,
+              help="Also explain the reduction: the mean's denominator (non-ignored count or "
+                   "weight sum).")
 @click.option("--json", "json_path", type=str, default=None,
               help="Write {steps: [{title, formula, max_abs_error, holds}, ...]} to PATH ('-': stdout).")
 @DEBUG
 def explain(classes, seed, targets, label_smoothing, temperature, softcap, z_loss, weight,
-            json_path):
+            ignore_index, reduction, json_path):
     """Walk the derivation of the gradient (softmax, loss, Jacobian, chain rule, p − y) on one
     example, each step verified against JAX; then the classic slips, shown not to hold."""
     from ..report.console import render_explanation
@@ -118,7 +127,8 @@ def explain(classes, seed, targets, label_smoothing, temperature, softcap, z_los
 
     check_outputs(json_path)
     ex = run_explain(classes, seed, targets, label_smoothing=label_smoothing,
-                     temperature=temperature, softcap=softcap, z_loss=z_loss, weight=weight)
+                     temperature=temperature, softcap=softcap, z_loss=z_loss, weight=weight,
+                     ignore_index=ignore_index, reduction=reduction)
     render_explanation(ex, make_console(stderr=json_path == "-"))
     text = ex.to_json()
     if json_path == "-":

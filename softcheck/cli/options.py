@@ -6,6 +6,7 @@ import click
 
 from ..candidate.call import DEFAULT_TIMEOUT
 from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS
+from ..engine.results import DETAILS
 from ..suite.config import CONFIG_KEYS, DTYPES, FD_METHODS, REGIMES, TOLERANCE_MODES
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
@@ -50,6 +51,12 @@ REPORT_OPTIONS = [
     click.option("--junit", "junit_path", type=str, default=None, help="Write JUnit XML to PATH."),
     click.option("--markdown", "markdown_path", type=str, default=None,
                  help="Write a Markdown summary to PATH."),
+    click.option("--json-detail", type=click.Choice(DETAILS), default=None,
+                 help="summary: per case the verdict, max errors and reasons (no worst-entry "
+                      "lists for passing cases); full: everything.  [default: summary for "
+                      "batch, full otherwise]"),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Also print every case's row (the summary lists groups and failures)."),
     click.option("--fail-fast", is_flag=True, help="Stop at the first failing case."),
     click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
                  help="Worker processes for independent cases (used when the work repays "
@@ -109,6 +116,14 @@ def suite_options(fn):
                           "closed form computed in the dtype itself (plain framework ops)."),
         click.option("--fd-budget", type=float, default=2e9, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
+        click.option("--atol", type=float, default=None,
+                     help="Your own absolute tolerance: replaces the derived one for the pairs "
+                          "under check (recorded beside it in the report)."),
+        click.option("--rtol", type=float, default=None,
+                     help="Your own relative tolerance (|x - ref| <= atol + rtol*|ref|)."),
+        click.option("--inputs", type=str, default=None,
+                     help="FILE.npz with logits, target (optional weight, grad_output): judged "
+                          "as one more case beside the seeded suite."),
     ] + REPORT_OPTIONS
     for o in reversed(opts):
         fn = o(fn)

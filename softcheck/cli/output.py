@@ -14,16 +14,14 @@ from .app import EXIT_FAIL, EXIT_OK
 
 def check_outputs(*paths) -> None:
     """Fail before any work if an output cannot be written (exit 2, nothing written)."""
+    from ..report.files import writable
+
     for p in paths:
         if p is None or p == "-":
             continue
-        d = os.path.dirname(os.path.abspath(p)) or "."
-        if not os.path.isdir(d):
-            raise SoftcheckError(f"cannot write {p}: folder {d} does not exist")
-        if not os.access(d, os.W_OK) or (os.path.exists(p) and not os.access(p, os.W_OK)):
-            raise SoftcheckError(f"cannot write {p}: permission denied")
-        if os.path.isdir(p):
-            raise SoftcheckError(f"cannot write {p}: it is a folder")
+        why = writable(p)
+        if why:
+            raise SoftcheckError(f"cannot write {p}: {why}")
 
 
 def make_console(stderr: bool):
@@ -37,7 +35,8 @@ def make_console(stderr: bool):
                    soft_wrap=False)
 
 
-def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False) -> int:
+def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False,
+         verbose: bool = False, detail: str | None = None) -> int:
     """Write the reports, render the table, and return the exit code."""
     from ..report import FORMATS
     from ..report.console import render_table
@@ -46,18 +45,25 @@ def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False) -
     to_stdout = json_path == "-"
     console = make_console(stderr=to_stdout)
     if not quiet:
-        render_table(report, console)
+        render_table(report, console, verbose=verbose)
     for fmt, path in (("json", json_path), ("junit", junit_path), ("markdown", markdown_path)):
         if path and path != "-":
-            write_atomic(path, FORMATS[fmt](report))
+            write_atomic(path, report.to_json(detail=detail) if fmt == "json"
+                         else FORMATS[fmt](report))
     if to_stdout:
-        click.echo(report.to_json())
+        click.echo(report.to_json(detail=detail))
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
-def execute(compute, devices, json_path, junit_path, markdown_path) -> int:
-    """Set the devices up, mark every report path as an incomplete run, compute the report
-    (with a progress bar where one belongs), write and render it, and return the exit code."""
+#: a run predicted to take longer than this says so before it starts (seconds)
+LONG_RUN = 120.0
+
+
+def execute(compute, devices, json_path, junit_path, markdown_path, *, verbose: bool = False,
+            detail: str | None = None, estimate=None) -> int:
+    """Set the devices up, mark every report path as an incomplete run, say how long a long
+    run will take, compute the report (with a progress bar on a terminal, progress lines on
+    stderr otherwise), write and render it, and return the exit code."""
     from ..reference.jaxsetup import configure
     from ..report import incomplete
     from ..report.files import write_atomic
@@ -66,21 +72,49 @@ def execute(compute, devices, json_path, junit_path, markdown_path) -> int:
     for fmt, path in (("json", json_path), ("junit", junit_path), ("markdown", markdown_path)):
         if path and path != "-":
             write_atomic(path, incomplete(fmt))
-    with progress_bar(json_path) as bar:
+    seconds = estimate() if estimate is not None else None
+    with progress_bar(json_path, seconds) as bar:
         report = compute(bar)
-    return emit(report, json_path, junit_path, markdown_path)
+    return emit(report, json_path, junit_path, markdown_path, verbose=verbose, detail=detail)
 
 
-class _LazyBar:
+def duration(seconds: float) -> str:
+    """1:05:03, 5:31 or 12 s."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    h, rest = divmod(s, 3600)
+    return (f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}")
+
+
+class _Quiet:
+    """Progress that says nothing but the estimate of a long run, once the run starts (after
+    the checks that may refuse it)."""
+
+    def __init__(self, estimate: float | None = None):
+        self.estimate = estimate
+
+    def start(self, total: int) -> None:
+        if self.estimate is not None and self.estimate > LONG_RUN:
+            click.echo(f"softcheck: {total} cases, estimated to take about "
+                       f"{duration(self.estimate)} (a rough model of the work; progress "
+                       "follows)", err=True)
+
+    def __call__(self, result) -> None:
+        pass
+
+
+class _LazyBar(_Quiet):
     """A rich progress bar (cases done, the case in progress, rate, ETA) that appears only once
     the work has taken over a second (a timer: also during one long case), on a terminal."""
 
     DELAY = 1.0
 
-    def __init__(self, console):
+    def __init__(self, console, estimate: float | None = None):
         import threading
         import time
 
+        super().__init__(estimate)
         self.console, self.t0 = console, time.perf_counter()
         self.done, self.total, self.current = 0, None, ""
         self.bar = self.task = None
@@ -89,6 +123,7 @@ class _LazyBar:
         self.timer.daemon = True
 
     def start(self, total: int) -> None:
+        super().start(total)
         self.total = total
         self.timer.start()
 
@@ -134,15 +169,74 @@ class _LazyBar:
             self.bar = False        # never again, even if the timer fires late
 
 
+class _Lines(_Quiet):
+    """Without a terminal (a CI log): one line on stderr every ``interval`` seconds — cases
+    done, elapsed, an estimate of the time left (from the pace so far, else the model)."""
+
+    def __init__(self, interval: float, estimate: float | None):
+        import threading
+        import time
+
+        super().__init__(estimate)
+        self.t0, self.interval = time.perf_counter(), interval
+        self.done, self.total = 0, None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        self.total = total
+        self.thread.start()
+
+    def __call__(self, result) -> None:
+        self.done += 1
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            click.echo(self.line(), err=True)
+
+    def line(self) -> str:
+        import time
+
+        elapsed = time.perf_counter() - self.t0
+        left = None
+        if self.done and self.total:
+            left = elapsed / self.done * (self.total - self.done)
+        elif self.estimate is not None:
+            left = max(self.estimate - elapsed, 0.0)
+        tail = f", ~{duration(left)} left" if left is not None else ""
+        return (f"softcheck: {self.done}/{self.total if self.total is not None else '?'} cases "
+                f"done, {duration(elapsed)} elapsed{tail}")
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+#: seconds between progress lines without a terminal (SOFTCHECK_PROGRESS_INTERVAL overrides)
+LINE_INTERVAL = 30.0
+
+
 @contextlib.contextmanager
-def progress_bar(json_path):
-    """The progress callback for a run: a lazy bar on a terminal, nothing otherwise (never
-    with ``--json -``: stdout is for the JSON, and a pipe is not a terminal)."""
-    console = make_console(stderr=json_path == "-")
-    if json_path == "-" or not console.is_terminal or os.environ.get("SOFTCHECK_NO_PROGRESS"):
-        yield None
+def progress_bar(json_path, estimate: float | None = None):
+    """The progress callback for a run: a lazy bar on a terminal, progress lines on stderr
+    otherwise; none with SOFTCHECK_NO_PROGRESS (and no bar with ``--json -``: the bar would
+    share the terminal with the JSON)."""
+    if os.environ.get("SOFTCHECK_NO_PROGRESS"):
+        yield _Quiet(estimate)
         return
-    bar = _LazyBar(console)
+    console = make_console(stderr=json_path == "-")
+    if json_path == "-" or not console.is_terminal:
+        try:
+            interval = float(os.environ.get("SOFTCHECK_PROGRESS_INTERVAL", LINE_INTERVAL))
+        except ValueError:
+            raise SoftcheckError("SOFTCHECK_PROGRESS_INTERVAL must be a number of seconds")
+        lines = _Lines(max(interval, 0.05), estimate)
+        try:
+            yield lines
+        finally:
+            lines.close()
+        return
+    bar = _LazyBar(console, estimate)
     try:
         yield bar
     finally:

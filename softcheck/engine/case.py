@@ -74,7 +74,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     comparisons = []
     for a, b in pairs:
         comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale,
-                                         native if a == "candidate" else 0.0))
+                                         native if a == "candidate" else 0.0,
+                                         _user_tolerance(case, a, candidate)))
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native)
@@ -113,7 +114,16 @@ def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:
     return tolerances.K_NATIVE * float(np.max(err, initial=0.0))
 
 
-def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0) -> Comparison:
+def _user_tolerance(case: Case, a: str, candidate) -> tuple | None:
+    """--atol/--rtol judge the pairs of the method under check (the candidate, or every pair
+    of ``run``); None: the derived tolerance."""
+    if case.atol is None and case.rtol is None:
+        return None
+    return (case.atol, case.rtol) if candidate is None or a == "candidate" else None
+
+
+def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
+                  user=None) -> Comparison:
     """Compare on the entries both sides have (FD may cover a subset of the columns)."""
     x, ref = grads[a], grads[b]
     band = extra
@@ -124,7 +134,7 @@ def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0) ->
             ref = np.where(fd.mask, ref, 0.0)
     dtype = tolerances.coarser(dtypes[a], dtypes[b])
     cmp = compare((a, b), x, ref, inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale,
-                  band=band)
+                  band=band, user=user)
     if fd.probes and "finite_difference" in (a, b):
         cmp = _fold_probes(cmp, a if b == "finite_difference" else b, fd)
     return cmp
@@ -136,7 +146,8 @@ def _fold_probes(cmp: Comparison, name: str, fd) -> Comparison:
     worst = 0.0
     for probe in fd.probes:
         got = probe.projections[name]
-        allowed = cmp.atol * probe.l1 + probe.band
+        atol = cmp.user[0] if cmp.user and cmp.user[0] is not None else cmp.atol
+        allowed = atol * probe.l1 + probe.band
         err = np.abs(got - probe.value)
         ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, 1e-300))
         ratio = np.where(np.isfinite(ratio), ratio, np.inf)

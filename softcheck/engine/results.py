@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._version import __version__
 from ..judge.compare import Comparison, Invariant
 
 SCHEMA_VERSION = 1
+#: --json-detail: full keeps every case's worst entries; summary drops them for passing cases
+DETAILS = ("summary", "full")
+#: the detail a command's JSON gets unless asked (a batch's many passing cases: summary)
+DEFAULT_DETAIL = {"batch": "summary"}
+
+#: renderers the report stage registers when it is imported (``report/__init__.py``, which
+#: ``import softcheck`` imports): name -> fn(report, **kw) -> str.  The engine sits below the
+#: report stage and may not import it; Report's text methods look their renderer up here.
+RENDERERS: dict[str, Callable[..., str]] = {}
+
+
+def _render(name: str, report: Report, **kw: Any) -> str:
+    return RENDERERS[name](report, **kw)
 
 
 @dataclass(frozen=True)
@@ -46,11 +61,15 @@ class CaseResult:
     seconds: float = 0.0
     output: str | None = None          # what the candidate printed during the case (clipped)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, detail: str = "full") -> dict:
+        comparisons = [c.to_dict() for c in self.comparisons]
+        if detail == "summary" and self.passed:
+            for c in comparisons:
+                del c["worst"]
         return {
             "name": self.name, "group": self.group, "target": self.target, "passed": self.passed,
             "params": self.params,
-            "comparisons": [c.to_dict() for c in self.comparisons],
+            "comparisons": comparisons,
             "invariants": [i.to_dict() for i in self.invariants],
             "fd": self.fd.to_dict() if self.fd else None,
             "scale": self.scale, "condition": self.kappa, "error": self.error,
@@ -59,7 +78,7 @@ class CaseResult:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Report:
     cases: tuple[CaseResult, ...]
     command: str = "run"
@@ -82,9 +101,20 @@ class Report:
         f = len(self.failed)
         return {"total": n, "passed": n - f, "failed": f}
 
-    def to_dict(self) -> dict:
+    def detail(self, detail: str | None = None) -> str:
+        """The JSON detail asked for, else the command's default (DEFAULT_DETAIL)."""
+        detail = detail or DEFAULT_DETAIL.get(self.command, "full")
+        if detail not in DETAILS:
+            raise ValueError(f"detail must be one of {', '.join(DETAILS)}; got {detail!r}")
+        return detail
+
+    def to_dict(self, detail: str | None = None) -> dict:
+        """The JSON form (``report/schema.py``); ``detail`` "summary" leaves out the worst
+        entries of passing cases (default: summary for batch, full otherwise)."""
+        detail = self.detail(detail)
         return sanitize({
             "schema_version": SCHEMA_VERSION,
+            "detail": detail,
             "softcheck_version": __version__,
             "command": self.command,
             "target": self.target,
@@ -93,18 +123,39 @@ class Report:
             "environment": self.environment,
             "options": self.options,
             "skipped": list(self.skipped),
-            "cases": [c.to_dict() for c in self.cases],
+            "cases": [c.to_dict(detail) for c in self.cases],
             "timing": {"seconds": self.seconds},
         })
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+    def to_json(self, indent: int | None = 2, detail: str | None = None) -> str:
+        return json.dumps(self.to_dict(detail), indent=indent, allow_nan=False)
+
+    def to_markdown(self) -> str:
+        """The Markdown summary (CI step summaries, PR comments)."""
+        return _render("markdown", self)
+
+    def to_junit(self) -> str:
+        """JUnit XML: one testsuite per group, one testcase per case."""
+        return _render("junit", self)
+
+    def to_text(self, *, verbose: bool = False, width: int = 100) -> str:
+        """The console report as plain text (``verbose``: every case's row)."""
+        return _render("console", self, verbose=verbose, width=width)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        target = f" target={self.target!r}" if self.target else ""
+        return (f"<Report {self.command}{target}: {s['total']} cases, {s['passed']} passed, "
+                f"{s['failed']} failed, {self.seconds:.2f} s>")
 
 
-def sanitize(obj, path: str = ""):
+def sanitize(obj: Any, path: str = "") -> Any:
     """Strict JSON: a non-finite float becomes null, with ``<key>_reason`` beside it."""
     if isinstance(obj, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in obj.items():
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 
@@ -11,7 +12,9 @@ from ..spec import SoftcheckError
 from ..suite import batchfile
 from ..suite.cases import Case, check_suite, suite
 from ..suite.config import Config
+from ..suite.user import user_case
 from .pool import Job, run_jobs
+from .pool import estimate_seconds as pool_estimate
 from .results import Report
 
 
@@ -94,9 +97,15 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
     return out, [w for w in started.values() if w is not None], process
 
 
+def with_inputs(cfg: Config, found: tuple[list[Case], list[str]]):
+    """The suite's cases, and the user's own arrays (``--inputs``) as one more case."""
+    cases, skipped = found
+    return (cases + [user_case(cfg)] if cfg.inputs else cases), skipped
+
+
 def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -> Report:
     """softcheck's own three methods against each other over the suite."""
-    cases, skipped = suite(cfg)
+    cases, skipped = with_inputs(cfg, suite(cfg))
     return execute("run", [Job(c) for c in cases], skipped, options_dict(cfg),
                    fail_fast=fail_fast, progress=progress, workers=jobs)
 
@@ -104,9 +113,32 @@ def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -
 def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPolicy(),
                     fail_fast=False, progress=None, jobs: int = 1) -> Report:
     """A candidate against the three references over the check suite (``check_suite``)."""
-    cases, skipped = check_suite(cfg)
+    cases, skipped = with_inputs(cfg, check_suite(cfg))
     return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
                    target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs)
+
+
+# --------------------------------------------------------------------------------- estimates
+
+# Beyond FD's evaluations (pool.estimate_seconds), a case costs about this per logit: the
+# inputs, the closed form, JAX autodiff, the probes and the comparisons (~25 float64 passes
+# over N·C).  Measured on 2 cores: 8×131072 float64 with a numpy candidate 8.2 s (0.8 s of it
+# fixed, 2 s FD: ~5e-6 s per logit); issue 21's 12 cases of 64×131072, 331 s (~3e-6).
+SECONDS_PER_LOGIT = 4e-6
+
+
+def estimate_seconds(cases: list[Case]) -> float:
+    """A rough prediction of a run's time (the CLI prints it before a long run)."""
+    return sum(pool_estimate(c) + SECONDS_PER_LOGIT * c.batch * c.classes for c in cases)
+
+
+def estimate_run(cfg: Config, *, check: bool = False) -> float:
+    cases, _ = with_inputs(cfg, check_suite(cfg) if check else suite(cfg))
+    return estimate_seconds(cases)
+
+
+def estimate_batch(bp: BatchPlan) -> float:
+    return estimate_seconds([j.case for j in _batch_jobs(bp)[0]])
 
 
 # ------------------------------------------------------------------------------- batch files
@@ -153,7 +185,9 @@ def _batch_jobs(bp: BatchPlan, policy: CallPolicy = CallPolicy()
         cand = bp.candidates.get(g.name)
         pol = policy if g.timeout is None else dataclasses.replace(policy, timeout=g.timeout)
         for cfg in g.configs:
-            cases, skip = suite(cfg) if cand is None else check_suite(cfg)
+            if cfg.inputs:                      # relative to FILE, as its targets
+                cfg = cfg.replace(inputs=os.path.join(bp.plan.base, cfg.inputs))
+            cases, skip = with_inputs(cfg, suite(cfg) if cand is None else check_suite(cfg))
             work += [Job(c, cand, pol) for c in cases]
             skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]
     return work, skipped

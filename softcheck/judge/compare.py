@@ -47,12 +47,16 @@ class Comparison:
     passed: bool
     reason: str | None = None
     worst: tuple[Entry, ...] = field(default=())
+    user: tuple[float | None, float | None] | None = None   # --atol/--rtol, when they judged
 
     def to_dict(self) -> dict:
-        return {"pair": list(self.pair), "max_abs_error": self.max_abs_error,
-                "max_rel_error": self.max_rel_error, "atol": self.atol, "rtol": self.rtol,
-                "ratio": self.ratio, "passed": self.passed, "reason": self.reason,
-                "worst": [e.to_dict() for e in self.worst]}
+        d = {"pair": list(self.pair), "max_abs_error": self.max_abs_error,
+             "max_rel_error": self.max_rel_error, "atol": self.atol, "rtol": self.rtol,
+             "ratio": self.ratio, "passed": self.passed, "reason": self.reason,
+             "worst": [e.to_dict() for e in self.worst]}
+        if self.user is not None:
+            d["user_atol"], d["user_rtol"] = self.user
+        return d
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,17 @@ def entries(inputs: Inputs, x: np.ndarray, ref: np.ndarray, order: np.ndarray, k
 
 
 def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: Inputs,
-            dtype: str, kappa: float, scale: float, band: float = 0.0) -> Comparison:
-    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band)."""
+            dtype: str, kappa: float, scale: float, band: float = 0.0,
+            user: tuple[float | None, float | None] | None = None) -> Comparison:
+    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band).  ``user``:
+    the user's (atol, rtol) replace the derived ones (a None keeps that one); the derived
+    pair is still recorded in ``atol``/``rtol``."""
     x = np.asarray(x, np.float64)
     ref = np.asarray(ref, np.float64)
     allowed, atol, rtol = tolerances.allowed(dtype, kappa, scale, ref)
+    if user is not None:
+        ua, ur = (atol if user[0] is None else user[0]), (rtol if user[1] is None else user[1])
+        allowed = ua + ur * np.abs(ref)
     allowed = allowed + band
     atol += float(np.max(band, initial=0.0))
     bad_x = ~np.isfinite(x) & np.isfinite(ref)
@@ -121,8 +131,10 @@ def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: In
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = reason is None and ratio <= 1.0
     if not passed and reason is None:
-        reason = f"max error {max_abs:.3g} exceeds the allowed {atol:.3g} + {rtol:.1g}·|ref|"
-    return Comparison(pair, max_abs, rel, atol, rtol, ratio, passed, reason, worst)
+        a, r = (atol, rtol) if user is None else (ua + float(np.max(band, initial=0.0)), ur)
+        who = "" if user is None else " (--atol/--rtol)"
+        reason = f"max error {max_abs:.3g} exceeds the allowed {a:.3g} + {r:.1g}·|ref|{who}"
+    return Comparison(pair, max_abs, rel, atol, rtol, ratio, passed, reason, worst, user)
 
 
 def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa: float,

@@ -8,24 +8,27 @@ from ..engine.results import CaseResult, Report
 from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
 
 
-def pair_label(pair) -> str:
+def pair_label(pair, sep: str = "\n") -> str:
     a = "cand" if pair[0] == "candidate" else SHORT_METHOD[pair[0]]
-    return f"{a}\n{SHORT_METHOD[pair[1]]}"
+    return f"{a}{sep}{SHORT_METHOD[pair[1]]}"
 
 
-def render_table(report: Report, console, *, details: int = 10) -> None:
-    """The human report: a table per group (one row per case: max error relative to the
-    gradient's scale per pair of methods), the failures in detail, then a summary line."""
+def render_table(report: Report, console, *, verbose: bool = False) -> None:
+    """The human report, summary first (like pytest): one line per group (verdict, counts,
+    worst error, FD coverage), every failing case in full, the skipped combinations, the
+    verdict line.  ``verbose``: before them, a table per group with every case's row."""
     groups = by_group(report)
+    if verbose:
+        for name, cases in groups.items():
+            titled = len(groups) > 1 or cases[0].group is not None
+            console.print(_table(cases, name if titled else None, console.width))
     for name, cases in groups.items():
-        titled = len(groups) > 1 or cases[0].group is not None
-        console.print(_table(cases, name if titled else None, console.width))
-    for case in report.failed[:details]:
+        bad = sum(not c.passed for c in cases)
+        console.print(group_line(name, cases), style="red" if bad else "green", markup=False,
+                      highlight=False, soft_wrap=False, overflow="fold")
+    for case in report.failed:
         console.print(failure_text(case), style="red", highlight=False, markup=False,
                       soft_wrap=True)
-    if len(report.failed) > details:
-        console.print(f"... and {len(report.failed) - details} more failed cases (see --json)",
-                      style="red", markup=False)
     for note in report.skipped:
         console.print(f"skipped: {note}", style="dim", markup=False, highlight=False,
                       soft_wrap=True)
@@ -34,6 +37,58 @@ def render_table(report: Report, console, *, details: int = 10) -> None:
     style = "bold green" if report.passed else "bold red"
     console.print(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, {s['failed']} failed — {verdict} "
                   f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
+
+
+def table_text(report: Report, *, verbose: bool = False, width: int = 100) -> str:
+    """The console report as plain text (``str(report)``)."""
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=_Null(), no_color=True,
+                      force_terminal=False, highlight=False, soft_wrap=False)
+    render_table(report, console, verbose=verbose)
+    return console.export_text(styles=False).rstrip("\n")
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def group_line(name: str, cases: list[CaseResult]) -> str:
+    """``PASS name: 36 passed, 0 failed`` and, indented below, the worst error (its pair and
+    its share of the allowed error) and FD's coverage."""
+    bad = sum(not c.passed for c in cases)
+    comps = [c for case in cases for c in case.comparisons]
+    worst = max(comps, key=lambda c: c.ratio, default=None)
+    line = f"{'FAIL' if bad else 'PASS'} {name}: {len(cases) - bad} passed, {bad} failed"
+    if worst is not None:
+        line += (f"\n    worst error {fmt(worst.max_rel_error)} ({pair_label(worst.pair, ' vs ')}, "
+                 f"{worst.ratio:.2g}× allowed)")
+    partial = [c for c in cases if fd_cell(c) not in ("all", "—")]
+    if partial:
+        least = min(partial, key=lambda c: c.fd.columns or 0)
+        line += f"\n    FD covered {least.fd.columns} of {least.params['classes']} columns"
+        if least.fd.probes:
+            line += f" (+{least.fd.probes} probes)"
+        if len(partial) < len(cases):
+            line += f" in {len(partial)} of {len(cases)} cases"
+    elif any(c.fd for c in cases):
+        line += "; FD every column"
+    return line
+
+
+def fd_cell(case: CaseResult) -> str:
+    """FD coverage in a table cell: all, covered/classes columns, or H·d (second order)."""
+    if case.fd is None:
+        return "—"
+    if case.fd.coverage == "every coordinate":
+        return "all"
+    if case.fd.columns is None:
+        return "H·d"
+    return f"{case.fd.columns}/{case.params['classes']}"
 
 
 REFS = "references"
@@ -66,11 +121,13 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
                   box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / gradient scale")
     # each number column: 8 characters + 2 of padding + 1 of divider; the verdict 4 + 3; the
     # case gets the rest, so that numbers and verdicts are never cut
-    table.add_column("case", overflow="ellipsis", no_wrap=True, min_width=12,
-                     max_width=max(12, width - 11 * len(pairs) - 7 - 3))
+    fd_width = max([len(fd_cell(c)) for c in cases] + [3])
+    table.add_column("case", overflow="fold", no_wrap=False, min_width=12,
+                     max_width=max(12, width - 11 * len(pairs) - 7 - 3 - fd_width))
     for p in pairs:
         label = "refs\nagree" if p == REFS else pair_label(p)
         table.add_column(label, justify="right", no_wrap=True, min_width=8)
+    table.add_column("FD\ncols", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True, min_width=4)
     for case in cases:
         words = name_parts(case)
@@ -85,6 +142,7 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
                 cells.append(Text("—", style="dim"))
             else:
                 cells.append(Text(fmt(c.max_rel_error), style="green" if c.passed else "red bold"))
+        cells.append(Text(fd_cell(case), style="dim"))
         cells.append(Text("PASS", style="bold green") if case.passed
                      else Text("FAIL", style="bold red"))
         table.add_row(*cells)

@@ -1,4 +1,4 @@
-"""Report files: written whole or not at all."""
+"""Report files: written whole or not at all, with the user's umask, parent folders created."""
 
 from __future__ import annotations
 
@@ -6,13 +6,29 @@ import os
 import tempfile
 
 
+def umask_mode(base: int = 0o666) -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: ``base`` less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename: never a half-written file."""
+    """Write via a temporary file in the same folder, then rename: never a half-written file.
+    Missing parent folders are created; the file gets the mode the user's umask gives (the
+    temporary file's own mode, 0600, would hide the report from a CI step run as another
+    user), or keeps the mode of the file it replaces."""
     d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        mode = umask_mode()
     fd, tmp = tempfile.mkstemp(prefix=".softcheck-", dir=d)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -20,3 +36,17 @@ def write_atomic(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def writable(path: str) -> str | None:
+    """Why ``path`` cannot be written (its folder may be created), or None."""
+    if os.path.isdir(path):
+        return "it is a folder"
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    while not os.path.exists(d):          # the nearest existing ancestor must take a folder
+        d = os.path.dirname(d)
+    if not os.path.isdir(d):
+        return f"{d} is not a folder"
+    if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None

@@ -29,6 +29,7 @@ def to_junit(report: Report) -> str:
             if not case.passed:
                 f = ET.SubElement(tc, "failure", message=why(case), type="GradientMismatch")
                 f.text = failure_text(case)
-            if case.notes:
-                ET.SubElement(tc, "system-out").text = "\n".join(case.notes)
+            out = [f"note: {n}" for n in case.notes] + ([case.output] if case.output else [])
+            if out:
+                ET.SubElement(tc, "system-out").text = "\n".join(out)
     return ET.tostring(root, encoding="unicode", xml_declaration=True)

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import json
 
-from ..engine.results import SCHEMA_VERSION
+from ..engine.results import DETAILS, SCHEMA_VERSION
 
 _NUM = {"type": ["number", "null"]}
 _STR = {"type": ["string", "null"]}
-_REASON = {"^[a-z_]+_reason$": {"enum": ["nan", "inf", "-inf"]}}
+_REASON = {"^[a-z_]+_reason$": {"enum": ["nan", "inf", "-inf"],
+                                "description": "Why the number beside it is null: it was "
+                                               "NaN, +inf or -inf."}}
+
+
+def _d(schema: dict, text: str) -> dict:
+    """``schema`` with its description."""
+    return {**schema, "description": text}
 
 
 def _obj(props: dict, required=None, *, strict: bool = True) -> dict:
@@ -25,72 +32,125 @@ def _obj(props: dict, required=None, *, strict: bool = True) -> dict:
     return out
 
 
-ENTRY = _obj({"row": {"type": "integer"}, "class": {"type": "integer"},
-              "is_target": {"type": "boolean"}, "ignored": {"type": "boolean"},
-              "value": _NUM, "reference": _NUM, "error": _NUM})
+ENTRY = _obj({
+    "row": _d({"type": "integer"}, "Row (example) index of the entry."),
+    "class": _d({"type": "integer"}, "Class (column) index of the entry."),
+    "is_target": _d({"type": "boolean"}, "The entry is the row's target class."),
+    "ignored": _d({"type": "boolean"}, "The row is ignored (target == ignore_index)."),
+    "value": _d(_NUM, "The first method's value (null if not finite)."),
+    "reference": _d(_NUM, "The second method's value (null if not finite)."),
+    "error": _d(_NUM, "|value - reference| (null if either is not finite)."),
+})
 
 COMPARISON = _obj({
-    "pair": {"type": "array", "items": {"enum": ["candidate", "analytic", "autodiff",
-                                                 "finite_difference"]},
-             "minItems": 2, "maxItems": 2},
-    "max_abs_error": _NUM, "max_rel_error": _NUM, "atol": _NUM, "rtol": _NUM, "ratio": _NUM,
-    "passed": {"type": "boolean"}, "reason": _STR,
-    "worst": {"type": "array", "items": ENTRY},
+    "pair": _d({"type": "array", "items": {"enum": ["candidate", "analytic", "autodiff",
+                                                    "finite_difference"]},
+                "minItems": 2, "maxItems": 2},
+               "The two methods compared: [checked, reference]."),
+    "max_abs_error": _d(_NUM, "max |A - B| over the compared entries."),
+    "max_rel_error": _d(_NUM, "max_abs_error / the gradient's scale (judge/tolerances.py)."),
+    "atol": _d(_NUM, "The derived absolute tolerance (per-dtype table, plus the FD band)."),
+    "rtol": _d(_NUM, "The derived relative tolerance (times |reference|)."),
+    "user_atol": _d(_NUM, "--atol: the user's absolute tolerance that judged this pair "
+                          "(null: the derived atol did)."),
+    "user_rtol": _d(_NUM, "--rtol: the user's relative tolerance that judged this pair "
+                          "(null: the derived rtol did)."),
+    "ratio": _d(_NUM, "The largest error / allowed error over the entries: <= 1 passes."),
+    "passed": _d({"type": "boolean"}, "The pair agrees within the tolerance."),
+    "reason": _d(_STR, "Why the pair failed (null when it passed)."),
+    "worst": _d({"type": "array", "items": ENTRY},
+                "The entries closest to (or beyond) the tolerance, worst first; left out for "
+                "passing cases with detail 'summary'."),
+}, required=["pair", "max_abs_error", "max_rel_error", "atol", "rtol", "ratio", "passed",
+             "reason"])
+
+INVARIANT = _obj({
+    "name": _d({"type": "string"}, "The property (row sums are zero, ignored rows are zero)."),
+    "method": _d({"type": "string"}, "The method whose gradient was tested."),
+    "passed": _d({"type": "boolean"}, "The property holds within the tolerance."),
+    "detail": _d({"type": "string"}, "What was measured."),
 })
 
-INVARIANT = _obj({"name": {"type": "string"}, "method": {"type": "string"},
-                  "passed": {"type": "boolean"}, "detail": {"type": "string"}})
-
-FD = _obj({"method": {"type": "string"}, "error_estimate": _NUM, "step": _NUM,
-           "coverage": {"type": "string"}, "columns": {"type": ["integer", "null"]},
-           "probes": {"type": "integer", "minimum": 0}})
+FD = _obj({
+    "method": _d({"type": "string"}, "central, richardson or complex (the step scheme)."),
+    "error_estimate": _d(_NUM, "The largest predicted FD error of a row (its band)."),
+    "step": _d(_NUM, "The median step h over the rows."),
+    "coverage": _d({"type": "string"}, "Which entries FD computed: every coordinate, or a "
+                                       "subset of columns plus directional probes."),
+    "columns": _d({"type": ["integer", "null"]}, "Columns FD computed (null: second order)."),
+    "probes": _d({"type": "integer", "minimum": 0}, "Directional probes over every "
+                                                    "coordinate (when columns were sampled)."),
+})
 
 PARAMS = _obj({
-    "classes": {"type": "integer", "minimum": 1}, "batch": {"type": "integer", "minimum": 1},
-    "dtype": {"enum": ["float64", "float32", "bfloat16", "float16"]},
-    "targets": {"enum": ["index", "onehot", "probs"]},
-    "reduction": {"enum": ["mean", "sum", "none"]},
-    "regime": {"type": "string"}, "seed": {"type": "integer"},
-    "weight": {"oneOf": [{"type": "null"}, {"const": "random"},
-                         {"type": "array", "items": {"type": "number"}}]},
-    "ignore_index": {"type": ["integer", "null"]},
-    "label_smoothing": {"type": "number", "minimum": 0, "maximum": 1},
-    "smoothing_convention": {"enum": ["uniform", "others"]},
-    "temperature": {"type": "number", "exclusiveMinimum": 0},
-    "softcap": {"type": ["number", "null"]}, "z_loss": {"type": "number", "minimum": 0},
-    "order": {"enum": [1, 2]},
-    "tolerance": {"enum": ["strict", "native"]},
+    "classes": _d({"type": "integer", "minimum": 1}, "C, the number of classes."),
+    "batch": _d({"type": "integer", "minimum": 1}, "N, the number of rows."),
+    "dtype": _d({"enum": ["float64", "float32", "bfloat16", "float16"]},
+                "The dtype of the logits (and of the gradient checked)."),
+    "targets": _d({"enum": ["index", "onehot", "probs"]}, "Class indices or (N, C) targets."),
+    "reduction": _d({"enum": ["mean", "sum", "none"]}, "The loss reduction."),
+    "regime": _d({"type": "string"}, "How the logits were drawn (normal, large, tied, "
+                                     "confident, wrong, masked, all-ignored; 'inputs': the "
+                                     "user's own arrays)."),
+    "seed": _d({"type": "integer"}, "The seed every input was drawn from."),
+    "weight": _d({"oneOf": [{"type": "null"}, {"const": "random"},
+                            {"type": "array", "items": {"type": "number"}}]},
+                 "Class weights: null, 'random' (drawn from the seed) or C numbers."),
+    "ignore_index": _d({"type": ["integer", "null"]}, "The ignored target value (null: none)."),
+    "label_smoothing": _d({"type": "number", "minimum": 0, "maximum": 1}, "EPS."),
+    "smoothing_convention": _d({"enum": ["uniform", "others"]},
+                               "uniform: EPS/C on every class; others: EPS/(C-1) off-target."),
+    "temperature": _d({"type": "number", "exclusiveMinimum": 0}, "Logits divided by T."),
+    "softcap": _d({"type": ["number", "null"]}, "Logits -> S*tanh(z/S) (null: none)."),
+    "z_loss": _d({"type": "number", "minimum": 0}, "COEF of the z-loss COEF*lse^2."),
+    "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),
+    "tolerance": _d({"enum": ["strict", "native"]}, "The low-precision tolerance mode."),
+    "user_tolerance": _d(_obj({"atol": _d(_NUM, "--atol (null: derived)."),
+                               "rtol": _d(_NUM, "--rtol (null: derived).")}),
+                         "The user's --atol/--rtol, present only when given."),
+    "inputs": _d({"type": "string"}, "The .npz file of the user's arrays (--inputs)."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
-TIMING = _obj({"seconds": {"type": "number", "minimum": 0}})
+TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds.")})
 
 CASE = _obj({
-    "name": {"type": "string"}, "group": _STR, "target": _STR, "passed": {"type": "boolean"},
-    "params": PARAMS, "comparisons": {"type": "array", "items": COMPARISON},
-    "invariants": {"type": "array", "items": INVARIANT},
-    "fd": {"oneOf": [{"type": "null"}, FD]}, "scale": _NUM, "condition": _NUM,
-    "error": _STR, "diagnosis": {"type": "array", "items": {"type": "string"}},
-    "notes": {"type": "array", "items": {"type": "string"}}, "timing": TIMING,
-    "output": {"type": ["string", "null"],
-               "description": "what the candidate printed during the case (stdout and stderr "
-                              "at the file-descriptor level), clipped to a few KB with a note"},
+    "name": _d({"type": "string"}, "The case's name (C-B-dtype-targets-reduction-regime)."),
+    "group": _d(_STR, "The batch group (null outside batch)."),
+    "target": _d(_STR, "The candidate checked (null: softcheck's own methods)."),
+    "passed": _d({"type": "boolean"}, "Every comparison and invariant passed."),
+    "params": _d(PARAMS, "The case's options."),
+    "comparisons": _d({"type": "array", "items": COMPARISON}, "One per pair of methods."),
+    "invariants": _d({"type": "array", "items": INVARIANT},
+                     "Properties checked without a reference."),
+    "fd": _d({"oneOf": [{"type": "null"}, FD]}, "What the finite-difference judge did."),
+    "scale": _d(_NUM, "The gradient's scale: errors are measured relative to it."),
+    "condition": _d(_NUM, "κ = 1 + max|v| + ln C, the case's condition number."),
+    "error": _d(_STR, "Why the case could not be judged (the candidate raised: the reason "
+                      "and its innermost frames as 'at file:line in function')."),
+    "diagnosis": _d({"type": "array", "items": {"type": "string"}},
+                    "Hints on how a failing candidate is wrong."),
+    "notes": _d({"type": "array", "items": {"type": "string"}}, "Remarks that do not fail."),
+    "timing": _d(TIMING, "The case's time (not reproducible; kept apart)."),
+    "output": _d({"type": ["string", "null"]},
+                 "What the candidate printed during the case (stdout and stderr at the "
+                 "file-descriptor level, child processes too), clipped to a few KB with a note."),
 })
 
-CANDIDATE_PROCESS = {
+CANDIDATE_PROCESS = _d({
     "type": "object",
-    "description": "per candidate (by label): where it ran and how it was called",
     "additionalProperties": _obj({
-        "isolated": {"type": "boolean", "description": "in its own worker process"},
-        "jax_enable_x64": {"type": "boolean",
-                           "description": "JAX float64 turned on in the worker before the "
-                                          "TARGET loaded (the suite has float64 cases)"},
-        "repeat": {"type": "integer", "minimum": 1,
-                   "description": "calls per case on identical inputs"},
-        "why": {"type": "string", "description": "why it was not isolated"},
+        "isolated": _d({"type": "boolean"}, "It ran in its own worker process."),
+        "jax_enable_x64": _d({"type": "boolean"},
+                             "JAX float64 was turned on in the worker before the TARGET "
+                             "loaded (the suite has float64 cases)."),
+        "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
+        "why": _d({"type": "string"}, "Why it was not isolated."),
     }, required=["isolated", "repeat"]),
-}
+}, "Per candidate (by label): where it ran and how it was called.")
 
-SUMMARY = _obj({k: {"type": "integer", "minimum": 0} for k in ("total", "passed", "failed")})
+SUMMARY = _obj({k: _d({"type": "integer", "minimum": 0}, f"Cases {w}.")
+                for k, w in (("total", "in the report"), ("passed", "that passed"),
+                             ("failed", "that failed"))})
 
 REPORT = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -100,20 +160,27 @@ REPORT = {
                    "pair of methods relative to the gradient's scale; timings kept apart "
                    "under 'timing'.",
     **_obj({
-        "schema_version": {"const": SCHEMA_VERSION},
-        "softcheck_version": {"type": "string"},
-        "command": {"enum": ["run", "check", "batch"]},
-        "target": _STR,
-        "passed": {"type": "boolean"},
-        "summary": SUMMARY,
-        "environment": _obj({"python": {"type": "string"}, "numpy": {"type": "string"},
-                             "candidate_process": CANDIDATE_PROCESS},
-                            required=["python", "numpy"], strict=False),
-        "options": {"type": "object"},
-        "skipped": {"type": "array", "items": {"type": "string"}},
-        "cases": {"type": "array", "items": CASE},
-        "timing": TIMING,
-    }),
+        "schema_version": _d({"const": SCHEMA_VERSION}, "Bumped on a breaking change."),
+        "softcheck_version": _d({"type": "string"}, "The softcheck that wrote the report."),
+        "detail": _d({"enum": list(DETAILS)}, "--json-detail: 'summary' leaves out the "
+                                              "worst entries of passing cases."),
+        "command": _d({"enum": ["run", "check", "batch"]}, "The command that ran."),
+        "target": _d(_STR, "The candidate (check), else null."),
+        "passed": _d({"type": "boolean"}, "Every case passed."),
+        "summary": _d(SUMMARY, "Case counts."),
+        "environment": _d(_obj({"python": _d({"type": "string"}, "Python version."),
+                                "numpy": _d({"type": "string"}, "NumPy version."),
+                                "candidate_process": CANDIDATE_PROCESS},
+                               required=["python", "numpy"], strict=False),
+                          "Versions, platform and JAX backend, recorded once."),
+        "options": _d({"type": "object"}, "The options of the run as given (run/check: the "
+                                          "suite options; batch: the file and its groups)."),
+        "skipped": _d({"type": "array", "items": {"type": "string"}},
+                      "Combinations left out, and why."),
+        "cases": _d({"type": "array", "items": CASE}, "One entry per case."),
+        "timing": _d(TIMING, "The whole run's time."),
+    }, required=["schema_version", "softcheck_version", "command", "target", "passed",
+                 "summary", "environment", "options", "skipped", "cases", "timing"]),
 }
 
 

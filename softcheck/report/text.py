@@ -45,7 +45,7 @@ def failure_text(case: CaseResult) -> str:
     """A failing case in words: what failed, where, and what it looks like."""
     lines = [f"FAIL {case.name}"]
     if case.error:
-        lines.append(f"  error: {case.error}")
+        lines.append("  error: " + case.error.replace("\n", "\n    "))
     for c in case.comparisons:
         if c.passed:
             continue
@@ -61,6 +61,9 @@ def failure_text(case: CaseResult) -> str:
         lines.append(f"  hint: {d}")
     for n in case.notes:
         lines.append(f"  note: {n}")
+    if case.output:
+        lines.append("  the candidate's output:")
+        lines += [f"    | {ln}" for ln in case.output.rstrip("\n").splitlines()[-20:]]
     return "\n".join(lines)
 
 

@@ -41,6 +41,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
     "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
     "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
+    "atol": (_NUM, True), "rtol": (_NUM, True), "inputs": (_STR, True),
 }
 assert set(KEYS) == {*CONFIG_KEYS, "timeout"}, "batch keys are the options (suite/config.py)"
 META = ("name", "target", "hvp")

@@ -25,6 +25,8 @@ class Case:
     fd_budget: float = 2e9
     tag: str | None = None
     tolerance: str = "strict"
+    atol: float | None = None       # the user's tolerances (--atol/--rtol), None: derived
+    rtol: float | None = None
 
     @property
     def name(self) -> str:
@@ -45,6 +47,8 @@ class Case:
         d.update({k: v for k, v in self.spec.to_dict().items() if k not in d})
         d["order"] = self.order
         d["tolerance"] = self.tolerance
+        if self.atol is not None or self.rtol is not None:
+            d["user_tolerance"] = {"atol": self.atol, "rtol": self.rtol}
         return d
 
 
@@ -83,7 +87,7 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
         spec = cfg.loss_spec(tk, red)
         cases.append(
             Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
-                 cfg.fd_budget, cfg.tag, cfg.tolerance)
+                 cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol)
         )
     return cases, skipped
 

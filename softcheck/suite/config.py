@@ -59,6 +59,9 @@ class Config:
     probes: int = 8
     fd_budget: float = 2e9
     tolerance: str = "strict"
+    atol: float | None = None      # the user's own tolerances (None: the derived one)
+    rtol: float | None = None
+    inputs: str | None = None      # FILE.npz of the user's arrays: one more case
     group: str | None = None
     tag: str | None = None     # what tells apart cases of one batch group with the same axes
 
@@ -107,6 +110,10 @@ class Config:
         if self.tolerance not in TOLERANCE_MODES:
             raise SoftcheckError(f"--tolerance must be one of {', '.join(TOLERANCE_MODES)}; "
                                  f"got {self.tolerance!r}")
+        for name in ("atol", "rtol"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+                raise SoftcheckError(f"--{name} must be a finite number >= 0, got {v!r}")
         if self.order not in (1, 2):
             raise SoftcheckError(f"--order must be 1 or 2, got {self.order!r}")
         if self.probes < 0:

@@ -101,7 +101,11 @@ def example(classes: int, seed: int, targets: str):
     return z, y, None
 
 
-OPTIONS = ("label_smoothing", "temperature", "softcap", "z_loss", "weight")
+OPTIONS = ("label_smoothing", "temperature", "softcap", "z_loss", "weight", "ignore_index",
+           "reduction")
+#: options explained on a batch of rows (the others on the one example row)
+BATCH_OPTIONS = ("ignore_index", "reduction")
+BATCH = 4
 
 
 def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) -> Explanation:
@@ -114,6 +118,7 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
     from ..suite.config import normalize_weight
     from ..suite.inputs import class_weights
 
+    options = {k: v for k, v in options.items() if v is not None or k not in BATCH_OPTIONS}
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise SoftcheckError(f"explain takes no option {', '.join(sorted(unknown))}")
@@ -124,7 +129,9 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
         options["weight"] = weight
     LossSpec(targets="index" if targets == "index" else "probs", **options).validate(classes)
     default = LossSpec()
-    given = {k: v for k, v in options.items() if v != getattr(default, k)}
+    given = {k: v for k, v in options.items()
+             if v != getattr(default, k) and k not in BATCH_OPTIONS}
+    batch = {k: options[k] for k in BATCH_OPTIONS if k in options}
     jax, jnp = load()
     z, y, label = example(classes, seed, targets)
     p = np.exp(z) / np.sum(np.exp(z))                       # the formula, literally
@@ -170,6 +177,8 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
              note="the gradient w.r.t. the logits; w.r.t. the probabilities it is −y/p"),
     ]
     steps += _option_steps(z, y, label, given)
+    if batch:
+        steps += _batch_steps(classes, seed, batch, given.get("weight"))
     y_bad = y * 1.5 + 0.1                      # a target vector that does not sum to one
     grad_bad = np.asarray(jax.grad(lambda v: -jnp.sum(jnp.asarray(y_bad) * jax.nn.log_softmax(v)))(jz))
     steps += [
@@ -185,6 +194,63 @@ def explain(classes: int = 4, seed: int = 0, targets: str = "index", **options) 
     ]
     return Explanation(z, y, label, {"classes": classes, "seed": seed, "targets": targets,
                                      **options}, tuple(steps))
+
+
+def _batch_steps(classes: int, seed: int, batch: dict, weight) -> list[Step]:
+    """``--ignore-index`` and ``--reduction`` on a batch of :data:`BATCH` rows (row 1 ignored
+    when an ignore index is given): ignored rows get a zero gradient, and the mean divides by
+    the non-ignored count (the weight sum with class weights), not by N — the most common real
+    bug, shown as a slip.  Each against jax.grad of softcheck's reference loss."""
+    from ..reference import autodiff as reference_autodiff
+    from ..suite.inputs import make_inputs_from_arrays
+
+    rng = np.random.default_rng([seed, 9])
+    Z = np.round(rng.normal(0.0, 1.5, (BATCH, classes)), 2)
+    ii = batch.get("ignore_index")
+    red = batch.get("reduction") or "mean"
+    labels = rng.integers(0, classes, BATCH)
+    if ii is not None and 0 <= ii < classes:
+        labels = np.where(labels == ii, (labels + 1) % classes, labels)
+    target = labels.copy()
+    ignored = np.zeros(BATCH, bool)
+    if ii is not None:
+        target[1], ignored[1] = ii, True
+    w = np.ones(classes) if weight is None else np.asarray(weight, np.float64)
+    wy = np.where(ignored, 0.0, w[labels])
+    Y = np.zeros((BATCH, classes))
+    Y[np.arange(BATCH), labels] = 1.0
+    P = np.exp(Z) / np.sum(np.exp(Z), -1, keepdims=True)
+    per_row = wy[:, None] * (P - Y)                        # ∂ℓᵢ/∂zᵢ, zero for ignored rows
+    inp = make_inputs_from_arrays(Z, target, reduction=red, ignore_index=ii,
+                                  weight=None if weight is None else w)
+    auto = reference_autodiff.autodiff(inp)
+    out = []
+    kept = int(np.sum(~ignored))
+    if ii is not None:
+        out.append(Step(f"Ignored rows (ignore_index = {ii})",
+                        "yᵢ = ignore_index  ⇒  ℓᵢ = 0 and ∂L/∂zᵢ = 0", per_row[ignored],
+                        auto[ignored], "jax.grad, reference loss",
+                        note=f"row 1 of {BATCH} is ignored: {kept} rows contribute"))
+    if red == "mean":
+        denom = float(np.sum(wy))
+        what = (f"the weight sum Σ w_yᵢ over non-ignored rows = {denom:g}" if weight is not None
+                else f"the non-ignored count = {kept}")
+        out.append(Step("Reduction mean: the denominator",
+                        "L = Σᵢ w_yᵢ ℓᵢ / D;  ∂L/∂zᵢ = w_yᵢ (pᵢ − yᵢ) / D", per_row / denom,
+                        auto, "jax.grad, reference loss",
+                        note=f"D is {what}, not N = {BATCH}"))
+        if abs(denom - BATCH) > 1e-12:
+            out.append(Step(f"Slip: dividing by N = {BATCH}",
+                            "∂L/∂zᵢ = w_yᵢ (pᵢ − yᵢ) / N   ✗", per_row / BATCH, auto,
+                            "jax.grad, reference loss", slip=True,
+                            note=f"the mean is over {what}, not over the batch size"))
+    else:
+        out.append(Step(f"Reduction {red}", "L = Σᵢ w_yᵢ ℓᵢ" if red == "sum" else
+                        "L = (w_yᵢ ℓᵢ)ᵢ, one loss per row;  ∂Lᵢ/∂zᵢ = w_yᵢ (pᵢ − yᵢ)",
+                        per_row, auto, "jax.grad, reference loss",
+                        note="no denominator" + ("" if red == "sum" else
+                                                 " (upstream gradient 1 per row)")))
+    return out
 
 
 def _option_steps(z, y, label, given: dict) -> list[Step]:

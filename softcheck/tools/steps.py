@@ -63,7 +63,30 @@ def sweep(case: Case) -> list[Sweep]:
     return out
 
 
-def plot(sweeps: list[Sweep], path: str, title: str) -> None:
+#: a step counts as accurate when its error is within this factor of the method's best
+ACCURATE = 1e6
+#: a panel spans at most this many decades of accurate steps (the complex step stays
+#: accurate down to 1e-300: the panel shows where it becomes so, and the derived h)
+MAX_DECADES = 12
+FLOOR = 1e-19               # an error of exactly 0 drawn here (log axes)
+
+
+def panel_limits(s: Sweep) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (x, y) limits of a method's panel: the steps where it is accurate (within
+    :data:`ACCURATE` of its best error, at most :data:`MAX_DECADES` from the largest), widened
+    to the derived h, with a decade of context each side; y fits the errors shown."""
+    errs = np.maximum(np.array(s.errors), FLOOR)
+    steps = np.array(s.steps)
+    ok = steps[errs <= ACCURATE * np.min(errs)]
+    hi = float(np.max(ok))
+    lo = max(float(np.min(ok)), hi * 10.0 ** -MAX_DECADES)
+    hi, lo = max(hi, s.derived) * 10, min(lo, s.derived) / 10
+    shown = errs[(steps >= lo) & (steps <= hi)]
+    return (lo, hi), (float(np.min(shown)) / 3, float(np.max(shown)) * 3)
+
+
+def figure(sweeps: list[Sweep], title: str):
+    """One panel per method family, each with its own axes (``panel_limits``)."""
     try:
         import matplotlib
     except ImportError as e:
@@ -71,17 +94,28 @@ def plot(sweeps: list[Sweep], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in sweeps:
-        errs = np.maximum(np.array(s.errors), 1e-19)
-        (line,) = ax.loglog(s.steps, errs, marker="o", ms=3, label=s.method)
-        ax.axvline(s.derived, color=line.get_color(), ls=":", lw=1)
-    ax.set_xlabel("step h")
-    ax.set_ylabel("max |FD − analytic| / gradient scale")
-    ax.set_title(title + "  (dotted: the derived h)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 4.2))
+    for ax, s in zip(np.atleast_1d(axes), sweeps):
+        errs = np.maximum(np.array(s.errors), FLOOR)
+        ax.loglog(s.steps, errs, marker="o", ms=3)
+        ax.axvline(s.derived, color="k", ls=":", lw=1, label=f"derived h = {s.derived:.1g}")
+        (x0, x1), (y0, y1) = panel_limits(s)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_title(s.method)
+        ax.set_xlabel("step h")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("max |FD − analytic| / gradient scale")
+    fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot(sweeps: list[Sweep], path: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(sweeps, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

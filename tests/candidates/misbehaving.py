@@ -62,3 +62,13 @@ def slow(logits, target):
 
 
 NOT_CALLABLE = 3
+
+
+def off_by_1e6(logits, target):
+    """Right but for a relative error of 1e-6: caught by the derived float64 tolerance."""
+    return correct(logits, target) * (1 + 1e-6)
+
+
+def wrong_denominator(logits, target):
+    """The mean's classic slip: divides by C instead of N."""
+    return correct(logits, target) * len(target) / logits.shape[1]
