@@ -9,12 +9,13 @@ import numpy as np
 
 from ..judge import tolerances
 from ..judge.compare import Comparison, compare, invariants
+from ..judge.metamorphic import check_relations
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.inputs import make_inputs
-from .results import CaseResult, FDInfo
+from .results import CaseResult, Coverage, FDInfo
 
 REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
                    ("autodiff", "finite_difference"))
@@ -74,15 +75,25 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native)
-    passed = all(c.passed for c in comparisons) and all(i.passed for i in invs)
+    relations = ()
+    if candidate is not None and np.all(np.isfinite(grads["candidate"])):
+        relations = check_relations(lambda inp: candidate.call(inp, timeout=timeout), inputs,
+                                    grads["candidate"], dtype=case.dtype, takes=candidate.takes,
+                                    seed=case.seed, native=case.tolerance == "native")
+    passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
+              and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()
     if candidate is not None and not passed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs))
+        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
+                                   relations))
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
                   fd.columns, len(fd.probes))
+    coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
+                        tuple(r.name for r in relations), len(fd.probes), fd.coverage)
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
+                      relations=relations, coverage=coverage,
                       fd=info, diagnosis=diagnosis, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
 

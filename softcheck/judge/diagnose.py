@@ -98,7 +98,7 @@ _FACTORS = {"N (batch size)": lambda n, c, t: n, "1/N": lambda n, c, t: 1 / n,
             "2": lambda n, c, t: 2.0, "1/2": lambda n, c, t: 0.5, "-1": lambda n, c, t: -1.0}
 
 
-def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
+def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str]:
     """Hints, most specific first, for a candidate gradient ``x`` that failed."""
 
     inp = inputs.float64()

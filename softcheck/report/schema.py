@@ -41,6 +41,14 @@ COMPARISON = _obj({
 INVARIANT = _obj({"name": {"type": "string"}, "method": {"type": "string"},
                   "passed": {"type": "boolean"}, "detail": {"type": "string"}})
 
+RELATION = _obj({"name": {"type": "string"}, "passed": {"type": "boolean"},
+                 "max_abs_error": _NUM, "max_rel_error": _NUM, "ratio": _NUM, "atol": _NUM,
+                 "detail": _STR})
+
+COVERAGE = _obj({"references": {"type": "array", "items": {"type": "string"}},
+                 "relations": {"type": "array", "items": {"type": "string"}},
+                 "probes": {"type": "integer", "minimum": 0}, "fd": _STR})
+
 FD = _obj({"method": {"type": "string"}, "error_estimate": _NUM, "step": _NUM,
            "coverage": {"type": "string"}, "columns": {"type": ["integer", "null"]},
            "probes": {"type": "integer", "minimum": 0}})
@@ -68,6 +76,8 @@ CASE = _obj({
     "name": {"type": "string"}, "group": _STR, "target": _STR, "passed": {"type": "boolean"},
     "params": PARAMS, "comparisons": {"type": "array", "items": COMPARISON},
     "invariants": {"type": "array", "items": INVARIANT},
+    "relations": {"type": "array", "items": RELATION},
+    "coverage": {"oneOf": [{"type": "null"}, COVERAGE]},
     "fd": {"oneOf": [{"type": "null"}, FD]}, "scale": _NUM, "condition": _NUM,
     "error": _STR, "diagnosis": {"type": "array", "items": {"type": "string"}},
     "notes": {"type": "array", "items": {"type": "string"}}, "timing": TIMING,
