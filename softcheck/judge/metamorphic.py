@@ -28,13 +28,14 @@ from ..reference import analytic
 from ..reference.finite_difference import row_stats
 from ..spec import Inputs
 from . import tolerances
+from .compare import digits
 
 #: every relation: its name, what it states, and what a break of it points at
 RELATIONS: dict[str, tuple[str, str]] = {
     "shift invariance": (
         "the gradient at z + c·1 (a different c per row) equals the gradient at z",
-        "the gradient depends on the logits' absolute level: the softmax is shifted by "
-        "something other than each row's own maximum (the batch's maximum, a constant), or "
+        "the gradient depends on the logits' absolute level: the softmax is shifted by the "
+        "batch-wide maximum or another shift that is not each row's own maximum, or "
         "not at all, or the logits are clamped"),
     "class permutation": (
         "permuting the classes (columns, targets, weights, ignore_index alike) permutes the "
@@ -156,8 +157,9 @@ class _Judge:
         detail = None
         if not passed:
             i, j = np.unravel_index(int(np.argmax(ratio_arr)), ratio_arr.shape)
+            g, e = digits(float(got[i, j]), float(expected[i, j]))
             detail = (f"NaN/Inf at {int(bad.sum())} entries; " if bad.any() else "") + (
-                f"worst at row {i}, class {j}: got {got[i, j]:.6g}, expected {expected[i, j]:.6g} "
+                f"worst at row {i}, class {j}: got {g}, expected {e} "
                 f"({ratio:.3g}× the allowed error)")
         return Relation(name, passed, max_abs, rel, ratio, 2.0 * (atol + band), detail)
 

@@ -29,6 +29,8 @@ ENTRY = _obj({"row": {"type": "integer"}, "class": {"type": "integer"},
               "is_target": {"type": "boolean"}, "ignored": {"type": "boolean"},
               "value": _NUM, "reference": _NUM, "error": _NUM})
 
+_PART = _obj({"max_abs_error": _NUM, "max_rel_error": _NUM, "ratio": _NUM})
+
 COMPARISON = _obj({
     "pair": {"type": "array", "items": {"enum": ["candidate", "analytic", "autodiff",
                                                  "finite_difference"]},
@@ -36,6 +38,7 @@ COMPARISON = _obj({
     "max_abs_error": _NUM, "max_rel_error": _NUM, "atol": _NUM, "rtol": _NUM, "ratio": _NUM,
     "passed": {"type": "boolean"}, "reason": _STR,
     "worst": {"type": "array", "items": ENTRY},
+    "target_error": {"oneOf": [{"type": "null"}, _obj({"target": _PART, "others": _PART})]},
 })
 
 INVARIANT = _obj({"name": {"type": "string"}, "method": {"type": "string"},
