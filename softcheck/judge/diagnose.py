@@ -13,7 +13,6 @@ Two kinds of evidence, both cheap (O(N·C) each):
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
