@@ -18,3 +18,12 @@ def target_off(logits, target):
     g = np.array(correct(logits, target))
     g[np.arange(len(target)), target] *= 1 + 1e-6
     return g
+
+
+def batch_max_shift(logits, target):
+    """Shifts by the batch's maximum instead of each row's own (a real framework's bug)."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max())
+    p = e / e.sum(axis=1, keepdims=True)
+    p[np.arange(len(target)), target] -= 1
+    return (p / len(target)).astype(logits.dtype)
