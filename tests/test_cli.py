@@ -37,7 +37,7 @@ def test_default_suite_covers_the_axes_and_passes(tmp_path):
     for axis, values in {"dtype": {"float64", "float32", "bfloat16", "float16"},
                          "targets": {"index", "onehot", "probs"},
                          "reduction": {"mean", "sum", "none"},
-                         "regime": {"normal", "large", "tied", "confident", "wrong", "masked"}}.items():
+                         "regime": {"normal", "large", "tied", "confident", "wrong", "masked", "spread"}}.items():
         assert {c["params"][axis] for c in cases} == values
     assert {c["params"]["batch"] for c in cases} >= {1} and max(c["params"]["batch"] for c in cases) > 1
     for c in cases:

@@ -193,4 +193,4 @@ def test_a_long_run_says_its_estimate_before_it_starts():
                         "131072", "--batch", "64", "--fail-fast"], capture_output=True,
                        text=True)
     assert r.returncode == 1
-    assert "softcheck: 12 cases, estimated to take about " in r.stderr, r.stderr
+    assert "softcheck: 14 cases, estimated to take about " in r.stderr, r.stderr   # 7 regimes × 2 dtypes

@@ -4,6 +4,7 @@
         --label-smoothing 0.1 --reduction none
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,5 +17,5 @@ def grad(logits, target, weight=None, ignore_index=-100, reduction="mean", label
     w = None if weight is None else softcheck.as_torch(weight)
     loss = F.cross_entropy(z, torch.as_tensor(target), weight=w, ignore_index=ignore_index,
                            reduction=reduction, label_smoothing=label_smoothing)
-    loss.backward(torch.as_tensor(grad_output, dtype=torch.float64).to(loss.dtype).expand_as(loss))
+    loss.backward(torch.as_tensor(np.asarray(grad_output, np.float64)).to(loss.dtype).expand_as(loss))
     return z.grad

@@ -10,12 +10,13 @@ import numpy as np
 from ..judge import tolerances
 from ..candidate import CallPolicy
 from ..judge.compare import Comparison, Invariant, compare, invariants
+from ..judge.metamorphic import check_relations
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.inputs import make_inputs
-from .results import CaseResult, FDInfo
+from .results import CaseResult, Coverage, FDInfo
 
 REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
                    ("autodiff", "finite_difference"))
@@ -81,15 +82,36 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
                       scale=scale, band=native)
     if candidate is not None and policy.repeat > 1:
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
-    passed = all(c.passed for c in comparisons) and all(i.passed for i in invs)
+    relations = ()
+    call_errors: list[str] = []
+
+    def relation_call(inp):
+        r = candidate.call(inp, timeout=timeout)
+        if r.error:
+            call_errors.append(r.error)
+        return r
+
+    if candidate is not None and np.all(np.isfinite(grads["candidate"])):
+        relations = check_relations(relation_call, inputs,
+                                    grads["candidate"], dtype=case.dtype, takes=candidate.takes,
+                                    seed=case.seed, native=case.tolerance == "native",
+                                    user=_user_tolerance(case, "candidate", candidate))
+    passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
+              and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()
     if candidate is not None and not passed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs))
+        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
+                                   relations))
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
                   fd.columns, len(fd.probes))
-    return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
+    coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
+                        tuple(r.name for r in relations), len(fd.probes), fd.coverage)
+    error = f"{call_errors[0]} (in a metamorphic relation's call)" if call_errors else None
+    return CaseResult(passed=passed and not call_errors, error=error,
+                      comparisons=tuple(comparisons), invariants=tuple(invs),
+                      relations=relations, coverage=coverage,
                       fd=info, diagnosis=diagnosis, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
 

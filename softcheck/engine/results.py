@@ -10,6 +10,7 @@ from typing import Any
 
 from .._version import __version__
 from ..judge.compare import Comparison, Invariant
+from ..judge.metamorphic import Relation
 
 SCHEMA_VERSION = 1
 #: --json-detail: full keeps every case's worst entries; summary drops them for passing cases
@@ -44,12 +45,28 @@ class FDInfo:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """What judged a case: the reference methods, the metamorphic relations, the FD probes."""
+
+    references: tuple[str, ...] = ()
+    relations: tuple[str, ...] = ()
+    probes: int = 0
+    fd: str | None = None           # the finite differences' coverage (every coordinate, ...)
+
+    def to_dict(self) -> dict:
+        return {"references": list(self.references), "relations": list(self.relations),
+                "probes": self.probes, "fd": self.fd}
+
+
+@dataclass(frozen=True)
 class CaseResult:
     name: str
     params: dict
     passed: bool
     comparisons: tuple[Comparison, ...] = ()
     invariants: tuple[Invariant, ...] = ()
+    relations: tuple[Relation, ...] = ()   # metamorphic relations judged on the candidate alone
+    coverage: Coverage | None = None
     fd: FDInfo | None = None
     scale: float | None = None
     kappa: float | None = None
@@ -71,6 +88,8 @@ class CaseResult:
             "params": self.params,
             "comparisons": comparisons,
             "invariants": [i.to_dict() for i in self.invariants],
+            "relations": [r.to_dict() for r in self.relations],
+            "coverage": self.coverage.to_dict() if self.coverage else None,
             "fd": self.fd.to_dict() if self.fd else None,
             "scale": self.scale, "condition": self.kappa, "error": self.error,
             "diagnosis": list(self.diagnosis), "notes": list(self.notes), "output": self.output,

@@ -13,83 +13,12 @@ Two kinds of evidence, both cheap (O(N·C) each):
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
 from ..reference import analytic
-from . import tolerances
-from .compare import compare
-
-
-def _grad(inputs, **spec_changes):
-    return analytic.gradient(dataclasses.replace(inputs, spec=inputs.spec.replace(**spec_changes)))
-
-
-def _softmax_wrong_axis(inputs):
-    p = analytic.softmax(inputs.logits64 / inputs.spec.temperature, axis=0)
-    y = np.zeros_like(p)
-    if inputs.spec.hard:
-        rows = np.flatnonzero(inputs.valid)
-        y[rows, inputs.target[rows]] = 1
-    else:
-        y = inputs.target64
-    g = p - y
-    return g / len(p) if inputs.spec.reduction == "mean" else g
-
-
-def _known_bugs(inputs):
-    """(description, gradient) of classic mistakes that apply to this case's options."""
-    s = inputs.spec
-    n = inputs.logits.shape[0]
-    out = []
-    if s.label_smoothing:
-        other = "others" if s.smoothing_convention == "uniform" else "uniform"
-        out.append((f"matches label smoothing convention '{other}' "
-                    f"({'EPS/(C-1) off-target, fairseq/Megatron' if other == 'others' else 'EPS/C everywhere, PyTorch'}); "
-                    f"softcheck checked '{s.smoothing_convention}': pass --smoothing-convention {other} "
-                    "if that is what you implement", _grad(inputs, smoothing_convention=other)))
-        out.append(("label smoothing is not applied (matches EPS = 0)", _grad(inputs, label_smoothing=0.0)))
-    if s.reduction == "mean":
-        out.append(("matches reduction 'sum': the mean's division is missing", _grad(inputs, reduction="sum")))
-        if s.hard and (s.ignore_index is not None or s.weight is not None):
-            g = _grad(inputs, reduction="sum")
-            out.append(("divides by the batch size N instead of the number (or weight sum) of "
-                        "non-ignored rows", g / n))
-    if s.reduction == "sum":
-        out.append(("matches reduction 'mean': divides by N where the sum was meant", _grad(inputs, reduction="mean")))
-    if s.weight is not None:
-        out.append(("class weights are ignored", _grad(inputs, weight=None)))
-    if s.z_loss:
-        out.append(("the z-loss term is missing", _grad(inputs, z_loss=0.0)))
-        out.append(("the z-loss gradient lacks its factor 2 (COEF·lse·p instead of 2·COEF·lse·p)",
-                    _grad(inputs, z_loss=s.z_loss / 2)))
-    if s.temperature != 1.0:
-        out.append(("the temperature's chain factor 1/T is missing", _grad(inputs) * s.temperature))
-    if s.softcap:
-        z = inputs.logits64 / s.temperature
-        t = np.tanh(np.where(np.isfinite(z), z, 0) / s.softcap)
-        with np.errstate(all="ignore"):
-            g = np.where(np.isfinite(z), _grad(inputs) / (1 - t * t), 0.0)
-        out.append(("the softcap chain factor 1 - tanh²(z/S) is missing", g))
-    if not np.all(np.asarray(inputs.grad_output) == 1):
-        out.append(("the upstream gradient (grad_output) is ignored",
-                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(inputs.grad_output)))))
-    if not s.hard and not np.allclose(np.sum(inputs.target64, -1), 1):
-        out.append(("uses p - y, which assumes targets that sum to one; PyTorch accepts any "
-                    "non-negative targets and the gradient is p·Σy - y", _p_minus_y(inputs)))
-    out.append(("softmax is taken over the wrong axis (the batch, not the classes)", _softmax_wrong_axis(inputs)))
-    return [(d, g) for d, g in out if g is not None]
-
-
-def _p_minus_y(inputs):
-    s = inputs.spec
-    if s.label_smoothing or s.weight is not None or s.z_loss or s.softcap or s.temperature != 1:
-        return None
-    z = inputs.logits64
-    g = analytic.softmax(z) - inputs.target64
-    go = np.broadcast_to(np.asarray(inputs.grad_output, float), (len(z),))[:, None]
-    return g * go / (len(z) if s.reduction == "mean" else 1)
+from . import patterns, tolerances
+from .compare import compare, digits
 
 
 _FACTORS = {"N (batch size)": lambda n, c, t: n, "1/N": lambda n, c, t: 1 / n,
@@ -98,29 +27,135 @@ _FACTORS = {"N (batch size)": lambda n, c, t: n, "1/N": lambda n, c, t: 1 / n,
             "2": lambda n, c, t: 2.0, "1/2": lambda n, c, t: 0.5, "-1": lambda n, c, t: -1.0}
 
 
-def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
-    """Hints, most specific first, for a candidate gradient ``x`` that failed."""
+def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str]:
+    """Hints, most specific first, for a candidate gradient ``x`` that failed: degenerate
+    outputs, then non-finite entries, then the shape of the error, known bugs, broken
+    relations."""
+    from ..reference.finite_difference import row_stats
 
     inp = inputs.float64()
     ref = analytic.gradient(inp)
-    hints = []
+    kappa = tolerances.condition(inp.logits, case.spec.temperature, case.spec.softcap)
+    sc = row_stats(inp).scale
+    hints = _degenerate(x, inp, ref, invariants)
     finite = np.isfinite(x)
     if not finite.all():
-        where = "only in the 'large' regime (logits ~1e3)" if case.regime == "large" else ""
-        if case.regime == "large":
-            hints.append(f"NaN/Inf {where}: exp overflows; the softmax probably lacks the max "
-                         "shift exp(z - max z)")
-        else:
-            hints.append(f"NaN/Inf at {int((~finite).sum())} entries")
-        return hints
+        return hints + _nonfinite(x, inp, case)
+    hints += _zero_rows(x, inp, ref, case.dtype)
+    hints += _shape(x, ref, inp, case, kappa, sc)
+    for inv in invariants:
+        if not inv.passed and inv.name == "ignored rows are zero":
+            hints.append("ignored rows must be exactly zero: ignore_index is not applied")
+    for desc, g in patterns.known_bugs(inp):
+        if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc):
+            hints.append(f"looks like a known bug: {desc}")
+    precision = any("rounding level" in h or "ulps of the largest" in h for h in hints)
+    for r in relations:
+        if not r.passed and not precision:     # a precision loss breaks them all alike
+            hints.append(f"relation '{r.name}' is broken: {r.meaning}")
+    worst = max(comparisons, key=lambda c: c.ratio, default=None)
+    if worst is not None and worst.worst and not hints:
+        e = worst.worst[0]
+        hints.append(f"largest error at row {e.row}, class {e.cls}"
+                     + (" (the target class)" if e.is_target else "")
+                     + (" (an ignored row)" if e.ignored else ""))
+    return list(dict.fromkeys(hints))
+
+
+def _degenerate(x, inp, ref, invariants) -> list[str]:
+    """Outputs that are no gradient at all, named before anything else."""
+    out = []
+    if np.all(x == 0) and np.any(ref != 0):
+        out.append("the gradient is all zeros (nothing computed, or a buffer never written)")
+    elif x.shape == inp.logits.shape and np.array_equal(x, inp.logits64, equal_nan=True):
+        out.append("the output is the input logits unchanged (the gradient was never computed, "
+                   "or the logits buffer was returned)")
+    for inv in invariants:
+        if not inv.passed and inv.name == "row sums are zero":
+            out.append("gradient rows should sum to zero (softmax is shift-invariant) and do not")
+    return out
+
+
+def _nonfinite(x, inp, case) -> list[str]:
+    """Which rows hold NaN/Inf, and what those rows have in common."""
+    bad_rows = ~np.all(np.isfinite(x), -1)
+    n_bad = int((~np.isfinite(x)).sum())
+    z = inp.logits64 / inp.spec.temperature
+    zf = np.where(np.isfinite(z), z, -np.inf)
+    rmax = np.max(zf, -1)
+    # exp overflows beyond ~88.7 (float32 arithmetic) / ~709.8 (float64) and underflows to 0
+    # below about -103 / -745 (subnormals included); a function's arithmetic is one of the two,
+    # so the rows it must break lie between the float64 and the float32 limits
+    gap = np.max(rmax) - rmax
+    rows = np.flatnonzero(bad_rows)
+    where = f"rows {rows[:6].tolist()}"
+    if _between(bad_rows, gap > 745.2, gap > 103.3):
+        return [f"NaN/Inf at {n_bad} entries, only in rows far below the batch's largest "
+                f"logit ({where}): the softmax is shifted by the batch-wide maximum (or another "
+                "shift that is not each row's own maximum): exp underflows to 0/0 there"]
+    lp = _log_target_prob(inp, analytic.softmax(z))
+    if _between(bad_rows, lp < -745.2, lp < -103.3):
+        return [f"NaN/Inf at {n_bad} entries, only in rows whose target probability underflows "
+                f"to 0 ({where}; every other row is right): log(p) of a separately computed "
+                "softmax; use log_softmax (z - logsumexp z) instead"]
+    if np.all((np.abs(rmax) > 88.0)[bad_rows]):
+        return [f"NaN/Inf at {n_bad} entries, only in rows with logits beyond exp's range "
+                f"({where}): exp overflows or underflows; the softmax probably lacks the max "
+                "shift exp(z - max z)"]
+    if case.regime == "large":
+        return ["NaN/Inf only in the 'large' regime (logits ~1e3): exp overflows; the softmax "
+                "probably lacks the max shift exp(z - max z)"]
+    return [f"NaN/Inf at {n_bad} entries ({where})"]
+
+
+def _between(bad, must, may) -> bool:
+    """``bad`` is explained by a condition: every row it must break (``must``) is bad, every
+    bad row is one it may break (``may``), and there is at least one."""
+    return bool(bad.any()) and not np.any(must & ~bad) and not np.any(bad & ~may)
+
+
+def _log_target_prob(inp, p) -> np.ndarray:
+    """log p at each row's target (the most likely target class for dense targets)."""
+    from .compare import target_mask
+
+    with np.errstate(divide="ignore"):
+        lp = np.log(np.where(target_mask(inp), p, 1.0))
+    lp = np.where(target_mask(inp), lp, np.inf)
+    return np.min(lp, -1)
+
+
+def _zero_rows(x, inp, ref, dtype) -> list[str]:
+    """Non-ignored rows that are exactly zero where the gradient is not."""
+    zero = np.all(x == 0, -1) & np.any(ref != 0, -1) & inp.valid
+    if not zero.any():
+        return []
+    rows = np.flatnonzero(zero)
+    p = analytic.softmax(inp.logits64 / inp.spec.temperature)
+    pt = np.exp(_log_target_prob(inp, p))[rows]
+    why = ""
+    if np.all(pt < 1e-6):
+        why = (f"; their target probability is tiny ({float(np.max(pt)):.1e} at most): a clip "
+               "or eps inside log(p) (e.g. log(max(p, 1e-15))) cuts the gradient off there")
+    return [f"rows {rows[:6].tolist()} are exactly zero where the gradient is not{why}"]
+
+
+def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
+    """Sign, constant factor, precision loss, error confined to the target column or one entry."""
+    hints = []
     d = x - ref
     rn = float(np.linalg.norm(ref))
+    factor_found = False
     if rn > 0:
         k = float(np.vdot(x, ref) / np.vdot(ref, ref))
         resid = float(np.linalg.norm(x - k * ref))
-        # a factor within a few units of the dtype's rounding is rounding, not a bug
-        few_ulps = max(1e-6, 4 * tolerances.TABLE[case.dtype].u)
-        if resid <= 1e-3 * rn and abs(k - 1) > few_ulps:
+        # claimed only when k·ref explains the error (x within tolerance of it) and k·ref is
+        # itself far from the gradient (patterns.DISTINCT tolerances): a factor at rounding
+        # level is rounding, a factor near 0 is a zeroed gradient (named above)
+        kw = dict(inputs=inp, dtype=case.dtype, kappa=kappa, scale=scale)
+        if (resid <= 1e-3 * rn and abs(k) > 1e-3
+                and compare(("candidate", "k·ref"), x, k * ref, **kw).passed
+                and compare(("k·ref", "ref"), k * ref, ref, **kw).ratio >= patterns.DISTINCT):
+            factor_found = True
             if abs(k + 1) < 1e-3:
                 hints.append("sign flipped: this is -∂L/∂z (the ascent direction)")
             else:
@@ -129,42 +164,49 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
                          if abs(k - f(n, c, case.spec.temperature)) <= 1e-3 * abs(k)
                          and name != "-1" and f(n, c, case.spec.temperature) != 1]
                 hints.append(f"off by a constant factor {k:.6g}" + (f" = {named[0]}" if named else ""))
-        elif case.dtype in tolerances.LOW_PRECISION:
-            rel = float(np.max(np.abs(d))) / max(float(np.max(np.abs(ref))), 1e-300)
-            u = tolerances.TABLE[case.dtype].u
-            if rel <= 16 * u:
-                hints.append(
-                    f"errors up to {rel / u:.1f} {case.dtype} ulps of the largest entry: "
-                    f"consistent with intermediate rounding to {case.dtype} (e.g. the softmax or "
-                    "the mean's denominator kept in it); the tolerance allows float32 "
-                    "arithmetic with one final rounding, as fused kernels do, so small entries "
-                    "must be right to their own ulp (--tolerance native accepts plain "
-                    f"{case.dtype} arithmetic)")
-    scale = max(float(np.max(np.abs(ref), initial=0.0)), 1e-300)
+    if not factor_found:
+        hints += _precision(x, ref, inp, case, kappa, scale)
     from .compare import target_mask
 
+    allowed = tolerances.allowed(case.dtype, kappa, scale, ref)[0]
+    out = np.abs(d) > allowed
     tmask = target_mask(inp)
-    big = np.abs(d) > 1e-6 * scale
-    if big.any() and not big[~tmask].any():
+    if out.sum() == 1:
+        i, j = np.argwhere(out)[0]
+        got, want = digits(float(x[i, j]), float(ref[i, j]))
+        hints.append(f"only one entry is out of tolerance (row {i}, class {j}"
+                     + (", the target class" if tmask[i, j] else "") + f"): got {got}, "
+                     f"expected {want}")
+    elif out.any() and not out[~tmask].any():
         hints.append("the error is only in the target column (the -y term)")
-    for inv in invariants:
-        if not inv.passed and inv.name == "row sums are zero":
-            hints.append("gradient rows should sum to zero (softmax is shift-invariant) and do not")
-        if not inv.passed and inv.name == "ignored rows are zero":
-            hints.append("ignored rows must be exactly zero: ignore_index is not applied")
-    kappa = tolerances.condition(inp.logits, case.spec.temperature, case.spec.softcap)
-    from ..reference.finite_difference import row_stats
-
-    sc = row_stats(inp).scale
-    for desc, g in _known_bugs(inp):
-        if g.shape != x.shape or not np.all(np.isfinite(g)):
-            continue
-        if compare(("candidate", "pattern"), x, g, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc).passed:
-            hints.append(f"looks like a known bug: {desc}")
-    worst = max(comparisons, key=lambda c: c.ratio, default=None)
-    if worst is not None and worst.worst and not hints:
-        e = worst.worst[0]
-        hints.append(f"largest error at row {e.row}, class {e.cls}"
-                     + (" (the target class)" if e.is_target else "")
-                     + (" (an ignored row)" if e.ignored else ""))
     return hints
+
+
+#: the next coarser arithmetic a function may have slipped into, per case dtype
+_LOWER = {"float64": "float32", "float32": "bfloat16"}
+
+
+def _precision(x, ref, inp, case, kappa, scale) -> list[str]:
+    """Errors at a coarser format's rounding level: arithmetic in a lower precision."""
+    if case.dtype in tolerances.LOW_PRECISION:
+        rel = float(np.max(np.abs(x - ref))) / max(float(np.max(np.abs(ref))), 1e-300)
+        u = tolerances.TABLE[case.dtype].u
+        if rel > 16 * u:
+            return []
+        native = ("" if case.tolerance == "native" else
+                  f" (--tolerance native accepts plain {case.dtype} arithmetic)")
+        return [f"errors up to {rel / u:.1f} {case.dtype} ulps of the largest entry: "
+                f"consistent with intermediate rounding to {case.dtype} (e.g. the softmax or "
+                "the mean's denominator kept in it); the tolerance allows float32 "
+                "arithmetic with one final rounding, as fused kernels do, so small entries "
+                "must be right to their own ulp" + native]
+    lower = _LOWER.get(case.dtype)
+    own = dict(inputs=inp, kappa=kappa, scale=scale)
+    if lower is None or compare(("candidate", "analytic"), x, ref, dtype=case.dtype, **own).passed:
+        return []
+    c = compare(("candidate", "analytic"), x, ref, dtype=lower, **own)
+    if not c.passed:
+        return []
+    return [f"errors at {lower}'s rounding level ({c.max_rel_error:.1e} of the gradient's "
+            f"scale): the {case.dtype} function computes in {lower} somewhere (a .float() / "
+            f"astype({lower}) cast, a {lower} constant or buffer) and casts back"]

@@ -379,5 +379,12 @@ def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn, sc
         d1 = (at(z + h * dd) - at(z - h * dd)) / (2 * h)
         d2 = (at(z + 2 * h * dd) - at(z - 2 * h * dd)) / (4 * h)
     gamma = 8 + math.log2(max(z.shape[1], 2))
-    band = 2 * np.abs(d2 - d1) / 3 + gamma * U64 * scale * np.max(np.abs(dd), initial=0.0) * 4 / h
+    # each gradient evaluation errs by ~u·κ·scale, κ = 1 + max|v| + ln C the condition of
+    # exp(v − lse) (tolerances.py): logits of 1e4 (the spread regime) cost four digits
+    zf = np.abs(z[np.isfinite(z)]) / inputs.spec.temperature
+    vmax = float(np.max(zf, initial=0.0))
+    if inputs.spec.softcap:
+        vmax = min(vmax, inputs.spec.softcap)
+    kappa = 1.0 + vmax + math.log(max(z.shape[1], 1))
+    band = 2 * np.abs(d2 - d1) / 3 + gamma * U64 * kappa * scale * np.max(np.abs(dd), initial=0.0) * 4 / h
     return d1, float(np.max(band, initial=0.0))

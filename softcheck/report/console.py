@@ -217,13 +217,14 @@ def _vector(v) -> str:
 
 
 def render_mutants(results, console) -> bool:
-    """``softcheck mutants``: one row per mutant (options, cases caught, verdict), a summary."""
+    """``softcheck mutants``: one row per mutant (options, cases caught, cases whose diagnosis
+    names the bug by its own hint, verdict), a summary."""
     from rich.table import Table
 
     from ..tools.mutants import summary
 
     table = Table(header_style="bold", pad_edge=False)
-    for col in ("mutant", "options", "caught", "verdict"):
+    for col in ("mutant", "options", "caught", "named", "verdict"):
         table.add_column(col)
     for r in results:
         table.add_row(*r.row(), style="green" if r.ok else "bold red")

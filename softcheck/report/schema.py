@@ -42,6 +42,10 @@ ENTRY = _obj({
     "error": _d(_NUM, "|value - reference| (null if either is not finite)."),
 })
 
+_PART = _obj({"max_abs_error": _d(_NUM, "The largest absolute error there."),
+               "max_rel_error": _d(_NUM, "It, relative to the gradient's scale."),
+               "ratio": _d(_NUM, "The largest error / allowed error there.")})
+
 COMPARISON = _obj({
     "pair": _d({"type": "array", "items": {"enum": ["candidate", "analytic", "autodiff",
                                                     "finite_difference"]},
@@ -59,8 +63,14 @@ COMPARISON = _obj({
     "passed": _d({"type": "boolean"}, "The pair agrees within the tolerance."),
     "reason": _d(_STR, "Why the pair failed (null when it passed)."),
     "worst": _d({"type": "array", "items": ENTRY},
-                "The entries closest to (or beyond) the tolerance, worst first; left out for "
-                "passing cases with detail 'summary'."),
+                "The entries closest to (or beyond) the tolerance, worst first (only entries "
+                "out of tolerance when the pair failed); left out for passing cases with "
+                "detail 'summary'."),
+    "target_error": _d({"oneOf": [{"type": "null"}, _obj({
+        "target": _d(_PART, "At the target entries (index targets)."),
+        "others": _d(_PART, "At every other entry.")})]},
+        "The target entries' own error apart from the others' (kernels lose precision "
+        "there as p -> 1); null when there is no target entry."),
 }, required=["pair", "max_abs_error", "max_rel_error", "atol", "rtol", "ratio", "passed",
              "reason"])
 
@@ -69,6 +79,25 @@ INVARIANT = _obj({
     "method": _d({"type": "string"}, "The method whose gradient was tested."),
     "passed": _d({"type": "boolean"}, "The property holds within the tolerance."),
     "detail": _d({"type": "string"}, "What was measured."),
+})
+
+RELATION = _obj({
+    "name": _d({"type": "string"}, "The metamorphic relation (judge/metamorphic.py)."),
+    "passed": _d({"type": "boolean"}, "The candidate keeps the relation within tolerance."),
+    "max_abs_error": _d(_NUM, "max |difference| between the two sides of the relation."),
+    "max_rel_error": _d(_NUM, "max_abs_error / the gradient's scale."),
+    "ratio": _d(_NUM, "The largest error / allowed error: <= 1 passes."),
+    "atol": _d(_NUM, "The allowed absolute error (twice the dtype's tolerance)."),
+    "detail": _d(_STR, "What was compared, and what a break points at."),
+})
+
+COVERAGE = _obj({
+    "references": _d({"type": "array", "items": {"type": "string"}},
+                     "The references that judged the case."),
+    "relations": _d({"type": "array", "items": {"type": "string"}},
+                    "The metamorphic relations that judged the candidate."),
+    "probes": _d({"type": "integer", "minimum": 0}, "Directional FD probes."),
+    "fd": _d(_STR, "What finite differences covered."),
 })
 
 FD = _obj({
@@ -122,6 +151,10 @@ CASE = _obj({
     "comparisons": _d({"type": "array", "items": COMPARISON}, "One per pair of methods."),
     "invariants": _d({"type": "array", "items": INVARIANT},
                      "Properties checked without a reference."),
+    "relations": _d({"type": "array", "items": RELATION},
+                    "Metamorphic relations judged on the candidate alone."),
+    "coverage": _d({"oneOf": [{"type": "null"}, COVERAGE]},
+                   "Which references, relations and probes judged the case."),
     "fd": _d({"oneOf": [{"type": "null"}, FD]}, "What the finite-difference judge did."),
     "scale": _d(_NUM, "The gradient's scale: errors are measured relative to it."),
     "condition": _d(_NUM, "κ = 1 + max|v| + ln C, the case's condition number."),

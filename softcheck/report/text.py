@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..engine.results import CaseResult, Report
+from ..judge.compare import digits
 
 SHORT_DTYPE = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 SHORT_METHOD = {"analytic": "analytic", "autodiff": "autodiff", "finite_difference": "FD",
@@ -50,13 +51,22 @@ def failure_text(case: CaseResult) -> str:
         if c.passed:
             continue
         lines.append(f"  {c.pair[0]} vs {c.pair[1]}: {c.reason}")
+        te = c.target_error
+        if te:
+            lines.append(f"    target entries: max error {fmt(te['target']['max_rel_error'])} of the "
+                         f"scale ({te['target']['ratio']:.3g}× allowed); other entries: "
+                         f"{fmt(te['others']['max_rel_error'])} ({te['others']['ratio']:.3g}× allowed)")
         for e in c.worst:
             tags = ", ".join(t for t, on in (("target class", e.is_target), ("ignored row", e.ignored)) if on)
+            got, want = digits(e.value, e.reference)
             lines.append(f"    row {e.row}, class {e.cls}{' (' + tags + ')' if tags else ''}: "
-                         f"got {fmt(e.value)}, expected {fmt(e.reference)}")
+                         f"got {got}, expected {want}")
     for i in case.invariants:
         if not i.passed:
             lines.append(f"  invariant broken ({i.method}): {i.name}: {i.detail}")
+    for r in case.relations:
+        if not r.passed:
+            lines.append(f"  relation broken: {r.name} ({r.statement}): {r.detail}")
     for d in case.diagnosis:
         lines.append(f"  hint: {d}")
     for n in case.notes:

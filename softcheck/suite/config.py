@@ -15,7 +15,7 @@ import numpy as np
 from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, LossSpec, SoftcheckError
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
-REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "all-ignored")
+REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread", "all-ignored")
 FD_METHODS = ("central", "richardson", "complex")
 #: strict: low-precision candidates held to float32 arithmetic + one final rounding;
 #: native: also allowed 4× the error of the closed form computed in the dtype itself

@@ -104,12 +104,28 @@ def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray
     elif regime == "wrong" and c > 1:
         other = (y + 1 + rng.integers(0, c - 1, n)) % c
         z[rows, other] = np.max(z, -1) + 30.0       # p_target -> 0
+    elif regime == "spread":
+        z = _spread(rng, n, c)
     elif regime == "masked" and c > 1:
         mask = rng.random((n, c)) < 0.3
         mask[rows, y] = False
         mask[rows, (y + 1) % c] = True              # at least one -inf per row
         z[mask] = -np.inf
     return z
+
+
+def _spread(rng: np.random.Generator, n: int, c: int) -> np.ndarray:
+    """Rows whose offsets and scales differ by orders of magnitude in one batch: row maxima
+    from -1e4 to 1e4 (both ends present when N > 1), scales from 1e-3 to 1e2.  A softmax
+    shifted by anything but each row's own maximum (the batch's, a column's) underflows to
+    0/0 on the rows far below it, overflows on those far above."""
+    offset = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(0, 4, n)
+    scale = 10.0 ** rng.uniform(-3, 2, n)
+    if n > 1:
+        ends = rng.choice(n, 2, replace=False)
+        offset[ends] = (-1e4, 1e4)
+        scale[ends] = (1e2, 1e-3)
+    return offset[:, None] + scale[:, None] * rng.standard_normal((n, c))
 
 
 def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, weight=None,

@@ -40,6 +40,17 @@ def _plain(z, y, axis=-1, shift=True):
     return (p - onehot) / len(y)
 
 
+def _upstream(fn):
+    """The mutant with grad_output applied as it should be: each mutant has one bug only."""
+    def with_go(logits, target, grad_output=None, **kw):
+        g = np.asarray(fn(logits, target, **kw), np.float64)
+        if grad_output is None:
+            return g
+        go = np.asarray(grad_output, np.float64)
+        return g * (go[:, None] if go.ndim else go)
+    return with_go
+
+
 def _one_entry(logits, target, **kw):
     g = np.array(correct(logits, target, **kw))
     g[0, int(target[0])] *= 1 + 1e-9
@@ -86,55 +97,110 @@ def _zloss_weighted(logits, target, weight=None, z_loss=0.0, **kw):
     return g0 + 2 * z_loss * lse * p * wy / len(z)
 
 
+def _batch_max_shift(logits, target, **kw):
+    """Shifts by the batch's maximum, not each row's (a small framework did exactly this)."""
+    z = np.asarray(logits, np.float64)
+    with np.errstate(all="ignore"):
+        e = np.exp(z - z.max())
+        p = e / e.sum(1, keepdims=True)
+    p[np.arange(len(target)), target] -= 1
+    return p / len(target)
+
+
+def _log_of_softmax(logits, target, **kw):
+    """−log(softmax(z)[y]) differentiated through a separate softmax: NaN where p_y = 0."""
+    z = np.asarray(logits, np.float64)
+    p = softmax(z)
+    rows = np.arange(len(target))
+    py = p[rows, target]
+    with np.errstate(all="ignore"):
+        # d/dz of -log p_y through p: -(1/p_y)·p_y(e_y − p) = p − e_y, but 0·inf = NaN at p_y = 0
+        g = -(1.0 / py)[:, None] * (py[:, None] * (np.eye(z.shape[1])[target] - p))
+    return g / len(target)
+
+
+def _clipped_log(logits, target, **kw):
+    """log(max(p, 1e-15)): the clip cuts the gradient off where p_y < 1e-15."""
+    g = np.array(correct(logits, target, **kw))
+    py = softmax(logits)[np.arange(len(target)), target]
+    g[py < 1e-15] = 0.0
+    return g
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
     description: str
     fn: Callable
     options: dict = field(default_factory=dict)
+    hint: str = ""         # words of the diagnosis that name this bug (``named`` in the table)
 
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("sign-flip", "returns y - p instead of p - y",
-           lambda z, y, **kw: -correct(z, y, **kw)),
+           lambda z, y, **kw: -correct(z, y, **kw),
+           hint='sign flipped'),
     Mutant("sum-not-mean", "forgets the mean's division by the row count",
-           lambda z, y, reduction="mean", **kw: correct(z, y, reduction="sum", **kw)),
+           lambda z, y, reduction="mean", **kw: correct(z, y, reduction="sum", **kw),
+           hint="reduction 'sum'"),
     Mutant("mean-over-ignored", "with ignore_index, divides by N instead of the non-ignored count",
            lambda z, y, reduction="mean", **kw: correct(z, y, reduction="sum", **kw) / len(z),
-           {"ignore_index": -100}),
+           {"ignore_index": -100},
+           hint='divides by the batch size N'),
     Mutant("no-max-shift", "softmax without the max shift: exp overflows for large logits",
-           lambda z, y, **kw: _plain(z, y, shift=False)),
+           _upstream(lambda z, y, **kw: _plain(z, y, shift=False)),
+           hint='lacks the max shift'),
     Mutant("off-by-one-target", "subtracts the one-hot at class y+1",
-           lambda z, y, **kw: _plain(z, (y + 1) % np.asarray(z).shape[1])),
+           _upstream(lambda z, y, **kw: _plain(z, (y + 1) % np.asarray(z).shape[1])),
+           hint='at the wrong class'),
     Mutant("wrong-axis", "softmax over the batch axis instead of the classes",
-           lambda z, y, **kw: _plain(z, y, axis=0)),
+           _upstream(lambda z, y, **kw: _plain(z, y, axis=0)),
+           hint='wrong axis'),
     Mutant("no-label-smoothing", "ignores label smoothing",
-           lambda z, y, label_smoothing=0.0, **kw: correct(z, y, **kw), {"label_smoothing": 0.1}),
+           lambda z, y, label_smoothing=0.0, **kw: correct(z, y, **kw), {"label_smoothing": 0.1},
+           hint='label smoothing is not applied'),
     Mutant("smoothing-convention", "EPS/(C-1) off-target (fairseq) where PyTorch's EPS/C is asked",
            lambda z, y, smoothing_convention="uniform", **kw:
-           correct(z, y, smoothing_convention="others", **kw), {"label_smoothing": 0.1}),
+           correct(z, y, smoothing_convention="others", **kw), {"label_smoothing": 0.1},
+           hint="convention 'others'"),
     Mutant("smoothing-on-ignored-rows", "label smoothing not masked on ignored rows (pytorch#73205)",
-           _smoothing_unmasked, {"label_smoothing": 0.1, "ignore_index": -100}),
+           _upstream(_smoothing_unmasked), {"label_smoothing": 0.1, "ignore_index": -100},
+           hint='pytorch#73205'),
     Mutant("weights-denominator", "weighted loss, but the mean divides by the count, not Σ w[y]",
-           lambda z, y, weight=None, **kw: correct(z, y, weight=weight, reduction="sum") / len(z),
-           {"weight": "random"}),
+           _upstream(lambda z, y, weight=None, **kw: correct(z, y, weight=weight, reduction="sum") / len(z)),
+           {"weight": "random"},
+           hint='instead of the weight sum'),
     Mutant("z-loss-half", "z-loss gradient COEF·lse·p instead of 2·COEF·lse·p",
-           lambda z, y, z_loss=0.0, **kw: correct(z, y, z_loss=z_loss / 2, **kw), {"z_loss": 1e-3}),
+           lambda z, y, z_loss=0.0, **kw: correct(z, y, z_loss=z_loss / 2, **kw), {"z_loss": 1e-3},
+           hint='lacks its factor 2'),
     Mutant("z-loss-weighted", "applies the class weights to the z-loss term",
-           _zloss_weighted, {"weight": "random", "z_loss": 1e-2}),
+           _upstream(_zloss_weighted), {"weight": "random", "z_loss": 1e-2},
+           hint='z-loss term is weighted'),
     Mutant("softcap-no-chain", "forgets the softcap chain factor 1 - tanh²(z/S)",
-           _softcap_no_chain, {"softcap": 5.0}),
+           _softcap_no_chain, {"softcap": 5.0},
+           hint='softcap chain factor'),
     Mutant("temperature-no-chain", "forgets the temperature's chain factor 1/T",
            lambda z, y, temperature=1.0, **kw: correct(z, y, temperature=temperature, **kw) * temperature,
-           {"temperature": 2.0}),
+           {"temperature": 2.0},
+           hint='chain factor 1/T'),
     Mutant("assumes-normalized-targets", "p - y for probability targets that need not sum to one",
-           _p_minus_q, {"targets": "probs"}),
+           _upstream(_p_minus_q), {"targets": "probs"},
+           hint='uses p - y'),
     Mutant("ignores-grad-output", "reduction none, but the upstream gradient is dropped",
-           _ignores_grad_output, {"reduction": "none"}),
+           _ignores_grad_output, {"reduction": "none"},
+           hint='(grad_output) is ignored'),
     Mutant("float32-inside", "computes in float32 and returns float64",
-           _float32_inside, {"dtype": "float64"}),
+           _float32_inside, {"dtype": "float64"},
+           hint="float32's rounding level"),
     Mutant("one-entry-1e-9", "correct except one entry off by a relative 1e-9",
-           _one_entry, {"dtype": "float64"}),
+           _one_entry, {"dtype": "float64"},
+           hint='only one entry'),
+    Mutant("batch-max-shift", "shifts the softmax by the batch's maximum, not each row's own",
+           _upstream(_batch_max_shift), hint="batch-wide maximum"),
+    Mutant("log-of-softmax", "differentiates log(p) of a separate softmax: NaN where p_y underflows",
+           _upstream(_log_of_softmax), hint="log(p) of a separately computed softmax"),
+    Mutant("clipped-log", "log(max(p, 1e-15)): rows with p_y below the clip get no gradient",
+           _clipped_log, hint="a clip or eps inside log(p)"),
 )
 
 
@@ -145,21 +211,27 @@ class MutantResult:
     total: int
     correct_passed: bool
     regimes: tuple[str, ...] = ()      # the regimes of the caught cases (carried as data)
+    named: tuple[str, ...] = ()        # the caught cases whose diagnosis names the bug (its hint)
 
     @property
     def ok(self) -> bool:
-        return bool(self.caught) and self.correct_passed
+        return bool(self.caught) and bool(self.named) and self.correct_passed
 
     @property
     def verdict(self) -> str:
-        return "CAUGHT" if self.ok else ("MISSED" if not self.caught else "CORRECT ONE FAILS")
+        if not self.caught:
+            return "MISSED"
+        if not self.correct_passed:
+            return "CORRECT ONE FAILS"
+        return "CAUGHT, NAMED" if self.named else "CAUGHT, NOT NAMED"
 
-    def row(self) -> tuple[str, str, str, str]:
-        """The ``softcheck mutants`` table row: mutant, options, caught, verdict."""
+    def row(self) -> tuple[str, str, str, str, str]:
+        """The ``softcheck mutants`` table row: mutant, options, caught, named, verdict."""
         opts = ", ".join(f"{k}={v}" for k, v in self.mutant.options.items()) or "-"
         caught = f"{len(self.caught)}/{self.total} cases" + (
             f" ({', '.join(self.regimes)})" if self.regimes else "")
-        return self.mutant.name, opts, caught, self.verdict
+        named = f"{len(self.named)}/{len(self.caught)}"
+        return self.mutant.name, opts, caught, named, self.verdict
 
 
 def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
@@ -180,8 +252,9 @@ def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
             baseline[key] = good.passed
         failed = [c for c in rep.cases if not c.passed]
         regimes = tuple(sorted({c.params["regime"] for c in failed}))
+        named = tuple(c.name for c in failed if any(m.hint in d for d in c.diagnosis))
         out.append(MutantResult(m, tuple(c.name for c in failed), len(rep.cases), baseline[key],
-                                regimes))
+                                regimes, named))
     return out
 
 
@@ -189,5 +262,5 @@ def summary(results: list[MutantResult]) -> tuple[bool, str]:
     """Whether every mutant was caught with the correct reference passing, and the line."""
     bad = [r for r in results if not r.ok]
     good = all(r.correct_passed for r in results)
-    return not bad, (f"{len(results) - len(bad)}/{len(results)} mutants caught, correct "
-                     f"reference {'passes' if good else 'FAILS'}")
+    return not bad, (f"{len(results) - len(bad)}/{len(results)} mutants caught and named by "
+                     f"their own hint, correct reference {'passes' if good else 'FAILS'}")

@@ -1,0 +1,169 @@
+"""Known bugs as gradients: each classic mistake computed in closed form, and when a match counts.
+
+A candidate is told it "looks like a known bug" only when the pattern explains its error well
+beyond noise (:func:`explains`):
+
+1. the candidate agrees with the pattern within the case's tolerance (as a reference would);
+2. the pattern is far from the correct gradient: its own error is at least ``DISTINCT`` (10)
+   times the tolerance, so a pattern that equals the correct gradient on the case (or differs
+   from it only at rounding level, as every pattern does in the ``confident`` regime) is
+   never offered;
+3. the pattern accounts for at least 90 % of the candidate's error: the largest remaining
+   difference is at most ``RESIDUAL`` (0.1) of the largest error against the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..reference import analytic
+from .compare import compare
+
+DISTINCT = 10.0
+RESIDUAL = 0.1
+
+
+def _grad(inputs, **spec_changes):
+    return analytic.gradient(dataclasses.replace(inputs, spec=inputs.spec.replace(**spec_changes)))
+
+
+def _softmax_wrong_axis(inputs):
+    p = analytic.softmax(inputs.logits64 / inputs.spec.temperature, axis=0)
+    y = np.zeros_like(p)
+    if inputs.spec.hard:
+        rows = np.flatnonzero(inputs.valid)
+        y[rows, inputs.target[rows]] = 1
+    else:
+        y = inputs.target64
+    g = p - y
+    go = np.asarray(inputs.grad_output, np.float64)
+    g = g * (go[:, None] if go.ndim else go)
+    return g / len(p) if inputs.spec.reduction == "mean" else g
+
+
+def _shifted_target(inputs, k):
+    c = inputs.logits.shape[1]
+    t = np.where(inputs.valid, (inputs.target + k) % c, inputs.target)
+    return analytic.gradient(dataclasses.replace(inputs, target=t))
+
+
+def _alpha(inputs):
+    """The per-row factor of the cross-entropy part (upstream gradient over the denominator)."""
+    s = inputs.spec
+    n = inputs.logits.shape[0]
+    go = np.broadcast_to(np.asarray(inputs.grad_output, np.float64), (n,))
+    if s.reduction != "mean":
+        return go
+    w = np.ones(inputs.logits.shape[1]) if inputs.weight is None else inputs.weight64
+    valid = inputs.valid
+    denom = float(np.sum(w[np.where(valid, inputs.target, 0)] * valid)) if s.hard else float(n)
+    return go / denom if denom > 0 else np.zeros(n)
+
+
+def _smoothing_on_ignored(inputs):
+    """pytorch#73205: ignored rows keep the smoothing term (ε/C)(W·p − w), scaled like the rest."""
+    s = inputs.spec
+    g = analytic.gradient(inputs)
+    ign = ~inputs.valid
+    c = inputs.logits.shape[1]
+    w = np.ones(c) if inputs.weight is None else inputs.weight64
+    p = analytic.softmax(inputs.logits64 / s.temperature)
+    g = np.array(g)
+    g[ign] = (_alpha(inputs)[ign, None] * s.label_smoothing / c) * (np.sum(w) * p[ign] - w)
+    return g
+
+
+def _zloss_weighted(inputs):
+    g0 = _grad(inputs, z_loss=0.0)
+    zl = analytic.gradient(inputs) - g0
+    wy = inputs.weight64[np.where(inputs.valid, inputs.target, 0)][:, None]
+    return g0 + zl * wy
+
+
+def _p_minus_y(inputs):
+    s = inputs.spec
+    if s.label_smoothing or s.weight is not None or s.z_loss or s.softcap or s.temperature != 1:
+        return None
+    z = inputs.logits64
+    g = analytic.softmax(z) - inputs.target64
+    go = np.broadcast_to(np.asarray(inputs.grad_output, float), (len(z),))[:, None]
+    return g * go / (len(z) if s.reduction == "mean" else 1)
+
+
+def known_bugs(inputs):
+    """(description, gradient) of the classic mistakes that apply to this case's options
+    (``inputs`` in float64)."""
+    s = inputs.spec
+    n = inputs.logits.shape[0]
+    n_valid = int(inputs.valid.sum())
+    out = []
+    if s.label_smoothing:
+        other = "others" if s.smoothing_convention == "uniform" else "uniform"
+        out.append((f"matches label smoothing convention '{other}' "
+                    f"({'EPS/(C-1) off-target, fairseq/Megatron' if other == 'others' else 'EPS/C everywhere, PyTorch'}); "
+                    f"softcheck checked '{s.smoothing_convention}': pass --smoothing-convention {other} "
+                    "if that is what you implement", _grad(inputs, smoothing_convention=other)))
+        out.append(("label smoothing is not applied (matches EPS = 0)", _grad(inputs, label_smoothing=0.0)))
+        if s.hard and s.smoothing_convention == "uniform" and n_valid < n:
+            out.append(("label smoothing is left on the ignored rows (pytorch#73205): their "
+                        "smoothing term (EPS/C)(Σw·p − w) is not masked", _smoothing_on_ignored(inputs)))
+    if s.reduction == "mean":
+        out.append(("matches reduction 'sum': the mean's division is missing", _grad(inputs, reduction="sum")))
+        g = _grad(inputs, reduction="sum")
+        if s.hard and s.ignore_index is not None and n_valid < n:
+            out.append(("divides by the batch size N instead of the number (or weight sum) of "
+                        "non-ignored rows", g / n))
+        if s.hard and s.weight is not None and n_valid:
+            out.append(("the weighted mean divides by the number of non-ignored rows instead of "
+                        "the weight sum Σ w[y] (PyTorch divides by Σ w[y])", g / n_valid))
+    if s.reduction == "sum":
+        out.append(("matches reduction 'mean': divides by N where the sum was meant", _grad(inputs, reduction="mean")))
+    if s.weight is not None:
+        unweighted = dataclasses.replace(inputs, weight=None, spec=s.replace(weight=None))
+        out.append(("class weights are ignored" + ("" if s.hard else " (for probability "
+                    "targets too, PyTorch weights each class's term)"), analytic.gradient(unweighted)))
+    if s.z_loss:
+        out.append(("the z-loss term is missing", _grad(inputs, z_loss=0.0)))
+        out.append(("the z-loss gradient lacks its factor 2 (COEF·lse·p instead of 2·COEF·lse·p)",
+                    _grad(inputs, z_loss=s.z_loss / 2)))
+        if s.weight is not None and s.hard:
+            out.append(("the z-loss term is weighted by the class weight w[y] (it is not "
+                        "weighted)", _zloss_weighted(inputs)))
+    if s.temperature != 1.0:
+        out.append(("the temperature's chain factor 1/T is missing", _grad(inputs) * s.temperature))
+    if s.softcap:
+        z = inputs.logits64 / s.temperature
+        t = np.tanh(np.where(np.isfinite(z), z, 0) / s.softcap)
+        with np.errstate(all="ignore"):
+            g = np.where(np.isfinite(z), _grad(inputs) / (1 - t * t), 0.0)
+        out.append(("the softcap chain factor 1 - tanh²(z/S) is missing", g))
+    if not np.all(np.asarray(inputs.grad_output) == 1):
+        out.append(("the upstream gradient (grad_output) is ignored",
+                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(inputs.grad_output)))))
+    if not s.hard and not np.allclose(np.sum(inputs.target64, -1), 1):
+        out.append(("uses p - y, which assumes targets that sum to one; PyTorch accepts any "
+                    "non-negative targets and the gradient is p·Σy - y", _p_minus_y(inputs)))
+    if s.hard and inputs.logits.shape[1] > 2:
+        out.append(("the one-hot is subtracted at the wrong class (y + 1: an off-by-one "
+                    "in the target index)", _shifted_target(inputs, 1)))
+        out.append(("the one-hot is subtracted at the wrong class (y - 1: an off-by-one "
+                    "in the target index)", _shifted_target(inputs, -1)))
+    out.append(("softmax is taken over the wrong axis (the batch, not the classes)", _softmax_wrong_axis(inputs)))
+    return [(d, g) for d, g in out if g is not None]
+
+
+def explains(x, pattern, ref, *, inputs, dtype: str, kappa: float, scale: float) -> bool:
+    """The module docstring's criterion: the pattern matches ``x`` within tolerance, is at
+    least DISTINCT tolerances away from the correct gradient, and explains ≥ 90 % of the
+    error."""
+    if pattern.shape != x.shape or not np.all(np.isfinite(pattern)):
+        return False
+    kw = dict(inputs=inputs, dtype=dtype, kappa=kappa, scale=scale)
+    if not compare(("candidate", "pattern"), x, pattern, **kw).passed:
+        return False
+    if compare(("pattern", "analytic"), pattern, ref, **kw).ratio < DISTINCT:
+        return False
+    err = float(np.max(np.abs(x - ref), initial=0.0))
+    return float(np.max(np.abs(x - pattern), initial=0.0)) <= RESIDUAL * err
