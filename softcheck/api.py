@@ -18,13 +18,24 @@ def run(*, fail_fast: bool = False, **options) -> Report:
     return _run(config(**options), fail_fast=fail_fast)
 
 
+CALL_OPTIONS = ("convention", "framework", "args", "rename", "returns", "device")
+
+
 def check(fn, *, timeout: float | None = None, fail_fast: bool = False, hvp=None,
-          **options) -> Report:
-    """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``)."""
-    from .candidate import Candidate
+          backward=None, **options) -> Report:
+    """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``), or a
+    kernel as written with ``convention="loss"|"inplace"|"split"`` (``backward=`` the split
+    backward, a callable)."""
+    import dataclasses
+
+    from .candidate import Candidate, conventions
     from .engine.suites import check_candidate
 
-    cand = Candidate.from_callable(fn, hvp=hvp)
+    call = {k: options.pop(k) for k in CALL_OPTIONS if k in options}
+    bname = None if backward is None else getattr(backward, "__qualname__", repr(backward))
+    st = conventions.resolve(fn, conventions.settings(backward=bname, **call), bwd=backward)
+    cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
+                               backward=backward)
     return check_candidate(cand, config(**options), timeout=timeout, fail_fast=fail_fast)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
-
+from . import conventions
 
 
 class CandidateError(Exception):
@@ -34,6 +34,11 @@ class CallResult:
     grad: np.ndarray | None
     error: str | None = None
     notes: tuple[str, ...] = ()
+    # the forward's values (convention loss/inplace/split), float64 numpy; None if not returned
+    loss: np.ndarray | None = None
+    z_loss: np.ndarray | None = None
+    lse: np.ndarray | None = None
+    variants: tuple = ()        # (label, upstream g, gradient) for the other upstream gradients
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Candidate:
     hvp: object = None
     source: str | None = None       # TARGET with an absolute path: a worker process reloads it
     hvp_source: str | None = None
+    settings: conventions.Settings = conventions.Settings()   # how it is called (--convention)
+    backward: object = None         # split: the backward kernel
 
     def with_hvp(self, h: Candidate) -> Candidate:
         """This gradient with ``h``'s function as its Hessian-vector product (--order 2)."""
@@ -82,6 +89,8 @@ class Candidate:
         return {k: values[k] for k in OPTION_NAMES if self.takes(k)}
 
     def call(self, inputs: Inputs, *, timeout: float | None = None) -> CallResult:
+        if self.settings.convention != "grad":
+            return _guarded_convention(self, inputs, timeout)
         logits = np.array(inputs.logits, copy=True)
         target = np.array(inputs.target, copy=True)
         kw = self.kwargs(inputs)
@@ -118,6 +127,33 @@ def _guarded(fn, args, kw, inputs: Inputs, timeout, label) -> CallResult:
     if grad.dtype.itemsize < np.dtype(inputs.logits.dtype).itemsize:
         notes.append(f"returned {grad.dtype} for a {np.dtype(inputs.logits.dtype).name} case")
     return CallResult(np.asarray(grad, np.float64), None, tuple(notes))
+
+
+def _guarded_convention(cand: Candidate, inputs: Inputs, timeout) -> CallResult:
+    """``conventions.run`` under the same capture and timeout; its outputs as a CallResult."""
+    from ..reference.loss import values
+
+    def run():
+        try:
+            return conventions.run(cand.fn, cand.settings, inputs, bwd=cand.backward,
+                                   lse64=values(inputs.float64()).lse)
+        except conventions.CallFailed as e:
+            return e
+
+    try:
+        out, printed = _invoke(run, (), {}, timeout)
+        if printed:
+            raise CandidateError(f"printed to stdout ({printed[:60].strip()!r}): a kernel "
+                                 "must not write there (stdout carries --json -)")
+        if isinstance(out, conventions.CallFailed):
+            raise CandidateError(str(out))
+        grad = to_array(out.grad, inputs.logits.shape)
+        variants = tuple((lab, g, np.asarray(to_array(x, inputs.logits.shape), np.float64))
+                         for lab, g, x in out.variants)
+    except CandidateError as e:
+        return CallResult(None, str(e))
+    return CallResult(np.asarray(grad, np.float64), None, out.notes, out.loss, out.z_loss,
+                      out.lse, variants)
 
 
 def _invoke(fn, args, kw, timeout):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS
-from ..suite.config import CONFIG_KEYS, DTYPES, FD_METHODS, REGIMES, TOLERANCE_MODES
+from ..suite.config import (CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES, FD_METHODS,
+                            FRAMEWORKS, REGIMES, RETURN_ITEMS, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
 DEBUG = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks.")
@@ -112,6 +113,47 @@ def suite_options(fn):
     for o in reversed(opts):
         fn = o(fn)
     return fn
+
+
+#: check's options on how TARGET is called (candidate/conventions.py); batch-file keys too
+CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device")
+
+
+def call_options(fn):
+    """How ``check`` calls TARGET: the calling convention and what it needs."""
+    opts = [
+        click.option("--convention", type=click.Choice(CALLING_CONVENTIONS), default=None,
+                     help="grad: fn returns dL/dlogits; loss: fn returns the loss, softcheck "
+                          "differentiates it; inplace: loss returned, gradient left in the "
+                          "logits; split: TARGET is fwd -> (loss, lse), --backward the bwd "
+                          "[default: detected (autograd.Function: inplace, custom_vjp: loss), "
+                          "else grad]."),
+        click.option("--framework", type=click.Choice(FRAMEWORKS), default=None,
+                     help="Tensors TARGET receives [default: from its module's imports]."),
+        click.option("--args", "args", default=None,
+                     help="autograd.Function.apply's positional order: logits,target,OPTION,"
+                          "...,name=value [default: forward's parameter names]."),
+        click.option("--rename", multiple=True,
+                     help="OPTION=kernel_name: pass softcheck's option under the kernel's "
+                          "keyword (repeatable), e.g. z_loss=lse_square_scale."),
+        click.option("--returns", default=None,
+                     help=f"The returned tuple's items in order, from {', '.join(RETURN_ITEMS)} "
+                          "(_ skips one) [default: loss; split: loss,lse]."),
+        click.option("--backward", default=None,
+                     help="split: FILE.py:bwd computing bwd(logits, target, dloss, lse, **kw)."),
+        click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+                     help="Where torch/JAX inputs are created (results brought back)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def to_settings(kw: dict):
+    """The call options of ``check``, validated by the library (candidate/conventions)."""
+    from ..candidate.conventions import settings
+
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS})
 
 
 def to_config(kw: dict):

@@ -8,8 +8,9 @@ import time
 import numpy as np
 
 from ..judge import tolerances
-from ..judge.compare import Comparison, compare, invariants
+from ..judge.compare import Comparison, compare, compare_values, invariants
 from ..reference import analytic, autodiff
+from ..reference.loss import values as loss_values
 from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
@@ -27,7 +28,8 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     t0 = time.perf_counter()
     upstream = "auto"
     if candidate is not None:
-        upstream = "random" if candidate.takes("grad_output") else "one"
+        upstream = ("random" if candidate.settings.convention != "grad"
+                    or candidate.takes("grad_output") else "one")
     inputs = make_inputs(case, upstream=upstream)
     inputs64 = inputs.float64()
     stats = references.row_stats(inputs64)
@@ -71,6 +73,9 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     for a, b in pairs:
         comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale,
                                          native if a == "candidate" else 0.0))
+    if candidate is not None:
+        comparisons += _forward_pairs(call, inputs64, case, kappa)
+        comparisons += _upstream_pairs(call, inputs64, case, kappa, native / scale if scale else 0)
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native)
@@ -85,6 +90,43 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
                       fd=info, diagnosis=diagnosis, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
+
+
+def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Comparison]:
+    """The forward's values a loss-returning kernel gave (loss, z-loss, lse) against the
+    float64 reference values (tolerances.loss_allowed / lse_allowed)."""
+    if call.loss is None and call.lse is None:
+        return []
+    ref = loss_values(inputs64)
+    n = inputs64.logits.shape[0]
+    out = []
+    for name, x, r, sc in (("loss", call.loss, ref.loss, ref.scale),
+                           ("z_loss", call.z_loss if case.spec.z_loss else None, ref.z_loss,
+                            ref.zscale)):
+        if x is not None:
+            allowed, atol, rtol = tolerances.loss_allowed(case.dtype, kappa, sc, n, r)
+            out.append(compare_values((f"candidate_{name}", f"reference_{name}"), x, r,
+                                      allowed, atol, rtol, sc))
+    if call.lse is not None:
+        allowed, atol, rtol = tolerances.lse_allowed(case.dtype, kappa, ref.lse)
+        out.append(compare_values(("candidate_lse", "reference_lse"), call.lse, ref.lse,
+                                  allowed, atol, rtol, 1.0))
+    return out
+
+
+def _upstream_pairs(call, inputs64: Inputs, case: Case, kappa: float, native_rel: float
+                    ) -> list[Comparison]:
+    """The gradient for each other upstream gradient g (g = 1, a scalar for none) against the
+    closed form for that g (itself checked against autodiff and FD for the case's own g; the
+    loss is linear in g)."""
+    out = []
+    for label, g, grad in call.variants:
+        ig = dataclasses.replace(inputs64, grad_output=np.asarray(g, np.float64))
+        sc = references.row_stats(ig).scale
+        out.append(compare((f"candidate@{label}", "analytic"), grad, analytic.gradient(ig),
+                           inputs=ig, dtype=case.dtype, kappa=kappa, scale=sc,
+                           band=native_rel * sc))
+    return out
 
 
 def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:

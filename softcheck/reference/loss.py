@@ -208,3 +208,41 @@ def loss(logits, target, spec: LossSpec | None = None, *, weight=None, **options
         return float(np.sum(rows))
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.sum(vf * ce) / denom + np.sum(vf * zl) / count)
+
+
+class LossValues(NamedTuple):
+    """The forward's float64 values of a case, and the scales their rounding errors follow."""
+
+    loss: Any       # float (mean/sum) or (N,) (none): the loss, z-loss included
+    z_loss: Any     # the z-loss term alone, reduced the same way
+    lse: Any        # (N,) log Σ exp(v) of the transformed logits, every row
+    scale: Any      # Σ_i a_i·P_i (mean/sum) or P_i per row (none): see tolerances.loss_allowed
+    zscale: Any     # the same for the z-loss term alone
+
+
+def values(inputs: Inputs) -> LossValues:
+    """Loss, z-loss and lse of float64 ``inputs`` (the loss as :func:`loss` computes it), with
+    P_i = Σm_i + 2·COEF·|lse_i| the size of row i's terms per unit of κ (tolerances.py)."""
+    prm = params(inputs)
+    prm["go"] = np.ones_like(prm["go"])
+    z = inputs.logits64
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, z.shape[-1])
+        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm)
+        v = transform(np, z, prm)
+        mx = np.max(v, -1, keepdims=True)
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))
+        zl = np.broadcast_to(zl, ce.shape)
+        zpart = 2 * prm["z_loss"] * np.abs(lse)
+        a = tt.alpha * tt.valid
+        b = tt.beta * tt.valid
+        rows_loss, rows_z = a * ce + b * zl, b * zl
+        rows_scale, rows_zscale = a * tt.msum + b * zpart, b * zpart
+    if inputs.spec.reduction == "none":
+        return LossValues(rows_loss, rows_z, lse, rows_scale, rows_zscale)
+    if inputs.spec.reduction == "mean" and float(tt.denom) == 0:
+        nan = float("nan")
+        return LossValues(nan, nan if prm["z_loss"] else 0.0, lse, 0.0, 0.0)
+    return LossValues(float(np.sum(rows_loss)), float(np.sum(rows_z)), lse,
+                      float(np.sum(rows_scale)), float(np.sum(rows_zscale)))

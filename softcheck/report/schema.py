@@ -30,8 +30,12 @@ ENTRY = _obj({"row": {"type": "integer"}, "class": {"type": "integer"},
               "value": _NUM, "reference": _NUM, "error": _NUM})
 
 COMPARISON = _obj({
-    "pair": {"type": "array", "items": {"enum": ["candidate", "analytic", "autodiff",
-                                                 "finite_difference"]},
+    # a gradient pair; a forward value (candidate_loss vs reference_loss, z_loss, lse); or the
+    # gradient at another upstream gradient (candidate@g=1, candidate@g=scalar vs analytic)
+    "pair": {"type": "array", "items": {"enum": [
+        "candidate", "analytic", "autodiff", "finite_difference",
+        "candidate_loss", "reference_loss", "candidate_z_loss", "reference_z_loss",
+        "candidate_lse", "reference_lse", "candidate@g=1", "candidate@g=scalar"]},
              "minItems": 2, "maxItems": 2},
     "max_abs_error": _NUM, "max_rel_error": _NUM, "atol": _NUM, "rtol": _NUM, "ratio": _NUM,
     "passed": {"type": "boolean"}, "reason": _STR,

@@ -21,6 +21,14 @@ FD_METHODS = ("central", "richardson", "complex")
 #: native: also allowed 4× the error of the closed form computed in the dtype itself
 TOLERANCE_MODES = ("strict", "native")
 DEFAULT_BATCH = (1, 6)
+#: how a candidate is called (candidate/conventions.py): grad(logits, target) -> dL/dlogits;
+#: loss differentiated by softcheck; inplace: loss returned, gradient left in the logits;
+#: split: fwd -> (loss, lse) and a separate bwd(logits, target, dloss, lse) -> dlogits
+CALLING_CONVENTIONS = ("grad", "loss", "inplace", "split")
+FRAMEWORKS = ("torch", "jax", "numpy")
+DEVICES = ("cpu", "cuda")
+#: what a loss-returning candidate's tuple holds, in order (--returns)
+RETURN_ITEMS = ("loss", "z_loss", "lse")
 
 
 def numpy_dtype(name: str) -> np.dtype:
