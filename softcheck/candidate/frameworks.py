@@ -79,9 +79,9 @@ def to_framework(a, framework: str, device: str = "cpu", *, requires_grad: bool 
             t = torch.from_numpy(np.array(arr, copy=True))
         t = t.to(device)
         return t.requires_grad_(True) if requires_grad else t
-    import jax
-    import jax.numpy as jnp
+    from ..reference.jaxsetup import load
 
+    jax, jnp = load()                  # x64 on: a float64 case stays float64
     x = jnp.asarray(arr)
     return jax.device_put(x, _jax_device(device))
 

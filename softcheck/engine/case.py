@@ -81,7 +81,9 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
                       scale=scale, band=native)
     passed = all(c.passed for c in comparisons) and all(i.passed for i in invs)
     diagnosis: tuple[str, ...] = ()
-    if candidate is not None and not passed:
+    grad_failed = not all(c.passed for c in comparisons if c.pair[0] == "candidate") or \
+        not all(i.passed for i in invs)
+    if candidate is not None and grad_failed:
         from ..judge.diagnose import diagnose
 
         diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs))

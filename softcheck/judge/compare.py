@@ -176,7 +176,11 @@ def compare_values(pair: tuple[str, str], x, ref, allowed, atol: float, rtol: fl
     if not passed:
         i = int(np.argmax(ratio))
         where = f" (row {i})" if x.size > 1 else ""
-        reason = (f"{pair[0]} {x[i]:.8g} vs {ref[i]:.8g}{where}: error {err[i]:.3g} exceeds "
-                  f"the allowed {float(allowed[i]):.3g}")
+        if np.isnan(ref[i]):
+            reason = (f"{pair[0]} {x[i]:.8g}{where}, expected NaN (every row ignored under "
+                      "mean: 0/0, as PyTorch)")
+        else:
+            reason = (f"{pair[0]} {x[i]:.8g} vs {ref[i]:.8g}{where}: error {err[i]:.3g} "
+                      f"exceeds the allowed {float(allowed[i]):.3g}")
     return Comparison(pair, max_abs, float(np.max(rel, initial=0.0)), atol, rtol, worst,
                       passed, reason)
