@@ -127,6 +127,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     fw = fw or fws.detect(fn)
     st = dataclasses.replace(st, convention=conv, framework=fw)
     if conv == "grad":
+        _check_signature(fn, 2, "", conv)
         return st
     fws.require(fw)
     fws.check_device(fw, st.device)
@@ -140,7 +141,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     if fws._is_autograd_function(fn):
         st = dataclasses.replace(st, args=_apply_order(fn, st))
     else:
-        _check_signature(fn, 2, "TARGET", conv)
+        _check_signature(fn, 2, "", conv)
     if conv == "split":
         if bwd is None:
             raise SoftcheckError("--convention split needs --backward FILE.py:bwd")
@@ -162,7 +163,7 @@ def _check_signature(fn, n: int, what: str, conv: str) -> None:
     shape = "(logits, target, dloss, lse, **kw)" if n == 4 else "(logits, target, **kw)"
     if len(pos) < n or len(required) > n:
         names = ", ".join(p.name for p in ps)
-        raise SoftcheckError(f"{what} {getattr(fn, '__name__', fn)}({names}) cannot be called "
+        raise SoftcheckError(f"{what}{' ' if what else ''}{getattr(fn, '__name__', fn)}({names}) cannot be called "
                              f"as {shape} under --convention {conv}")
 
 
