@@ -28,12 +28,13 @@ def check(fn, *, timeout: float | None = None, fail_fast: bool = False, hvp=None
     backward, a callable)."""
     import dataclasses
 
-    from .candidate import Candidate, conventions
+    from .candidate import Candidate
+    from .candidate.conventions import resolve, settings
     from .engine.suites import check_candidate
 
     call = {k: options.pop(k) for k in CALL_OPTIONS if k in options}
     bname = None if backward is None else getattr(backward, "__qualname__", repr(backward))
-    st = conventions.resolve(fn, conventions.settings(backward=bname, **call), bwd=backward)
+    st = resolve(fn, settings(backward=bname, **call), bwd=backward)
     cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
                                backward=backward)
     return check_candidate(cand, config(**options), timeout=timeout, fail_fast=fail_fast)

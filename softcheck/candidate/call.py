@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
-from . import conventions
+from .conventions import CallFailed, Settings
+from .conventions import run as run_convention
 
 
 class CandidateError(Exception):
@@ -48,7 +49,7 @@ class Candidate:
     hvp: object = None
     source: str | None = None       # TARGET with an absolute path: a worker process reloads it
     hvp_source: str | None = None
-    settings: conventions.Settings = conventions.Settings()   # how it is called (--convention)
+    settings: Settings = Settings()   # how it is called (--convention)
     backward: object = None         # split: the backward kernel
 
     def with_hvp(self, h: Candidate) -> Candidate:
@@ -135,9 +136,9 @@ def _guarded_convention(cand: Candidate, inputs: Inputs, timeout) -> CallResult:
 
     def run():
         try:
-            return conventions.run(cand.fn, cand.settings, inputs, bwd=cand.backward,
+            return run_convention(cand.fn, cand.settings, inputs, bwd=cand.backward,
                                    lse64=values(inputs.float64()).lse)
-        except conventions.CallFailed as e:
+        except CallFailed as e:
             return e
 
     try:
@@ -145,7 +146,7 @@ def _guarded_convention(cand: Candidate, inputs: Inputs, timeout) -> CallResult:
         if printed:
             raise CandidateError(f"printed to stdout ({printed[:60].strip()!r}): a kernel "
                                  "must not write there (stdout carries --json -)")
-        if isinstance(out, conventions.CallFailed):
+        if isinstance(out, CallFailed):
             raise CandidateError(str(out))
         grad = to_array(out.grad, inputs.logits.shape)
         variants = tuple((lab, g, np.asarray(to_array(x, inputs.logits.shape), np.float64))

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
 from ..suite.config import CALLING_CONVENTIONS, DEVICES, FRAMEWORKS, RETURN_ITEMS
-from . import frameworks as fws
+from .frameworks import (check_device, detect, dtype_name, is_autograd_function,
+                         is_custom_vjp, require, to_framework, to_numpy)
 
 #: the options a kernel may take besides logits and target (grad_output is softcheck's to apply)
 KERNEL_OPTIONS = tuple(o for o in OPTION_NAMES if o != "grad_output")
@@ -120,17 +121,17 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     """The settings completed for this TARGET (convention and framework detected) and the
     TARGET validated against them: one line and exit 2 when it cannot be called so."""
     conv, fw = st.convention, st.framework
-    if fws._is_autograd_function(fn) and conv in ("grad", "loss") and st.convention == "grad":
+    if is_autograd_function(fn) and conv in ("grad", "loss") and st.convention == "grad":
         conv = "inplace"
-    elif fws._is_custom_vjp(fn) and st.convention == "grad":
+    elif is_custom_vjp(fn) and st.convention == "grad":
         conv = "loss"
-    fw = fw or fws.detect(fn)
+    fw = fw or detect(fn)
     st = dataclasses.replace(st, convention=conv, framework=fw)
     if conv == "grad":
         _check_signature(fn, 2, "", conv)
         return st
-    fws.require(fw)
-    fws.check_device(fw, st.device)
+    require(fw)
+    check_device(fw, st.device)
     if conv == "loss" and fw == "numpy":
         raise SoftcheckError("--convention loss differentiates the returned loss with torch or "
                              "JAX: a numpy function can be checked with --convention grad or "
@@ -138,7 +139,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     if conv == "inplace" and fw == "jax":
         raise SoftcheckError("--convention inplace reads the gradient back from the logits "
                              "buffer, which JAX arrays cannot be: use --convention loss")
-    if fws._is_autograd_function(fn):
+    if is_autograd_function(fn):
         st = dataclasses.replace(st, args=_apply_order(fn, st))
     else:
         _check_signature(fn, 2, "", conv)
@@ -205,7 +206,7 @@ def _literal(item: str):
 
 def _option_values(inputs: Inputs, fw: str, device: str) -> dict:
     s = inputs.spec
-    return {"weight": fws.to_framework(inputs.weight, fw, device),
+    return {"weight": to_framework(inputs.weight, fw, device),
             "ignore_index": -100 if s.ignore_index is None else s.ignore_index,
             "reduction": s.reduction, "label_smoothing": s.label_smoothing,
             "smoothing_convention": s.smoothing_convention, "temperature": s.temperature,
@@ -269,8 +270,8 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None) -> Outputs:
     """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split)."""
     if st.convention == "split":
         return _split(fn, bwd, st, inputs, lse64)
-    apply = fn.apply if fws._is_autograd_function(fn) else fn
-    by_autograd = st.convention == "loss" or fws._is_autograd_function(fn)
+    apply = fn.apply if is_autograd_function(fn) else fn
+    by_autograd = st.convention == "loss" or is_autograd_function(fn)
     gs = [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs)
     if st.convention == "inplace" and not by_autograd:
         gs = gs[:1]                  # softcheck applies g itself: one call says it all
@@ -287,8 +288,8 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None) -> Outputs:
 
 def _one(apply, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool):
     fw, dev = st.framework, st.device
-    z = fws.to_framework(inputs.logits, fw, dev, requires_grad=by_autograd and fw == "torch")
-    t = fws.to_framework(inputs.target, fw, dev)
+    z = to_framework(inputs.logits, fw, dev, requires_grad=by_autograd and fw == "torch")
+    t = to_framework(inputs.target, fw, dev)
     opts = _option_values(inputs, fw, dev)
     args, kw = _arguments(apply, st, (z, t), opts)
     notes = []
@@ -322,19 +323,19 @@ def _one(apply, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool):
             if grad is None:
                 raise CallFailed("the logits received no gradient from loss.backward()")
         else:
-            grad = fws.to_numpy(z) * (g[:, None] if g.ndim else g)
-        if st.convention == "loss" and not np.array_equal(fws.to_numpy(z), inputs.logits64,
+            grad = to_numpy(z) * (g[:, None] if g.ndim else g)
+        if st.convention == "loss" and not np.array_equal(to_numpy(z), inputs.logits64,
                                                           equal_nan=True):
             notes.append("wrote into its logits argument under --convention loss (declare "
                          "--convention inplace if that is the design)")
     _unchanged(t, inputs.target, "target")
     _unchanged(opts["weight"], inputs.weight, "weight")
-    values = {k: fws.to_numpy(v) for k, v in got.items() if v is not None}
-    return fws.to_numpy(grad), values, notes
+    values = {k: to_numpy(v) for k, v in got.items() if v is not None}
+    return to_numpy(grad), values, notes
 
 
 def _unchanged(x, original, name: str) -> None:
-    if x is not None and not np.array_equal(fws.to_numpy(x), np.asarray(original, np.float64)
+    if x is not None and not np.array_equal(to_numpy(x), np.asarray(original, np.float64)
                                             if np.asarray(original).dtype.kind == "f"
                                             else original, equal_nan=True):
         raise CallFailed(f"modified its {name} argument in place")
@@ -343,29 +344,29 @@ def _unchanged(x, original, name: str) -> None:
 def _split(fwd, bwd, st: Settings, inputs: Inputs, lse64) -> Outputs:
     fw, dev = st.framework, st.device
     opts = _option_values(inputs, fw, dev)
-    z = fws.to_framework(inputs.logits, fw, dev)
-    t = fws.to_framework(inputs.target, fw, dev)
+    z = to_framework(inputs.logits, fw, dev)
+    t = to_framework(inputs.target, fw, dev)
     args, kw = _arguments(fwd, st, (z, t), opts)
     got = _returned(fwd(*args, **kw), st, len(inputs.logits))
     _check_loss_shape(got["loss"], inputs)
     if "lse" not in got:
         raise CallFailed("the forward of --convention split must return (loss, lse)")
-    values = {k: fws.to_numpy(v) for k, v in got.items() if v is not None}
+    values = {k: to_numpy(v) for k, v in got.items() if v is not None}
     lse_dtype = np.float64 if inputs.logits.dtype == np.float64 else np.float32
-    loss_dtype = np.dtype(fws.dtype_name(got["loss"])) if fws.dtype_name(got["loss"]) in (
+    loss_dtype = np.dtype(dtype_name(got["loss"])) if dtype_name(got["loss"]) in (
         "float64", "float32") else np.float32
     grads = []
     for label, g in [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs):
-        zb = fws.to_framework(inputs.logits, fw, dev)
-        tb = fws.to_framework(inputs.target, fw, dev)
-        dl = fws.to_framework(np.asarray(g, loss_dtype), fw, dev)
-        lse = fws.to_framework(np.asarray(lse64, lse_dtype), fw, dev)
+        zb = to_framework(inputs.logits, fw, dev)
+        tb = to_framework(inputs.target, fw, dev)
+        dl = to_framework(np.asarray(g, loss_dtype), fw, dev)
+        lse = to_framework(np.asarray(lse64, lse_dtype), fw, dev)
         bargs, bkw = _arguments(bwd, st, (zb, tb, dl, lse), opts)
         dx = bwd(*bargs, **bkw)
         if dx is None:
             raise CallFailed("the backward returned None instead of dlogits")
         _unchanged(tb, inputs.target, "target")
-        grads.append((label, g, fws.to_numpy(dx)))
+        grads.append((label, g, to_numpy(dx)))
     _unchanged(t, inputs.target, "target")
     _unchanged(opts["weight"], inputs.weight, "weight")
     return Outputs(grads[0][2], values.get("loss"), values.get("z_loss"), values.get("lse"),

@@ -8,6 +8,7 @@ ml_dtypes' bfloat16, which ``torch.from_numpy`` rejects).  Results come back thr
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import numpy as np
@@ -22,20 +23,18 @@ def require(framework: str) -> None:
     """One-line error (exit 2) when the framework a convention needs is not installed."""
     if framework == "torch":
         try:
-            import torch  # noqa: F401
+            importlib.import_module("torch")
         except ImportError:
             raise SoftcheckError(f"this check calls the candidate with torch tensors, but torch "
                                  f"is not installed: {TORCH_HINT}") from None
-    elif framework == "jax":
-        import jax  # noqa: F401  (a dependency of softcheck)
 
 
 def detect(fn) -> str:
     """torch / jax / numpy from where ``fn`` lives: its module's name, else the frameworks its
     module imports (torch first: a torch module often imports numpy too)."""
-    if _is_autograd_function(fn):
+    if is_autograd_function(fn):
         return "torch"
-    if _is_custom_vjp(fn):
+    if is_custom_vjp(fn):
         return "jax"
     modname = getattr(fn, "__module__", None) or ""
     for fw, prefixes in (("torch", ("torch",)), ("jax", ("jax", "optax", "flax"))):
@@ -54,13 +53,13 @@ def detect(fn) -> str:
     return "numpy"
 
 
-def _is_autograd_function(fn) -> bool:
+def is_autograd_function(fn) -> bool:
     return isinstance(fn, type) and any(
         c.__module__.startswith("torch.autograd") and c.__name__ == "Function"
         for c in fn.__mro__)
 
 
-def _is_custom_vjp(fn) -> bool:
+def is_custom_vjp(fn) -> bool:
     return type(fn).__name__ in ("custom_vjp", "custom_jvp") and \
         type(fn).__module__.startswith("jax")
 

@@ -11,12 +11,12 @@ import sys
 import zlib
 
 from ..spec import SoftcheckError
-from . import conventions
+from .conventions import Settings, resolve
 from .call import Candidate
 
 
 def load(target: str, *, hvp: str | None = None, label: str | None = None,
-         settings: conventions.Settings | None = None, base: str | None = None) -> Candidate:
+         settings: Settings | None = None, base: str | None = None) -> Candidate:
     """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
     not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name;
     ``settings`` how it is called (validated against it here: exit 2 if it cannot be);
@@ -24,13 +24,13 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
     cand = _load(target, label)
     if hvp:
         cand = cand.with_hvp(_load(hvp, None))
-    st = settings or conventions.Settings()
+    st = settings or Settings()
     bwd = None
     if st.backward:
         b = relative_to(st.backward, base) if base else st.backward
         bwd = _load(b, None).fn
     try:
-        st = conventions.resolve(cand.fn, st, bwd=bwd)
+        st = resolve(cand.fn, st, bwd=bwd)
     except SoftcheckError as e:
         raise SoftcheckError(f"TARGET {target}: {e}") from None
     return dataclasses.replace(cand, settings=st, backward=bwd)
