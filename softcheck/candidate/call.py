@@ -85,6 +85,8 @@ class Candidate:
             "temperature": s.temperature,
             "softcap": s.softcap,
             "z_loss": s.z_loss,
+            "mean_over": s.mean_over,
+            "logit_scale": s.logit_scale,
             "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
         }
         return {k: values[k] for k in OPTION_NAMES if self.takes(k)}

@@ -210,7 +210,8 @@ def _option_values(inputs: Inputs, fw: str, device: str) -> dict:
             "ignore_index": -100 if s.ignore_index is None else s.ignore_index,
             "reduction": s.reduction, "label_smoothing": s.label_smoothing,
             "smoothing_convention": s.smoothing_convention, "temperature": s.temperature,
-            "softcap": s.softcap, "z_loss": s.z_loss}
+            "softcap": s.softcap, "z_loss": s.z_loss, "mean_over": s.mean_over,
+            "logit_scale": s.logit_scale}
 
 
 def _arguments(fn, st: Settings, lead: tuple, opts: dict) -> tuple[tuple, dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS
-from ..suite.config import (CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES, FD_METHODS,
+from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
+from ..suite.config import (CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES, FD_METHODS,
                             FRAMEWORKS, REGIMES, RETURN_ITEMS, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
@@ -96,6 +96,12 @@ def suite_options(fn):
         click.option("--softcap", type=float, default=None, help="Logits -> S*tanh(z/S) (> 0)."),
         click.option("--z-loss", type=float, default=0.0, show_default=True,
                      help="Adds COEF*lse^2 per non-ignored row (>= 0)."),
+        click.option("--mean-over", default="weight", show_default=True,
+                     help=f"The mean's denominator: {'|'.join(MEAN_OVER)}|K: weight = Σ w[y] "
+                          "of non-ignored rows (PyTorch), valid = their count even with weights "
+                          "(chainer), batch = all N rows, K = a global count (n_items)."),
+        click.option("--logit-scale", type=float, default=1.0, show_default=True,
+                     help="Logits multiplied by S (> 0) before the softcap, beside --temperature."),
         click.option("--fd", type=click.Choice(FD_METHODS), default=None,
                      help="Finite-difference method [default: most accurate affordable]."),
         click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
@@ -113,10 +119,6 @@ def suite_options(fn):
     for o in reversed(opts):
         fn = o(fn)
     return fn
-
-
-#: check's options on how TARGET is called (candidate/conventions.py); batch-file keys too
-CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device")
 
 
 def call_options(fn):

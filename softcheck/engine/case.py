@@ -34,7 +34,7 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     inputs64 = inputs.float64()
     stats = references.row_stats(inputs64)
     scale = stats.scale
-    kappa = tolerances.condition(inputs64.logits, case.spec.temperature, case.spec.softcap)
+    kappa = tolerances.condition(inputs64.logits, case.spec.divisor, case.spec.softcap)
     base = dict(name=case.name, params=case.params(), group=case.group, scale=scale, kappa=kappa,
                 target=candidate.label if candidate is not None else None)
     if case.order == 2:
@@ -199,7 +199,7 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
     # not with H·d itself (which vanishes when p saturates).
     cap = case.spec.softcap
     hscale = scale * float(np.max(np.abs(d), initial=0.0)) * (2 + (0.77 / cap if cap else 0.0)) \
-        / case.spec.temperature
+        / case.spec.divisor
     comps = []
     for a, b in pairs:
         bd = band if "finite_difference" in (a, b) else 0.0

@@ -27,7 +27,7 @@ def _grad(inputs, **spec_changes):
 
 
 def _softmax_wrong_axis(inputs):
-    p = analytic.softmax(inputs.logits64 / inputs.spec.temperature, axis=0)
+    p = analytic.softmax(inputs.logits64 / inputs.spec.divisor, axis=0)
     y = np.zeros_like(p)
     if inputs.spec.hard:
         rows = np.flatnonzero(inputs.valid)
@@ -152,7 +152,7 @@ def diagnose(x, inputs, case, comparisons, invariants) -> list[str]:
             hints.append("gradient rows should sum to zero (softmax is shift-invariant) and do not")
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
-    kappa = tolerances.condition(inp.logits, case.spec.temperature, case.spec.softcap)
+    kappa = tolerances.condition(inp.logits, case.spec.divisor, case.spec.softcap)
     from ..reference.finite_difference import row_stats
 
     sc = row_stats(inp).scale

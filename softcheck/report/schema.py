@@ -62,6 +62,9 @@ PARAMS = _obj({
     "smoothing_convention": {"enum": ["uniform", "others"]},
     "temperature": {"type": "number", "exclusiveMinimum": 0},
     "softcap": {"type": ["number", "null"]}, "z_loss": {"type": "number", "minimum": 0},
+    "mean_over": {"oneOf": [{"enum": ["weight", "valid", "batch"]},
+                            {"type": "integer", "minimum": 1}]},
+    "logit_scale": {"type": "number", "exclusiveMinimum": 0},
     "order": {"enum": [1, 2]},
     "tolerance": {"enum": ["strict", "native"]},
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
