@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
-from ..suite.config import CALLING_CONVENTIONS, DEVICES, FRAMEWORKS, RETURN_ITEMS
+from ..suite.config import (CALLING_CONVENTIONS, DEVICES, DTYPES, FRAMEWORKS, RETURN_ITEMS,
+                            numpy_dtype)
 from .frameworks import (check_device, detect, dtype_name, is_autograd_function,
                          is_custom_vjp, require, to_framework, to_numpy)
 
@@ -354,8 +355,8 @@ def _split(fwd, bwd, st: Settings, inputs: Inputs, lse64) -> Outputs:
         raise CallFailed("the forward of --convention split must return (loss, lse)")
     values = {k: to_numpy(v) for k, v in got.items() if v is not None}
     lse_dtype = np.float64 if inputs.logits.dtype == np.float64 else np.float32
-    loss_dtype = np.dtype(dtype_name(got["loss"])) if dtype_name(got["loss"]) in (
-        "float64", "float32") else np.float32
+    name = dtype_name(got["loss"])               # dloss in the loss's own dtype
+    loss_dtype = numpy_dtype(name) if name in DTYPES else np.float64
     grads = []
     for label, g in [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs):
         zb = to_framework(inputs.logits, fw, dev)
