@@ -130,6 +130,7 @@ def test_per_row_grad_output_ignored_is_caught_and_named():
     bad = failing_pairs(rep)
     assert "candidate/analytic" in bad and "candidate@g=scalar/analytic" not in bad
     assert "candidate@g=1/analytic" not in bad
+    assert any("drops or misapplies grad_output" in h for c in rep.failed for h in c.diagnosis)
 
 
 def test_apply_order_from_args_and_literals():

@@ -86,7 +86,8 @@ def run_case(case: Case, candidate=None, *, timeout: float | None = None) -> Cas
     if candidate is not None and grad_failed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs))
+        diagnosis = _upstream_hint(comparisons, inputs) + tuple(
+            diagnose(grads["candidate"], inputs, case, comparisons, invs))
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
                   fd.columns, len(fd.probes))
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
@@ -129,6 +130,19 @@ def _upstream_pairs(call, inputs64: Inputs, case: Case, kappa: float, native_rel
                            inputs=ig, dtype=case.dtype, kappa=kappa, scale=sc,
                            band=native_rel * sc))
     return out
+
+
+def _upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
+    """Right for g = 1 (and a uniform g) but wrong for the case's own g: name it."""
+    main = [c for c in comparisons if c.pair[0] == "candidate"]
+    other = [c for c in comparisons if c.pair[0].startswith("candidate@")]
+    if not other or all(c.passed for c in main) or not all(c.passed for c in other):
+        return ()
+    g = np.asarray(inputs.grad_output)
+    what = "a random per-row upstream gradient" if g.ndim else f"the upstream gradient {g:.4g}"
+    return (f"right with {', '.join(c.pair[0].split('@')[1] for c in other)} but wrong with "
+            f"{what}: the backward drops or misapplies grad_output (Liger #678, "
+            "TransformerEngine #2139)",)
 
 
 def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:
