@@ -223,3 +223,38 @@ def test_cuda_device(request):
     rep = softcheck.check(torch.nn.functional.cross_entropy, convention="loss", device="cuda",
                           **SMALL)
     assert rep.passed, failing_pairs(rep)
+
+
+def test_batch_group_takes_the_call_keys(tmp_path):
+    f = tmp_path / "b.toml"
+    root = os.getcwd()
+    f.write_text(f'''
+[[case]]
+name = "liger"
+target = "{root}/scripts/examples/liger_style_inplace.py:LigerStyleCE"
+rename = ["z_loss=lse_square_scale"]
+returns = "loss,z_loss"
+z_loss = 1e-3
+reduction = "none"
+regime = "normal"
+batch = 6
+
+[[case]]
+name = "split"
+target = "{root}/scripts/examples/split_kernel.py:fwd_lse_off"
+convention = "split"
+backward = "{root}/scripts/examples/split_kernel.py:bwd"
+reduction = "none"
+regime = "normal"
+batch = 6
+''')
+    env = dict(os.environ, PYTHONPATH=root)
+    r = subprocess.run([sys.executable, "-m", "softcheck", "batch", str(f), "--json", "-"],
+                       capture_output=True, text=True, env=env)
+    d = load_report(r.stdout)
+    verdict = {c["group"]: c["passed"] for c in d["cases"]}
+    assert r.returncode == 1 and verdict == {"liger": True, "split": False}
+    f.write_text('[[case]]\nconvention = "loss"\n')
+    r = subprocess.run([sys.executable, "-m", "softcheck", "batch", str(f)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "has none" in r.stderr
