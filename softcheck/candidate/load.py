@@ -28,7 +28,9 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
     bwd = None
     if st.backward:
         b = relative_to(st.backward, base) if base else st.backward
-        bwd = _load(b, None).fn
+        loaded = _load(b, None)
+        bwd = loaded.fn
+        st = dataclasses.replace(st, backward=loaded.source)   # absolute: a worker reloads it
     try:
         st = resolve(cand.fn, st, bwd=bwd)
     except SoftcheckError as e:

@@ -124,7 +124,7 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
         for i, job in enumerate(jobs):
             cand = job.candidate
             payload = (job.case, job.timeout, None if cand is None else
-                       (cand.source, cand.hvp_source, cand.label))
+                       (cand.source, cand.hvp_source, cand.label, cand.settings))
             futures[pool.submit(_work, payload)] = i
         for fut in cf.as_completed(futures):
             i = futures[fut]
@@ -149,7 +149,8 @@ def _work(payload) -> CaseResult:
         if cand_info not in _WORKER_CANDIDATES:
             from ..candidate import load
 
-            source, hvp_source, label = cand_info
-            _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label)
+            source, hvp_source, label, settings = cand_info
+            _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label,
+                                                 settings=settings)
         cand = _WORKER_CANDIDATES[cand_info]
     return run_case(case, cand, timeout=timeout)
