@@ -79,10 +79,14 @@ def test_returned_z_loss_is_judged():
                          **SMALL)
     assert ok.passed, failing_pairs(ok)
     assert any(c.pair[0] == "candidate_z_loss" for c in ok.cases[0].comparisons)
-    # declared the other way round, the z-loss term is read as the loss: caught
-    bad = softcheck.check(K.torch_tuple, convention="loss", z_loss=1e-3,
-                          returns="loss,z_loss", reduction="none", dtype="float64", **SMALL)
-    assert bad.passed
+    # a z-loss value reported twice too large (the loss itself right) is caught on its pair
+    def doubled(logits, target, z_loss=0.0, reduction="mean"):
+        loss, zl = K.torch_tuple(logits, target, z_loss=z_loss, reduction=reduction)
+        return loss, 2 * zl
+
+    bad = softcheck.check(doubled, convention="loss", z_loss=1e-3, returns="loss,z_loss",
+                          **SMALL)
+    assert failing_pairs(bad) == {"candidate_z_loss/reference_z_loss"}
 
 
 def test_jax_custom_vjp_detected_as_loss_and_forward_bug_caught():
