@@ -22,20 +22,36 @@ def run(*, fail_fast: bool = False, **options: Any) -> Report:
     return _run(config(**options), fail_fast=fail_fast)
 
 
+CALL_OPTIONS = ("convention", "framework", "args", "rename", "returns", "device")
+
+
 def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
           nondet_tol: float | None = None, in_process: bool = False, fail_fast: bool = False,
-          hvp: Callable[..., Any] | None = None, **options: Any) -> Report:
-    """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``).
+          hvp: Callable[..., Any] | None = None, backward: Callable[..., Any] | None = None,
+          **options: Any) -> Report:
+    """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``), or a
+    kernel as written with ``convention="loss"|"inplace"|"split"`` (``backward=`` the split
+    backward, a callable).
 
     ``fn`` runs in a worker process when it can be re-imported there by its module and name
     (a module-level function); a lambda or closure runs in this process, and the report says
     so.  ``timeout`` seconds per call (0 or None: no limit); ``repeat`` calls per case on
     identical inputs; ``nondet_tol`` the difference allowed between them."""
+    import dataclasses
+
     from .candidate import CallPolicy, Candidate, source_of
+    from .candidate.conventions import resolve, settings
     from .engine.suites import check_candidate
 
-    cand = Candidate.from_callable(fn, hvp=hvp)
-    cand.source = source_of(fn)
+    call = {k: options.pop(k) for k in CALL_OPTIONS if k in options}
+    bsrc = source_of(backward) if backward is not None else None
+    bname = None if backward is None else (
+        bsrc or getattr(backward, "__qualname__", repr(backward)))
+    st = resolve(fn, settings(backward=bname, **call), bwd=backward)
+    cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
+                               backward=backward)
+    reloadable = backward is None or bsrc is not None
+    cand.source = source_of(fn) if reloadable else None
     cand.hvp_source = source_of(hvp) if hvp is not None else None
     policy = CallPolicy(timeout, repeat, nondet_tol, not in_process)
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)

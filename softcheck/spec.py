@@ -17,9 +17,13 @@ import numpy as np
 REDUCTIONS = ("mean", "sum", "none")
 TARGET_KINDS = ("index", "onehot", "probs")
 CONVENTIONS = ("uniform", "others")
+#: the mean's denominator (--mean-over): weight = Σ w[y] over non-ignored rows (PyTorch; the
+#: count without weights), valid = the non-ignored count even with weights (chainer, mygrad),
+#: batch = every row, ignored ones included; a whole number = a fixed global count (n_items)
+MEAN_OVER = ("weight", "valid", "batch")
 #: the loss options a candidate may declare as keywords (``check``'s calling convention)
 OPTION_NAMES = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
-                "temperature", "softcap", "z_loss", "grad_output")
+                "temperature", "softcap", "z_loss", "grad_output", "mean_over", "logit_scale")
 
 
 class SoftcheckError(ValueError):
@@ -47,6 +51,14 @@ class LossSpec:
     temperature: float = 1.0
     softcap: float | None = None
     z_loss: float = 0.0
+    mean_over: str | int = "weight"
+    logit_scale: float = 1.0
+
+    @property
+    def divisor(self) -> float:
+        """The logits are multiplied by ``logit_scale`` and divided by ``temperature``, before
+        the softcap: one division by T/S (what every stage computes with)."""
+        return self.temperature / self.logit_scale
 
     def replace(self, **changes) -> LossSpec:
         return dataclasses.replace(self, **changes)
@@ -82,6 +94,15 @@ class LossSpec:
             raise SoftcheckError(f"--softcap must lie in [1e-30, 1e30], got {self.softcap!r} "
                                  "(the finite-difference error bounds take (1/S)^4, which must "
                                  "stay within float64)")
+        if not (_finite(self.logit_scale) and self.logit_scale > 0) or not (
+                SCALE_RANGE[0] <= self.divisor <= SCALE_RANGE[1]):
+            raise SoftcheckError(f"--logit-scale must be a finite number > 0 with "
+                                 f"--temperature / --logit-scale in [1e-30, 1e30], got "
+                                 f"{self.logit_scale!r}")
+        m = self.mean_over
+        if not (m in MEAN_OVER or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)):
+            raise SoftcheckError(f"--mean-over must be one of {', '.join(MEAN_OVER)} or a whole "
+                                 f"number >= 1 (a global count), got {m!r}")
         if not (_finite(self.z_loss) and self.z_loss >= 0):
             raise SoftcheckError(f"--z-loss must be a finite number >= 0, got {self.z_loss!r}")
         if self.ignore_index is not None and not self.hard and self.ignore_index >= 0:

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
+from .conventions import CallFailed, Settings
+from .conventions import run as run_convention
+
 from .errors import format_exception
 
 #: the captured output of one call kept in a report (the rest is counted, not kept)
@@ -68,6 +71,11 @@ class CallResult:
     notes: tuple[str, ...] = ()
     output: str = ""           # what the call printed (stdout and stderr, file-descriptor level)
     nondet: float = 0.0        # max |difference| between repeated calls on identical inputs
+    # the forward's values (convention loss/inplace/split), float64 numpy; None if not returned
+    loss: np.ndarray | None = None
+    z_loss: np.ndarray | None = None
+    lse: np.ndarray | None = None
+    variants: tuple = ()        # (label, upstream g, gradient) for the other upstream gradients
 
 
 @dataclass
@@ -79,6 +87,8 @@ class Candidate:
     hvp: object = None
     source: str | None = None       # TARGET with an absolute path: a worker process reloads it
     hvp_source: str | None = None
+    settings: Settings = Settings()   # how it is called (--convention)
+    backward: object = None         # split: the backward kernel
 
     def with_hvp(self, h: Candidate) -> Candidate:
         """This gradient with ``h``'s function as its Hessian-vector product (--order 2)."""
@@ -103,6 +113,8 @@ class Candidate:
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
              ) -> CallResult:
+        if self.settings.convention != "grad":
+            return _in_process_convention(self, inputs, timeout, repeat)
         args = [inputs.logits, inputs.target]
         return _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
 
@@ -136,6 +148,8 @@ def kwargs_for(inputs: Inputs, takes: Callable[[str], bool]) -> dict:
         "temperature": s.temperature,
         "softcap": s.softcap,
         "z_loss": s.z_loss,
+        "mean_over": s.mean_over,
+        "logit_scale": s.logit_scale,
         "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
     }
     return {k: values[k] for k in OPTION_NAMES if takes(k)}
@@ -204,18 +218,61 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
     return first, None, notes, nondet
 
 
-def _in_process(fn, args, kw, inputs: Inputs, timeout, repeat) -> CallResult:
-    """``invoke`` in this process, with its output captured (file-descriptor level) and a
-    timeout that stops waiting (a thread cannot be stopped: prefer the worker process)."""
-    def fresh():
-        return (tuple(np.array(a, copy=True) for a in args),
-                {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
-                 for k, v in kw.items()})
+def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None, lse64=None,
+                      repeat: int = 1) -> CallResult:
+    """``conventions.run`` (loss, inplace, split, autograd.Function) ``repeat`` times on
+    identical fresh inputs, judged as :func:`invoke` judges a gradient function; everything
+    converted to float64 numpy here, in the candidate's process."""
+    first, notes, nondet = None, [], 0.0
+    for i in range(max(1, repeat)):
+        inputs = fresh()
+        shape = inputs.logits.shape
+        where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
+        try:
+            out = run_convention(fn, st, inputs, bwd=bwd, lse64=lse64)
+            grad = np.array(to_array(out.grad, shape), np.float64, copy=True)
+            variants = tuple((str(lab), np.asarray(g, np.float64),
+                              np.array(to_array(x, shape), np.float64, copy=True))
+                             for lab, g, x in out.variants)
+            values = [None if v is None else np.array(v, np.float64, copy=True)
+                      for v in (out.loss, out.z_loss, out.lse)]
+        except (CallFailed, CandidateError) as e:
+            return CallResult(None, str(e) + where, tuple(notes))
+        except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
+            return CallResult(None, format_exception(e) + where, tuple(notes))
+        if first is None:
+            first = CallResult(grad, None, (), "", 0.0, *values, variants)
+            notes += [str(n) for n in out.notes if str(n) not in notes]
+        elif grad.tobytes() != first.grad.tobytes():
+            nondet = max(nondet, max_difference(first.grad, grad))
+    if nondet:
+        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
+                     f"{nondet:.3g} (max abs)")
+    return dataclasses.replace(first, notes=tuple(notes), nondet=nondet)
 
+
+def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat) -> CallResult:
+    """``invoke_convention`` in this process, output captured, as ``_in_process``."""
+    from ..reference.loss import values
+
+    lse64 = values(inputs.float64()).lse
+
+    def fresh():
+        return dataclasses.replace(
+            inputs, logits=np.array(inputs.logits, copy=True),
+            target=np.array(inputs.target, copy=True),
+            weight=None if inputs.weight is None else np.array(inputs.weight, copy=True))
+
+    return _threaded(lambda: invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward,
+                                               lse64=lse64, repeat=repeat), timeout)
+
+
+def _threaded(work: Callable[[], CallResult], timeout) -> CallResult:
+    """``work()`` with its output captured and a timeout that stops waiting."""
     box: dict = {}
 
     def target():
-        box["r"] = invoke(fn, fresh, inputs.logits.shape, inputs.logits.dtype, repeat)
+        box["r"] = work()
 
     with _capture_output() as output:
         if timeout:
@@ -230,8 +287,23 @@ def _in_process(fn, args, kw, inputs: Inputs, timeout, repeat) -> CallResult:
     if "timeout" in box:
         return CallResult(None, f"took longer than {timeout:g} s (--timeout); stopped waiting "
                                 f"after {box['timeout']:.1f} s", output=output())
-    grad, error, notes, nondet = box["r"]
-    return CallResult(grad, error, tuple(notes), output=output(), nondet=nondet)
+    return dataclasses.replace(box["r"], output=output())
+
+
+def _in_process(fn, args, kw, inputs: Inputs, timeout, repeat) -> CallResult:
+    """``invoke`` in this process, with its output captured (file-descriptor level) and a
+    timeout that stops waiting (a thread cannot be stopped: prefer the worker process)."""
+    def fresh():
+        return (tuple(np.array(a, copy=True) for a in args),
+                {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+                 for k, v in kw.items()})
+
+    def work():
+        grad, error, notes, nondet = invoke(fn, fresh, inputs.logits.shape,
+                                            inputs.logits.dtype, repeat)
+        return CallResult(grad, error, tuple(notes), nondet=nondet)
+
+    return _threaded(work, timeout)
 
 
 def clip_output(text: str, total: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -10,12 +11,34 @@ import sys
 import zlib
 
 from ..spec import SoftcheckError
+from .conventions import Settings, resolve
 from .call import Candidate
 
 
-def load(target: str, *, hvp: str | None = None, label: str | None = None) -> Candidate:
+def load(target: str, *, hvp: str | None = None, label: str | None = None,
+         settings: Settings | None = None, base: str | None = None) -> Candidate:
     """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
-    not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name."""
+    not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name;
+    ``settings`` how it is called (validated against it here: exit 2 if it cannot be);
+    ``base`` the folder a file ``settings.backward`` is relative to."""
+    cand = _load(target, label)
+    if hvp:
+        cand = cand.with_hvp(_load(hvp, None))
+    st = settings or Settings()
+    bwd = None
+    if st.backward:
+        b = relative_to(st.backward, base) if base else st.backward
+        loaded = _load(b, None)
+        bwd = loaded.fn
+        st = dataclasses.replace(st, backward=loaded.source)   # absolute: a worker reloads it
+    try:
+        st = resolve(cand.fn, st, bwd=bwd)
+    except SoftcheckError as e:
+        raise SoftcheckError(f"TARGET {target}: {e}") from None
+    return dataclasses.replace(cand, settings=st, backward=bwd)
+
+
+def _load(target: str, label: str | None) -> Candidate:
     if ":" not in target:
         raise SoftcheckError(f"TARGET {target!r} has no colon: write path/to/file.py:function "
                              "or package.module:function")
@@ -27,11 +50,10 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None) -> Ca
     fn = getattr(module, name, None)
     if fn is None:
         raise SoftcheckError(f"TARGET {target}: {where} has no function named {name!r}")
-    if not callable(fn):
+    if not callable(fn) and not hasattr(fn, "apply"):
         raise SoftcheckError(f"TARGET {target}: {name!r} is a {type(fn).__name__}, not callable")
     source = f"{os.path.abspath(where) if _is_path(where) else where}:{name}"
-    cand = Candidate(fn, label or target, source=source)
-    return cand.with_hvp(load(hvp)) if hvp else cand
+    return Candidate(fn, label or target, source=source)
 
 
 def relative_to(target: str, base: str) -> str:
@@ -69,6 +91,10 @@ def _import_file(where: str):
 
 
 def _import_module(where: str):
+    """As ``python -m`` would: the current directory first on the path while importing."""
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(where)
     except ModuleNotFoundError as e:
@@ -77,6 +103,9 @@ def _import_module(where: str):
         raise SoftcheckError(f"TARGET module {where} has a syntax error at line {e.lineno}: {e.msg}") from e
     except Exception as e:  # noqa: BLE001
         raise SoftcheckError(f"importing TARGET module {where} failed: {type(e).__name__}: {e}") from e
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def source_of(fn) -> str | None:
@@ -106,4 +135,7 @@ def isolated(cand: Candidate, *, x64: bool):
 
     if cand.source is None or (cand.hvp is not None and cand.hvp_source is None):
         return None
-    return IsolatedCandidate(cand.source, cand.hvp_source, cand.label, x64=x64)
+    if cand.backward is not None and not cand.settings.backward:
+        return None
+    return IsolatedCandidate(cand.source, cand.hvp_source, cand.label, x64=x64,
+                             settings=cand.settings)

@@ -24,6 +24,10 @@ import numpy as np
 
 from ..spec import Inputs, SoftcheckError
 from .call import OUTPUT_LIMIT, CallResult, clip_output, kwargs_for
+from .conventions import Settings
+
+#: the gradients a convention call returns besides the main one (other upstream gradients)
+MAX_VARIANTS = 2
 
 _HEADER = struct.Struct("<Q")
 _MAX_REPLY = 1 << 20
@@ -271,8 +275,10 @@ class IsolatedCandidate:
     times out; arrays cross through one shared memory file."""
 
     def __init__(self, source: str, hvp_source: str | None, label: str, *, x64: bool = True,
+                 settings: Settings = Settings(),
                  grace: float = 2.0, start_timeout: float | None = 300.0):
         self.source, self.hvp_source, self.label = source, hvp_source, label
+        self.settings = settings
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.pids: list[int] = []                  # every worker started, for tests and reports
         self._shm_fd = os.memfd_create("softcheck", 0)
@@ -300,7 +306,22 @@ class IsolatedCandidate:
         return kwargs_for(inputs, self.takes)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1) -> CallResult:
+        if self.settings.convention != "grad":
+            return self._call_convention(inputs, timeout, repeat)
         return self._call("call", inputs, [inputs.logits, inputs.target], timeout, repeat)
+
+    def _call_convention(self, inputs: Inputs, timeout, repeat) -> CallResult:
+        """A loss / inplace / split / autograd.Function kernel: the worker runs the
+        convention (``call.invoke_convention``); gradients come back through shared memory,
+        the forward's values in the reply."""
+        from ..reference.loss import values
+
+        lse64 = values(inputs.float64()).lse
+        arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
+                  "lse64": np.asarray(lse64, np.float64)}
+        kw = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+        return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
+                          kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
 
     def call_hvp(self, inputs: Inputs, direction, *, timeout=None) -> CallResult:
         return self._call("hvp", inputs, [inputs.logits, inputs.target, np.asarray(direction)],
@@ -335,7 +356,8 @@ class IsolatedCandidate:
 
     # -- internals ---------------------------------------------------------------------
     def _start(self) -> _Worker:
-        hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label}
+        hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
+                 "settings": self.settings}
         try:
             w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids)
         except TimeoutError:
@@ -369,15 +391,17 @@ class IsolatedCandidate:
                  for a, off in zip(arrays, offsets)]
         return descs, pos
 
-    def _call(self, op, inputs: Inputs, args, timeout, repeat) -> CallResult:
+    def _call(self, op, inputs: Inputs, args, timeout, repeat, *, kw=None, outputs: int = 1,
+              spec=None) -> CallResult:
         if self._closed:
             raise SoftcheckError("this candidate was closed")
-        kw = self.kwargs(inputs)
+        kw = self.kwargs(inputs) if kw is None else kw
         names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
         arrays = [np.ascontiguousarray(a) for a in args] + [np.ascontiguousarray(kw[k])
                                                             for k in names]
         shape = tuple(inputs.logits.shape)
-        descs, out_off = self._place(arrays, 8 * int(np.prod(shape)))
+        size = 8 * int(np.prod(shape))
+        descs, out_off = self._place(arrays, outputs * size)
         kw.update(zip(names, descs[len(args):]))
         if self._worker is not None and self._worker.proc.poll() is not None:
             self._worker.stop()                   # died between calls: start afresh
@@ -389,7 +413,7 @@ class IsolatedCandidate:
         w.seq += 1
         req = {"op": op, "seq": w.seq, "shm_size": self._size, "args": descs[:len(args)],
                "kw": kw, "shape": shape, "case_dtype": inputs.logits.dtype.name,
-               "out": out_off, "repeat": max(1, int(repeat))}
+               "out": out_off, "repeat": max(1, int(repeat)), "spec": spec}
         try:
             w.send(req)
             reply = w.receive(timeout)
@@ -409,6 +433,16 @@ class IsolatedCandidate:
         output = w.output()
         if reply.get("error"):
             return CallResult(None, str(reply["error"]), output=output)
-        grad = np.frombuffer(self._mm, np.float64, int(np.prod(shape)), out_off).reshape(shape).copy()
-        return CallResult(grad, None, tuple(str(n) for n in reply.get("notes", ())),
-                          output=output, nondet=float(reply.get("nondet", 0.0)))
+        def read(k: int) -> np.ndarray:
+            n = int(np.prod(shape))
+            return np.frombuffer(self._mm, np.float64, n, out_off + k * size).reshape(shape).copy()
+
+        def arr(v):
+            return None if v is None else np.asarray(v, np.float64)
+
+        variants = tuple((str(lab), arr(g), read(k + 1))
+                         for k, (lab, g) in enumerate(reply.get("variants", ())))
+        return CallResult(read(0), None, tuple(str(n) for n in reply.get("notes", ())),
+                          output=output, nondet=float(reply.get("nondet", 0.0)),
+                          loss=arr(reply.get("loss")), z_loss=arr(reply.get("z_loss")),
+                          lse=arr(reply.get("lse")), variants=variants)

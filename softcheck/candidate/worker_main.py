@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from .call import invoke, signature_of
+from .call import invoke, invoke_convention, signature_of
 from .errors import format_exception
 from .load import load
 
@@ -85,8 +85,39 @@ class _Shm:
         return np.array(view, copy=True)
 
 
+def serve_convention(cand, shm: _Shm, req: dict) -> dict:
+    """A convention call (loss, inplace, split, autograd.Function): ``invoke_convention`` on
+    fresh Inputs; gradients to shared memory, the forward's values (small) in the reply."""
+    from ..spec import Inputs
+
+    kw = req["kw"]
+
+    def fresh():
+        weight = shm.fresh(kw["weight"]) if "weight" in kw else None
+        return Inputs(shm.fresh(req["args"][0]), shm.fresh(req["args"][1]), weight,
+                      shm.fresh(kw["grad_output"]), req["spec"])
+
+    lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
+    r = invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward, lse64=lse64,
+                          repeat=req["repeat"])
+    if r.error is not None:
+        return {"error": r.error, "notes": [str(x) for x in r.notes]}
+    size = 8 * int(np.prod(req["shape"]))
+    for k, g in enumerate([r.grad] + [v[2] for v in r.variants]):
+        np.frombuffer(shm.mm, np.float64, g.size, req["out"] + k * size)[:] = g.ravel()
+
+    def plain(v):
+        return None if v is None else np.asarray(v, np.float64).tolist()
+
+    return {"error": None, "notes": [str(x) for x in r.notes], "nondet": float(r.nondet),
+            "loss": plain(r.loss), "z_loss": plain(r.z_loss), "lse": plain(r.lse),
+            "variants": [(str(lab), plain(g)) for lab, g, _ in r.variants]}
+
+
 def serve_call(cand, shm: _Shm, req: dict) -> dict:
     """One request: the candidate called (``invoke``), its gradient written to shared memory."""
+    if req["op"] == "convention":
+        return serve_convention(cand, shm, req)
     fn = cand.fn if req["op"] == "call" else cand.hvp
     if fn is None:
         return {"error": "no Hessian-vector product function was given"}
@@ -127,7 +158,8 @@ def main() -> None:
     if hello is None:
         os._exit(0)
     try:
-        cand = load(hello["source"], hvp=hello["hvp_source"], label=hello["label"])
+        cand = load(hello["source"], hvp=hello["hvp_source"], label=hello["label"],
+                    settings=hello.get("settings"))
     except BaseException as e:  # noqa: BLE001 - SoftcheckError's message, or what the import raised
         msg = str(e) if isinstance(e, ValueError) else \
             f"importing TARGET {hello['source']} raised {type(e).__name__}"

@@ -7,8 +7,8 @@ import click
 from ..suite.config import REGIMES
 from ..spec import REDUCTIONS, TARGET_KINDS
 from .app import EXIT_FAIL, EXIT_OK, Group
-from .options import (DEBUG, CommaList, WeightType, candidate_options, report_options,
-                      suite_options, to_config, to_policy)
+from .options import (DEBUG, CommaList, WeightType, call_options, candidate_options,
+                      report_options, suite_options, to_config, to_policy, to_settings)
 from .output import check_outputs, execute, make_console, with_outputs
 
 
@@ -47,6 +47,7 @@ def run(json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, j
 @candidate_options
 @click.option("--hvp", "hvp_target", default=None,
               help="FILE.py:fn computing hvp(logits, target, v, **kw) (with --order 2).")
+@call_options
 @with_outputs
 def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fail_fast, jobs,
           devices, hvp_target, **kw):
@@ -55,14 +56,16 @@ def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fa
     Called as fn(logits, target, **kw) with the options it declares (weight, ignore_index,
     reduction, label_smoothing, smoothing_convention, temperature, softcap, z_loss,
     grad_output); it returns d(loss)/d(logits).  Compared with the closed form, autodiff and
-    finite differences; a failing case says where and how it is wrong.
+    finite differences; a failing case says where and how it is wrong.  --convention
+    loss/inplace/split check a kernel as written, its loss value too.
     """
     from ..candidate import load
     from ..engine.suites import check_candidate, estimate_run
 
     policy = to_policy(kw)
+    st = to_settings(kw)
     cfg = to_config(kw)
-    cand = load(target, hvp=hvp_target)
+    cand = load(target, hvp=hvp_target, settings=st)
     return execute(lambda bar: check_candidate(cand, cfg, policy=policy, fail_fast=fail_fast,
                                                jobs=jobs, progress=bar),
                    devices, json_path, junit_path, markdown_path, verbose=verbose,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from ..candidate.call import DEFAULT_TIMEOUT
-from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS
 from ..engine.results import DETAILS
-from ..suite.config import CONFIG_KEYS, DTYPES, FD_METHODS, REGIMES, TOLERANCE_MODES
+from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
+from ..suite.config import (CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES,
+                            FD_METHODS, FRAMEWORKS, REGIMES, RETURN_ITEMS, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
 DEBUG = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks.")
@@ -103,6 +104,12 @@ def suite_options(fn):
         click.option("--softcap", type=float, default=None, help="Logits -> S*tanh(z/S) (> 0)."),
         click.option("--z-loss", type=float, default=0.0, show_default=True,
                      help="Adds COEF*lse^2 per non-ignored row (>= 0)."),
+        click.option("--mean-over", default="weight", show_default=True,
+                     help=f"The mean's denominator: {'|'.join(MEAN_OVER)}|K: weight = Σ w[y] "
+                          "of non-ignored rows (PyTorch), valid = their count even with weights "
+                          "(chainer), batch = all N rows, K = a global count (n_items)."),
+        click.option("--logit-scale", type=float, default=1.0, show_default=True,
+                     help="Logits multiplied by S (> 0) before the softcap, beside --temperature."),
         click.option("--fd", type=click.Choice(FD_METHODS), default=None,
                      help="Finite-difference method [default: most accurate affordable]."),
         click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
@@ -128,6 +135,43 @@ def suite_options(fn):
     for o in reversed(opts):
         fn = o(fn)
     return fn
+
+
+def call_options(fn):
+    """How ``check`` calls TARGET: the calling convention and what it needs."""
+    opts = [
+        click.option("--convention", type=click.Choice(CALLING_CONVENTIONS), default=None,
+                     help="grad: fn returns dL/dlogits; loss: fn returns the loss, softcheck "
+                          "differentiates it; inplace: loss returned, gradient left in the "
+                          "logits; split: TARGET is fwd -> (loss, lse), --backward the bwd "
+                          "[default: detected (autograd.Function: inplace, custom_vjp: loss), "
+                          "else grad]."),
+        click.option("--framework", type=click.Choice(FRAMEWORKS), default=None,
+                     help="Tensors TARGET receives [default: from its module's imports]."),
+        click.option("--args", "args", default=None,
+                     help="autograd.Function.apply's positional order: logits,target,OPTION,"
+                          "...,name=value [default: forward's parameter names]."),
+        click.option("--rename", multiple=True,
+                     help="OPTION=kernel_name: pass softcheck's option under the kernel's "
+                          "keyword (repeatable), e.g. z_loss=lse_square_scale."),
+        click.option("--returns", default=None,
+                     help=f"The returned tuple's items in order, from {', '.join(RETURN_ITEMS)} "
+                          "(_ skips one) [default: loss; split: loss,lse]."),
+        click.option("--backward", default=None,
+                     help="split: FILE.py:bwd computing bwd(logits, target, dloss, lse, **kw)."),
+        click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+                     help="Where torch/JAX inputs are created (results brought back)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def to_settings(kw: dict):
+    """The call options of ``check``, validated by the library (candidate/conventions)."""
+    from ..candidate.conventions import settings
+
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS})
 
 
 def to_config(kw: dict):

@@ -9,9 +9,10 @@ import numpy as np
 
 from ..judge import tolerances
 from ..candidate import CallPolicy
-from ..judge.compare import Comparison, Invariant, compare, invariants
+from ..judge.compare import Comparison, Invariant, compare, compare_values, invariants
 from ..judge.metamorphic import check_relations
 from ..reference import analytic, autodiff
+from ..reference.loss import values as loss_values
 from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
@@ -31,12 +32,13 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     timeout = policy.limit
     upstream = "auto"
     if candidate is not None:
-        upstream = "random" if candidate.takes("grad_output") else "one"
+        upstream = ("random" if candidate.settings.convention != "grad"
+                    or candidate.takes("grad_output") else "one")
     inputs = make_inputs(case, upstream=upstream)
     inputs64 = inputs.float64()
     stats = references.row_stats(inputs64)
     scale = stats.scale
-    kappa = tolerances.condition(inputs64.logits, case.spec.temperature, case.spec.softcap)
+    kappa = tolerances.condition(inputs64.logits, case.spec.divisor, case.spec.softcap)
     base = dict(name=case.name, params=case.params(), group=case.group, scale=scale, kappa=kappa,
                 target=candidate.label if candidate is not None else None)
     if case.order == 2:
@@ -77,6 +79,9 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale,
                                          native if a == "candidate" else 0.0,
                                          _user_tolerance(case, a, candidate)))
+    if candidate is not None:
+        comparisons += _forward_pairs(call, inputs64, case, kappa)
+        comparisons += _upstream_pairs(call, inputs64, case, kappa, native / scale if scale else 0)
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native)
@@ -99,11 +104,16 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
               and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()
+    grad_failed = not all(c.passed for c in comparisons if c.pair[0] == "candidate") or \
+        not all(i.passed for i in invs) or not all(r.passed for r in relations)
     if candidate is not None and not passed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
-                                   relations))
+        diagnosis = _upstream_hint(comparisons, inputs) + _forward_hint(
+            comparisons, call, inputs64)
+        if grad_failed:        # the gradient itself is wrong somewhere: say how
+            diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
+                                        relations))
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
                   fd.columns, len(fd.probes))
     coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
@@ -125,6 +135,83 @@ def _determinism(nondet: float, policy: CallPolicy, cmp: Comparison) -> Invarian
               else f"{policy.repeat} calls on identical inputs differ by up to {nondet:.3g} "
                    f"(allowed {allowed:.3g}{' by --nondet-tol' if policy.nondet_tol is not None else ', the case tolerance'})")
     return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
+
+
+def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Comparison]:
+    """The forward's values a loss-returning kernel gave (loss, z-loss, lse) against the
+    float64 reference values (tolerances.loss_allowed / lse_allowed)."""
+    if call.loss is None and call.lse is None:
+        return []
+    ref = loss_values(inputs64)
+    n = inputs64.logits.shape[0]
+    out = []
+    for name, x, r, sc in (("loss", call.loss, ref.loss, ref.scale),
+                           ("z_loss", call.z_loss if case.spec.z_loss else None, ref.z_loss,
+                            ref.zscale)):
+        if x is not None:
+            allowed, atol, rtol = tolerances.loss_allowed(case.dtype, kappa, sc, n, r)
+            out.append(compare_values((f"candidate_{name}", f"reference_{name}"), x, r,
+                                      allowed, atol, rtol, sc))
+    if call.lse is not None:
+        allowed, atol, rtol = tolerances.lse_allowed(case.dtype, kappa, ref.lse)
+        out.append(compare_values(("candidate_lse", "reference_lse"), call.lse, ref.lse,
+                                  allowed, atol, rtol, 1.0))
+    return out
+
+
+def _upstream_pairs(call, inputs64: Inputs, case: Case, kappa: float, native_rel: float
+                    ) -> list[Comparison]:
+    """The gradient for each other upstream gradient g (g = 1, a scalar for none) against the
+    closed form for that g (itself checked against autodiff and FD for the case's own g; the
+    loss is linear in g)."""
+    out = []
+    for label, g, grad in call.variants:
+        ig = dataclasses.replace(inputs64, grad_output=np.asarray(g, np.float64))
+        sc = references.row_stats(ig).scale
+        out.append(compare((f"candidate@{label}", "analytic"), grad, analytic.gradient(ig),
+                           inputs=ig, dtype=case.dtype, kappa=kappa, scale=sc,
+                           band=native_rel * sc))
+    return out
+
+
+def _forward_hint(comparisons, call, inputs64: Inputs) -> tuple[str, ...]:
+    """A forward value (loss, lse) wrong while the gradients are right: a forward-only bug,
+    named where its pattern is known (loss without label smoothing, lse without the max
+    shift's constant), matched to the value's tolerance."""
+    bad = {c.pair[0][len("candidate_"):]: c for c in comparisons
+           if c.pair[0].startswith("candidate_") and not c.passed}
+    if not bad or any(not c.passed for c in comparisons if c.pair[0] == "candidate"):
+        return ()
+    hints = []
+    if "lse" in bad and call.lse is not None:
+        v = inputs64.logits64 / inputs64.spec.divisor
+        shift = np.max(np.where(np.isfinite(v), v, -np.inf), -1)
+        ref = loss_values(inputs64).lse
+        if np.max(np.abs(np.asarray(call.lse) + shift - ref), initial=0.0) <= bad["lse"].atol:
+            hints.append("the forward's lse lacks the max shift's constant: it returns "
+                         "log Σ exp(z − m) without adding back m")
+    spec = inputs64.spec
+    if "loss" in bad and call.loss is not None and spec.label_smoothing:
+        plain = loss_values(dataclasses.replace(inputs64, spec=spec.replace(label_smoothing=0.0)))
+        if np.max(np.abs(np.asarray(call.loss) - plain.loss), initial=0.0) <= bad["loss"].atol:
+            hints.append("the forward's loss ignores label smoothing (it equals the loss at "
+                         "EPS = 0) while the gradient applies it")
+    return tuple(hints) or tuple(
+        f"the forward's {name} is wrong while the gradient is right: a forward-only bug "
+        "(tests that compare only gradients miss it)" for name in bad)
+
+
+def _upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
+    """Right for g = 1 (and a uniform g) but wrong for the case's own g: name it."""
+    main = [c for c in comparisons if c.pair[0] == "candidate"]
+    other = [c for c in comparisons if c.pair[0].startswith("candidate@")]
+    if not other or all(c.passed for c in main) or not all(c.passed for c in other):
+        return ()
+    g = np.asarray(inputs.grad_output)
+    what = "a random per-row upstream gradient" if g.ndim else f"the upstream gradient {g:.4g}"
+    return (f"right with {', '.join(c.pair[0].split('@')[1] for c in other)} but wrong with "
+            f"{what}: the backward drops or misapplies grad_output (Liger #678, "
+            "TransformerEngine #2139)",)
 
 
 def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:
@@ -205,7 +292,7 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
     # not with H·d itself (which vanishes when p saturates).
     cap = case.spec.softcap
     hscale = scale * float(np.max(np.abs(d), initial=0.0)) * (2 + (0.77 / cap if cap else 0.0)) \
-        / case.spec.temperature
+        / case.spec.divisor
     comps = []
     for a, b in pairs:
         bd = band if "finite_difference" in (a, b) else 0.0

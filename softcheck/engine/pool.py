@@ -125,7 +125,8 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
         for i, job in enumerate(jobs):
             cand = job.candidate
             payload = (job.case, job.policy, None if cand is None else
-                       (cand.source, cand.hvp_source, cand.label, getattr(cand, "x64", None)))
+                       (cand.source, cand.hvp_source, cand.label, cand.settings,
+                        getattr(cand, "x64", None)))
             futures[pool.submit(_work, payload)] = i
         for fut in cf.as_completed(futures):
             i = futures[fut]
@@ -140,7 +141,7 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
     return [done[i] for i in sorted(done)]
 
 
-_WORKER_CANDIDATES: dict = {}     # per pool process: (TARGET, hvp, label, x64) → candidate
+_WORKER_CANDIDATES: dict = {}     # per pool process: (TARGET, hvp, label, settings, x64) → candidate
 
 
 def _work(payload) -> CaseResult:
@@ -149,15 +150,16 @@ def _work(payload) -> CaseResult:
     cand = None
     if cand_info is not None:
         if cand_info not in _WORKER_CANDIDATES:
-            source, hvp_source, label, x64 = cand_info
+            source, hvp_source, label, settings, x64 = cand_info
             if x64 is None:
                 from ..candidate import load
 
-                _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label)
+                _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label,
+                                                     settings=settings)
             else:
                 from ..candidate.worker import IsolatedCandidate
 
-                _WORKER_CANDIDATES[cand_info] = IsolatedCandidate(source, hvp_source, label,
-                                                                  x64=x64)
+                _WORKER_CANDIDATES[cand_info] = IsolatedCandidate(
+                    source, hvp_source, label, x64=x64, settings=settings)
         cand = _WORKER_CANDIDATES[cand_info]
     return run_case(case, cand, policy=policy)

@@ -160,21 +160,25 @@ def load_plan(path: str) -> BatchPlan:
     for g in plan.groups:
         if g.target is None:
             continue
-        cand = _load(g.target, plan.base, g.where, "target", loaded)
+        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call)
         if g.hvp is not None:
             cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded))
         cands[g.name] = cand
     return BatchPlan(plan, cands)
 
 
-def _load(target: str, base: str, where: str, key: str, loaded: dict) -> Candidate:
+def _load(target: str, base: str, where: str, key: str, loaded: dict, call=()) -> Candidate:
+    """A group's TARGET, loaded once per (TARGET, how it is called)."""
+    from ..candidate.conventions import settings
+
     t = relative_to(target, base)
-    if t not in loaded:
+    if (t, call) not in loaded:
         try:
-            loaded[t] = load(t, label=target)
+            st = settings(**dict(call)) if call else None
+            loaded[t, call] = load(t, label=target, settings=st, base=base)
         except SoftcheckError as e:
             raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
-    return loaded[t]
+    return loaded[t, call]
 
 
 def _batch_jobs(bp: BatchPlan, policy: CallPolicy = CallPolicy()

@@ -202,3 +202,38 @@ def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa:
                                                            if rows.size else " are exactly zero"))
         out.append(Invariant("ignored rows are zero", method, not rows.size, detail))
     return out
+
+
+def compare_values(pair: tuple[str, str], x, ref, allowed, atol: float, rtol: float,
+                   scale) -> Comparison:
+    """Judge forward values (a loss: scalar or per row; lse per row) against float64 ones,
+    with ``allowed`` from ``tolerances.loss_allowed``/``lse_allowed``; NaN/Inf never passes
+    (a reference NaN — every row ignored under mean — requires a NaN)."""
+    x = np.atleast_1d(np.asarray(x, np.float64)).ravel()
+    ref = np.atleast_1d(np.asarray(ref, np.float64)).ravel()
+    if x.shape != ref.shape:
+        return Comparison(pair, float("inf"), float("inf"), atol, rtol, float("inf"), False,
+                          f"{pair[0]} has shape {x.shape}, expected {ref.shape}")
+    both_nan = np.isnan(x) & np.isnan(ref)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.where(both_nan, 0.0, np.abs(x - ref))
+        err = np.where(np.isfinite(err), err, np.inf)
+        allowed = np.broadcast_to(np.asarray(allowed, np.float64), err.shape)
+        ratio = np.where(err == 0, 0.0, err / allowed)
+        sc = np.broadcast_to(np.asarray(scale, np.float64), err.shape)
+        rel = np.where(err == 0, 0.0, err / np.where(sc > 0, sc, 1.0))
+    max_abs = float(np.max(err, initial=0.0))
+    worst = float(np.max(ratio, initial=0.0))
+    passed = bool(worst <= 1.0)
+    reason = None
+    if not passed:
+        i = int(np.argmax(ratio))
+        where = f" (row {i})" if x.size > 1 else ""
+        if np.isnan(ref[i]):
+            reason = (f"{pair[0]} {x[i]:.8g}{where}, expected NaN (every row ignored under "
+                      "mean: 0/0, as PyTorch)")
+        else:
+            reason = (f"{pair[0]} {x[i]:.8g} vs {ref[i]:.8g}{where}: error {err[i]:.3g} "
+                      f"exceeds the allowed {float(allowed[i]):.3g}")
+    return Comparison(pair, max_abs, float(np.max(rel, initial=0.0)), atol, rtol, worst,
+                      passed, reason)

@@ -35,7 +35,7 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
 
     inp = inputs.float64()
     ref = analytic.gradient(inp)
-    kappa = tolerances.condition(inp.logits, case.spec.temperature, case.spec.softcap)
+    kappa = tolerances.condition(inp.logits, case.spec.divisor, case.spec.softcap)
     sc = row_stats(inp).scale
     hints = _degenerate(x, inp, ref, invariants)
     finite = np.isfinite(x)
@@ -80,7 +80,7 @@ def _nonfinite(x, inp, case) -> list[str]:
     """Which rows hold NaN/Inf, and what those rows have in common."""
     bad_rows = ~np.all(np.isfinite(x), -1)
     n_bad = int((~np.isfinite(x)).sum())
-    z = inp.logits64 / inp.spec.temperature
+    z = inp.logits64 / inp.spec.divisor
     zf = np.where(np.isfinite(z), z, -np.inf)
     rmax = np.max(zf, -1)
     # exp overflows beyond ~88.7 (float32 arithmetic) / ~709.8 (float64) and underflows to 0
@@ -130,7 +130,7 @@ def _zero_rows(x, inp, ref, dtype) -> list[str]:
     if not zero.any():
         return []
     rows = np.flatnonzero(zero)
-    p = analytic.softmax(inp.logits64 / inp.spec.temperature)
+    p = analytic.softmax(inp.logits64 / inp.spec.divisor)
     pt = np.exp(_log_target_prob(inp, p))[rows]
     why = ""
     if np.all(pt < 1e-6):

@@ -177,7 +177,7 @@ class _Judge:
 
 def _kappa(inputs64: Inputs) -> float:
     s = inputs64.spec
-    return tolerances.condition(inputs64.logits, s.temperature, s.softcap)
+    return tolerances.condition(inputs64.logits, s.divisor, s.softcap)
 
 
 def _native_band(inputs64: Inputs, dtype: str) -> float:

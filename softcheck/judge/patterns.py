@@ -30,7 +30,7 @@ def _grad(inputs, **spec_changes):
 
 
 def _softmax_wrong_axis(inputs):
-    p = analytic.softmax(inputs.logits64 / inputs.spec.temperature, axis=0)
+    p = analytic.softmax(inputs.logits64 / inputs.spec.divisor, axis=0)
     y = np.zeros_like(p)
     if inputs.spec.hard:
         rows = np.flatnonzero(inputs.valid)
@@ -69,7 +69,7 @@ def _smoothing_on_ignored(inputs):
     ign = ~inputs.valid
     c = inputs.logits.shape[1]
     w = np.ones(c) if inputs.weight is None else inputs.weight64
-    p = analytic.softmax(inputs.logits64 / s.temperature)
+    p = analytic.softmax(inputs.logits64 / s.divisor)
     g = np.array(g)
     g[ign] = (_alpha(inputs)[ign, None] * s.label_smoothing / c) * (np.sum(w) * p[ign] - w)
     return g
@@ -134,7 +134,7 @@ def known_bugs(inputs):
     if s.temperature != 1.0:
         out.append(("the temperature's chain factor 1/T is missing", _grad(inputs) * s.temperature))
     if s.softcap:
-        z = inputs.logits64 / s.temperature
+        z = inputs.logits64 / s.divisor
         t = np.tanh(np.where(np.isfinite(z), z, 0) / s.softcap)
         with np.errstate(all="ignore"):
             g = np.where(np.isfinite(z), _grad(inputs) / (1 - t * t), 0.0)

@@ -98,3 +98,40 @@ PRECISION_ORDER = ("float64", "float32", "float16", "bfloat16")
 
 def coarser(a: str, b: str) -> str:
     return max(a, b, key=PRECISION_ORDER.index)
+
+
+def loss_allowed(dtype: str, kappa: float, scale, n: int, reference) -> tuple[np.ndarray, float, float]:
+    """Allowed error of a forward value (loss, z-loss) in dtype ``dtype`` against float64.
+
+    Row i's cross-entropy ``Σ_c m_ic (lse_i − v_ic)`` is made of terms each at most
+    ``Σm_i·κ`` in size (|lse − v| ≤ |lse| + |v| ≤ κ), so computing it errs by about
+    ``K_ABS·u_compute·κ·Σm_i`` (the gradient's argument: a handful of roundings, κ the
+    amplification); the z-loss ``COEF·lse²`` inherits lse's error u·κ times its derivative
+    ``2·COEF·|lse|``.  So row i errs by at most ``K_ABS·u_compute·κ·P_i``, P_i = Σm_i +
+    2·COEF·|lse_i|.  Reducing rows with factors a_i (1/D, 1/n, 1) adds the summation's error:
+    a tree (pairwise) sum of N terms — what NumPy, PyTorch, JAX and GPU reductions do — errs by
+    at most ``⌈log2 N⌉·u·Σ|terms|``, and |term_i| ≤ a_i·κ·P_i.  Hence::
+
+        atol = K_ABS·u_compute·κ·(1 + ⌈log2 N⌉)·Σ_i a_i P_i     (reduction mean / sum)
+             = K_ABS·u_compute·κ·P_i                           (none: per row)
+        rtol = K_REL·u(dtype)                                  (the loss rounded to its dtype)
+
+    ``scale`` is Σ a_i P_i (or P_i per row): errors are reported relative to it.  Float32,
+    normal regime (κ ≈ 8, N = 6): atol ≈ 1.7e-5·scale, while a forward bug (a missing
+    smoothing term, a wrong divisor) is off by a fraction of the loss itself.
+    """
+    t = TABLE[dtype]
+    sums = 1 + math.ceil(math.log2(n)) if np.ndim(scale) == 0 and n > 1 else 1
+    atol = K_ABS * t.u_compute * kappa * sums * np.asarray(scale, np.float64) + t.floor
+    rtol = K_REL * t.u
+    return atol + rtol * np.abs(np.asarray(reference, np.float64)), float(np.max(atol)), rtol
+
+
+def lse_allowed(dtype: str, kappa: float, reference) -> tuple[np.ndarray, float, float]:
+    """Allowed error of a returned lse: ``lse = m + log Σ exp(v − m)`` errs by about
+    ``K_ABS·u_compute·κ`` (the same roundings as the softmax's argument, tolerances above),
+    then ``K_REL·u`` relative for the rounding to the dtype it is returned in."""
+    t = TABLE[dtype]
+    atol = K_ABS * t.u_compute * kappa + t.floor
+    rtol = K_REL * t.u
+    return atol + rtol * np.abs(np.asarray(reference, np.float64)), atol, rtol

@@ -27,7 +27,11 @@ which is ``p − y`` only when ``Σm = 1``.  The variants only change ``m``:
 * reduction: row gradients times α = g/D (ce) and β = g/n (z-loss) under mean, g under sum,
   g_i under none (g = upstream gradient); ignored rows are exactly zero; D = 0 → zero.
 * softcap v = S·tanh(u/S):          ∂v/∂u = 1 − tanh²(u/S)           (chain factor)
-* temperature u = z/T:              ∂u/∂z = 1/T
+* temperature and logit scale u = z·s/T:   ∂u/∂z = s/T  (below, T stands for T/s)
+* --mean-over only changes the mean's D and n (loss.py): valid → D = n (the non-ignored
+  count even with class weights: chainer, mygrad), batch → D = n = N (ignored rows counted),
+  a number K → D = n = K (a global count, gradient accumulation); each row's gradient above
+  is unchanged, only α = g/D and β = g/n are.
 
 So ``∂L/∂z = (α·∂ce/∂v + β·2·COEF·lse·p) ⊙ (1 − t²) / T``, t = tanh(z/(T·S)).
 
@@ -63,7 +67,7 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 def _forward(inputs: Inputs, cd):
     spec = inputs.spec
     z = np.asarray(inputs.logits, dtype=cd)
-    u = z / cd(spec.temperature)
+    u = z / cd(spec.divisor)
     t = None
     if spec.softcap:
         s = cd(spec.softcap)
@@ -104,6 +108,8 @@ def _grad_v(inputs: Inputs, cd, p, lse):
             mass = mass + eps / (c - 1) * (big_w - wy[:, 0])
         g *= valid[:, None]
         denom, count = float(np.sum(wy)), float(np.sum(valid))
+        if spec.mean_over == "valid":
+            denom = count
     else:
         q = np.asarray(inputs.target, cd)
         if uniform:
@@ -116,6 +122,8 @@ def _grad_v(inputs: Inputs, cd, p, lse):
         mass = np.sum(m, -1)
         g = mass[:, None] * p - m
         denom = count = float(n)
+    if spec.mean_over == "batch" or isinstance(spec.mean_over, int):
+        denom = count = float(n if spec.mean_over == "batch" else spec.mean_over)
     go = np.broadcast_to(np.asarray(inputs.grad_output, np.float64), (n,))
     if spec.reduction == "mean":
         alpha = go / denom if denom > 0 else np.zeros(n)
@@ -139,7 +147,7 @@ def gradient(inputs: Inputs, *, native: bool = False) -> np.ndarray:
         gv = _grad_v(inputs, cd, p, lse)[0]
         if t is not None:
             gv = gv * (1 - t * t)
-        g = gv / cd(inputs.spec.temperature)
+        g = gv / cd(inputs.spec.divisor)
     return g.astype(inputs.logits.dtype)
 
 
@@ -163,4 +171,4 @@ def hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:
         px = np.sum(p * x, -1, keepdims=True)
         hx = a_row[:, None] * (p * x - p * px) + b_row[:, None] * p * px
         out = g1 * hx + gv * g2 * d
-    return out / spec.temperature**2
+    return out / spec.divisor**2

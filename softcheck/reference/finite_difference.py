@@ -71,13 +71,13 @@ def row_stats(inputs: Inputs) -> RowStats:
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, np.float64)
         _, alpha, beta, mass = _grad_v(inputs, np.float64, p, lse)
-        v = inputs.logits64 / spec.temperature
+        v = inputs.logits64 / spec.divisor
         if t is not None:
             v = spec.softcap * np.tanh(v / spec.softcap)
     vmax = np.max(np.where(np.isfinite(v), np.abs(v), 0.0), axis=-1)
     a = np.abs(alpha * mass) * inputs.valid
     b = 2 * np.abs(beta) * spec.z_loss
-    return RowStats(a, b, np.abs(lse), vmax, spec.temperature, spec.softcap, p.shape[1])
+    return RowStats(a, b, np.abs(lse), vmax, spec.divisor, spec.softcap, p.shape[1])
 
 
 # --------------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn, sc
     """
     z = inputs.logits64
     d = np.asarray(direction, np.float64)
-    cap = inputs.spec.temperature * min(1.0, inputs.spec.softcap or 1.0)
+    cap = inputs.spec.divisor * min(1.0, inputs.spec.softcap or 1.0)
     h = 1e-5 * cap
 
     def at(x):
@@ -381,7 +381,7 @@ def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn, sc
     gamma = 8 + math.log2(max(z.shape[1], 2))
     # each gradient evaluation errs by ~u·κ·scale, κ = 1 + max|v| + ln C the condition of
     # exp(v − lse) (tolerances.py): logits of 1e4 (the spread regime) cost four digits
-    zf = np.abs(z[np.isfinite(z)]) / inputs.spec.temperature
+    zf = np.abs(z[np.isfinite(z)]) / inputs.spec.divisor
     vmax = float(np.max(zf, initial=0.0))
     if inputs.spec.softcap:
         vmax = min(vmax, inputs.spec.softcap)

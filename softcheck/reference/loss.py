@@ -5,7 +5,7 @@ the complex step) and on ``jax.numpy`` (autodiff), so the references share one d
 
 The composed definition, for logits ``z`` of shape (N, C)::
 
-    u   = z / T                                   temperature T (> 0)
+    u   = z·s / T                                 logit scale s, temperature T (> 0)
     v   = S·tanh(u / S)        if a softcap S     (Gemma-style, after the temperature)
     lse = log Σ_c exp(v_c)     (max-shifted)      p = exp(v − lse), log p = v − lse
     q0  = onehot(y), zero rows where y == ignore_index   (index targets)
@@ -20,6 +20,7 @@ The composed definition, for logits ``z`` of shape (N, C)::
     reduction "mean": Σ_i valid_i·ce_i / D + Σ_i valid_i·zl_i / n
         D = Σ_valid w[y_i] (index targets; n without weights) or N (probability targets)
         n = number of contributing rows (N for probability targets)
+        --mean-over valid: D = n; batch: D = n = N (ignored rows counted); a number K: D = n = K
         D = 0 (every row ignored): loss NaN, gradient 0, as PyTorch.
 
 This is ``torch.nn.functional.cross_entropy`` exactly wherever torch has the option
@@ -39,6 +40,9 @@ import numpy as np
 
 from ..spec import Inputs, LossSpec
 
+#: --mean-over as a number (one compiled JAX function for all): a whole number → 3 (n_items)
+MEAN_CODES = {"weight": 0, "valid": 1, "batch": 2}
+
 #: stands for "no ignore_index": no class index can equal it.
 NO_IGNORE = np.int64(-(2**62))
 
@@ -57,7 +61,9 @@ def params(inputs: Inputs) -> dict:
         "ignore_index": NO_IGNORE if spec.ignore_index is None else np.int64(spec.ignore_index),
         "eps": np.float64(spec.label_smoothing),
         "others": np.bool_(spec.smoothing_convention == "others"),
-        "temperature": np.float64(spec.temperature),
+        "temperature": np.float64(spec.divisor),
+        "mean_over": np.int64(MEAN_CODES.get(spec.mean_over, 3)),
+        "n_items": np.float64(spec.mean_over if isinstance(spec.mean_over, int) else 1),
         "cap": np.float64(spec.softcap or 0.0),
         "z_loss": np.float64(spec.z_loss),
         "mean": np.bool_(spec.reduction == "mean"),
@@ -114,11 +120,16 @@ def target_terms(xp, target, prm, hard: bool, c: int) -> TargetTerms:
         others = (1 - eps) * q0
     q = xp.where(prm["others"], others, uniform)
     m = prm["weight"] * q
+    nb = np.float64(target.shape[0])
     if hard:
         denom = xp.sum(vf * xp.sum(prm["weight"] * q0, -1))
         count = xp.sum(vf)
     else:
-        denom = count = np.float64(target.shape[0])
+        denom = count = nb
+    mode = prm["mean_over"]
+    denom = xp.where(mode == 0, denom, xp.where(mode == 1, count,
+                                                 xp.where(mode == 2, nb, prm["n_items"])))
+    count = xp.where(mode <= 1, count, xp.where(mode == 2, nb, prm["n_items"]))
     go = prm["go"]
     alpha = xp.where(prm["mean"], go / xp.where(denom > 0, denom, 1.0), go)
     beta = xp.where(prm["mean"], go / xp.where(count > 0, count, 1.0), go)
@@ -208,3 +219,41 @@ def loss(logits, target, spec: LossSpec | None = None, *, weight=None, **options
         return float(np.sum(rows))
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.sum(vf * ce) / denom + np.sum(vf * zl) / count)
+
+
+class LossValues(NamedTuple):
+    """The forward's float64 values of a case, and the scales their rounding errors follow."""
+
+    loss: Any       # float (mean/sum) or (N,) (none): the loss, z-loss included
+    z_loss: Any     # the z-loss term alone, reduced the same way
+    lse: Any        # (N,) log Σ exp(v) of the transformed logits, every row
+    scale: Any      # Σ_i a_i·P_i (mean/sum) or P_i per row (none): see tolerances.loss_allowed
+    zscale: Any     # the same for the z-loss term alone
+
+
+def values(inputs: Inputs) -> LossValues:
+    """Loss, z-loss and lse of float64 ``inputs`` (the loss as :func:`loss` computes it), with
+    P_i = Σm_i + 2·COEF·|lse_i| the size of row i's terms per unit of κ (tolerances.py)."""
+    prm = params(inputs)
+    prm["go"] = np.ones_like(prm["go"])
+    z = inputs.logits64
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, z.shape[-1])
+        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm)
+        v = transform(np, z, prm)
+        mx = np.max(v, -1, keepdims=True)
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))
+        zl = np.broadcast_to(zl, ce.shape)
+        zpart = 2 * prm["z_loss"] * np.abs(lse)
+        a = tt.alpha * tt.valid
+        b = tt.beta * tt.valid
+        rows_loss, rows_z = a * ce + b * zl, b * zl
+        rows_scale, rows_zscale = a * tt.msum + b * zpart, b * zpart
+    if inputs.spec.reduction == "none":
+        return LossValues(rows_loss, rows_z, lse, rows_scale, rows_zscale)
+    if inputs.spec.reduction == "mean" and float(tt.denom) == 0:
+        nan = float("nan")
+        return LossValues(nan, nan if prm["z_loss"] else 0.0, lse, 0.0, 0.0)
+    return LossValues(float(np.sum(rows_loss)), float(np.sum(rows_z)), lse,
+                      float(np.sum(rows_scale)), float(np.sum(rows_zscale)))

@@ -9,6 +9,10 @@ from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
 
 
 def pair_label(pair, sep: str = "\n") -> str:
+    if pair == UPSTREAM:
+        return f"other{sep}g"
+    if pair[0].startswith("candidate_"):                 # a forward value: loss, z_loss, lse
+        return f"cand{sep}{pair[0][len('candidate_'):]}"
     a = "cand" if pair[0] == "candidate" else SHORT_METHOD[pair[0]]
     return f"{a}{sep}{SHORT_METHOD[pair[1]]}"
 
@@ -92,6 +96,8 @@ def fd_cell(case: CaseResult) -> str:
 
 
 REFS = "references"
+#: one column for the worst of the gradients at the other upstream gradients (candidate@g=...)
+UPSTREAM = "upstream"
 
 
 def _table(cases: list[CaseResult], title: str | None, width: int = 80):
@@ -108,7 +114,9 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
                 pairs.append(c.pair)
     has_candidate = any(p[0] == "candidate" for p in pairs)
     if has_candidate:
-        pairs = [p for p in pairs if p[0] == "candidate"] + [REFS]
+        extra = [p for p in pairs if p[0].startswith("candidate_")]
+        other_g = [UPSTREAM] if any(p[0].startswith("candidate@") for p in pairs) else []
+        pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + [REFS]
     # words shared by every case of the table go to its title, the rows keep what differs
     parts = [name_parts(c) for c in cases]
     same = [all(len(p) > i and p[i] == parts[0][i] for p in parts) for i in range(len(parts[0]))]
@@ -118,7 +126,7 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
     else:
         same = [False] * len(parts[0])
     table = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / gradient scale")
+                  box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / scale (the gradient's; loss, lse: their terms')")
     # each number column: 8 characters + 2 of padding + 1 of divider; the verdict 4 + 3; the
     # case gets the rest, so that numbers and verdicts are never cut
     fd_width = max([len(fd_cell(c)) for c in cases] + [3])
@@ -134,8 +142,11 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
         cells = [Text(" ".join(w for i, w in enumerate(words) if i >= len(same) or not same[i]))]
         by_pair = {c.pair: c for c in case.comparisons}
         if has_candidate:
-            refs = [c for c in case.comparisons if c.pair[0] != "candidate"]
+            refs = [c for c in case.comparisons if c.pair[0] in SHORT_METHOD
+                    and c.pair[0] != "candidate"]
             by_pair[REFS] = max(refs, key=lambda c: c.ratio) if refs else None
+            ups = [c for c in case.comparisons if c.pair[0].startswith("candidate@")]
+            by_pair[UPSTREAM] = max(ups, key=lambda c: c.ratio) if ups else None
         for p in pairs:
             c = by_pair.get(p)
             if c is None:

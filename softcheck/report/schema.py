@@ -47,10 +47,14 @@ _PART = _obj({"max_abs_error": _d(_NUM, "The largest absolute error there."),
                "ratio": _d(_NUM, "The largest error / allowed error there.")})
 
 COMPARISON = _obj({
-    "pair": _d({"type": "array", "items": {"enum": ["candidate", "analytic", "autodiff",
-                                                    "finite_difference"]},
+    "pair": _d({"type": "array", "items": {"enum": [
+        "candidate", "analytic", "autodiff", "finite_difference",
+        "candidate_loss", "reference_loss", "candidate_z_loss", "reference_z_loss",
+        "candidate_lse", "reference_lse", "candidate@g=1", "candidate@g=scalar"]},
                 "minItems": 2, "maxItems": 2},
-               "The two methods compared: [checked, reference]."),
+               "The two things compared: [checked, reference]: a gradient pair; a forward value "
+               "(candidate_loss vs reference_loss, z_loss, lse); or the gradient at another "
+               "upstream gradient (candidate@g=1, candidate@g=scalar vs analytic)."),
     "max_abs_error": _d(_NUM, "max |A - B| over the compared entries."),
     "max_rel_error": _d(_NUM, "max_abs_error / the gradient's scale (judge/tolerances.py)."),
     "atol": _d(_NUM, "The derived absolute tolerance (per-dtype table, plus the FD band)."),
@@ -132,6 +136,11 @@ PARAMS = _obj({
     "temperature": _d({"type": "number", "exclusiveMinimum": 0}, "Logits divided by T."),
     "softcap": _d({"type": ["number", "null"]}, "Logits -> S*tanh(z/S) (null: none)."),
     "z_loss": _d({"type": "number", "minimum": 0}, "COEF of the z-loss COEF*lse^2."),
+    "mean_over": _d({"oneOf": [{"enum": ["weight", "valid", "batch"]},
+                               {"type": "integer", "minimum": 1}]},
+                    "The mean's denominator: weight (PyTorch), valid rows, the batch, or N."),
+    "logit_scale": _d({"type": "number", "exclusiveMinimum": 0},
+                      "Logits multiplied by S before softcap (--logit-scale)."),
     "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),
     "tolerance": _d({"enum": ["strict", "native"]}, "The low-precision tolerance mode."),
     "user_tolerance": _d(_obj({"atol": _d(_NUM, "--atol (null: derived)."),

@@ -20,6 +20,7 @@ def name_parts(case: CaseResult) -> list[str]:
         tag = case.name[case.name.rindex("[") + 1:-1]
         for long, short in (("label_smoothing", "ls"), ("smoothing_convention", "conv"),
                             ("ignore_index", "ii"), ("temperature", "T"), ("z_loss", "zl"),
+                            ("mean_over", "mean"), ("logit_scale", "S"),
                             ("fd_budget", "budget")):
             tag = tag.replace(long + "=", short + "=")
         parts.append(tag)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from ..spec import SoftcheckError
-from .config import AXES, CONFIG_KEYS, Config
+from .config import AXES, CALL_KEYS, CONFIG_KEYS, Config
 _INT, _NUM, _STR = "an integer", "a number", "a string"
 # key -> (type, may be null).  Axes take one value or a list (the axis); other keys take one
 # value or a list of values (crossed).
@@ -39,12 +39,15 @@ KEYS: dict[str, tuple[str, bool]] = {
     "seed": (_INT, False), "weight": ("weight", True), "ignore_index": (_INT, True),
     "label_smoothing": (_NUM, False), "smoothing_convention": (_STR, False),
     "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
+    "mean_over": ("mean_over", False), "logit_scale": (_NUM, False),
     "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
     "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
     "atol": (_NUM, True), "rtol": (_NUM, True), "inputs": (_STR, True),
 }
 assert set(KEYS) == {*CONFIG_KEYS, "timeout"}, "batch keys are the options (suite/config.py)"
 META = ("name", "target", "hvp")
+#: how the group's target is called (check's --convention ...): strings; rename also a list
+CALL = CALL_KEYS
 WEIGHT_HELP = "'random' or a list of C numbers"
 
 
@@ -58,6 +61,7 @@ class Group:
     hvp: str | None = None
     timeout: float | None = None
     where: str = ""                # "FILE: group i ('name')", for messages
+    call: tuple = ()               # (key, value) of the CALL keys given (validated at load)
 
 
 @dataclass(frozen=True)
@@ -115,14 +119,20 @@ def plan(path: str) -> Plan:
 
 def _group(g: dict, where: str, names: set) -> Group:
     for k in g:
-        if k not in KEYS and k not in META:
-            near = difflib.get_close_matches(str(k).replace("-", "_"), (*KEYS, *META), n=1)
+        if k not in KEYS and k not in META and k not in CALL:
+            near = difflib.get_close_matches(str(k).replace("-", "_"), (*KEYS, *META, *CALL),
+                                             n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise SoftcheckError(f"{where}: unknown key {k!r}{hint}; keys are "
-                                 f"{', '.join((*META, *KEYS))}")
-    for k in META:
-        if k in g and not isinstance(g[k], str):
+                                 f"{', '.join((*META, *KEYS, *CALL))}")
+    for k in (*META, *CALL):
+        ok = isinstance(g.get(k), str) or (k == "rename" and isinstance(g.get(k), list)
+                                           and all(isinstance(x, str) for x in g[k]))
+        if k in g and not ok:
             raise SoftcheckError(f"{where}: key {k!r} must be a string, got {_show(g[k])}")
+    if any(k in g for k in CALL) and "target" not in g:
+        raise SoftcheckError(f"{where}: keys {', '.join(CALL)} describe how a 'target' is "
+                             "called: this group has none")
     values = {k: _values(k, g[k], where) for k in KEYS if k in g}
     crossed = [k for k in values if k not in AXES and len(values[k]) > 1]
     timeouts = values.pop("timeout", [None])
@@ -158,12 +168,20 @@ def _group(g: dict, where: str, names: set) -> Group:
         except TypeError as e:
             raise SoftcheckError(f"{where}: {e}") from None
         configs.append(cfg)
-    return Group(unique, tuple(configs), g.get("target"), g.get("hvp"), timeout, where)
+    call = tuple((k, tuple(g[k]) if isinstance(g[k], list) else g[k]) for k in CALL if k in g)
+    return Group(unique, tuple(configs), g.get("target"), g.get("hvp"), timeout, where, call)
 
 
 def _values(key: str, v, where: str) -> list:
     """The values of one key as a list (one element unless the file gave a list)."""
     kind, nullable = KEYS[key]
+    if kind == "mean_over":          # "weight" | "valid" | "batch" | a whole number
+        items = v if isinstance(v, list) else [v]
+        if not items or not all(isinstance(x, str) or (isinstance(x, int) and not
+                                                       isinstance(x, bool)) for x in items):
+            raise SoftcheckError(f"{where}: key 'mean_over' must be a string or a whole number "
+                                 f"(or a list of them), got {_show(v)}")
+        return items
     if kind == "weight":
         if isinstance(v, list) and v and all(isinstance(x, (list, str)) or x is None for x in v):
             return [_weight(x, where) for x in v]          # a list of weights: crossed
@@ -214,5 +232,5 @@ def _short(v) -> str:
 def _default_name(g: dict) -> str:
     head = os.path.basename(g["target"]) if "target" in g else "run"
     opts = " ".join(f"{k}={_short(tuple(v) if k == 'weight' and isinstance(v, list) else v)}"
-                    for k, v in g.items() if k not in META)
+                    for k, v in g.items() if k not in META and k not in CALL)
     return f"{head} {opts}".strip()

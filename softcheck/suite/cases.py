@@ -98,7 +98,7 @@ def _dtype_skip(cfg: Config, dtype: str) -> str | None:
     import ml_dtypes
 
     w = max(cfg.weight) if isinstance(cfg.weight, tuple) and cfg.weight else 2.0
-    bound = 2.0 * max(w, 1.0) / cfg.temperature
+    bound = 2.0 * max(w, 1.0) * cfg.logit_scale / cfg.temperature
     top = float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
     if bound > top / 4:
         return (f"gradient entries up to ~{bound:.1e} (1/T = {1 / cfg.temperature:.1e}) "

@@ -21,6 +21,16 @@ FD_METHODS = ("central", "richardson", "complex")
 #: native: also allowed 4× the error of the closed form computed in the dtype itself
 TOLERANCE_MODES = ("strict", "native")
 DEFAULT_BATCH = (1, 6)
+#: how a candidate is called (candidate/conventions.py): grad(logits, target) -> dL/dlogits;
+#: loss differentiated by softcheck; inplace: loss returned, gradient left in the logits;
+#: split: fwd -> (loss, lse) and a separate bwd(logits, target, dloss, lse) -> dlogits
+CALLING_CONVENTIONS = ("grad", "loss", "inplace", "split")
+FRAMEWORKS = ("torch", "jax", "numpy")
+DEVICES = ("cpu", "cuda")
+#: what a loss-returning candidate's tuple holds, in order (--returns)
+RETURN_ITEMS = ("loss", "z_loss", "lse")
+#: the options on how a TARGET is called (check's, and keys of a batch group with a target)
+CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -54,6 +64,8 @@ class Config:
     temperature: float = 1.0
     softcap: float | None = None
     z_loss: float = 0.0
+    mean_over: str | int = "weight"
+    logit_scale: float = 1.0
     fd: str | None = None
     order: int = 1
     probes: int = 8
@@ -79,6 +91,8 @@ class Config:
             temperature=self.temperature,
             softcap=self.softcap,
             z_loss=self.z_loss,
+            mean_over=self.mean_over,
+            logit_scale=self.logit_scale,
         )
 
     def validate(self) -> Config:
@@ -177,4 +191,6 @@ def config(**options) -> Config:
             options[k] = tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else (v,)
     if "weight" in options:
         options["weight"] = normalize_weight(options["weight"])
+    if isinstance(options.get("mean_over"), str) and options["mean_over"].isdigit():
+        options["mean_over"] = int(options["mean_over"])     # --mean-over 4096: a global count
     return Config(**options).validate()

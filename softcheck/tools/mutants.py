@@ -14,6 +14,7 @@ import numpy as np
 
 from ..reference.analytic import softmax
 from ..spec import OPTION_NAMES
+from . import convention_mutants as cm
 
 
 def correct(logits, target, **kw):
@@ -133,6 +134,8 @@ class Mutant:
     description: str
     fn: Callable
     options: dict = field(default_factory=dict)
+    convention: str = "grad"          # how it is called (candidate/conventions.py)
+    backward: Callable | None = None  # split: its backward
     hint: str = ""         # words of the diagnosis that name this bug (``named`` in the table)
 
 
@@ -201,6 +204,15 @@ MUTANTS: tuple[Mutant, ...] = (
            _upstream(_log_of_softmax), hint="log(p) of a separately computed softmax"),
     Mutant("clipped-log", "log(max(p, 1e-15)): rows with p_y below the clip get no gradient",
            _clipped_log, hint="a clip or eps inside log(p)"),
+    Mutant("inplace-loss-unsmoothed", "in-place kernel: right gradient, loss without smoothing",
+           cm.inplace_loss_unsmoothed, {"label_smoothing": 0.1}, "inplace",
+           hint="loss ignores label smoothing"),
+    Mutant("inplace-never-writes", "in-place kernel: returns the loss, leaves the logits",
+           cm.inplace_never_writes, {}, "inplace"),
+    Mutant("split-lse-unshifted", "split forward: lse without the max shift's constant",
+           cm.fwd_lse_unshifted, {}, "split", cm.bwd, hint="lse lacks the max shift"),
+    Mutant("split-bwd-first-dloss", "split backward: dloss[0] for every row (Liger #678)",
+           cm.fwd, {"reduction": "none"}, "split", cm.bwd_first_dloss),
 )
 
 
@@ -235,7 +247,6 @@ class MutantResult:
 
 
 def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
-    from ..candidate import Candidate
     from ..engine.suites import check_candidate
     from ..suite.config import config
 
@@ -245,10 +256,11 @@ def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
         if names and m.name not in names:
             continue
         cfg = config(classes=classes, seed=seed, **m.options)
-        rep = check_candidate(Candidate.from_callable(m.fn, label=m.name), cfg)
-        key = tuple(sorted(m.options.items()))
+        rep = check_candidate(_candidate(m.fn, m.convention, m.backward, m.name), cfg)
+        key = (m.convention, *sorted(m.options.items()))
         if key not in baseline:
-            good = check_candidate(Candidate.from_callable(correct, label="correct"), cfg)
+            ok = cm.CORRECT.get(m.convention, cm.Kernel(correct))
+            good = check_candidate(_candidate(ok.fn, m.convention, ok.backward, "correct"), cfg)
             baseline[key] = good.passed
         failed = [c for c in rep.cases if not c.passed]
         regimes = tuple(sorted({c.params["regime"] for c in failed}))
@@ -256,6 +268,20 @@ def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
         out.append(MutantResult(m, tuple(c.name for c in failed), len(rep.cases), baseline[key],
                                 regimes, named))
     return out
+
+
+def _candidate(fn, convention: str, backward, label: str):
+    """A mutant as a candidate of its calling convention (numpy kernels)."""
+    import dataclasses
+
+    from ..candidate import Candidate
+    from ..candidate.conventions import resolve, settings
+
+    bname = getattr(backward, "__name__", None)
+    st = resolve(fn, settings(convention=convention, framework="numpy", backward=bname),
+                 bwd=backward)
+    return dataclasses.replace(Candidate.from_callable(fn, label=label), settings=st,
+                               backward=backward)
 
 
 def summary(results: list[MutantResult]) -> tuple[bool, str]:

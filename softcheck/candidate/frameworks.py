@@ -1,0 +1,133 @@
+"""numpy arrays to and from a candidate's framework (torch, JAX, numpy), on its device.
+
+Every array a kernel receives goes through :func:`to_framework`, so each arrives as that
+framework's tensor in a dtype it accepts (bfloat16 included: numpy has none, softcheck holds
+ml_dtypes' bfloat16, which ``torch.from_numpy`` rejects).  Results come back through
+:func:`to_numpy` as float64 (or int) numpy arrays on the host.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+
+from ..spec import SoftcheckError
+from ..suite.config import FRAMEWORKS
+
+TORCH_HINT = "install it with: pip install 'softcheck[torch]'"
+
+
+def require(framework: str) -> None:
+    """One-line error (exit 2) when the framework a convention needs is not installed."""
+    if framework == "torch":
+        try:
+            importlib.import_module("torch")
+        except ImportError:
+            raise SoftcheckError(f"this check calls the candidate with torch tensors, but torch "
+                                 f"is not installed: {TORCH_HINT}") from None
+
+
+def detect(fn) -> str:
+    """torch / jax / numpy from where ``fn`` lives: its module's name, else the frameworks its
+    module imports (torch first: a torch module often imports numpy too)."""
+    if is_autograd_function(fn):
+        return "torch"
+    if is_custom_vjp(fn):
+        return "jax"
+    modname = getattr(fn, "__module__", None) or ""
+    for fw, prefixes in (("torch", ("torch",)), ("jax", ("jax", "optax", "flax"))):
+        if modname.split(".")[0] in prefixes:
+            return fw
+    module = sys.modules.get(modname)
+    names = set()
+    for v in vars(module).values() if module is not None else ():
+        m = getattr(v, "__name__", None) if isinstance(v, type(sys)) else getattr(v, "__module__", None)
+        if isinstance(m, str):
+            names.add(m.split(".")[0])
+    if "torch" in names:
+        return "torch"
+    if names & {"jax", "optax", "flax"}:
+        return "jax"
+    return "numpy"
+
+
+def is_autograd_function(fn) -> bool:
+    return isinstance(fn, type) and any(
+        c.__module__.startswith("torch.autograd") and c.__name__ == "Function"
+        for c in fn.__mro__)
+
+
+def is_custom_vjp(fn) -> bool:
+    return type(fn).__name__ in ("custom_vjp", "custom_jvp") and \
+        type(fn).__module__.startswith("jax")
+
+
+def to_framework(a, framework: str, device: str = "cpu", *, requires_grad: bool = False):
+    """A numpy array (or None, or a Python scalar) as the framework's array on ``device``."""
+    if a is None or framework == "numpy":
+        return None if a is None else np.array(a, copy=True)
+    arr = np.asarray(a)
+    if framework == "torch":
+        import torch
+
+        if arr.dtype.name == "bfloat16":
+            t = torch.from_numpy(np.ascontiguousarray(arr).view(np.uint16).copy()).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(np.array(arr, copy=True))
+        t = t.to(device)
+        return t.requires_grad_(True) if requires_grad else t
+    from ..reference.jaxsetup import load
+
+    jax, jnp = load()                  # x64 on: a float64 case stays float64
+    x = jnp.asarray(arr)
+    return jax.device_put(x, _jax_device(device))
+
+
+def _jax_device(device: str):
+    import jax
+
+    kind = "gpu" if device == "cuda" else "cpu"
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError:
+        raise SoftcheckError(f"--device {device}: JAX sees no {kind} device") from None
+
+
+def check_device(framework: str, device: str) -> None:
+    """``--device cuda`` needs a GPU the framework sees: one line, exit 2, if there is none."""
+    if device == "cpu" or framework == "numpy":
+        if device != "cpu" and framework == "numpy":
+            raise SoftcheckError("--device cuda needs a torch or JAX candidate (--framework)")
+        return
+    if framework == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SoftcheckError("--device cuda: torch sees no CUDA device on this machine")
+    else:
+        _jax_device(device)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A framework result (any device, bfloat16, requiring grad) as a float64 numpy array."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        t = x.detach().cpu()
+        if t.is_floating_point():
+            t = t.double()
+        return t.numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind == "V" or arr.dtype.name == "bfloat16":
+        arr = arr.astype(np.float32)
+    return arr.astype(np.float64) if arr.dtype.kind == "f" else arr
+
+
+def dtype_name(x) -> str:
+    """The dtype of a framework array in numpy's words (``float32``, ``bfloat16``, ...)."""
+    d = getattr(x, "dtype", None)
+    return str(d).replace("torch.", "") if d is not None else type(x).__name__
+
+
+__all__ = ["FRAMEWORKS", "TORCH_HINT", "check_device", "detect", "dtype_name", "require",
+           "to_framework", "to_numpy"]
