@@ -204,6 +204,92 @@ def devices_rows(sizes: str) -> list:
     return out
 
 
+def _tree_pss(tag: bytes) -> float:
+    """Sum of the proportional set size (shared pages counted once) of every process whose
+    environment carries ``tag``: softcheck and its worker."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if tag not in f.read():
+                    continue
+            with open(f"/proc/{name}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def run_measured(args: list[str]) -> tuple[float, float, str]:
+    """A whole process: wall seconds, peak Pss of it and its descendants (sampled every
+    20 ms), its stdout."""
+    import subprocess
+    import uuid
+
+    tag = f"SOFTCHECK_BENCH={uuid.uuid4().hex}"
+    env = {**os.environ, tag.split("=")[0]: tag.split("=")[1]}
+    t0 = time.perf_counter()
+    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True)
+    peak = 0.0
+    while p.poll() is None:
+        peak = max(peak, _tree_pss(tag.encode()))
+        time.sleep(0.02)
+    out = p.stdout.read()
+    return time.perf_counter() - t0, peak, out
+
+
+def isolation_rows(repeats: int = 3) -> list:
+    """#15: the cost of running the candidate in a worker process.  Whole ``softcheck check``
+    processes of a numpy candidate, isolated and ``--in-process`` with the same --repeat,
+    interleaved, best of ``repeats``; the worker's start-up; peak memory at 8×262144."""
+    out = []
+    cand = "scripts/examples/numpy_ce.py:grad"
+    base = [sys.executable, "-m", "softcheck", "check", cand, "--classes", "1000", "--batch",
+            "30", "--json", "-"]
+    times: dict[str, list[float]] = {"isolated": [], "--in-process": []}
+    runs: dict[str, float] = {"isolated": [], "--in-process": []}
+    for _ in range(repeats):
+        for mode, extra in (("isolated", []), ("--in-process", ["--in-process"])):
+            t, _, text = run_measured(base + extra)
+            import json
+
+            times[mode].append(t)
+            runs[mode].append(json.loads(text)["timing"]["seconds"])
+    iso, inp = min(times["isolated"]), min(times["--in-process"])
+    iso_run, inp_run = min(runs["isolated"]), min(runs["--in-process"])
+    out.append(("30×1000 check (default suite)", "softcheck check, isolated",
+                f"{iso:.3g} s (run {iso_run:.3g} s)",
+                f"{iso / inp:.3g}× (run {iso_run / inp_run:.3g}×)", "", "whole process, best of "
+                f"{repeats}, --repeat 2 both"))
+    out.append(("30×1000 check (default suite)", "softcheck check --in-process",
+                f"{inp:.3g} s (run {inp_run:.3g} s)", "1×", "", ""))
+    from softcheck.candidate.worker import IsolatedCandidate
+
+    starts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        c = IsolatedCandidate(os.path.abspath("scripts/examples/numpy_ce.py") + ":grad", None,
+                              "x")
+        starts.append(time.perf_counter() - t0)
+        c.close()
+    out.append(("—", "worker start-up (spawn + import + load)", f"{min(starts):.3g} s", "", "",
+                f"best of {repeats}"))
+    big = [sys.executable, "-m", "softcheck", "check", cand, "--classes", "262144", "--batch",
+           "8", "--dtype", "float64", "--regime", "normal", "--json", "-"]
+    for mode, extra in (("isolated", []), ("--in-process", ["--in-process"])):
+        t, peak, _ = run_measured(big + extra)
+        out.append(("8×262144 check", f"softcheck check, {mode}", f"{t:.3g} s", "", "",
+                    f"peak Pss of softcheck + worker {peak / 2**30:.2f} GiB"))
+    for r in out:
+        print(" | ".join(r), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES)
@@ -212,7 +298,13 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", default="8x8192,8x32768",
                     help="sizes at which to time `softcheck run --devices 1` vs `--devices 2` "
                          "(whole processes; '' to skip)")
+    ap.add_argument("--isolation", action="store_true",
+                    help="only the isolation rows (#15): isolated vs --in-process check")
     args = ap.parse_args(argv)
+    if args.isolation:
+        table = isolation_rows()
+        _print_markdown(table) if args.markdown else None
+        return 0
     import jax
     import torch
 
@@ -242,14 +334,19 @@ def main(argv=None) -> int:
             print(" | ".join(table[-1]), flush=True)
     if args.devices:
         table += devices_rows(args.devices)
-    header = ("size", "tool", "time", "÷ softcheck FD (devices: ÷ 1 device)", "catches 1 entry off 1e-4", "result")
     if args.markdown:
-        print()
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for r in table:
-            print("| " + " | ".join(r) + " |")
+        _print_markdown(table)
     return 0
+
+
+def _print_markdown(table) -> None:
+    header = ("size", "tool", "time", "÷ softcheck FD (devices: ÷ 1 device)",
+              "catches 1 entry off 1e-4", "result")
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in table:
+        print("| " + " | ".join(r) + " |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ failed calls, arrays cross through shared memory, nothing it starts outlives it.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import io
 import mmap
 import os
@@ -24,6 +23,7 @@ import numpy as np
 
 from ..spec import Inputs, SoftcheckError
 from .call import OUTPUT_LIMIT, CallResult, clip_output, kwargs_for
+from .processes import _descendants, _kill, _proc_table, _set_subreaper, _tagged  # noqa: F401
 from .conventions import Settings
 
 #: the gradients a convention call returns besides the main one (other upstream gradients)
@@ -42,56 +42,6 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"the worker's reply names {module}.{name}")
-
-
-def _set_subreaper() -> None:
-    try:                                                   # PR_SET_CHILD_SUBREAPER
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _proc_table() -> dict[int, tuple[int, bytes]]:
-    """pid → (ppid, state) for every process in /proc."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            rest = data[data.rindex(b")") + 2:].split()
-            table[int(name)] = (int(rest[1]), rest[0])
-    return table
-
-
-def _descendants(table, root: int) -> set[int]:
-    kids: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    found, stack = set(), [root]
-    while stack:
-        for c in kids.get(stack.pop(), ()):
-            if c not in found:
-                found.add(c)
-                stack.append(c)
-    return found
-
-
-def _tagged(pid: int, tag: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return tag in f.read()
-    except OSError:
-        return False
-
-
-def _kill(pid: int, sig=signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class _Worker:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..judge import tolerances
-from ..candidate import CallPolicy
+from ..candidate import CallPolicy, CallResult
 from ..judge.compare import Comparison, Invariant, compare, compare_values, invariants
 from ..judge.metamorphic import check_relations
 from ..reference import analytic, autodiff
@@ -91,6 +91,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     call_errors: list[str] = []
 
     def relation_call(inp):
+        if call_errors:          # one death or timeout per case is enough: never wait again
+            return CallResult(None, "not called: an earlier call of this case failed")
         r = candidate.call(inp, timeout=timeout)
         if r.error:
             call_errors.append(r.error)

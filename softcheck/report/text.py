@@ -72,7 +72,8 @@ def failure_text(case: CaseResult) -> str:
         lines.append(f"  hint: {d}")
     for n in case.notes:
         lines.append(f"  note: {n}")
-    if case.output:
+    last = case.output.strip().splitlines()[-1:] if case.output else []
+    if last and not (case.error and last[0].strip() in case.error):   # not already quoted
         lines.append("  the candidate's output:")
         lines += [f"    | {ln}" for ln in case.output.rstrip("\n").splitlines()[-20:]]
     return "\n".join(lines)
