@@ -232,15 +232,18 @@ def run_measured(args: list[str]) -> tuple[float, float, str]:
 
     tag = f"SOFTCHECK_BENCH={uuid.uuid4().hex}"
     env = {**os.environ, tag.split("=")[0]: tag.split("=")[1]}
-    t0 = time.perf_counter()
-    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         text=True)
-    peak = 0.0
-    while p.poll() is None:
-        peak = max(peak, _tree_pss(tag.encode()))
-        time.sleep(0.02)
-    out = p.stdout.read()
-    return time.perf_counter() - t0, peak, out
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as sink:          # a pipe would fill and block it
+        t0 = time.perf_counter()
+        p = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.DEVNULL, text=True)
+        peak = 0.0
+        while p.poll() is None:
+            peak = max(peak, _tree_pss(tag.encode()))
+            time.sleep(0.02)
+        t = time.perf_counter() - t0
+        sink.seek(0)
+        return t, peak, sink.read()
 
 
 def isolation_rows(repeats: int = 3) -> list:
