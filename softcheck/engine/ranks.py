@@ -287,7 +287,7 @@ def judge_ranks(call: CallResult, inputs64: Inputs, *, dtype: str, kappa: float,
             hints.append(f"the ranks disagree on the loss (rank {worst[0]} by {worst[1]:.3g}): "
                          "a reduction is not all-reduced across the group (the max, the sum of "
                          "exps or the target logit computed from the shard alone)")
-    hints += _shard_width_hint(call, inputs64, ref, bad, dtype, kappa, scale)
+    hints[:0] = _shard_width_hint(call, inputs64, ref, bad, dtype, kappa, scale)
     if bad and not hints:
         hints.append("wrong on rank" + ("s " if len(bad) > 1 else " ") + ", ".join(
             c.pair[0].split()[-1].rstrip("]") for c in bad) + " of " + str(len(call.ranks)))

@@ -13,6 +13,10 @@ def pair_label(pair, sep: str = "\n") -> str:
         return f"other{sep}g"
     if pair[0].startswith("candidate_"):                 # a forward value: loss, z_loss, lse
         return f"cand{sep}{pair[0][len('candidate_'):]}"
+    if pair[0].startswith("candidate[rank "):           # --tensor-parallel: one rank's columns
+        return f"rank{sep}{pair[0][len('candidate[rank '):-1]}"
+    if pair[0].startswith("candidate@"):                 # another upstream gradient
+        return f"cand{sep}{pair[0][len('candidate@'):]}"
     a = "cand" if pair[0] == "candidate" else SHORT_METHOD[pair[0]]
     return f"{a}{sep}{SHORT_METHOD[pair[1]]}"
 
@@ -116,7 +120,8 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
     if has_candidate:
         extra = [p for p in pairs if p[0].startswith("candidate_")]
         other_g = [UPSTREAM] if any(p[0].startswith("candidate@") for p in pairs) else []
-        pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + [REFS]
+        ranks = [p for p in pairs if p[0].startswith("candidate[rank ")]
+        pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + ranks + [REFS]
     # words shared by every case of the table go to its title, the rows keep what differs
     parts = [name_parts(c) for c in cases]
     same = [all(len(p) > i and p[i] == parts[0][i] for p in parts) for i in range(len(parts[0]))]
