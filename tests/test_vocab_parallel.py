@@ -146,8 +146,11 @@ def test_four_ranks_every_loss_option(tmp_path, fn, passes):
                          "--regime", "normal,all-ignored")
     assert (code == 0) == passes, r.stdout
     for case in rep["cases"]:
-        assert case["passed"] == passes
         assert len(rank_errors(case)) == 4
+        if case["params"]["regime"] == "all-ignored":     # no row counts: nothing to get wrong
+            assert case["passed"]
+            continue
+        assert case["passed"] == passes
         if not passes:
             named = " ".join(case["diagnosis"])
             assert ("#737" in named) if fn == "smoothing_shard_v" else ("not all-reduced" in named)

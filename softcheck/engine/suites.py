@@ -113,6 +113,11 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     if cand.source is None:
         raise SoftcheckError("--tensor-parallel reloads the TARGET in every rank: give it as "
                              "FILE.py:fn or package.module:fn (not a lambda or closure)")
+    from .ranks import shards
+
+    st = cand.settings
+    for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
+        shards(v, st.tensor_parallel, st.split)              # exit 2 before any rank starts
     x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
     return RankedCandidate(cand.source, cand.label, cand.settings, x64=x64)
 

@@ -11,6 +11,8 @@ from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
 def pair_label(pair, sep: str = "\n") -> str:
     if pair == UPSTREAM:
         return f"other{sep}g"
+    if pair == RANKS:
+        return f"worst{sep}rank"
     if pair[0].startswith("candidate_"):                 # a forward value: loss, z_loss, lse
         return f"cand{sep}{pair[0][len('candidate_'):]}"
     if pair[0].startswith("candidate[rank "):           # --tensor-parallel: one rank's columns
@@ -102,6 +104,8 @@ def fd_cell(case: CaseResult) -> str:
 REFS = "references"
 #: one column for the worst of the gradients at the other upstream gradients (candidate@g=...)
 UPSTREAM = "upstream"
+#: one column for the worst rank's columns (candidate[rank r]) when there are more than two
+RANKS = "ranks"
 
 
 def _table(cases: list[CaseResult], title: str | None, width: int = 80):
@@ -121,6 +125,8 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
         extra = [p for p in pairs if p[0].startswith("candidate_")]
         other_g = [UPSTREAM] if any(p[0].startswith("candidate@") for p in pairs) else []
         ranks = [p for p in pairs if p[0].startswith("candidate[rank ")]
+        if len(ranks) > 2:              # --tensor-parallel W > 2: the worst rank (80 columns)
+            ranks = [RANKS]
         pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + ranks + [REFS]
     # words shared by every case of the table go to its title, the rows keep what differs
     parts = [name_parts(c) for c in cases]
@@ -152,6 +158,8 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
             by_pair[REFS] = max(refs, key=lambda c: c.ratio) if refs else None
             ups = [c for c in case.comparisons if c.pair[0].startswith("candidate@")]
             by_pair[UPSTREAM] = max(ups, key=lambda c: c.ratio) if ups else None
+            rks = [c for c in case.comparisons if c.pair[0].startswith("candidate[rank ")]
+            by_pair[RANKS] = max(rks, key=lambda c: c.ratio) if rks else None
         for p in pairs:
             c = by_pair.get(p)
             if c is None:
