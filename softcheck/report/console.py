@@ -104,7 +104,7 @@ def fd_cell(case: CaseResult) -> str:
 REFS = "references"
 #: one column for the worst of the gradients at the other upstream gradients (candidate@g=...)
 UPSTREAM = "upstream"
-#: one column for the worst rank's columns (candidate[rank r]) when there are more than two
+#: one column for the worst rank's columns (candidate[rank r]): each rank's in the failures
 RANKS = "ranks"
 
 
@@ -125,8 +125,7 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
         extra = [p for p in pairs if p[0].startswith("candidate_")]
         other_g = [UPSTREAM] if any(p[0].startswith("candidate@") for p in pairs) else []
         ranks = [p for p in pairs if p[0].startswith("candidate[rank ")]
-        if len(ranks) > 2:              # --tensor-parallel W > 2: the worst rank (80 columns)
-            ranks = [RANKS]
+        ranks = [RANKS] if ranks else []   # --tensor-parallel: the worst rank (80 columns)
         pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + ranks + [REFS]
     # words shared by every case of the table go to its title, the rows keep what differs
     parts = [name_parts(c) for c in cases]
