@@ -171,3 +171,18 @@ def test_a_rank_hung_in_a_collective_is_stopped_at_the_timeout(tmp_path):
     assert code == 1
     err = rep["cases"][0]["error"]
     assert "longer than 3 s" in err and "rank" in err, err
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_fails_the_case_with_the_rank_named(tmp_path):
+    mod = tmp_path / "raises.py"
+    mod.write_text("import torch.distributed as dist\n"
+                   "def boom(logits, target, group=None):\n"
+                   "    if dist.get_rank(group) == 1:\n"
+                   "        raise ValueError('shard mismatch')\n"
+                   "    return logits.sum()\n")
+    code, rep, r = check(tmp_path, None, "--tensor-parallel", "2", "--classes", "8",
+                         "--timeout", "30", target=f"{mod}:boom")
+    assert code == 1
+    err = rep["cases"][0]["error"]
+    assert "rank 1 of 2" in err and "ValueError" in err and "shard mismatch" in err, err
