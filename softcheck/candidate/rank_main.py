@@ -18,8 +18,11 @@ from .worker_main import _flush, _prctl, _recv, _send, _Shm, serve_call
 
 def _join(hello: dict):
     """``init_process_group`` on the loopback rendezvous the parent picked: the group."""
+    import torch
     import torch.distributed as dist
 
+    if hello["backend"] == "nccl":                # one GPU per rank (wrapping if fewer)
+        torch.cuda.set_device(hello["rank"] % max(1, torch.cuda.device_count()))
     dist.init_process_group(hello["backend"], rank=hello["rank"],
                             world_size=hello["world"], init_method=hello["init"])
     return dist.group.WORLD
