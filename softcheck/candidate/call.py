@@ -76,6 +76,7 @@ class CallResult:
     z_loss: np.ndarray | None = None
     lse: np.ndarray | None = None
     variants: tuple = ()        # (label, upstream g, gradient) for the other upstream gradients
+    ranks: tuple = ()           # --tensor-parallel: (rank, start, stop, loss) per rank
 
 
 @dataclass

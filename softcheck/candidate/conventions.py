@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
-from ..suite.config import (CALLING_CONVENTIONS, DEVICES, DTYPES, FRAMEWORKS, RETURN_ITEMS,
-                            numpy_dtype)
+from ..suite.config import (BACKENDS, CALLING_CONVENTIONS, DEVICES, DTYPES, FRAMEWORKS,
+                            RETURN_ITEMS, SPLITS, numpy_dtype)
 from .frameworks import (check_device, detect, dtype_name, is_autograd_function,
                          is_custom_vjp, require, to_framework, to_numpy)
 
@@ -56,6 +56,9 @@ class Settings:
     returns: tuple[str, ...] | None = None  # None: ("loss",), split ("loss", "lse")
     backward: str | None = None             # split: the backward's TARGET
     device: str = "cpu"
+    tensor_parallel: int = 1                # W > 1: W torch.distributed ranks (engine/ranks.py)
+    backend: str = "gloo"
+    split: str = "even"
 
     @property
     def returned(self) -> tuple[str, ...]:
@@ -81,7 +84,8 @@ class Outputs:
 
 
 def settings(convention=None, framework=None, args=None, rename=(), returns=None,
-             backward=None, device="cpu") -> Settings:
+             backward=None, device="cpu", tensor_parallel=1, backend="gloo",
+             split="even") -> Settings:
     """Validated :class:`Settings` from option values (comma strings or sequences)."""
     def listed(v):
         if v is None or isinstance(v, tuple):
@@ -115,7 +119,30 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
     if conv == "split" and not backward:
         raise SoftcheckError("--convention split needs --backward FILE.py:bwd "
                              "(bwd(logits, target, dloss, lse, **kw) -> dlogits)")
-    return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device)
+    tp = _tensor_parallel(tensor_parallel, backend, split, conv, framework)
+    return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device, tp,
+                    backend or "gloo", split or "even")
+
+
+def _tensor_parallel(w, backend, split, conv: str, framework) -> int:
+    """--tensor-parallel W (with --backend, --split) validated: torch installed, a loss or grad
+    kernel, W >= 1."""
+    w = 1 if w is None else int(w)
+    if w < 1:
+        raise SoftcheckError(f"--tensor-parallel must be at least 1; got {w}")
+    for name, v, allowed in (("backend", backend, BACKENDS), ("split", split, SPLITS)):
+        if v is not None and v not in allowed:
+            raise SoftcheckError(f"--{name} must be one of {', '.join(allowed)}; got {v!r}")
+    if w == 1:
+        return 1
+    if framework not in (None, "torch"):
+        raise SoftcheckError(f"--tensor-parallel runs torch.distributed ranks: --framework "
+                             f"{framework} cannot be checked so (use --framework torch)")
+    if conv not in ("grad", "loss"):
+        raise SoftcheckError(f"--tensor-parallel checks --convention loss or grad kernels; "
+                             f"got --convention {conv}")
+    require("torch", what="--tensor-parallel starts torch.distributed ranks")
+    return w
 
 
 def resolve(fn, st: Settings, *, bwd=None) -> Settings:

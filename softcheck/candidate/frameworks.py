@@ -19,14 +19,14 @@ from ..suite.config import FRAMEWORKS
 TORCH_HINT = "install it with: pip install 'softcheck[torch]'"
 
 
-def require(framework: str) -> None:
+def require(framework: str, what: str = "this check calls the candidate with torch tensors"
+            ) -> None:
     """One-line error (exit 2) when the framework a convention needs is not installed."""
     if framework == "torch":
         try:
             importlib.import_module("torch")
         except ImportError:
-            raise SoftcheckError(f"this check calls the candidate with torch tensors, but torch "
-                                 f"is not installed: {TORCH_HINT}") from None
+            raise SoftcheckError(f"{what}, but torch is not installed: {TORCH_HINT}") from None
 
 
 def detect(fn) -> str:

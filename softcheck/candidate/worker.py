@@ -48,7 +48,7 @@ class _Worker:
     """One live worker process, its channel and output file; ``stop`` ends it and all it started."""
 
     def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
-                 pids: list[int]):
+                 pids: list[int], module: str = "softcheck.candidate.worker_main"):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
@@ -65,7 +65,7 @@ class _Worker:
             env["JAX_ENABLE_X64"] = "1"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "softcheck.candidate.worker_main"], stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", module], stdin=subprocess.DEVNULL,
                 stdout=self.out, stderr=self.out, close_fds=True,
                 pass_fds=(child_sock.fileno(), shm_fd), start_new_session=True, env=env,
                 cwd=os.getcwd())

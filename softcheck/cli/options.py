@@ -7,7 +7,7 @@ import click
 from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
 from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
-from ..suite.config import (CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES,
+from ..suite.config import (BACKENDS, SPLITS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES,
                             FD_METHODS, FRAMEWORKS, REGIMES, RETURN_ITEMS, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
@@ -161,6 +161,15 @@ def call_options(fn):
                      help="split: FILE.py:bwd computing bwd(logits, target, dloss, lse, **kw)."),
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
                      help="Where torch/JAX inputs are created (results brought back)."),
+        click.option("--tensor-parallel", type=click.IntRange(1), default=1, show_default=True,
+                     help="W: run TARGET on W torch.distributed ranks, each given its column "
+                          "shard of the logits, the global targets and group= (needs "
+                          "softcheck[torch])."),
+        click.option("--backend", type=click.Choice(BACKENDS), default="gloo",
+                     show_default=True, help="torch.distributed backend of the ranks."),
+        click.option("--split", type=click.Choice(SPLITS), default="even", show_default=True,
+                     help="even: V/W columns per rank; uneven: rank r starts at "
+                          "r*(V//W)+min(r, V%W)."),
     ]
     for o in reversed(opts):
         fn = o(fn)

@@ -17,6 +17,7 @@ from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.inputs import make_inputs
+from .ranks import judge_ranks
 from .results import CaseResult, Coverage, FDInfo
 
 REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
@@ -82,9 +83,15 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     if candidate is not None:
         comparisons += _forward_pairs(call, inputs64, case, kappa)
         comparisons += _upstream_pairs(call, inputs64, case, kappa, native / scale if scale else 0)
+    rank_invs, rank_hints = [], ()
+    if candidate is not None and call.ranks:            # --tensor-parallel: per rank
+        rank_cmps, rank_invs, rank_hints = judge_ranks(
+            call, inputs64, dtype=case.dtype, kappa=kappa, scale=scale,
+            user=_user_tolerance(case, "candidate", candidate))
+        comparisons += rank_cmps
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
-                      scale=scale, band=native)
+                      scale=scale, band=native) + rank_invs
     if candidate is not None and policy.repeat > 1:
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
     relations = ()
@@ -111,7 +118,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     if candidate is not None and not passed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = _upstream_hint(comparisons, inputs) + _forward_hint(
+        diagnosis = rank_hints + _upstream_hint(comparisons, inputs) + _forward_hint(
             comparisons, call, inputs64)
         if grad_failed:        # the gradient itself is wrong somewhere: say how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,

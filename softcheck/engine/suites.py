@@ -76,6 +76,12 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
             if cand is None:
                 out.append(job)
                 continue
+            if id(cand) not in started and cand.settings.tensor_parallel > 1:
+                started[id(cand)] = _ranked(cand, job, jobs)
+                st = cand.settings
+                process[cand.label] = {"isolated": True, "repeat": job.policy.repeat,
+                                       "tensor_parallel": st.tensor_parallel,
+                                       "backend": st.backend, "split": st.split}
             if id(cand) not in started:
                 iso = None
                 if job.policy.isolate:
@@ -95,6 +101,25 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
             w.close()
         raise
     return out, [w for w in started.values() if w is not None], process
+
+
+def _ranked(cand, job: Job, jobs: list[Job]):
+    """The W rank processes of a --tensor-parallel candidate (engine/ranks.py)."""
+    from .ranks import RankedCandidate
+
+    if not job.policy.isolate:
+        raise SoftcheckError("--tensor-parallel runs each rank in its own process: it cannot "
+                             "be combined with --in-process")
+    if cand.source is None:
+        raise SoftcheckError("--tensor-parallel reloads the TARGET in every rank: give it as "
+                             "FILE.py:fn or package.module:fn (not a lambda or closure)")
+    from .ranks import shards
+
+    st = cand.settings
+    for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
+        shards(v, st.tensor_parallel, st.split)              # exit 2 before any rank starts
+    x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
+    return RankedCandidate(cand.source, cand.label, cand.settings, x64=x64)
 
 
 def with_inputs(cfg: Config, found: tuple[list[Case], list[str]]):

@@ -11,8 +11,14 @@ from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
 def pair_label(pair, sep: str = "\n") -> str:
     if pair == UPSTREAM:
         return f"other{sep}g"
+    if pair == RANKS:
+        return f"worst{sep}rank"
     if pair[0].startswith("candidate_"):                 # a forward value: loss, z_loss, lse
         return f"cand{sep}{pair[0][len('candidate_'):]}"
+    if pair[0].startswith("candidate[rank "):           # --tensor-parallel: one rank's columns
+        return f"rank{sep}{pair[0][len('candidate[rank '):-1]}"
+    if pair[0].startswith("candidate@"):                 # another upstream gradient
+        return f"cand{sep}{pair[0][len('candidate@'):]}"
     a = "cand" if pair[0] == "candidate" else SHORT_METHOD[pair[0]]
     return f"{a}{sep}{SHORT_METHOD[pair[1]]}"
 
@@ -98,6 +104,8 @@ def fd_cell(case: CaseResult) -> str:
 REFS = "references"
 #: one column for the worst of the gradients at the other upstream gradients (candidate@g=...)
 UPSTREAM = "upstream"
+#: one column for the worst rank's columns (candidate[rank r]): each rank's in the failures
+RANKS = "ranks"
 
 
 def _table(cases: list[CaseResult], title: str | None, width: int = 80):
@@ -116,7 +124,9 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
     if has_candidate:
         extra = [p for p in pairs if p[0].startswith("candidate_")]
         other_g = [UPSTREAM] if any(p[0].startswith("candidate@") for p in pairs) else []
-        pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + [REFS]
+        ranks = [p for p in pairs if p[0].startswith("candidate[rank ")]
+        ranks = [RANKS] if ranks else []   # --tensor-parallel: the worst rank (80 columns)
+        pairs = [p for p in pairs if p[0] == "candidate"] + extra + other_g + ranks + [REFS]
     # words shared by every case of the table go to its title, the rows keep what differs
     parts = [name_parts(c) for c in cases]
     same = [all(len(p) > i and p[i] == parts[0][i] for p in parts) for i in range(len(parts[0]))]
@@ -147,6 +157,8 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
             by_pair[REFS] = max(refs, key=lambda c: c.ratio) if refs else None
             ups = [c for c in case.comparisons if c.pair[0].startswith("candidate@")]
             by_pair[UPSTREAM] = max(ups, key=lambda c: c.ratio) if ups else None
+            rks = [c for c in case.comparisons if c.pair[0].startswith("candidate[rank ")]
+            by_pair[RANKS] = max(rks, key=lambda c: c.ratio) if rks else None
         for p in pairs:
             c = by_pair.get(p)
             if c is None:

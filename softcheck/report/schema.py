@@ -47,14 +47,16 @@ _PART = _obj({"max_abs_error": _d(_NUM, "The largest absolute error there."),
                "ratio": _d(_NUM, "The largest error / allowed error there.")})
 
 COMPARISON = _obj({
-    "pair": _d({"type": "array", "items": {"enum": [
+    "pair": _d({"type": "array", "items": {"anyOf": [{"enum": [
         "candidate", "analytic", "autodiff", "finite_difference",
         "candidate_loss", "reference_loss", "candidate_z_loss", "reference_z_loss",
         "candidate_lse", "reference_lse", "candidate@g=1", "candidate@g=scalar"]},
+        {"type": "string", "pattern": r"^candidate\[rank [0-9]+\]$"}]},
                 "minItems": 2, "maxItems": 2},
                "The two things compared: [checked, reference]: a gradient pair; a forward value "
                "(candidate_loss vs reference_loss, z_loss, lse); or the gradient at another "
-               "upstream gradient (candidate@g=1, candidate@g=scalar vs analytic)."),
+               "upstream gradient (candidate@g=1, candidate@g=scalar vs analytic); or, under "
+               "--tensor-parallel, rank r's columns (candidate[rank r] vs analytic)."),
     "max_abs_error": _d(_NUM, "max |A - B| over the compared entries."),
     "max_rel_error": _d(_NUM, "max_abs_error / the gradient's scale (judge/tolerances.py)."),
     "atol": _d(_NUM, "The derived absolute tolerance (per-dtype table, plus the FD band)."),
@@ -187,6 +189,14 @@ CANDIDATE_PROCESS = _d({
                              "loaded (the suite has float64 cases)."),
         "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
         "why": _d({"type": "string"}, "Why it was not isolated."),
+        "tensor_parallel": _d({"type": "integer", "minimum": 2},
+                              "--tensor-parallel W: the TARGET ran on W torch.distributed "
+                              "ranks, each given its column shard; the comparisons "
+                              "'candidate[rank r]' vs 'analytic' judge rank r's columns and "
+                              "the invariant 'ranks_agree_on_loss' the losses across ranks."),
+        "backend": _d({"type": "string"}, "The ranks' torch.distributed backend (gloo, nccl)."),
+        "split": _d({"type": "string"}, "How the vocabulary was split: even, or uneven (rank r "
+                                        "starts at r*(V//W)+min(r, V%W))."),
     }, required=["isolated", "repeat"]),
 }, "Per candidate (by label): where it ran and how it was called.")
 

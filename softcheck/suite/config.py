@@ -30,7 +30,12 @@ DEVICES = ("cpu", "cuda")
 #: what a loss-returning candidate's tuple holds, in order (--returns)
 RETURN_ITEMS = ("loss", "z_loss", "lse")
 #: the options on how a TARGET is called (check's, and keys of a batch group with a target)
-CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device")
+CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device",
+             "tensor_parallel", "backend", "split")
+#: --tensor-parallel: the torch.distributed backend of the ranks, and how the vocabulary is
+#: split (even: W equal shards, V divisible by W; uneven: rank r starts at r*(V//W)+min(r, V%W))
+BACKENDS = ("gloo", "nccl")
+SPLITS = ("even", "uneven")
 
 
 def numpy_dtype(name: str) -> np.dtype:
