@@ -231,3 +231,63 @@ def test_the_api_isolates_a_module_function_and_runs_a_lambda_in_process():
     (lam_info,) = lam.environment["candidate_process"].values()
     assert iso_info["isolated"] and not lam_info["isolated"]
     assert "cannot be re-imported" in lam_info["why"]
+
+
+# ------------------------------------------------------- regressions found by the review pass
+
+def test_closing_the_control_channel_is_a_failed_case_not_a_traceback(tmp_path):
+    """A candidate that closes its inherited fds and lives on: the parent used to read the
+    output file of a worker it had already stopped (ValueError, exit 3)."""
+    code, report, _, r = check(tmp_path, "closefds", "--regime", "normal", "--timeout", "20")
+    assert code == 1, r.stderr
+    assert all("closed its control channel" in e for e in failed_reasons(report))
+
+
+def test_a_scalar_grad_output_reaches_the_worker_as_a_scalar(tmp_path):
+    """np.ascontiguousarray made the 0-d upstream gradient (1,): a correct isolated JAX loss
+    kernel failed every mean case (jnp.broadcast_to to a scalar loss)."""
+    (tmp_path / "jax_loss.py").write_text(
+        "import jax, jax.numpy as jnp\n"
+        "def loss(logits, target):\n"
+        "    lp = jax.nn.log_softmax(logits)\n"
+        "    return -jnp.mean(jnp.take_along_axis(lp, target[:, None], 1))\n")
+    out = tmp_path / "o.json"
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{tmp_path}/jax_loss.py:loss",
+                        "--convention", "loss", "--framework", "jax", "--regime", "normal",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    report = load_report(out.read_text())
+    assert r.returncode == 0, [c["error"] for c in report["cases"]]
+    assert report["environment"]["candidate_process"][f"{tmp_path}/jax_loss.py:loss"]["isolated"]
+
+
+def test_a_module_loaded_under_a_made_up_name_is_reloaded_by_its_path(tmp_path):
+    """source_of trusted sys.modules: a module loaded from a file under another name gave a
+    TARGET the worker could not import."""
+    import importlib.util
+
+    from softcheck.candidate import source_of
+
+    f = tmp_path / "m.py"
+    f.write_text("def grad(logits, target):\n    return logits\n")
+    spec = importlib.util.spec_from_file_location("made_up_name_123", f)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["made_up_name_123"] = mod
+    try:
+        spec.loader.exec_module(mod)
+        assert source_of(mod.grad) == f"{f}:grad"
+    finally:
+        del sys.modules["made_up_name_123"]
+
+
+@pytest.mark.slow
+def test_a_long_forward_reply_is_not_refused(tmp_path):
+    """reduction none at 40000 rows: the forward's values (loss, g) made the reply exceed the
+    fixed 1 MiB limit, and a correct kernel failed every case."""
+    out = tmp_path / "o.json"
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check",
+                        "torch.nn.functional:cross_entropy", "--convention", "loss",
+                        "--reduction", "none", "--batch", "40000", "--classes", "3",
+                        "--regime", "normal", "--dtype", "float64", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    report = load_report(out.read_text())
+    assert r.returncode == 0, [c["error"] for c in report["cases"]]

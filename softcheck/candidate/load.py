@@ -119,13 +119,30 @@ def source_of(fn) -> str | None:
     if mod is None or getattr(mod, name, None) is not fn:
         return None
     path = getattr(mod, "__file__", None)
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin and path and os.path.samefile(spec.origin, path):
+    if _importable_by_name(module, path):
         return f"{module}:{name}"
     return f"{os.path.abspath(path)}:{name}" if path and path.endswith(".py") else None
+
+
+def _importable_by_name(module: str, path: str | None) -> bool:
+    """Whether a fresh process (with this one's sys.path) imports ``module`` from ``path``:
+    found by the path finder, not just in ``sys.modules`` (a module loaded from a file
+    under a made-up name is not)."""
+    import importlib.machinery
+
+    top = module.split(".")[0]
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(top, sys.path)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not path:
+        return False
+    if top != module:
+        return True                   # a package on the path: its submodule resolves inside
+    try:
+        return bool(spec.origin) and os.path.samefile(spec.origin, path)
+    except OSError:
+        return False
 
 
 def isolated(cand: Candidate, *, x64: bool):

@@ -109,6 +109,9 @@ def attack(logits, target):
     if how == "forge":                      # patch the judge, and return twice the gradient
         _forge()
         return 2 * g
+    if how == "closefds":                   # daemon-style: closes every inherited fd, lives on
+        os.closerange(3, 1024)
+        time.sleep(30)
     if how == "chdir":
         os.chdir("/")
     if how == "sysexit_array":
