@@ -1,0 +1,195 @@
+"""Float64 references of fused linear cross-entropy, in vocabulary blocks (never all logits).
+
+z = x·Wᵀ (+ b) is computed one block of vocabulary columns at a time, twice: pass 1 keeps an
+online log-sum-exp per row (and the two target terms the loss needs: v_y and Σ_j w_j v_j);
+pass 2 forms G_b = ∂L/∂z on the block in closed form (analytic.py's formula (1): with
+m_ij the target mass, ∂L/∂v_ij = α_i(Σm_i·p_ij − m_ij) + β_i·2·COEF·lse_i·p_ij, times the
+softcap chain factor 1 − t² and 1/T) and accumulates grad_x += G_b·W_b, grad_W[b] = G_bᵀ·x,
+grad_b[b] = Σ_rows G_b.  Alongside, the error-propagation bounds of ``tolerances.py``'s
+fused entry: the same products with |G| replaced by the size of G's parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec import FusedInputs
+from .loss import params, reference_rows
+
+#: float64 entries of one (N, block) slab of logits: 2^22 = 32 MiB
+BLOCK_ELEMENTS = 1 << 22
+#: jax.vjp of the materialized loss only up to this many logits
+AUTODIFF_MAX_LOGITS = 1 << 21
+
+
+@dataclass(frozen=True)
+class FusedGrads:
+    """One method's outputs; ``bound_*`` the references' error-propagation sizes (or None)."""
+
+    loss: object            # float (mean/sum) or (N,) (none), the upstream gradient not applied
+    grad_x: np.ndarray
+    grad_w: np.ndarray
+    grad_b: np.ndarray | None
+    lse: np.ndarray | None = None
+    bound_x: np.ndarray | None = None
+    bound_w: np.ndarray | None = None
+    bound_b: np.ndarray | None = None
+    kappa: float = 1.0
+    scale: float = 0.0      # max_i of row i's gradient scale S_i / T (tolerances.py)
+
+
+class _Rows:
+    """The per-row constants: target mass m (as y, w_y, the spread c), Σm, α, β."""
+
+    def __init__(self, fi: FusedInputs):
+        s = fi.spec
+        n, v = fi.target.shape[0], fi.lm_weight.shape[0]
+        self.valid = valid = fi.valid
+        self.wv = np.ones(v) if fi.weight is None else np.asarray(fi.weight, np.float64)
+        self.y = np.where(valid, fi.target, 0)
+        self.eps = eps = s.label_smoothing
+        self.others = s.smoothing_convention == "others"
+        wsum = float(np.sum(self.wv))
+        self.wy = self.wv[self.y] * valid
+        if self.others:
+            self.c = eps / (v - 1) if v > 1 else 0.0
+            self.mass = (1 - eps) * self.wy + self.c * (wsum * valid - self.wy)
+        else:
+            self.c = eps / v
+            self.mass = (1 - eps) * self.wy + self.c * wsum * valid
+        denom, count = float(np.sum(self.wy)), float(np.sum(valid))
+        if s.mean_over == "valid":
+            denom = count
+        if s.mean_over == "batch" or isinstance(s.mean_over, int):
+            denom = count = float(n if s.mean_over == "batch" else s.mean_over)
+        if s.reduction == "mean":
+            a = np.full(n, 1 / denom if denom > 0 else 0.0)
+            b = valid / count if count > 0 else np.zeros(n)
+        else:
+            a, b = np.ones(n), valid.astype(np.float64)
+        go = np.broadcast_to(np.asarray(fi.grad_output, np.float64), (n,))
+        self.a, self.b, self.ga, self.gb = a, b, a * go, b * go
+        self.coef = s.z_loss
+
+    def mass_block(self, j0: int, j1: int) -> np.ndarray:
+        """m_ij for columns j0:j1 (N, j1 − j0)."""
+        n = self.y.shape[0]
+        m = np.outer(self.c * self.valid, self.wv[j0:j1])
+        inb = (self.y >= j0) & (self.y < j1) & self.valid
+        r = np.nonzero(inb)[0]
+        cols = self.y[r] - j0
+        m[r, cols] = (1 - self.eps) * self.wy[r] + (0.0 if self.others else m[r, cols])
+        del n
+        return m
+
+
+def _transform(z, spec):
+    u = z / spec.divisor
+    if spec.softcap:
+        t = np.tanh(u / spec.softcap)
+        return spec.softcap * t, t
+    return u, None
+
+
+def _blocks(n: int, v: int, block: int | None):
+    b = block or max(64, BLOCK_ELEMENTS // max(n, 1))
+    return [(j, min(j + b, v)) for j in range(0, v, b)]
+
+
+def _logits(x, w, bias, j0, j1):
+    z = x @ w[j0:j1].T
+    return z if bias is None else z + bias[j0:j1]
+
+
+def reference(fi: FusedInputs, *, row_error=None, block: int | None = None) -> FusedGrads:
+    """Loss, grad_x, grad_W, grad_b of float64 ``fi`` in vocabulary blocks.
+
+    ``row_error(kappa)`` → (e (N,), γ_V, γ_N): the relative error a candidate may have in row
+    i's G and its two accumulation lengths (``tolerances.fused_row_error``); with it the
+    bounds are computed too.
+    """
+    fi = fi.float64()
+    x, w, bias, spec = fi.x, fi.lm_weight, fi.bias, fi.spec
+    n, v = x.shape[0], w.shape[0]
+    r = _Rows(fi)
+    blocks = _blocks(n, v, block)
+    mx = np.full(n, -np.inf)
+    tot = np.zeros(n)
+    vy = np.zeros(n)
+    swv = np.zeros(n)
+    vmax = 0.0
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        for j0, j1 in blocks:                                   # pass 1: online lse
+            vb, _ = _transform(_logits(x, w, bias, j0, j1), spec)
+            vmax = max(vmax, float(np.max(np.abs(vb))))
+            new = np.maximum(mx, np.max(vb, 1))
+            tot = tot * np.exp(mx - new) + np.sum(np.exp(vb - new[:, None]), 1)
+            mx = new
+            inb = np.nonzero((r.y >= j0) & (r.y < j1))[0]
+            vy[inb] = vb[inb, r.y[inb] - j0]
+            if r.eps:
+                swv += vb @ r.wv[j0:j1]
+        lse = mx + np.log(tot)
+        mv = (1 - r.eps) * r.wy * vy + r.c * r.valid * (swv - (r.wv[r.y] * vy if r.others
+                                                               else 0.0))
+        ce = np.where(r.valid, r.mass * lse - mv, 0.0)
+        zrow = r.coef * lse**2 if r.coef else np.zeros(n)
+        rows = r.a * ce + r.b * np.where(r.valid, zrow, 0.0)
+        loss = rows if spec.reduction == "none" else float(np.sum(rows))
+        kappa = 1.0 + vmax + float(np.log(v))
+        zpart = np.abs(r.gb * 2 * r.coef * lse)
+        scale = float(np.max(np.abs(r.ga) * r.mass + zpart, initial=0.0)) / spec.divisor
+        e = gv = gn = None
+        if row_error is not None:
+            e, gv, gn = row_error(kappa)
+        gx = np.zeros_like(x)
+        gw = np.zeros_like(w)
+        gb = np.zeros(v)
+        bx = np.zeros_like(x) if e is not None else None
+        bw = np.zeros_like(w) if e is not None else None
+        bb = np.zeros(v) if e is not None else None
+        ax, aw = (np.abs(x), np.abs(w)) if e is not None else (None, None)
+        for j0, j1 in blocks:                                   # pass 2: G per block
+            vb, t = _transform(_logits(x, w, bias, j0, j1), spec)
+            p = np.exp(vb - lse[:, None])
+            m = r.mass_block(j0, j1)
+            g = r.ga[:, None] * (r.mass[:, None] * p - m) + \
+                (r.gb * 2 * r.coef * lse)[:, None] * p
+            chain = (1 - t * t) / spec.divisor if t is not None else 1 / spec.divisor
+            g = g * chain
+            gx += g @ w[j0:j1]
+            gw[j0:j1] = g.T @ x
+            gb[j0:j1] = np.sum(g, 0)
+            if e is not None:
+                size = (np.abs(r.ga)[:, None] * (r.mass[:, None] * p + m)
+                        + zpart[:, None] * p) * chain
+                bx += (size * (e + gv)[:, None]) @ aw[j0:j1]
+                sn = size * (e + gn)[:, None]
+                bw[j0:j1] = sn.T @ ax
+                bb[j0:j1] = np.sum(sn, 0)
+    return FusedGrads(loss, gx, gw, gb if bias is not None else None, lse, bx, bw,
+                      bb if bias is not None else None, kappa, scale)
+
+
+def autodiff(fi: FusedInputs) -> FusedGrads | None:
+    """``jax.vjp`` of the materialized composed loss (the reference loss of ``loss.py``) with
+    respect to x, W and b; None when the logits exceed ``AUTODIFF_MAX_LOGITS``."""
+    n, v = fi.x.shape[0], fi.lm_weight.shape[0]
+    if n * v > AUTODIFF_MAX_LOGITS:
+        return None
+    from . import jaxsetup
+
+    jax, jnp = jaxsetup.load()
+    f = fi.float64()
+    prm = params(fi.logits_inputs())
+    b0 = np.zeros(v) if f.bias is None else f.bias
+
+    def objective(x, w, b):
+        z = x @ w.T + b
+        return jnp.sum(reference_rows(jnp, z, fi.target, prm, True, jax.lax.stop_gradient))
+
+    out, vjp = jax.vjp(objective, f.x, f.lm_weight, b0)
+    gx, gw, gb = (np.asarray(a) for a in vjp(jnp.ones_like(out)))
+    return FusedGrads(None, gx, gw, gb if f.bias is not None else None)
