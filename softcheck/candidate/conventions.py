@@ -56,6 +56,7 @@ class Settings:
     returns: tuple[str, ...] | None = None  # None: ("loss",), split ("loss", "lse")
     backward: str | None = None             # split: the backward's TARGET
     device: str = "cpu"
+    fused: bool = False                     # fused linear cross-entropy: fn(x, weight, target)
 
     @property
     def returned(self) -> tuple[str, ...]:
@@ -81,7 +82,7 @@ class Outputs:
 
 
 def settings(convention=None, framework=None, args=None, rename=(), returns=None,
-             backward=None, device="cpu") -> Settings:
+             backward=None, device="cpu", fused=False) -> Settings:
     """Validated :class:`Settings` from option values (comma strings or sequences)."""
     def listed(v):
         if v is None or isinstance(v, tuple):
@@ -115,7 +116,10 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
     if conv == "split" and not backward:
         raise SoftcheckError("--convention split needs --backward FILE.py:bwd "
                              "(bwd(logits, target, dloss, lse, **kw) -> dlogits)")
-    return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device)
+    if fused and conv not in ("loss", "grad"):
+        raise SoftcheckError(f"--convention {conv} is not available with --hidden (fused "
+                             "linear cross-entropy): use loss or grad")
+    return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device, fused)
 
 
 def resolve(fn, st: Settings, *, bwd=None) -> Settings:
@@ -128,6 +132,16 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
         conv = "loss"
     fw = fw or detect(fn)
     st = dataclasses.replace(st, convention=conv, framework=fw)
+    if st.fused:
+        if conv == "loss":
+            require(fw)
+            check_device(fw, st.device)
+            if fw == "numpy":
+                raise SoftcheckError("--convention loss differentiates the returned loss with "
+                                     "torch or JAX: a numpy fused kernel returns its gradients "
+                                     "(--convention grad)")
+        _check_signature(fn, 3, "", conv)
+        return st
     if conv == "grad":
         _check_signature(fn, 2, "", conv)
         return st
@@ -162,7 +176,8 @@ def _check_signature(fn, n: int, what: str, conv: str) -> None:
     pos = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in ps if p.default is p.empty
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    shape = "(logits, target, dloss, lse, **kw)" if n == 4 else "(logits, target, **kw)"
+    shape = {4: "(logits, target, dloss, lse, **kw)", 3: "(x, weight, target, **kw)"}.get(
+        n, "(logits, target, **kw)")
     if len(pos) < n or len(required) > n:
         names = ", ".join(p.name for p in ps)
         raise SoftcheckError(f"{what}{' ' if what else ''}{getattr(fn, '__name__', fn)}({names}) cannot be called "

@@ -168,10 +168,11 @@ def call_options(fn):
 
 
 def to_settings(kw: dict):
-    """The call options of ``check``, validated by the library (candidate/conventions)."""
+    """The call options of ``check``, validated by the library (candidate/conventions);
+    ``--hidden`` makes TARGET a fused linear cross-entropy kernel."""
     from ..candidate.conventions import settings
 
-    return settings(**{k: kw.pop(k) for k in CALL_KEYS})
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None)
 
 
 def to_config(kw: dict):

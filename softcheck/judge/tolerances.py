@@ -135,3 +135,73 @@ def lse_allowed(dtype: str, kappa: float, reference) -> tuple[np.ndarray, float,
     atol = K_ABS * t.u_compute * kappa + t.floor
     rtol = K_REL * t.u
     return atol + rtol * np.abs(np.asarray(reference, np.float64)), atol, rtol
+
+
+# --------------------------------------------------------------- fused linear cross-entropy
+#: the G entries' error from an error δv in the transformed logits: p = exp(v − lse) moves by
+#: a relative e^{2δv} − 1 ≤ 2δv(1 + δv) ≤ 3δv (δv ≤ 1/2: beyond it nothing is judged anyway),
+#: the softcap chain factor 1 − t² by a relative 2|t|δv/S; K_FUSED = 4 covers both parts
+#: with one rounding of headroom.
+K_FUSED = 4.0
+
+
+def fused_row_error(dtype: str, kappa: float, x64: np.ndarray, w64: np.ndarray, bias64,
+                    divisor: float, softcap: float | None):
+    """(e (N,), γ_V, γ_N): row i's relative error allowed in G = ∂L/∂z, and the error of the
+    two accumulations that follow, for a fused kernel in ``dtype``.
+
+    Derivation.  The kernel computes z_ij = x_i·W_j in its compute arithmetic: a length-H dot
+    product errs by at most γ_H·Σ_k |x_ik||W_jk| ≤ γ_H·‖x_i‖₂·‖W_j‖₂ (Cauchy–Schwarz;
+    γ_H = H·u_compute, the worst-case recursive-sum bound, which also covers blocked/pairwise
+    orders), and a kernel that keeps its logits chunk in the input dtype (Liger) rounds once
+    more: u(d)·|z_ij| ≤ u(d)·(‖x_i‖·‖W_j‖ + |b_j|).  So the transformed logits err by
+    δv_i = (γ_H + u(d))·(‖x_i‖·max_j‖W_j‖ + max|b|) / (T/s) (the softcap's slope is ≤ 1).
+    G_ij is then a sum of parts each ≤ size_ij = |α_i|(Σm_i·p_ij + m_ij) + 2|β_i|·COEF·|lse_i|·
+    p_ij (times the chain factor): each part errs relatively by the closed form's own
+    K_ABS·u_compute·κ (module docstring), K_FUSED·δv_i·(1 + 1/S) from the logits, and u(d)
+    when G is rounded to the dtype before the matmuls (Liger casts it).  Then
+    grad_x = G·W sums V products: γ_V = V·u_compute; grad_W = Gᵀ·x and grad_b = Σ_rows G sum
+    N: γ_N = N·u_compute.  The reference (reference/fused.py) forms
+    |grad_x − ref| ≤ Σ_j size_ij (e_i + γ_V) |W_jk|,  |grad_W − ref| ≤ Σ_i size_ij (e_i + γ_N) |x_ik|.
+    Float32, H = 1024, κ ≈ 12, ‖x‖‖W‖ ≈ 64: e ≈ 4·1024·6e-8·64 ≈ 1.6e-2 of the parts' size
+    — a transposed, scaled, leaking or missing-chain-factor gradient is off by O(1).
+    """
+    t = TABLE[dtype]
+    dv = fused_logit_error(dtype, x64, w64, bias64, divisor)
+    e = K_ABS * t.u_compute * kappa + K_FUSED * dv * (1 + (1 / softcap if softcap else 0)) \
+        + (t.u if dtype in LOW_PRECISION else 0.0)
+    return e, w64.shape[0] * t.u_compute, x64.shape[0] * t.u_compute
+
+
+def fused_logit_error(dtype: str, x64, w64, bias64, divisor: float) -> np.ndarray:
+    """δv_i of ``fused_row_error``: (γ_H + u(d))·(‖x_i‖·max_j‖W_j‖ + max|b|)/(T/s)."""
+    t = TABLE[dtype]
+    bmax = float(np.max(np.abs(bias64))) if bias64 is not None and bias64.size else 0.0
+    wnorm = float(np.max(np.linalg.norm(w64, axis=1))) if w64.size else 0.0
+    return (x64.shape[1] * t.u_compute + t.u) * (np.linalg.norm(x64, axis=1) * wnorm
+                                                  + bmax) / divisor
+
+
+def fused_allowed(dtype: str, bound: np.ndarray, reference: np.ndarray, extra: float = 0.0):
+    """Allowed error per entry of grad_x / grad_W / grad_b: the propagated ``bound`` (above),
+    the final rounding K_REL·u(d)·|ref|, the subnormal floor, and ``extra`` (--tolerance
+    torch: PyTorch's own largest error in the same dtype, Apple's criterion)."""
+    t = TABLE[dtype]
+    rtol = K_REL * t.u
+    allowed_ = bound + rtol * np.abs(reference) + t.floor + extra
+    return allowed_, float(np.max(bound, initial=0.0)) + t.floor + extra, rtol
+
+
+def fused_loss_allowed(dtype: str, kappa: float, loss_rows: np.ndarray, dv: np.ndarray,
+                       reduction: str, reference, extra: float = 0.0):
+    """The loss of a fused kernel: ``loss_allowed``'s bound with P_i = ``loss_rows`` (a_i
+    folded in), plus the logits' error: ce_i = Σm_i·lse_i − m_i·v_i moves by ≤ 2·Σm_i·δv_i
+    (K_FUSED/2 per unit) — so K_FUSED·δv_i·P_i more per row."""
+    t = TABLE[dtype]
+    n = loss_rows.shape[0]
+    rows = (K_ABS * t.u_compute * kappa + K_FUSED * dv) * loss_rows
+    if reduction != "none":
+        rows = np.sum(rows) * (1 + (math.ceil(math.log2(n)) if n > 1 else 0))
+    atol = rows + t.floor + extra
+    rtol = K_REL * t.u
+    return atol + rtol * np.abs(np.asarray(reference, np.float64)), float(np.max(atol)), rtol

@@ -38,6 +38,7 @@ class FusedGrads:
     bound_b: np.ndarray | None = None
     kappa: float = 1.0
     scale: float = 0.0      # max_i of row i's gradient scale S_i / T (tolerances.py)
+    loss_rows: np.ndarray | None = None   # a_i·(Σm_i + 2·COEF·|lse_i|): row i's loss terms' size
 
 
 class _Rows:
@@ -84,6 +85,14 @@ class _Rows:
         del n
         return m
 
+    def mass_row(self, i: int) -> np.ndarray:
+        """m_i over every column (one row)."""
+        m = self.c * self.valid[i] * self.wv.copy()
+        if self.valid[i]:
+            y = self.y[i]
+            m[y] = (1 - self.eps) * self.wy[i] + (0.0 if self.others else m[y])
+        return m
+
 
 def _transform(z, spec):
     u = z / spec.divisor
@@ -103,12 +112,14 @@ def _logits(x, w, bias, j0, j1):
     return z if bias is None else z + bias[j0:j1]
 
 
-def reference(fi: FusedInputs, *, row_error=None, block: int | None = None) -> FusedGrads:
+def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
+              chain: bool = True) -> FusedGrads:
     """Loss, grad_x, grad_W, grad_b of float64 ``fi`` in vocabulary blocks.
 
     ``row_error(kappa)`` → (e (N,), γ_V, γ_N): the relative error a candidate may have in row
     i's G and its two accumulation lengths (``tolerances.fused_row_error``); with it the
-    bounds are computed too.
+    bounds are computed too.  ``chain=False`` leaves the softcap's chain factor out (what a
+    kernel missing it computes: the diagnosis compares with it).
     """
     fi = fi.float64()
     x, w, bias, spec = fi.x, fi.lm_weight, fi.bias, fi.spec
@@ -157,20 +168,21 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None) -> F
             m = r.mass_block(j0, j1)
             g = r.ga[:, None] * (r.mass[:, None] * p - m) + \
                 (r.gb * 2 * r.coef * lse)[:, None] * p
-            chain = (1 - t * t) / spec.divisor if t is not None else 1 / spec.divisor
-            g = g * chain
+            cf = (1 - t * t) / spec.divisor if t is not None and chain else 1 / spec.divisor
+            g = g * cf
             gx += g @ w[j0:j1]
             gw[j0:j1] = g.T @ x
             gb[j0:j1] = np.sum(g, 0)
             if e is not None:
                 size = (np.abs(r.ga)[:, None] * (r.mass[:, None] * p + m)
-                        + zpart[:, None] * p) * chain
+                        + zpart[:, None] * p) * cf
                 bx += (size * (e + gv)[:, None]) @ aw[j0:j1]
                 sn = size * (e + gn)[:, None]
                 bw[j0:j1] = sn.T @ ax
                 bb[j0:j1] = np.sum(sn, 0)
+    loss_rows = r.a * r.mass + r.b * 2 * r.coef * np.abs(lse)
     return FusedGrads(loss, gx, gw, gb if bias is not None else None, lse, bx, bw,
-                      bb if bias is not None else None, kappa, scale)
+                      bb if bias is not None else None, kappa, scale, loss_rows)
 
 
 def autodiff(fi: FusedInputs) -> FusedGrads | None:
@@ -193,3 +205,131 @@ def autodiff(fi: FusedInputs) -> FusedGrads | None:
     out, vjp = jax.vjp(objective, f.x, f.lm_weight, b0)
     gx, gw, gb = (np.asarray(a) for a in vjp(jnp.ones_like(out)))
     return FusedGrads(None, gx, gw, gb if f.bias is not None else None)
+
+
+# ------------------------------------------------------------------ finite differences
+#: complex-step size relative to the probe's largest logit change: the truncation error is
+#: O(h²) (nil), rounding stays at u (no cancellation)
+COMPLEX_STEP = 1e-20
+#: the probes' rounding band per unit of u·κ·(size of the differentiated terms)
+K_PROBE = 16.0
+
+
+def project(g: np.ndarray, dirs) -> np.ndarray:
+    """⟨g, d_p⟩ for sparse directions ``dirs = (index, values)``: d_p is ``values[p]`` on row
+    ``index[p]`` of g (a scalar for the bias)."""
+    idx, vals = dirs
+    if g.ndim == 1:
+        return g[idx] * vals
+    return np.sum(g[idx] * vals, 1)
+
+
+def _row_loss(r: _Rows, i: int, vrow: np.ndarray, m: np.ndarray) -> complex:
+    mx = np.max(vrow.real)
+    lse = mx + np.log(np.sum(np.exp(vrow - mx)))
+    return r.ga[i] * (r.mass[i] * lse - np.sum(m * vrow)) + r.gb[i] * r.coef * lse * lse
+
+
+def fd_probes(fi: FusedInputs, ref: FusedGrads, *, seed: int, count: int) -> dict:
+    """Complex-step directional derivatives of the loss (times g): along random directions on
+    single rows of x (a full row of logits, complex), on single vocabulary rows of W and
+    entries of b (the column's change folded into each row's lse exactly:
+    lse' = lse + log1p(p_ij·expm1(v'_ij − v_ij))).  {output: (dirs, values, band)}."""
+    f = fi.float64()
+    x, w, bias, spec = f.x, f.lm_weight, f.bias, f.spec
+    n, h = x.shape
+    v = w.shape[0]
+    r = _Rows(f)
+    rng = np.random.default_rng([seed, 19])
+    lse = ref.lse
+    size = np.abs(r.ga) * 2 * r.mass + np.abs(r.gb * 2 * r.coef * lse)
+    u = 2.0**-53
+    out = {}
+    rows = rng.choice(n, min(count, n), replace=False)
+    vals = rng.standard_normal((len(rows), h))
+    fd, band = [], []
+    with np.errstate(all="ignore"):
+        for i, d in zip(rows, vals):
+            dz = w @ d
+            step = COMPLEX_STEP / max(float(np.max(np.abs(dz))), 1e-300)
+            z = x[i] @ w.T + (0.0 if bias is None else bias)
+            vr, _ = _transform(z + 1j * step * dz, spec)
+            m = r.mass_row(int(i))
+            fd.append(_row_loss(r, int(i), vr, m).imag / step)
+            band.append(K_PROBE * u * ref.kappa * size[i] * np.max(np.abs(dz)) / spec.divisor)
+    out["grad_x"] = ((rows, vals), np.array(fd), np.array(band))
+    cols = list(dict.fromkeys([int(r.y[k]) for k in range(min(2, n))] + [0, v - 1]))
+    cols = (cols + [int(c) for c in rng.choice(v, count, replace=v < count)])[:count]
+    cols = np.array(cols)
+    for k in ("grad_w", "grad_b"):
+        if k == "grad_b" and bias is None:
+            continue
+        dvals = rng.standard_normal((len(cols), h)) if k == "grad_w" else np.ones(len(cols))
+        fd, band = [], []
+        with np.errstate(all="ignore"):
+            for j, d in zip(cols, dvals):
+                dz = x @ d if k == "grad_w" else np.ones(n)
+                step = COMPLEX_STEP / max(float(np.max(np.abs(dz))), 1e-300)
+                z = x @ w[j] + (0.0 if bias is None else bias[j])
+                v0, _ = _transform(z, spec)
+                v1, _ = _transform(z + 1j * step * dz, spec)
+                dv = v1 - v0
+                p = np.exp(v0 - lse)
+                dl = np.log1p(p * np.expm1(dv))
+                m = r.mass_block(j, j + 1)[:, 0]
+                dloss = r.ga * (r.mass * dl - m * dv) + r.gb * r.coef * (2 * lse * dl + dl * dl)
+                fd.append(float(np.sum(dloss.imag)) / step)
+                band.append(K_PROBE * u * ref.kappa * float(np.sum(size * np.abs(dz)))
+                            / spec.divisor)
+        out[k] = ((cols, dvals), np.array(fd), np.array(band))
+    return out
+
+
+def torch_errors(fi: FusedInputs, ref: FusedGrads) -> dict:
+    """PyTorch's own largest error per output in the case dtype (F.linear, then the loss
+    composed of torch ops, autograd): the extra allowance of ``--tolerance torch``."""
+    import torch
+
+    from ..spec import SoftcheckError
+
+    s = fi.spec
+    if s.smoothing_convention != "uniform" or s.mean_over != "weight":
+        raise SoftcheckError("--tolerance torch composes PyTorch's F.cross_entropy: it needs "
+                             "--smoothing-convention uniform and --mean-over weight")
+
+    def t(a, grad=False):
+        if a is None:
+            return None
+        arr = np.asarray(a)
+        if arr.dtype.name == "bfloat16":
+            out = torch.from_numpy(arr.view(np.uint16).copy()).view(torch.bfloat16)
+        else:
+            out = torch.from_numpy(np.array(arr, copy=True))
+        return out.requires_grad_(grad)
+
+    x, w, b = t(fi.x, True), t(fi.lm_weight, True), t(fi.bias, True)
+    y = torch.from_numpy(fi.target)
+    z = torch.nn.functional.linear(x, w, b) * (s.logit_scale / s.temperature)
+    if s.softcap:
+        z = s.softcap * torch.tanh(z / s.softcap)
+    ii = -100 if s.ignore_index is None else s.ignore_index
+    wt = t(fi.weight)
+    loss = torch.nn.functional.cross_entropy(z, y, weight=wt, ignore_index=ii,
+                                             reduction=s.reduction,
+                                             label_smoothing=s.label_smoothing)
+    if s.z_loss:
+        valid = (y != ii).to(z.dtype)
+        zl = s.z_loss * torch.logsumexp(z, -1) ** 2 * valid
+        loss = loss + (zl if s.reduction == "none" else zl.sum() / (
+            valid.sum().clamp(min=1) if s.reduction == "mean" else 1))
+    g = np.asarray(fi.grad_output, np.float64)
+    loss.backward(torch.as_tensor(g, dtype=loss.dtype).expand(loss.shape))
+
+    def err(a, r):
+        return float(np.max(np.abs(a.detach().double().numpy() - r), initial=0.0))
+
+    out = {"loss": err(loss, np.asarray(ref.loss)), "grad_x": err(x.grad, ref.grad_x),
+           "grad_w": err(w.grad, ref.grad_w)}
+    if b is not None:
+        out["grad_b"] = err(b.grad, ref.grad_b)
+    return out
