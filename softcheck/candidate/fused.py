@@ -210,3 +210,91 @@ def check_convention(st: Settings) -> None:
     if st.convention not in ("loss", "grad"):
         raise SoftcheckError(f"--convention {st.convention} is not available with --hidden "
                              "(fused linear cross-entropy): use loss or grad")
+
+
+# ------------------------------------------------------------ the isolated worker process
+_ARRAYS = ("x", "lm_weight", "bias", "target", "weight", "labels", "grad_output")
+
+
+def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
+    n, h = fi.x.shape
+    v = fi.lm_weight.shape[0]
+    return [("grad_x", (n, h)), ("grad_w", (v, h))] + (
+        [("grad_b", (v,))] if fi.bias is not None else [])
+
+
+def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
+    """``invoke_fused`` in ``wc``'s worker process (a ``WorkerCandidate``): the arrays go
+    through its shared memory by descriptor, the gradients come back the same way (float64),
+    the loss and notes in the reply; death and timeouts are the case's error."""
+    from .worker import _Died
+
+    if wc._closed:
+        raise SoftcheckError("this candidate was closed")
+    arrays = {k: getattr(fi, k) for k in _ARRAYS}
+    arrays["grad_output"] = np.asarray(fi.grad_output, np.float64)
+    names = [k for k, a in arrays.items() if a is not None]
+    layout = _out_layout(fi)
+    out_bytes = sum(8 * int(np.prod(s)) for _, s in layout)
+    descs, out_off = wc._place([np.ascontiguousarray(arrays[k]) for k in names], out_bytes)
+    if wc._worker is not None and wc._worker.proc.poll() is not None:
+        wc._worker.stop()
+        wc._worker = None
+    try:
+        w = wc._worker or wc._start()
+    except SoftcheckError as e:
+        return FusedResult(error=f"restarting the candidate's process failed: {e}")
+    w.seq += 1
+    req = {"op": "fused", "seq": w.seq, "shm_size": wc._size, "arrays": dict(zip(names, descs)),
+           "spec": fi.spec, "shape": fi.shape, "out": out_off, "layout": layout,
+           "repeat": max(1, int(repeat))}
+    try:
+        w.send(req)
+        reply = w.receive(timeout)
+        if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+            raise _Died("the candidate's process sent an invalid reply")
+    except TimeoutError:
+        output = w.output()
+        w.stop(wc.grace)
+        wc._worker = None
+        return FusedResult(error=f"took longer than {timeout:g} s (--timeout); the candidate's "
+                                 "process was stopped", output=output)
+    except _Died as e:
+        output = w.output()
+        w.stop()
+        wc._worker = None
+        return FusedResult(error=str(e), output=output)
+    output = w.output()
+    notes = tuple(str(x) for x in reply.get("notes", ()))
+    if reply.get("error"):
+        return FusedResult(error=str(reply["error"]), notes=notes, output=output)
+    grads, pos = {}, out_off
+    for k, shape in layout:
+        size = int(np.prod(shape))
+        grads[k] = np.frombuffer(wc._mm, np.float64, size, pos).reshape(shape).copy()
+        pos += 8 * size
+    loss = reply.get("loss")
+    return FusedResult(grads, None if loss is None else np.asarray(loss, np.float64), None,
+                       notes, float(reply.get("nondet", 0.0)), output)
+
+
+def serve_fused(cand, shm, req: dict) -> dict:
+    """The worker's side: fresh FusedInputs from shared memory, ``invoke_fused``, the
+    gradients written back at ``req["out"]``."""
+    d = req["arrays"]
+
+    def fresh():
+        a = {k: (shm.fresh(d[k]) if k in d else None) for k in _ARRAYS}
+        return FusedInputs(a["x"], a["lm_weight"], a["bias"], a["target"], a["weight"],
+                           a["grad_output"], req["spec"], req["shape"], a["labels"])
+
+    r = invoke_fused(cand.fn, cand.settings, fresh, req["repeat"])
+    if r.error is not None:
+        return {"error": r.error, "notes": list(r.notes)}
+    pos = req["out"]
+    for k, shape in req["layout"]:
+        g = r.grads[k]
+        np.frombuffer(shm.mm, np.float64, g.size, pos)[:] = g.ravel()
+        pos += 8 * g.size
+    loss = None if r.loss is None else np.asarray(r.loss, np.float64).tolist()
+    return {"error": None, "notes": list(r.notes), "nondet": float(r.nondet), "loss": loss}

@@ -127,10 +127,10 @@ def _abs(dirs):
 
 def call_fused(candidate, fi, policy: CallPolicy):
     """The candidate on ``fi``: in its worker process (shared memory), or in this one."""
-    from ..candidate.fused import invoke_fused
+    from ..candidate.fused import call_in_worker, invoke_fused
 
-    if hasattr(candidate, "call_fused"):
-        return candidate.call_fused(fi, timeout=policy.limit, repeat=policy.repeat)
+    if not hasattr(candidate, "fn"):                   # a WorkerCandidate: isolated
+        return call_in_worker(candidate, fi, policy.limit, policy.repeat)
 
     def fresh():
         return dataclasses.replace(fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
