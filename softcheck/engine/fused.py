@@ -16,11 +16,13 @@ from ..suite.cases import Case
 from ..suite.fused import make_fused_inputs
 from .results import CaseResult, Coverage
 
-GRADS = ("grad_x", "grad_w", "grad_b")
-
 
 def _pair(a: str, b: str, k: str) -> tuple[str, str]:
     return f"{a}_{LABELS[k]}", f"{b}_{LABELS[k]}"
+
+
+def _abs(dirs):
+    return dirs[0], np.abs(dirs[1])
 
 
 def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()
@@ -33,13 +35,15 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
         upstream = ("random" if candidate.settings.convention == "loss"
                     or candidate.takes("grad_output") else "one")
     fi = make_fused_inputs(case, upstream=upstream)
-    f64 = fi.float64()
     spec = case.spec
     dtype = case.dtype if candidate is not None else "float64"
+    n, h = fi.x.shape
+    xnorm, wnorm, bmax = ref_fused.norms(fi)
+    dv = tolerances.fused_logit_error(dtype, h, xnorm, wnorm, bmax, spec.divisor)
 
     def row_error(kappa):
-        return tolerances.fused_row_error(dtype, kappa, f64.x, f64.lm_weight, f64.bias,
-                                          spec.divisor, spec.softcap)
+        return tolerances.fused_row_error(dtype, kappa, dv, fi.lm_weight.shape[0], n,
+                                          spec.softcap)
 
     ref = ref_fused.reference(fi, row_error=row_error)
     refs = {"grad_x": ref.grad_x, "grad_w": ref.grad_w}
@@ -49,80 +53,74 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
     base = dict(name=case.name, params=case.params(), group=case.group, scale=ref.scale,
                 kappa=ref.kappa, target=candidate.label if candidate is not None else None)
     notes: list[str] = []
-    comparisons: list[Comparison] = []
-    # softcheck's own methods against each other: float64 (the bounds rescaled to float64's
-    # roundoff: every term of fused_row_error is proportional to u_compute in float64/32)
+    ours: list[Comparison] = []
+    # softcheck's own methods against each other, in float64: every term of fused_row_error
+    # is proportional to u_compute for float32/64, so the bounds scale by the ratio of roundoffs
     shrink = tolerances.TABLE["float64"].u_compute / tolerances.TABLE[dtype].u_compute
+    r64, c64 = tolerances.fused_allowed("float64")
     ad = ref_fused.autodiff(fi)
-    methods = ["reference"]
-    if ad is not None:
-        methods.append("autodiff")
-        for k in refs:
-            a, at, rt = tolerances.fused_allowed("float64", bounds[k] * shrink, refs[k])
-            comparisons.append(compare_output(_pair("autodiff", "reference", k),
-                                              getattr(ad, k), refs[k], a, at, rt))
+    methods = ["reference"] + (["autodiff"] if ad is not None else []) + ["finite_difference"]
+    for k in refs if ad is not None else ():
+        ours.append(compare_output(_pair("autodiff", "reference", k), getattr(ad, k), refs[k],
+                                   bounds[k] * shrink, r64, c64))
     probes = ref_fused.fd_probes(fi, ref, seed=case.seed, count=max(case.probes, 2))
-    methods.append("finite_difference")
     for k, (dirs, fd, band) in probes.items():
-        proj = ref_fused.project(refs[k], dirs)
-        allowed = ref_fused.project(bounds[k] * shrink, _abs(dirs)) + band
-        comparisons.append(compare_output(_pair("reference", "finite_difference", k), proj,
-                                          fd, allowed, float(np.max(allowed)), 0.0))
+        allowed = shrink * ref_fused.project(bounds[k], _abs(dirs)) + band
+        ours.append(compare_output(_pair("reference", "finite_difference", k),
+                                   ref_fused.project(refs[k], dirs), fd, allowed, 0.0, 0.0))
+    if candidate is None:
+        return _result(ours, (), notes, t0, base, methods, probes)
+    res = call_fused(candidate, fi, policy)
+    notes += list(res.notes)
+    base["output"] = res.output or None
+    if res.error:
+        return CaseResult(passed=False, error=res.error, notes=tuple(notes),
+                          seconds=time.perf_counter() - t0, **base)
+    extra = dict.fromkeys(("loss",) + tuple(refs), 0.0)
+    if case.tolerance == "torch":
+        extra.update(ref_fused.torch_errors(fi, ref))
+        notes.append(f"--tolerance torch: each output also allowed PyTorch's own largest error "
+                     f"in {case.dtype} (" + ", ".join(f"{LABELS[k]} {v:.3g}"
+                                                       for k, v in extra.items()) + ")")
+    cands: list[Comparison] = []
+    if res.loss is not None:
+        bound, rt, const = tolerances.fused_loss_allowed(case.dtype, ref.kappa, ref.loss_rows,
+                                                         dv, spec.reduction, extra["loss"])
+        cands.append(compare_output(_pair("candidate", "reference", "loss"), res.loss,
+                                    np.asarray(ref.loss), bound, rt, const))
+    tol = {k: tolerances.fused_allowed(case.dtype, extra[k]) for k in refs}
+    for k in refs:
+        cands.append(compare_output(_pair("candidate", "reference", k), res.grads[k], refs[k],
+                                    bounds[k], *tol[k],
+                                    ~fi.valid if k == "grad_x" else None))
+    for k, (dirs, fd, band) in probes.items():
+        rt, const = tol[k]
+        allowed = (ref_fused.project(bounds[k], _abs(dirs)) + band
+                   + rt * ref_fused.project(np.abs(refs[k]), _abs(dirs))
+                   + const * np.sum(np.abs(np.reshape(dirs[1], (len(dirs[0]), -1))), 1))
+        cands.append(compare_output(_pair("candidate", "finite_difference", k),
+                                    ref_fused.project(res.grads[k], dirs), fd, allowed, 0.0, 0.0))
     diagnosis: tuple[str, ...] = ()
-    error = output = None
-    if candidate is not None:
-        res = call_fused(candidate, fi, policy)
-        notes += list(res.notes)
-        output = res.output or None
-        if res.error:
-            return CaseResult(passed=False, error=res.error, notes=tuple(notes),
-                              seconds=time.perf_counter() - t0, output=output, **base)
-        extra = {k: 0.0 for k in refs}
-        extra["loss"] = 0.0
-        if case.tolerance == "torch":
-            extra.update(ref_fused.torch_errors(fi, ref))
-            notes.append("--tolerance torch: each output also allowed PyTorch's own largest "
-                         "error in " + case.dtype + " (" + ", ".join(
-                             f"{LABELS[k]} {v:.3g}" for k, v in extra.items()) + ")")
-        allowed = {}
-        for k in refs:
-            a, at, rt = tolerances.fused_allowed(case.dtype, bounds[k], refs[k], extra[k])
-            allowed[k] = a
-            comparisons.insert(len([c for c in comparisons if c.pair[0] == "candidate"]),
-                               compare_output(_pair("candidate", "reference", k),
-                                              res.grads[k], refs[k], a, at, rt, ~fi.valid))
-        if res.loss is not None:
-            dv = tolerances.fused_logit_error(case.dtype, f64.x, f64.lm_weight, f64.bias,
-                                              spec.divisor)
-            a, at, rt = tolerances.fused_loss_allowed(case.dtype, ref.kappa, ref.loss_rows, dv,
-                                                      spec.reduction, ref.loss, extra["loss"])
-            comparisons.insert(0, compare_output(_pair("candidate", "reference", "loss"),
-                                                 res.loss, ref.loss, a, at, rt))
-        for k, (dirs, fd, band) in probes.items():
-            proj = ref_fused.project(res.grads[k], dirs)
-            a = ref_fused.project(allowed[k], _abs(dirs)) + band
-            comparisons.append(compare_output(_pair("candidate", "finite_difference", k),
-                                              proj, fd, a, float(np.max(a)), 0.0))
-        failed = [c for c in comparisons if not c.passed and c.pair[0].startswith("candidate")]
-        if failed:
-            no_chain = None
-            if spec.softcap:
-                nc = ref_fused.reference(fi, chain=False)
-                no_chain = {"grad_x": nc.grad_x, "grad_w": nc.grad_w, "grad_b": nc.grad_b}
-            diagnosis = tuple(diagnose(res.grads, refs, allowed, f64, no_chain=no_chain))
-            if any(c.pair[0] == "candidate_loss" for c in failed):
-                diagnosis += ("loss: the returned loss value is wrong (the gradients may be "
-                              "right: see their pairs)",)
-    passed = all(c.passed for c in comparisons)
-    coverage = Coverage(tuple(methods), (), sum(len(p[0]) for p in probes.values()),
-                        "directional probes on x rows and W vocabulary rows")
-    return CaseResult(passed=passed, error=error, comparisons=tuple(comparisons),
-                      coverage=coverage, diagnosis=diagnosis, notes=tuple(notes),
-                      seconds=time.perf_counter() - t0, output=output, **base)
+    if not all(c.passed for c in cands):
+        no_chain = None
+        if spec.softcap:
+            nc = ref_fused.reference(fi, chain=False)
+            no_chain = {"grad_x": nc.grad_x, "grad_w": nc.grad_w, "grad_b": nc.grad_b}
+        allowed = {k: bounds[k] + tol[k][0] * np.abs(refs[k]) + tol[k][1] for k in refs}
+        diagnosis = tuple(diagnose(res.grads, refs, allowed, fi, no_chain=no_chain))
+        if any(c.pair[0] == "candidate_loss" and not c.passed for c in cands):
+            diagnosis += ("loss: the returned loss value is wrong (the gradients may still be "
+                          "right: see their own pairs)",)
+    return _result(cands + ours, diagnosis, notes, t0, base, methods, probes)
 
 
-def _abs(dirs):
-    return dirs[0], np.abs(dirs[1])
+def _result(comparisons, diagnosis, notes, t0, base, methods, probes) -> CaseResult:
+    coverage = Coverage(tuple(methods), (), sum(len(p[0][0]) for p in probes.values()),
+                        "complex-step probes along x rows, W vocabulary rows, b entries")
+    return CaseResult(passed=all(c.passed for c in comparisons),
+                      comparisons=tuple(comparisons), coverage=coverage,
+                      diagnosis=tuple(diagnosis), notes=tuple(notes),
+                      seconds=time.perf_counter() - t0, **base)
 
 
 def call_fused(candidate, fi, policy: CallPolicy):
