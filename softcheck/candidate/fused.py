@@ -152,13 +152,20 @@ def _returned_grads(fn, st: Settings, fi: FusedInputs) -> tuple:
     return loss, items[0], items[1], items[2] if len(items) == 3 else None
 
 
-def _shaped(a, shape, what: str) -> np.ndarray:
+def out_dtype(fi: FusedInputs) -> np.dtype:
+    """The gradients are kept in float32 for float32/16-bit cases (every value of those
+    dtypes is a float32; a float64 result for them is rounded once, by u32·|g|: within the
+    final-rounding allowance): half the memory of float64 at W's size."""
+    return np.dtype(np.float64 if fi.x.dtype == np.float64 else np.float32)
+
+
+def _shaped(a, shape, what: str, dt=np.float64) -> np.ndarray:
     arr = to_numpy(a)
     if arr.size != int(np.prod(shape)):
         raise CallFailed(f"returned {what} of shape {tuple(arr.shape)}; expected {shape}")
     if arr.shape != shape and not (arr.ndim == 3 and len(shape) == 2):
         raise CallFailed(f"returned {what} of shape {tuple(arr.shape)}; expected {shape}")
-    return np.array(arr.reshape(shape), np.float64, copy=True)
+    return np.array(arr.reshape(shape), dt, copy=True)
 
 
 def once(fn, st: Settings, fi: FusedInputs) -> tuple[np.ndarray | None, dict]:
@@ -170,12 +177,13 @@ def once(fn, st: Settings, fi: FusedInputs) -> tuple[np.ndarray | None, dict]:
     loss, gx, gw, gb = get(fn, st, fi)
     n, h = fi.x.shape
     v = fi.lm_weight.shape[0]
-    grads = {"grad_x": _shaped(gx, (n, h), "grad_x"),
-             "grad_w": _shaped(gw, (v, h), "grad_W")}
+    dt = out_dtype(fi)
+    grads = {"grad_x": _shaped(gx, (n, h), "grad_x", dt),
+             "grad_w": _shaped(gw, (v, h), "grad_W", dt)}
     if fi.bias is not None:
         if gb is None:
             raise CallFailed("returned no bias gradient for a case with --bias")
-        grads["grad_b"] = _shaped(gb, (v,), "grad_b")
+        grads["grad_b"] = _shaped(gb, (v,), "grad_b", dt)
     lv = None if loss is None else np.array(to_numpy(loss), np.float64).reshape(
         (n,) if fi.spec.reduction == "none" else ())
     return lv, grads
@@ -225,7 +233,7 @@ def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
 
 def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     """``invoke_fused`` in ``wc``'s worker process (a ``WorkerCandidate``): the arrays go
-    through its shared memory by descriptor, the gradients come back the same way (float64),
+    through its shared memory by descriptor, the gradients come back the same way (``out_dtype``),
     the loss and notes in the reply; death and timeouts are the case's error."""
     from .worker import _Died
 
@@ -235,7 +243,8 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     arrays["grad_output"] = np.asarray(fi.grad_output, np.float64)
     names = [k for k, a in arrays.items() if a is not None]
     layout = _out_layout(fi)
-    out_bytes = sum(8 * int(np.prod(s)) for _, s in layout)
+    dt = out_dtype(fi)
+    out_bytes = sum(dt.itemsize * int(np.prod(s)) for _, s in layout)
     descs, out_off = wc._place([np.ascontiguousarray(arrays[k]) for k in names], out_bytes)
     if wc._worker is not None and wc._worker.proc.poll() is not None:
         wc._worker.stop()
@@ -271,8 +280,8 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     grads, pos = {}, out_off
     for k, shape in layout:
         size = int(np.prod(shape))
-        grads[k] = np.frombuffer(wc._mm, np.float64, size, pos).reshape(shape).copy()
-        pos += 8 * size
+        grads[k] = np.frombuffer(wc._mm, dt, size, pos).reshape(shape).copy()
+        pos += dt.itemsize * size
     loss = reply.get("loss")
     return FusedResult(grads, None if loss is None else np.asarray(loss, np.float64), None,
                        notes, float(reply.get("nondet", 0.0)), output)
@@ -294,7 +303,7 @@ def serve_fused(cand, shm, req: dict) -> dict:
     pos = req["out"]
     for k, shape in req["layout"]:
         g = r.grads[k]
-        np.frombuffer(shm.mm, np.float64, g.size, pos)[:] = g.ravel()
-        pos += 8 * g.size
+        np.frombuffer(shm.mm, g.dtype, g.size, pos)[:] = g.ravel()
+        pos += g.dtype.itemsize * g.size
     loss = None if r.loss is None else np.asarray(r.loss, np.float64).tolist()
     return {"error": None, "notes": list(r.notes), "nondet": float(r.nondet), "loss": loss}

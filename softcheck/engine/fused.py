@@ -21,10 +21,6 @@ def _pair(a: str, b: str, k: str) -> tuple[str, str]:
     return f"{a}_{LABELS[k]}", f"{b}_{LABELS[k]}"
 
 
-def _abs(dirs):
-    return dirs[0], np.abs(dirs[1])
-
-
 def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()
                    ) -> CaseResult:
     """The blockwise float64 reference against autodiff and the FD probes, and the
@@ -65,7 +61,7 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
                                    bounds[k] * shrink, r64, c64))
     probes = ref_fused.fd_probes(fi, ref, seed=case.seed, count=max(case.probes, 2))
     for k, (dirs, fd, band) in probes.items():
-        allowed = shrink * ref_fused.project(bounds[k], _abs(dirs)) + band
+        allowed = shrink * ref_fused.project(bounds[k], dirs, absolute=True) + band
         ours.append(compare_output(_pair("reference", "finite_difference", k),
                                    ref_fused.project(refs[k], dirs), fd, allowed, 0.0, 0.0))
     if candidate is None:
@@ -95,8 +91,8 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
                                     ~fi.valid if k == "grad_x" else None))
     for k, (dirs, fd, band) in probes.items():
         rt, const = tol[k]
-        allowed = (ref_fused.project(bounds[k], _abs(dirs)) + band
-                   + rt * ref_fused.project(np.abs(refs[k]), _abs(dirs))
+        allowed = (ref_fused.project(bounds[k], dirs, absolute=True) + band
+                   + rt * ref_fused.project(refs[k], dirs, absolute=True)
                    + const * np.sum(np.abs(np.reshape(dirs[1], (len(dirs[0]), -1))), 1))
         cands.append(compare_output(_pair("candidate", "finite_difference", k),
                                     ref_fused.project(res.grads[k], dirs), fd, allowed, 0.0, 0.0))

@@ -249,13 +249,16 @@ COMPLEX_STEP = 1e-20
 K_PROBE = 16.0
 
 
-def project(g: np.ndarray, dirs) -> np.ndarray:
+def project(g: np.ndarray, dirs, *, absolute: bool = False) -> np.ndarray:
     """⟨g, d_p⟩ for sparse directions ``dirs = (index, values)``: d_p is ``values[p]`` on row
-    ``index[p]`` of g (a scalar for the bias)."""
+    ``index[p]`` of g (a scalar for the bias); ``absolute``: ⟨|g|, |d_p|⟩."""
     idx, vals = dirs
+    rows = np.asarray(g[idx], np.float64)
+    if absolute:
+        rows, vals = np.abs(rows), np.abs(vals)
     if g.ndim == 1:
-        return g[idx] * vals
-    return np.sum(g[idx] * vals, 1)
+        return rows * vals
+    return np.sum(rows * vals, 1)
 
 
 def _row_loss(r: _Rows, i: int, vrow: np.ndarray, m: np.ndarray) -> complex:
