@@ -161,6 +161,12 @@ def out_dtype(fi: FusedInputs) -> np.dtype:
 
 def _shaped(a, shape, what: str, dt=np.float64) -> np.ndarray:
     arr = to_numpy(a)
+    if what == "grad_W" and arr.shape == shape[::-1] and shape[0] != shape[1]:
+        raise CallFailed(f"returned grad_W of shape {tuple(arr.shape)}: transposed (expected "
+                         f"(V, H) = {shape}, as the weight)")
+    if what == "grad_b" and arr.ndim == 2 and arr.shape[-1] == shape[0]:
+        raise CallFailed(f"returned grad_b of shape {tuple(arr.shape)}: not reduced over rows "
+                         f"(expected (V,) = {shape}: the sum of G over the rows)")
     if arr.size != int(np.prod(shape)):
         raise CallFailed(f"returned {what} of shape {tuple(arr.shape)}; expected {shape}")
     if arr.shape != shape and not (arr.ndim == 3 and len(shape) == 2):
