@@ -219,3 +219,21 @@ def test_cli_run_hidden_and_bad_input():
     p = _cli("check", f"{EX}/numpy_flce.py:flce", "--hidden", "8", "--convention", "split",
              "--backward", f"{EX}/numpy_flce.py:flce")
     assert p.returncode == 2 and "--hidden" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_regression_softcap_factor_cancellation_is_no_false_alarm():
+    """Caught by the softcap mutant's baseline: a confident row under softcap 5 has
+    1 − tanh²(6) ≈ 2.5e-5, whose float64 cancellation (~2u absolute) the relative bound
+    alone did not cover; autodiff and the closed form then 'disagreed'."""
+    r = run_case(_case("float64", "confident", ignore_index=-100, softcap=5.0, h=16))
+    assert r.passed, [(c.pair, c.ratio) for c in r.comparisons if not c.passed]
+
+
+def test_fused_mutants_are_caught_and_named():
+    from softcheck.tools.mutants import run_mutants
+
+    results = run_mutants(names=["flce-gradW-transposed", "flce-gradW-halved",
+                                 "flce-bias-not-reduced", "flce-ignored-leak",
+                                 "flce-chunk-skipped", "flce-softcap-no-chain"])
+    assert len(results) == 6
+    assert all(r.ok for r in results), [r.row() for r in results if not r.ok]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import tolerances
 from .compare import WORST_ENTRIES, Comparison, Entry
 
 #: entries judged at once (a block of rows of grad_W): 2^20 float64 = 8 MiB per temporary

@@ -143,13 +143,16 @@ def lse_allowed(dtype: str, kappa: float, reference) -> tuple[np.ndarray, float,
 #: the softcap chain factor 1 − t² by a relative 2|t|δv/S; K_FUSED = 4 covers both parts
 #: with one rounding of headroom.
 K_FUSED = 4.0
+#: the softcap factor's cancellation: tanh's ~2u relative, squared (4u), the subtraction (1u),
+#: doubled for a different formula (1/cosh², 4·e^{-2a}/(1 + e^{-2a})²)
+K_CHAIN = 10.0
 
 
 def fused_row_error(dtype: str, kappa: float, dv: np.ndarray, vocab: int, rows: int,
                     softcap: float | None):
-    """(e (N,), γ_V, γ_N): row i's relative error allowed in G = ∂L/∂z, and the error of the
-    two accumulations that follow, for a fused kernel in ``dtype``; ``dv`` the logits' error
-    (``fused_logit_error``).
+    """(e (N,), γ_V, γ_N, c): row i's relative error allowed in G = ∂L/∂z, the error of the
+    two accumulations that follow, and the absolute error c of the softcap factor, for a fused
+    kernel in ``dtype``; ``dv`` the logits' error (``fused_logit_error``).
 
     Derivation.  The kernel computes z_ij = x_i·W_j in its compute arithmetic: a length-H dot
     product errs by at most γ_H·Σ_k |x_ik||W_jk| ≤ γ_H·‖x_i‖₂·‖W_j‖₂ (Cauchy–Schwarz;
@@ -164,13 +167,16 @@ def fused_row_error(dtype: str, kappa: float, dv: np.ndarray, vocab: int, rows: 
     grad_x = G·W sums V products: γ_V = V·u_compute; grad_W = Gᵀ·x and grad_b = Σ_rows G sum
     N: γ_N = N·u_compute.  The reference (reference/fused.py) forms
     |grad_x − ref| ≤ Σ_j size_ij (e_i + γ_V) |W_jk|,  |grad_W − ref| ≤ Σ_i size_ij (e_i + γ_N) |x_ik|.
+    The softcap factor 1 − t² cancels where |t| → 1 (a confident row under a small S): t =
+    tanh(·) errs relatively by ~2u, t² by ~4u, so 1 − t² errs by up to c = K_CHAIN·u_compute
+    absolutely — each part also errs by its size before the factor times c.
     Float32, H = 1024, κ ≈ 12, ‖x‖‖W‖ ≈ 64: e ≈ 4·1024·6e-8·64 ≈ 1.6e-2 of the parts' size
     — a transposed, scaled, leaking or missing-chain-factor gradient is off by O(1).
     """
     t = TABLE[dtype]
     e = K_ABS * t.u_compute * kappa + K_FUSED * dv * (1 + (1 / softcap if softcap else 0)) \
         + (t.u if dtype in LOW_PRECISION else 0.0)
-    return e, vocab * t.u_compute, rows * t.u_compute
+    return e, vocab * t.u_compute, rows * t.u_compute, K_CHAIN * t.u_compute
 
 
 def fused_logit_error(dtype: str, hidden: int, xnorm: np.ndarray, wnorm: float, bmax: float,

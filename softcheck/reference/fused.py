@@ -119,9 +119,9 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
               chain: bool = True) -> FusedGrads:
     """Loss, grad_x, grad_W, grad_b of float64 ``fi`` in vocabulary blocks.
 
-    ``row_error(kappa)`` → (e (N,), γ_V, γ_N): the relative error a candidate may have in row
-    i's G and its two accumulation lengths (``tolerances.fused_row_error``); with it the
-    bounds are computed too.  ``chain=False`` leaves the softcap's chain factor out (what a
+    ``row_error(kappa)`` → (e (N,), γ_V, γ_N, c): the relative error a candidate may have in
+    row i's G, its two accumulation lengths and the absolute error of its softcap factor
+    1 − t² (``tolerances.fused_row_error``); with it the bounds are computed too.  ``chain=False`` leaves the softcap's chain factor out (what a
     kernel missing it computes: the diagnosis compares with it).
     """
     w = fi.lm_weight                                # cast to float64 one block at a time
@@ -157,8 +157,9 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
         zpart = np.abs(r.gb * 2 * r.coef * lse)
         scale = float(np.max(np.abs(r.ga) * r.mass + zpart, initial=0.0)) / spec.divisor
         e = gv = gn = None
+        slack = 0.0
         if row_error is not None:
-            e, gv, gn = row_error(kappa)
+            e, gv, gn, slack = row_error(kappa)
         gx = np.zeros_like(x)
         gw = np.zeros(w.shape)
         gb = np.zeros(v)
@@ -181,11 +182,13 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
             gw[j0:j1] = g.T @ x
             gb[j0:j1] = np.sum(g, 0)
             if e is not None:
-                size = (np.abs(r.ga)[:, None] * (r.mass[:, None] * p + m)
-                        + zpart[:, None] * p) * cf
+                sv = np.abs(r.ga)[:, None] * (r.mass[:, None] * p + m) + zpart[:, None] * p
+                size = sv * cf
+                # the softcap factor's own absolute error (slack), not scaled by e
+                own = sv * (slack / spec.divisor) if t is not None and chain else 0.0
                 aw = np.abs(wb).astype(np.float32)
-                bx += ((size * (e + gv)[:, None]).astype(np.float32) @ aw) * BOUND_MARGIN
-                sn = size * (e + gn)[:, None]
+                bx += ((size * (e + gv)[:, None] + own).astype(np.float32) @ aw) * BOUND_MARGIN
+                sn = size * (e + gn)[:, None] + own
                 bw[j0:j1] = (sn.T.astype(np.float32) @ ax) * BOUND_MARGIN
                 bb[j0:j1] = np.sum(sn, 0)
     loss_rows = r.a * r.mass + r.b * 2 * r.coef * np.abs(lse)
