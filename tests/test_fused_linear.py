@@ -239,3 +239,25 @@ def test_fused_mutants_are_caught_and_named():
                                  "flce-chunk-skipped", "flce-softcap-no-chain"])
     assert len(results) == 6
     assert all(r.ok for r in results), [r.row() for r in results if not r.ok]
+
+
+def test_jax_loss_convention_is_differentiated_by_vjp(tmp_path):
+    src = tmp_path / "jflce.py"
+    src.write_text(
+        "import jax, jax.numpy as jnp\n"
+        "def flce(x, weight, target, bias=None, ignore_index=-100):\n"
+        "    z = x @ weight.T + (0 if bias is None else bias)\n"
+        "    valid = target != ignore_index\n"
+        "    y = jnp.where(valid, target, 0)\n"
+        "    zy = jnp.take_along_axis(z, y[:, None], -1)[:, 0]\n"
+        "    ce = jax.nn.logsumexp(z, -1) - zy\n"
+        "    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(valid.sum(), 1)\n"
+        "def flce_no_bias_grad(x, weight, target, bias=None, ignore_index=-100):\n"
+        "    return flce(x, weight, target, jax.lax.stop_gradient(bias), ignore_index)\n")
+    st = call_settings(convention="loss", fused=True)
+    ok = run_case(_case("float64", "masked", ignore_index=-100), load(f"{src}:flce", settings=st),
+                  policy=INPROC)
+    assert ok.passed, (ok.error, [(c.pair, c.ratio) for c in ok.comparisons if not c.passed])
+    bad = run_case(_case("float64", "masked", ignore_index=-100),
+                   load(f"{src}:flce_no_bias_grad", settings=st), policy=INPROC)
+    assert _failing(bad) >= {"candidate_grad_b"} and "candidate_grad_W" not in _failing(bad)
