@@ -8,8 +8,8 @@ from ..engine.results import CaseResult, Report
 from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
 
 
-#: the second member of a fused pair, and how its label says it ("" for the reference)
-FUSED_METHODS = (("reference", ""), ("finite_difference", " FD"))
+#: the second member of a fused pair, and how its label says it
+FUSED_METHODS = (("reference", "ref"), ("finite_difference", "FD"))
 
 
 def pair_label(pair, sep: str = "\n") -> str:
@@ -19,7 +19,7 @@ def pair_label(pair, sep: str = "\n") -> str:
         if pair[1].startswith(method + "_grad_"):
             out = pair[1][len(method) + 1:]
             a = pair[0][:-len(out) - 1]
-            return f"{'cand' if a == 'candidate' else SHORT_METHOD.get(a, a)}{short}{sep}{out}"
+            return f"{'cand' if a == 'candidate' else SHORT_METHOD.get(a, a)}{sep}{short} {out}"
     if pair[0].startswith("candidate_"):                 # a forward value: loss, z_loss, lse
         return f"cand{sep}{pair[0][len('candidate_'):]}"
     a = "cand" if pair[0] == "candidate" else SHORT_METHOD[pair[0]]
