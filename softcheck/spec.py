@@ -185,3 +185,42 @@ class Inputs:
         """The same inputs in float64 (exact): what the references differentiate."""
         t = self.target if self.spec.hard else self.target64
         return dataclasses.replace(self, logits=self.logits64, target=t, weight=self.weight64)
+
+
+@dataclass(frozen=True)
+class FusedInputs:
+    """Fused linear cross-entropy inputs: logits z = x·Wᵀ (+ bias) are never stored.
+
+    ``x`` (N, H) hidden states, ``lm_weight`` W (V, H), ``bias`` (V,) or None, ``target`` (N,)
+    class indices; ``shape`` (B, T) when the candidate sees x as (B, T, H) (``--shape btv``).
+    """
+
+    x: np.ndarray
+    lm_weight: np.ndarray
+    bias: np.ndarray | None
+    target: np.ndarray
+    weight: np.ndarray | None
+    grad_output: np.ndarray
+    spec: LossSpec
+    shape: tuple[int, int] | None = None
+    labels: np.ndarray | None = None     # --shift 1: the unshifted labels the candidate gets
+
+    @property
+    def valid(self) -> np.ndarray:
+        if self.spec.ignore_index is not None:
+            return self.target != self.spec.ignore_index
+        return np.ones(self.target.shape[0], dtype=bool)
+
+    def float64(self) -> FusedInputs:
+        def up(a):
+            return None if a is None else np.asarray(a, dtype=np.float64)
+
+        return dataclasses.replace(self, x=up(self.x), lm_weight=up(self.lm_weight),
+                                   bias=up(self.bias), weight=up(self.weight))
+
+    def logits_inputs(self) -> Inputs:
+        """The materialized float64 logits as ordinary Inputs (small cases and tests only)."""
+        f = self.float64()
+        z = f.x @ f.lm_weight.T + (0.0 if f.bias is None else f.bias)
+        return Inputs(z, self.target, f.weight, np.asarray(self.grad_output, np.float64),
+                      self.spec)

@@ -59,6 +59,7 @@ class Settings:
     tensor_parallel: int = 1                # W > 1: W torch.distributed ranks (engine/ranks.py)
     backend: str = "gloo"
     split: str = "even"
+    fused: bool = False                     # fused linear cross-entropy: fn(x, weight, target)
 
     @property
     def returned(self) -> tuple[str, ...]:
@@ -85,7 +86,7 @@ class Outputs:
 
 def settings(convention=None, framework=None, args=None, rename=(), returns=None,
              backward=None, device="cpu", tensor_parallel=1, backend="gloo",
-             split="even") -> Settings:
+             split="even", fused=False) -> Settings:
     """Validated :class:`Settings` from option values (comma strings or sequences)."""
     def listed(v):
         if v is None or isinstance(v, tuple):
@@ -120,8 +121,15 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
         raise SoftcheckError("--convention split needs --backward FILE.py:bwd "
                              "(bwd(logits, target, dloss, lse, **kw) -> dlogits)")
     tp = _tensor_parallel(tensor_parallel, backend, split, conv, framework)
-    return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device, tp,
-                    backend or "gloo", split or "even")
+    if fused and conv not in ("loss", "grad"):
+        raise SoftcheckError(f"--convention {conv} is not available with --hidden (fused "
+                             "linear cross-entropy): use loss or grad")
+    if fused and tp > 1:
+        raise SoftcheckError("--tensor-parallel and --hidden cannot be combined (a sharded "
+                             "fused linear cross-entropy is not checked yet)")
+    return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device,
+                    tensor_parallel=tp, backend=backend or "gloo", split=split or "even",
+                    fused=fused)
 
 
 def _tensor_parallel(w, backend, split, conv: str, framework) -> int:
@@ -155,6 +163,16 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
         conv = "loss"
     fw = fw or detect(fn)
     st = dataclasses.replace(st, convention=conv, framework=fw)
+    if st.fused:
+        if conv == "loss":
+            require(fw)
+            check_device(fw, st.device)
+            if fw == "numpy":
+                raise SoftcheckError("--convention loss differentiates the returned loss with "
+                                     "torch or JAX: a numpy fused kernel returns its gradients "
+                                     "(--convention grad)")
+        _check_signature(fn, 3, "", conv)
+        return st
     if conv == "grad":
         _check_signature(fn, 2, "", conv)
         return st
@@ -189,7 +207,8 @@ def _check_signature(fn, n: int, what: str, conv: str) -> None:
     pos = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in ps if p.default is p.empty
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    shape = "(logits, target, dloss, lse, **kw)" if n == 4 else "(logits, target, **kw)"
+    shape = {4: "(logits, target, dloss, lse, **kw)", 3: "(x, weight, target, **kw)"}.get(
+        n, "(logits, target, **kw)")
     if len(pos) < n or len(required) > n:
         names = ", ".join(p.name for p in ps)
         raise SoftcheckError(f"{what}{' ' if what else ''}{getattr(fn, '__name__', fn)}({names}) cannot be called "

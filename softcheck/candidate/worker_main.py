@@ -118,6 +118,10 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
     """One request: the candidate called (``invoke``), its gradient written to shared memory."""
     if req["op"] == "convention":
         return serve_convention(cand, shm, req)
+    if req["op"] == "fused":                       # fused linear cross-entropy (--hidden)
+        from .fused import serve_fused
+
+        return serve_fused(cand, shm, req)
     fn = cand.fn if req["op"] == "call" else cand.hvp
     if fn is None:
         return {"error": "no Hessian-vector product function was given"}

@@ -7,8 +7,9 @@ import click
 from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
 from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
-from ..suite.config import (BACKENDS, SPLITS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES, DTYPES,
-                            FD_METHODS, FRAMEWORKS, REGIMES, RETURN_ITEMS, TOLERANCE_MODES)
+from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
+                            DTYPES, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, REGIMES, RETURN_ITEMS,
+                            SPLITS, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
 DEBUG = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks.")
@@ -128,6 +129,15 @@ def suite_options(fn):
                           "under check (recorded beside it in the report)."),
         click.option("--rtol", type=float, default=None,
                      help="Your own relative tolerance (|x - ref| <= atol + rtol*|ref|)."),
+        click.option("--hidden", type=int, default=None,
+                     help="Fused linear cross-entropy: TARGET(x, weight, target) with hidden "
+                          "size H; --classes is the vocabulary V, --batch the rows N."),
+        click.option("--bias", is_flag=True, help="--hidden: an LM-head bias (V,)."),
+        click.option("--shape", type=click.Choice(FUSED_SHAPES), default="nv",
+                     show_default=True, help="--hidden: x as (N, H) or (B, T, H)."),
+        click.option("--shift", type=click.IntRange(0, 1), default=0, show_default=True,
+                     help="--hidden: 1 = causal shift, target holds the labels and position t "
+                          "is scored against label t+1 (the last position ignored)."),
         click.option("--inputs", type=str, default=None,
                      help="FILE.npz with logits, target (optional weight, grad_output): judged "
                           "as one more case beside the seeded suite."),
@@ -177,10 +187,11 @@ def call_options(fn):
 
 
 def to_settings(kw: dict):
-    """The call options of ``check``, validated by the library (candidate/conventions)."""
+    """The call options of ``check``, validated by the library (candidate/conventions);
+    ``--hidden`` makes TARGET a fused linear cross-entropy kernel."""
     from ..candidate.conventions import settings
 
-    return settings(**{k: kw.pop(k) for k in CALL_KEYS})
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None)
 
 
 def to_config(kw: dict):

@@ -29,6 +29,10 @@ CANDIDATE_PAIRS = (("candidate", "analytic"), ("candidate", "autodiff"),
 def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -> CaseResult:
     """Judge one case: the three references against each other, and the candidate if given
     (called as ``policy`` says: time limit, repeats on identical inputs)."""
+    if case.hidden is not None:            # fused linear cross-entropy (--hidden)
+        from .fused import run_fused_case
+
+        return run_fused_case(case, candidate, policy=policy)
     t0 = time.perf_counter()
     timeout = policy.limit
     upstream = "auto"

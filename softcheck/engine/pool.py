@@ -69,7 +69,15 @@ BASE_BYTES = 0.4e9
 BYTES_PER_LOGIT = 300
 
 
+#: fused linear cross-entropy (--hidden) never holds the logits: ~10 float64 arrays the size
+#: of x or W (the reference's gradients and bounds, the candidate's returned gradients, the
+#: shared-memory copies) and one 32 MiB block of logits at a time
+BYTES_PER_FUSED_ENTRY = 80
+
+
 def estimate_bytes(case: Case) -> float:
+    if case.hidden is not None:
+        return BASE_BYTES + BYTES_PER_FUSED_ENTRY * (case.batch + case.classes) * case.hidden
     return BASE_BYTES + BYTES_PER_LOGIT * case.batch * case.classes
 
 

@@ -135,3 +135,74 @@ def lse_allowed(dtype: str, kappa: float, reference) -> tuple[np.ndarray, float,
     atol = K_ABS * t.u_compute * kappa + t.floor
     rtol = K_REL * t.u
     return atol + rtol * np.abs(np.asarray(reference, np.float64)), atol, rtol
+
+
+# --------------------------------------------------------------- fused linear cross-entropy
+#: the G entries' error from an error δv in the transformed logits: p = exp(v − lse) moves by
+#: a relative e^{2δv} − 1 ≤ 2δv(1 + δv) ≤ 3δv (δv ≤ 1/2: beyond it nothing is judged anyway),
+#: the softcap chain factor 1 − t² by a relative 2|t|δv/S; K_FUSED = 4 covers both parts
+#: with one rounding of headroom.
+K_FUSED = 4.0
+#: the softcap factor's cancellation: tanh's ~2u relative, squared (4u), the subtraction (1u),
+#: doubled for a different formula (1/cosh², 4·e^{-2a}/(1 + e^{-2a})²)
+K_CHAIN = 10.0
+
+
+def fused_row_error(dtype: str, kappa: float, dv: np.ndarray, vocab: int, rows: int,
+                    softcap: float | None):
+    """(e (N,), γ_V, γ_N, c): row i's relative error allowed in G = ∂L/∂z, the error of the
+    two accumulations that follow, and the absolute error c of the softcap factor, for a fused
+    kernel in ``dtype``; ``dv`` the logits' error (``fused_logit_error``).
+
+    Derivation.  The kernel computes z_ij = x_i·W_j in its compute arithmetic: a length-H dot
+    product errs by at most γ_H·Σ_k |x_ik||W_jk| ≤ γ_H·‖x_i‖₂·‖W_j‖₂ (Cauchy–Schwarz;
+    γ_H = H·u_compute, the worst-case recursive-sum bound, which also covers blocked/pairwise
+    orders), and a kernel that keeps its logits chunk in the input dtype (Liger) rounds once
+    more: u(d)·|z_ij| ≤ u(d)·(‖x_i‖·‖W_j‖ + |b_j|).  So the transformed logits err by
+    δv_i = (γ_H + u(d))·(‖x_i‖·max_j‖W_j‖ + max|b|) / (T/s) (the softcap's slope is ≤ 1).
+    G_ij is then a sum of parts each ≤ size_ij = |α_i|(Σm_i·p_ij + m_ij) + 2|β_i|·COEF·|lse_i|·
+    p_ij (times the chain factor): each part errs relatively by the closed form's own
+    K_ABS·u_compute·κ (module docstring), K_FUSED·δv_i·(1 + 1/S) from the logits, and u(d)
+    when G is rounded to the dtype before the matmuls (Liger casts it).  Then
+    grad_x = G·W sums V products: γ_V = V·u_compute; grad_W = Gᵀ·x and grad_b = Σ_rows G sum
+    N: γ_N = N·u_compute.  The reference (reference/fused.py) forms
+    |grad_x − ref| ≤ Σ_j size_ij (e_i + γ_V) |W_jk|,  |grad_W − ref| ≤ Σ_i size_ij (e_i + γ_N) |x_ik|.
+    The softcap factor 1 − t² cancels where |t| → 1 (a confident row under a small S): t =
+    tanh(·) errs relatively by ~2u, t² by ~4u, so 1 − t² errs by up to c = K_CHAIN·u_compute
+    absolutely — each part also errs by its size before the factor times c.
+    Float32, H = 1024, κ ≈ 12, ‖x‖‖W‖ ≈ 64: e ≈ 4·1024·6e-8·64 ≈ 1.6e-2 of the parts' size
+    — a transposed, scaled, leaking or missing-chain-factor gradient is off by O(1).
+    """
+    t = TABLE[dtype]
+    e = K_ABS * t.u_compute * kappa + K_FUSED * dv * (1 + (1 / softcap if softcap else 0)) \
+        + (t.u if dtype in LOW_PRECISION else 0.0)
+    return e, vocab * t.u_compute, rows * t.u_compute, K_CHAIN * t.u_compute
+
+
+def fused_logit_error(dtype: str, hidden: int, xnorm: np.ndarray, wnorm: float, bmax: float,
+                      divisor: float) -> np.ndarray:
+    """δv_i of ``fused_row_error``: (γ_H + u(d))·(‖x_i‖·max_j‖W_j‖ + max|b|)/(T/s)."""
+    t = TABLE[dtype]
+    return (hidden * t.u_compute + t.u) * (xnorm * wnorm + bmax) / divisor
+
+
+def fused_allowed(dtype: str, extra: float = 0.0) -> tuple[float, float]:
+    """(rtol, const) of grad_x / grad_W / grad_b: an entry may err by the propagated bound
+    (above) + rtol·|ref| (the final rounding K_REL·u(d)) + const (the subnormal floor and
+    ``extra``: --tolerance torch's PyTorch error in the same dtype, Apple's criterion)."""
+    t = TABLE[dtype]
+    return K_REL * t.u, t.floor + extra
+
+
+def fused_loss_allowed(dtype: str, kappa: float, loss_rows: np.ndarray, dv: np.ndarray,
+                       reduction: str, extra: float = 0.0):
+    """The loss of a fused kernel: ``loss_allowed``'s bound with P_i = ``loss_rows`` (a_i
+    folded in), plus the logits' error: ce_i = Σm_i·lse_i − m_i·v_i moves by ≤ 2·Σm_i·δv_i
+    (K_FUSED/2 per unit) — so K_FUSED·δv_i·P_i more per row.  Returns (bound, rtol, const)
+    as ``fused_allowed``."""
+    t = TABLE[dtype]
+    n = loss_rows.shape[0]
+    rows = (K_ABS * t.u_compute * kappa + K_FUSED * dv) * loss_rows
+    if reduction != "none":
+        rows = np.sum(rows) * (1 + (math.ceil(math.log2(n)) if n > 1 else 0))
+    return rows, K_REL * t.u, t.floor + extra

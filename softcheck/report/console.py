@@ -8,11 +8,20 @@ from ..engine.results import CaseResult, Report
 from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
 
 
+#: the second member of a fused pair, and how its label says it
+FUSED_METHODS = (("reference", "ref"), ("finite_difference", "FD"))
+
+
 def pair_label(pair, sep: str = "\n") -> str:
     if pair == UPSTREAM:
         return f"other{sep}g"
     if pair == RANKS:
         return f"worst{sep}rank"
+    for method, short in FUSED_METHODS:       # fused linear CE: per-output pairs (grad_W, ...)
+        if pair[1].startswith(method + "_grad_"):
+            out = pair[1][len(method) + 1:]
+            a = pair[0][:-len(out) - 1]
+            return f"{'cand' if a == 'candidate' else SHORT_METHOD.get(a, a)}{sep}{short} {out}"
     if pair[0].startswith("candidate_"):                 # a forward value: loss, z_loss, lse
         return f"cand{sep}{pair[0][len('candidate_'):]}"
     if pair[0].startswith("candidate[rank "):           # --tensor-parallel: one rank's columns

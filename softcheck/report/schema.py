@@ -46,17 +46,29 @@ _PART = _obj({"max_abs_error": _d(_NUM, "The largest absolute error there."),
                "max_rel_error": _d(_NUM, "It, relative to the gradient's scale."),
                "ratio": _d(_NUM, "The largest error / allowed error there.")})
 
+#: fused linear cross-entropy pairs: METHOD_OUTPUT
+FUSED_PAIR_NAMES = [f"{m}_{o}" for m in ("candidate", "reference", "autodiff",
+                                         "finite_difference")
+                    for o in ("grad_x", "grad_W", "grad_b")] + ["reference_loss"]
+
 COMPARISON = _obj({
     "pair": _d({"type": "array", "items": {"anyOf": [{"enum": [
         "candidate", "analytic", "autodiff", "finite_difference",
         "candidate_loss", "reference_loss", "candidate_z_loss", "reference_z_loss",
-        "candidate_lse", "reference_lse", "candidate@g=1", "candidate@g=scalar"]},
+        "candidate_lse", "reference_lse", "candidate@g=1", "candidate@g=scalar",
+        *FUSED_PAIR_NAMES]},
         {"type": "string", "pattern": r"^candidate\[rank [0-9]+\]$"}]},
                 "minItems": 2, "maxItems": 2},
                "The two things compared: [checked, reference]: a gradient pair; a forward value "
-               "(candidate_loss vs reference_loss, z_loss, lse); or the gradient at another "
-               "upstream gradient (candidate@g=1, candidate@g=scalar vs analytic); or, under "
-               "--tensor-parallel, rank r's columns (candidate[rank r] vs analytic)."),
+               "(candidate_loss vs reference_loss, z_loss, lse); the gradient at another "
+               "upstream gradient (candidate@g=1, candidate@g=scalar vs analytic); under "
+               "--tensor-parallel, rank r's columns (candidate[rank r] vs analytic); or, for "
+               "fused linear cross-entropy (--hidden), one output of METHOD_OUTPUT against "
+               "another method's (METHOD: candidate, reference = the blockwise closed form, "
+               "autodiff, finite_difference = complex-step directional probes; OUTPUT: loss, "
+               "grad_x, grad_W, grad_b; a finite_difference pair compares directional "
+               "derivatives, one entry per probe; worst entries give (row, column) of the "
+               "output's array, max_rel_error is relative to the output's largest |entry|)."),
     "max_abs_error": _d(_NUM, "max |A - B| over the compared entries."),
     "max_rel_error": _d(_NUM, "max_abs_error / the gradient's scale (judge/tolerances.py)."),
     "atol": _d(_NUM, "The derived absolute tolerance (per-dtype table, plus the FD band)."),
@@ -144,7 +156,16 @@ PARAMS = _obj({
     "logit_scale": _d({"type": "number", "exclusiveMinimum": 0},
                       "Logits multiplied by S before softcap (--logit-scale)."),
     "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),
-    "tolerance": _d({"enum": ["strict", "native"]}, "The low-precision tolerance mode."),
+    "tolerance": _d({"enum": ["strict", "native", "torch"]},
+                    "The low-precision tolerance mode (torch: fused linear cross-entropy also "
+                    "allowed PyTorch's own error in the same dtype)."),
+    "fused": _d(_obj({"hidden": _d({"type": "integer", "minimum": 1}, "H, the hidden size."),
+                      "bias": _d({"type": "boolean"}, "An LM-head bias (--bias)."),
+                      "shape": _d({"enum": ["nv", "btv"]}, "x as (N, H) or (B, T, H)."),
+                      "shift": _d({"type": "integer", "minimum": 0, "maximum": 1},
+                                  "1: causal shift of the labels (--shift).")}),
+                "Fused linear cross-entropy (--hidden): classes is V, batch is N; present "
+                "only for such cases."),
     "user_tolerance": _d(_obj({"atol": _d(_NUM, "--atol (null: derived)."),
                                "rtol": _d(_NUM, "--rtol (null: derived).")}),
                          "The user's --atol/--rtol, present only when given."),

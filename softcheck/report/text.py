@@ -60,7 +60,8 @@ def failure_text(case: CaseResult) -> str:
         for e in c.worst:
             tags = ", ".join(t for t, on in (("target class", e.is_target), ("ignored row", e.ignored)) if on)
             got, want = digits(e.value, e.reference)
-            lines.append(f"    row {e.row}, class {e.cls}{' (' + tags + ')' if tags else ''}: "
+            col = "column" if "_grad_" in c.pair[1] else "class"     # fused: (row, column)
+            lines.append(f"    row {e.row}, {col} {e.cls}{' (' + tags + ')' if tags else ''}: "
                          f"got {got}, expected {want}")
     for i in case.invariants:
         if not i.passed:

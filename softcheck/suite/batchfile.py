@@ -43,6 +43,8 @@ KEYS: dict[str, tuple[str, bool]] = {
     "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
     "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
     "atol": (_NUM, True), "rtol": (_NUM, True), "inputs": (_STR, True),
+    "hidden": (_INT, True), "bias": ("a boolean", False), "shape": (_STR, False),
+    "shift": (_INT, False),
 }
 assert set(KEYS) == {*CONFIG_KEYS, "timeout"}, "batch keys are the options (suite/config.py)"
 META = ("name", "target", "hvp")
@@ -200,6 +202,8 @@ def _values(key: str, v, where: str) -> list:
         elif kind == _NUM and isinstance(x, (int, float)) and not isinstance(x, bool):
             out.append(float(x))
         elif kind == _STR and isinstance(x, str):
+            out.append(x)
+        elif kind == "a boolean" and isinstance(x, bool):
             out.append(x)
         else:
             raise SoftcheckError(f"{where}: key {key!r} must be {kind} or a list of them, "

@@ -27,11 +27,19 @@ class Case:
     tolerance: str = "strict"
     atol: float | None = None       # the user's tolerances (--atol/--rtol), None: derived
     rtol: float | None = None
+    hidden: int | None = None       # fused linear cross-entropy (classes = V, batch = N)
+    bias: bool = False
+    shape: str = "nv"
+    shift: int = 0
 
     @property
     def name(self) -> str:
         s = self.spec
         name = f"C{self.classes}-B{self.batch}-{self.dtype}-{s.targets}-{s.reduction}-{self.regime}"
+        if self.hidden is not None:
+            name = f"FLCE-H{self.hidden}-" + name + ("-bias" if self.bias else "") + (
+                "-btv" if self.shape == "btv" else "") + (f"-shift{self.shift}" if self.shift
+                                                          else "")
         return f"{name}[{self.tag}]" if self.tag else name
 
     def params(self) -> dict:
@@ -49,10 +57,20 @@ class Case:
         d["tolerance"] = self.tolerance
         if self.atol is not None or self.rtol is not None:
             d["user_tolerance"] = {"atol": self.atol, "rtol": self.rtol}
+        if self.hidden is not None:
+            d["fused"] = {"hidden": self.hidden, "bias": self.bias, "shape": self.shape,
+                          "shift": self.shift}
         return d
 
 
+#: the regimes of fused linear cross-entropy (--hidden): confident = a few rows whose hidden
+#: state is aligned with their target's row of W (p → 1); masked = 20 % ignored rows
+FUSED_REGIMES = ("normal", "confident", "masked")
+
+
 def default_regimes(cfg: Config) -> tuple[str, ...]:
+    if cfg.hidden is not None:
+        return FUSED_REGIMES if cfg.ignore_index is not None else FUSED_REGIMES[:2]
     regimes = [r for r in REGIMES if r != "all-ignored"]
     if cfg.ignore_index is not None:
         regimes.append("all-ignored")
@@ -87,7 +105,8 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
         spec = cfg.loss_spec(tk, red)
         cases.append(
             Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
-                 cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol)
+                 cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol, cfg.hidden,
+                 cfg.bias, cfg.shape, cfg.shift)
         )
     return cases, skipped
 
@@ -107,6 +126,12 @@ def _dtype_skip(cfg: Config, dtype: str) -> str | None:
 
 
 def _skip_reason(cfg: Config, targets: str, regime: str) -> str | None:
+    if cfg.hidden is not None:
+        if regime not in FUSED_REGIMES:
+            return f"not a fused linear cross-entropy regime ({', '.join(FUSED_REGIMES)})"
+        if regime == "masked" and cfg.ignore_index is None:
+            return "the masked regime (20 % ignored rows) needs --ignore-index"
+        return None
     if regime == "all-ignored" and targets != "index":
         return "probability targets have no ignored rows"
     if targets != "index" and cfg.ignore_index is not None and cfg.ignore_index >= 0:

@@ -19,7 +19,11 @@ REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread", 
 FD_METHODS = ("central", "richardson", "complex")
 #: strict: low-precision candidates held to float32 arithmetic + one final rounding;
 #: native: also allowed 4× the error of the closed form computed in the dtype itself
-TOLERANCE_MODES = ("strict", "native")
+#: torch (fused linear cross-entropy, --hidden): also allowed the error PyTorch makes in the
+#: same dtype (Apple Cut Cross-Entropy's test criterion)
+TOLERANCE_MODES = ("strict", "native", "torch")
+#: fused linear cross-entropy (--hidden): x as (N, H) or (B, T, H) (--shape btv)
+FUSED_SHAPES = ("nv", "btv")
 DEFAULT_BATCH = (1, 6)
 #: how a candidate is called (candidate/conventions.py): grad(logits, target) -> dL/dlogits;
 #: loss differentiated by softcheck; inplace: loss returned, gradient left in the logits;
@@ -79,6 +83,10 @@ class Config:
     atol: float | None = None      # the user's own tolerances (None: the derived one)
     rtol: float | None = None
     inputs: str | None = None      # FILE.npz of the user's arrays: one more case
+    hidden: int | None = None      # fused linear cross-entropy: the hidden size H (--hidden)
+    bias: bool = False             # ... with an LM-head bias (--bias)
+    shape: str = "nv"              # ... x as (N, H) or (B, T, H) (--shape btv)
+    shift: int = 0                 # ... targets shifted by this many positions (--shift 1)
     group: str | None = None
     tag: str | None = None     # what tells apart cases of one batch group with the same axes
 
@@ -133,6 +141,25 @@ class Config:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
                 raise SoftcheckError(f"--{name} must be a finite number >= 0, got {v!r}")
+        if self.hidden is not None and (isinstance(self.hidden, bool) or not isinstance(
+                self.hidden, (int, np.integer)) or self.hidden < 1):
+            raise SoftcheckError(f"--hidden must be a whole number >= 1, got {self.hidden!r}")
+        if self.shape not in FUSED_SHAPES:
+            raise SoftcheckError(f"--shape must be one of {', '.join(FUSED_SHAPES)}; "
+                                 f"got {self.shape!r}")
+        if not isinstance(self.shift, (int, np.integer)) or not 0 <= self.shift <= 1:
+            raise SoftcheckError(f"--shift must be 0 or 1, got {self.shift!r}")
+        if self.hidden is None and (self.bias or self.shape != "nv" or self.shift
+                                    or self.tolerance == "torch"):
+            raise SoftcheckError("--bias, --shape btv, --shift and --tolerance torch are for "
+                                 "fused linear cross-entropy: give --hidden H")
+        if self.shift and self.ignore_index is None:
+            raise SoftcheckError("--shift 1 needs --ignore-index (the last position of each "
+                                 "sequence has no next token and is ignored)")
+        if self.hidden is not None and (self.order != 1 or (self.targets or ("index",)) != (
+                "index",)):
+            raise SoftcheckError("--hidden (fused linear cross-entropy) takes class-index "
+                                 "targets and first-order gradients only")
         if self.order not in (1, 2):
             raise SoftcheckError(f"--order must be 1 or 2, got {self.order!r}")
         if self.probes < 0:

@@ -15,6 +15,7 @@ import numpy as np
 from ..reference.analytic import softmax
 from ..spec import OPTION_NAMES
 from . import convention_mutants as cm
+from . import fused_mutants as fm
 
 
 def correct(logits, target, **kw):
@@ -213,7 +214,8 @@ MUTANTS: tuple[Mutant, ...] = (
            cm.fwd_lse_unshifted, {}, "split", cm.bwd, hint="lse lacks the max shift"),
     Mutant("split-bwd-first-dloss", "split backward: dloss[0] for every row (Liger #678)",
            cm.fwd, {"reduction": "none"}, "split", cm.bwd_first_dloss),
-)
+) + tuple(Mutant(name, text, fn, {**fm.OPTIONS, **opts}, hint=hint)
+          for name, text, fn, opts, hint in fm.FUSED)
 
 
 @dataclass(frozen=True)
@@ -255,31 +257,37 @@ def run_mutants(classes=(10,), seed: int = 0, names=None) -> list[MutantResult]:
     for m in MUTANTS:
         if names and m.name not in names:
             continue
-        cfg = config(classes=classes, seed=seed, **m.options)
-        rep = check_candidate(_candidate(m.fn, m.convention, m.backward, m.name), cfg)
+        cfg = config(**{"classes": classes, "seed": seed, **m.options})
+        rep = check_candidate(_candidate(m.fn, m.convention, m.backward, m.name,
+                                         "hidden" in m.options), cfg)
         key = (m.convention, *sorted(m.options.items()))
         if key not in baseline:
             ok = cm.CORRECT.get(m.convention, cm.Kernel(correct))
-            good = check_candidate(_candidate(ok.fn, m.convention, ok.backward, "correct"), cfg)
+            if "hidden" in m.options:
+                ok = cm.Kernel(fm.correct)
+            good = check_candidate(_candidate(ok.fn, m.convention, ok.backward, "correct",
+                                              "hidden" in m.options), cfg)
             baseline[key] = good.passed
         failed = [c for c in rep.cases if not c.passed]
         regimes = tuple(sorted({c.params["regime"] for c in failed}))
-        named = tuple(c.name for c in failed if any(m.hint in d for d in c.diagnosis))
+        named = tuple(c.name for c in failed if any(m.hint in d for d in c.diagnosis)
+                      or (c.error and m.hint and m.hint in c.error))
         out.append(MutantResult(m, tuple(c.name for c in failed), len(rep.cases), baseline[key],
                                 regimes, named))
     return out
 
 
-def _candidate(fn, convention: str, backward, label: str):
-    """A mutant as a candidate of its calling convention (numpy kernels)."""
+def _candidate(fn, convention: str, backward, label: str, fused: bool = False):
+    """A mutant as a candidate of its calling convention (numpy kernels; ``fused``: a fused
+    linear cross-entropy kernel, --hidden)."""
     import dataclasses
 
     from ..candidate import Candidate
     from ..candidate.conventions import resolve, settings
 
     bname = getattr(backward, "__name__", None)
-    st = resolve(fn, settings(convention=convention, framework="numpy", backward=bname),
-                 bwd=backward)
+    st = resolve(fn, settings(convention=convention, framework="numpy", backward=bname,
+                              fused=fused), bwd=backward)
     return dataclasses.replace(Candidate.from_callable(fn, label=label), settings=st,
                                backward=backward)
 

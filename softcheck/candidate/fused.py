@@ -1,0 +1,315 @@
+"""Call a fused linear cross-entropy kernel (``check FILE:fn --hidden H``) → numpy outputs.
+
+Calling convention: ``fn(x, weight, target, **kw)``: x (N, H) (or (B, T, H) with ``--shape
+btv``), the LM-head weight W (V, H), target (N,) (or (B, T)); ``bias`` is passed as a keyword
+when the case has one (and the function declares it), the loss options as for ``check``
+(those it declares), ``shift`` with ``--shift 1`` (then target holds the unshifted labels:
+position t is scored against label t + 1 of its sequence; the last position is ignored).
+
+* ``loss``: fn returns the loss (a scalar, or per row for ``none``); softcheck differentiates
+  it: torch — x, W, b leaf tensors requiring grad, ``loss.backward(g)``; JAX — ``jax.vjp``.
+* ``grad``: fn returns ``(grad_x, grad_W[, grad_b])`` or ``(loss, grad_x, grad_W[,
+  grad_b])``, with ``grad_output`` g applied when it declares ``grad_output`` (else g = 1).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec import FusedInputs, SoftcheckError
+from .call import max_difference
+from .conventions import KERNEL_OPTIONS, CallFailed, Settings, _option_values
+from .errors import format_exception
+from .frameworks import to_framework, to_numpy
+
+#: the class weights' keyword (``weight`` is the LM head's, as in Liger's
+#: LigerFusedLinearCrossEntropyFunction; ``--rename weight=NAME`` overrides)
+CLASS_WEIGHT = "ce_weight"
+#: the outputs of a fused kernel, in report order
+OUTPUTS = ("loss", "grad_x", "grad_w", "grad_b")
+
+
+@dataclass(frozen=True)
+class FusedResult:
+    """What one case's calls produced, float64 numpy; ``error`` when the candidate failed."""
+
+    grads: dict | None = None      # grad_x (N, H), grad_w (V, H), grad_b (V,) or absent
+    loss: np.ndarray | None = None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+    nondet: float = 0.0
+    output: str = ""
+
+
+def _params(fn):
+    try:
+        ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return set(), False
+    return set(ps), any(p.kind is p.VAR_KEYWORD for p in ps.values())
+
+
+def _arguments(fn, st: Settings, fi: FusedInputs, fw: str, grad_req: bool):
+    params, varkw = _params(fn)
+    n, h = fi.x.shape
+    target = fi.labels if fi.labels is not None else fi.target
+    x, tgt = fi.x, target
+    if fi.shape is not None:
+        x, tgt = x.reshape(*fi.shape, h), tgt.reshape(fi.shape)
+    dev = st.device
+    xt = to_framework(x, fw, dev, requires_grad=grad_req)
+    wt = to_framework(fi.lm_weight, fw, dev, requires_grad=grad_req)
+    bt = None if fi.bias is None else to_framework(fi.bias, fw, dev, requires_grad=grad_req)
+    tt = to_framework(tgt, fw, dev)
+    opts = _option_values(fi, fw, dev)
+    kw = {}
+    for o in KERNEL_OPTIONS:
+        k = dict(st.rename).get(o, CLASS_WEIGHT if o == "weight" else o)
+        if k in params or (varkw and k == o):
+            kw[k] = opts[o]
+    if bt is not None:
+        if "bias" not in params and not varkw:
+            raise CallFailed("the case has a bias (--bias) but the function takes no 'bias'")
+        kw["bias"] = bt
+    if fi.labels is not None and ("shift" in params or varkw):
+        kw["shift"] = 1
+    go = np.asarray(fi.grad_output, np.float64)
+    if st.convention == "grad" and ("grad_output" in params or varkw):
+        kw["grad_output"] = float(go) if go.ndim == 0 else to_framework(
+            go.astype(fi.x.dtype), fw, dev)
+    return (xt, wt, tt), kw, bt
+
+
+def _loss_shape(loss, fi: FusedInputs):
+    shape = tuple(getattr(loss, "shape", np.shape(loss)))
+    n = fi.x.shape[0]
+    if fi.spec.reduction == "none":
+        if int(np.prod(shape)) != n:
+            raise CallFailed(f"returned a loss of shape {shape} for reduction none; expected "
+                             f"one value per row ({n})")
+    elif shape not in ((), (1,)):
+        raise CallFailed(f"returned a loss of shape {shape} for reduction "
+                         f"{fi.spec.reduction}; expected a scalar")
+
+
+def _by_autograd(fn, st: Settings, fi: FusedInputs) -> tuple:
+    fw = st.framework
+    g = np.asarray(fi.grad_output, np.float64)
+    if fw == "numpy":
+        raise CallFailed("--convention loss needs a torch or JAX kernel (softcheck "
+                         "differentiates the returned loss); a numpy kernel returns its "
+                         "gradients: --convention grad")
+    args, kw, bt = _arguments(fn, st, fi, fw, fw == "torch")
+    apply = fn.apply if hasattr(fn, "apply") and isinstance(fn, type) else fn
+    if fw == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        b = kw.pop("bias", None)
+
+        def f(x, w, *bb):
+            out = apply(x, w, args[2], **kw, **({"bias": bb[0]} if bb else {}))
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        prim = (args[0], args[1]) + ((b,) if b is not None else ())
+        loss, vjp = jax.vjp(f, *prim)
+        _loss_shape(loss, fi)
+        cot = jnp.broadcast_to(jnp.asarray(g.reshape(np.shape(loss)) if g.ndim else g,
+                                           loss.dtype), loss.shape)
+        grads = vjp(cot)
+        return loss, grads[0], grads[1], (grads[2] if b is not None else None)
+    import torch
+
+    out = apply(*args, **kw)
+    loss = out[0] if isinstance(out, (tuple, list)) else out
+    _loss_shape(loss, fi)
+    if not getattr(loss, "requires_grad", False):
+        raise CallFailed("returned a loss that does not require grad: it is not connected to "
+                         "x and W through autograd")
+    loss.backward(torch.as_tensor(g.reshape(tuple(loss.shape)) if g.ndim else g,
+                                  dtype=loss.dtype, device=loss.device))
+    x, w = args[0], args[1]
+    if x.grad is None or w.grad is None:
+        raise CallFailed("x or W received no gradient from loss.backward()")
+    return loss, x.grad, w.grad, (None if bt is None else bt.grad)
+
+
+def _returned_grads(fn, st: Settings, fi: FusedInputs) -> tuple:
+    args, kw, _ = _arguments(fn, st, fi, st.framework, False)
+    out = fn(*args, **kw)
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    loss = None
+    if items and np.ndim(to_numpy(items[0])) <= 1 and len(items) >= 3:
+        loss = items.pop(0)
+    if len(items) not in (2, 3):
+        raise CallFailed(f"returned {len(items)} arrays; --convention grad expects (grad_x, "
+                         "grad_W[, grad_b]) or (loss, grad_x, grad_W[, grad_b])")
+    if loss is not None:
+        _loss_shape(loss, fi)
+    return loss, items[0], items[1], items[2] if len(items) == 3 else None
+
+
+def out_dtype(fi: FusedInputs) -> np.dtype:
+    """The gradients are kept in float32 for float32/16-bit cases (every value of those
+    dtypes is a float32; a float64 result for them is rounded once, by u32·|g|: within the
+    final-rounding allowance): half the memory of float64 at W's size."""
+    return np.dtype(np.float64 if fi.x.dtype == np.float64 else np.float32)
+
+
+def _shaped(a, shape, what: str, dt=np.float64) -> np.ndarray:
+    arr = to_numpy(a)
+    if what == "grad_W" and arr.shape == shape[::-1] and shape[0] != shape[1]:
+        raise CallFailed(f"returned grad_W of shape {tuple(arr.shape)}: transposed (expected "
+                         f"(V, H) = {shape}, as the weight)")
+    if what == "grad_b" and arr.ndim == 2 and arr.shape[-1] == shape[0]:
+        raise CallFailed(f"returned grad_b of shape {tuple(arr.shape)}: not reduced over rows "
+                         f"(expected (V,) = {shape}: the sum of G over the rows)")
+    if arr.size != int(np.prod(shape)):
+        raise CallFailed(f"returned {what} of shape {tuple(arr.shape)}; expected {shape}")
+    if arr.shape != shape and not (arr.ndim == 3 and len(shape) == 2):
+        raise CallFailed(f"returned {what} of shape {tuple(arr.shape)}; expected {shape}")
+    return np.array(arr.reshape(shape), dt, copy=True)
+
+
+def once(fn, st: Settings, fi: FusedInputs) -> tuple[np.ndarray | None, dict]:
+    """One call by convention ``st``: (loss or None, {grad_x, grad_w[, grad_b]})."""
+    if st.convention not in ("loss", "grad"):
+        raise CallFailed(f"--convention {st.convention} is not available with --hidden: "
+                         "use loss or grad")
+    get = _by_autograd if st.convention == "loss" else _returned_grads
+    loss, gx, gw, gb = get(fn, st, fi)
+    n, h = fi.x.shape
+    v = fi.lm_weight.shape[0]
+    dt = out_dtype(fi)
+    grads = {"grad_x": _shaped(gx, (n, h), "grad_x", dt),
+             "grad_w": _shaped(gw, (v, h), "grad_W", dt)}
+    if fi.bias is not None:
+        if gb is None:
+            raise CallFailed("returned no bias gradient for a case with --bias")
+        grads["grad_b"] = _shaped(gb, (v,), "grad_b", dt)
+    lv = None if loss is None else np.array(to_numpy(loss), np.float64).reshape(
+        (n,) if fi.spec.reduction == "none" else ())
+    return lv, grads
+
+
+def invoke_fused(fn, st: Settings, fresh, repeat: int = 1) -> FusedResult:
+    """``once`` ``repeat`` times on identical fresh inputs (``fresh()`` → FusedInputs):
+    nondeterminism measured, every failure the case's error."""
+    first, nondet, notes = None, 0.0, []
+    for i in range(max(1, repeat)):
+        fi = fresh()
+        where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
+        try:
+            loss, grads = once(fn, st, fi)
+        except CallFailed as e:
+            return FusedResult(error=str(e) + where)
+        except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
+            return FusedResult(error=format_exception(e) + where)
+        if first is None:
+            first = FusedResult(grads, loss)
+        else:
+            for k, g in grads.items():
+                if g.tobytes() != first.grads[k].tobytes():
+                    nondet = max(nondet, max_difference(first.grads[k], g))
+    if nondet:
+        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
+                     f"{nondet:.3g} (max abs)")
+    return FusedResult(first.grads, first.loss, None, tuple(notes), nondet)
+
+
+def check_convention(st: Settings) -> None:
+    if st.convention not in ("loss", "grad"):
+        raise SoftcheckError(f"--convention {st.convention} is not available with --hidden "
+                             "(fused linear cross-entropy): use loss or grad")
+
+
+# ------------------------------------------------------------ the isolated worker process
+_ARRAYS = ("x", "lm_weight", "bias", "target", "weight", "labels", "grad_output")
+
+
+def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
+    n, h = fi.x.shape
+    v = fi.lm_weight.shape[0]
+    return [("grad_x", (n, h)), ("grad_w", (v, h))] + (
+        [("grad_b", (v,))] if fi.bias is not None else [])
+
+
+def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
+    """``invoke_fused`` in ``wc``'s worker process (a ``WorkerCandidate``): the arrays go
+    through its shared memory by descriptor, the gradients come back the same way (``out_dtype``),
+    the loss and notes in the reply; death and timeouts are the case's error."""
+    from .worker import _Died
+
+    if wc._closed:
+        raise SoftcheckError("this candidate was closed")
+    arrays = {k: getattr(fi, k) for k in _ARRAYS}
+    arrays["grad_output"] = np.asarray(fi.grad_output, np.float64)
+    names = [k for k, a in arrays.items() if a is not None]
+    layout = _out_layout(fi)
+    dt = out_dtype(fi)
+    out_bytes = sum(dt.itemsize * int(np.prod(s)) for _, s in layout)
+    descs, out_off = wc._place([np.ascontiguousarray(arrays[k]) for k in names], out_bytes)
+    if wc._worker is not None and wc._worker.proc.poll() is not None:
+        wc._worker.stop()
+        wc._worker = None
+    try:
+        w = wc._worker or wc._start()
+    except SoftcheckError as e:
+        return FusedResult(error=f"restarting the candidate's process failed: {e}")
+    w.seq += 1
+    req = {"op": "fused", "seq": w.seq, "shm_size": wc._size, "arrays": dict(zip(names, descs)),
+           "spec": fi.spec, "shape": fi.shape, "out": out_off, "layout": layout,
+           "repeat": max(1, int(repeat))}
+    try:
+        w.send(req)
+        reply = w.receive(timeout)
+        if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+            raise _Died("the candidate's process sent an invalid reply")
+    except TimeoutError:
+        output = w.output()
+        w.stop(wc.grace)
+        wc._worker = None
+        return FusedResult(error=f"took longer than {timeout:g} s (--timeout); the candidate's "
+                                 "process was stopped", output=output)
+    except _Died as e:
+        output = w.output()
+        w.stop()
+        wc._worker = None
+        return FusedResult(error=str(e), output=output)
+    output = w.output()
+    notes = tuple(str(x) for x in reply.get("notes", ()))
+    if reply.get("error"):
+        return FusedResult(error=str(reply["error"]), notes=notes, output=output)
+    grads, pos = {}, out_off
+    for k, shape in layout:
+        size = int(np.prod(shape))
+        grads[k] = np.frombuffer(wc._mm, dt, size, pos).reshape(shape).copy()
+        pos += dt.itemsize * size
+    loss = reply.get("loss")
+    return FusedResult(grads, None if loss is None else np.asarray(loss, np.float64), None,
+                       notes, float(reply.get("nondet", 0.0)), output)
+
+
+def serve_fused(cand, shm, req: dict) -> dict:
+    """The worker's side: fresh FusedInputs from shared memory, ``invoke_fused``, the
+    gradients written back at ``req["out"]``."""
+    d = req["arrays"]
+
+    def fresh():
+        a = {k: (shm.fresh(d[k]) if k in d else None) for k in _ARRAYS}
+        return FusedInputs(a["x"], a["lm_weight"], a["bias"], a["target"], a["weight"],
+                           a["grad_output"], req["spec"], req["shape"], a["labels"])
+
+    r = invoke_fused(cand.fn, cand.settings, fresh, req["repeat"])
+    if r.error is not None:
+        return {"error": r.error, "notes": list(r.notes)}
+    pos = req["out"]
+    for k, shape in req["layout"]:
+        g = r.grads[k]
+        np.frombuffer(shm.mm, g.dtype, g.size, pos)[:] = g.ravel()
+        pos += g.dtype.itemsize * g.size
+    loss = None if r.loss is None else np.asarray(r.loss, np.float64).tolist()
+    return {"error": None, "notes": list(r.notes), "nondet": float(r.nondet), "loss": loss}

@@ -1,0 +1,143 @@
+"""Judge one fused linear cross-entropy case: references, the candidate, per-output pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from ..candidate import CallPolicy
+from ..judge import tolerances
+from ..judge.compare import Comparison
+from ..judge.fused import LABELS, compare_output, diagnose
+from ..reference import fused as ref_fused
+from ..suite.cases import Case
+from ..suite.fused import make_fused_inputs
+from .results import CaseResult, Coverage
+
+
+def _pair(a: str, b: str, k: str) -> tuple[str, str]:
+    return f"{a}_{LABELS[k]}", f"{b}_{LABELS[k]}"
+
+
+def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()
+                   ) -> CaseResult:
+    """The blockwise float64 reference against autodiff and the FD probes, and the
+    candidate's loss / grad_x / grad_W / grad_b against the reference."""
+    t0 = time.perf_counter()
+    upstream = "auto"
+    if candidate is not None:
+        upstream = ("random" if candidate.settings.convention == "loss"
+                    or candidate.takes("grad_output") else "one")
+    fi = make_fused_inputs(case, upstream=upstream)
+    spec = case.spec
+    dtype = case.dtype if candidate is not None else "float64"
+    n, h = fi.x.shape
+    xnorm, wnorm, bmax = ref_fused.norms(fi)
+    dv = tolerances.fused_logit_error(dtype, h, xnorm, wnorm, bmax, spec.divisor)
+
+    def row_error(kappa):
+        return tolerances.fused_row_error(dtype, kappa, dv, fi.lm_weight.shape[0], n,
+                                          spec.softcap)
+
+    pending = None
+    if candidate is not None and not hasattr(candidate, "fn"):
+        # an isolated candidate runs in its own process while this one computes the
+        # references: the two overlap (the thread only waits on the worker's socket)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        pending = pool.submit(call_fused, candidate, fi, policy)
+        pool.shutdown(wait=False)
+    ref = ref_fused.reference(fi, row_error=row_error)
+    refs = {"grad_x": ref.grad_x, "grad_w": ref.grad_w}
+    bounds = {"grad_x": ref.bound_x, "grad_w": ref.bound_w}
+    if ref.grad_b is not None:
+        refs["grad_b"], bounds["grad_b"] = ref.grad_b, ref.bound_b
+    base = dict(name=case.name, params=case.params(), group=case.group, scale=ref.scale,
+                kappa=ref.kappa, target=candidate.label if candidate is not None else None)
+    notes: list[str] = []
+    ours: list[Comparison] = []
+    # softcheck's own methods against each other, in float64: every term of fused_row_error
+    # is proportional to u_compute for float32/64, so the bounds scale by the ratio of roundoffs
+    shrink = tolerances.TABLE["float64"].u_compute / tolerances.TABLE[dtype].u_compute
+    r64, c64 = tolerances.fused_allowed("float64")
+    ad = ref_fused.autodiff(fi)
+    methods = ["reference"] + (["autodiff"] if ad is not None else []) + ["finite_difference"]
+    for k in refs if ad is not None else ():
+        ours.append(compare_output(_pair("autodiff", "reference", k), getattr(ad, k), refs[k],
+                                   bounds[k] * shrink, r64, c64))
+    probes = ref_fused.fd_probes(fi, ref, seed=case.seed, count=max(case.probes, 2))
+    for k, (dirs, fd, band) in probes.items():
+        allowed = shrink * ref_fused.project(bounds[k], dirs, absolute=True) + band
+        ours.append(compare_output(_pair("reference", "finite_difference", k),
+                                   ref_fused.project(refs[k], dirs), fd, allowed, 0.0, 0.0))
+    if candidate is None:
+        return _result(ours, (), notes, t0, base, methods, probes)
+    # the candidate's call (overlapping with the references above when isolated)
+    res = pending.result() if pending is not None else call_fused(candidate, fi, policy)
+    notes += list(res.notes)
+    base["output"] = res.output or None
+    if res.error:
+        return CaseResult(passed=False, error=res.error, notes=tuple(notes),
+                          seconds=time.perf_counter() - t0, **base)
+    extra = dict.fromkeys(("loss",) + tuple(refs), 0.0)
+    if case.tolerance == "torch":
+        extra.update(ref_fused.torch_errors(fi, ref))
+        notes.append(f"--tolerance torch: each output also allowed PyTorch's own largest error "
+                     f"in {case.dtype} (" + ", ".join(f"{LABELS[k]} {v:.3g}"
+                                                       for k, v in extra.items()) + ")")
+    cands: list[Comparison] = []
+    if res.loss is not None:
+        bound, rt, const = tolerances.fused_loss_allowed(case.dtype, ref.kappa, ref.loss_rows,
+                                                         dv, spec.reduction, extra["loss"])
+        cands.append(compare_output(_pair("candidate", "reference", "loss"), res.loss,
+                                    np.asarray(ref.loss), bound, rt, const))
+    tol = {k: tolerances.fused_allowed(case.dtype, extra[k]) for k in refs}
+    for k in refs:
+        cands.append(compare_output(_pair("candidate", "reference", k), res.grads[k], refs[k],
+                                    bounds[k], *tol[k],
+                                    ~fi.valid if k == "grad_x" else None))
+    for k, (dirs, fd, band) in probes.items():
+        rt, const = tol[k]
+        allowed = (ref_fused.project(bounds[k], dirs, absolute=True) + band
+                   + rt * ref_fused.project(refs[k], dirs, absolute=True)
+                   + const * np.sum(np.abs(np.reshape(dirs[1], (len(dirs[0]), -1))), 1))
+        cands.append(compare_output(_pair("candidate", "finite_difference", k),
+                                    ref_fused.project(res.grads[k], dirs), fd, allowed, 0.0, 0.0))
+    diagnosis: tuple[str, ...] = ()
+    if not all(c.passed for c in cands):
+        no_chain = None
+        if spec.softcap:
+            nc = ref_fused.reference(fi, chain=False)
+            no_chain = {"grad_x": nc.grad_x, "grad_w": nc.grad_w, "grad_b": nc.grad_b}
+        allowed = {k: bounds[k] + tol[k][0] * np.abs(refs[k]) + tol[k][1] for k in refs}
+        diagnosis = tuple(diagnose(res.grads, refs, allowed, fi, no_chain=no_chain))
+        if any(c.pair[0] == "candidate_loss" and not c.passed for c in cands):
+            diagnosis += ("loss: the returned loss value is wrong (the gradients may still be "
+                          "right: see their own pairs)",)
+    return _result(cands + ours, diagnosis, notes, t0, base, methods, probes)
+
+
+def _result(comparisons, diagnosis, notes, t0, base, methods, probes) -> CaseResult:
+    coverage = Coverage(tuple(methods), (), sum(len(p[0][0]) for p in probes.values()),
+                        "complex-step probes along x rows, W vocabulary rows, b entries")
+    return CaseResult(passed=all(c.passed for c in comparisons),
+                      comparisons=tuple(comparisons), coverage=coverage,
+                      diagnosis=tuple(diagnosis), notes=tuple(notes),
+                      seconds=time.perf_counter() - t0, **base)
+
+
+def call_fused(candidate, fi, policy: CallPolicy):
+    """The candidate on ``fi``: in its worker process (shared memory), or in this one."""
+    from ..candidate.fused import call_in_worker, invoke_fused
+
+    if not hasattr(candidate, "fn"):                   # a WorkerCandidate: isolated
+        return call_in_worker(candidate, fi, policy.limit, policy.repeat)
+
+    def fresh():
+        return dataclasses.replace(fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
+                                   bias=None if fi.bias is None else fi.bias.copy())
+
+    return invoke_fused(candidate.fn, candidate.settings, fresh, policy.repeat)
