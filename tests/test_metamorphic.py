@@ -208,3 +208,16 @@ def test_target_error_reported_apart_and_schema_valid(tmp_path):
     assert d["cases"][0]["coverage"]["relations"]
     assert set(d["cases"][0]["coverage"]["references"]) == {"analytic", "autodiff",
                                                             "finite_difference"}
+
+
+def test_a_gradient_named_off_by_a_factor_gets_no_relation_hint():
+    """A 2× gradient also breaks 'all-equal logits'; the hint used to send the reader to tied
+    logits ('a tie broken by argmax ...') beside the factor that is the real bug."""
+    import softcheck
+    from softcheck.tools.mutants import correct
+
+    rep = softcheck.check(lambda z, y: 2 * correct(z, y), dtype="float64", regime="normal",
+                          batch=3, classes=5)
+    hints = [h for c in rep.failed for h in c.diagnosis]
+    assert any(h.startswith("off by a constant factor 2") for h in hints), hints
+    assert not any(h.startswith("relation ") for h in hints), hints
