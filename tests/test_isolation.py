@@ -188,9 +188,12 @@ def test_isolated_and_in_process_give_the_same_numbers(tmp_path):
     assert inp["environment"]["candidate_process"][TARGET]["isolated"] is False
 
 
-@pytest.mark.parametrize("target", ["scripts/examples/jax_ce.py:grad",
-                                    "optax_loss.py:grad"])
-def test_jax_candidates_pass_every_case_from_a_fresh_process(tmp_path, target):
+@pytest.mark.parametrize("target,order", [
+    ("scripts/examples/jax_ce.py:grad", "float64,float32"),
+    ("scripts/examples/jax_ce.py:grad", "float32,float64"),      # float32 cases first
+    ("optax_loss.py:grad", "float64,float32"),
+])
+def test_jax_candidates_pass_every_case_from_a_fresh_process(tmp_path, target, order):
     """The README's JAX example and an optax loss: x64 is on in the worker before the TARGET
     loads (it used to be turned on after the first call: 23/24 from a fresh process)."""
     if target.startswith("optax"):
@@ -201,8 +204,8 @@ def test_jax_candidates_pass_every_case_from_a_fresh_process(tmp_path, target):
             "    return jax.grad(f)(logits)\n")
         target = f"{tmp_path}/optax_loss.py:grad"
     out = tmp_path / "o.json"
-    r = subprocess.run([sys.executable, "-m", "softcheck", "check", target, "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", target, "--dtype", order,
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
     report = load_report(out.read_text())
     assert r.returncode == 0, [c["name"] for c in report["cases"] if not c["passed"]]
     assert report["environment"]["candidate_process"][target]["jax_enable_x64"] is True
