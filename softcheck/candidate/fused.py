@@ -241,8 +241,6 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     """``invoke_fused`` in ``wc``'s worker process (a ``WorkerCandidate``): the arrays go
     through its shared memory by descriptor, the gradients come back the same way (``out_dtype``),
     the loss and notes in the reply; death and timeouts are the case's error."""
-    from .worker import _Died
-
     if wc._closed:
         raise SoftcheckError("this candidate was closed")
     arrays = {k: getattr(fi, k) for k in _ARRAYS}
@@ -251,38 +249,13 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     layout = _out_layout(fi)
     dt = out_dtype(fi)
     out_bytes = sum(dt.itemsize * int(np.prod(s)) for _, s in layout)
-    descs, out_off = wc._place([np.ascontiguousarray(arrays[k]) for k in names], out_bytes)
-    if wc._worker is not None and wc._worker.proc.poll() is not None:
-        wc._worker.stop()
-        wc._worker = None
-    try:
-        w = wc._worker or wc._start()
-    except SoftcheckError as e:
-        return FusedResult(error=f"restarting the candidate's process failed: {e}")
-    w.seq += 1
-    req = {"op": "fused", "seq": w.seq, "shm_size": wc._size, "arrays": dict(zip(names, descs)),
-           "spec": fi.spec, "shape": fi.shape, "out": out_off, "layout": layout,
-           "repeat": max(1, int(repeat))}
-    try:
-        w.send(req)
-        reply = w.receive(timeout)
-        if not isinstance(reply, dict) or reply.get("seq") != w.seq:
-            raise _Died("the candidate's process sent an invalid reply")
-    except TimeoutError:
-        output = w.output()
-        w.stop(wc.grace)
-        wc._worker = None
-        return FusedResult(error=f"took longer than {timeout:g} s (--timeout); the candidate's "
-                                 "process was stopped", output=output)
-    except _Died as e:
-        output = w.output()
-        w.stop()
-        wc._worker = None
-        return FusedResult(error=str(e), output=output)
-    output = w.output()
-    notes = tuple(str(x) for x in reply.get("notes", ()))
-    if reply.get("error"):
-        return FusedResult(error=str(reply["error"]), notes=notes, output=output)
+    descs, out_off = wc._place([arrays[k] for k in names], out_bytes)
+    reply, error, output = wc.exchange(
+        {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec, "shape": fi.shape,
+         "out": out_off, "layout": layout, "repeat": max(1, int(repeat))}, timeout)
+    notes = tuple(str(x) for x in (reply or {}).get("notes", ()))
+    if error is not None:
+        return FusedResult(error=error, notes=notes, output=output)
     grads, pos = {}, out_off
     for k, shape in layout:
         size = int(np.prod(shape))

@@ -161,7 +161,7 @@ class _Worker:
         text = os.pread(self.out.fileno(), OUTPUT_LIMIT, 0).decode("utf-8", "replace")
         return clip_output(text, size)
 
-    def tail(self, lines: int = 10) -> list[str]:
+    def tail(self, lines: int = 16) -> list[str]:
         if self.out.closed:
             return []
         size = os.fstat(self.out.fileno()).st_size
@@ -330,8 +330,41 @@ class IsolatedCandidate:
         self._worker = w
         return w
 
+    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY
+                 ) -> tuple[dict | None, str | None, str]:
+        """One request to the worker (started afresh if it died between calls) and its reply:
+        ``(reply, error, output)``.  A death or a timeout is the error and ends the worker
+        (and all it started); the candidate's error is the reply's."""
+        if self._closed:
+            raise SoftcheckError("this candidate was closed")
+        if self._worker is not None and self._worker.proc.poll() is not None:
+            self._worker.stop()                   # died between calls: start afresh
+            self._worker = None
+        try:
+            w = self._worker or self._start()
+        except SoftcheckError as e:
+            return None, f"restarting the candidate's process failed: {e}", ""
+        w.seq += 1
+        w.limit = limit
+        try:
+            w.send({**req, "seq": w.seq, "shm_size": self._size})
+            reply = w.receive(timeout)
+            if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+                raise _Died("the candidate's process sent an invalid reply")
+        except (TimeoutError, _Died) as e:
+            output = w.output()
+            timed_out = isinstance(e, TimeoutError)
+            w.stop(self.grace if timed_out else None)
+            self._worker = None
+            return None, (f"took longer than {timeout:g} s (--timeout); the candidate's "
+                          "process was stopped" if timed_out else str(e)), output
+        output = w.output()
+        return reply, (str(reply["error"]) if reply.get("error") else None), output
+
     def _place(self, arrays: list, out_bytes: int):
         """Write ``arrays`` into the shared file; descriptors for them and the output offset."""
+        # ascontiguousarray makes a 0-d array 1-d: keep every array's own shape
+        arrays = [np.ascontiguousarray(a).reshape(np.shape(a)) for a in arrays]
         offsets, pos = [], 0
         for a in arrays:
             offsets.append(pos)
@@ -355,45 +388,20 @@ class IsolatedCandidate:
             raise SoftcheckError("this candidate was closed")
         kw = self.kwargs(inputs) if kw is None else kw
         names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
-        # ascontiguousarray makes a 0-d array 1-d: keep every array's own shape
-        arrays = [np.ascontiguousarray(a).reshape(np.shape(a))
-                  for a in [*args, *(kw[k] for k in names)]]
+        arrays = [*args, *(kw[k] for k in names)]
         shape = tuple(inputs.logits.shape)
         size = 8 * int(np.prod(shape))
         descs, out_off = self._place(arrays, outputs * size)
         kw.update(zip(names, descs[len(args):]))
-        if self._worker is not None and self._worker.proc.poll() is not None:
-            self._worker.stop()                   # died between calls: start afresh
-            self._worker = None
-        try:
-            w = self._worker or self._start()
-        except SoftcheckError as e:
-            return CallResult(None, f"restarting the candidate's process failed: {e}")
-        w.seq += 1
         # the reply carries the forward's (N,) values as lists (about 9 bytes a number)
-        w.limit = max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16))
-        req = {"op": op, "seq": w.seq, "shm_size": self._size, "args": descs[:len(args)],
-               "kw": kw, "shape": shape, "case_dtype": inputs.logits.dtype.name,
-               "out": out_off, "repeat": max(1, int(repeat)), "spec": spec}
-        try:
-            w.send(req)
-            reply = w.receive(timeout)
-            if not isinstance(reply, dict) or reply.get("seq") != w.seq:
-                raise _Died("the candidate's process sent an invalid reply")
-        except TimeoutError:
-            output = w.output()
-            w.stop(self.grace)
-            self._worker = None
-            return CallResult(None, f"took longer than {timeout:g} s (--timeout); the "
-                                    "candidate's process was stopped", output=output)
-        except _Died as e:
-            output = w.output()
-            w.stop()
-            self._worker = None
-            return CallResult(None, str(e), output=output)
-        output = w.output()
-        if reply.get("error"):
-            return CallResult(None, str(reply["error"]), output=output)
+        reply, error, output = self.exchange(
+            {"op": op, "args": descs[:len(args)], "kw": kw, "shape": shape,
+             "case_dtype": inputs.logits.dtype.name, "out": out_off,
+             "repeat": max(1, int(repeat)), "spec": spec},
+            timeout, limit=max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16)))
+        if error is not None:
+            return CallResult(None, error, output=output)
+
         def read(k: int) -> np.ndarray:
             n = int(np.prod(shape))
             return np.frombuffer(self._mm, np.float64, n, out_off + k * size).reshape(shape).copy()

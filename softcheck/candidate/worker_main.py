@@ -146,7 +146,10 @@ def _flush() -> None:
             pass
 
 
-def main() -> None:
+def start(hvp: bool = True):
+    """Boot a worker process: die with the parent, enable faulthandler, read the hello, load
+    the TARGET (a load error is replied, then exit), reply ready.  Returns (sock, shm, hello,
+    candidate)."""
     ctl_fd, shm_fd, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
     _prctl(1, signal.SIGKILL)                     # PR_SET_PDEATHSIG: die with the parent
     if os.getppid() != parent:
@@ -162,8 +165,8 @@ def main() -> None:
     if hello is None:
         os._exit(0)
     try:
-        cand = load(hello["source"], hvp=hello["hvp_source"], label=hello["label"],
-                    settings=hello.get("settings"))
+        cand = load(hello["source"], hvp=hello.get("hvp_source") if hvp else None,
+                    label=hello["label"], settings=hello.get("settings"))
     except BaseException as e:  # noqa: BLE001 - SoftcheckError's message, or what the import raised
         msg = str(e) if isinstance(e, ValueError) else \
             f"importing TARGET {hello['source']} raised {type(e).__name__}"
@@ -176,16 +179,22 @@ def main() -> None:
         params, varkw = (), False
     _flush()
     _send(sock, {"ready": True, "params": [str(p) for p in params], "varkw": bool(varkw)})
+    return sock, shm, hello, cand
+
+
+def serve_forever(sock, shm: _Shm, handle) -> None:
+    """Answer requests until the parent closes the channel: each call's output captured
+    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent."""
     while True:
         req = _recv(sock)
         if req is None:
             os._exit(0)
         _flush()
-        os.ftruncate(1, 0)                        # per-call capture: fds 1 and 2 share this file
+        os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
         try:
             shm.ensure(req["shm_size"])
-            reply = serve_call(cand, shm, req)
+            reply = handle(req)
         except (KeyboardInterrupt, SystemExit) as e:
             reply = {"error": f"raised {type(e).__name__}"}
         except BaseException as e:  # noqa: BLE001
@@ -196,6 +205,11 @@ def main() -> None:
         _flush()
         reply["seq"] = req["seq"]
         _send(sock, reply)
+
+
+def main() -> None:
+    sock, shm, _, cand = start()
+    serve_forever(sock, shm, lambda req: serve_call(cand, shm, req))
 
 
 if __name__ == "__main__":
