@@ -11,7 +11,7 @@ import uuid
 
 import junitparser
 import pytest
-from reports import load_report
+from reports import leftover_processes, load_report
 
 TARGET = "tests/candidates/attacks.py:attack"
 SMALL = ["--classes", "5", "--batch", "3", "--dtype", "float64", "--regime", "normal,large"]
@@ -19,19 +19,7 @@ SMALL = ["--classes", "5", "--batch", "3", "--dtype", "float64", "--regime", "no
 
 def _leftovers(run_id: str) -> list[int]:
     """Processes still carrying this run's id in their environment (all its descendants)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as f:
-                    env = f.read()
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-            except OSError:
-                continue
-            if f"ATTACK_RUN={run_id}".encode() in env and not zombie:
-                found.append(int(name))
-    return found
+    return leftover_processes(f"ATTACK_RUN={run_id}")
 
 
 def check(tmp_path, attack, *extra, on_call=1, limit=120, target=TARGET, env_extra=None):

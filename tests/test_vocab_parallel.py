@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from reports import load_report
+from reports import leftover_processes, load_report
 
 pytest.importorskip("torch")
 
@@ -21,19 +21,8 @@ SMALL = ["--batch", "6", "--dtype", "float32", "--regime", "normal", "--repeat",
 
 
 def _leftovers(run_id: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as f:
-                    env = f.read()
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-            except OSError:
-                continue
-            if f"VP_RUN={run_id}".encode() in env and not zombie:
-                found.append(int(name))
-    return found
+    """Processes still carrying this run's id in their environment (all its descendants)."""
+    return leftover_processes(f"VP_RUN={run_id}")
 
 
 def check(tmp_path, fn, *extra, target=None, env_extra=None, expect_report=True):

@@ -7,7 +7,7 @@ import numpy as np
 from ..spec import FusedInputs
 from .cases import Case
 from .config import numpy_dtype
-from .inputs import _rng, weight_array
+from .inputs import _rng, upstream_gradient, weight_array
 
 #: the confident regime: the target logit of an aligned row (p_y ≈ 1 − V·e^-CONFIDENT_LOGIT)
 CONFIDENT_LOGIT = 30.0
@@ -57,13 +57,6 @@ def make_fused_inputs(case: Case, *, upstream: str = "auto") -> FusedInputs:
         target = np.concatenate([lab[:, 1:], np.full((b, 1), ii)], 1).reshape(-1)
         raw = labels
     weight = weight_array(s.weight, v, case.seed, dt)
-    if s.reduction == "none" and upstream != "one":
-        go = rng.uniform(0.25, 2.0, n).astype(dt).astype(np.float64)
-    elif s.reduction == "none":
-        go = np.ones(n)
-    elif upstream == "random":
-        go = np.float64(np.float64(rng.uniform(0.5, 2.0)).astype(dt))
-    else:
-        go = np.float64(1.0)
+    go = upstream_gradient(rng, s.reduction, upstream, n, dt)
     return FusedInputs(x.astype(dt), w.astype(dt), None if bias is None else bias.astype(dt),
                        target.astype(np.int64), weight, go, s, shape, raw)

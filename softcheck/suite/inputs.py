@@ -31,6 +31,18 @@ def weight_array(weight, classes: int, seed: int, dtype) -> np.ndarray | None:
     return w.astype(dtype)
 
 
+def upstream_gradient(rng: np.random.Generator, reduction: str, upstream: str, n: int, dt):
+    """The gradient flowing into the loss (see ``make_inputs``): a random non-uniform (N,)
+    vector for none, else 1 or (``upstream="random"``) a random scalar, rounded to ``dt``."""
+    if reduction == "none" and upstream != "one":
+        return rng.uniform(0.25, 2.0, n).astype(dt).astype(np.float64)
+    if reduction == "none":
+        return np.ones(n)
+    if upstream == "random":
+        return np.float64(np.float64(rng.uniform(0.5, 2.0)).astype(dt))
+    return np.float64(1.0)
+
+
 def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
     """Draw the case's inputs (float64, seed-determined) and round them to the case dtype.
 
@@ -73,14 +85,7 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
             q[1::2] *= rng.uniform(0.5, 0.9, (len(q[1::2]), 1))  # rows that do not sum to one
         target = q.astype(dt)
     weight = weight_array(s.weight, c, case.seed, dt)
-    if s.reduction == "none" and upstream != "one":
-        go = rng.uniform(0.25, 2.0, n).astype(dt).astype(np.float64)
-    elif s.reduction == "none":
-        go = np.ones(n)
-    elif upstream == "random":
-        go = np.float64(np.float64(rng.uniform(0.5, 2.0)).astype(dt))
-    else:
-        go = np.float64(1.0)
+    go = upstream_gradient(rng, s.reduction, upstream, n, dt)
     return Inputs(z.astype(dt), target, weight, go, s)
 
 
