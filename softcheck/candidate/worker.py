@@ -48,7 +48,8 @@ class _Worker:
     """One live worker process, its channel and output file; ``stop`` ends it and all it started."""
 
     def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
-                 pids: list[int], module: str = "softcheck.candidate.worker_main"):
+                 pids: list[int], module: str = "softcheck.candidate.worker_main", *,
+                 wait: bool = True):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
@@ -82,6 +83,16 @@ class _Worker:
             self.pidfd = None
         try:
             self.send(hello)
+        except BaseException:
+            self.stop()
+            raise
+        if wait:
+            self.handshake(start_timeout)
+
+    def handshake(self, start_timeout: float | None) -> None:
+        """Wait for the ready message (the TARGET loaded); ``wait=False`` lets several
+        processes start at once and be waited for in turn (the tensor-parallel ranks)."""
+        try:
             self.ready = self.receive(start_timeout)
         except BaseException:
             self.stop()
