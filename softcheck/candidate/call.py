@@ -166,30 +166,38 @@ def max_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], case_dtype,
-           repeat: int = 1) -> tuple[np.ndarray | None, str | None, list[str], float]:
+           repeat: int = 1, *, pristine: Callable[[], list] | None = None, sink=None
+           ) -> tuple[np.ndarray | None, str | None, list[str], float]:
     """Call ``fn(*args, **kw)`` ``repeat`` times on identical fresh inputs (``fresh()``) and
     judge what it does: ``(grad float64, error, notes, nondet)``.  Everything the candidate's
-    objects do (``__array__``, ``.detach()``, ``str(e)``) happens inside this call."""
+    objects do (``__array__``, ``.detach()``, ``str(e)``) happens inside this call.
+
+    Large cases (shared.py): ``pristine()`` gives the arguments' untouched originals instead
+    of copies; ``sink.store(arr)`` keeps the first gradient without a float64 copy and
+    ``sink.diff(arr)`` compares a repeated call's with it block by block (grad is then None:
+    it lives where the sink put it)."""
     case_dtype = np.dtype(case_dtype)
     notes: list[str] = []
     first = first_out = first_arr = None
     nondet, differs, same_buffer = 0.0, False, False
     for i in range(max(1, repeat)):
         args, kw = fresh()
-        originals = [np.array(a, copy=True) for a in args]
+        originals = pristine() if pristine else [np.array(a, copy=True) for a in args]
         kw_originals = {k: np.array(v, copy=True) for k, v in kw.items()
                         if isinstance(v, np.ndarray)}
         where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
         try:
             out = fn(*args, **kw)
             arr = to_array(out, shape)
-            grad = np.array(arr, np.float64, copy=True)
+            grad = np.array(arr, np.float64, copy=True) if sink is None else None
         except CandidateError as e:
             return None, str(e) + where, notes, 0.0
         except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
             return None, format_exception(e) + where, notes, 0.0
         if i == 0:
-            if not np.array_equal(args[0], originals[0], equal_nan=True):
+            from .shared import same_values
+
+            if not same_values(args[0], originals[0]):
                 notes.append("wrote into its logits argument (allowed: each call gets a fresh copy)")
             for name, a, o in zip(("target", "direction"), args[1:], originals[1:]):
                 if not np.array_equal(a, o, equal_nan=True):
@@ -204,6 +212,13 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
                     note += " (JAX x64 is off in the candidate's process?)"
                 notes.append(note)
             first, first_out, first_arr = grad, out, arr
+            if sink is not None:              # kept in shared memory: drop the candidate's
+                notes.extend(sink.store(arr))
+                first_out = first_arr = None
+        elif sink is not None:
+            d = sink.diff(arr)
+            if d is not None:
+                differs, nondet = True, max(nondet, d)
         else:
             if (out is first_out or np.shares_memory(arr, first_arr)
                     or np.array(first_arr, np.float64).tobytes() != first.tobytes()):
@@ -211,6 +226,8 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
             if grad.tobytes() != first.tobytes():
                 differs = True
                 nondet = max(nondet, max_difference(first, grad))
+        if sink is not None:
+            out = arr = args = kw = originals = None   # a repeat runs with only the kept one
     if same_buffer:
         notes.append("returned the same buffer on two calls")
     if differs:

@@ -253,6 +253,7 @@ class IsolatedCandidate:
         self._shm_fd = os.memfd_create("softcheck", 0)
         os.set_inheritable(self._shm_fd, False)
         self._mm, self._size = None, 0
+        self._shared = None                       # a large case's logits (shared.py)
         self._worker: _Worker | None = None
         self._closed = False
         _CANDIDATES.add(self)
@@ -277,7 +278,18 @@ class IsolatedCandidate:
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1) -> CallResult:
         if self.settings.convention != "grad":
             return self._call_convention(inputs, timeout, repeat)
+        if self._shared is not None and inputs.logits is self._shared:
+            from .shared import call_shared
+
+            return call_shared(self, inputs, timeout, repeat)
         return self._call("call", inputs, [inputs.logits, inputs.target], timeout, repeat)
+
+    def shared_logits(self, shape: tuple[int, int], dtype) -> np.ndarray:
+        """A large case's logits, made in the shared file: sent without a copy (shared.py)."""
+        from .shared import logits_in
+
+        self._shared = logits_in(self, shape, dtype)
+        return self._shared
 
     def _call_convention(self, inputs: Inputs, timeout, repeat) -> CallResult:
         """A loss / inplace / split / autograd.Function kernel: the worker runs the
@@ -385,7 +397,10 @@ class IsolatedCandidate:
             size = max(need, 2 * self._size, 1 << 16)
             os.ftruncate(self._shm_fd, size)
             if self._mm is not None:
-                self._mm.close()
+                try:
+                    self._mm.close()
+                except BufferError:         # a large case's views of it live on
+                    pass
             self._mm, self._size = mmap.mmap(self._shm_fd, size), size
         for a, off in zip(arrays, offsets):
             np.frombuffer(self._mm, np.uint8, a.nbytes, off)[:] = a.reshape(-1).view(np.uint8)

@@ -126,14 +126,23 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
     if fn is None:
         return {"error": "no Hessian-vector product function was given"}
 
+    stream = bool(req.get("stream"))          # a large case's logits in place (shared.py)
+    from . import shared
+
     def fresh():
-        return (tuple(shm.fresh(d) for d in req["args"]),
+        return (tuple(shared.private(shm, d) if stream and i == 0 else shm.fresh(d)
+                      for i, d in enumerate(req["args"])),
                 {k: shm.fresh(v) for k, v in req["kw"].items()})
 
-    grad, error, notes, nondet = invoke(fn, fresh, tuple(req["shape"]),
-                                        _dtype(req["case_dtype"]), req["repeat"])
+    sink = shared.Sink(shm, req) if stream else None
+    grad, error, notes, nondet = invoke(
+        fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), req["repeat"],
+        pristine=(lambda: shared.pristine(shm, req["args"])) if stream else None, sink=sink)
     if error is not None:
         return {"error": error, "notes": [str(x) for x in notes]}
+    if sink is not None:
+        return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet),
+                "out_dtype": sink.dtype}
     np.frombuffer(shm.mm, np.float64, grad.size, req["out"])[:] = grad.ravel()
     return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet)}
 

@@ -117,6 +117,7 @@ class _LazyBar(_Quiet):
         super().__init__(estimate)
         self.console, self.t0 = console, time.perf_counter()
         self.done, self.total, self.current = 0, None, ""
+        self.blocks, self.detail = None, ""
         self.bar = self.task = None
         self.lock = threading.Lock()
         self.timer = threading.Timer(self.DELAY, self._show)
@@ -128,11 +129,25 @@ class _LazyBar(_Quiet):
         self.timer.start()
 
     def case_started(self, name: str) -> None:
-        self.current = name
+        self.current, self.blocks, self.detail = name, None, ""
+        self._update()
+
+    def block(self, done: int, total: int) -> None:
+        """One long case's progress: blocks of rows judged, their rate and the case's ETA."""
+        import time
+
+        now = time.perf_counter()
+        if self.blocks is None or done <= 1:
+            self.blocks = (now, done)
+        t_start, d0 = self.blocks
+        rate = (done - d0) / max(now - t_start, 1e-9)
+        eta = f", ETA {duration((total - done) / rate)}" if rate > 0 and done > d0 else ""
+        self.detail = f"block {done}/{total} ({rate:.1f}/s{eta})"
         self._update()
 
     def __call__(self, result) -> None:
         self.done += 1
+        self.detail = ""
         self._update()
 
     def _show(self) -> None:
@@ -159,7 +174,8 @@ class _LazyBar(_Quiet):
                 return
             rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(self.task, completed=self.done, total=self.total,
-                            rate=f"{rate:.1f} cases/s", case=self.current[:24])
+                            rate=f"{rate:.1f} cases/s",
+                            case=(self.current[:24] + " " + self.detail).rstrip())
 
     def close(self) -> None:
         self.timer.cancel()

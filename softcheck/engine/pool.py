@@ -10,6 +10,7 @@ from ..candidate import CallPolicy
 from ..reference import finite_difference
 from ..spec import SoftcheckError
 from ..suite.cases import Case
+from ..suite.config import numpy_dtype
 from .case import run_case
 from .results import CaseResult
 
@@ -21,6 +22,16 @@ class Job:
     case: Case
     candidate: object = None
     policy: CallPolicy = CallPolicy()
+
+
+def judge(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(), progress=None
+          ) -> CaseResult:
+    """One case: streamed a block of rows at a time when large (stream.py), else whole."""
+    from .stream import run_streamed, should_stream
+
+    if should_stream(case, candidate):
+        return run_streamed(case, candidate, policy=policy, progress=progress)
+    return run_case(case, candidate, policy=policy)
 
 
 def run_cases(cases: list[Case], candidate=None, *, policy: CallPolicy = CallPolicy(),
@@ -46,7 +57,7 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
     for job in jobs:
         if progress is not None and hasattr(progress, "case_started"):
             progress.case_started(job.case.name)
-        r = run_case(job.case, job.candidate, policy=job.policy)
+        r = judge(job.case, job.candidate, policy=job.policy, progress=progress)
         results.append(r)
         if progress:
             progress(r)
@@ -76,10 +87,37 @@ BYTES_PER_LOGIT = 300
 BYTES_PER_FUSED_ENTRY = 80
 
 
+#: a streamed case (stream.py), per logit: the logits in the case dtype and the gradient kept
+#: in shared memory (4 bytes, 8 for float64: shared.py), plus what a plain candidate itself
+#: allocates (its returned gradient and temporaries: about 2 arrays of its dtype, float32 at
+#: least); the references hold ~30 float64 arrays of one block (BLOCK_ELEMENTS) at a time.
+STREAM_CANDIDATE_ARRAYS = 2
+STREAM_BLOCK_ARRAYS = 30
+
+
 def estimate_bytes(case: Case) -> float:
+    """Peak bytes of one case: whole-array ~300 B/logit; streamed per dtype (stream.py)."""
+    from .stream import BLOCK_ELEMENTS, should_stream
+
     if case.hidden is not None:
         return BASE_BYTES + BYTES_PER_FUSED_ENTRY * (case.batch + case.classes) * case.hidden
-    return BASE_BYTES + BYTES_PER_LOGIT * case.batch * case.classes
+    n = case.batch * case.classes
+    if not should_stream(case):
+        return BASE_BYTES + BYTES_PER_LOGIT * n
+    item = numpy_dtype(case.dtype).itemsize
+    kept = 8 if item >= 8 else 4
+    return (BASE_BYTES + n * (item + kept + STREAM_CANDIDATE_ARRAYS * max(item, 4))
+            + STREAM_BLOCK_ARRAYS * 8 * BLOCK_ELEMENTS)
+
+
+def per_logit(case: Case) -> str:
+    """How ``estimate_bytes`` counted, for the refusal."""
+    from .stream import should_stream
+
+    if case.hidden is not None or not should_stream(case):
+        return f"~{BYTES_PER_LOGIT} bytes each"
+    return (f"~{(estimate_bytes(case) - BASE_BYTES) / (case.batch * case.classes):.0f} "
+            f"bytes each in {case.dtype}, streamed")
 
 
 def available_bytes() -> float | None:
@@ -108,7 +146,7 @@ def check_memory(cases: list[Case], workers: int = 1) -> None:
         each = f", times {workers} workers" if workers > 1 else ""
         raise SoftcheckError(
             f"case {big.name} needs about {need / 2**30:.1f} GiB of memory "
-            f"({big.batch}×{big.classes} logits at ~{BYTES_PER_LOGIT} bytes each{each}) but "
+            f"({big.batch}×{big.classes} logits at {per_logit(big)}{each}) but "
             f"{have / 2**30:.1f} GiB are available; lower --batch or --classes"
             + (" or --jobs" if workers > 1 else ""))
 
@@ -171,4 +209,4 @@ def _work(payload) -> CaseResult:
                 _WORKER_CANDIDATES[cand_info] = IsolatedCandidate(
                     source, hvp_source, label, x64=x64, settings=settings)
         cand = _WORKER_CANDIDATES[cand_info]
-    return run_case(case, cand, policy=policy)
+    return judge(case, cand, policy=policy)

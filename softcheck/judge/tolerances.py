@@ -78,10 +78,16 @@ TABLE: dict[str, DtypeTolerance] = {
 def condition(logits64: np.ndarray, temperature: float, softcap: float | None) -> float:
     """κ = 1 + max|v| + ln C over the finite transformed logits v (see the module docstring)."""
     z = logits64[np.isfinite(logits64)]
-    vmax = float(np.max(np.abs(z))) / temperature if z.size else 0.0
+    return condition_of(float(np.max(np.abs(z), initial=0.0)), logits64.shape[-1], temperature,
+                        softcap)
+
+
+def condition_of(zmax: float, classes: int, temperature: float, softcap: float | None) -> float:
+    """κ from the largest finite |z| (a streamed case finds it a block at a time)."""
+    vmax = zmax / temperature
     if softcap:
         vmax = min(vmax, softcap)
-    return 1.0 + vmax + math.log(max(logits64.shape[-1], 1))
+    return 1.0 + vmax + math.log(max(classes, 1))
 
 
 def allowed(dtype: str, kappa: float, scale: float, reference: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -83,9 +83,28 @@ def _forward(inputs: Inputs, cd):
     return z, t, p, lse
 
 
-def _grad_v(inputs: Inputs, cd, p, lse):
+def mean_totals(inputs: Inputs, cd=np.float64, wy=None) -> tuple[float, float]:
+    """The mean's denominators (D, n) of index-target ``inputs``: D = Σ w[y] over the valid
+    rows (n with --mean-over valid), n the valid count; --mean-over batch or a number
+    replaces both (``_grad_v``).  A block of rows is judged with its batch's (stream.py)."""
+    spec = inputs.spec
+    valid = inputs.valid
+    if wy is None:
+        c = inputs.logits.shape[1]
+        w = np.ones(c, cd) if inputs.weight is None else np.asarray(inputs.weight, cd)
+        wy = (w[np.where(valid, inputs.target, 0)] * valid).astype(cd)[:, None]
+    denom, count = float(np.sum(wy)), float(np.sum(valid))
+    if spec.mean_over == "valid":
+        denom = count
+    if spec.mean_over == "batch" or isinstance(spec.mean_over, int):
+        denom = count = float(len(valid) if spec.mean_over == "batch" else spec.mean_over)
+    return denom, count
+
+
+def _grad_v(inputs: Inputs, cd, p, lse, totals=None):
     """∂L/∂v (before the softcap and temperature chain factors) from (1), with the per-row
-    scales α, β and the target mass Σm (used by the Hessian)."""
+    scales α, β and the target mass Σm (used by the Hessian).  ``totals``: the mean's
+    denominators (D, n) of the whole batch when ``inputs`` is a block of its rows."""
     spec = inputs.spec
     n, c = p.shape
     w = np.ones(c, cd) if inputs.weight is None else np.asarray(inputs.weight, cd)
@@ -107,9 +126,7 @@ def _grad_v(inputs: Inputs, cd, p, lse):
             g += (eps / (c - 1)) * ((big_w - wy) * p - w * (1 - onehot))
             mass = mass + eps / (c - 1) * (big_w - wy[:, 0])
         g *= valid[:, None]
-        denom, count = float(np.sum(wy)), float(np.sum(valid))
-        if spec.mean_over == "valid":
-            denom = count
+        denom, count = mean_totals(inputs, cd, wy)
     else:
         q = np.asarray(inputs.target, cd)
         if uniform:
@@ -124,6 +141,8 @@ def _grad_v(inputs: Inputs, cd, p, lse):
         denom = count = float(n)
     if spec.mean_over == "batch" or isinstance(spec.mean_over, int):
         denom = count = float(n if spec.mean_over == "batch" else spec.mean_over)
+    if totals is not None:                  # a block of rows: the whole batch's
+        denom, count = (float(x) for x in totals)
     go = np.broadcast_to(np.asarray(inputs.grad_output, np.float64), (n,))
     if spec.reduction == "mean":
         alpha = go / denom if denom > 0 else np.zeros(n)
@@ -137,19 +156,21 @@ def _grad_v(inputs: Inputs, cd, p, lse):
     return gv, alpha, beta, mass
 
 
-def gradient(inputs: Inputs, *, native: bool = False) -> np.ndarray:
+def gradient(inputs: Inputs, *, native: bool = False, totals=None) -> np.ndarray:
     """∂L/∂logits (times the upstream gradient), in the dtype of ``inputs.logits``: computed
     in float32 for 16-bit dtypes (as fused kernels do), or with ``native`` in the dtype itself
     (every intermediate rounded to it, as a framework's plain bf16/f16 ops do).  Memoized on
-    ``inputs`` (read-only result)."""
-    return inputs.memo(("analytic.gradient", native), lambda: _gradient(inputs, native))
+    ``inputs`` (read-only result).  ``totals``: the batch's mean denominators (D, n) when
+    ``inputs`` is a block of its rows (engine/stream.py)."""
+    key = ("analytic.gradient", native, None if totals is None else tuple(totals))
+    return inputs.memo(key, lambda: _gradient(inputs, native, totals))
 
 
-def _gradient(inputs: Inputs, native: bool) -> np.ndarray:
+def _gradient(inputs: Inputs, native: bool, totals=None) -> np.ndarray:
     cd = np.dtype(inputs.logits.dtype).type if native else compute_dtype(inputs.logits.dtype)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, cd)
-        gv = _grad_v(inputs, cd, p, lse)[0]
+        gv = _grad_v(inputs, cd, p, lse, totals)[0]
         if t is not None:
             gv = gv * (1 - t * t)
         g = gv / cd(inputs.spec.divisor)

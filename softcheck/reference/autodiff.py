@@ -30,11 +30,12 @@ def _jitted(hard: bool, what: str):
     return jax.jit(hvp)
 
 
-def autodiff(inputs: Inputs) -> np.ndarray:
-    """``jax.grad`` of the reference loss (the upstream gradient folded in), float64."""
+def autodiff(inputs: Inputs, totals=None) -> np.ndarray:
+    """``jax.grad`` of the reference loss (the upstream gradient folded in), float64;
+    ``totals``: the batch's mean denominators when ``inputs`` is a block of its rows."""
     jaxsetup.load()                       # x64 on (a caller may have restored it off)
     fn = _jitted(inputs.spec.hard, "grad")
-    return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs)))
+    return np.asarray(fn(inputs.logits64, inputs.target64, params(inputs, totals)))
 
 
 def autodiff_hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:

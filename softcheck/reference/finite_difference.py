@@ -78,16 +78,18 @@ class RowStats:
         return float(s)
 
 
-def row_stats(inputs: Inputs) -> RowStats:
-    """The per-row magnitudes of ``inputs`` (memoized on it)."""
-    return inputs.memo("row_stats", lambda: _row_stats(inputs))
+def row_stats(inputs: Inputs, totals=None) -> RowStats:
+    """The per-row magnitudes of ``inputs`` (memoized on it); ``totals``: the batch's mean
+    denominators when ``inputs`` is a block of its rows (engine/stream.py)."""
+    key = ("row_stats", None if totals is None else tuple(totals))
+    return inputs.memo(key, lambda: _row_stats(inputs, totals))
 
 
-def _row_stats(inputs: Inputs) -> RowStats:
+def _row_stats(inputs: Inputs, totals=None) -> RowStats:
     spec = inputs.spec
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, np.float64)
-        _, alpha, beta, mass = _grad_v(inputs, np.float64, p, lse)
+        _, alpha, beta, mass = _grad_v(inputs, np.float64, p, lse, totals)
         v = inputs.logits64 / spec.divisor
         if t is not None:
             v = spec.softcap * np.tanh(v / spec.softcap)
@@ -199,23 +201,24 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
                       columns: np.ndarray | None = None, budget: float | None = None,
                       probes: int = 8, priority: np.ndarray | None = None,
                       project: dict | None = None,
-                      seed: int = 0) -> FDResult:
+                      seed: int = 0, totals=None) -> FDResult:
     """Finite-difference gradient of the reference loss.
 
     Every coordinate while ``EVALS·N·C`` element evaluations fit ``budget``; beyond it a
     subset of columns (every target column, then the columns of the largest ``|priority|``
     entries, then random ones) plus ``probes`` directional derivatives over every coordinate.
-    ``step`` overrides the derived per-row step (``softcheck steps``).
+    ``step`` overrides the derived per-row step (``softcheck steps``).  ``totals``: the batch's
+    mean denominators when ``inputs`` is a block of its rows (engine/stream.py).
     """
     n, c = inputs.logits.shape
     method = method or default_fd_method(n, c, budget or FD_BUDGET)
-    st = row_stats(inputs)
+    st = row_stats(inputs, totals)
     h, band = fd_plan(st, method)
     if step is not None:
         h = np.broadcast_to(np.asarray(step, np.float64), (n,)).copy()
     z = inputs.logits64
     target = inputs.target64
-    prm = params(inputs)
+    prm = params(inputs, totals)
     hard = inputs.spec.hard
 
     feats, sparse = features(prm), _sparse(inputs, prm)
@@ -252,21 +255,27 @@ def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarr
         first = np.argmax(inputs.target64, -1)
     chosen = list(dict.fromkeys(int(j) for j in first))
     if priority is not None:
-        flat = np.argsort(-np.abs(np.nan_to_num(priority)), axis=None)[: 4 * count]
+        # ties in index order (stable): a block-by-block choice finds the same (stream.py)
+        flat = np.argsort(-np.abs(np.nan_to_num(priority)), axis=None, kind="stable")[: 4 * count]
         chosen += [int(j) for j in dict.fromkeys(flat % c)]
     rng = np.random.default_rng([seed, 3])
     chosen += [int(j) for j in rng.permutation(c)]
     return np.array(list(dict.fromkeys(chosen))[:count])
 
 
+def probe_rng(seed: int, k: int) -> np.random.Generator:
+    """Probe k's own generator: its direction is the same drawn whole or a block of rows at a
+    time (engine/stream.py)."""
+    return np.random.default_rng([seed, 4, k])
+
+
 def _probes(rows, z, st: RowStats, count: int, seed: int, project: dict) -> tuple[Probe, ...]:
-    rng = np.random.default_rng([seed, 4])
     finite = np.isfinite(z)
     gamma = 8 + math.log2(max(st.classes, 2))
     f1 = st.a + st.b * st.lse
     out = []
-    for _ in range(count):
-        d = rng.standard_normal(z.shape)
+    for k in range(count):
+        d = probe_rng(seed, k).standard_normal(z.shape)
         d = np.where(finite, d, 0.0)
         d -= np.where(finite, np.sum(d, -1, keepdims=True) / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
         zc = z.astype(np.complex128) + 1j * COMPLEX_STEP * d

@@ -51,12 +51,15 @@ def _identity(x):
     return x
 
 
-def params(inputs: Inputs) -> dict:
-    """The option values as arrays (so one compiled JAX function serves every option value)."""
+def params(inputs: Inputs, totals=None) -> dict:
+    """The option values as arrays (so one compiled JAX function serves every option value);
+    ``totals`` (D, n): the whole batch's mean denominators for a block of its rows."""
     spec = inputs.spec
     n, c = inputs.logits.shape
     w = inputs.weight64
-    return {
+    extra = {} if totals is None else {"denom": np.float64(totals[0]),
+                                       "count": np.float64(totals[1])}
+    return extra | {
         "weight": np.ones(c) if w is None else w,
         "ignore_index": NO_IGNORE if spec.ignore_index is None else np.int64(spec.ignore_index),
         "eps": np.float64(spec.label_smoothing),
@@ -121,15 +124,18 @@ def target_terms(xp, target, prm, hard: bool, c: int) -> TargetTerms:
     q = xp.where(prm["others"], others, uniform)
     m = prm["weight"] * q
     nb = np.float64(target.shape[0])
-    if hard:
-        denom = xp.sum(vf * xp.sum(prm["weight"] * q0, -1))
-        count = xp.sum(vf)
+    if "denom" in prm:      # a block of rows of a larger batch: the batch's final totals
+        denom, count = prm["denom"], prm["count"]
     else:
-        denom = count = nb
-    mode = prm["mean_over"]
-    denom = xp.where(mode == 0, denom, xp.where(mode == 1, count,
-                                                 xp.where(mode == 2, nb, prm["n_items"])))
-    count = xp.where(mode <= 1, count, xp.where(mode == 2, nb, prm["n_items"]))
+        if hard:
+            denom = xp.sum(vf * xp.sum(prm["weight"] * q0, -1))
+            count = xp.sum(vf)
+        else:
+            denom = count = nb
+        mode = prm["mean_over"]
+        denom = xp.where(mode == 0, denom, xp.where(mode == 1, count,
+                                                     xp.where(mode == 2, nb, prm["n_items"])))
+        count = xp.where(mode <= 1, count, xp.where(mode == 2, nb, prm["n_items"]))
     go = prm["go"]
     alpha = xp.where(prm["mean"], go / xp.where(denom > 0, denom, 1.0), go)
     beta = xp.where(prm["mean"], go / xp.where(count > 0, count, 1.0), go)

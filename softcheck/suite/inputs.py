@@ -165,3 +165,54 @@ def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, wei
     if spec.reduction == "none" and go.shape != (n,):
         raise SoftcheckError(f"grad_output for reduction none must have shape ({n},)")
     return Inputs(z, t if spec.hard else t.astype(z.dtype), w, go, spec)
+
+
+#: regimes whose logits can be drawn a block of rows at a time into the case dtype (the
+#: same numbers as ``make_inputs``: a generator gives the same stream drawn in pieces)
+STREAM_REGIMES = ("normal", "confident", "wrong", "masked")
+
+
+def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
+                     block: int = 1 << 20) -> Inputs:
+    """``make_inputs`` for a large case (index targets, a regime of STREAM_REGIMES), its
+    logits written into ``out`` (N, C) of the case dtype with float64 one block at a time:
+    the same numbers (tests/test_stream.py)."""
+    s = case.spec
+    n, c = case.batch, case.classes
+    rng = _rng(case, "inputs")
+    dt = numpy_dtype(case.dtype)
+    ii = s.ignore_index
+    if ii is not None and 0 <= ii < c:
+        y = rng.integers(0, c - 1, n)
+        y = y + (y >= ii)                          # choices[k]: every class but ii, in order
+    else:
+        y = rng.integers(0, c, n)
+    ignored = np.zeros(n, bool)
+    if ii is not None:
+        if case.regime == "all-ignored":
+            ignored[:] = True
+        elif n > 1:
+            ignored[rng.choice(n, max(1, n // 3), replace=False)] = True
+    step = max(1, block // c)
+    rowmax = np.empty(n)
+    for i in range(0, n, step):
+        z = rng.standard_normal((min(step, n - i), c)) * 2.0
+        rowmax[i:i + len(z)] = np.max(z, -1)
+        if case.regime == "confident":
+            z[np.arange(len(z)), y[i:i + len(z)]] = rowmax[i:i + len(z)] + 30.0
+        out[i:i + len(z)] = z.astype(dt)
+    rows = np.arange(n)
+    if case.regime == "wrong" and c > 1:
+        other = (y + 1 + rng.integers(0, c - 1, n)) % c
+        out[rows, other] = (rowmax + 30.0).astype(dt)
+    elif case.regime == "masked" and c > 1:
+        for i in range(0, n, step):
+            r = rows[i:i + step]
+            mask = rng.random((len(r), c)) < 0.3
+            mask[np.arange(len(r)), y[r]] = False
+            mask[np.arange(len(r)), (y[r] + 1) % c] = True
+            out[r[0]:r[-1] + 1][mask] = -np.inf
+    target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
+    weight = weight_array(s.weight, c, case.seed, dt)
+    go = upstream_gradient(rng, s.reduction, upstream, n, dt)
+    return Inputs(out, target, weight, go, s)

@@ -1,0 +1,170 @@
+"""A large case's arrays in the shared file without copies (engine/stream.py).
+
+Parent side (``logits_in``, ``call_shared``): the logits are drawn straight into the shared
+file at offset 0 and sent as they are; the gradient comes back after them, page-aligned, in
+its own precision (4 bytes a logit, 8 for float64) and is read in place.  Worker side
+(``private``, ``pristine``, ``Sink``): the candidate gets a copy-on-write private mapping of
+the logits (an in-place kernel writes only its own pages; the pages it does not touch are
+never copied), the untouched original is the shared pages themselves, and the gradient is
+kept in shared memory: a repeated call (the determinism check) is compared with it block by
+block and dropped.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+
+from .call import CallResult, max_difference
+
+#: room after the logits and the gradient for the target and the keyword arrays
+EXTRA_BYTES = 1 << 24
+#: elements per block when copying or comparing a gradient
+BLOCK = 1 << 20
+
+
+def page(n: int) -> int:
+    return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def room(dtype) -> int:
+    """Bytes per entry kept for the gradient: float32 precision, float64 for a float64 case."""
+    return 8 if np.dtype(dtype).itemsize >= 8 else 4
+
+
+def _grow(wc, size: int) -> None:
+    if size > wc._size:
+        os.ftruncate(wc._shm_fd, size)
+        old = wc._mm
+        wc._mm, wc._size = mmap.mmap(wc._shm_fd, size), size
+        if old is not None:
+            try:
+                old.close()
+            except BufferError:          # views of it live on (the same file's pages)
+                pass
+
+
+def logits_in(wc, shape: tuple[int, int], dtype) -> np.ndarray:
+    """An (N, C) array of ``dtype`` at offset 0 of ``wc``'s shared file, room after it."""
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    _grow(wc, page(count * dt.itemsize) + page(count * room(dt)) + EXTRA_BYTES)
+    return np.frombuffer(wc._mm, dt, count, 0).reshape(shape)
+
+
+def call_shared(wc, inputs, timeout, repeat) -> CallResult:
+    """``IsolatedCandidate._call`` for logits made by ``logits_in``: nothing full-size is
+    copied; the returned gradient is a view of the shared file in the precision it was kept."""
+    from .worker_main import _dtype
+
+    kw = wc.kwargs(inputs)
+    names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
+    z = inputs.logits
+    shape, count = tuple(int(s) for s in z.shape), int(z.size)
+    out = page(z.nbytes)
+    pos = page(out + room(z.dtype) * count)
+    descs = []
+    for a in [inputs.target] + [kw[k] for k in names]:
+        a = np.ascontiguousarray(a).reshape(np.shape(a))
+        _grow(wc, pos + a.nbytes)
+        np.frombuffer(wc._mm, np.uint8, a.nbytes, pos)[:] = a.reshape(-1).view(np.uint8)
+        descs.append(("arr", pos, tuple(int(s) for s in a.shape), a.dtype.name))
+        pos += -(-a.nbytes // 64) * 64
+    kw.update(zip(names, descs[1:]))
+    reply, error, output = wc.exchange(
+        {"op": "call", "args": [("arr", 0, shape, z.dtype.name), descs[0]], "kw": kw,
+         "shape": shape, "case_dtype": z.dtype.name, "out": out, "repeat": max(1, int(repeat)),
+         "spec": None, "stream": True, "out_itemsize": room(z.dtype)}, timeout)
+    if error is not None:
+        return CallResult(None, error, output=output)
+    grad = np.frombuffer(wc._mm, _dtype(reply["out_dtype"]), count, out).reshape(shape)
+    return CallResult(grad, None, tuple(str(n) for n in reply.get("notes", ())),
+                      output=output, nondet=float(reply.get("nondet", 0.0)))
+
+
+# -- worker side ------------------------------------------------------------------------
+def _view(shm, desc, writeable: bool = False):
+    _, off, shape, dt = desc
+    from .worker_main import _dtype
+
+    dt = _dtype(dt)
+    view = np.frombuffer(shm.mm, dt, int(np.prod(shape, dtype=np.int64)), off).reshape(shape)
+    view.flags.writeable = writeable
+    return view
+
+
+def private(shm, desc) -> np.ndarray:
+    """A writable copy-on-write mapping of the page-aligned logits: the candidate may write
+    into it; the shared pages stay as they were."""
+    _, off, shape, dt = desc
+    from .worker_main import _dtype
+
+    dt = _dtype(dt)
+    count = int(np.prod(shape, dtype=np.int64))
+    mm = mmap.mmap(shm.fd, max(1, count * dt.itemsize), flags=mmap.MAP_PRIVATE,
+                   prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=off)
+    return np.frombuffer(mm, dt, count).reshape(shape)
+
+
+def pristine(shm, descs) -> list:
+    """The arguments' untouched originals: the logits' shared pages themselves (read-only)."""
+    return [_view(shm, d) if i == 0 else shm.fresh(d) for i, d in enumerate(descs)]
+
+
+def _rows(arr, test=None, out=None) -> bool:
+    """Copy ``arr`` into ``out`` a block of rows at a time, or check ``test`` on every block."""
+    step = max(1, BLOCK // max(1, arr.shape[1]))
+    for i in range(0, arr.shape[0], step):
+        if out is not None:
+            out[i:i + step] = arr[i:i + step]
+        elif not test(np.asarray(arr[i:i + step])):
+            return False
+    return True
+
+
+def same_values(a, b) -> bool:
+    """``np.array_equal(a, b, equal_nan=True)`` a block of rows at a time."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 2 or a.size <= BLOCK:
+        return np.array_equal(a, b, equal_nan=True)
+    step = max(1, BLOCK // max(1, a.shape[1]))
+    return all(np.array_equal(a[i:i + step], b[i:i + step], equal_nan=True)
+               for i in range(0, a.shape[0], step))
+
+
+class Sink:
+    """The gradient kept in shared memory in its own precision (the case dtype when its
+    values are exactly that, else float32, or float64 for a float64 case), and a repeated
+    call's compared with it block by block (``call.invoke``'s sink)."""
+
+    def __init__(self, shm, req: dict):
+        self.shm, self.req, self.view, self.dtype = shm, req, None, None
+
+    def store(self, arr) -> list[str]:
+        from .worker_main import _dtype
+
+        case, space = _dtype(self.req["case_dtype"]), int(self.req["out_itemsize"])
+        dt = np.dtype(np.float64) if space >= 8 else np.dtype(np.float32)
+        if arr.dtype.itemsize <= space and arr.dtype in (np.float64, np.float32, np.float16):
+            dt = arr.dtype
+        if case.itemsize < dt.itemsize and _rows(arr, lambda b: np.array_equal(
+                b.astype(case).astype(b.dtype), b, equal_nan=True)):
+            dt = case                                   # 16-bit values returned as float32
+        self.view = np.frombuffer(self.shm.mm, dt, arr.size, self.req["out"]).reshape(arr.shape)
+        _rows(arr, None, self.view)
+        self.dtype = dt.name
+        return ([f"returned {arr.dtype}; kept rounded to {dt.name} (large case)"]
+                if np.dtype(arr.dtype).itemsize > dt.itemsize else [])
+
+    def diff(self, arr) -> float | None:
+        """None if bitwise equal to the kept gradient (as kept), else max |difference|."""
+        worst, differs = 0.0, False
+        step = max(1, BLOCK // max(1, arr.shape[1]))
+        for i in range(0, arr.shape[0], step):
+            b = np.asarray(self.view[i:i + step], np.float64)
+            a = np.asarray(np.asarray(arr[i:i + step]).astype(self.view.dtype), np.float64)
+            if a.tobytes() != b.tobytes():
+                differs, worst = True, max(worst, max_difference(b, a))
+        return worst if differs else None

@@ -1,0 +1,171 @@
+"""Compare two gradients a block of rows at a time: the same Comparison as ``compare``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import tolerances
+from .compare import WORST_ENTRIES, Comparison, Entry, Invariant
+
+
+class StreamedComparison:
+    """``compare`` accumulated over blocks of rows (and, for finite differences, over the
+    sampled columns only: the other entries are zero on both sides, ratio 0).
+
+    Per entry the same arithmetic as ``compare``; the worst entries are the first by
+    (−ratio, flat index), as ``compare``'s stable argsort orders them."""
+
+    def __init__(self, pair, *, dtype: str, kappa: float, scale: float, classes: int,
+                 user=None):
+        self.pair, self.dtype, self.kappa, self.scale, self.user = pair, dtype, kappa, scale, user
+        self.c = classes
+        _, self.atol, self.rtol = tolerances.allowed(dtype, kappa, scale, np.zeros(1))
+        self.band_max = 0.0
+        self.bad_x = self.bad_ref = self.out_of = self.size = 0
+        self.max_abs = self.ratio = 0.0
+        self.parts = {True: [0.0, 0.0], False: [0.0, 0.0]}     # target / others: err, ratio
+        self.has_target = False
+        self.top: list[tuple] = []      # (−ratio, flat, x, ref, is_target, ignored)
+
+    def update(self, r0: int, x, ref, *, target, valid, band=0.0, cols=None) -> None:
+        """Rows r0.. of both gradients (float64 blocks); ``cols``: the columns they hold
+        (all if None); ``target`` (rows,) target class or −1; ``band`` scalar or (rows,)."""
+        x = np.asarray(x, np.float64)
+        ref = np.asarray(ref, np.float64)
+        nb = x.shape[0]
+        band = np.asarray(band, np.float64)
+        band2 = band[:, None] if band.ndim else band
+        allowed = self.atol + self.rtol * np.abs(ref)
+        if self.user is not None:
+            ua = self.atol if self.user[0] is None else self.user[0]
+            ur = self.rtol if self.user[1] is None else self.user[1]
+            allowed = ua + ur * np.abs(ref)
+        allowed = allowed + band2
+        self.band_max = max(self.band_max, float(np.max(band, initial=0.0)))
+        fin_ref = np.isfinite(ref)
+        self.bad_x += int(np.sum(~np.isfinite(x) & fin_ref))
+        self.bad_ref += int(np.sum(~fin_ref))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            err = np.abs(x - ref)
+            err = np.where(np.isfinite(err), err, np.inf)
+            ratio = np.where(err == 0, 0.0, err / allowed)
+        self.size += nb * self.c
+        self.out_of += int(np.sum(ratio > 1.0))
+        if err.size:
+            self.max_abs = max(self.max_abs, float(np.max(err)))
+            self.ratio = max(self.ratio, float(np.max(ratio)))
+        colidx = np.arange(x.shape[1]) if cols is None else np.asarray(cols)
+        tmask = colidx[None, :] == np.asarray(target)[:, None]
+        if (np.asarray(target) >= 0).any():
+            self.has_target = True
+        for is_t, m in ((True, tmask), (False, ~tmask)):
+            p = self.parts[is_t]
+            p[0] = max(p[0], float(np.max(err[m], initial=0.0)))
+            p[1] = max(p[1], float(np.max(ratio[m], initial=0.0)))
+        if cols is not None and len(colidx) < self.c and nb:
+            self.parts[False][0] = max(self.parts[False][0], 0.0)   # unsampled: error 0
+        self._keep(r0, ratio, x, ref, colidx, tmask, valid, cols is not None)
+
+    def _keep(self, r0, ratio, x, ref, colidx, tmask, valid, subset) -> None:
+        k = WORST_ENTRIES
+        flat_r = ratio.ravel()
+        if flat_r.size > k:
+            kth = np.partition(flat_r, flat_r.size - k)[flat_r.size - k]
+            idx = np.flatnonzero(flat_r > kth)
+            idx = np.concatenate([idx, np.flatnonzero(flat_r == kth)[:k]])
+        else:
+            idx = np.arange(flat_r.size)
+        w = x.shape[1]
+        for f in idx:
+            i, jj = divmod(int(f), w)
+            j = int(colidx[jj])
+            self.top.append((-float(flat_r[f]), (r0 + i) * self.c + j, float(x[i, jj]),
+                             float(ref[i, jj]), bool(tmask[i, jj]), not bool(valid[i])))
+        if subset:                            # unsampled entries: 0 against 0, ratio 0
+            sel = set(int(j) for j in colidx)
+            n_zero = 0
+            for i in range(ratio.shape[0]):
+                for j in range(self.c):
+                    if j not in sel:
+                        self.top.append((0.0, (r0 + i) * self.c + j, 0.0, 0.0, False,
+                                         not bool(valid[i])))
+                        n_zero += 1
+                        if n_zero >= k:
+                            break
+                if n_zero >= k:
+                    break
+        self.top = sorted(self.top, key=lambda t: (t[0], t[1]))[:k]
+
+    def result(self, targets: np.ndarray) -> Comparison:
+        """The Comparison ``compare`` would have returned (``targets``: (N,) class or −1)."""
+        reason = None
+        if self.bad_ref:
+            reason = f"{self.pair[1]} is not finite at {self.bad_ref} entries"
+        elif self.bad_x:
+            reason = f"{self.pair[0]} has NaN/Inf at {self.bad_x} of {self.size} entries"
+        atol = self.atol + self.band_max
+        scale = self.scale
+        rel = self.max_abs / scale if scale > 0 else (0.0 if self.max_abs == 0 else float("inf"))
+        passed = reason is None and self.ratio <= 1.0
+        if not passed and reason is None:
+            if self.user is None:
+                a, r = atol, self.rtol
+            else:
+                a = (self.atol if self.user[0] is None else self.user[0]) + self.band_max
+                r = self.rtol if self.user[1] is None else self.user[1]
+            who = "" if self.user is None else " (--atol/--rtol)"
+            reason = (f"max error {self.max_abs:.3g} exceeds the allowed {a:.3g} + "
+                      f"{r:.1g}·|ref|{who}")
+        k = min(WORST_ENTRIES, self.out_of) if self.out_of else WORST_ENTRIES
+        worst = []
+        for _, flat, xv, rv, is_t, ign in self.top[:k]:
+            i, j = divmod(flat, self.c)
+            fx, fr = np.isfinite(xv), np.isfinite(rv)
+            worst.append(Entry(i, j, is_t, ign, xv if fx else None, rv if fr else None,
+                               abs(xv - rv) if fx and fr else None))
+        te = None
+        if self.has_target:
+            def part(p):
+                return {"max_abs_error": p[0], "max_rel_error": p[0] / scale if scale > 0
+                        else p[0], "ratio": p[1]}
+            te = {"target": part(self.parts[True]), "others": part(self.parts[False])}
+        return Comparison(self.pair, self.max_abs, rel, atol, self.rtol, self.ratio, passed,
+                          reason, tuple(worst), self.user, te)
+
+
+class StreamedInvariants:
+    """``invariants`` accumulated per row: row sums and ignored rows that are not zero."""
+
+    def __init__(self, n: int):
+        self.sums, self.l1 = np.zeros(n), np.zeros(n)
+        self.nonzero = np.zeros(n, bool)
+        self.finite = True
+
+    def update(self, r0: int, g) -> None:
+        g = np.asarray(g, np.float64)
+        r1 = r0 + g.shape[0]
+        self.finite &= bool(np.all(np.isfinite(g)))
+        self.sums[r0:r1] = np.abs(np.sum(g, -1))
+        self.l1[r0:r1] = np.sum(np.abs(g), -1)
+        self.nonzero[r0:r1] = np.any(g != 0, -1)
+
+    def result(self, method: str, spec, valid, classes: int, *, dtype, kappa, scale,
+               band=0.0) -> list[Invariant]:
+        out = []
+        if not self.finite:
+            return out
+        if not spec.z_loss and not spec.softcap:
+            _, atol, rtol = tolerances.allowed(dtype, kappa, scale, np.zeros(1))
+            limit = (atol + band) * classes + rtol * self.l1
+            bad = np.flatnonzero(self.sums > limit)
+            detail = (f"max |row sum| {float(np.max(self.sums, initial=0)):.3g}"
+                      + (f"; rows {bad[:5].tolist()} exceed {float(limit[bad[0]]):.3g}"
+                         if bad.size else ""))
+            out.append(Invariant("row sums are zero", method, not bad.size, detail))
+        ignored = ~valid
+        if ignored.any():
+            rows = np.flatnonzero(ignored & self.nonzero)
+            detail = (f"{int(ignored.sum())} ignored rows" + (
+                f"; rows {rows[:5].tolist()} are not zero" if rows.size else " are exactly zero"))
+            out.append(Invariant("ignored rows are zero", method, not rows.size, detail))
+        return out

@@ -1,0 +1,134 @@
+"""The streamed path (engine/stream.py): the same numbers as the whole-array path."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from softcheck.candidate.worker import IsolatedCandidate
+from softcheck.engine import pool, stream
+from softcheck.engine.case import run_case as _whole
+from softcheck.engine.stream import run_streamed
+from softcheck.spec import LossSpec
+from softcheck.suite.cases import Case
+from softcheck.suite.config import numpy_dtype
+from softcheck.suite.inputs import make_inputs, make_inputs_into
+
+GRAD = '''
+import numpy as np
+def grad(logits, target, ignore_index=-100):
+    z = np.array(logits, np.float64)      # float32 sums depend on the buffer's alignment
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    valid = target != ignore_index
+    p[np.arange(len(target))[valid], target[valid]] -= 1
+    p[~valid] = 0
+    return (p / max(1, valid.sum())).astype(logits.dtype)
+'''
+BUG = GRAD.replace("    return (p", "    p[0, 5] += 1e-3\n    return (p")
+
+
+def run_case(case, cand=None, *, stream):
+    return run_streamed(case, cand) if stream else _whole(case, cand)
+
+
+def _same(a, b) -> None:
+    """The closed form's pair bitwise; every verdict; every max error to float64 rounding
+    of the scale (JAX's per-block code may round the last bit differently)."""
+    da, db = _numbers(a), _numbers(b)
+    assert da["comparisons"][0] == db["comparisons"][0] or da["comparisons"][1:] == []
+    assert da["invariants"] == db["invariants"] and da["fd"] == db["fd"]
+    for x, y in zip(a.comparisons, b.comparisons):
+        assert x.passed == y.passed and x.pair == y.pair
+        assert abs(x.max_abs_error - y.max_abs_error) <= 8 * 2.0**-53 * a.scale
+
+
+def _numbers(result) -> dict:
+    d = result.to_dict()
+    for k in ("seconds", "timing", "notes", "relations", "coverage", "diagnosis"):
+        d.pop(k, None)
+    return d
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(stream, "BLOCK_ELEMENTS", 3 * 500)     # 3 rows per block
+
+
+@pytest.mark.parametrize("regime", ["normal", "confident", "wrong", "masked"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_blocked_inputs_are_the_same_numbers(regime, dtype):
+    case = Case(700, 11, dtype, regime, 3, LossSpec(ignore_index=2, reduction="none"))
+    a = make_inputs(case, upstream="random")
+    b = make_inputs_into(case, np.empty((11, 700), numpy_dtype(dtype)), upstream="random",
+                         block=2100)
+    assert a.logits.tobytes() == b.logits.tobytes()
+    assert np.array_equal(a.target, b.target) and np.array_equal(a.grad_output, b.grad_output)
+
+
+@pytest.mark.parametrize("regime,ii", [("normal", None), ("confident", 1), ("masked", None)])
+def test_streamed_equals_whole_array(tmp_path, small_blocks, regime, ii):
+    """Max errors, ratios, worst entries, target_error, invariants and FD info: bitwise the
+    same over 4 blocks (many sampled columns, so the column choice is exercised)."""
+    f = tmp_path / "g.py"
+    f.write_text(GRAD)
+    case = Case(500, 11, "float32", regime, 0, LossSpec(ignore_index=ii), fd_budget=5e3)
+    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
+        a = run_case(case, cand, stream=False)
+        b = run_case(case, cand, stream=True)
+    assert any("streamed in 4 blocks" in n for n in b.notes)
+    _same(a, b)
+    assert b.fd.columns < 500                     # sampled columns, as the whole-array path
+
+
+def test_streamed_catches_one_wrong_entry(tmp_path, small_blocks):
+    f = tmp_path / "g.py"
+    f.write_text(BUG)
+    case = Case(500, 11, "float32", "normal", 0, LossSpec())
+    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
+        a = run_case(case, cand, stream=False)
+        b = run_case(case, cand, stream=True)
+    assert not b.passed
+    _same(a, b)
+    worst = b.comparisons[0].worst[0]
+    assert (worst.row, worst.cls) == (0, 5)
+
+
+def test_reference_only_streamed_equals_whole_array(small_blocks):
+    case = Case(500, 7, "bfloat16", "normal", 0, LossSpec(ignore_index=3))
+    _same(run_case(case, stream=False), run_case(case, stream=True))
+
+
+def test_memory_model_streamed_is_per_dtype():
+    big = Case(131072, 4096, "float32", "normal", 0, LossSpec())
+    bf = Case(131072, 4096, "bfloat16", "normal", 0, LossSpec())
+    n = 4096 * 131072
+    assert stream.should_stream(big)
+    assert pool.estimate_bytes(big) < 32 * n            # not ~300 bytes per logit
+    assert pool.estimate_bytes(bf) < pool.estimate_bytes(big)
+    huge = Case(262144, 65536, "float32", "normal", 0, LossSpec())   # 2^34 logits
+    with pytest.raises(Exception, match="needs about .* GiB.*streamed"):
+        pool.check_memory([huge])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,c", [(8, 262144), (64, 32768)])
+def test_streamed_equals_whole_array_at_issue_sizes(tmp_path, n, c):
+    f = tmp_path / "g.py"
+    f.write_text(GRAD)
+    case = Case(c, n, "float32", "normal", 0, LossSpec())
+    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
+        assert _numbers(run_case(case, cand, stream=False)) == \
+            _numbers(run_case(case, cand, stream=True))
+
+
+def test_cli_refuses_beyond_the_machine():
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "softcheck", "run", "--batch", "262144",
+                        "--classes", "65536", "--dtype", "float32", "--regime", "normal",
+                        "--targets", "index", "--reduction", "mean"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "streamed" in r.stderr and "Traceback" not in r.stderr
