@@ -7,16 +7,21 @@ import numpy as np
 
 
 def grad(logits, target, ignore_index=-100, label_smoothing=0.0):
-    z = logits.astype(np.float64)
-    n, c = z.shape
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
+    n, c = logits.shape
     valid = target != ignore_index
-    onehot = np.zeros_like(p)
-    onehot[np.flatnonzero(valid), target[valid]] = 1.0
-    q = (1 - label_smoothing) * onehot + label_smoothing / c
-    g = (p - q) * valid[:, None] / max(int(valid.sum()), 1)
-    return g.astype(logits.dtype)
+    count = max(int(valid.sum()), 1)
+    out = np.empty(logits.shape, logits.dtype)
+    step = max(1, (1 << 20) // max(c, 1))      # rows at a time: float64 for one block only
+    for i in range(0, n, step):
+        z = logits[i:i + step].astype(np.float64)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        v = valid[i:i + step]
+        onehot = np.zeros_like(p)
+        onehot[np.flatnonzero(v), target[i:i + step][v]] = 1.0
+        q = (1 - label_smoothing) * onehot + label_smoothing / c
+        out[i:i + step] = (p - q) * v[:, None] / count
+    return out
 
 
 def grad_wrong(logits, target, ignore_index=-100, label_smoothing=0.0):

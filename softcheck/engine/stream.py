@@ -37,7 +37,7 @@ def streamable(case: Case, candidate=None) -> bool:
     return (case.order == 1 and case.spec.hard and case.regime in STREAM_REGIMES
             and case.hidden is None and getattr(case, "inputs", None) is None
             and (settings is None or (settings.convention == "grad"
-                                      and not getattr(settings, "tensor_parallel", None))))
+                                      and getattr(settings, "tensor_parallel", 1) <= 1)))
 
 
 def should_stream(case: Case, candidate=None) -> bool:

@@ -27,21 +27,91 @@ class StreamedComparison:
         self.has_target = False
         self.top: list[tuple] = []      # (−ratio, flat, x, ref, is_target, ignored)
 
+    def _tolerance(self):
+        if self.user is None:
+            return self.atol, self.rtol
+        return (self.atol if self.user[0] is None else self.user[0],
+                self.rtol if self.user[1] is None else self.user[1])
+
     def update(self, r0: int, x, ref, *, target, valid, band=0.0, cols=None) -> None:
         """Rows r0.. of both gradients (float64 blocks); ``cols``: the columns they hold
         (all if None); ``target`` (rows,) target class or −1; ``band`` scalar or (rows,)."""
         x = np.asarray(x, np.float64)
         ref = np.asarray(ref, np.float64)
-        nb = x.shape[0]
         band = np.asarray(band, np.float64)
-        band2 = band[:, None] if band.ndim else band
-        allowed = self.atol + self.rtol * np.abs(ref)
-        if self.user is not None:
-            ua = self.atol if self.user[0] is None else self.user[0]
-            ur = self.rtol if self.user[1] is None else self.user[1]
-            allowed = ua + ur * np.abs(ref)
-        allowed = allowed + band2
         self.band_max = max(self.band_max, float(np.max(band, initial=0.0)))
+        if not self._fast(r0, x, ref, target, valid, band, cols):
+            self._general(r0, x, ref, target, valid, band, cols)
+
+    def _fast(self, r0, x, ref, target, valid, band, cols) -> bool:
+        """Every entry finite and a positive tolerance (the usual block): the same numbers in
+        few passes (no masks; the target entries taken aside); False: use ``_general``."""
+        ua, ur = self._tolerance()
+        if not ua > 0 or (band.ndim and not np.all(band >= 0)):
+            return False
+        err = np.subtract(x, ref)
+        np.abs(err, out=err)
+        if not np.isfinite(np.max(err, initial=0.0)):
+            return False                           # NaN/Inf somewhere (or ∞ − ∞)
+        ratio = np.abs(ref)
+        ratio *= ur
+        ratio += ua
+        if band.ndim:
+            ratio += band[:, None]
+        elif band:
+            ratio += band
+        np.divide(err, ratio, out=ratio)           # err 0 → ratio 0, as compare
+        nb, w = err.shape
+        self.size += nb * self.c
+        colidx = np.arange(w) if cols is None else np.asarray(cols)
+        if cols is None:
+            pos = np.asarray(target)
+        else:
+            lookup = np.full(self.c, -1)
+            lookup[colidx] = np.arange(w)
+            pos = np.where(np.asarray(target) >= 0, lookup[np.maximum(target, 0)], -1)
+        rows = np.flatnonzero(pos >= 0)
+        if (np.asarray(target) >= 0).any():
+            self.has_target = True
+        tmask = np.zeros((nb, w), bool)
+        tmask[rows, pos[rows]] = True
+        self._keep_fast(r0, ratio, x, ref, colidx, tmask, valid, cols is not None)
+        et, rt = err[rows, pos[rows]], ratio[rows, pos[rows]]
+        err[rows, pos[rows]] = -1.0
+        ratio[rows, pos[rows]] = -1.0
+        eo, ro = float(np.max(err, initial=0.0)), float(np.max(ratio, initial=0.0))
+        t, o = self.parts[True], self.parts[False]
+        t[0], t[1] = max(t[0], float(np.max(et, initial=0.0))), max(t[1], float(np.max(rt, initial=0.0)))
+        o[0], o[1] = max(o[0], eo), max(o[1], ro)
+        self.max_abs = max(self.max_abs, t[0], o[0])
+        bmax = max(float(np.max(rt, initial=0.0)), ro)
+        self.ratio = max(self.ratio, bmax)
+        if bmax > 1.0:
+            self.out_of += int(np.sum(ratio > 1.0)) + int(np.sum(rt > 1.0))
+        return True
+
+    def _keep_fast(self, r0, ratio, x, ref, colidx, tmask, valid, subset) -> None:
+        """``_keep`` scanning only for entries above the current k-th worst."""
+        k = WORST_ENTRIES
+        if len(self.top) < k or self.top[k - 1][0] >= 0:     # ratio 0 entries may still enter
+            return self._keep(r0, ratio, x, ref, colidx, tmask, valid, subset)
+        thr = -self.top[k - 1][0]
+        if not np.max(ratio, initial=-1.0) > thr:
+            return None                            # later flat index: ties lose
+        flat = np.flatnonzero(ratio.ravel() > thr)
+        w = ratio.shape[1]
+        for f in flat[np.argsort(-ratio.ravel()[flat], kind="stable")][:k]:
+            i, jj = divmod(int(f), w)
+            self.top.append((-float(ratio[i, jj]), (r0 + i) * self.c + int(colidx[jj]),
+                             float(x[i, jj]), float(ref[i, jj]), bool(tmask[i, jj]),
+                             not bool(valid[i])))
+        self.top = sorted(self.top, key=lambda t: (t[0], t[1]))[:k]
+
+    def _general(self, r0, x, ref, target, valid, band, cols) -> None:
+        nb = x.shape[0]
+        band2 = band[:, None] if band.ndim else band
+        ua, ur = self._tolerance()
+        allowed = ua + ur * np.abs(ref) + band2
         fin_ref = np.isfinite(ref)
         self.bad_x += int(np.sum(~np.isfinite(x) & fin_ref))
         self.bad_ref += int(np.sum(~fin_ref))
