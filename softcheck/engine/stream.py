@@ -44,6 +44,17 @@ def should_stream(case: Case, candidate=None) -> bool:
     return case.batch * case.classes >= STREAM_ELEMENTS and streamable(case, candidate)
 
 
+#: element evaluations of one directional probe per entry (finite_difference.fd_work)
+PROBE_EVALS = 8
+
+
+def probe_count(case: Case) -> int:
+    """Directional probes a streamed case runs: as many of ``case.probes`` as the FD budget
+    pays for, at least one (the count is reported in the case's notes and FD info)."""
+    each = PROBE_EVALS * case.batch * case.classes
+    return max(1, min(case.probes, int(case.fd_budget // each))) if case.probes else 0
+
+
 def block_rows(classes: int) -> int:
     return max(1, BLOCK_ELEMENTS // classes)
 
@@ -159,7 +170,13 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     checked = "candidate" if candidate is not None else "analytic"
     inv = StreamedInvariants(n)
     fd_band, fd_step = np.zeros(n), np.zeros(n)
-    probe_rows = _ProbeRows(n, c, case.probes if cols is not None else 0, case.seed, st)
+    n_probes = probe_count(case) if cols is not None else 0
+    if n_probes < case.probes and cols is not None:
+        notes.append(f"{n_probes} directional probe{'s' if n_probes != 1 else ''} of the "
+                     f"{case.probes} asked (each a complex evaluation of all {n * c} entries, "
+                     f"{PROBE_EVALS}·N·C element evaluations; scaled to --fd-budget "
+                     f"{case.fd_budget:g}, at least 1)")
+    probe_rows = _ProbeRows(n, c, n_probes, case.seed, st)
     for r0, r1 in blocks:
         b64 = _block(inputs, r0, r1)
         g = {}
