@@ -74,7 +74,8 @@ def test_streamed_equals_whole_array(tmp_path, small_blocks, regime, ii):
     same over 4 blocks (many sampled columns, so the column choice is exercised)."""
     f = tmp_path / "g.py"
     f.write_text(GRAD)
-    case = Case(500, 11, "float32", regime, 0, LossSpec(ignore_index=ii), fd_budget=5e3)
+    case = Case(500, 11, "float32", regime, 0, LossSpec(ignore_index=ii), fd_budget=5e3,
+                probes=1)          # what the budget pays for at this size (probe_count)
     with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
         a = run_case(case, cand, stream=False)
         b = run_case(case, cand, stream=True)
