@@ -293,6 +293,52 @@ def isolation_rows(repeats: int = 3) -> list:
     return out
 
 
+SCALE_SIZES = "8192x32000:float32,4096x131072:float32,4096x131072:bfloat16"
+
+_ALONE = """
+import sys, time, numpy as np, ml_dtypes, importlib.util
+n, c, dt = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dt = np.dtype(getattr(ml_dtypes, dt)) if dt == "bfloat16" else np.dtype(dt)
+spec = importlib.util.spec_from_file_location("cand", "scripts/examples/numpy_ce.py")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+rng = np.random.default_rng(0)
+z = np.empty((n, c), dt)
+for i in range(0, n, 64):
+    z[i:i + 64] = rng.standard_normal((min(64, n - i), c)) * 2.0
+y = rng.integers(0, c, n)
+t0 = time.perf_counter(); g = m.grad(z, y); print(time.perf_counter() - t0)
+"""
+
+
+def scale_rows(sizes: str = SCALE_SIZES) -> list:
+    """#17: one ``softcheck check`` case of the numpy example at LLM sizes (streamed): wall
+    time and peak Pss of softcheck + worker, beside the candidate alone (its own call time
+    and the peak of a process that only makes the logits and calls it), and the issue's
+    memory bound: alone + 0.5 × (logits + gradient bytes) + 0.6 GiB."""
+    import json
+
+    out = []
+    cand = "scripts/examples/numpy_ce.py:grad"
+    for item in sizes.split(","):
+        size, dtype = item.split(":")
+        b, c = (int(x) for x in size.lower().split("x"))
+        t, peak, text = run_measured([sys.executable, "-m", "softcheck", "check", cand,
+                                      "--batch", str(b), "--classes", str(c), "--dtype", dtype,
+                                      "--regime", "normal", "--json", "-"])
+        case = json.loads(text)["cases"][0] if text.strip() else {}
+        ta, alone, atext = run_measured([sys.executable, "-c", _ALONE, str(b), str(c), dtype])
+        call = float(atext.split()[-1]) if atext.strip() else float("nan")
+        item_bytes = 2 if dtype == "bfloat16" else 4
+        bound = alone + 0.5 * 2 * item_bytes * b * c + 0.6 * 2**30
+        out.append((f"{b}×{c} {dtype}", "softcheck check (streamed)", f"{t:.3g} s",
+                    f"candidate call {call:.3g} s", "PASS" if case.get("passed") else "FAIL",
+                    f"peak Pss {peak / 2**30:.2f} GiB (bound {bound / 2**30:.2f} GiB; "
+                    f"candidate alone {alone / 2**30:.2f} GiB); FD "
+                    f"{case.get('fd', {}).get('coverage', '?')}"))
+        print(" | ".join(out[-1]), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES)
@@ -303,7 +349,13 @@ def main(argv=None) -> int:
                          "(whole processes; '' to skip)")
     ap.add_argument("--isolation", action="store_true",
                     help="only the isolation rows (#15): isolated vs --in-process check")
+    ap.add_argument("--scale", nargs="?", const=SCALE_SIZES, default=None,
+                    help="only the LLM-size rows (#17), e.g. 8192x32000:float32")
     args = ap.parse_args(argv)
+    if args.scale:
+        table = scale_rows(args.scale)
+        _print_markdown(table) if args.markdown else None
+        return 0
     if args.isolation:
         table = isolation_rows()
         _print_markdown(table) if args.markdown else None
