@@ -25,6 +25,16 @@ EXTRA_BYTES = 1 << 24
 BLOCK = 1 << 20
 
 
+def dtype_named(name: str) -> np.dtype:
+    """A dtype by name, ml_dtypes' (bfloat16) included."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+
+
 def page(n: int) -> int:
     return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
 
@@ -57,8 +67,6 @@ def logits_in(wc, shape: tuple[int, int], dtype) -> np.ndarray:
 def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     """``IsolatedCandidate._call`` for logits made by ``logits_in``: nothing full-size is
     copied; the returned gradient is a view of the shared file in the precision it was kept."""
-    from .worker_main import _dtype
-
     kw = wc.kwargs(inputs)
     names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
     z = inputs.logits
@@ -79,7 +87,7 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
          "spec": None, "stream": True, "out_itemsize": room(z.dtype)}, timeout)
     if error is not None:
         return CallResult(None, error, output=output)
-    grad = np.frombuffer(wc._mm, _dtype(reply["out_dtype"]), count, out).reshape(shape)
+    grad = np.frombuffer(wc._mm, dtype_named(reply["out_dtype"]), count, out).reshape(shape)
     return CallResult(grad, None, tuple(str(n) for n in reply.get("notes", ())),
                       output=output, nondet=float(reply.get("nondet", 0.0)))
 
@@ -87,9 +95,7 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
 # -- worker side ------------------------------------------------------------------------
 def _view(shm, desc, writeable: bool = False):
     _, off, shape, dt = desc
-    from .worker_main import _dtype
-
-    dt = _dtype(dt)
+    dt = dtype_named(dt)
     view = np.frombuffer(shm.mm, dt, int(np.prod(shape, dtype=np.int64)), off).reshape(shape)
     view.flags.writeable = writeable
     return view
@@ -99,9 +105,7 @@ def private(shm, desc) -> np.ndarray:
     """A writable copy-on-write mapping of the page-aligned logits: the candidate may write
     into it; the shared pages stay as they were."""
     _, off, shape, dt = desc
-    from .worker_main import _dtype
-
-    dt = _dtype(dt)
+    dt = dtype_named(dt)
     count = int(np.prod(shape, dtype=np.int64))
     mm = mmap.mmap(shm.fd, max(1, count * dt.itemsize), flags=mmap.MAP_PRIVATE,
                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=off)
@@ -124,16 +128,6 @@ def _rows(arr, test=None, out=None) -> bool:
     return True
 
 
-def same_values(a, b) -> bool:
-    """``np.array_equal(a, b, equal_nan=True)`` a block of rows at a time."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.ndim != 2 or a.size <= BLOCK:
-        return np.array_equal(a, b, equal_nan=True)
-    step = max(1, BLOCK // max(1, a.shape[1]))
-    return all(np.array_equal(a[i:i + step], b[i:i + step], equal_nan=True)
-               for i in range(0, a.shape[0], step))
-
-
 class Sink:
     """The gradient kept in shared memory in its own precision (the case dtype when its
     values are exactly that, else float32, or float64 for a float64 case), and a repeated
@@ -143,9 +137,7 @@ class Sink:
         self.shm, self.req, self.view, self.dtype = shm, req, None, None
 
     def store(self, arr) -> list[str]:
-        from .worker_main import _dtype
-
-        case, space = _dtype(self.req["case_dtype"]), int(self.req["out_itemsize"])
+        case, space = dtype_named(self.req["case_dtype"]), int(self.req["out_itemsize"])
         dt = np.dtype(np.float64) if space >= 8 else np.dtype(np.float32)
         if arr.dtype.itemsize <= space and arr.dtype in (np.float64, np.float32, np.float16):
             dt = arr.dtype

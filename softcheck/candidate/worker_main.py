@@ -52,13 +52,8 @@ def _send(sock, obj) -> None:
     sock.sendall(_HEADER.pack(len(body)) + body)
 
 
-def _dtype(name: str) -> np.dtype:
-    try:
-        return np.dtype(name)
-    except TypeError:
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, name))
+from . import shared  # noqa: E402
+from .shared import dtype_named as _dtype  # noqa: E402
 
 
 class _Shm:
@@ -127,7 +122,6 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
         return {"error": "no Hessian-vector product function was given"}
 
     stream = bool(req.get("stream"))          # a large case's logits in place (shared.py)
-    from . import shared
 
     def fresh():
         return (tuple(shared.private(shm, d) if stream and i == 0 else shm.fresh(d)
