@@ -76,7 +76,7 @@ class CallResult:
     z_loss: np.ndarray | None = None
     lse: np.ndarray | None = None
     variants: tuple = ()        # (label, upstream g, gradient) for the other upstream gradients
-    ranks: tuple = ()           # --tensor-parallel: (rank, start, stop, loss) per rank
+    ranks: tuple = ()           # --tensor-parallel: (rank, start, stop, loss, width) per rank
 
 
 @dataclass
@@ -220,17 +220,18 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
 
 
 def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None, lse64=None,
-                      repeat: int = 1) -> CallResult:
-    """``conventions.run`` (loss, inplace, split, autograd.Function) ``repeat`` times on
-    identical fresh inputs, judged as :func:`invoke` judges a gradient function; everything
-    converted to float64 numpy here, in the candidate's process."""
+                      repeat: int = 1, runner=run_convention) -> CallResult:
+    """``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the same
+    contract: ``shardmap.run``) ``repeat`` times on identical fresh inputs, judged as
+    :func:`invoke` judges a gradient function; everything converted to float64 numpy here,
+    in the candidate's process."""
     first, notes, nondet = None, [], 0.0
     for i in range(max(1, repeat)):
         inputs = fresh()
         shape = inputs.logits.shape
         where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
         try:
-            out = run_convention(fn, st, inputs, bwd=bwd, lse64=lse64)
+            out = runner(fn, st, inputs, bwd=bwd, lse64=lse64)
             grad = np.array(to_array(out.grad, shape), np.float64, copy=True)
             variants = tuple((str(lab), np.asarray(g, np.float64),
                               np.array(to_array(x, shape), np.float64, copy=True))
@@ -242,7 +243,7 @@ def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None
         except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
             return CallResult(None, format_exception(e) + where, tuple(notes))
         if first is None:
-            first = CallResult(grad, None, (), "", 0.0, *values, variants)
+            first = CallResult(grad, None, (), "", 0.0, *values, variants, out.ranks)
             notes += [str(n) for n in out.notes if str(n) not in notes]
         elif grad.tobytes() != first.grad.tobytes():
             nondet = max(nondet, max_difference(first.grad, grad))

@@ -48,12 +48,13 @@ class _Worker:
     """One live worker process, its channel and output file; ``stop`` ends it and all it started."""
 
     def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
-                 pids: list[int], module: str = "softcheck.candidate.worker_main"):
+                 pids: list[int], module: str = "softcheck.candidate.worker_main",
+                 env: dict | None = None):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
         self.tag = f"SOFTCHECK_WORKER_TAG={os.getpid()}-{uuid.uuid4().hex}".encode()
-        env = dict(os.environ)
+        extra, env = env, dict(os.environ)
         env["SOFTCHECK_WORKER_FDS"] = f"{child_sock.fileno()},{shm_fd},{os.getpid()}"
         env["SOFTCHECK_WORKER_TAG"] = self.tag.split(b"=", 1)[1].decode()
         # the parent's import path (pytest's rootdir, a script's folder): a TARGET module or a
@@ -63,6 +64,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(path)
         if x64:
             env["JAX_ENABLE_X64"] = "1"
+        env.update(extra or {})
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module], stdin=subprocess.DEVNULL,
@@ -232,6 +234,10 @@ class IsolatedCandidate:
     """The TARGET loaded and called in a worker process that is restarted after it dies or
     times out; arrays cross through one shared memory file."""
 
+    #: the worker's module, and what it adds to the environment (engine/ranks.ShardMapCandidate)
+    module = "softcheck.candidate.worker_main"
+    env: dict = {}
+
     def __init__(self, source: str, hvp_source: str | None, label: str, *, x64: bool = True,
                  settings: Settings = Settings(),
                  grace: float = 2.0, start_timeout: float | None = 300.0):
@@ -317,7 +323,8 @@ class IsolatedCandidate:
         hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
                  "settings": self.settings}
         try:
-            w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids)
+            w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids,
+                        module=self.module, env=self.env)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
                                  f"{self.start_timeout:g} s") from None
@@ -411,7 +418,9 @@ class IsolatedCandidate:
 
         variants = tuple((str(lab), arr(g), read(k + 1))
                          for k, (lab, g) in enumerate(reply.get("variants", ())))
+        ranks = tuple((int(r), int(a), int(b), arr(x), int(w))      # shard_map: per device
+                      for r, a, b, x, w in reply.get("ranks", ()))
         return CallResult(read(0), None, tuple(str(n) for n in reply.get("notes", ())),
                           output=output, nondet=float(reply.get("nondet", 0.0)),
                           loss=arr(reply.get("loss")), z_loss=arr(reply.get("z_loss")),
-                          lse=arr(reply.get("lse")), variants=variants)
+                          lse=arr(reply.get("lse")), variants=variants, ranks=ranks)
