@@ -74,7 +74,7 @@ def gradient(logits: Any, target: Any, method: str = "analytic", *, grad_output:
         raise SoftcheckError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     inputs = make_inputs_from_arrays(logits, target, grad_output=grad_output, **options)
     if method == "analytic":
-        return analytic.gradient(inputs)
+        return analytic.gradient(inputs).copy()       # the memoized one is read-only
     if method == "autodiff":
         return autodiff.autodiff(inputs.float64())
     return finite_difference.finite_difference(inputs.float64(), fd).grad

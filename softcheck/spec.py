@@ -182,9 +182,25 @@ class Inputs:
         return np.ones(self.logits.shape[0], dtype=bool)
 
     def float64(self) -> Inputs:
-        """The same inputs in float64 (exact): what the references differentiate."""
-        t = self.target if self.spec.hard else self.target64
-        return dataclasses.replace(self, logits=self.logits64, target=t, weight=self.weight64)
+        """The same inputs in float64 (exact): what the references differentiate (made once
+        per Inputs: the references memoize their results on it, see ``memo``)."""
+        if "_float64" not in self.__dict__:
+            t = self.target if self.spec.hard else self.target64
+            self.__dict__["_float64"] = dataclasses.replace(
+                self, logits=self.logits64, target=t, weight=self.weight64)
+        return self.__dict__["_float64"]
+
+    def memo(self, key, compute):
+        """``compute()`` once per Inputs and key: a case's float64 references (the closed form,
+        the row statistics) are asked for by several judges.  Results are made read-only, so
+        a caller that would change one in place fails loudly instead of corrupting the next."""
+        cache = self.__dict__.setdefault("_memo", {})
+        if key not in cache:
+            value = compute()
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+            cache[key] = value
+        return cache[key]
 
 
 @dataclass(frozen=True)

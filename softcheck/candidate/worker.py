@@ -49,7 +49,7 @@ class _Worker:
 
     def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
                  pids: list[int], module: str = "softcheck.candidate.worker_main",
-                 env: dict | None = None):
+                 env: dict | None = None, *, wait: bool = True):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
@@ -84,6 +84,16 @@ class _Worker:
             self.pidfd = None
         try:
             self.send(hello)
+        except BaseException:
+            self.stop()
+            raise
+        if wait:
+            self.handshake(start_timeout)
+
+    def handshake(self, start_timeout: float | None) -> None:
+        """Wait for the ready message (the TARGET loaded); ``wait=False`` lets several
+        processes start at once and be waited for in turn (the tensor-parallel ranks)."""
+        try:
             self.ready = self.receive(start_timeout)
         except BaseException:
             self.stop()

@@ -8,7 +8,7 @@ from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
 from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
 from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
-                            DTYPES, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, REGIMES, RETURN_ITEMS,
+                            DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, REGIMES, RETURN_ITEMS,
                             SPLITS, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
@@ -64,8 +64,8 @@ REPORT_OPTIONS = [
                  help="Worker processes for independent cases (used when the work repays "
                       "their start-up, ~1.5 s each)."),
     click.option("--devices", type=click.IntRange(1), default=None,
-                 help="Shard finite differences over N XLA host devices (CPU; a GPU backend "
-                      "uses its own devices).  [default: JAX's]"),
+                 help="The number of XLA host devices JAX starts with (CPU; a GPU backend uses "
+                      "its own devices).  [default: JAX's]"),
     DEBUG,
 ]
 
@@ -122,7 +122,7 @@ def suite_options(fn):
                      help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
                           "final rounding (fused kernels); native = also 4x the error of the "
                           "closed form computed in the dtype itself (plain framework ops)."),
-        click.option("--fd-budget", type=float, default=2e9, show_default=True,
+        click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
         click.option("--atol", type=float, default=None,
                      help="Your own absolute tolerance: replaces the derived one for the pairs "

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..candidate import CallPolicy
+from ..reference import finite_difference
 from ..spec import SoftcheckError
 from ..suite.cases import Case
 from .case import run_case
@@ -113,7 +114,7 @@ def check_memory(cases: list[Case], workers: int = 1) -> None:
 
 
 def estimate_seconds(case: Case) -> float:
-    work = min(2.0 * case.batch * case.classes ** 2, case.fd_budget)
+    work = finite_difference.fd_work(case.batch, case.classes, case.fd_budget, case.probes)
     return 2e-3 + work / _EVALS_PER_SECOND
 
 

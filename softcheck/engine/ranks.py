@@ -49,6 +49,19 @@ class _Slot:
         os.close(self._shm_fd)
 
 
+def _first_dead(ranks: list[_Worker], but: int, within: float) -> int | None:
+    """The first rank other than ``but`` whose process has ended, waiting up to ``within``
+    seconds for one to end."""
+    deadline = time.monotonic() + within
+    while True:
+        for k, w in enumerate(ranks):
+            if k != but and w.proc.poll() is not None:
+                return k
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+
+
 class RankedCandidate:
     """A Candidate drop-in: W rank processes started once and reused across cases; a rank
     that dies, hangs or raises fails the call (rank named) and all W are stopped, to be
@@ -78,13 +91,15 @@ class RankedCandidate:
     def _start(self) -> list[_Worker]:
         init = f"tcp://127.0.0.1:{_free_port()}"
         ranks: list[_Worker] = []
-        try:
+        try:              # all W start at once (their imports overlap), then each is awaited
             for r, slot in enumerate(self._slots):
                 hello = {"source": self.target, "label": self.label, "settings": self.settings,
                          "rank": r, "world": self.world, "backend": self.backend, "init": init}
+                ranks.append(_Worker(slot._shm_fd, hello, self.x64, self.start_timeout,
+                                     self.pids, module=RANK_MAIN, wait=False))
+            for r, w in enumerate(ranks):
                 try:
-                    w = _Worker(slot._shm_fd, hello, self.x64, self.start_timeout, self.pids,
-                                module=RANK_MAIN)
+                    w.handshake(self.start_timeout)
                 except TimeoutError:
                     raise SoftcheckError(f"TARGET {self.target}: rank {r} took longer than "
                                          f"{self.start_timeout:g} s to load it") from None
@@ -92,7 +107,6 @@ class RankedCandidate:
                     raise SoftcheckError(f"TARGET {self.target}: rank {r}: "
                                          f"{e}".replace("during the call", "while loading")
                                          ) from None
-                ranks.append(w)
                 if "load_error" in w.ready:
                     raise SoftcheckError(w.ready["load_error"])
         except BaseException:
@@ -201,6 +215,11 @@ class RankedCandidate:
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 return self._failed(r, "sent an invalid reply")
             if reply.get("error"):
+                # a peer's death makes the survivors' collectives raise (gloo: "Read error"):
+                # name the rank that died, not the first one to report the broken group
+                dead = _first_dead(ranks, r, within=1.0)
+                if dead is not None:
+                    return self._failed(dead, ranks[dead].death_reason())
                 return self._failed(r, str(reply["error"]))
             replies[r] = reply
         return replies
@@ -214,13 +233,13 @@ class RankedCandidate:
                           output=output)
 
     def _assemble(self, replies, offsets, cols, shape) -> CallResult:
-        grads = []
-        for r, slot in enumerate(self._slots):
+        def shard(r: int, j: int) -> np.ndarray:         # a view: concatenate copies once
             off, size, sh = offsets[r]
-            k = 1 + len(replies[r].get("variants", ()))
-            grads.append([np.frombuffer(slot._mm, np.float64, size // 8, off + j * size)
-                          .reshape(sh).copy() for j in range(k)])
-        full = [np.concatenate([g[j] for g in grads], axis=1) for j in range(len(grads[0]))]
+            return np.frombuffer(self._slots[r]._mm, np.float64, size // 8,
+                                 off + j * size).reshape(sh)
+
+        full = [np.concatenate([shard(r, j) for r in range(len(self._slots))], axis=1)
+                for j in range(1 + len(replies[0].get("variants", ())))]
         first = replies[0]
 
         def arr(x):

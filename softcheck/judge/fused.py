@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import WORST_ENTRIES, Comparison, Entry
+from .compare import WORST_ENTRIES, Comparison, Entry, top
 
 #: entries judged at once (a block of rows of grad_W): 2^20 float64 = 8 MiB per temporary
 ROWS_ELEMENTS = 1 << 20
@@ -40,7 +40,7 @@ def compare_output(pair: tuple[str, str], x, ref, bound, rtol: float, const: flo
         worst_ratio = max(worst_ratio, float(np.max(ratio, initial=0.0)))
         out_of += int(np.sum(ratio > 1))
         nonfinite += int(np.sum(~finite))
-        for f in _top(ratio, WORST_ENTRIES):
+        for f in top(ratio, WORST_ENTRIES):
             idx = np.unravel_index(int(f), rs.shape) if rs.ndim else ()
             glob = ((idx[0] + i0,) + tuple(idx[1:])) if idx else ()
             best.append((float(ratio[idx]), glob, float(xs[idx]) if finite[idx] else None,
@@ -62,15 +62,6 @@ def compare_output(pair: tuple[str, str], x, ref, bound, rtol: float, const: flo
         float(np.max(np.asarray(bound))) + const
     return Comparison(pair, max_abs, max_abs / (scale or 1.0), atol, rtol, worst_ratio,
                       reason is None, reason, tuple(worst))
-
-
-def _top(ratio: np.ndarray, k: int) -> np.ndarray:
-    """The flat indices of the k largest ratios, largest first (no full sort of a big array)."""
-    flat = ratio.reshape(-1)
-    if flat.size <= k:
-        return np.argsort(-flat, kind="stable")
-    part = np.argpartition(-flat, k - 1)[:k]
-    return part[np.argsort(-flat[part], kind="stable")]
 
 
 def _span_residual(res: np.ndarray, basis: np.ndarray) -> float:

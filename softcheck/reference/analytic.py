@@ -140,7 +140,12 @@ def _grad_v(inputs: Inputs, cd, p, lse):
 def gradient(inputs: Inputs, *, native: bool = False) -> np.ndarray:
     """∂L/∂logits (times the upstream gradient), in the dtype of ``inputs.logits``: computed
     in float32 for 16-bit dtypes (as fused kernels do), or with ``native`` in the dtype itself
-    (every intermediate rounded to it, as a framework's plain bf16/f16 ops do)."""
+    (every intermediate rounded to it, as a framework's plain bf16/f16 ops do).  Memoized on
+    ``inputs`` (read-only result)."""
+    return inputs.memo(("analytic.gradient", native), lambda: _gradient(inputs, native))
+
+
+def _gradient(inputs: Inputs, native: bool) -> np.ndarray:
     cd = np.dtype(inputs.logits.dtype).type if native else compute_dtype(inputs.logits.dtype)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, cd)

@@ -2,9 +2,20 @@
 closed form), with a derived step and error band per row.
 
 Finite differences use the rows' independence: shifting column j of *every* row at once and
-keeping the per-row values gives the whole column j of the gradient, so a full gradient costs
-2·C (central) evaluations of the (N, C) batch instead of 2·N·C.  Columns are processed in
-chunks of K perturbed copies (K·N·C ≤ 2^20 elements) so memory stays bounded.
+keeping the per-row values gives the whole column j of the gradient.
+
+Column sweeps
+-------------
+Moving one entry z_ij changes only v_ij, so the row's sum of exponentials need not be summed
+again: with ``S_i = Σ_c exp(v_ic − shift_i)`` computed once, ``S'_i = S_i − exp(v_ij − shift_i)
++ exp(v'_ij − shift_i)`` and ``lse' = shift + log S'``; the row's value changes by
+``α(Σm·lse' − m_ij v'_ij) + β·COEF·lse'²`` plus a constant (``Σ_{c≠j} m_ic v_ic``) that cancels
+in a central difference and is real under the complex step.  A column costs O(N), every
+coordinate O(N·C): a few passes over the logits.  This is still a difference of loss values
+(no derivative formula enters): ``tests/test_scale.py`` checks it against differences of whole
+evaluations of ``reference_rows``.  Rounding is no worse than a whole evaluation's: S's own
+summation error is shared by both sides of a difference.  Where the left-out constant is not
+finite (a smoothed target on a −inf logit) the row is NaN, as a whole evaluation gives.
 
 Step and error band (per row i, along one coordinate)
 -----------------------------------------------------
@@ -38,12 +49,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import Inputs
+from ..suite.config import FD_BUDGET
 from . import jaxsetup
 from .analytic import _forward, _grad_v
 from .loss import features, params, rows_of, target_terms, transform
 
 U64 = 2.0**-53
-CHUNK_ELEMENTS = 2**18     # K·N·C per chunk: 2 MB of float64 (fits in cache; measured best)
+CHUNK_ELEMENTS = 2**18     # elements per chunk of a sweep (2 MB of float64: fits in cache)
 COMPLEX_STEP = 1e-20
 
 
@@ -67,6 +79,11 @@ class RowStats:
 
 
 def row_stats(inputs: Inputs) -> RowStats:
+    """The per-row magnitudes of ``inputs`` (memoized on it)."""
+    return inputs.memo("row_stats", lambda: _row_stats(inputs))
+
+
+def _row_stats(inputs: Inputs) -> RowStats:
     spec = inputs.spec
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, np.float64)
@@ -160,13 +177,22 @@ def fd_plan(st: RowStats, method: str) -> tuple[np.ndarray, np.ndarray]:
     return h, band
 
 
-EVALS = {"central": 2, "richardson": 4, "complex": 4}   # real-batch evaluations per column
+#: element evaluations per entry of a swept column (a complex exp and log count as two)
+EVALS = {"central": 2, "richardson": 4, "complex": 4}
 
 
-def default_fd_method(n: int, c: int, budget: float = 2e9) -> str:
+def default_fd_method(n: int, c: int, budget: float = FD_BUDGET) -> str:
     """The most accurate affordable method: complex step (about twice central's work) while
     every column fits the budget, central differences beyond."""
-    return "complex" if EVALS["complex"] * n * c * c <= budget else "central"
+    return "complex" if EVALS["complex"] * n * c <= budget else "central"
+
+
+def fd_work(n: int, c: int, budget: float = FD_BUDGET, probes: int = 8) -> float:
+    """Element evaluations a case's finite differences spend (for run-time estimates): the
+    swept columns, plus the directional probes (a complex evaluation of every entry each)
+    when the columns are sampled."""
+    sweep = EVALS[default_fd_method(n, c, budget)] * n * c
+    return min(sweep, budget) + (probes * 8 * n * c if sweep > budget else 0)
 
 
 def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
@@ -176,13 +202,13 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
                       seed: int = 0) -> FDResult:
     """Finite-difference gradient of the reference loss.
 
-    Every coordinate while ``EVALS·N·C²`` element evaluations fit ``budget``; beyond it a
+    Every coordinate while ``EVALS·N·C`` element evaluations fit ``budget``; beyond it a
     subset of columns (every target column, then the columns of the largest ``|priority|``
     entries, then random ones) plus ``probes`` directional derivatives over every coordinate.
     ``step`` overrides the derived per-row step (``softcheck steps``).
     """
     n, c = inputs.logits.shape
-    method = method or default_fd_method(n, c, budget or 2e9)
+    method = method or default_fd_method(n, c, budget or FD_BUDGET)
     st = row_stats(inputs)
     h, band = fd_plan(st, method)
     if step is not None:
@@ -200,18 +226,16 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
 
     mask = None
     probe_list: tuple[Probe, ...] = ()
-    if columns is None and budget is not None and EVALS[method] * n * c * c > budget:
-        columns = _choose_columns(inputs, int(budget // (EVALS[method] * n * c)), priority, seed)
+    if columns is None and budget is not None and EVALS[method] * n * c > budget:
+        columns = _choose_columns(inputs, int(budget // (EVALS[method] * n)), priority, seed)
     cols = np.arange(c) if columns is None else np.asarray(columns)
     grad = np.full((n, c), np.nan)
-    k = max(1, min(len(cols), CHUNK_ELEMENTS // max(1, n * c)))
+    k = max(1, min(len(cols), CHUNK_ELEMENTS // max(1, n)))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        if n * c * len(cols) >= JAX_FD_THRESHOLD:
-            grad[:, cols] = _jax_columns(inputs, prm, h, cols, method, k, feats, sparse).T
-        else:
-            for j0 in range(0, len(cols), k):
-                js = cols[j0:j0 + k]
-                grad[:, js] = _columns(rows, z, js, h, method).T
+        sweep = _Sweep(z, tt, prm, feats, shift)
+        for j0 in range(0, len(cols), k):
+            js = cols[j0:j0 + k]
+            grad[:, js] = sweep.columns(js, h, method).T
         if columns is not None:
             mask = np.zeros((n, c), bool)
             mask[:, cols] = True
@@ -256,47 +280,9 @@ def _probes(rows, z, st: RowStats, count: int, seed: int, project: dict) -> tupl
     return tuple(out)
 
 
-#: from this many element evaluations per sweep on, the jitted JAX path beats numpy
-JAX_FD_THRESHOLD = 2e5
-
-
 def _sparse(inputs: Inputs, prm) -> bool:
     """Index targets without smoothing: one non-zero target weight per row (a gather)."""
     return bool(inputs.spec.hard and prm["eps"] == 0.0)
-
-
-@functools.cache
-def _jax_fd(hard: bool, method: str, k: int, feats: tuple, sparse: bool):
-    """Jitted FD over a list of columns: ``lax.map`` runs chunks of k columns, each chunk
-    vmapped, so memory stays at O(k·N·C) and one compilation serves every case of a shape
-    (and feature set).  The target terms are computed once per sweep, outside the map."""
-    jax, jnp = jaxsetup.load()
-
-    def column(z, tt, shift, index, prm, h, j):
-        def rows(zz):
-            return rows_of(jnp, zz, tt, prm, jax.lax.stop_gradient, feats, shift, index)
-
-        # z.at[:, j].add: a dense copy with one column changed (measured: 2× faster here
-        # than adding h times a one-hot vector, which XLA fuses into a slow select-exp loop)
-        if method == "complex":
-            zc = z.astype(jnp.complex128).at[:, j].add(1j * h)
-            return jnp.imag(rows(zc)) / h
-
-        def central(hh):
-            zp = z.at[:, j].add(hh)
-            zm = z.at[:, j].add(-hh)
-            step = jnp.where(jnp.isfinite(z[:, j]), zp[:, j] - zm[:, j], 2 * hh)
-            return (rows(zp) - rows(zm)) / step
-
-        if method == "central":
-            return central(h)
-        return (4 * central(h / 2) - central(h)) / 3
-
-    def sweep(z, target, prm, h, cols):
-        tt, shift, index = _sweep_terms(jnp, z, target, prm, hard, feats, sparse)
-        return jax.lax.map(lambda j: column(z, tt, shift, index, prm, h, j), cols, batch_size=k)
-
-    return jax.jit(sweep)
 
 
 def _sweep_terms(xp, z, target, prm, hard, feats, sparse):
@@ -311,51 +297,53 @@ def _sweep_terms(xp, z, target, prm, hard, feats, sparse):
     return tt, shift, index
 
 
-@functools.cache
-def _sharded(hard, method, k, feats, sparse, ndev):
-    """The same sweep, its columns split over ``ndev`` devices (pmap): each device runs the
-    same per-column code, so the numbers do not depend on the device count."""
-    jax, _ = jaxsetup.load()
-    return jax.pmap(_jax_fd(hard, method, k, feats, sparse), in_axes=(None, None, None, None, 0))
+class _Sweep:
+    """Column sweeps by updating each row's sum of exponentials (module docstring, "Column
+    sweeps")."""
 
+    def __init__(self, z, tt, prm, feats, shift):
+        self.z, self.tt, self.prm, self.feats = z, tt, prm, feats
+        self.shift = np.where(np.isfinite(shift), shift, 0.0)             # (N, 1)
+        self.s = np.zeros(z.shape[0])
+        rows = max(1, CHUNK_ELEMENTS // max(1, z.shape[1]))
+        for i in range(0, z.shape[0], rows):
+            v = transform(np, z[i:i + rows], prm, feats)
+            self.s[i:i + rows] = np.sum(np.exp(v - self.shift[i:i + rows]), -1)
+            m = tt.m[i:i + rows]
+            # the constant Σ m·v left out of value(): where it is not finite the loss is not,
+            # and no derivative of the row exists (NaN, as a full evaluation gives)
+            self.s[i:i + rows][~np.isfinite(np.sum(np.where(m != 0, m * v, 0.0), -1))] = np.nan
 
-def _jax_columns(inputs: Inputs, prm, h, cols, method, k, feats, sparse):
-    jax, _ = jaxsetup.load()
-    cols = np.asarray(cols, np.int32)
-    ndev = jax.local_device_count()
-    args = (inputs.logits64, inputs.target64, prm, h)
-    if ndev == 1 or len(cols) < 2 * ndev * k:
-        return np.asarray(_jax_fd(inputs.spec.hard, method, int(k), feats, sparse)(*args, cols))
-    per = -(-len(cols) // ndev)
-    padded = np.concatenate([cols, np.full(per * ndev - len(cols), cols[-1], np.int32)])
-    fn = _sharded(inputs.spec.hard, method, int(k), feats, sparse, ndev)
-    out = np.asarray(fn(*args, padded.reshape(ndev, per)))
-    return out.reshape(ndev * per, -1)[: len(cols)]
+    def value(self, zj, ej, mj, dz):
+        """The changing part of each row's value with columns js moved by ``dz``: (N, K)."""
+        tt, prm = self.tt, self.prm
+        vp = transform(np, zj + dz, prm, self.feats)
+        lse = self.shift + np.log(self.s[:, None] - ej + np.exp(vp - self.shift))
+        ce = tt.msum[:, None] * lse - np.where(mj != 0, mj * vp, 0.0)
+        out = tt.alpha[:, None] * ce
+        if self.feats[2]:
+            out = out + tt.beta[:, None] * prm["z_loss"] * lse**2
+        return tt.valid[:, None] * out
 
+    def columns(self, js, h, method):
+        """Derivatives for columns ``js`` of every row: shape (len(js), N)."""
+        zj = self.z[:, js]                                                # (N, K)
+        ej = np.exp(transform(np, zj, self.prm, self.feats) - self.shift)
+        mj = self.tt.m[:, js]
+        hh = h[:, None]
+        finite = np.isfinite(zj)
 
-def _columns(rows, z, js, h, method):
-    """Derivatives for columns ``js`` of every row: shape (len(js), N)."""
-    k = len(js)
-    n = z.shape[0]
-    at = (np.arange(k)[:, None], np.arange(n)[None, :], js[:, None])
-    zj = z[:, js].T                                           # (k, N)
-    finite = np.isfinite(zj)
+        def central(hh):
+            step = np.where(finite, (zj + hh) - (zj - hh), 2 * hh)      # exactly representable
+            return (self.value(zj, ej, mj, hh) - self.value(zj, ej, mj, -hh)) / step
 
-    def central(hh):
-        zp = np.broadcast_to(z, (k,) + z.shape).copy()
-        zm = zp.copy()
-        zp[at] = zj + hh
-        zm[at] = zj - hh
-        step = np.where(finite, zp[at] - zm[at], 2 * hh)     # the exactly representable step
-        return (rows(zp) - rows(zm)) / step
-
-    if method == "central":
-        return central(h[None, :])
-    if method == "richardson":
-        return (4 * central(h[None, :] / 2) - central(h[None, :])) / 3
-    zc = np.broadcast_to(z, (k,) + z.shape).astype(np.complex128)
-    zc[at] = zj + 1j * h[None, :]
-    return np.imag(rows(zc)) / h[None, :]
+        if method == "central":
+            d = central(hh)
+        elif method == "richardson":
+            d = (4 * central(hh / 2) - central(hh)) / 3
+        else:
+            d = np.imag(self.value(zj, ej, mj, 1j * hh)) / hh
+        return d.T
 
 
 def finite_difference_hvp(inputs: Inputs, direction: np.ndarray, gradient_fn, scale: float):

@@ -9,8 +9,8 @@ import sys
 
 
 def configure(devices: int | None) -> None:
-    """Ask for ``devices`` XLA host (CPU) devices: finite-difference chunks are sharded over
-    every device.  Must happen before JAX starts; a GPU/TPU backend ignores it."""
+    """Ask for ``devices`` XLA host (CPU) devices (``--devices``).  Must happen before JAX
+    starts; a GPU/TPU backend ignores it."""
     if not devices:
         return
 

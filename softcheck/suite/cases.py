@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass
 
 from ..spec import REDUCTIONS, TARGET_KINDS, LossSpec
-from .config import DEFAULT_BATCH, DTYPES, REGIMES, Config, numpy_dtype
+from .config import DEFAULT_BATCH, DTYPES, FD_BUDGET, REGIMES, Config, numpy_dtype
 
 @dataclass(frozen=True)
 class Case:
@@ -22,7 +22,7 @@ class Case:
     fd: str | None = None
     order: int = 1
     probes: int = 8
-    fd_budget: float = 2e9
+    fd_budget: float = FD_BUDGET
     tag: str | None = None
     tolerance: str = "strict"
     atol: float | None = None       # the user's tolerances (--atol/--rtol), None: derived

@@ -53,6 +53,12 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+#: --fd-budget: element evaluations the finite differences may spend on one case before they
+#: sample columns (one entry of a swept column costs 2 real, 4 complex: see
+#: reference/finite_difference.py); sized so a 4096×131072 case sweeps a sample in seconds
+FD_BUDGET = 2.5e8
+
+
 @dataclass(frozen=True)
 class Config:
     """What to run: each axis a tuple of values (crossed), plus the loss options and knobs.
@@ -79,7 +85,7 @@ class Config:
     fd: str | None = None
     order: int = 1
     probes: int = 8
-    fd_budget: float = 2e9
+    fd_budget: float = FD_BUDGET
     tolerance: str = "strict"
     atol: float | None = None      # the user's own tolerances (None: the derived one)
     rtol: float | None = None

@@ -27,7 +27,7 @@ def correct(logits, target, **kw):
     if np.asarray(target).ndim == 2:
         opts["targets"] = "probs"
     go = opts.pop("grad_output", None)
-    return analytic.gradient(make_inputs_from_arrays(logits, target, grad_output=go, **opts))
+    return analytic.gradient(make_inputs_from_arrays(logits, target, grad_output=go, **opts)).copy()
 
 
 def _plain(z, y, axis=-1, shift=True):
