@@ -112,10 +112,12 @@ class Candidate:
     def kwargs(self, inputs: Inputs) -> dict:
         return kwargs_for(inputs, self.takes)
 
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
-             ) -> CallResult:
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
+        """The gradient (``repeat`` calls); under a loss convention also the gradients for the
+        other upstream gradients unless ``variants`` is False (a relation's call)."""
         if self.settings.convention != "grad":
-            return _in_process_convention(self, inputs, timeout, repeat)
+            return _in_process_convention(self, inputs, timeout, repeat, variants)
         args = [inputs.logits, inputs.target]
         return _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
 
@@ -220,7 +222,8 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
 
 
 def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None, lse64=None,
-                      repeat: int = 1, runner=run_convention) -> CallResult:
+                      repeat: int = 1, runner=run_convention, variants: bool = True
+                      ) -> CallResult:
     """``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the same
     contract: ``shardmap.run``) ``repeat`` times on identical fresh inputs, judged as
     :func:`invoke` judges a gradient function; everything converted to float64 numpy here,
@@ -231,7 +234,7 @@ def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None
         shape = inputs.logits.shape
         where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
         try:
-            out = runner(fn, st, inputs, bwd=bwd, lse64=lse64)
+            out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants)
             grad = np.array(to_array(out.grad, shape), np.float64, copy=True)
             variants = tuple((str(lab), np.asarray(g, np.float64),
                               np.array(to_array(x, shape), np.float64, copy=True))
@@ -253,7 +256,8 @@ def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None
     return dataclasses.replace(first, notes=tuple(notes), nondet=nondet)
 
 
-def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat) -> CallResult:
+def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
+                           variants: bool = True) -> CallResult:
     """``invoke_convention`` in this process, output captured, as ``_in_process``."""
     from ..reference.loss import values
 
@@ -266,7 +270,8 @@ def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat) -> 
             weight=None if inputs.weight is None else np.array(inputs.weight, copy=True))
 
     return _threaded(lambda: invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward,
-                                               lse64=lse64, repeat=repeat), timeout)
+                                               lse64=lse64, repeat=repeat,
+                                               variants=variants), timeout)
 
 
 def _threaded(work: Callable[[], CallResult], timeout) -> CallResult:

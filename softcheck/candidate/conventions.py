@@ -321,13 +321,16 @@ def upstreams(inputs: Inputs) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None) -> Outputs:
-    """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split)."""
+def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: bool = True
+        ) -> Outputs:
+    """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split);
+    ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call)."""
     if st.convention == "split":
         return _split(fn, bwd, st, inputs, lse64)
     apply = fn.apply if is_autograd_function(fn) else fn
     by_autograd = st.convention == "loss" or is_autograd_function(fn)
-    gs = [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs)
+    gs = [("main", np.asarray(inputs.grad_output, np.float64))] + (
+        upstreams(inputs) if variants else [])
     if st.convention == "inplace" and not by_autograd:
         gs = gs[:1]                  # softcheck applies g itself: one call says it all
     grads, first, notes = [], None, []

@@ -146,7 +146,8 @@ def _varying(g, loss):
     return jax.lax.pvary(g, AXIS)
 
 
-def run(fn, st: Settings, inputs: Inputs, *, mesh, bwd=None, lse64=None) -> Outputs:
+def run(fn, st: Settings, inputs: Inputs, *, mesh, bwd=None, lse64=None,
+        variants: bool = True) -> Outputs:
     """``--convention loss`` inside shard_map (``conventions.run``'s contract): per upstream
     gradient g, every device's loss and its shard's ∂(g·loss)/∂shard; rank 0's values are the
     loss, every device's loss is in ``Outputs.ranks``."""
@@ -161,7 +162,8 @@ def run(fn, st: Settings, inputs: Inputs, *, mesh, bwd=None, lse64=None) -> Outp
     arrays, static = _keywords(fn, kw, v)
     z = _pad(inputs.logits, cols, width)
     grads, first = [], None
-    for label, g in [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs):
+    for label, g in [("main", np.asarray(inputs.grad_output, np.float64))] + (
+            upstreams(inputs) if variants else []):
         def body(zs, t, gg, arrs):
             def f(zz):
                 got = _returned(fn(zz, t, **static, **arrs), st, n)

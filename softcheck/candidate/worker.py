@@ -279,12 +279,14 @@ class IsolatedCandidate:
     def kwargs(self, inputs: Inputs) -> dict:
         return kwargs_for(inputs, self.takes)
 
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1) -> CallResult:
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
         if self.settings.convention != "grad":
-            return self._call_convention(inputs, timeout, repeat)
+            return self._call_convention(inputs, timeout, repeat, variants)
         return self._call("call", inputs, [inputs.logits, inputs.target], timeout, repeat)
 
-    def _call_convention(self, inputs: Inputs, timeout, repeat) -> CallResult:
+    def _call_convention(self, inputs: Inputs, timeout, repeat, variants: bool = True
+                         ) -> CallResult:
         """A loss / inplace / split / autograd.Function kernel: the worker runs the
         convention (``call.invoke_convention``); gradients come back through shared memory,
         the forward's values in the reply."""
@@ -293,7 +295,8 @@ class IsolatedCandidate:
         lse64 = values(inputs.float64()).lse
         arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
                   "lse64": np.asarray(lse64, np.float64)}
-        kw = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+        kw: dict = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+        kw["variants"] = variants
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
                           kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
 

@@ -100,7 +100,8 @@ def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
 
     lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
     r = invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward, lse64=lse64,
-                          repeat=req["repeat"], **({"runner": runner} if runner else {}))
+                          repeat=req["repeat"], variants=bool(kw.get("variants", True)),
+                          **({"runner": runner} if runner else {}))
     if r.error is not None:
         return {"error": r.error, "notes": [str(x) for x in r.notes]}
     size = 8 * int(np.prod(req["shape"]))

@@ -137,8 +137,8 @@ class RankedCandidate:
         return CallResult(None, FIRST_ORDER)
 
     # -- one call on every rank -------------------------------------------------------
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
-             ) -> CallResult:
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)
         n, v = inputs.logits.shape
@@ -147,6 +147,7 @@ class RankedCandidate:
         if conv:
             kw = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output)}
             kw = {k: np.asarray(x) for k, x in kw.items() if x is not None}
+            kw["variants"] = variants
         else:
             kw = kwargs_for(inputs, self.takes)
         if self._ranks is not None and any(w.proc.poll() is not None for w in self._ranks):
@@ -282,11 +283,11 @@ class ShardMapCandidate(IsolatedCandidate):
         return {"XLA_FLAGS": host_devices(self.world, os.environ.get("XLA_FLAGS", "")),
                 "JAX_PLATFORMS": "cpu"}
 
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
-             ) -> CallResult:
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)
-        return super().call(inputs, timeout=timeout, repeat=repeat)
+        return super().call(inputs, timeout=timeout, repeat=repeat, variants=variants)
 
     def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
         return CallResult(None, FIRST_ORDER)
