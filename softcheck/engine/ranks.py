@@ -15,7 +15,8 @@ import numpy as np
 from ..candidate.call import CallResult, kwargs_for
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
-from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, _Died, _Worker
+from ..candidate.channel import _Died, _Worker
+from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
