@@ -261,7 +261,7 @@ def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
     """``invoke_convention`` in this process, output captured, as ``_in_process``."""
     from ..reference.loss import values
 
-    lse64 = values(inputs.float64()).lse
+    lse64 = values(inputs.float64()).lse if cand.settings.convention == "split" else None
 
     def fresh():
         return dataclasses.replace(
