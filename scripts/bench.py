@@ -339,6 +339,37 @@ def scale_rows(sizes: str = SCALE_SIZES) -> list:
     return out
 
 
+def tensor_parallel_rows(repeats: int = 2) -> list:
+    """#20: a whole ``softcheck check --tensor-parallel 4`` run of the Megatron-style example at
+    256×32000 float32 (one case), beside the same case on one process (torch's own
+    cross_entropy under the loss convention): wall time, peak Pss of every process, best of
+    ``repeats``; and the ranks' own calls (the JSON's call timing) where reported."""
+    common = ["--convention", "loss", "--batch", "256", "--classes", "32000", "--dtype",
+              "float32", "--regime", "normal", "--json", "-"]
+    runs = {
+        "--tensor-parallel 4 (gloo)": ["scripts/examples/vocab_parallel_ce.py:vocab_parallel_ce",
+                                       "--tensor-parallel", "4"],
+        "one process": ["torch.nn.functional:cross_entropy"],
+    }
+    out = []
+    for label, target in runs.items():
+        best = None
+        for _ in range(repeats):
+            t, peak, text = run_measured([sys.executable, "-m", "softcheck", "check", *target,
+                                          *common])
+            if best is None or t < best[0]:
+                best = (t, peak, text)
+        import json
+
+        case = json.loads(best[2])["cases"][0]
+        row = ("256×32000 f32, 1 case", f"softcheck check {label}", f"{best[0]:.3g} s", "",
+               "", f"{'PASS' if case['passed'] else 'FAIL'}; peak Pss {best[1] / 2**30:.2f} GiB; "
+               f"FD {case['fd']['coverage']}; best of {repeats}")
+        print(" | ".join(row), flush=True)
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES)
@@ -351,9 +382,11 @@ def main(argv=None) -> int:
                     help="only the isolation rows (#15): isolated vs --in-process check")
     ap.add_argument("--scale", nargs="?", const=SCALE_SIZES, default=None,
                     help="only the LLM-size rows (#17), e.g. 8192x32000:float32")
+    ap.add_argument("--tensor-parallel", action="store_true",
+                    help="only the tensor-parallel rows (#20): W=4 ranks vs one process")
     args = ap.parse_args(argv)
-    if args.scale:
-        table = scale_rows(args.scale)
+    if args.scale or args.tensor_parallel:
+        table = scale_rows(args.scale) if args.scale else tensor_parallel_rows()
         _print_markdown(table) if args.markdown else None
         return 0
     if args.isolation:

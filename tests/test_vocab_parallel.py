@@ -125,6 +125,20 @@ def test_shards_even_and_uneven():
         assert max(b - a for a, b in s) - min(b - a for a, b in s) <= 1
 
 
+def test_four_ranks_correct_example_passes_and_shard_smoothing_is_named(tmp_path):
+    """W = 4 in CI too (the issue's acceptance): one case each, the correct example and the
+    Megatron #737 bug; every option on 4 ranks runs in the slow test below."""
+    code, rep, r = check(tmp_path, "vocab_parallel_ce", "--tensor-parallel", "4",
+                         "--classes", "64", "--label-smoothing", "0.1", "--ignore-index", "5")
+    assert code == 0, r.stdout
+    assert len(rank_errors(rep["cases"][0])) == 4
+    code, rep, r = check(tmp_path, "smoothing_shard_v", "--tensor-parallel", "4",
+                         "--classes", "64", "--label-smoothing", "0.1")
+    assert code == 1
+    assert any("shard's vocabulary size on ranks 0, 1, 2, 3" in h
+               for h in rep["cases"][0]["diagnosis"]), rep["cases"][0]["diagnosis"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fn,passes", [("vocab_parallel_ce", True), ("smoothing_shard_v", False),
                                        ("local_max", False)])

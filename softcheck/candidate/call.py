@@ -76,7 +76,7 @@ class CallResult:
     z_loss: np.ndarray | None = None
     lse: np.ndarray | None = None
     variants: tuple = ()        # (label, upstream g, gradient) for the other upstream gradients
-    ranks: tuple = ()           # --tensor-parallel: (rank, start, stop, loss) per rank
+    ranks: tuple = ()           # --tensor-parallel: (rank, start, stop, loss, width) per rank
 
 
 @dataclass
@@ -112,10 +112,12 @@ class Candidate:
     def kwargs(self, inputs: Inputs) -> dict:
         return kwargs_for(inputs, self.takes)
 
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
-             ) -> CallResult:
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
+        """The gradient (``repeat`` calls); under a loss convention also the gradients for the
+        other upstream gradients unless ``variants`` is False (a relation's call)."""
         if self.settings.convention != "grad":
-            return _in_process_convention(self, inputs, timeout, repeat)
+            return _in_process_convention(self, inputs, timeout, repeat, variants)
         args = [inputs.logits, inputs.target]
         return _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
 
@@ -246,17 +248,19 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
 
 
 def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None, lse64=None,
-                      repeat: int = 1) -> CallResult:
-    """``conventions.run`` (loss, inplace, split, autograd.Function) ``repeat`` times on
-    identical fresh inputs, judged as :func:`invoke` judges a gradient function; everything
-    converted to float64 numpy here, in the candidate's process."""
+                      repeat: int = 1, runner=run_convention, variants: bool = True
+                      ) -> CallResult:
+    """``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the same
+    contract: ``shardmap.run``) ``repeat`` times on identical fresh inputs, judged as
+    :func:`invoke` judges a gradient function; everything converted to float64 numpy here,
+    in the candidate's process."""
     first, notes, nondet = None, [], 0.0
     for i in range(max(1, repeat)):
         inputs = fresh()
         shape = inputs.logits.shape
         where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
         try:
-            out = run_convention(fn, st, inputs, bwd=bwd, lse64=lse64)
+            out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants)
             grad = np.array(to_array(out.grad, shape), np.float64, copy=True)
             variants = tuple((str(lab), np.asarray(g, np.float64),
                               np.array(to_array(x, shape), np.float64, copy=True))
@@ -268,7 +272,7 @@ def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None
         except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
             return CallResult(None, format_exception(e) + where, tuple(notes))
         if first is None:
-            first = CallResult(grad, None, (), "", 0.0, *values, variants)
+            first = CallResult(grad, None, (), "", 0.0, *values, variants, out.ranks)
             notes += [str(n) for n in out.notes if str(n) not in notes]
         elif grad.tobytes() != first.grad.tobytes():
             nondet = max(nondet, max_difference(first.grad, grad))
@@ -278,11 +282,12 @@ def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None
     return dataclasses.replace(first, notes=tuple(notes), nondet=nondet)
 
 
-def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat) -> CallResult:
+def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
+                           variants: bool = True) -> CallResult:
     """``invoke_convention`` in this process, output captured, as ``_in_process``."""
     from ..reference.loss import values
 
-    lse64 = values(inputs.float64()).lse
+    lse64 = values(inputs.float64()).lse if cand.settings.convention == "split" else None
 
     def fresh():
         return dataclasses.replace(
@@ -291,7 +296,8 @@ def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat) -> 
             weight=None if inputs.weight is None else np.array(inputs.weight, copy=True))
 
     return _threaded(lambda: invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward,
-                                               lse64=lse64, repeat=repeat), timeout)
+                                               lse64=lse64, repeat=repeat,
+                                               variants=variants), timeout)
 
 
 def _threaded(work: Callable[[], CallResult], timeout) -> CallResult:

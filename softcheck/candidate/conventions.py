@@ -39,6 +39,8 @@ KERNEL_OPTIONS = tuple(o for o in OPTION_NAMES if o != "grad_output")
 POSITIONAL = ("logits", "target")
 #: PyTorch's deprecated arguments: never passed
 NEVER = ("size_average", "reduce")
+#: what a --tensor-parallel JAX TARGET is given besides the options (candidate/sharding.py)
+SHARD_KEYWORDS = ("axis_name", "vocab_size")
 
 
 class CallFailed(Exception):
@@ -56,7 +58,7 @@ class Settings:
     returns: tuple[str, ...] | None = None  # None: ("loss",), split ("loss", "lse")
     backward: str | None = None             # split: the backward's TARGET
     device: str = "cpu"
-    tensor_parallel: int = 1                # W > 1: W torch.distributed ranks (engine/ranks.py)
+    tensor_parallel: int = 1                # W > 1: W torch ranks / JAX devices (engine/ranks.py)
     backend: str = "gloo"
     split: str = "even"
     fused: bool = False                     # fused linear cross-entropy: fn(x, weight, target)
@@ -82,6 +84,7 @@ class Outputs:
     lse: np.ndarray | None = None
     variants: tuple = ()
     notes: tuple[str, ...] = ()
+    ranks: tuple = ()           # shard_map: (rank, start, stop, loss, width) per device
 
 
 def settings(convention=None, framework=None, args=None, rename=(), returns=None,
@@ -133,8 +136,8 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
 
 
 def _tensor_parallel(w, backend, split, conv: str, framework) -> int:
-    """--tensor-parallel W (with --backend, --split) validated: torch installed, a loss or grad
-    kernel, W >= 1."""
+    """--tensor-parallel W (with --backend, --split) validated: torch installed (unless
+    --framework jax: ``sharding.check`` at resolve), a loss or grad kernel, W >= 1."""
     w = 1 if w is None else int(w)
     if w < 1:
         raise SoftcheckError(f"--tensor-parallel must be at least 1; got {w}")
@@ -143,12 +146,14 @@ def _tensor_parallel(w, backend, split, conv: str, framework) -> int:
             raise SoftcheckError(f"--{name} must be one of {', '.join(allowed)}; got {v!r}")
     if w == 1:
         return 1
-    if framework not in (None, "torch"):
-        raise SoftcheckError(f"--tensor-parallel runs torch.distributed ranks: --framework "
-                             f"{framework} cannot be checked so (use --framework torch)")
+    if framework not in (None, "torch", "jax"):
+        raise SoftcheckError(f"--tensor-parallel runs torch.distributed ranks or JAX shard_map: "
+                             f"--framework {framework} cannot be checked so (use torch or jax)")
     if conv not in ("grad", "loss"):
         raise SoftcheckError(f"--tensor-parallel checks --convention loss or grad kernels; "
                              f"got --convention {conv}")
+    if framework == "jax":
+        return w
     require("torch", what="--tensor-parallel starts torch.distributed ranks")
     return w
 
@@ -163,6 +168,8 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
         conv = "loss"
     fw = fw or detect(fn)
     st = dataclasses.replace(st, convention=conv, framework=fw)
+    # inside jax.shard_map (sharding.py, which load.py has check the rest): given, not required
+    free = SHARD_KEYWORDS if st.tensor_parallel > 1 and fw == "jax" else ()
     if st.fused:
         if conv == "loss":
             require(fw)
@@ -174,7 +181,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
         _check_signature(fn, 3, "", conv)
         return st
     if conv == "grad":
-        _check_signature(fn, 2, "", conv)
+        _check_signature(fn, 2, "", conv, free)
         return st
     require(fw)
     check_device(fw, st.device)
@@ -188,7 +195,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     if is_autograd_function(fn):
         st = dataclasses.replace(st, args=_apply_order(fn, st))
     else:
-        _check_signature(fn, 2, "", conv)
+        _check_signature(fn, 2, "", conv, free)
     if conv == "split":
         if bwd is None:
             raise SoftcheckError("--convention split needs --backward FILE.py:bwd")
@@ -196,7 +203,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     return st
 
 
-def _check_signature(fn, n: int, what: str, conv: str) -> None:
+def _check_signature(fn, n: int, what: str, conv: str, free: tuple = ()) -> None:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -205,7 +212,7 @@ def _check_signature(fn, n: int, what: str, conv: str) -> None:
     if any(p.kind is p.VAR_POSITIONAL for p in ps):
         return
     pos = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in ps if p.default is p.empty
+    required = [p for p in ps if p.default is p.empty and p.name not in free
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     shape = {4: "(logits, target, dloss, lse, **kw)", 3: "(x, weight, target, **kw)"}.get(
         n, "(logits, target, **kw)")
@@ -314,13 +321,16 @@ def upstreams(inputs: Inputs) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None) -> Outputs:
-    """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split)."""
+def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: bool = True
+        ) -> Outputs:
+    """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split);
+    ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call)."""
     if st.convention == "split":
         return _split(fn, bwd, st, inputs, lse64)
     apply = fn.apply if is_autograd_function(fn) else fn
     by_autograd = st.convention == "loss" or is_autograd_function(fn)
-    gs = [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs)
+    gs = [("main", np.asarray(inputs.grad_output, np.float64))] + (
+        upstreams(inputs) if variants else [])
     if st.convention == "inplace" and not by_autograd:
         gs = gs[:1]                  # softcheck applies g itself: one call says it all
     grads, first, notes = [], None, []

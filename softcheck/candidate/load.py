@@ -13,6 +13,8 @@ import zlib
 from ..spec import SoftcheckError
 from .conventions import Settings, resolve
 from .call import Candidate
+from .frameworks import detect
+from .sharding import check as check_sharded
 
 
 def load(target: str, *, hvp: str | None = None, label: str | None = None,
@@ -32,6 +34,8 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
         bwd = loaded.fn
         st = dataclasses.replace(st, backward=loaded.source)   # absolute: a worker reloads it
     try:
+        if st.tensor_parallel > 1 and (st.framework or detect(cand.fn)) == "jax":
+            check_sharded(cand.fn, st)            # (before resolve's --device check)
         st = resolve(cand.fn, st, bwd=bwd)
     except SoftcheckError as e:
         raise SoftcheckError(f"TARGET {target}: {e}") from None

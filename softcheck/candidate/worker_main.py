@@ -80,9 +80,10 @@ class _Shm:
         return np.array(view, copy=True)
 
 
-def serve_convention(cand, shm: _Shm, req: dict) -> dict:
+def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
     """A convention call (loss, inplace, split, autograd.Function): ``invoke_convention`` on
-    fresh Inputs; gradients to shared memory, the forward's values (small) in the reply."""
+    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); gradients to shared
+    memory, the forward's values (small) in the reply."""
     from ..spec import Inputs
 
     kw = req["kw"]
@@ -94,7 +95,8 @@ def serve_convention(cand, shm: _Shm, req: dict) -> dict:
 
     lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
     r = invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward, lse64=lse64,
-                          repeat=req["repeat"])
+                          repeat=req["repeat"], variants=bool(kw.get("variants", True)),
+                          **({"runner": runner} if runner else {}))
     if r.error is not None:
         return {"error": r.error, "notes": [str(x) for x in r.notes]}
     size = 8 * int(np.prod(req["shape"]))
@@ -106,7 +108,8 @@ def serve_convention(cand, shm: _Shm, req: dict) -> dict:
 
     return {"error": None, "notes": [str(x) for x in r.notes], "nondet": float(r.nondet),
             "loss": plain(r.loss), "z_loss": plain(r.z_loss), "lse": plain(r.lse),
-            "variants": [(str(lab), plain(g)) for lab, g, _ in r.variants]}
+            "variants": [(str(lab), plain(g)) for lab, g, _ in r.variants],
+            "ranks": [(r_, a, b, plain(x), w) for r_, a, b, x, w in r.ranks]}
 
 
 def serve_call(cand, shm: _Shm, req: dict) -> dict:

@@ -174,12 +174,13 @@ def call_options(fn):
         click.option("--tensor-parallel", type=click.IntRange(1), default=1, show_default=True,
                      help="W: run TARGET on W torch.distributed ranks, each given its column "
                           "shard of the logits, the global targets and group= (needs "
-                          "softcheck[torch])."),
+                          "softcheck[torch]); --framework jax: inside jax.shard_map over W "
+                          "host devices, given axis_name=."),
         click.option("--backend", type=click.Choice(BACKENDS), default="gloo",
                      show_default=True, help="torch.distributed backend of the ranks."),
         click.option("--split", type=click.Choice(SPLITS), default="even", show_default=True,
                      help="even: V/W columns per rank; uneven: rank r starts at "
-                          "r*(V//W)+min(r, V%W)."),
+                          "r*(V//W)+min(r, V%W) (JAX: V padded with -inf to W*ceil(V/W))."),
     ]
     for o in reversed(opts):
         fn = o(fn)

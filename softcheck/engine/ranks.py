@@ -1,5 +1,6 @@
 """--tensor-parallel W: the TARGET on W torch.distributed ranks (real OS processes), each given
-its column shard of the logits; the shards' gradients judged per rank, the losses across ranks."""
+its column shard of the logits, or (``--framework jax``) inside jax.shard_map over W host
+devices of one worker process; the shards' gradients judged per rank, the losses across ranks."""
 
 from __future__ import annotations
 
@@ -12,26 +13,18 @@ import time
 import numpy as np
 
 from ..candidate.call import CallResult, kwargs_for
-from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, _Died, _Worker
+from ..candidate.conventions import SHARD_KEYWORDS
+from ..candidate.sharding import shards
+from ..candidate.channel import _Died, _Worker
+from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
 
 RANK_MAIN = "softcheck.candidate.rank_main"
-
-
-def shards(classes: int, world: int, split: str = "even") -> list[tuple[int, int]]:
-    """Each rank's columns [start, stop): ``even`` W equal shards (V divisible by W, as
-    Megatron requires); ``uneven`` rank r starts at r*(V//W) + min(r, V%W)."""
-    if world > classes:
-        raise SoftcheckError(f"--tensor-parallel {world} needs at least {world} classes; "
-                             f"got {classes}")
-    if split == "even" and classes % world:
-        raise SoftcheckError(f"--split even needs the classes ({classes}) divisible by "
-                             f"--tensor-parallel {world}: pick --classes or --split uneven")
-    q, r = divmod(classes, world)
-    starts = [k * q + min(k, r) for k in range(world + 1)]
-    return list(zip(starts[:-1], starts[1:]))
+FIRST_ORDER = "--tensor-parallel checks first-order gradients only"
+HARD_ONLY = ("--tensor-parallel shards the logits' columns and gives every rank the global "
+             "class ids: --targets index only")
 
 
 def _free_port() -> int:
@@ -142,20 +135,20 @@ class RankedCandidate:
         self.close()
 
     def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
-        return CallResult(None, "--tensor-parallel checks first-order gradients only")
+        return CallResult(None, FIRST_ORDER)
 
     # -- one call on every rank -------------------------------------------------------
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1
-             ) -> CallResult:
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
         if not inputs.spec.hard:
-            return CallResult(None, "--tensor-parallel shards the logits' columns and gives "
-                                    "every rank the global class ids: --targets index only")
+            return CallResult(None, HARD_ONLY)
         n, v = inputs.logits.shape
         cols = shards(v, self.world, self.split)
         conv = self.settings.convention != "grad"
         if conv:
             kw = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output)}
             kw = {k: np.asarray(x) for k, x in kw.items() if x is not None}
+            kw["variants"] = variants
         else:
             kw = kwargs_for(inputs, self.takes)
         if self._ranks is not None and any(w.proc.poll() is not None for w in self._ranks):
@@ -260,7 +253,8 @@ class RankedCandidate:
         for r in range(len(replies)):
             notes += [f"rank {r}: {x}" for x in replies[r].get("notes", ())
                       if f"rank {r}: {x}" not in notes]
-        info = tuple((r, a, b, arr(replies[r].get("loss"))) for r, (a, b) in enumerate(cols))
+        info = tuple((r, a, b, arr(replies[r].get("loss")), b - a)
+                     for r, (a, b) in enumerate(cols))
         return CallResult(full[0], None, tuple(notes),
                           output="\n".join(f"[rank {r}] " + ln for r, w in
                                            enumerate(self._ranks or ())
@@ -268,6 +262,43 @@ class RankedCandidate:
                           nondet=max(float(replies[r].get("nondet", 0.0)) for r in replies),
                           loss=arr(first.get("loss")), z_loss=arr(first.get("z_loss")),
                           lse=arr(first.get("lse")), variants=variants, ranks=info)
+
+
+class ShardMapCandidate(IsolatedCandidate):
+    """``--framework jax``: one worker process (candidate/shard_main.py) hosting the W XLA
+    host devices (XLA_FLAGS set before JAX starts there), the TARGET called inside
+    jax.shard_map (candidate/sharding.py); every device's loss comes back for the judging.
+    A death or timeout of that process fails the call like any isolated candidate's."""
+
+    module = "softcheck.candidate.shard_main"
+
+    def __init__(self, source: str, label: str, settings, *, x64: bool = True):
+        self.world, self.split = settings.tensor_parallel, settings.split    # before it starts
+        super().__init__(source, None, label, x64=x64, settings=settings)
+        self._params -= set(SHARD_KEYWORDS)
+
+    @property
+    def env(self) -> dict:                # type: ignore[override]
+        from ..reference.jaxsetup import host_devices
+
+        return {"XLA_FLAGS": host_devices(self.world, os.environ.get("XLA_FLAGS", "")),
+                "JAX_PLATFORMS": "cpu"}
+
+    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
+             variants: bool = True) -> CallResult:
+        if not inputs.spec.hard:
+            return CallResult(None, HARD_ONLY)
+        return super().call(inputs, timeout=timeout, repeat=repeat, variants=variants)
+
+    def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
+        return CallResult(None, FIRST_ORDER)
+
+    def exchange(self, req: dict, timeout, **kw):
+        reply, error, output = super().exchange(req, timeout, **kw)
+        if error and reply is None:               # died or hung: every device with it
+            error = error.replace("the candidate's process", "the shard_map worker (hosting "
+                                  f"all {self.world} devices)")
+        return reply, error, output
 
 
 # ------------------------------------------------------------------------------- judging
@@ -281,7 +312,7 @@ def judge_ranks(call: CallResult, inputs64: Inputs, *, dtype: str, kappa: float,
         return [], [], ()
     ref = analytic.gradient(inputs64)
     comps, hints = [], []
-    for r, a, b, _ in call.ranks:
+    for r, a, b, _, _ in call.ranks:
         mask = np.zeros(ref.shape[1], bool)
         mask[a:b] = True
         comps.append(compare((f"candidate[rank {r}]", "analytic"),
@@ -289,7 +320,7 @@ def judge_ranks(call: CallResult, inputs64: Inputs, *, dtype: str, kappa: float,
                              inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale, user=user))
     bad = [c for c in comps if not c.passed]
     invs = []
-    losses = [(r, loss) for r, _, _, loss in call.ranks if loss is not None]
+    losses = [(r, loss) for r, _, _, loss, _ in call.ranks if loss is not None]
     if losses:
         r0, l0 = losses[0]
         diffs = [(r, float(np.max(np.abs(np.asarray(x) - np.asarray(l0)), initial=0.0)))
@@ -316,7 +347,8 @@ def judge_ranks(call: CallResult, inputs64: Inputs, *, dtype: str, kappa: float,
 def _shard_width_hint(call, inputs64: Inputs, ref, bad, dtype, kappa, scale) -> list[str]:
     """Label smoothing's uniform part spread over the shard's width V/W instead of the
     vocabulary V (Megatron #737): on rank r the smoothing term of the gradient is scaled by
-    V/V_r (uniform) or (V-1)/(V_r-1) (others); matched with the per-rank tolerance."""
+    V/V_r (uniform) or (V-1)/(V_r-1) (others), V_r the width it was given (JAX: padded);
+    matched with the per-rank tolerance."""
     spec = inputs64.spec
     if not bad or not spec.label_smoothing:
         return []
@@ -326,8 +358,8 @@ def _shard_width_hint(call, inputs64: Inputs, ref, bad, dtype, kappa, scale) -> 
     hit = []
     for c in bad:
         r = int(c.pair[0].split()[-1].rstrip("]"))
-        _, a, b, _ = call.ranks[r]
-        k = (v / (b - a)) if spec.smoothing_convention == "uniform" else (v - 1) / max(b - a - 1, 1)
+        _, a, b, _, width = call.ranks[r]
+        k = (v / width) if spec.smoothing_convention == "uniform" else (v - 1) / max(width - 1, 1)
         # off-target columns: the term is -EPS/V (resp. -EPS/(V-1)) per entry, times g
         t = inputs64.target
         off = np.ones_like(ref, bool)

@@ -81,7 +81,8 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                 st = cand.settings
                 process[cand.label] = {"isolated": True, "repeat": job.policy.repeat,
                                        "tensor_parallel": st.tensor_parallel,
-                                       "backend": st.backend, "split": st.split}
+                                       "backend": "shard_map" if st.framework == "jax"
+                                       else st.backend, "split": st.split}
             if id(cand) not in started:
                 iso = None
                 if job.policy.isolate:
@@ -104,8 +105,10 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
 
 
 def _ranked(cand, job: Job, jobs: list[Job]):
-    """The W rank processes of a --tensor-parallel candidate (engine/ranks.py)."""
-    from .ranks import RankedCandidate
+    """The W rank processes of a --tensor-parallel candidate, or (JAX) its one shard_map
+    worker hosting W devices (engine/ranks.py)."""
+    from ..candidate.sharding import layout, shards
+    from .ranks import RankedCandidate, ShardMapCandidate
 
     if not job.policy.isolate:
         raise SoftcheckError("--tensor-parallel runs each rank in its own process: it cannot "
@@ -113,13 +116,12 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     if cand.source is None:
         raise SoftcheckError("--tensor-parallel reloads the TARGET in every rank: give it as "
                              "FILE.py:fn or package.module:fn (not a lambda or closure)")
-    from .ranks import shards
-
     st = cand.settings
+    jax = st.framework == "jax"
     for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
-        shards(v, st.tensor_parallel, st.split)              # exit 2 before any rank starts
+        (layout if jax else shards)(v, st.tensor_parallel, st.split)   # exit 2 before starting
     x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
-    return RankedCandidate(cand.source, cand.label, cand.settings, x64=x64)
+    return (ShardMapCandidate if jax else RankedCandidate)(cand.source, cand.label, st, x64=x64)
 
 
 def with_inputs(cfg: Config, found: tuple[list[Case], list[str]]):

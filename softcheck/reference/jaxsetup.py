@@ -26,9 +26,15 @@ def configure(devices: int | None) -> None:
                                  f"device(s) in this process; set XLA_FLAGS={flag} before "
                                  "importing JAX")
         return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = host_devices(devices, os.environ.get("XLA_FLAGS", ""))
+
+
+def host_devices(devices: int, xla_flags: str = "") -> str:
+    """``xla_flags`` (an ``XLA_FLAGS`` value) asking for ``devices`` XLA host devices instead
+    of any count it already names (here, and for the worker of ``--tensor-parallel`` JAX)."""
+    flags = [f for f in xla_flags.split()
              if not f.startswith("--xla_force_host_platform_device_count")]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+    return " ".join(flags + [f"--xla_force_host_platform_device_count={int(devices)}"])
 
 
 def load():

@@ -239,14 +239,20 @@ class LossValues(NamedTuple):
 
 def values(inputs: Inputs) -> LossValues:
     """Loss, z-loss and lse of float64 ``inputs`` (the loss as :func:`loss` computes it), with
-    P_i = Σm_i + 2·COEF·|lse_i| the size of row i's terms per unit of κ (tolerances.py)."""
+    P_i = Σm_i + 2·COEF·|lse_i| the size of row i's terms per unit of κ (tolerances.py).
+    Memoized on ``inputs``."""
+    return inputs.memo("loss.values", lambda: _values(inputs))
+
+
+def _values(inputs: Inputs) -> LossValues:
     prm = params(inputs)
     prm["go"] = np.ones_like(prm["go"])
     z = inputs.logits64
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, z.shape[-1])
-        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm)
-        v = transform(np, z, prm)
+        feats = features(prm)
+        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats)
+        v = transform(np, z, prm, feats)
         mx = np.max(v, -1, keepdims=True)
         mx = np.where(np.isfinite(mx), mx, 0.0)
         lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))

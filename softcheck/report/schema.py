@@ -212,12 +212,16 @@ CANDIDATE_PROCESS = _d({
         "why": _d({"type": "string"}, "Why it was not isolated."),
         "tensor_parallel": _d({"type": "integer", "minimum": 2},
                               "--tensor-parallel W: the TARGET ran on W torch.distributed "
-                              "ranks, each given its column shard; the comparisons "
+                              "ranks (JAX: inside shard_map over W host devices of one "
+                              "process), each given its column shard; the comparisons "
                               "'candidate[rank r]' vs 'analytic' judge rank r's columns and "
                               "the invariant 'ranks_agree_on_loss' the losses across ranks."),
-        "backend": _d({"type": "string"}, "The ranks' torch.distributed backend (gloo, nccl)."),
+        "backend": _d({"type": "string"}, "The ranks' torch.distributed backend (gloo, "
+                                          "nccl), or shard_map (--framework jax)."),
         "split": _d({"type": "string"}, "How the vocabulary was split: even, or uneven (rank r "
-                                        "starts at r*(V//W)+min(r, V%W))."),
+                                        "starts at r*(V//W)+min(r, V%W); JAX: the vocabulary "
+                                        "padded with -inf to W*ceil(V/W), r starts at "
+                                        "r*ceil(V/W))."),
     }, required=["isolated", "repeat"]),
 }, "Per candidate (by label): where it ran and how it was called.")
 

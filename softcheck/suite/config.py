@@ -37,7 +37,8 @@ RETURN_ITEMS = ("loss", "z_loss", "lse")
 CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device",
              "tensor_parallel", "backend", "split")
 #: --tensor-parallel: the torch.distributed backend of the ranks, and how the vocabulary is
-#: split (even: W equal shards, V divisible by W; uneven: rank r starts at r*(V//W)+min(r, V%W))
+#: split (even: W equal shards, V divisible by W; uneven: rank r starts at r*(V//W)+min(r, V%W);
+#: JAX shard_map: V padded with -inf to W*ceil(V/W), see candidate/sharding.py)
 BACKENDS = ("gloo", "nccl")
 SPLITS = ("even", "uneven")
 
