@@ -224,9 +224,10 @@ def _tree_pss(tag: bytes) -> float:
     return total
 
 
-def run_measured(args: list[str]) -> tuple[float, float, str]:
+def run_measured(args: list[str], every: float = 0.02) -> tuple[float, float, str]:
     """A whole process: wall seconds, peak Pss of it and its descendants (sampled every
-    20 ms), its stdout."""
+    ``every`` seconds: reading smaps_rollup of a process with GiBs mapped costs CPU, so
+    large runs sample less often), its stdout."""
     import subprocess
     import uuid
 
@@ -240,7 +241,7 @@ def run_measured(args: list[str]) -> tuple[float, float, str]:
         peak = 0.0
         while p.poll() is None:
             peak = max(peak, _tree_pss(tag.encode()))
-            time.sleep(0.02)
+            time.sleep(every)
         t = time.perf_counter() - t0
         sink.seek(0)
         return t, peak, sink.read()
@@ -324,9 +325,10 @@ def scale_rows(sizes: str = SCALE_SIZES) -> list:
         b, c = (int(x) for x in size.lower().split("x"))
         t, peak, text = run_measured([sys.executable, "-m", "softcheck", "check", cand,
                                       "--batch", str(b), "--classes", str(c), "--dtype", dtype,
-                                      "--regime", "normal", "--json", "-"])
+                                      "--regime", "normal", "--json", "-"], every=0.5)
         case = json.loads(text)["cases"][0] if text.strip() else {}
-        ta, alone, atext = run_measured([sys.executable, "-c", _ALONE, str(b), str(c), dtype])
+        ta, alone, atext = run_measured([sys.executable, "-c", _ALONE, str(b), str(c), dtype],
+                                        every=0.1)
         call = float(atext.split()[-1]) if atext.strip() else float("nan")
         item_bytes = 2 if dtype == "bfloat16" else 4
         bound = alone + 0.5 * 2 * item_bytes * b * c + 0.6 * 2**30

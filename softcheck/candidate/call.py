@@ -201,7 +201,7 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
         where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
         try:
             out = fn(*args, **kw)
-            arr = to_array(out, shape)
+            arr = to_array(out, shape) if sink is None else to_array(out, shape, low=True)
             grad = np.array(arr, np.float64, copy=True) if sink is None else None
         except CandidateError as e:
             return None, str(e) + where, notes, 0.0
@@ -383,8 +383,10 @@ def _capture_output():
             text["v"] = clip_output(data, size)
 
 
-def to_array(out, shape) -> np.ndarray:
-    """numpy / JAX / torch (grad-requiring, GPU, bfloat16) / lists → float ndarray of ``shape``."""
+def to_array(out, shape, *, low: bool = False) -> np.ndarray:
+    """numpy / JAX / torch (grad-requiring, GPU, bfloat16) / lists → float ndarray of ``shape``.
+    ml_dtypes' low-precision floats become float32 (exact), unless ``low``: a streamed case's
+    sink takes them as they are (a float32 copy of a 4096×131072 bfloat16 gradient is 2 GiB)."""
     if out is None:
         raise CandidateError("returned None instead of a gradient array")
     if isinstance(out, (str, bytes)):
@@ -402,10 +404,11 @@ def to_array(out, shape) -> np.ndarray:
         arr = np.asarray(out)
     except Exception as e:  # noqa: BLE001
         raise CandidateError(f"returned {type(out).__name__}, which is not array-like ({e})") from e
-    if arr.dtype.kind == "V" and arr.dtype.name.startswith(("bfloat16", "float8", "float6",
-                                                             "float4")):
+    ml_low = arr.dtype.kind == "V" and arr.dtype.name.startswith(("bfloat16", "float8", "float6",
+                                                                   "float4"))
+    if ml_low and not low:
         arr = arr.astype(np.float32)          # ml_dtypes' low-precision floats (exact)
-    if arr.dtype.kind not in "fiu":
+    if arr.dtype.kind not in "fiu" and not ml_low:
         raise CandidateError(f"returned an array of dtype {arr.dtype}, not a numeric gradient")
     if arr.shape != tuple(shape):
         if arr.shape == tuple(shape)[::-1] and shape[0] != shape[1]:

@@ -221,3 +221,21 @@ class _Worker:
             f.close()
         if self.pidfd is not None:
             os.close(self.pidfd)
+
+
+def shared_file(name: str) -> int:
+    """A new shared memory file (memfd) that children do not inherit unless passed."""
+    fd = os.memfd_create(name, 0)
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def close_shared(mm, fd: int) -> None:
+    """Unmap ``mm`` (if mapped; views still alive keep it, harmlessly) and close ``fd``."""
+    if mm is not None:
+        try:
+            mm.close()
+        except BufferError:
+            pass
+    os.close(fd)
+

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..spec import Inputs, SoftcheckError
 from .call import CallResult, kwargs_for
-from .channel import _LIVE, _MAX_REPLY, _Died, _Worker
+from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
 from .conventions import Settings
 
 #: the gradients a convention call returns besides the main one (other upstream gradients)
@@ -45,8 +45,7 @@ class IsolatedCandidate:
         self.settings = settings
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.pids: list[int] = []                  # every worker started, for tests and reports
-        self._shm_fd = os.memfd_create("softcheck", 0)
-        os.set_inheritable(self._shm_fd, False)
+        self._shm_fd = shared_file("softcheck")
         self._mm, self._size = None, 0
         self._shared = None                       # a large case's logits (shared.py)
         self._worker: _Worker | None = None
@@ -112,12 +111,7 @@ class IsolatedCandidate:
             self._worker = None
         if not self._closed:
             self._closed = True
-            if self._mm is not None:
-                try:
-                    self._mm.close()
-                except BufferError:
-                    pass
-            os.close(self._shm_fd)
+            close_shared(self._mm, self._shm_fd)
 
     def __enter__(self):
         return self

@@ -15,7 +15,7 @@ import numpy as np
 from ..candidate.call import CallResult, kwargs_for
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
-from ..candidate.channel import _Died, _Worker
+from ..candidate.channel import _Died, _Worker, close_shared, shared_file
 from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
@@ -37,17 +37,11 @@ class _Slot:
     """One rank's shared memory file (``IsolatedCandidate._place`` writes into it)."""
 
     def __init__(self):
-        self._shm_fd = os.memfd_create("softcheck-rank", 0)
-        os.set_inheritable(self._shm_fd, False)
+        self._shm_fd = shared_file("softcheck-rank")
         self._mm, self._size = None, 0
 
     def close(self):
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass
-        os.close(self._shm_fd)
+        close_shared(self._mm, self._shm_fd)
 
 
 def _first_dead(ranks: list[_Worker], but: int, within: float) -> int | None:
