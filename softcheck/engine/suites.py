@@ -148,10 +148,14 @@ def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPo
 # --------------------------------------------------------------------------------- estimates
 
 # Beyond FD's evaluations (pool.estimate_seconds), a case costs about this per logit: the
-# inputs, the closed form, JAX autodiff, the probes and the comparisons (~25 float64 passes
-# over N·C).  Measured on 2 cores: 8×131072 float64 with a numpy candidate 8.2 s (0.8 s of it
-# fixed, 2 s FD: ~5e-6 s per logit); issue 21's 12 cases of 64×131072, 331 s (~3e-6).
-SECONDS_PER_LOGIT = 4e-6
+# inputs, the closed form, JAX autodiff, the probes, the relations and the comparisons.
+# Measured on 2 cores (2026-11-25): 256×32000 float32 `check` of torch's cross_entropy 17.9 s
+# whole process, 1.6 s of it FD (~2e-6 s per logit); 8×262144 float64 5.5 s (~2.4e-6).
+SECONDS_PER_LOGIT = 2e-6
+# A streamed case (engine/stream.py) costs less per logit (blocks in cache, no relations):
+# 4096×131072 float32 236 s and 8192×32000 float32 115 s whole process, ~12 s of each FD's
+# budget: ~3.9e-7 s per logit besides FD.
+STREAMED_SECONDS_PER_LOGIT = 3.9e-7
 
 
 # Fused linear cross-entropy (--hidden): the reference's six N·V·H products (four float64,
@@ -161,8 +165,13 @@ FUSED_SECONDS_PER_MAC = 4e-10
 
 def estimate_seconds(cases: list[Case]) -> float:
     """A rough prediction of a run's time (the CLI prints it before a long run)."""
+    from .stream import should_stream
+
+    def per_logit(c: Case) -> float:
+        return STREAMED_SECONDS_PER_LOGIT if should_stream(c) else SECONDS_PER_LOGIT
+
     return sum(FUSED_SECONDS_PER_MAC * c.batch * c.classes * c.hidden if c.hidden is not None
-               else pool_estimate(c) + SECONDS_PER_LOGIT * c.batch * c.classes for c in cases)
+               else pool_estimate(c) + per_logit(c) * c.batch * c.classes for c in cases)
 
 
 def estimate_run(cfg: Config, *, check: bool = False) -> float:
