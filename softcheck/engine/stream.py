@@ -14,7 +14,7 @@ from ..judge.streaming import StreamedComparison, StreamedInvariants
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
 from ..reference.finite_difference import COMPLEX_STEP, U64, Probe, probe_rng
-from ..reference.loss import params, rows_of, target_terms
+from ..reference.loss import features, params, rows_of
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.config import numpy_dtype
@@ -189,8 +189,10 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
                 totals=analytic.mean_totals(inputs, analytic.compute_dtype(dt))
             ).astype(np.float64)
         g["autodiff"] = autodiff.autodiff(b64, tot64)
-        fd = references.finite_difference(b64, method, columns=cols, probes=0,
-                                          seed=case.seed, totals=tot64)
+        fd = references.finite_difference(
+            b64, method, columns=cols, probes=0, seed=case.seed, totals=tot64,
+            stats=references.RowStats(st.a[r0:r1], st.b[r0:r1], st.lse[r0:r1], st.vmax[r0:r1],
+                                      st.temperature, st.softcap, st.classes))
         fd_band[r0:r1], fd_step[r0:r1] = fd.band, fd.step
         sel = slice(None) if cols is None else cols
         g["finite_difference"] = fd.grad[:, sel]
@@ -291,7 +293,11 @@ class _ProbeRows:
         z = b64.logits
         r1 = r0 + z.shape[0]
         prm = params(b64, totals)
-        tt = target_terms(np, b64.target64, prm, True, self.c)
+        # evaluated as finite_difference's probes are: only the features in use (no complex
+        # tanh without a softcap), the unperturbed rows' max as the shift, the target gathered
+        feats = features(prm)
+        tt, shift, index = references.sweep_terms(np, z, b64.target64, prm, True, feats,
+                                                  references.sparse_targets(b64, prm))
         finite = np.isfinite(z)
         st = self.st
         gamma = 8 + math.log2(max(self.c, 2))
@@ -305,7 +311,8 @@ class _ProbeRows:
                           / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
             with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 zc = z.astype(np.complex128) + 1j * COMPLEX_STEP * d
-                self.val[k][r0:r1] = np.imag(rows_of(np, zc, tt, prm)) / COMPLEX_STEP
+                self.val[k][r0:r1] = np.imag(rows_of(np, zc, tt, prm, feats=feats, shift=shift,
+                                                     index=index)) / COMPLEX_STEP
             l1 = np.sum(np.abs(d), -1)
             self.band[k][r0:r1] = gamma * U64 * (1 + lse + vmax) * f1 * l1 / st.temperature
             self.l1[k][r0:r1] = l1

@@ -42,7 +42,6 @@ every pair that involves ``finite_difference``.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -50,7 +49,6 @@ import numpy as np
 
 from ..spec import Inputs
 from ..suite.config import FD_BUDGET
-from . import jaxsetup
 from .analytic import _forward, _grad_v
 from .loss import features, params, rows_of, target_terms, transform
 
@@ -201,18 +199,19 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
                       columns: np.ndarray | None = None, budget: float | None = None,
                       probes: int = 8, priority: np.ndarray | None = None,
                       project: dict | None = None,
-                      seed: int = 0, totals=None) -> FDResult:
+                      seed: int = 0, totals=None, stats: RowStats | None = None) -> FDResult:
     """Finite-difference gradient of the reference loss.
 
     Every coordinate while ``EVALS·N·C`` element evaluations fit ``budget``; beyond it a
     subset of columns (every target column, then the columns of the largest ``|priority|``
     entries, then random ones) plus ``probes`` directional derivatives over every coordinate.
     ``step`` overrides the derived per-row step (``softcheck steps``).  ``totals``: the batch's
-    mean denominators when ``inputs`` is a block of its rows (engine/stream.py).
+    mean denominators when ``inputs`` is a block of its rows (engine/stream.py); ``stats``:
+    its ``row_stats`` when the caller has them already (a streamed block's, from the first pass).
     """
     n, c = inputs.logits.shape
     method = method or default_fd_method(n, c, budget or FD_BUDGET)
-    st = row_stats(inputs, totals)
+    st = row_stats(inputs, totals) if stats is None else stats
     h, band = fd_plan(st, method)
     if step is not None:
         h = np.broadcast_to(np.asarray(step, np.float64), (n,)).copy()
@@ -221,8 +220,8 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
     prm = params(inputs, totals)
     hard = inputs.spec.hard
 
-    feats, sparse = features(prm), _sparse(inputs, prm)
-    tt, shift, index = _sweep_terms(np, z, target, prm, hard, feats, sparse)
+    feats, sparse = features(prm), sparse_targets(inputs, prm)
+    tt, shift, index = sweep_terms(np, z, target, prm, hard, feats, sparse)
 
     def rows(zz):
         return rows_of(np, zz, tt, prm, feats=feats, shift=shift, index=index)
@@ -289,12 +288,12 @@ def _probes(rows, z, st: RowStats, count: int, seed: int, project: dict) -> tupl
     return tuple(out)
 
 
-def _sparse(inputs: Inputs, prm) -> bool:
+def sparse_targets(inputs: Inputs, prm) -> bool:
     """Index targets without smoothing: one non-zero target weight per row (a gather)."""
     return bool(inputs.spec.hard and prm["eps"] == 0.0)
 
 
-def _sweep_terms(xp, z, target, prm, hard, feats, sparse):
+def sweep_terms(xp, z, target, prm, hard, feats, sparse):
     """What every perturbed evaluation of a sweep shares, computed once: the target terms;
     the max-shift constant, the unperturbed rows' max of v (a perturbation moves v by at most
     h/T, far from overflowing exp); and for ``sparse`` the target classes to gather."""
