@@ -190,7 +190,7 @@ def test_a_long_run_says_its_estimate_before_it_starts():
     assert estimate_run(config(classes=131072, batch=64), check=True) > LONG_RUN
     assert estimate_run(config(classes=10), check=True) < 10
     # regression: a streamed 4096×131072 case was announced as ~36 min (the whole-array model
-    # and FD at 1e9 evaluations/s); it takes ~4 min here (docs/benchmarks.md)
+    # and FD at 1e9 evaluations/s); it takes ~2.5 min here (docs/benchmarks.md)
     big = estimate_run(config(classes=131072, batch=4096, dtype="float32", regime="normal"),
                        check=True)
     assert 120 < big < 480, big

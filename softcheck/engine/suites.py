@@ -153,9 +153,9 @@ def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPo
 # whole process, 1.6 s of it FD (~2e-6 s per logit); 8×262144 float64 5.5 s (~2.4e-6).
 SECONDS_PER_LOGIT = 2e-6
 # A streamed case (engine/stream.py) costs less per logit (blocks in cache, no relations):
-# 4096×131072 float32 236 s and 8192×32000 float32 115 s whole process, ~12 s of each FD's
-# budget: ~3.9e-7 s per logit besides FD.
-STREAMED_SECONDS_PER_LOGIT = 3.9e-7
+# 4096×131072 float32 150 s and 8192×32000 float32 ~78 s whole process, ~25 s and ~19 s of
+# them FD's budget and probe: ~2.4e-7 s per logit besides FD.
+STREAMED_SECONDS_PER_LOGIT = 2.4e-7
 
 
 # Fused linear cross-entropy (--hidden): the reference's six N·V·H products (four float64,
