@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import FusedInputs, SoftcheckError
-from .call import max_difference
+from .arrays import max_difference
 from .conventions import KERNEL_OPTIONS, CallFailed, Settings, _option_values
 from .errors import format_exception
 from .frameworks import to_framework, to_numpy

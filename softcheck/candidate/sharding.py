@@ -25,8 +25,8 @@ import inspect
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .conventions import (SHARD_KEYWORDS, Outputs, Settings, _arguments, _check_loss_shape,
-                          _option_values, _returned, upstreams)
+from .conventions import (Outputs, Settings, _arguments, _check_loss_shape, _option_values,
+                          _returned, upstreams)
 from .frameworks import to_numpy
 
 #: the mesh's axis name (the TARGET gets it as ``axis_name``)

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from .call import CallResult, max_difference
+from .arrays import max_difference
+from .call import CallResult
 
 #: room after the logits and the gradient for the target and the keyword arrays
 EXTRA_BYTES = 1 << 24

@@ -1,0 +1,66 @@
+"""What a candidate returned, as arrays: ``to_array`` (numpy, JAX, torch, cupy, lists,
+ml_dtypes' low-precision floats → a float ndarray of the case's shape, or the reason it is
+not one) and the comparisons of repeated calls (``same_values``, ``max_difference``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class CandidateError(Exception):
+    """The candidate misbehaved on one case: the case fails with this reason."""
+
+
+def same_values(a, b, block: int = 1 << 20) -> bool:
+    """``np.array_equal(a, b, equal_nan=True)`` a block of rows at a time (no full-size
+    temporary for a large case's logits)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 2 or a.size <= block:
+        return np.array_equal(a, b, equal_nan=True)
+    step = max(1, block // max(1, a.shape[1]))
+    return all(np.array_equal(a[i:i + step], b[i:i + step], equal_nan=True)
+               for i in range(0, a.shape[0], step))
+
+
+def max_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b|, NaN against NaN counting as equal and NaN against a number as inf."""
+    both_nan = np.isnan(a) & np.isnan(b)
+    with np.errstate(all="ignore"):
+        d = np.abs(a - b)
+    d = np.where(both_nan | (a == b), 0.0, np.where(np.isnan(d), np.inf, d))
+    return float(d.max()) if d.size else 0.0
+
+
+def to_array(out, shape, *, low: bool = False) -> np.ndarray:
+    """numpy / JAX / torch (grad-requiring, GPU, bfloat16) / lists → float ndarray of ``shape``.
+    ml_dtypes' low-precision floats become float32 (exact), unless ``low``: a streamed case's
+    sink takes them as they are (a float32 copy of a 4096×131072 bfloat16 gradient is 2 GiB)."""
+    if out is None:
+        raise CandidateError("returned None instead of a gradient array")
+    if isinstance(out, (str, bytes)):
+        raise CandidateError(f"returned a {type(out).__name__} instead of a gradient array")
+    if hasattr(out, "detach") and hasattr(out, "cpu"):            # torch
+        t = out.detach().cpu()
+        if not t.is_floating_point():
+            raise CandidateError(f"returned a {t.dtype} tensor, not a floating-point gradient")
+        if str(t.dtype) in ("torch.bfloat16", "torch.float16"):
+            t = t.float()
+        out = t.numpy()
+    elif hasattr(out, "get") and type(out).__module__.startswith("cupy"):
+        out = out.get()
+    try:
+        arr = np.asarray(out)
+    except Exception as e:  # noqa: BLE001
+        raise CandidateError(f"returned {type(out).__name__}, which is not array-like ({e})") from e
+    ml_low = arr.dtype.kind == "V" and arr.dtype.name.startswith(("bfloat16", "float8", "float6",
+                                                                   "float4"))
+    if ml_low and not low:
+        arr = arr.astype(np.float32)          # ml_dtypes' low-precision floats (exact)
+    if arr.dtype.kind not in "fiu" and not ml_low:
+        raise CandidateError(f"returned an array of dtype {arr.dtype}, not a numeric gradient")
+    if arr.shape != tuple(shape):
+        if arr.shape == tuple(shape)[::-1] and shape[0] != shape[1]:
+            raise CandidateError(f"returned shape {arr.shape}: the transpose of the expected "
+                                 f"(N, C) = {tuple(shape)}")
+        raise CandidateError(f"returned shape {arr.shape}, expected (N, C) = {tuple(shape)}")
+    return arr
