@@ -11,15 +11,23 @@ class CandidateError(Exception):
     """The candidate misbehaved on one case: the case fails with this reason."""
 
 
-def same_values(a, b, block: int = 1 << 20) -> bool:
+#: elements per block when a large (N, C) array is walked a block of rows at a time
+BLOCK = 1 << 20
+
+
+def row_blocks(shape: tuple[int, ...], block: int = BLOCK):
+    """Slices of whole rows of an (N, C) array, about ``block`` elements each."""
+    step = max(1, block // max(1, shape[1]))
+    return (slice(i, i + step) for i in range(0, shape[0], step))
+
+
+def same_values(a, b, block: int = BLOCK) -> bool:
     """``np.array_equal(a, b, equal_nan=True)`` a block of rows at a time (no full-size
     temporary for a large case's logits)."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 2 or a.size <= block:
         return np.array_equal(a, b, equal_nan=True)
-    step = max(1, block // max(1, a.shape[1]))
-    return all(np.array_equal(a[i:i + step], b[i:i + step], equal_nan=True)
-               for i in range(0, a.shape[0], step))
+    return all(np.array_equal(a[r], b[r], equal_nan=True) for r in row_blocks(a.shape, block))
 
 
 def max_difference(a: np.ndarray, b: np.ndarray) -> float:

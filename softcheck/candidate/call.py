@@ -259,12 +259,17 @@ def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None
     return dataclasses.replace(first, notes=tuple(notes), nondet=nondet)
 
 
+def exact_lse(st: Settings, inputs: Inputs) -> np.ndarray | None:
+    """The float64 lse a ``split`` backward is given (no other convention takes it)."""
+    from ..reference.loss import values
+
+    return np.asarray(values(inputs.float64()).lse) if st.convention == "split" else None
+
+
 def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
                            variants: bool = True) -> CallResult:
     """``invoke_convention`` in this process, output captured, as ``_in_process``."""
-    from ..reference.loss import values
-
-    lse64 = values(inputs.float64()).lse if cand.settings.convention == "split" else None
+    lse64 = exact_lse(cand.settings, inputs)
 
     def fresh():
         return dataclasses.replace(

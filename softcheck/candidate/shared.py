@@ -17,13 +17,11 @@ import os
 
 import numpy as np
 
-from .arrays import max_difference
+from .arrays import max_difference, row_blocks
 from .call import CallResult
 
 #: room after the logits and the gradient for the target and the keyword arrays
 EXTRA_BYTES = 1 << 24
-#: elements per block when copying or comparing a gradient
-BLOCK = 1 << 20
 
 
 def dtype_named(name: str) -> np.dtype:
@@ -120,11 +118,10 @@ def pristine(shm, descs) -> list:
 
 def _rows(arr, test=None, out=None) -> bool:
     """Copy ``arr`` into ``out`` a block of rows at a time, or check ``test`` on every block."""
-    step = max(1, BLOCK // max(1, arr.shape[1]))
-    for i in range(0, arr.shape[0], step):
+    for r in row_blocks(arr.shape):
         if out is not None:
-            out[i:i + step] = arr[i:i + step]
-        elif not test(np.asarray(arr[i:i + step])):
+            out[r] = arr[r]
+        elif not test(np.asarray(arr[r])):
             return False
     return True
 
@@ -154,10 +151,9 @@ class Sink:
     def diff(self, arr) -> float | None:
         """None if bitwise equal to the kept gradient (as kept), else max |difference|."""
         worst, differs = 0.0, False
-        step = max(1, BLOCK // max(1, arr.shape[1]))
-        for i in range(0, arr.shape[0], step):
-            b = np.asarray(self.view[i:i + step], np.float64)
-            a = np.asarray(np.asarray(arr[i:i + step]).astype(self.view.dtype), np.float64)
+        for r in row_blocks(arr.shape):
+            b = np.asarray(self.view[r], np.float64)
+            a = np.asarray(np.asarray(arr[r]).astype(self.view.dtype), np.float64)
             if a.tobytes() != b.tobytes():
                 differs, worst = True, max(worst, max_difference(b, a))
         return worst if differs else None

@@ -11,7 +11,7 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .call import CallResult, kwargs_for
+from .call import CallResult, exact_lse, kwargs_for
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
 from .conventions import Settings
 
@@ -91,11 +91,8 @@ class IsolatedCandidate:
         """A loss / inplace / split / autograd.Function kernel: the worker runs the
         convention (``call.invoke_convention``); gradients come back through shared memory,
         the forward's values in the reply."""
-        from ..reference.loss import values
-
-        split = self.settings.convention == "split"        # only split's backward takes it
         arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
-                  "lse64": np.asarray(values(inputs.float64()).lse) if split else None}
+                  "lse64": exact_lse(self.settings, inputs)}
         kw: dict = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
         kw["variants"] = variants
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
