@@ -34,6 +34,14 @@ def run_case(case, cand=None, *, stream):
     return run_streamed(case, cand) if stream else _whole(case, cand)
 
 
+def both_paths(tmp_path, code: str, case):
+    """The case judged whole and streamed, the candidate ``code``'s grad in one worker."""
+    f = tmp_path / "g.py"
+    f.write_text(code)
+    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
+        return run_case(case, cand, stream=False), run_case(case, cand, stream=True)
+
+
 def _same(a, b) -> None:
     """The closed form's pair bitwise; every verdict; every max error to float64 rounding
     of the scale (JAX's per-block code may round the last bit differently)."""
@@ -72,25 +80,16 @@ def test_blocked_inputs_are_the_same_numbers(regime, dtype):
 def test_streamed_equals_whole_array(tmp_path, small_blocks, regime, ii):
     """Max errors, ratios, worst entries, target_error, invariants and FD info: bitwise the
     same over 4 blocks (many sampled columns, so the column choice is exercised)."""
-    f = tmp_path / "g.py"
-    f.write_text(GRAD)
     case = Case(500, 11, "float32", regime, 0, LossSpec(ignore_index=ii), fd_budget=5e3,
                 probes=1)          # what the budget pays for at this size (probe_count)
-    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
-        a = run_case(case, cand, stream=False)
-        b = run_case(case, cand, stream=True)
+    a, b = both_paths(tmp_path, GRAD, case)
     assert any("streamed in 4 blocks" in n for n in b.notes)
     _same(a, b)
     assert b.fd.columns < 500                     # sampled columns, as the whole-array path
 
 
 def test_streamed_catches_one_wrong_entry(tmp_path, small_blocks):
-    f = tmp_path / "g.py"
-    f.write_text(BUG)
-    case = Case(500, 11, "float32", "normal", 0, LossSpec())
-    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
-        a = run_case(case, cand, stream=False)
-        b = run_case(case, cand, stream=True)
+    a, b = both_paths(tmp_path, BUG, Case(500, 11, "float32", "normal", 0, LossSpec()))
     assert not b.passed
     _same(a, b)
     worst = b.comparisons[0].worst[0]
@@ -120,12 +119,7 @@ def test_streamed_bfloat16_gradient_reaches_the_sink_as_bfloat16(tmp_path, small
                                (3, 5), z.dtype, repeat=2, sink=sink)
     assert error is None and grad is None and sink.dtype == z.dtype
 
-    f = tmp_path / "g.py"
-    f.write_text(GRAD)
-    case = Case(500, 11, "bfloat16", "normal", 0, LossSpec())
-    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
-        a = run_case(case, cand, stream=False)
-        b = run_case(case, cand, stream=True)
+    a, b = both_paths(tmp_path, GRAD, Case(500, 11, "bfloat16", "normal", 0, LossSpec()))
     assert b.passed and not any("kept rounded" in n for n in b.notes), b.notes
     _same(a, b)
 
@@ -150,12 +144,8 @@ def test_memory_model_streamed_is_per_dtype():
 @pytest.mark.slow
 @pytest.mark.parametrize("n,c", [(8, 262144), (64, 32768)])
 def test_streamed_equals_whole_array_at_issue_sizes(tmp_path, n, c):
-    f = tmp_path / "g.py"
-    f.write_text(GRAD)
-    case = Case(c, n, "float32", "normal", 0, LossSpec())
-    with IsolatedCandidate(f"{f}:grad", None, "g") as cand:
-        assert _numbers(run_case(case, cand, stream=False)) == \
-            _numbers(run_case(case, cand, stream=True))
+    a, b = both_paths(tmp_path, GRAD, Case(c, n, "float32", "normal", 0, LossSpec()))
+    assert _numbers(a) == _numbers(b)
 
 
 def test_cli_refuses_beyond_the_machine():
