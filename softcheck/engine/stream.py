@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
@@ -13,8 +12,7 @@ from ..judge import tolerances
 from ..judge.streaming import StreamedComparison, StreamedInvariants
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
-from ..reference.finite_difference import COMPLEX_STEP, U64, Probe, probe_rng
-from ..reference.loss import features, params, rows_of
+from ..reference.finite_difference import Probe
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.config import numpy_dtype
@@ -24,8 +22,10 @@ from .results import CaseResult, Coverage, FDInfo
 #: from this many logits on, a case streams (below it the whole-array path runs: the
 #: numbers are the same, see tests/test_stream.py, the whole-array path is faster when small)
 STREAM_ELEMENTS = 2**23
-#: float64 elements per block of rows (16 MB per array; ~30 arrays live at once)
+#: float64 elements per block of rows (16 MB per array; ~30 arrays live at once per thread)
 BLOCK_ELEMENTS = 2**21
+#: threads judging blocks once the candidate has returned (numpy and XLA release the GIL)
+JUDGE_THREADS = 2
 RELATIONS_NOTE = ("metamorphic relations and the diagnosis are not run on streamed cases "
                   "(each would call the candidate on another full-size input)")
 
@@ -70,7 +70,12 @@ def _block(inputs: Inputs, r0: int, r1: int, f64: bool = True) -> Inputs:
 def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
                  progress=None) -> CaseResult:
     """``run_case`` for a large case: the same comparisons, invariants and FD coverage,
-    computed over blocks of rows (``progress.block(done, total)`` after each)."""
+    computed over blocks of rows (``progress.block(done, total)`` after each).
+
+    Three stages: the draw; the candidate's calls in its worker beside a first pass on this
+    process's core (row statistics, and the directional probes' reference values, which need
+    no candidate); then the blocks judged by ``JUDGE_THREADS`` threads, each with its own
+    accumulators, merged at the end (the numbers do not depend on the split)."""
     t0 = time.perf_counter()
     n, c = case.batch, case.classes
     upstream = "auto"
@@ -82,66 +87,43 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     inputs = make_inputs_into(case, out, upstream=upstream)
     nb = block_rows(c)
     blocks = [(r, min(n, r + nb)) for r in range(0, n, nb)]
-    total_steps = 2 * len(blocks)
-    done = [0]
-
-    def tick():
-        done[0] += 1
-        if progress is not None and hasattr(progress, "block"):
-            progress.block(done[0], total_steps)
-
+    ticker = _Ticker(progress, 2 * len(blocks))
     tot64 = analytic.mean_totals(inputs, np.float64)      # the whole batch's (D, n)
     valid = inputs.valid
     targets = np.where(valid, inputs.target, -1)
     native_wanted = (candidate is not None and case.tolerance == "native"
                      and case.dtype in tolerances.LOW_PRECISION)
-    # pass 1 (beside the candidate's call, on the other core): row stats, |z| max, native band
-    pre = {"a": np.zeros(n), "b": np.zeros(n), "lse": np.zeros(n), "vmax": np.zeros(n),
-           "zmax": 0.0, "native": 0.0}
-
-    def first_pass():
-        for r0, r1 in blocks:
-            b = _block(inputs, r0, r1)
-            st = references.row_stats(b, tot64)
-            for key in ("a", "b", "lse", "vmax"):
-                pre[key][r0:r1] = getattr(st, key)
-            z = b.logits[np.isfinite(b.logits)]
-            pre["zmax"] = max(pre["zmax"], float(np.max(np.abs(z), initial=0.0)))
-            if native_wanted:
-                with np.errstate(invalid="ignore", over="ignore"):
-                    ref = analytic.gradient(b, totals=tot64)
-                    nat = analytic.gradient(_block(inputs, r0, r1, False), native=True,
-                                            totals=analytic.mean_totals(inputs, dt.type)
-                                            ).astype(np.float64)
-                    err = np.abs(nat - ref)
-                pre["native"] = max(pre["native"], float(np.max(err[np.isfinite(err)],
-                                                                initial=0.0)))
-            tick()
-
-    notes: list[str] = []
-    call = None
-    worker = threading.Thread(target=first_pass)
+    method = case.fd or references.default_fd_method(n, c, case.fd_budget)
+    sampled = references.EVALS[method] * n * c > case.fd_budget
+    n_probes = probe_count(case) if sampled else 0
+    first = _FirstPass(inputs, tot64, n_probes, case.seed, native_wanted, dt)
+    worker = threading.Thread(target=first.run, args=(blocks, ticker))
     worker.start()
-    if candidate is not None:
-        call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
-    worker.join()
+    call = None
+    try:
+        if candidate is not None:
+            call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
+    finally:
+        worker.join()
+    if first.error is not None:
+        raise first.error
     spec = case.spec
-    st = references.RowStats(pre["a"], pre["b"], pre["lse"], pre["vmax"], spec.divisor,
-                             spec.softcap, c)
+    st = first.stats(spec, c)
     scale = st.scale
-    kappa = tolerances.condition_of(pre["zmax"], c, spec.divisor, spec.softcap)
+    kappa = tolerances.condition_of(first.zmax, c, spec.divisor, spec.softcap)
     base = dict(name=case.name, params=case.params(), group=case.group, scale=scale,
                 kappa=kappa, target=candidate.label if candidate is not None else None)
+    notes: list[str] = []
     if call is not None:
         notes.extend(call.notes)
         base["output"] = call.output or None
         if call.error:
             return CaseResult(passed=False, error=call.error, notes=tuple(notes),
                               seconds=time.perf_counter() - t0, **base)
-    native = tolerances.K_NATIVE * pre["native"] if native_wanted else 0.0
+    native = tolerances.K_NATIVE * first.native if native_wanted else 0.0
     if native_wanted:
         notes.append(f"--tolerance native: candidate entries also allowed "
-                     f"{tolerances.K_NATIVE:g} × {pre['native']:.2g}, the largest "
+                     f"{tolerances.K_NATIVE:g} × {first.native:.2g}, the largest "
                      f"error of the closed form computed in {case.dtype} arithmetic")
     grad = call.grad if call is not None else None
     if grad is None:             # the columns of the largest entries of the closed form
@@ -152,9 +134,8 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     else:
         def priority(r0, r1):
             return grad[r0:r1]
-    method = case.fd or references.default_fd_method(n, c, case.fd_budget)
     cols = None
-    if references.EVALS[method] * n * c > case.fd_budget:
+    if sampled:
         cols = _columns(inputs, priority, int(case.fd_budget // (references.EVALS[method] * n)),
                         case.seed, nb)
     from .case import CANDIDATE_PAIRS, REFERENCE_PAIRS, _fold_probes, _user_tolerance
@@ -162,55 +143,37 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     pairs = (CANDIDATE_PAIRS + REFERENCE_PAIRS) if candidate is not None else REFERENCE_PAIRS
     dtypes = {"analytic": "float64" if candidate is not None else case.dtype,
               "autodiff": "float64", "finite_difference": "float64", "candidate": case.dtype}
-    accs = {}
-    for a, b in pairs:
-        accs[(a, b)] = StreamedComparison(
-            (a, b), dtype=tolerances.coarser(dtypes[a], dtypes[b]), kappa=kappa, scale=scale,
-            classes=c, user=_user_tolerance(case, a, candidate))
     checked = "candidate" if candidate is not None else "analytic"
-    inv = StreamedInvariants(n)
-    fd_band, fd_step = np.zeros(n), np.zeros(n)
-    n_probes = probe_count(case) if cols is not None else 0
-    if n_probes < case.probes and cols is not None:
+
+    def accumulators():
+        return {(a, b): StreamedComparison(
+            (a, b), dtype=tolerances.coarser(dtypes[a], dtypes[b]), kappa=kappa, scale=scale,
+            classes=c, user=_user_tolerance(case, a, candidate)) for a, b in pairs}
+
+    if n_probes < case.probes and sampled:
         notes.append(f"{n_probes} directional probe{'s' if n_probes != 1 else ''} of the "
-                     f"{case.probes} asked (each a complex evaluation of all {n * c} entries, "
+                     f"{case.probes} asked (each two real evaluations of all {n * c} entries, "
                      f"{PROBE_EVALS}·N·C element evaluations; scaled to --fd-budget "
                      f"{case.fd_budget:g}, at least 1)")
-    probe_rows = _ProbeRows(n, c, n_probes, case.seed, st)
-    for r0, r1 in blocks:
-        b64 = _block(inputs, r0, r1)
-        g = {}
-        if candidate is not None:
-            g["candidate"] = np.asarray(grad[r0:r1], np.float64)
-            g["analytic"] = analytic.gradient(b64, totals=tot64)
-        else:
-            g["analytic"] = analytic.gradient(
-                _block(inputs, r0, r1, False),
-                totals=analytic.mean_totals(inputs, analytic.compute_dtype(dt))
-            ).astype(np.float64)
-        g["autodiff"] = autodiff.autodiff(b64, tot64)
-        fd = references.finite_difference(
-            b64, method, columns=cols, probes=0, seed=case.seed, totals=tot64,
-            stats=references.RowStats(st.a[r0:r1], st.b[r0:r1], st.lse[r0:r1], st.vmax[r0:r1],
-                                      st.temperature, st.softcap, st.classes))
-        fd_band[r0:r1], fd_step[r0:r1] = fd.band, fd.step
-        sel = slice(None) if cols is None else cols
-        g["finite_difference"] = fd.grad[:, sel]
-        tb = targets[r0:r1]
-        for (a, bname), acc in accs.items():
-            extra = native if a == "candidate" else 0.0
-            if "finite_difference" in (a, bname):
-                xa = g[a] if a == "finite_difference" else g[a][:, sel]
-                xb = g[bname] if bname == "finite_difference" else g[bname][:, sel]
-                acc.update(r0, xa, xb, target=tb, valid=valid[r0:r1], band=fd.band + extra,
-                           cols=cols)
-            else:
-                acc.update(r0, g[a], g[bname], target=tb, valid=valid[r0:r1], band=extra)
-        inv.update(r0, g[checked])
-        probe_rows.run(b64, r0, tot64, {k: v for k, v in g.items()
-                                        if k != "finite_difference"})
-        tick()
-    fdr = _FD(method, fd_band, fd_step, cols, c, probe_rows.probes())
+    judge = _Judge(inputs, tot64, st, grad, cols, method, case, native, n_probes,
+                   (dt, candidate is not None))
+    lanes = [(accumulators(), StreamedInvariants(n)) for _ in range(JUDGE_THREADS)]
+
+    def lane(t):
+        accs, inv = lanes[t]
+        for r0, r1 in blocks[t::JUDGE_THREADS]:
+            judge.block(r0, r1, accs, inv, targets, valid, checked)
+            ticker.tick()
+
+    _in_threads(lane, JUDGE_THREADS)
+    accs, inv = lanes[0]
+    for other, oinv in lanes[1:]:
+        for key, acc in accs.items():
+            acc.merge(other[key])
+        inv.merge(oinv)
+    probes = tuple(Probe(v, b, l1, judge.proj[k]) for k, (v, b, l1) in
+                   enumerate(first.probes))
+    fdr = _FD(method, judge.fd_band, judge.fd_step, cols, c, probes)
     comparisons = []
     for (a, b), acc in accs.items():
         cmp = acc.result(targets)
@@ -225,13 +188,159 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
     passed = all(x.passed for x in comparisons) and all(i.passed for i in invs)
     notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
-    info = FDInfo(method, float(np.max(fd_band, initial=0.0)), float(np.median(fd_step)),
-                  fdr.coverage, fdr.columns, len(fdr.probes))
+    info = FDInfo(method, float(np.max(judge.fd_band, initial=0.0)),
+                  float(np.median(judge.fd_step)), fdr.coverage, fdr.columns, len(fdr.probes))
     coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
                         (), len(fdr.probes), fdr.coverage)
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
                       coverage=coverage, fd=info, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
+
+
+class _Ticker:
+    """Blocks done, reported to the progress display from any thread."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.done += 1
+            if self.progress is not None and hasattr(self.progress, "block"):
+                self.progress.block(self.done, self.total)
+
+
+def _in_threads(fn, count: int) -> None:
+    """``fn(t)`` for t < count, each in its own thread; the first error is raised here."""
+    errors: list[BaseException] = []
+
+    def run(t):
+        try:
+            fn(t)
+        except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
+class _FirstPass:
+    """Beside the candidate's calls: each row's statistics (``row_stats``), the largest |z|,
+    the native band, and the probes' reference values (their directions need no candidate)."""
+
+    def __init__(self, inputs, tot64, n_probes, seed, native_wanted, dt):
+        n = inputs.logits.shape[0]
+        self.inputs, self.tot64, self.seed, self.dt = inputs, tot64, seed, dt
+        self.native_wanted = native_wanted
+        self.rows = {k: np.zeros(n) for k in ("a", "b", "lse", "vmax", "s", "top")}
+        self.zmax = self.native = 0.0
+        self.probes = [(np.zeros(n), np.zeros(n), np.zeros(n)) for _ in range(n_probes)]
+        self.error: BaseException | None = None
+
+    def run(self, blocks, ticker) -> None:
+        try:
+            for r0, r1 in blocks:
+                self.block(r0, r1)
+                ticker.tick()
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            self.error = e
+
+    def block(self, r0: int, r1: int) -> None:
+        inputs = self.inputs
+        b = _block(inputs, r0, r1)
+        st = references.row_stats(b, self.tot64)
+        for key, arr in self.rows.items():
+            arr[r0:r1] = getattr(st, key)
+        z = b.logits
+        fin = np.isfinite(z)
+        self.zmax = max(self.zmax, float(np.max(np.abs(z if fin.all() else z[fin]),
+                                                initial=0.0)))
+        if self.native_wanted:
+            with np.errstate(invalid="ignore", over="ignore"):
+                ref = analytic.gradient(b, totals=self.tot64)
+                nat = analytic.gradient(_block(inputs, r0, r1, False), native=True,
+                                        totals=analytic.mean_totals(inputs, self.dt.type)
+                                        ).astype(np.float64)
+                err = np.abs(nat - ref)
+            self.native = max(self.native, float(np.max(err[np.isfinite(err)], initial=0.0)))
+        if self.probes:
+            prep = references.Prepared(b, self.tot64, st)
+            for k, (val, band, l1) in enumerate(self.probes):
+                pr = references.probe(prep, st, k, self.seed, {}, r0)
+                val[r0:r1], band[r0:r1], l1[r0:r1] = pr.value, pr.band, pr.l1
+
+    def stats(self, spec, c: int) -> references.RowStats:
+        r = self.rows
+        return references.RowStats(r["a"], r["b"], r["lse"], r["vmax"], spec.divisor,
+                                   spec.softcap, c, r["s"], r["top"])
+
+
+class _Judge:
+    """One block of rows judged: the references, the comparisons, the invariants, the FD band
+    and step, and each probe's projections (rows written by one thread each)."""
+
+    def __init__(self, inputs, tot64, st, grad, cols, method, case, native, n_probes, kind):
+        n = inputs.logits.shape[0]
+        self.inputs, self.tot64, self.st, self.grad = inputs, tot64, st, grad
+        self.cols, self.method, self.case, self.native = cols, method, case, native
+        self.dt, self.has_candidate = kind
+        self.fd_band, self.fd_step = np.zeros(n), np.zeros(n)
+        self.n_probes = n_probes
+        self.proj: list[dict] = [{} for _ in range(n_probes)]
+        self.lock = threading.Lock()
+
+    def block(self, r0, r1, accs, inv, targets, valid, checked) -> None:
+        inputs, tot64, st, cols = self.inputs, self.tot64, self.st, self.cols
+        b64 = _block(inputs, r0, r1)
+        stb = references.RowStats(*(x[r0:r1] for x in (st.a, st.b, st.lse, st.vmax)),
+                                  st.temperature, st.softcap, st.classes, st.s[r0:r1],
+                                  st.top[r0:r1])
+        g = {}
+        if self.has_candidate:
+            g["candidate"] = np.asarray(self.grad[r0:r1], np.float64)
+            g["analytic"] = analytic.gradient(b64, totals=tot64)
+        else:
+            g["analytic"] = analytic.gradient(
+                _block(inputs, r0, r1, False),
+                totals=analytic.mean_totals(inputs, analytic.compute_dtype(self.dt))
+            ).astype(np.float64)
+        g["autodiff"] = autodiff.autodiff(b64, tot64)
+        h, band = references.fd_plan(stb, self.method)
+        self.fd_band[r0:r1], self.fd_step[r0:r1] = band, h
+        prep = references.Prepared(b64, tot64, stb)
+        c = inputs.logits.shape[1]
+        g["finite_difference"] = references.sweep_columns(
+            prep, np.arange(c) if cols is None else cols, h, self.method)
+        sel = slice(None) if cols is None else cols
+        tb = targets[r0:r1]
+        subset = {}
+        for (a, bname), acc in accs.items():
+            extra = self.native if a == "candidate" else 0.0
+            if "finite_difference" in (a, bname):
+                def side(name):
+                    if name == "finite_difference" or cols is None:
+                        return g[name]
+                    if name not in subset:
+                        subset[name] = g[name][:, sel]
+                    return subset[name]
+                acc.update(r0, side(a), side(bname), target=tb, valid=valid[r0:r1],
+                           band=band + extra, cols=cols)
+            else:
+                acc.update(r0, g[a], g[bname], target=tb, valid=valid[r0:r1], band=extra)
+        inv.update(r0, g[checked])
+        refs = {k: v for k, v in g.items() if k != "finite_difference"}
+        for k in range(self.n_probes):
+            d = references.probe_directions(self.case.seed, k, r0, b64.logits)
+            got = references.project_on(d, refs)
+            with self.lock:
+                for name, p in got.items():
+                    self.proj[k].setdefault(name, np.zeros(inputs.logits.shape[0]))[r0:r1] = p
 
 
 class _FD:
@@ -248,79 +357,49 @@ class _FD:
 
 def _columns(inputs: Inputs, priority, count: int, seed: int, nb: int) -> np.ndarray:
     """``finite_difference._choose_columns`` with the largest |priority| entries found a
-    block at a time (the first 4·count by (−|g|, flat index), as its stable sort)."""
+    block at a time (the first 4·count by (−|g|, flat index), as its stable sort).
+
+    Blocks come in flat-index order, so once 4·count entries are at least ``thr``, a later
+    entry equal to it ranks after them all: only larger ones are kept; the kept set is sorted
+    down to 4·count when it has grown to twice that."""
     n, c = inputs.logits.shape
     count = max(1, min(c, count))
     chosen = list(dict.fromkeys(int(j) for j in inputs.target[inputs.valid]))
     k = 4 * count
     keep_v, keep_f = np.zeros(0), np.zeros(0, np.int64)
+    new_v: list = []
+    new_f: list = []
+    thr, pending = None, 0
+
+    def trim(v, f):
+        order = np.lexsort((f, -v))[:k]
+        return v[order], f[order]
+
     for r0 in range(0, n, nb):
-        a = np.abs(np.nan_to_num(np.asarray(priority(r0, min(n, r0 + nb)),
-                                            np.float64))).ravel()
-        if len(keep_v) >= k:            # only entries that can enter the first k
-            idx = np.flatnonzero(a >= keep_v[k - 1])
+        a = np.asarray(priority(r0, min(n, r0 + nb)))
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float32)
+        a = np.abs(np.nan_to_num(a)).ravel()
+        if thr is not None:
+            idx = np.flatnonzero(a > thr)
         elif a.size > k:
             kth = np.partition(a, a.size - k)[a.size - k]
             idx = np.flatnonzero(a >= kth)
         else:
             idx = np.arange(a.size)
-        if idx.size:
-            v = np.concatenate([keep_v, a[idx]])
-            f = np.concatenate([keep_f, r0 * c + idx.astype(np.int64)])
-            order = np.lexsort((f, -v))[:k]
-            keep_v, keep_f = v[order], f[order]
+        if not idx.size:
+            continue
+        new_v.append(a[idx].astype(np.float64))
+        new_f.append(r0 * c + idx.astype(np.int64))
+        pending += idx.size
+        if thr is None or pending > k:
+            keep_v, keep_f = trim(np.concatenate([keep_v] + new_v),
+                                  np.concatenate([keep_f] + new_f))
+            new_v, new_f, pending = [], [], 0
+            if len(keep_v) >= k:
+                thr = keep_v[k - 1]
+    keep_v, keep_f = trim(np.concatenate([keep_v] + new_v), np.concatenate([keep_f] + new_f))
     chosen += [int(j) for j in dict.fromkeys((keep_f % c).tolist())]
     rng = np.random.default_rng([seed, 3])
     chosen += [int(j) for j in rng.permutation(c)]
     return np.array(list(dict.fromkeys(chosen))[:count])
-
-
-class _ProbeRows:
-    """Directional probes (``finite_difference._probes``) a block of rows at a time: probe k
-    draws its direction from its own generator, block after block."""
-
-    def __init__(self, n, c, count, seed, st):
-        self.rngs = [probe_rng(seed, k) for k in range(count)]
-        self.n, self.c, self.st = n, c, st
-        self.val = [np.zeros(n) for _ in range(count)]
-        self.band = [np.zeros(n) for _ in range(count)]
-        self.l1 = [np.zeros(n) for _ in range(count)]
-        self.proj = [{} for _ in range(count)]
-
-    def run(self, b64: Inputs, r0: int, totals, grads: dict) -> None:
-        if not self.rngs:
-            return
-        z = b64.logits
-        r1 = r0 + z.shape[0]
-        prm = params(b64, totals)
-        # evaluated as finite_difference's probes are: only the features in use (no complex
-        # tanh without a softcap), the unperturbed rows' max as the shift, the target gathered
-        feats = features(prm)
-        tt, shift, index = references.sweep_terms(np, z, b64.target64, prm, True, feats,
-                                                  references.sparse_targets(b64, prm))
-        finite = np.isfinite(z)
-        st = self.st
-        gamma = 8 + math.log2(max(self.c, 2))
-        f1 = (st.a + st.b * st.lse)[r0:r1]
-        lse = st.lse[r0:r1]
-        vmax = st.vmax[r0:r1]
-        for k, rng in enumerate(self.rngs):
-            d = rng.standard_normal(z.shape)
-            d = np.where(finite, d, 0.0)
-            d -= np.where(finite, np.sum(d, -1, keepdims=True)
-                          / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
-            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-                zc = z.astype(np.complex128) + 1j * COMPLEX_STEP * d
-                self.val[k][r0:r1] = np.imag(rows_of(np, zc, tt, prm, feats=feats, shift=shift,
-                                                     index=index)) / COMPLEX_STEP
-            l1 = np.sum(np.abs(d), -1)
-            self.band[k][r0:r1] = gamma * U64 * (1 + lse + vmax) * f1 * l1 / st.temperature
-            self.l1[k][r0:r1] = l1
-            for name, g in grads.items():
-                with np.errstate(invalid="ignore"):
-                    p = np.sum(np.where(d != 0, g * d, 0.0), -1)
-                self.proj[k].setdefault(name, np.zeros(self.n))[r0:r1] = p
-
-    def probes(self) -> tuple[Probe, ...]:
-        return tuple(Probe(v, b, l, p) for v, b, l, p in
-                     zip(self.val, self.band, self.l1, self.proj))

@@ -166,6 +166,23 @@ class StreamedComparison:
                     break
         self.top = sorted(self.top, key=lambda t: (t[0], t[1]))[:k]
 
+    def merge(self, other: "StreamedComparison") -> None:
+        """Fold in ``other``'s blocks (other rows of the same batch): the same numbers as one
+        accumulator over all of them (maxima, counts, and the worst entries, each side's first
+        by (−ratio, flat index) containing the union's)."""
+        self.band_max = max(self.band_max, other.band_max)
+        self.bad_x += other.bad_x
+        self.bad_ref += other.bad_ref
+        self.out_of += other.out_of
+        self.size += other.size
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.ratio = max(self.ratio, other.ratio)
+        for key in (True, False):
+            mine, theirs = self.parts[key], other.parts[key]
+            mine[0], mine[1] = max(mine[0], theirs[0]), max(mine[1], theirs[1])
+        self.has_target = self.has_target or other.has_target
+        self.top = sorted(self.top + other.top, key=lambda t: (t[0], t[1]))[:WORST_ENTRIES]
+
     def result(self, targets: np.ndarray) -> Comparison:
         """The Comparison ``compare`` would have returned (``targets``: (N,) class or −1)."""
         reason = None
@@ -218,6 +235,13 @@ class StreamedInvariants:
         self.sums[r0:r1] = np.abs(np.sum(g, -1))
         self.l1[r0:r1] = np.sum(np.abs(g), -1)
         self.nonzero[r0:r1] = np.any(g != 0, -1)
+
+    def merge(self, other: "StreamedInvariants") -> None:
+        """Fold in ``other``'s rows (each row written by one of the two)."""
+        self.sums += other.sums
+        self.l1 += other.l1
+        self.nonzero |= other.nonzero
+        self.finite = self.finite and other.finite
 
     def result(self, method: str, spec, valid, classes: int, *, dtype, kappa, scale,
                band=0.0) -> list[Invariant]:

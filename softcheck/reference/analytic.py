@@ -64,7 +64,9 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
         return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def _forward(inputs: Inputs, cd):
+def _exp(inputs: Inputs, cd):
+    """The forward up to the sum of exponentials: z, t (softcap's tanh or None), the
+    transformed logits v, e = exp(v − max), the rows' sums tot and maxima mx (N, 1)."""
     spec = inputs.spec
     z = np.asarray(inputs.logits, dtype=cd)
     u = z / cd(spec.divisor)
@@ -78,9 +80,14 @@ def _forward(inputs: Inputs, cd):
     mx = np.max(v, axis=-1, keepdims=True)
     e = np.exp(v - mx)
     tot = np.sum(e, axis=-1, keepdims=True)
-    p = e / tot
+    return z, t, v, e, tot, mx
+
+
+def _forward(inputs: Inputs, cd):
+    z, t, _, e, tot, mx = _exp(inputs, cd)
+    e /= tot                                    # p, in place (the same numbers as e / tot)
     lse = (mx + np.log(tot))[:, 0]
-    return z, t, p, lse
+    return z, t, e, lse
 
 
 def mean_totals(inputs: Inputs, cd=np.float64, wy=None) -> tuple[float, float]:
@@ -101,31 +108,26 @@ def mean_totals(inputs: Inputs, cd=np.float64, wy=None) -> tuple[float, float]:
     return denom, count
 
 
-def _grad_v(inputs: Inputs, cd, p, lse, totals=None):
-    """∂L/∂v (before the softcap and temperature chain factors) from (1), with the per-row
-    scales α, β and the target mass Σm (used by the Hessian).  ``totals``: the mean's
-    denominators (D, n) of the whole batch when ``inputs`` is a block of its rows."""
+def row_factors(inputs: Inputs, cd, totals=None):
+    """The per-row part of (1): α, β (the reduction's factors for cross-entropy and z-loss,
+    × the upstream gradient), the target mass Σm, and for index targets the target's weight
+    w_y (N, 1) (None for probability targets, whose m is dense: returned as ``m``)."""
     spec = inputs.spec
-    n, c = p.shape
+    n, c = inputs.logits.shape
     w = np.ones(c, cd) if inputs.weight is None else np.asarray(inputs.weight, cd)
     eps = cd(spec.label_smoothing)
     uniform = spec.smoothing_convention == "uniform"
     valid = inputs.valid
     big_w = np.sum(w)
+    wy = m = None
     if spec.hard:
         y = np.where(valid, inputs.target, 0)
-        onehot = np.zeros((n, c), cd)
-        onehot[np.arange(n), y] = 1
         wy = (w[y] * valid).astype(cd)[:, None]
-        g = (1 - eps) * wy * (p - onehot)
         mass = (1 - eps) * wy[:, 0]
         if eps and uniform:
-            g += (eps / c) * (big_w * p - w)
             mass = mass + eps / c * big_w
         elif eps and c > 1:
-            g += (eps / (c - 1)) * ((big_w - wy) * p - w * (1 - onehot))
             mass = mass + eps / (c - 1) * (big_w - wy[:, 0])
-        g *= valid[:, None]
         denom, count = mean_totals(inputs, cd, wy)
     else:
         q = np.asarray(inputs.target, cd)
@@ -137,7 +139,6 @@ def _grad_v(inputs: Inputs, cd, p, lse, totals=None):
             qs = (1 - eps) * q
         m = w * qs
         mass = np.sum(m, -1)
-        g = mass[:, None] * p - m
         denom = count = float(n)
     if spec.mean_over == "batch" or isinstance(spec.mean_over, int):
         denom = count = float(n if spec.mean_over == "batch" else spec.mean_over)
@@ -150,7 +151,41 @@ def _grad_v(inputs: Inputs, cd, p, lse, totals=None):
     else:
         alpha = beta = go
     beta = beta * valid
-    gv = alpha.astype(cd)[:, None] * g
+    return alpha, beta, mass, wy, m
+
+
+def _grad_v(inputs: Inputs, cd, p, lse, totals=None, consume: bool = False):
+    """∂L/∂v (before the softcap and temperature chain factors) from (1), with the per-row
+    scales α, β and the target mass Σm (used by the Hessian).  ``totals``: the mean's
+    denominators (D, n) of the whole batch when ``inputs`` is a block of its rows;
+    ``consume``: ``p`` may be overwritten (the same numbers, one full-size array fewer).
+
+    Index targets subtract at the target entries instead of building e_y: p − e_y is p
+    exactly off the target, so the numbers are those of the dense formula."""
+    spec = inputs.spec
+    n, c = p.shape
+    w = np.ones(c, cd) if inputs.weight is None else np.asarray(inputs.weight, cd)
+    eps = cd(spec.label_smoothing)
+    uniform = spec.smoothing_convention == "uniform"
+    valid = inputs.valid
+    alpha, beta, mass, wy, m = row_factors(inputs, cd, totals)
+    if spec.hard:
+        rows, y = np.arange(n), np.where(valid, inputs.target, 0)
+        keep = eps or spec.z_loss
+        g = p.copy() if keep or not consume else p           # p − e_y
+        g[rows, y] -= 1
+        g *= (1 - eps) * wy
+        if eps and uniform:
+            g += (eps / c) * (np.sum(w) * p - w)
+        elif eps and c > 1:
+            off = np.broadcast_to(w, (n, c)).copy()             # w ⊙ (1 − e_y)
+            off[rows, y] = 0
+            g += (eps / (c - 1)) * ((np.sum(w) - wy) * p - off)
+        g *= valid[:, None]
+    else:
+        g = mass[:, None] * p - m
+    gv = g
+    gv *= alpha.astype(cd)[:, None]
     if spec.z_loss:
         gv += beta.astype(cd)[:, None] * (2 * cd(spec.z_loss)) * lse[:, None] * p
     return gv, alpha, beta, mass
@@ -170,11 +205,11 @@ def _gradient(inputs: Inputs, native: bool, totals=None) -> np.ndarray:
     cd = np.dtype(inputs.logits.dtype).type if native else compute_dtype(inputs.logits.dtype)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         _, t, p, lse = _forward(inputs, cd)
-        gv = _grad_v(inputs, cd, p, lse, totals)[0]
+        g = _grad_v(inputs, cd, p, lse, totals, consume=True)[0]
         if t is not None:
-            gv = gv * (1 - t * t)
-        g = gv / cd(inputs.spec.divisor)
-    return g.astype(inputs.logits.dtype)
+            g *= 1 - t * t
+        g /= cd(inputs.spec.divisor)
+    return g.astype(inputs.logits.dtype, copy=False)
 
 
 def hvp(inputs: Inputs, direction: np.ndarray) -> np.ndarray:

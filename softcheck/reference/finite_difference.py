@@ -38,6 +38,18 @@ operation plus the pairwise sum over C).
 
 The band (the error bound at the chosen h) is reported per case and added to the tolerance of
 every pair that involves ``finite_difference``.
+
+Directional probes
+------------------
+Beyond the budget the sampled columns are joined by probes over every coordinate: central
+differences of each row along d = random signs ±1 centred over the row's finite entries
+(|d_j| ≤ 2, so d_J, J ~ p, spans at most 4 where a coordinate's spans 1).  Each derivative
+along d is a cumulant of such a variable (or a chain term of the same degree), so the third
+derivative along d is at most 4³·M3; at h_d = h/4 the coordinate band becomes
+``4³·M3·(h/4)²/6 + γuR/(h/4) = 4·band``.  The perturbation actually made, fl(z ± h·d),
+differs from ±h·d by at most u(|z| + 2h) per entry, which moves the difference by
+``‖g‖₁·2u(max|z| + 2h)/2h`` with ``‖g‖₁ ≤ 2·F1/T``: added to the band.  Two real
+evaluations of every entry per probe.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import numpy as np
 
 from ..spec import Inputs
 from ..suite.config import FD_BUDGET
-from .analytic import _forward, _grad_v
+from .analytic import _exp, row_factors
 from .loss import features, params, rows_of, target_terms, transform
 
 U64 = 2.0**-53
@@ -68,6 +80,8 @@ class RowStats:
     temperature: float
     softcap: float | None
     classes: int
+    s: np.ndarray | None = None     # Σ exp(v − top) per row (0 where the max is not finite)
+    top: np.ndarray | None = None   # max v per row (NaN or ±inf where not finite)
 
     @property
     def scale(self) -> float:
@@ -86,15 +100,15 @@ def row_stats(inputs: Inputs, totals=None) -> RowStats:
 def _row_stats(inputs: Inputs, totals=None) -> RowStats:
     spec = inputs.spec
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        _, t, p, lse = _forward(inputs, np.float64)
-        _, alpha, beta, mass = _grad_v(inputs, np.float64, p, lse, totals)
-        v = inputs.logits64 / spec.divisor
-        if t is not None:
-            v = spec.softcap * np.tanh(v / spec.softcap)
-    vmax = np.max(np.where(np.isfinite(v), np.abs(v), 0.0), axis=-1)
+        _, _, v, _, tot, mx = _exp(inputs, np.float64)
+        lse = (mx + np.log(tot))[:, 0]
+        alpha, beta, mass, _, _ = row_factors(inputs, np.float64, totals)
+        vmax = np.max(np.where(np.isfinite(v), np.abs(v), 0.0), axis=-1)
     a = np.abs(alpha * mass) * inputs.valid
     b = 2 * np.abs(beta) * spec.z_loss
-    return RowStats(a, b, np.abs(lse), vmax, spec.divisor, spec.softcap, p.shape[1])
+    s = np.where(np.isfinite(mx[:, 0]), tot[:, 0], 0.0)
+    return RowStats(a, b, np.abs(lse), vmax, spec.divisor, spec.softcap, v.shape[1], s,
+                    mx[:, 0])
 
 
 # --------------------------------------------------------------------------------------
@@ -104,7 +118,7 @@ def _row_stats(inputs: Inputs, totals=None) -> RowStats:
 @dataclass(frozen=True)
 class Probe:
     """A directional derivative along a random direction d (rows orthogonal to the all-ones
-    vector), per row, by complex step: exact to rounding.  The direction itself is not kept
+    vector), per row, by central differences (``probe_plan`` bounds its error).  The direction itself is not kept
     (N·C per probe): only what judging needs, each given gradient's projection Σ_c g_ic d_ic
     and Σ_c |d_ic| per row."""
 
@@ -215,34 +229,52 @@ def finite_difference(inputs: Inputs, method: str | None = None, *, step=None,
     h, band = fd_plan(st, method)
     if step is not None:
         h = np.broadcast_to(np.asarray(step, np.float64), (n,)).copy()
-    z = inputs.logits64
-    target = inputs.target64
-    prm = params(inputs, totals)
-    hard = inputs.spec.hard
-
-    feats, sparse = features(prm), sparse_targets(inputs, prm)
-    tt, shift, index = sweep_terms(np, z, target, prm, hard, feats, sparse)
-
-    def rows(zz):
-        return rows_of(np, zz, tt, prm, feats=feats, shift=shift, index=index)
-
+    prep = Prepared(inputs, totals, st)
     mask = None
     probe_list: tuple[Probe, ...] = ()
     if columns is None and budget is not None and EVALS[method] * n * c > budget:
         columns = _choose_columns(inputs, int(budget // (EVALS[method] * n)), priority, seed)
     cols = np.arange(c) if columns is None else np.asarray(columns)
     grad = np.full((n, c), np.nan)
+    grad[:, cols] = sweep_columns(prep, cols, h, method)
+    if columns is not None:
+        mask = np.zeros((n, c), bool)
+        mask[:, cols] = True
+        probe_list = tuple(probe(prep, st, k, seed, project or {}) for k in range(probes))
+    return FDResult(grad, method, band, h, mask, probe_list)
+
+
+class Prepared:
+    """What every finite difference of ``inputs`` shares: the option values, the features in
+    use, the target terms (sparse for index targets without smoothing), each row's shift and
+    its sum of exponentials (from ``st`` where its rows' maxima are finite: the same numbers)."""
+
+    def __init__(self, inputs: Inputs, totals=None, st: RowStats | None = None):
+        self.z = inputs.logits64
+        self.prm = params(inputs, totals)
+        self.feats = features(self.prm)
+        self.tt, self.shift, self.index = sweep_terms(
+            np, self.z, inputs.target64, self.prm, inputs.spec.hard, self.feats,
+            sparse_targets(inputs, self.prm), st)
+        self.s = None if st is None else st.s
+
+    def rows(self, zz):
+        """Each row's value at logits ``zz`` (real or complex)."""
+        return rows_of(np, zz, self.tt, self.prm, feats=self.feats, shift=self.shift,
+                       index=self.index)
+
+
+def sweep_columns(prep: Prepared, cols, h, method: str) -> np.ndarray:
+    """The finite-difference derivatives of columns ``cols`` of every row: (N, len(cols))."""
+    n = prep.z.shape[0]
+    cols = np.asarray(cols)
+    out = np.empty((n, len(cols)))
     k = max(1, min(len(cols), CHUNK_ELEMENTS // max(1, n)))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        sweep = _Sweep(z, tt, prm, feats, shift)
+        sweep = _Sweep(prep)
         for j0 in range(0, len(cols), k):
-            js = cols[j0:j0 + k]
-            grad[:, js] = sweep.columns(js, h, method).T
-        if columns is not None:
-            mask = np.zeros((n, c), bool)
-            mask[:, cols] = True
-            probe_list = _probes(rows, z, st, probes, seed, project or {})
-    return FDResult(grad, method, band, h, mask, probe_list)
+            out[:, j0:j0 + k] = sweep.columns(cols[j0:j0 + k], h, method).T
+    return out
 
 
 def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarray:
@@ -262,30 +294,68 @@ def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarr
     return np.array(list(dict.fromkeys(chosen))[:count])
 
 
-def probe_rng(seed: int, k: int) -> np.random.Generator:
-    """Probe k's own generator: its direction is the same drawn whole or a block of rows at a
-    time (engine/stream.py)."""
-    return np.random.default_rng([seed, 4, k])
-
-
-def _probes(rows, z, st: RowStats, count: int, seed: int, project: dict) -> tuple[Probe, ...]:
+def probe_directions(seed: int, k: int, r0: int, z: np.ndarray) -> np.ndarray:
+    """Probe k's direction on rows r0.. (``z`` those rows' logits): random signs ±1 drawn
+    per row from the row's own generator (the same drawn whole or a block at a time,
+    engine/stream.py), zero on non-finite logits, centred over the finite ones (orthogonal to
+    the all-ones vector, along which the loss does not change)."""
+    n, c = z.shape
+    d = np.empty((n, c))
+    for i in range(n):
+        bits = np.frombuffer(np.random.default_rng([seed, 4, k, r0 + i]).bytes(-(-c // 8)),
+                             np.uint8)
+        d[i] = np.unpackbits(bits, count=c)
+    d *= 2
+    d -= 1
     finite = np.isfinite(z)
-    gamma = 8 + math.log2(max(st.classes, 2))
-    f1 = st.a + st.b * st.lse
-    out = []
-    for k in range(count):
-        d = probe_rng(seed, k).standard_normal(z.shape)
-        d = np.where(finite, d, 0.0)
-        d -= np.where(finite, np.sum(d, -1, keepdims=True) / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
-        zc = z.astype(np.complex128) + 1j * COMPLEX_STEP * d
-        val = np.imag(rows(zc)) / COMPLEX_STEP
-        band = gamma * U64 * (1 + st.lse + st.vmax) * f1 * np.sum(np.abs(d), -1) / st.temperature
-        proj = {}
-        for name, g in project.items():
-            with np.errstate(invalid="ignore"):
-                proj[name] = np.sum(np.where(d != 0, np.asarray(g) * d, 0.0), -1)
-        out.append(Probe(val, band, np.sum(np.abs(d), -1), proj))
-    return tuple(out)
+    if not finite.all():
+        d[~finite] = 0.0
+    d -= np.where(finite, np.sum(d, -1, keepdims=True)
+                  / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
+    return d
+
+
+def probe(prep: Prepared, st: RowStats, k: int, seed: int, project: dict, r0: int = 0
+          ) -> Probe:
+    """Directional probe k by central differences on the rows of ``prep`` (rows r0.. of the
+    batch): each row's derivative along d = probe_directions(k), its band, and the
+    projections of the gradients in ``project`` on d (module docstring, "Directional
+    probes")."""
+    z = prep.z
+    d = probe_directions(seed, k, r0, z)
+    h, band = probe_plan(st, z)
+    hd = h[:, None] * d
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        up = prep.rows(z + hd)
+        val = (up - prep.rows(z - hd)) / (2 * h)
+    del hd
+    return Probe(val, band, np.sum(np.abs(d), -1), project_on(d, project))
+
+
+def probe_plan(st: RowStats, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A probe's step and band per row: a quarter of the coordinate step, four times the
+    coordinate band (|d| ≤ 2 bounds the third derivative along d by 4³ times a
+    coordinate's), plus the rounding of z ± h·d itself (module docstring)."""
+    h, band = fd_plan(st, "central")
+    h = h / 4
+    f1 = (st.a + st.b * st.lse) / st.temperature
+    finite = np.isfinite(z)
+    zmax = np.max(np.abs(z if finite.all() else np.where(finite, z, 0.0)), -1)
+    return h, 4 * band + 2 * U64 * f1 * (zmax + 2 * h) / h
+
+
+def project_on(d: np.ndarray, grads: dict) -> dict:
+    """Σ_c g_ic d_ic per row for each gradient (entries where d is 0 left out: a NaN or ∞
+    gradient on a −inf logit is not the probe's business)."""
+    out = {}
+    for name, g in grads.items():
+        g = np.asarray(g, np.float64)
+        with np.errstate(invalid="ignore"):
+            if np.all(d != 0) or np.isfinite(g).all():
+                out[name] = np.einsum("ij,ij->i", g, d)
+            else:
+                out[name] = np.sum(np.where(d != 0, g * d, 0.0), -1)
+    return out
 
 
 def sparse_targets(inputs: Inputs, prm) -> bool:
@@ -293,14 +363,23 @@ def sparse_targets(inputs: Inputs, prm) -> bool:
     return bool(inputs.spec.hard and prm["eps"] == 0.0)
 
 
-def sweep_terms(xp, z, target, prm, hard, feats, sparse):
+def sweep_terms(xp, z, target, prm, hard, feats, sparse, st: RowStats | None = None):
     """What every perturbed evaluation of a sweep shares, computed once: the target terms;
     the max-shift constant, the unperturbed rows' max of v (a perturbation moves v by at most
-    h/T, far from overflowing exp); and for ``sparse`` the target classes to gather."""
+    h/T, far from overflowing exp), taken from ``st`` where known; and for ``sparse`` the
+    target classes to gather."""
     c = z.shape[-1]
-    tt = target_terms(xp, target, prm, hard, c)
-    v = transform(xp, z, prm, feats)
-    shift = xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
+    tt = target_terms(xp, target, prm, hard, c, sparse)
+    if st is not None and st.top is not None:
+        # a finite max of v has no NaN or +inf beside it: the max over the finite entries
+        shift = st.top[:, None].copy()
+        redo = np.flatnonzero(~np.isfinite(shift[:, 0]))
+        if redo.size:
+            v = transform(xp, z[redo], prm, feats)
+            shift[redo] = xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
+    else:
+        v = transform(xp, z, prm, feats)
+        shift = xp.max(xp.where(xp.isfinite(v), v, -xp.inf), axis=-1, keepdims=True)
     index = xp.clip(target, 0, c - 1).astype(np.int64) if sparse else None
     return tt, shift, index
 
@@ -309,18 +388,40 @@ class _Sweep:
     """Column sweeps by updating each row's sum of exponentials (module docstring, "Column
     sweeps")."""
 
-    def __init__(self, z, tt, prm, feats, shift):
-        self.z, self.tt, self.prm, self.feats = z, tt, prm, feats
+    def __init__(self, prep: Prepared):
+        z, tt, prm, feats = prep.z, prep.tt, prep.prm, prep.feats
+        self.z, self.tt, self.prm, self.feats, self.index = z, tt, prm, feats, prep.index
+        shift = prep.shift
         self.shift = np.where(np.isfinite(shift), shift, 0.0)             # (N, 1)
-        self.s = np.zeros(z.shape[0])
+        n = z.shape[0]
+        if prep.s is not None:      # the row statistics' sums, where they used this shift
+            self.s = np.array(prep.s, np.float64)
+            todo = np.flatnonzero(~np.isfinite(shift[:, 0]) | ~np.isfinite(self.s))
+        else:
+            self.s, todo = np.zeros(n), np.arange(n)
         rows = max(1, CHUNK_ELEMENTS // max(1, z.shape[1]))
-        for i in range(0, z.shape[0], rows):
-            v = transform(np, z[i:i + rows], prm, feats)
-            self.s[i:i + rows] = np.sum(np.exp(v - self.shift[i:i + rows]), -1)
-            m = tt.m[i:i + rows]
-            # the constant Σ m·v left out of value(): where it is not finite the loss is not,
-            # and no derivative of the row exists (NaN, as a full evaluation gives)
-            self.s[i:i + rows][~np.isfinite(np.sum(np.where(m != 0, m * v, 0.0), -1))] = np.nan
+        for i in range(0, len(todo), rows):
+            r = todo[i:i + rows]
+            v = transform(np, z[r], prm, feats)
+            self.s[r] = np.sum(np.exp(v - self.shift[r]), -1)
+        # the constant Σ m·v left out of value(): where it is not finite the loss is not,
+        # and no derivative of the row exists (NaN, as a full evaluation gives)
+        if self.index is not None:
+            vy = transform(np, z[np.arange(n), self.index], prm, feats)
+            bad = (tt.msum != 0) & ~np.isfinite(tt.msum * vy)
+        else:
+            bad = np.zeros(n, bool)
+            for i in range(0, n, rows):
+                v = transform(np, z[i:i + rows], prm, feats)
+                m = tt.m[i:i + rows]
+                bad[i:i + rows] = ~np.isfinite(np.sum(np.where(m != 0, m * v, 0.0), -1))
+        self.s[bad] = np.nan
+
+    def target_mass(self, js):
+        """Columns ``js`` of m: (N, K)."""
+        if self.index is None:
+            return self.tt.m[:, js]
+        return np.where(js[None, :] == self.index[:, None], self.tt.msum[:, None], 0.0)
 
     def value(self, zj, ej, mj, dz):
         """The changing part of each row's value with columns js moved by ``dz``: (N, K)."""
@@ -337,7 +438,7 @@ class _Sweep:
         """Derivatives for columns ``js`` of every row: shape (len(js), N)."""
         zj = self.z[:, js]                                                # (N, K)
         ej = np.exp(transform(np, zj, self.prm, self.feats) - self.shift)
-        mj = self.tt.m[:, js]
+        mj = self.target_mass(np.asarray(js))
         hh = h[:, None]
         finite = np.isfinite(zj)
 

@@ -105,30 +105,43 @@ class TargetTerms(NamedTuple):
     beta: Any       # the reduction's row factor for z-loss (× grad_output)
 
 
-def target_terms(xp, target, prm, hard: bool, c: int) -> TargetTerms:
+def target_terms(xp, target, prm, hard: bool, c: int, sparse: bool = False) -> TargetTerms:
     """Everything that does not depend on the logits: the weighted smoothed target m (and
-    where it is non-zero), the row mask, and the row factors α, β of the reduction."""
-    if hard:
-        valid = target != prm["ignore_index"]
-        q0 = ((xp.arange(c) == target[:, None]) & valid[:, None]).astype(np.float64)
-    else:
-        valid = xp.ones(target.shape[0], dtype=bool)
-        q0 = target
-    vf = valid.astype(np.float64)
-    eps = prm["eps"]
-    uniform = (1 - eps) * q0 + (eps / c) * vf[:, None]
-    if c > 1:
-        others = (1 - eps) * q0 + (eps / (c - 1)) * (xp.sum(q0, -1, keepdims=True) - q0)
-    else:
-        others = (1 - eps) * q0
-    q = xp.where(prm["others"], others, uniform)
-    m = prm["weight"] * q
+    where it is non-zero), the row mask, and the row factors α, β of the reduction.
+
+    ``sparse`` (index targets without smoothing, ``finite_difference.sparse_targets``): m has
+    one non-zero per row, w_y, so m and nz are None and Σm = w_y on valid rows: the numbers
+    of the dense matrix (w·1 at the target, exact zeros elsewhere), without it."""
     nb = np.float64(target.shape[0])
+    if hard and sparse:
+        valid = target != prm["ignore_index"]
+        vf = valid.astype(np.float64)
+        msum = xp.where(valid, prm["weight"][xp.clip(target, 0, c - 1)], 0.0)
+        m = nz = None
+        wq0 = msum                          # Σ_c w·q0 per row
+    else:
+        if hard:
+            valid = target != prm["ignore_index"]
+            q0 = ((xp.arange(c) == target[:, None]) & valid[:, None]).astype(np.float64)
+        else:
+            valid = xp.ones(target.shape[0], dtype=bool)
+            q0 = target
+        vf = valid.astype(np.float64)
+        eps = prm["eps"]
+        uniform = (1 - eps) * q0 + (eps / c) * vf[:, None]
+        if c > 1:
+            others = (1 - eps) * q0 + (eps / (c - 1)) * (xp.sum(q0, -1, keepdims=True) - q0)
+        else:
+            others = (1 - eps) * q0
+        q = xp.where(prm["others"], others, uniform)
+        m = prm["weight"] * q
+        nz, msum = m != 0, xp.sum(m, -1)
+        wq0 = xp.sum(prm["weight"] * q0, -1) if hard else None
     if "denom" in prm:      # a block of rows of a larger batch: the batch's final totals
         denom, count = prm["denom"], prm["count"]
     else:
         if hard:
-            denom = xp.sum(vf * xp.sum(prm["weight"] * q0, -1))
+            denom = xp.sum(vf * wq0)
             count = xp.sum(vf)
         else:
             denom = count = nb
@@ -139,7 +152,7 @@ def target_terms(xp, target, prm, hard: bool, c: int) -> TargetTerms:
     go = prm["go"]
     alpha = xp.where(prm["mean"], go / xp.where(denom > 0, denom, 1.0), go)
     beta = xp.where(prm["mean"], go / xp.where(count > 0, count, 1.0), go)
-    return TargetTerms(m, m != 0, xp.sum(m, -1), vf, denom, count, alpha, beta)
+    return TargetTerms(m, nz, msum, vf, denom, count, alpha, beta)
 
 
 def transform(xp, z, prm, feats=ALL_FEATURES):
