@@ -51,8 +51,6 @@ class StreamedComparison:
             return False
         err = np.subtract(x, ref)
         np.abs(err, out=err)
-        if not np.isfinite(np.max(err, initial=0.0)):
-            return False                           # NaN/Inf somewhere (or ∞ − ∞)
         ratio = np.abs(ref)
         ratio *= ur
         ratio += ua
@@ -62,48 +60,65 @@ class StreamedComparison:
             ratio += band
         np.divide(err, ratio, out=ratio)           # err 0 → ratio 0, as compare
         nb, w = err.shape
-        self.size += nb * self.c
-        colidx = np.arange(w) if cols is None else np.asarray(cols)
-        if cols is None:
-            pos = np.asarray(target)
-        else:
-            lookup = np.full(self.c, -1)
-            lookup[colidx] = np.arange(w)
-            pos = np.where(np.asarray(target) >= 0, lookup[np.maximum(target, 0)], -1)
+        colidx, pos = self._positions(target, w, cols)
         rows = np.flatnonzero(pos >= 0)
+        tp = pos[rows]
+        et, rt = err[rows, tp], ratio[rows, tp]
+        err[rows, tp] = -1.0
+        ratio[rows, tp] = -1.0
+        eo = float(np.max(err, initial=0.0))
+        if not (np.isfinite(eo) and np.all(np.isfinite(et))):
+            return False                           # NaN/Inf somewhere (or ∞ − ∞)
+        ro = float(np.max(ratio, initial=0.0))
+        self.size += nb * self.c
         if (np.asarray(target) >= 0).any():
             self.has_target = True
-        tmask = np.zeros((nb, w), bool)
-        tmask[rows, pos[rows]] = True
-        self._keep_fast(r0, ratio, x, ref, colidx, tmask, valid, cols is not None)
-        et, rt = err[rows, pos[rows]], ratio[rows, pos[rows]]
-        err[rows, pos[rows]] = -1.0
-        ratio[rows, pos[rows]] = -1.0
-        eo, ro = float(np.max(err, initial=0.0)), float(np.max(ratio, initial=0.0))
+        rtmax = float(np.max(rt, initial=0.0))
+        bmax = max(ro, rtmax)
+        self._keep_fast(r0, ratio, rows, tp, rt, bmax, x, ref, colidx, pos, valid,
+                        cols is not None)
         t, o = self.parts[True], self.parts[False]
-        t[0], t[1] = max(t[0], float(np.max(et, initial=0.0))), max(t[1], float(np.max(rt, initial=0.0)))
+        t[0], t[1] = max(t[0], float(np.max(et, initial=0.0))), max(t[1], rtmax)
         o[0], o[1] = max(o[0], eo), max(o[1], ro)
         self.max_abs = max(self.max_abs, t[0], o[0])
-        bmax = max(float(np.max(rt, initial=0.0)), ro)
         self.ratio = max(self.ratio, bmax)
         if bmax > 1.0:
             self.out_of += int(np.sum(ratio > 1.0)) + int(np.sum(rt > 1.0))
         return True
 
-    def _keep_fast(self, r0, ratio, x, ref, colidx, tmask, valid, subset) -> None:
-        """``_keep`` scanning only for entries above the current k-th worst."""
+    def _positions(self, target, w, cols):
+        """The block's columns (all, or the sampled ``cols``) and each row's target position
+        among them (−1: none)."""
+        colidx = np.arange(w) if cols is None else np.asarray(cols)
+        if cols is None:
+            return colidx, np.asarray(target)
+        lookup = np.full(self.c, -1)
+        lookup[colidx] = np.arange(w)
+        return colidx, np.where(np.asarray(target) >= 0, lookup[np.maximum(target, 0)], -1)
+
+    def _keep_fast(self, r0, ratio, rows, tp, rt, bmax, x, ref, colidx, pos, valid,
+                   subset) -> None:
+        """``_keep`` scanning only for entries above the current k-th worst (``ratio`` has
+        the target entries at −1: theirs are ``rt`` at (rows, tp))."""
         k = WORST_ENTRIES
         if len(self.top) < k or self.top[k - 1][0] >= 0:     # ratio 0 entries may still enter
-            return self._keep(r0, ratio, x, ref, colidx, tmask, valid, subset)
+            ratio[rows, tp] = rt
+            self._keep(r0, ratio, x, ref, colidx, pos, valid, subset)
+            ratio[rows, tp] = -1.0
+            return None
         thr = -self.top[k - 1][0]
-        if not np.max(ratio, initial=-1.0) > thr:
+        if not bmax > thr:
             return None                            # later flat index: ties lose
-        flat = np.flatnonzero(ratio.ravel() > thr)
         w = ratio.shape[1]
-        for f in flat[np.argsort(-ratio.ravel()[flat], kind="stable")][:k]:
+        flat = np.flatnonzero(ratio.ravel() > thr)
+        hit = rt > thr
+        flat = np.concatenate([flat, rows[hit] * w + tp[hit]])
+        vals = np.concatenate([ratio.ravel()[flat[:flat.size - int(hit.sum())]], rt[hit]])
+        order = np.lexsort((flat, -vals))[:k]
+        for f, v in zip(flat[order], vals[order]):
             i, jj = divmod(int(f), w)
-            self.top.append((-float(ratio[i, jj]), (r0 + i) * self.c + int(colidx[jj]),
-                             float(x[i, jj]), float(ref[i, jj]), bool(tmask[i, jj]),
+            self.top.append((-float(v), (r0 + i) * self.c + int(colidx[jj]),
+                             float(x[i, jj]), float(ref[i, jj]), bool(pos[i] == jj),
                              not bool(valid[i])))
         self.top = sorted(self.top, key=lambda t: (t[0], t[1]))[:k]
 
@@ -124,7 +139,7 @@ class StreamedComparison:
         if err.size:
             self.max_abs = max(self.max_abs, float(np.max(err)))
             self.ratio = max(self.ratio, float(np.max(ratio)))
-        colidx = np.arange(x.shape[1]) if cols is None else np.asarray(cols)
+        colidx, pos = self._positions(target, x.shape[1], cols)
         tmask = colidx[None, :] == np.asarray(target)[:, None]
         if (np.asarray(target) >= 0).any():
             self.has_target = True
@@ -134,9 +149,9 @@ class StreamedComparison:
             p[1] = max(p[1], float(np.max(ratio[m], initial=0.0)))
         if cols is not None and len(colidx) < self.c and nb:
             self.parts[False][0] = max(self.parts[False][0], 0.0)   # unsampled: error 0
-        self._keep(r0, ratio, x, ref, colidx, tmask, valid, cols is not None)
+        self._keep(r0, ratio, x, ref, colidx, pos, valid, cols is not None)
 
-    def _keep(self, r0, ratio, x, ref, colidx, tmask, valid, subset) -> None:
+    def _keep(self, r0, ratio, x, ref, colidx, pos, valid, subset) -> None:
         k = WORST_ENTRIES
         flat_r = ratio.ravel()
         if flat_r.size > k:
@@ -150,7 +165,7 @@ class StreamedComparison:
             i, jj = divmod(int(f), w)
             j = int(colidx[jj])
             self.top.append((-float(flat_r[f]), (r0 + i) * self.c + j, float(x[i, jj]),
-                             float(ref[i, jj]), bool(tmask[i, jj]), not bool(valid[i])))
+                             float(ref[i, jj]), bool(pos[i] == jj), not bool(valid[i])))
         if subset:                            # unsampled entries: 0 against 0, ratio 0
             sel = set(int(j) for j in colidx)
             n_zero = 0
