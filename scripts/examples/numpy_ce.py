@@ -11,16 +11,23 @@ def grad(logits, target, ignore_index=-100, label_smoothing=0.0):
     valid = target != ignore_index
     count = max(int(valid.sum()), 1)
     out = np.empty(logits.shape, logits.dtype)
+    off = label_smoothing / c                  # q = (1 − ε)·onehot + ε/C off the target
+    on = (1 - label_smoothing) * 1.0 + off     # and at it
     step = max(1, (1 << 20) // max(c, 1))      # rows at a time: float64 for one block only
     for i in range(0, n, step):
-        z = logits[i:i + step].astype(np.float64)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
+        p = logits[i:i + step].astype(np.float64)
+        p -= p.max(axis=1, keepdims=True)
+        np.exp(p, out=p)
+        p /= p.sum(axis=1, keepdims=True)
         v = valid[i:i + step]
-        onehot = np.zeros_like(p)
-        onehot[np.flatnonzero(v), target[i:i + step][v]] = 1.0
-        q = (1 - label_smoothing) * onehot + label_smoothing / c
-        out[i:i + step] = (p - q) * v[:, None] / count
+        rows, t = np.flatnonzero(v), target[i:i + step][v]
+        pt = p[rows, t]
+        if off:
+            p -= off
+        p[rows, t] = pt - on                   # p − q, in place
+        p *= v[:, None]
+        p /= count
+        out[i:i + step] = p
     return out
 
 

@@ -23,11 +23,24 @@ def row_blocks(shape: tuple[int, ...], block: int = BLOCK):
 
 def same_values(a, b, block: int = BLOCK) -> bool:
     """``np.array_equal(a, b, equal_nan=True)`` a block of rows at a time (no full-size
-    temporary for a large case's logits)."""
+    temporary for a large case's logits); bitwise-equal blocks are recognised in one pass."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 2 or a.size <= block:
         return np.array_equal(a, b, equal_nan=True)
-    return all(np.array_equal(a[r], b[r], equal_nan=True) for r in row_blocks(a.shape, block))
+    return all(same_bits(a[r], b[r]) or np.array_equal(a[r], b[r], equal_nan=True)
+               for r in row_blocks(a.shape, block))
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise equality of two arrays of one dtype and shape (False when unsure: compare
+    values then)."""
+    if a.dtype != b.dtype or a.shape != b.shape or a.dtype.itemsize not in (2, 4, 8):
+        return False
+    u = np.dtype(f"u{a.dtype.itemsize}")
+    try:
+        return bool(np.array_equal(a.view(u), b.view(u)))
+    except ValueError:                         # a view that cannot be reinterpreted
+        return False
 
 
 def max_difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .arrays import max_difference, row_blocks
+from .arrays import max_difference, row_blocks, same_bits
 from .call import CallResult
 
 #: room after the logits and the gradient for the target and the keyword arrays
@@ -152,8 +152,10 @@ class Sink:
         """None if bitwise equal to the kept gradient (as kept), else max |difference|."""
         worst, differs = 0.0, False
         for r in row_blocks(arr.shape):
-            b = np.asarray(self.view[r], np.float64)
-            a = np.asarray(np.asarray(arr[r]).astype(self.view.dtype), np.float64)
+            kept, got = self.view[r], np.asarray(arr[r]).astype(self.view.dtype, copy=False)
+            if same_bits(kept, got):
+                continue
+            b, a = np.asarray(kept, np.float64), np.asarray(got, np.float64)
             if a.tobytes() != b.tobytes():
                 differs, worst = True, max(worst, max_difference(b, a))
         return worst if differs else None

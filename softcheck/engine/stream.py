@@ -72,9 +72,10 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     """``run_case`` for a large case: the same comparisons, invariants and FD coverage,
     computed over blocks of rows (``progress.block(done, total)`` after each).
 
-    Three stages: the draw; the candidate's calls in its worker beside a first pass on this
-    process's core (row statistics, and the directional probes' reference values, which need
-    no candidate); then the blocks judged by ``JUDGE_THREADS`` threads, each with its own
+    Two stages.  A first pass (row statistics, and the directional probes' reference values,
+    which need no candidate) follows the draw block by block on a second thread, goes on
+    beside the candidate's calls in its worker, and is finished by both threads once they
+    return.  Then the blocks are judged by ``JUDGE_THREADS`` threads, each with its own
     accumulators, merged at the end (the numbers do not depend on the split)."""
     t0 = time.perf_counter()
     n, c = case.batch, case.classes
@@ -84,29 +85,33 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     dt = numpy_dtype(case.dtype)
     shared = getattr(candidate, "shared_logits", None)
     out = shared((n, c), dt) if shared is not None else np.empty((n, c), dt)
-    inputs = make_inputs_into(case, out, upstream=upstream)
     nb = block_rows(c)
     blocks = [(r, min(n, r + nb)) for r in range(0, n, nb)]
     ticker = _Ticker(progress, 2 * len(blocks))
-    tot64 = analytic.mean_totals(inputs, np.float64)      # the whole batch's (D, n)
-    valid = inputs.valid
-    targets = np.where(valid, inputs.target, -1)
     native_wanted = (candidate is not None and case.tolerance == "native"
                      and case.dtype in tolerances.LOW_PRECISION)
     method = case.fd or references.default_fd_method(n, c, case.fd_budget)
     sampled = references.EVALS[method] * n * c > case.fd_budget
     n_probes = probe_count(case) if sampled else 0
-    first = _FirstPass(inputs, tot64, n_probes, case.seed, native_wanted, dt)
-    worker = threading.Thread(target=first.run, args=(blocks, ticker))
-    worker.start()
+    first = _FirstPass(blocks, ticker, n_probes, case.seed, native_wanted, dt)
+    helper = threading.Thread(target=first.work)
+    helper.start()
     call = None
     try:
+        inputs = make_inputs_into(case, out, upstream=upstream, ready=first.ready)
         if candidate is not None:
             call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
-    finally:
-        worker.join()
+    except BaseException:
+        first.abandon()
+        helper.join()
+        raise
+    first.work()                       # this thread joins in once the candidate has returned
+    helper.join()
     if first.error is not None:
         raise first.error
+    tot64 = first.tot64                                   # the whole batch's (D, n)
+    valid = inputs.valid
+    targets = np.where(valid, inputs.target, -1)
     spec = case.spec
     st = first.stats(spec, c)
     scale = st.scale
@@ -230,26 +235,64 @@ def _in_threads(fn, count: int) -> None:
         raise errors[0]
 
 
-class _FirstPass:
-    """Beside the candidate's calls: each row's statistics (``row_stats``), the largest |z|,
-    the native band, and the probes' reference values (their directions need no candidate)."""
+class _Abandoned(Exception):
+    """The draw or the candidate's call failed: the first pass stops waiting for rows."""
 
-    def __init__(self, inputs, tot64, n_probes, seed, native_wanted, dt):
-        n = inputs.logits.shape[0]
-        self.inputs, self.tot64, self.seed, self.dt = inputs, tot64, seed, dt
+
+class _FirstPass:
+    """Beside the draw and the candidate's calls: each row's statistics (``row_stats``), the
+    largest |z|, the native band, and the probes' reference values (their directions need no
+    candidate).  Blocks are taken as the draw finishes their rows (``ready``), by the thread
+    started for it and, once the candidate has returned, by the caller's too (``work``)."""
+
+    def __init__(self, blocks, ticker, n_probes, seed, native_wanted, dt):
+        n = blocks[-1][1]
+        self.blocks, self.ticker, self.seed, self.dt = blocks, ticker, seed, dt
         self.native_wanted = native_wanted
         self.rows = {k: np.zeros(n) for k in ("a", "b", "lse", "vmax", "s", "top")}
         self.zmax = self.native = 0.0
         self.probes = [(np.zeros(n), np.zeros(n), np.zeros(n)) for _ in range(n_probes)]
         self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.inputs, self.tot64, self.upto, self.next = None, None, 0, 0
 
-    def run(self, blocks, ticker) -> None:
-        try:
-            for r0, r1 in blocks:
+    def ready(self, inputs, r0: int, r1: int) -> None:
+        """The draw has finished rows ..r1 (make_inputs_into's ``ready``)."""
+        with self.cond:
+            if self.inputs is None:
+                self.inputs = inputs
+                self.tot64 = analytic.mean_totals(inputs, np.float64)
+            self.upto = max(self.upto, r1)
+            self.cond.notify_all()
+
+    def work(self) -> None:
+        """Judge blocks until none is left (returns at once if the draw failed)."""
+        while True:
+            with self.cond:
+                if self.next >= len(self.blocks) or self.error is not None:
+                    return
+                k = self.next
+                r0, r1 = self.blocks[k]
+                while self.upto < r1 and self.error is None:
+                    self.cond.wait()
+                if self.error is not None:
+                    return
+                self.next += 1
+            try:
                 self.block(r0, r1)
-                ticker.tick()
-        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
-            self.error = e
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                with self.cond:
+                    self.error = e
+                    self.cond.notify_all()
+                return
+            self.ticker.tick()
+
+    def abandon(self) -> None:
+        """The draw or the call failed: the waiting thread stops."""
+        with self.cond:
+            if self.error is None:
+                self.error = _Abandoned()
+            self.cond.notify_all()
 
     def block(self, r0: int, r1: int) -> None:
         inputs = self.inputs
@@ -259,8 +302,8 @@ class _FirstPass:
             arr[r0:r1] = getattr(st, key)
         z = b.logits
         fin = np.isfinite(z)
-        self.zmax = max(self.zmax, float(np.max(np.abs(z if fin.all() else z[fin]),
-                                                initial=0.0)))
+        zmax = float(np.max(np.abs(z if fin.all() else z[fin]), initial=0.0))
+        native = 0.0
         if self.native_wanted:
             with np.errstate(invalid="ignore", over="ignore"):
                 ref = analytic.gradient(b, totals=self.tot64)
@@ -268,7 +311,9 @@ class _FirstPass:
                                         totals=analytic.mean_totals(inputs, self.dt.type)
                                         ).astype(np.float64)
                 err = np.abs(nat - ref)
-            self.native = max(self.native, float(np.max(err[np.isfinite(err)], initial=0.0)))
+            native = float(np.max(err[np.isfinite(err)], initial=0.0))
+        with self.cond:
+            self.zmax, self.native = max(self.zmax, zmax), max(self.native, native)
         if self.probes:
             prep = references.Prepared(b, self.tot64, st)
             for k, (val, band, l1) in enumerate(self.probes):

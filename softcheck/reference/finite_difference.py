@@ -62,7 +62,7 @@ import numpy as np
 from ..spec import Inputs
 from ..suite.config import FD_BUDGET
 from .analytic import _exp, row_factors
-from .loss import features, params, rows_of, target_terms, transform
+from .loss import features, params, rows_of, sparse_targets, target_terms, transform
 
 U64 = 2.0**-53
 CHUNK_ELEMENTS = 2**18     # elements per chunk of a sweep (2 MB of float64: fits in cache)
@@ -294,22 +294,25 @@ def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarr
     return np.array(list(dict.fromkeys(chosen))[:count])
 
 
+_SIGNS = np.array([-1.0, 1.0])
+
+
 def probe_directions(seed: int, k: int, r0: int, z: np.ndarray) -> np.ndarray:
     """Probe k's direction on rows r0.. (``z`` those rows' logits): random signs ±1 drawn
     per row from the row's own generator (the same drawn whole or a block at a time,
     engine/stream.py), zero on non-finite logits, centred over the finite ones (orthogonal to
     the all-ones vector, along which the loss does not change)."""
     n, c = z.shape
-    d = np.empty((n, c))
+    bits = np.empty((n, c), np.uint8)
     for i in range(n):
-        bits = np.frombuffer(np.random.default_rng([seed, 4, k, r0 + i]).bytes(-(-c // 8)),
-                             np.uint8)
-        d[i] = np.unpackbits(bits, count=c)
-    d *= 2
-    d -= 1
+        raw = np.random.default_rng([seed, 4, k, r0 + i]).bytes(-(-c // 8))
+        bits[i] = np.unpackbits(np.frombuffer(raw, np.uint8), count=c)
+    d = np.take(_SIGNS, bits)
     finite = np.isfinite(z)
-    if not finite.all():
-        d[~finite] = 0.0
+    if finite.all():
+        d -= np.sum(d, -1, keepdims=True) / c
+        return d
+    d[~finite] = 0.0
     d -= np.where(finite, np.sum(d, -1, keepdims=True)
                   / np.maximum(finite.sum(-1, keepdims=True), 1), 0)
     return d
@@ -356,11 +359,6 @@ def project_on(d: np.ndarray, grads: dict) -> dict:
             else:
                 out[name] = np.sum(np.where(d != 0, g * d, 0.0), -1)
     return out
-
-
-def sparse_targets(inputs: Inputs, prm) -> bool:
-    """Index targets without smoothing: one non-zero target weight per row (a gather)."""
-    return bool(inputs.spec.hard and prm["eps"] == 0.0)
 
 
 def sweep_terms(xp, z, target, prm, hard, feats, sparse, st: RowStats | None = None):

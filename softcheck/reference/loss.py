@@ -105,11 +105,16 @@ class TargetTerms(NamedTuple):
     beta: Any       # the reduction's row factor for z-loss (× grad_output)
 
 
+def sparse_targets(inputs: Inputs, prm) -> bool:
+    """Index targets without smoothing: one non-zero target weight per row (a gather)."""
+    return bool(inputs.spec.hard and prm["eps"] == 0.0)
+
+
 def target_terms(xp, target, prm, hard: bool, c: int, sparse: bool = False) -> TargetTerms:
     """Everything that does not depend on the logits: the weighted smoothed target m (and
     where it is non-zero), the row mask, and the row factors α, β of the reduction.
 
-    ``sparse`` (index targets without smoothing, ``finite_difference.sparse_targets``): m has
+    ``sparse`` (index targets without smoothing, ``sparse_targets``): m has
     one non-zero per row, w_y, so m and nz are None and Σm = w_y on valid rows: the numbers
     of the dense matrix (w·1 at the target, exact zeros elsewhere), without it."""
     nb = np.float64(target.shape[0])

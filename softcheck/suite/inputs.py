@@ -173,10 +173,13 @@ STREAM_REGIMES = ("normal", "confident", "wrong", "masked")
 
 
 def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
-                     block: int = 1 << 20) -> Inputs:
+                     block: int = 1 << 20, ready=None) -> Inputs:
     """``make_inputs`` for a large case (index targets, a regime of STREAM_REGIMES), its
     logits written into ``out`` (N, C) of the case dtype with float64 one block at a time:
-    the same numbers (tests/test_stream.py)."""
+    the same numbers (tests/test_stream.py).  ``ready(inputs, r0, r1)``: called when rows
+    r0..r1 of ``inputs`` (the returned Inputs, or one with the same arrays) hold their final
+    values: block by block where the regime and the upstream gradient allow, so a reader can
+    follow the draw."""
     s = case.spec
     n, c = case.batch, case.classes
     rng = _rng(case, "inputs")
@@ -193,14 +196,31 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
             ignored[:] = True
         elif n > 1:
             ignored[rng.choice(n, max(1, n // 3), replace=False)] = True
+    target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
+    weight = weight_array(s.weight, c, case.seed, dt)
+    # the upstream gradient is drawn after the logits, unless it takes no draw: then the
+    # rows can be handed to ``ready`` as they are drawn
+    late = (s.reduction == "none" and upstream != "one") or (
+        s.reduction != "none" and upstream == "random")
+    go = None if late else upstream_gradient(rng, s.reduction, upstream, n, dt)
+    early = None if late else Inputs(out, target, weight, go, s)
+
+    def final(r0, r1):
+        if ready is not None and early is not None:
+            ready(early, r0, r1)
+
     step = max(1, block // c)
-    rowmax = np.empty(n)
+    rowmax = np.empty(n) if case.regime in ("confident", "wrong") else None
     for i in range(0, n, step):
-        z = rng.standard_normal((min(step, n - i), c)) * 2.0
-        rowmax[i:i + len(z)] = np.max(z, -1)
+        z = rng.standard_normal((min(step, n - i), c))
+        z *= 2.0
+        if rowmax is not None:
+            rowmax[i:i + len(z)] = np.max(z, -1)
         if case.regime == "confident":
             z[np.arange(len(z)), y[i:i + len(z)]] = rowmax[i:i + len(z)] + 30.0
-        out[i:i + len(z)] = z.astype(dt)
+        out[i:i + len(z)] = z                      # rounded to dt as astype rounds
+        if case.regime in ("normal", "confident"):
+            final(i, i + len(z))
     rows = np.arange(n)
     if case.regime == "wrong" and c > 1:
         other = (y + 1 + rng.integers(0, c - 1, n)) % c
@@ -212,7 +232,11 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
             mask[np.arange(len(r)), y[r]] = False
             mask[np.arange(len(r)), (y[r] + 1) % c] = True
             out[r[0]:r[-1] + 1][mask] = -np.inf
-    target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
-    weight = weight_array(s.weight, c, case.seed, dt)
-    go = upstream_gradient(rng, s.reduction, upstream, n, dt)
-    return Inputs(out, target, weight, go, s)
+            final(i, min(n, i + step))
+    elif case.regime not in ("normal", "confident"):
+        final(0, n)
+    go = upstream_gradient(rng, s.reduction, upstream, n, dt) if late else go
+    inputs = Inputs(out, target, weight, go, s)
+    if ready is not None and late:
+        ready(inputs, 0, n)
+    return inputs
