@@ -78,7 +78,7 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
         upstream = "random" if candidate.takes("grad_output") else "one"
     dt = numpy_dtype(case.dtype)
     shared = getattr(candidate, "shared_logits", None)
-    out = shared((n, c), dt) if shared is not None else np.empty((n, c), dt)
+    out = shared((n, c), dt, case.pad) if shared is not None else np.empty((n, c), dt)
     inputs = make_inputs_into(case, out, upstream=upstream)
     nb = block_rows(c)
     blocks = [(r, min(n, r + nb)) for r in range(0, n, nb)]
