@@ -232,15 +232,28 @@ def test_no_int32_flat_index():
 
 
 # --------------------------------------------------------------------------------- the CLI
-@pytest.mark.slow
-def test_cli_kernel_suite_subprocess(tmp_path):
-    """--suite kernel --batch 2 --dtype float32 through a real subprocess (~40 s on 2 cores)."""
+def _kernel_cli(tmp_path, target):
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, "-m", "softcheck", "check",
-                        "scripts/examples/numpy_ce.py:grad", "--suite", "kernel", "--batch",
-                        "2", "--dtype", "float32", "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", target, "--suite", "kernel",
+                        "--batch", "2", "--dtype", "float32", "--json", str(out)],
                        capture_output=True, text=True)
+    return r, json.loads(out.read_text())
+
+
+def test_cli_kernel_suite_subprocess(tmp_path):
+    """--suite kernel --batch 2 --dtype float32 through a real subprocess (measured 5.5 s on
+    2 cores: CI): every preset case passes a right kernel."""
+    r, d = _kernel_cli(tmp_path, f"{KERNELS}:kernel_grad")
     assert r.returncode == 0, r.stderr[-2000:]
-    d = json.loads(out.read_text())
     assert d["summary"] == {"total": 11, "passed": 11, "failed": 0}
+    assert d["options"]["suite"] == "kernel"
     assert any("row stride V+64" in n for c in d["cases"] for n in c["notes"])
+
+
+@pytest.mark.slow
+def test_cli_kernel_suite_fails_a_kernel_without_softcap(tmp_path):
+    """numpy_ce.py:grad has no softcap parameter: exactly the four softcap30 cases fail."""
+    r, d = _kernel_cli(tmp_path, "scripts/examples/numpy_ce.py:grad")
+    assert r.returncode == 1
+    assert sorted(c["name"] for c in d["cases"] if not c["passed"]) == sorted(
+        f"C{v}-B2-float32-index-mean-normal[kernel/softcap30]" for v in KERNEL_VOCABS)

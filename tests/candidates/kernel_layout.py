@@ -96,3 +96,20 @@ def bf16_p_minus_one(logits, target):
     rows = np.arange(len(p))
     p[rows, target] = p[rows, target] - ml_dtypes.bfloat16(1)
     return (p.astype(np.float32) / len(p)).astype(ml_dtypes.bfloat16)
+
+
+def kernel_grad(logits, target, ignore_index=-100, softcap=None):
+    """Right for every case of the kernel preset: softcap, ignored rows, mean (float64)."""
+    z = np.asarray(logits, np.float64)
+    t = np.tanh(z / softcap) if softcap else None
+    v = softcap * t if softcap else z
+    p = np.exp(v - v.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    valid = target != ignore_index
+    rows = np.flatnonzero(valid)
+    p[rows, target[valid]] -= 1
+    p[~valid] = 0
+    g = p / max(1, int(valid.sum()))
+    if softcap:
+        g *= 1 - t**2
+    return g.astype(logits.dtype)
