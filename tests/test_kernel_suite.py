@@ -257,3 +257,16 @@ def test_cli_kernel_suite_fails_a_kernel_without_softcap(tmp_path):
     assert r.returncode == 1
     assert sorted(c["name"] for c in d["cases"] if not c["passed"]) == sorted(
         f"C{v}-B2-float32-index-mean-normal[kernel/softcap30]" for v in KERNEL_VOCABS)
+
+
+def test_strided_layout_is_refused_with_tensor_parallel():
+    from softcheck.candidate import load
+    from softcheck.candidate.conventions import settings
+    from softcheck.engine.suites import check_candidate
+
+    pytest.importorskip("torch")
+    cand = load("scripts/examples/vocab_parallel_ce.py:vocab_parallel_ce",
+                settings=settings(convention="loss", tensor_parallel=2))
+    with pytest.raises(SoftcheckError, match="--layout strided is not passed on"):
+        check_candidate(cand, config(classes=8, batch=2, dtype="float32", regime="normal",
+                                     layout="strided"))

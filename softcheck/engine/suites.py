@@ -118,6 +118,10 @@ def _ranked(cand, job: Job, jobs: list[Job]):
         raise SoftcheckError("--tensor-parallel reloads the TARGET in every rank: give it as "
                              "FILE.py:fn or package.module:fn (not a lambda or closure)")
     st = cand.settings
+    if any(getattr(j.case, "layout", "contiguous") != "contiguous" for j in jobs
+           if j.candidate is cand):
+        raise SoftcheckError("--layout strided is not passed on to --tensor-parallel ranks "
+                             "(each gets its own column shard): drop one of the two")
     jax = st.framework == "jax"
     for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
         (layout if jax else shards)(v, st.tensor_parallel, st.split)   # exit 2 before starting
