@@ -160,6 +160,9 @@ class Inputs:
     weight: np.ndarray | None
     grad_output: np.ndarray
     spec: LossSpec
+    #: the candidate's logits arrive as a view of rows padded by this many elements (row
+    #: stride C + pad, --layout strided); the references see the same values, contiguous
+    pad: int = 0
 
     @property
     def logits64(self) -> np.ndarray:

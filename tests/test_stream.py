@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softcheck.candidate.worker import IsolatedCandidate
-from softcheck.engine import pool, stream
+from softcheck.engine import blocks, pool, stream
 from softcheck.engine.case import run_case as _whole
 from softcheck.engine.stream import run_streamed
 from softcheck.spec import LossSpec
@@ -156,3 +156,26 @@ def test_cli_refuses_beyond_the_machine():
                         "--targets", "index", "--reduction", "mean"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "streamed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_first_pass_takes_each_block_once_under_two_threads(monkeypatch, small_blocks):
+    """Caught by a flaky reference-only bfloat16 run: two threads waiting for the draw could
+    take the same block (the index was claimed after the wait), leaving another block's row
+    statistics at zero and its finite differences at π·10¹⁹.  Each block is now claimed
+    before waiting; slow blocks make the two threads overlap."""
+    import time
+
+    seen = []
+    original = blocks.FirstPass.block
+
+    def slow(self, r0, r1):
+        seen.append(r0)
+        time.sleep(0.02)
+        return original(self, r0, r1)
+
+    monkeypatch.setattr(blocks.FirstPass, "block", slow)
+    case = Case(500, 13, "bfloat16", "normal", 0, LossSpec(ignore_index=3))
+    for _ in range(3):
+        seen.clear()
+        result = run_case(case, stream=True)
+        assert sorted(seen) == list(range(0, 13, 3)) and result.passed

@@ -85,3 +85,48 @@ def to_array(out, shape, *, low: bool = False) -> np.ndarray:
                                  f"(N, C) = {tuple(shape)}")
         raise CandidateError(f"returned shape {arr.shape}, expected (N, C) = {tuple(shape)}")
     return arr
+
+
+# -- the strided layout (--layout strided) ----------------------------------------------------
+def padded_buffer(a, pad: int) -> np.ndarray:
+    """An (N, C + pad) buffer holding the (N, C) array ``a`` in its first C columns, the
+    padding NaN (a kernel that reads past column C sees NaN)."""
+    a = np.asarray(a)
+    buf = np.empty((a.shape[0], a.shape[1] + pad), a.dtype)
+    buf[:, a.shape[1]:] = np.nan
+    buf[:, :a.shape[1]] = a
+    return buf
+
+
+def padded(a, pad: int) -> np.ndarray:
+    """A fresh copy of ``a``: for a 2-D array and ``pad`` > 0 the non-contiguous view
+    buf[:, :C] of :func:`padded_buffer` (row stride C + pad), else a plain copy."""
+    a = np.asarray(a)
+    if pad <= 0 or a.ndim != 2:
+        return np.array(a, copy=True)
+    return padded_buffer(a, pad)[:, :a.shape[1]]
+
+
+def row_pad(a) -> int:
+    """Elements between the end of one row of a 2-D array and the start of the next (0 for
+    contiguous rows)."""
+    a = np.asarray(a)
+    if a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
+        return 0
+    return max(0, a.strides[0] // a.itemsize - a.shape[1])
+
+
+def copy_layout(a) -> np.ndarray:
+    """A fresh copy of ``a`` with the same row stride (a strided view stays strided)."""
+    return padded(a, row_pad(a))
+
+
+def layout_note(pad: int, classes: int, framework: str | None = None) -> list[str]:
+    """The case note of --layout strided (none for contiguous logits)."""
+    if not pad:
+        return []
+    if framework == "jax":
+        return [f"--layout strided: JAX arrays have no strides; the candidate received "
+                f"contiguous logits (row stride {classes + pad} asked)"]
+    return [f"logits passed as a non-contiguous view, row stride V+{pad} = {classes + pad} "
+            "elements (the padding holds NaN)"]

@@ -28,7 +28,8 @@ from ..spec import OPTION_NAMES, Inputs, SoftcheckError
 from .conventions import CallFailed, Settings
 from .conventions import run as run_convention
 
-from .arrays import CandidateError, max_difference, same_values, to_array  # noqa: F401
+from .arrays import (CandidateError, layout_note, max_difference, padded,  # noqa: F401
+                     same_values, to_array)
 from .errors import format_exception
 
 #: the captured output of one call kept in a report (the rest is counted, not kept)
@@ -114,9 +115,11 @@ class Candidate:
         """The gradient (``repeat`` calls); under a loss convention also the gradients for the
         other upstream gradients unless ``variants`` is False (a relation's call)."""
         if self.settings.convention != "grad":
-            return _in_process_convention(self, inputs, timeout, repeat, variants)
-        args = [inputs.logits, inputs.target]
-        return _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
+            r = _in_process_convention(self, inputs, timeout, repeat, variants)
+        else:
+            args = [inputs.logits, inputs.target]
+            r = _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
+        return with_layout_note(r, inputs, self.settings)
 
     def call_hvp(self, inputs: Inputs, direction: np.ndarray, *, timeout=None) -> CallResult:
         args = [inputs.logits, inputs.target, np.asarray(direction)]
@@ -124,6 +127,13 @@ class Candidate:
 
     def close(self) -> None:
         """Nothing to end: the function runs in this process."""
+
+
+def with_layout_note(r: CallResult, inputs: Inputs, st: Settings) -> CallResult:
+    """The call's result with the note of --layout strided first (none when contiguous)."""
+    fw = st.framework if st.convention != "grad" else None
+    note = layout_note(inputs.pad, inputs.logits.shape[-1], fw)
+    return dataclasses.replace(r, notes=(*note, *r.notes)) if note else r
 
 
 def signature_of(fn) -> tuple[tuple[str, ...], bool]:
@@ -273,7 +283,7 @@ def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
 
     def fresh():
         return dataclasses.replace(
-            inputs, logits=np.array(inputs.logits, copy=True),
+            inputs, logits=padded(inputs.logits, inputs.pad),
             target=np.array(inputs.target, copy=True),
             weight=None if inputs.weight is None else np.array(inputs.weight, copy=True))
 
@@ -308,8 +318,9 @@ def _threaded(work: Callable[[], CallResult], timeout) -> CallResult:
 def _in_process(fn, args, kw, inputs: Inputs, timeout, repeat) -> CallResult:
     """``invoke`` in this process, with its output captured (file-descriptor level) and a
     timeout that stops waiting (a thread cannot be stopped: prefer the worker process)."""
-    def fresh():
-        return (tuple(np.array(a, copy=True) for a in args),
+    def fresh():                     # the logits in the case's layout (--layout strided)
+        return (tuple(padded(a, inputs.pad) if i == 0 else np.array(a, copy=True)
+                      for i, a in enumerate(args)),
                 {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
                  for k, v in kw.items()})
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..spec import SoftcheckError
 from ..suite.config import FRAMEWORKS
+from .arrays import copy_layout, padded_buffer, row_pad
 
 TORCH_HINT = "install it with: pip install 'softcheck[torch]'"
 
@@ -67,16 +68,20 @@ def is_custom_vjp(fn) -> bool:
 def to_framework(a, framework: str, device: str = "cpu", *, requires_grad: bool = False):
     """A numpy array (or None, or a Python scalar) as the framework's array on ``device``."""
     if a is None or framework == "numpy":
-        return None if a is None else np.array(a, copy=True)
+        return None if a is None else copy_layout(a)       # a strided view stays strided
     arr = np.asarray(a)
     if framework == "torch":
         import torch
 
+        pad = row_pad(arr)              # --layout strided: the tensor keeps the row stride
+        buf = padded_buffer(arr, pad) if pad else np.array(arr, copy=True)
         if arr.dtype.name == "bfloat16":
-            t = torch.from_numpy(np.ascontiguousarray(arr).view(np.uint16).copy()).view(torch.bfloat16)
+            t = torch.from_numpy(np.ascontiguousarray(buf).view(np.uint16)).view(torch.bfloat16)
         else:
-            t = torch.from_numpy(np.array(arr, copy=True))
+            t = torch.from_numpy(buf)
         t = t.to(device)
+        if pad:
+            t = t[:, :arr.shape[1]]
         return t.requires_grad_(True) if requires_grad else t
     from ..reference.jaxsetup import load
 

@@ -56,17 +56,23 @@ def _grow(wc, size: int) -> None:
                 pass
 
 
-def logits_in(wc, shape: tuple[int, int], dtype) -> np.ndarray:
-    """An (N, C) array of ``dtype`` at offset 0 of ``wc``'s shared file, room after it.
+def logits_in(wc, shape: tuple[int, int], dtype, pad: int = 0) -> np.ndarray:
+    """An (N, C) array of ``dtype`` at offset 0 of ``wc``'s shared file, room after it;
+    ``pad`` > 0 (--layout strided): the view [:, :C] of (N, C + pad), the padding NaN.
 
     The logits' pages and the gradient's (in the case dtype's size: a float32 kept for a
     16-bit case faults in its second half when it comes) are populated in one call: a
     first write would fault them in page by page, seconds for gigabytes."""
     dt = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    _grow(wc, page(count * dt.itemsize) + page(count * room(dt)) + EXTRA_BYTES)
-    _populate(wc._mm, 0, page(count * dt.itemsize) + page(count * min(room(dt), dt.itemsize)))
-    return np.frombuffer(wc._mm, dt, count, 0).reshape(shape)
+    n, c = (int(s) for s in shape)
+    count = n * c
+    _grow(wc, page(n * (c + pad) * dt.itemsize) + page(count * room(dt)) + EXTRA_BYTES)
+    _populate(wc._mm, 0, page(n * (c + pad) * dt.itemsize)
+              + page(count * min(room(dt), dt.itemsize)))
+    buf = np.frombuffer(wc._mm, dt, n * (c + pad), 0).reshape(n, c + pad)
+    if pad:
+        buf[:, c:] = np.nan
+    return buf[:, :c]
 
 
 #: madvise(MADV_POPULATE_WRITE) (Linux ≥ 5.14; elsewhere the pages fault in as written)
@@ -89,7 +95,8 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
     z = inputs.logits
     shape, count = tuple(int(s) for s in z.shape), int(z.size)
-    out = page(z.nbytes)
+    pad = int(inputs.pad)                     # --layout strided: rows of C + pad elements
+    out = page(shape[0] * (shape[1] + pad) * z.dtype.itemsize)
     pos = page(out + room(z.dtype) * count)
     descs = []
     for a in [inputs.target] + [kw[k] for k in names]:
@@ -100,7 +107,7 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
         pos += -(-a.nbytes // 64) * 64
     kw.update(zip(names, descs[1:]))
     reply, error, output = wc.exchange(
-        {"op": "call", "args": [("arr", 0, shape, z.dtype.name), descs[0]], "kw": kw,
+        {"op": "call", "args": [("arr", 0, shape, z.dtype.name, pad), descs[0]], "kw": kw,
          "shape": shape, "case_dtype": z.dtype.name, "out": out, "repeat": max(1, int(repeat)),
          "spec": None, "stream": True, "out_itemsize": room(z.dtype)}, timeout)
     if error is not None:
@@ -111,10 +118,17 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
 
 
 # -- worker side ------------------------------------------------------------------------
+def _rows_of(buffer, desc) -> np.ndarray:
+    """The (N, C) array of ("arr", offset, shape, dtype[, pad]) in ``buffer`` (rows of
+    C + pad elements: a non-contiguous view when pad > 0)."""
+    _, off, shape, dt, *pad = desc
+    n, c = (int(s) for s in shape)
+    width = c + (int(pad[0]) if pad else 0)
+    return np.frombuffer(buffer, dtype_named(dt), n * width, off).reshape(n, width)[:, :c]
+
+
 def _view(shm, desc, writeable: bool = False):
-    _, off, shape, dt = desc
-    dt = dtype_named(dt)
-    view = np.frombuffer(shm.mm, dt, int(np.prod(shape, dtype=np.int64)), off).reshape(shape)
+    view = _rows_of(shm.mm, desc)
     view.flags.writeable = writeable
     return view
 
@@ -122,12 +136,12 @@ def _view(shm, desc, writeable: bool = False):
 def private(shm, desc) -> np.ndarray:
     """A writable copy-on-write mapping of the page-aligned logits: the candidate may write
     into it; the shared pages stay as they were."""
-    _, off, shape, dt = desc
-    dt = dtype_named(dt)
-    count = int(np.prod(shape, dtype=np.int64))
-    mm = mmap.mmap(shm.fd, max(1, count * dt.itemsize), flags=mmap.MAP_PRIVATE,
+    _, off, shape, dt, *pad = desc
+    size = int(shape[0]) * (int(shape[1]) + (int(pad[0]) if pad else 0)) * \
+        dtype_named(dt).itemsize
+    mm = mmap.mmap(shm.fd, max(1, size), flags=mmap.MAP_PRIVATE,
                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=off)
-    return np.frombuffer(mm, dt, count).reshape(shape)
+    return _rows_of(mm, ("arr", 0, *desc[2:]))
 
 
 def pristine(shm, descs) -> list:

@@ -11,7 +11,7 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .call import CallResult, exact_lse, kwargs_for
+from .call import CallResult, exact_lse, kwargs_for, with_layout_note
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
 from .conventions import Settings
 
@@ -72,18 +72,21 @@ class IsolatedCandidate:
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
         if self.settings.convention != "grad":
-            return self._call_convention(inputs, timeout, repeat, variants)
-        if self._shared is not None and inputs.logits is self._shared:
+            r = self._call_convention(inputs, timeout, repeat, variants)
+        elif self._shared is not None and inputs.logits is self._shared:
             from .shared import call_shared
 
-            return call_shared(self, inputs, timeout, repeat)
-        return self._call("call", inputs, [inputs.logits, inputs.target], timeout, repeat)
+            r = call_shared(self, inputs, timeout, repeat)
+        else:
+            r = self._call("call", inputs, [inputs.logits, inputs.target], timeout, repeat)
+        return with_layout_note(r, inputs, self.settings)
 
-    def shared_logits(self, shape: tuple[int, int], dtype) -> np.ndarray:
-        """A large case's logits, made in the shared file: sent without a copy (shared.py)."""
+    def shared_logits(self, shape: tuple[int, int], dtype, pad: int = 0) -> np.ndarray:
+        """A large case's logits, made in the shared file: sent without a copy (shared.py);
+        ``pad`` > 0: the view [:, :C] of rows padded by that many elements (--layout)."""
         from .shared import logits_in
 
-        self._shared = logits_in(self, shape, dtype)
+        self._shared = logits_in(self, shape, dtype, pad)
         return self._shared
 
     def _call_convention(self, inputs: Inputs, timeout, repeat, variants: bool = True
@@ -208,6 +211,8 @@ class IsolatedCandidate:
         shape = tuple(inputs.logits.shape)
         size = 8 * int(np.prod(shape))
         descs, out_off = self._place(arrays, outputs * size)
+        if inputs.pad:          # the worker hands the logits over as a padded view (fresh)
+            descs[0] = (*descs[0], int(inputs.pad))
         kw.update(zip(names, descs[len(args):]))
         # the reply carries the forward's (N,) values as lists (about 9 bytes a number)
         reply, error, output = self.exchange(

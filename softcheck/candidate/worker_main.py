@@ -53,6 +53,7 @@ def _send(sock, obj) -> None:
 
 
 from . import shared  # noqa: E402
+from .arrays import padded  # noqa: E402
 from .shared import dtype_named as _dtype  # noqa: E402
 
 
@@ -73,11 +74,11 @@ class _Shm:
         """A writable private copy of an array described as ("arr", offset, shape, dtype)."""
         if not (isinstance(desc, tuple) and desc and desc[0] == "arr"):
             return desc
-        _, off, shape, dt = desc
+        _, off, shape, dt, *pad = desc
         dt = _dtype(dt)
         count = int(np.prod(shape, dtype=np.int64))
         view = np.frombuffer(self.mm, dt, count, off).reshape(shape)
-        return np.array(view, copy=True)
+        return padded(view, pad[0] if pad else 0)     # pad: --layout strided's row padding
 
 
 def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:

@@ -8,8 +8,8 @@ from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
 from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
 from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
-                            DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, REGIMES, RETURN_ITEMS,
-                            SPLITS, TOLERANCE_MODES)
+                            DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, LAYOUT_PAD,
+                            LAYOUTS, REGIMES, RETURN_ITEMS, SPLITS, SUITES, TOLERANCE_MODES)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
 DEBUG = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks.")
@@ -89,7 +89,26 @@ def suite_options(fn):
         click.option("--reduction", type=CommaList(str),
                      help=f"{', '.join(REDUCTIONS)} [run default: all; check: mean]."),
         click.option("--regime", type=CommaList(str),
-                     help=f"{', '.join(REGIMES)} [default: all]."),
+                     help=f"{', '.join(REGIMES)} [default: all but all-ignored and "
+                          "target-prob (p_target 0.9/0.99/0.999 by row)]."),
+        click.option("--suite", type=click.Choice(SUITES), default="default",
+                     show_default=True,
+                     help="kernel: a preset of cases at kernel shapes (V 50264, 65537, 128256, "
+                          "262144 with and without softcap 30; bfloat16 target-prob; 30% "
+                          "ignored rows; a strided logits view), 256 rows.  Pinned options act "
+                          "on it: --batch and --dtype replace the preset's, --classes and "
+                          "--regime keep the cases listed."),
+        click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+                     help=f"strided: the candidate gets logits as buf[:, :C] of an (N, C+"
+                          f"{LAYOUT_PAD}) buffer (row stride != C, padding NaN), numpy and "
+                          "torch alike.  [default: contiguous; the kernel preset: its own]"),
+        click.option("--ignored-fraction", type=click.FloatRange(0, 1), default=None,
+                     help="With --ignore-index: exactly round(F*N) rows ignored [default: "
+                          "N//3]."),
+        click.option("--huge", is_flag=True,
+                     help="Add one case with N*C > 2^31 elements (16400 x 131072 bfloat16: "
+                          "int32 offsets overflow); refused (exit 2) when the memory model "
+                          "says it does not fit."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of every input."),
         click.option("--weight", type=WeightType(), default=None,
                      help="Class weights: 'random' or C comma-separated values."),

@@ -148,8 +148,9 @@ def check_memory(cases: list[Case], workers: int = 1) -> None:
         raise SoftcheckError(
             f"case {big.name} needs about {need / 2**30:.1f} GiB of memory "
             f"({big.batch}×{big.classes} logits at {per_logit(big)}{each}) but "
-            f"{have / 2**30:.1f} GiB are available; lower --batch or --classes"
-            + (" or --jobs" if workers > 1 else ""))
+            f"{have / 2**30:.1f} GiB are available; "
+            + ("drop --huge (N·C > 2^31 elements)" if "huge-int32" in (big.tag or "") else
+               "lower --batch or --classes") + (" or --jobs" if workers > 1 else ""))
 
 
 def estimate_seconds(case: Case) -> float:

@@ -10,7 +10,8 @@ import time
 from ..candidate import CallPolicy, Candidate, isolated, load, relative_to
 from ..spec import SoftcheckError
 from ..suite import batchfile
-from ..suite.cases import Case, check_suite, suite
+from ..suite.cases import Case
+from ..suite.kernel import select
 from ..suite.config import Config
 from ..suite.user import user_case
 from .pool import Job, run_jobs
@@ -117,6 +118,10 @@ def _ranked(cand, job: Job, jobs: list[Job]):
         raise SoftcheckError("--tensor-parallel reloads the TARGET in every rank: give it as "
                              "FILE.py:fn or package.module:fn (not a lambda or closure)")
     st = cand.settings
+    if any(getattr(j.case, "layout", "contiguous") != "contiguous" for j in jobs
+           if j.candidate is cand):
+        raise SoftcheckError("--layout strided is not passed on to --tensor-parallel ranks "
+                             "(each gets its own column shard): drop one of the two")
     jax = st.framework == "jax"
     for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
         (layout if jax else shards)(v, st.tensor_parallel, st.split)   # exit 2 before starting
@@ -132,7 +137,7 @@ def with_inputs(cfg: Config, found: tuple[list[Case], list[str]]):
 
 def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -> Report:
     """softcheck's own three methods against each other over the suite."""
-    cases, skipped = with_inputs(cfg, suite(cfg))
+    cases, skipped = with_inputs(cfg, select(cfg))
     return execute("run", [Job(c) for c in cases], skipped, options_dict(cfg),
                    fail_fast=fail_fast, progress=progress, workers=jobs)
 
@@ -140,7 +145,7 @@ def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -
 def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPolicy(),
                     fail_fast=False, progress=None, jobs: int = 1) -> Report:
     """A candidate against the three references over the check suite (``check_suite``)."""
-    cases, skipped = with_inputs(cfg, check_suite(cfg))
+    cases, skipped = with_inputs(cfg, select(cfg, check=True))
     return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
                    target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs)
 
@@ -175,7 +180,7 @@ def estimate_seconds(cases: list[Case]) -> float:
 
 
 def estimate_run(cfg: Config, *, check: bool = False) -> float:
-    cases, _ = with_inputs(cfg, check_suite(cfg) if check else suite(cfg))
+    cases, _ = with_inputs(cfg, select(cfg, check=check))
     return estimate_seconds(cases)
 
 
@@ -233,7 +238,7 @@ def _batch_jobs(bp: BatchPlan, policy: CallPolicy = CallPolicy()
         for cfg in g.configs:
             if cfg.inputs:                      # relative to FILE, as its targets
                 cfg = cfg.replace(inputs=os.path.join(bp.plan.base, cfg.inputs))
-            cases, skip = with_inputs(cfg, suite(cfg) if cand is None else check_suite(cfg))
+            cases, skip = with_inputs(cfg, select(cfg, check=cand is not None))
             work += [Job(c, cand, pol) for c in cases]
             skipped += [f"{g.name}: {s}" for s in skip if f"{g.name}: {s}" not in skipped]
     return work, skipped

@@ -137,7 +137,8 @@ PARAMS = _obj({
     "targets": _d({"enum": ["index", "onehot", "probs"]}, "Class indices or (N, C) targets."),
     "reduction": _d({"enum": ["mean", "sum", "none"]}, "The loss reduction."),
     "regime": _d({"type": "string"}, "How the logits were drawn (normal, large, tied, "
-                                     "confident, wrong, masked, all-ignored; 'inputs': the "
+                                     "confident, wrong, masked, all-ignored, target-prob; "
+                                     "'inputs': the "
                                      "user's own arrays)."),
     "seed": _d({"type": "integer"}, "The seed every input was drawn from."),
     "weight": _d({"oneOf": [{"type": "null"}, {"const": "random"},
@@ -170,6 +171,13 @@ PARAMS = _obj({
                                "rtol": _d(_NUM, "--rtol (null: derived).")}),
                          "The user's --atol/--rtol, present only when given."),
     "inputs": _d({"type": "string"}, "The .npz file of the user's arrays (--inputs)."),
+    "layout": _d(_obj({"kind": _d({"enum": ["strided"]}, "--layout strided."),
+                       "row_stride": _d({"type": "integer"}, "Elements from one row of the "
+                                        "candidate's logits to the next (C + padding).")}),
+                 "How the candidate received the logits, present only when not contiguous."),
+    "ignored_fraction": _d({"type": "number", "minimum": 0, "maximum": 1},
+                           "Exactly round(F·N) rows ignored (--ignored-fraction), present "
+                           "only when given."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
 TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds.")})

@@ -44,7 +44,8 @@ KEYS: dict[str, tuple[str, bool]] = {
     "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
     "atol": (_NUM, True), "rtol": (_NUM, True), "inputs": (_STR, True),
     "hidden": (_INT, True), "bias": ("a boolean", False), "shape": (_STR, False),
-    "shift": (_INT, False),
+    "shift": (_INT, False), "suite": (_STR, False), "layout": (_STR, True),
+    "ignored_fraction": (_NUM, True), "huge": ("a boolean", False),
 }
 assert set(KEYS) == {*CONFIG_KEYS, "timeout"}, "batch keys are the options (suite/config.py)"
 META = ("name", "target", "hvp")

@@ -6,7 +6,9 @@ import itertools
 from dataclasses import dataclass
 
 from ..spec import REDUCTIONS, TARGET_KINDS, LossSpec
-from .config import DEFAULT_BATCH, DTYPES, FD_BUDGET, REGIMES, Config, numpy_dtype
+from .config import (DEFAULT_BATCH, DTYPES, FD_BUDGET, LAYOUT_PAD, OPT_IN_REGIMES, REGIMES,
+                     Config, numpy_dtype)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -31,6 +33,13 @@ class Case:
     bias: bool = False
     shape: str = "nv"
     shift: int = 0
+    layout: str = "contiguous"      # strided: the candidate gets buf[:, :C] of (N, C + pad)
+    ignored_fraction: float | None = None   # exactly round(F·N) ignored rows (not N//3)
+
+    @property
+    def pad(self) -> int:
+        """Elements of padding after each row of the candidate's logits (0: contiguous)."""
+        return LAYOUT_PAD if self.layout == "strided" else 0
 
     @property
     def name(self) -> str:
@@ -60,6 +69,10 @@ class Case:
         if self.hidden is not None:
             d["fused"] = {"hidden": self.hidden, "bias": self.bias, "shape": self.shape,
                           "shift": self.shift}
+        if self.layout != "contiguous":
+            d["layout"] = {"kind": self.layout, "row_stride": self.classes + self.pad}
+        if self.ignored_fraction is not None:
+            d["ignored_fraction"] = self.ignored_fraction
         return d
 
 
@@ -71,7 +84,7 @@ FUSED_REGIMES = ("normal", "confident", "masked")
 def default_regimes(cfg: Config) -> tuple[str, ...]:
     if cfg.hidden is not None:
         return FUSED_REGIMES if cfg.ignore_index is not None else FUSED_REGIMES[:2]
-    regimes = [r for r in REGIMES if r != "all-ignored"]
+    regimes = [r for r in REGIMES if r not in OPT_IN_REGIMES]
     if cfg.ignore_index is not None:
         regimes.append("all-ignored")
     return tuple(regimes)
@@ -106,7 +119,8 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
         cases.append(
             Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
                  cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol, cfg.hidden,
-                 cfg.bias, cfg.shape, cfg.shift)
+                 cfg.bias, cfg.shape, cfg.shift, cfg.layout or "contiguous",
+                 cfg.ignored_fraction)
         )
     return cases, skipped
 
@@ -134,6 +148,8 @@ def _skip_reason(cfg: Config, targets: str, regime: str) -> str | None:
         return None
     if regime == "all-ignored" and targets != "index":
         return "probability targets have no ignored rows"
+    if regime == "target-prob" and targets != "index":
+        return "the target probability is set through a class index"
     if targets != "index" and cfg.ignore_index is not None and cfg.ignore_index >= 0:
         return "PyTorch allows only a negative ignore index with probability targets"
     if regime == "masked" and cfg.label_smoothing > 0:

@@ -15,7 +15,19 @@ import numpy as np
 from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, LossSpec, SoftcheckError
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
-REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread", "all-ignored")
+REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread",
+           "all-ignored", "target-prob")
+#: regimes a suite runs only when asked (--regime, or the kernel preset): target-prob =
+#: normal logits with each row's target logit set so that softmax p_target is 0.9, 0.99,
+#: 0.999 (rows cycling) in float64 before rounding (the precision of p_t − 1)
+OPT_IN_REGIMES = ("all-ignored", "target-prob")
+#: --suite: default = the axes crossed; kernel = a preset list of cases at kernel shapes
+#: (suite/kernel.py)
+SUITES = ("default", "kernel")
+#: --layout: how the candidate receives the logits; strided = a view buf[:, :C] of an
+#: (N, C + LAYOUT_PAD) buffer (row stride != C), the padding filled with NaN
+LAYOUTS = ("contiguous", "strided")
+LAYOUT_PAD = 64
 FD_METHODS = ("central", "richardson", "complex")
 #: strict: low-precision candidates held to float32 arithmetic + one final rounding;
 #: native: also allowed 4× the error of the closed form computed in the dtype itself
@@ -94,6 +106,11 @@ class Config:
     bias: bool = False             # ... with an LM-head bias (--bias)
     shape: str = "nv"              # ... x as (N, H) or (B, T, H) (--shape btv)
     shift: int = 0                 # ... targets shifted by this many positions (--shift 1)
+    suite: str = "default"         # --suite default|kernel (suite/kernel.py)
+    layout: str | None = None      # --layout contiguous|strided (None: contiguous, the
+    #                                kernel preset's own choice per case)
+    ignored_fraction: float | None = None   # exactly round(F·N) ignored rows (not N//3)
+    huge: bool = False             # --huge: one more case with N·C > 2^31 (suite/kernel.py)
     group: str | None = None
     tag: str | None = None     # what tells apart cases of one batch group with the same axes
 
@@ -171,6 +188,23 @@ class Config:
             raise SoftcheckError(f"--order must be 1 or 2, got {self.order!r}")
         if self.probes < 0:
             raise SoftcheckError(f"--probes must be >= 0, got {self.probes!r}")
+        if self.suite not in SUITES:
+            raise SoftcheckError(f"--suite must be one of {', '.join(SUITES)}; "
+                                 f"got {self.suite!r}")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise SoftcheckError(f"--layout must be one of {', '.join(LAYOUTS)}; "
+                                 f"got {self.layout!r}")
+        f = self.ignored_fraction
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))
+                              or not 0 <= f <= 1):
+            raise SoftcheckError(f"--ignored-fraction must be a number in [0, 1], got {f!r}")
+        if f is not None and self.ignore_index is None:
+            raise SoftcheckError("--ignored-fraction needs --ignore-index (the value of the "
+                                 "ignored rows' targets)")
+        if self.hidden is not None and (self.layout == "strided" or f is not None
+                                        or self.suite != "default" or self.huge):
+            raise SoftcheckError("--layout, --ignored-fraction, --suite kernel and --huge are "
+                                 "for logits cases: not with --hidden")
         if self.regime and "all-ignored" in self.regime and self.ignore_index is None:
             raise SoftcheckError("--regime all-ignored needs --ignore-index")
         if self.regime and "masked" in self.regime and self.label_smoothing > 0:

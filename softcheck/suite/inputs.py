@@ -65,12 +65,7 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
     choices = np.array([k for k in range(c) if k != ii] if ii is not None and 0 <= ii < c
                        else np.arange(c))
     y = choices[rng.integers(0, len(choices), n)] if len(choices) else np.full(n, ii)
-    ignored = np.zeros(n, bool)
-    if s.hard and ii is not None:
-        if case.regime == "all-ignored":
-            ignored[:] = True
-        elif n > 1:
-            ignored[rng.choice(n, max(1, n // 3), replace=False)] = True
+    ignored = _ignored(case, rng, n) if s.hard and ii is not None else np.zeros(n, bool)
     z = _logits(case.regime, rng, n, c, y)
     if s.hard:
         target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
@@ -86,7 +81,36 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
         target = q.astype(dt)
     weight = weight_array(s.weight, c, case.seed, dt)
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
-    return Inputs(z.astype(dt), target, weight, go, s)
+    return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0))
+
+
+def _ignored(case: Case, rng: np.random.Generator, n: int) -> np.ndarray:
+    """The ignored rows (a case with an ignore index): every row (all-ignored), exactly
+    round(F·N) of them (``ignored_fraction`` F), else N//3 (at least one when N > 1)."""
+    ignored = np.zeros(n, bool)
+    f = getattr(case, "ignored_fraction", None)
+    if case.regime == "all-ignored":
+        ignored[:] = True
+    elif f is not None:
+        ignored[rng.choice(n, round(f * n), replace=False)] = True
+    elif n > 1:
+        ignored[rng.choice(n, max(1, n // 3), replace=False)] = True
+    return ignored
+
+
+#: target-prob: the target probabilities the rows cycle through (p_t − 1 in the dtype)
+TARGET_PROBS = (0.9, 0.99, 0.999)
+
+
+def set_target_prob(z: np.ndarray, y: np.ndarray, row0: int = 0) -> None:
+    """In place, float64: each row's target logit set so that softmax p_target is exactly
+    TARGET_PROBS[row % 3] (z_t = log(q/(1−q)) + logsumexp_{j≠t} z_j); rows from ``row0``."""
+    rows = np.arange(len(z))
+    q = np.asarray(TARGET_PROBS)[(row0 + rows) % len(TARGET_PROBS)]
+    z[rows, y] = -np.inf
+    m = np.max(z, -1)
+    rest = m + np.log(np.sum(np.exp(z - m[:, None]), -1))
+    z[rows, y] = np.log(q / (1 - q)) + rest
 
 
 def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray) -> np.ndarray:
@@ -111,6 +135,8 @@ def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray
         z[rows, other] = np.max(z, -1) + 30.0       # p_target -> 0
     elif regime == "spread":
         z = _spread(rng, n, c)
+    elif regime == "target-prob" and c > 1:
+        set_target_prob(z, y)
     elif regime == "masked" and c > 1:
         mask = rng.random((n, c)) < 0.3
         mask[rows, y] = False
@@ -169,7 +195,11 @@ def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, wei
 
 #: regimes whose logits can be drawn a block of rows at a time into the case dtype (the
 #: same numbers as ``make_inputs``: a generator gives the same stream drawn in pieces)
-STREAM_REGIMES = ("normal", "confident", "wrong", "masked")
+STREAM_REGIMES = ("normal", "confident", "wrong", "masked", "target-prob")
+
+
+#: regimes whose rows are final as soon as their block is drawn
+BLOCKWISE = ("normal", "confident", "target-prob")
 
 
 def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
@@ -190,20 +220,16 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
         y = y + (y >= ii)                          # choices[k]: every class but ii, in order
     else:
         y = rng.integers(0, c, n)
-    ignored = np.zeros(n, bool)
-    if ii is not None:
-        if case.regime == "all-ignored":
-            ignored[:] = True
-        elif n > 1:
-            ignored[rng.choice(n, max(1, n // 3), replace=False)] = True
+    ignored = _ignored(case, rng, n) if ii is not None else np.zeros(n, bool)
     target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
     weight = weight_array(s.weight, c, case.seed, dt)
     # the upstream gradient is drawn after the logits, unless it takes no draw: then the
     # rows can be handed to ``ready`` as they are drawn
+    pad = getattr(case, "pad", 0)
     late = (s.reduction == "none" and upstream != "one") or (
         s.reduction != "none" and upstream == "random")
     go = None if late else upstream_gradient(rng, s.reduction, upstream, n, dt)
-    early = None if late else Inputs(out, target, weight, go, s)
+    early = None if late else Inputs(out, target, weight, go, s, pad)
 
     def final(r0, r1):
         if ready is not None and early is not None:
@@ -218,8 +244,10 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
             rowmax[i:i + len(z)] = np.max(z, -1)
         if case.regime == "confident":
             z[np.arange(len(z)), y[i:i + len(z)]] = rowmax[i:i + len(z)] + 30.0
+        elif case.regime == "target-prob" and c > 1:
+            set_target_prob(z, y[i:i + len(z)], i)
         out[i:i + len(z)] = z                      # rounded to dt as astype rounds
-        if case.regime in ("normal", "confident"):
+        if case.regime in BLOCKWISE:
             final(i, i + len(z))
     rows = np.arange(n)
     if case.regime == "wrong" and c > 1:
@@ -233,10 +261,10 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
             mask[np.arange(len(r)), (y[r] + 1) % c] = True
             out[r[0]:r[-1] + 1][mask] = -np.inf
             final(i, min(n, i + step))
-    elif case.regime not in ("normal", "confident"):
+    elif case.regime not in BLOCKWISE:
         final(0, n)
     go = upstream_gradient(rng, s.reduction, upstream, n, dt) if late else go
-    inputs = Inputs(out, target, weight, go, s)
+    inputs = Inputs(out, target, weight, go, s, pad)
     if ready is not None and late:
         ready(inputs, 0, n)
     return inputs

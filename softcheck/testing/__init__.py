@@ -22,11 +22,11 @@ COLLECTED: list[CaseResult] = []
 def cases(**options: Any) -> list[Case]:
     """The cases ``softcheck check`` runs with these options (the Python API's keywords)."""
     from ..engine.suites import with_inputs
-    from ..suite.cases import check_suite
     from ..suite.config import config
+    from ..suite.kernel import select
 
     cfg = config(**options)
-    return with_inputs(cfg, check_suite(cfg))[0]
+    return with_inputs(cfg, select(cfg, check=True))[0]
 
 
 def case_id(case: Case) -> str:

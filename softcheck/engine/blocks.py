@@ -1,0 +1,174 @@
+"""One block of rows of a streamed case (engine/stream.py): the first pass beside the draw and
+the candidate's calls, and the judging of the block once the candidate has returned."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..reference import analytic, autodiff
+from ..reference import finite_difference as references
+from ..spec import Inputs
+
+
+def block_of(inputs: Inputs, r0: int, r1: int, f64: bool = True) -> Inputs:
+    z = inputs.logits[r0:r1]
+    go = np.asarray(inputs.grad_output)
+    return Inputs(np.asarray(z, np.float64) if f64 else np.asarray(z), inputs.target[r0:r1],
+                  inputs.weight64 if f64 else inputs.weight,
+                  go[r0:r1] if go.ndim else go, inputs.spec)
+
+
+class Abandoned(Exception):
+    """The draw or the candidate's call failed: the first pass stops waiting for rows."""
+
+
+class FirstPass:
+    """Beside the draw and the candidate's calls: each row's statistics (``row_stats``), the
+    largest |z|, the native band, and the probes' reference values (their directions need no
+    candidate).  Blocks are taken as the draw finishes their rows (``ready``), by the thread
+    started for it and, once the candidate has returned, by the caller's too (``work``)."""
+
+    def __init__(self, blocks, ticker, n_probes, seed, native_wanted, dt):
+        n = blocks[-1][1]
+        self.blocks, self.ticker, self.seed, self.dt = blocks, ticker, seed, dt
+        self.native_wanted = native_wanted
+        self.rows = {k: np.zeros(n) for k in ("a", "b", "lse", "vmax", "s", "top")}
+        self.zmax = self.native = 0.0
+        self.probes = [(np.zeros(n), np.zeros(n), np.zeros(n)) for _ in range(n_probes)]
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.inputs, self.tot64, self.upto, self.next, self.finished = None, None, 0, 0, 0
+
+    def ready(self, inputs, r0: int, r1: int) -> None:
+        """The draw has finished rows ..r1 (make_inputs_into's ``ready``)."""
+        with self.cond:
+            if self.inputs is None:
+                self.inputs = inputs
+                self.tot64 = analytic.mean_totals(inputs, np.float64)
+            self.upto = max(self.upto, r1)
+            self.cond.notify_all()
+
+    def work(self) -> None:
+        """Judge blocks until none is left (returns at once if the draw failed)."""
+        while True:
+            with self.cond:
+                if self.next >= len(self.blocks) or self.error is not None:
+                    return
+                r0, r1 = self.blocks[self.next]
+                self.next += 1                 # this block is ours (before waiting for it)
+                while self.upto < r1 and self.error is None:
+                    self.cond.wait()
+                if self.error is not None:
+                    return
+            try:
+                self.block(r0, r1)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                with self.cond:
+                    self.error = e
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.finished += 1
+            self.ticker.tick()
+
+    def abandon(self) -> None:
+        """The draw or the call failed: the waiting thread stops."""
+        with self.cond:
+            if self.error is None:
+                self.error = Abandoned()
+            self.cond.notify_all()
+
+    def block(self, r0: int, r1: int) -> None:
+        inputs = self.inputs
+        b = block_of(inputs, r0, r1)
+        st = references.row_stats(b, self.tot64)
+        for key, arr in self.rows.items():
+            arr[r0:r1] = getattr(st, key)
+        z = b.logits
+        fin = np.isfinite(z)
+        zmax = float(np.max(np.abs(z if fin.all() else z[fin]), initial=0.0))
+        native = 0.0
+        if self.native_wanted:
+            with np.errstate(invalid="ignore", over="ignore"):
+                ref = analytic.gradient(b, totals=self.tot64)
+                nat = analytic.gradient(block_of(inputs, r0, r1, False), native=True,
+                                        totals=analytic.mean_totals(inputs, self.dt.type)
+                                        ).astype(np.float64)
+                err = np.abs(nat - ref)
+            native = float(np.max(err[np.isfinite(err)], initial=0.0))
+        with self.cond:
+            self.zmax, self.native = max(self.zmax, zmax), max(self.native, native)
+        if self.probes:
+            prep = references.Prepared(b, self.tot64, st)
+            for k, (val, band, l1) in enumerate(self.probes):
+                pr = references.probe(prep, st, k, self.seed, {}, r0)
+                val[r0:r1], band[r0:r1], l1[r0:r1] = pr.value, pr.band, pr.l1
+
+    def stats(self, spec, c: int) -> references.RowStats:
+        r = self.rows
+        return references.RowStats(r["a"], r["b"], r["lse"], r["vmax"], spec.divisor,
+                                   spec.softcap, c, r["s"], r["top"])
+
+
+class Judge:
+    """One block of rows judged: the references, the comparisons, the invariants, the FD band
+    and step, and each probe's projections (rows written by one thread each)."""
+
+    def __init__(self, inputs, tot64, st, grad, cols, method, case, native, n_probes, kind):
+        n = inputs.logits.shape[0]
+        self.inputs, self.tot64, self.st, self.grad = inputs, tot64, st, grad
+        self.cols, self.method, self.case, self.native = cols, method, case, native
+        self.dt, self.has_candidate = kind
+        self.fd_band, self.fd_step = np.zeros(n), np.zeros(n)
+        self.n_probes = n_probes
+        self.proj: list[dict] = [{} for _ in range(n_probes)]
+        self.lock = threading.Lock()
+
+    def block(self, r0, r1, accs, inv, targets, valid, checked) -> None:
+        inputs, tot64, st, cols = self.inputs, self.tot64, self.st, self.cols
+        b64 = block_of(inputs, r0, r1)
+        stb = references.RowStats(*(x[r0:r1] for x in (st.a, st.b, st.lse, st.vmax)),
+                                  st.temperature, st.softcap, st.classes, st.s[r0:r1],
+                                  st.top[r0:r1])
+        g = {}
+        if self.has_candidate:
+            g["candidate"] = np.asarray(self.grad[r0:r1], np.float64)
+            g["analytic"] = analytic.gradient(b64, totals=tot64)
+        else:
+            g["analytic"] = analytic.gradient(
+                block_of(inputs, r0, r1, False),
+                totals=analytic.mean_totals(inputs, analytic.compute_dtype(self.dt))
+            ).astype(np.float64)
+        g["autodiff"] = autodiff.autodiff(b64, tot64)
+        h, band = references.fd_plan(stb, self.method)
+        self.fd_band[r0:r1], self.fd_step[r0:r1] = band, h
+        prep = references.Prepared(b64, tot64, stb)
+        c = inputs.logits.shape[1]
+        g["finite_difference"] = references.sweep_columns(
+            prep, np.arange(c) if cols is None else cols, h, self.method)
+        sel = slice(None) if cols is None else cols
+        tb = targets[r0:r1]
+        subset = {}
+        for (a, bname), acc in accs.items():
+            extra = self.native if a == "candidate" else 0.0
+            if "finite_difference" in (a, bname):
+                def side(name):
+                    if name == "finite_difference" or cols is None:
+                        return g[name]
+                    if name not in subset:
+                        subset[name] = g[name][:, sel]
+                    return subset[name]
+                acc.update(r0, side(a), side(bname), target=tb, valid=valid[r0:r1],
+                           band=band + extra, cols=cols)
+            else:
+                acc.update(r0, g[a], g[bname], target=tb, valid=valid[r0:r1], band=extra)
+        inv.update(r0, g[checked])
+        refs = {k: v for k, v in g.items() if k != "finite_difference"}
+        for k in range(self.n_probes):
+            d = references.probe_directions(self.case.seed, k, r0, b64.logits)
+            got = references.project_on(d, refs)
+            with self.lock:
+                for name, p in got.items():
+                    self.proj[k].setdefault(name, np.zeros(inputs.logits.shape[0]))[r0:r1] = p

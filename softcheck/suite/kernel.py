@@ -1,0 +1,113 @@
+"""``--suite kernel``: a preset list of cases at the shapes CE kernels run at, and ``--huge``.
+
+The preset (each case's ``tag`` says which regime it is; rows ``KERNEL_BATCH`` unless
+``--batch``):
+
+* ``padded-lanes``: V ∈ KERNEL_VOCABS, float32, normal, without and with ``--softcap 30``
+  (``softcap30``).  None is a power of two, so a kernel's last vocabulary block has padded
+  lanes; one that pads with −inf and then applies the softcap turns them into −30: mass leaks.
+* ``target-prob``: bfloat16, V = 128256, rows whose target probability is 0.9 / 0.99 / 0.999
+  (the precision of p_t − 1).
+* ``ignored-30%``: float32, V = 128256, exactly round(0.3·N) rows ignored (ignore_index −100
+  unless ``--ignore-index`` gives another).
+* ``strided``: float32, V = 50264, the candidate gets ``buf[:, :V]`` of an (N, V + 64) buffer.
+
+How the options a user pins act on the preset:
+
+* ``--batch`` replaces KERNEL_BATCH (a list: every case once per value);
+* ``--dtype`` replaces each case's dtype (a list: every case once per dtype);
+* ``--classes`` keeps the preset cases whose V is listed (none listed: an error); the default
+  (10) keeps them all;
+* ``--regime`` keeps the preset cases of the listed regimes (normal, target-prob);
+* ``--softcap S`` gives the ``softcap30`` cases S instead of 30; ``--layout strided`` makes
+  every case strided; ``--targets``/``--reduction`` and the loss options apply to every case.
+
+``--huge`` adds one case (any suite): HUGE_SHAPE bfloat16, N·V > 2^31 elements, past int32
+flat offsets; the memory model refuses it (exit 2) on a machine that cannot hold it.
+"""
+
+from __future__ import annotations
+
+from ..spec import SoftcheckError
+from .cases import Case, check_suite, suite
+from .config import Config
+
+#: vocabularies of real models, none a power of two (GPT-2/OPT 50264 padded, 65537 = 2^16+1,
+#: Llama-3 128256, Gemma 262144 = 2^18: the one power of two, kept for its size)
+KERNEL_VOCABS = (50264, 65537, 128256, 262144)
+#: the preset's rows (256 × 262144 = 67M logits: streamed)
+KERNEL_BATCH = 256
+KERNEL_SOFTCAP = 30.0
+#: the --huge case: 16400 × 131072 = 2 149 580 800 > 2^31 elements, bfloat16
+HUGE_SHAPE = (16400, 131072)
+HUGE_DTYPE = "bfloat16"
+
+
+def _preset(cfg: Config) -> list[tuple[str, dict]]:
+    """(tag, Case fields) of the preset, before the user's pins."""
+    cap = cfg.softcap if cfg.softcap is not None else KERNEL_SOFTCAP
+    out = []
+    for v in KERNEL_VOCABS:
+        out.append(("padded-lanes", dict(classes=v, dtype="float32", regime="normal",
+                                         softcap=None)))
+        out.append((f"softcap{cap:g}", dict(classes=v, dtype="float32", regime="normal",
+                                            softcap=cap)))
+    out.append(("target-prob", dict(classes=128256, dtype="bfloat16", regime="target-prob")))
+    ii = cfg.ignore_index if cfg.ignore_index is not None else -100
+    out.append(("ignored-30%", dict(classes=128256, dtype="float32", regime="normal",
+                                    ignore_index=ii, ignored_fraction=0.3)))
+    out.append(("strided", dict(classes=50264, dtype="float32", regime="normal",
+                                layout="strided")))
+    return out
+
+
+def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
+    """The preset's cases with the user's pins applied (see the module's docstring)."""
+    preset = _preset(cfg)
+    if cfg.classes != (10,):
+        preset = [p for p in preset if p[1]["classes"] in cfg.classes]
+        if not preset:
+            raise SoftcheckError(f"--suite kernel: --classes keeps the preset's vocabularies "
+                                 f"listed ({', '.join(map(str, KERNEL_VOCABS))}); none of "
+                                 f"{', '.join(map(str, cfg.classes))} is one")
+    if cfg.regime:
+        preset = [p for p in preset if p[1]["regime"] in cfg.regime]
+        if not preset:
+            raise SoftcheckError("--suite kernel: --regime keeps the preset's cases of the "
+                                 "regimes listed (normal, target-prob); none is one")
+    cases, skipped = [], []
+    for tag, f in preset:
+        base = cfg.replace(
+            classes=(f["classes"],), batch=cfg.batch or (KERNEL_BATCH,),
+            dtype=cfg.dtype or (f["dtype"],), regime=(f["regime"],),
+            softcap=f.get("softcap", cfg.softcap),
+            ignore_index=f.get("ignore_index", cfg.ignore_index),
+            ignored_fraction=f.get("ignored_fraction", cfg.ignored_fraction),
+            layout=cfg.layout or f.get("layout"), suite="default", huge=False,
+            tag=f"{cfg.tag}/{tag}" if cfg.tag else f"kernel/{tag}")
+        found, skip = check_suite(base)     # index targets, mean unless pinned, in run too
+        cases += found
+        skipped += [s for s in skip if s not in skipped]
+    return cases, skipped
+
+
+def huge_case(cfg: Config) -> Case:
+    """The --huge case: HUGE_SHAPE in HUGE_DTYPE, regime normal, index targets, mean."""
+    n, v = HUGE_SHAPE
+    base = cfg.replace(classes=(v,), batch=(n,), dtype=(HUGE_DTYPE,), regime=("normal",),
+                       targets=("index",), reduction=("mean",), suite="default", huge=False,
+                       tag=f"{cfg.tag}/huge-int32" if cfg.tag else "huge-int32")
+    return check_suite(base)[0][0]
+
+
+def select(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
+    """The cases of ``cfg``'s suite (``check``: the check suite's defaults), ``--huge``'s
+    case last."""
+    if cfg.suite == "kernel":
+        cases, skipped = kernel_cases(cfg, check=check)
+    else:
+        cases, skipped = (check_suite if check else suite)(cfg)
+    if cfg.huge:
+        cases = cases + [huge_case(cfg)]
+    return cases, skipped
+

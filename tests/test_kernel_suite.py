@@ -1,0 +1,272 @@
+"""--suite kernel (suite/kernel.py), the target-prob regime, --ignored-fraction, --layout
+strided (the candidate's logits a non-contiguous view) and --huge's refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from softcheck.candidate.call import Candidate
+from softcheck.candidate.worker import IsolatedCandidate
+from softcheck.engine import pool, stream
+from softcheck.engine.case import run_case
+from softcheck.engine.stream import run_streamed
+from softcheck.spec import LossSpec, SoftcheckError
+from softcheck.suite.cases import Case
+from softcheck.suite.config import config, numpy_dtype
+from softcheck.suite.inputs import TARGET_PROBS, make_inputs, make_inputs_into
+from softcheck.suite.kernel import KERNEL_VOCABS, select
+
+KERNELS = "tests/candidates/kernel_layout.py"
+
+
+# ------------------------------------------------------------------------------- the preset
+def test_kernel_preset_cases():
+    cases, skipped = select(config(suite="kernel"), check=True)
+    assert skipped == []
+    names = [c.name for c in cases]
+    assert names == [
+        *(f"C{v}-B256-float32-index-mean-normal[kernel/{t}]" for v in KERNEL_VOCABS
+          for t in ("padded-lanes", "softcap30")),
+        "C128256-B256-bfloat16-index-mean-target-prob[kernel/target-prob]",
+        "C128256-B256-float32-index-mean-normal[kernel/ignored-30%]",
+        "C50264-B256-float32-index-mean-normal[kernel/strided]"]
+    by = {c.tag: c for c in cases}
+    assert [c.spec.softcap for c in cases[:8]] == [None, 30.0] * 4
+    p = by["kernel/ignored-30%"].params()
+    assert p["ignore_index"] == -100 and p["ignored_fraction"] == 0.3
+    assert by["kernel/strided"].params()["layout"] == {"kind": "strided", "row_stride": 50328}
+    assert "layout" not in cases[0].params() and "ignored_fraction" not in cases[0].params()
+    # V = 262144 at the preset's 256 rows: 67M logits, streamed
+    assert stream.should_stream(cases[6])
+
+
+def test_kernel_preset_pins():
+    cases, _ = select(config(suite="kernel", batch=2, dtype="float32"))
+    assert {c.batch for c in cases} == {2} and {c.dtype for c in cases} == {"float32"}
+    assert len(cases) == 11 and {c.spec.targets for c in cases} == {"index"}
+    kept, _ = select(config(suite="kernel", classes=(50264,), regime="normal", softcap=20.0))
+    assert [c.tag for c in kept] == ["kernel/padded-lanes", "kernel/softcap20",
+                                     "kernel/strided"]
+    assert [c.spec.softcap for c in kept] == [None, 20.0, 20.0]   # the loss options: all
+    strided, _ = select(config(suite="kernel", layout="strided", batch=1))
+    assert {c.layout for c in strided} == {"strided"}
+    with pytest.raises(SoftcheckError, match="vocabularies"):
+        select(config(suite="kernel", classes=(1000,)))
+    with pytest.raises(SoftcheckError, match="--suite must be"):
+        config(suite="kernels")
+    with pytest.raises(SoftcheckError, match="--ignored-fraction needs --ignore-index"):
+        config(ignored_fraction=0.3)
+
+
+def test_default_suite_is_unchanged():
+    """The new regime is opt-in: the default suite's cases are those of before."""
+    cases, _ = select(config(classes=10), check=True)
+    assert {c.regime for c in cases} == {"normal", "large", "tied", "confident", "wrong",
+                                         "masked", "spread"}
+    assert {c.layout for c in cases} == {"contiguous"}
+
+
+def test_api_and_batch_file_take_the_suite(tmp_path):
+    from softcheck.engine.suites import batch_listing, load_plan
+
+    f = tmp_path / "b.toml"
+    f.write_text('[[case]]\nname = "k"\nsuite = "kernel"\nbatch = 1\nclasses = 50264\n'
+                 'layout = "strided"\n')
+    lines = batch_listing(load_plan(str(f)))
+    assert lines[0] == "k: 3 cases, softcheck's own methods"
+    assert "C50264-B1-float32-index-mean-normal[kernel/strided]" in lines[3]
+
+
+# ---------------------------------------------------------------------- target-prob regime
+def test_target_prob_rows_have_the_asked_probability():
+    from softcheck.suite.inputs import _logits
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 1000, 9)
+    z = _logits("target-prob", rng, 9, 1000, y)          # float64, before rounding
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.resize(TARGET_PROBS, 9)
+    assert np.allclose(p[np.arange(9), y], q, rtol=0, atol=1e-12)
+    # rounded to bfloat16: p_t within the logits' rounding of q (1 − p_t within 10 %)
+    case = Case(1000, 9, "bfloat16", "target-prob", 0, LossSpec())
+    inp = make_inputs(case)
+    z = inp.logits64
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    pt = p[np.arange(9), inp.target]
+    assert np.all(np.abs((1 - pt) / (1 - q) - 1) < 0.1), pt
+
+
+@pytest.mark.parametrize("regime", ["target-prob", "normal"])
+def test_target_prob_and_fraction_blocked_are_the_same_numbers(regime):
+    case = Case(700, 11, "bfloat16", regime, 3, LossSpec(ignore_index=-100),
+                ignored_fraction=0.3)
+    a = make_inputs(case)
+    b = make_inputs_into(case, np.empty((11, 700), numpy_dtype("bfloat16")), block=2100)
+    assert a.logits.tobytes() == b.logits.tobytes() and np.array_equal(a.target, b.target)
+
+
+@pytest.mark.parametrize("n", [10, 100, 256, 1])
+def test_ignored_fraction_is_exact(n):
+    case = Case(50, n, "float32", "normal", 0, LossSpec(ignore_index=-100),
+                ignored_fraction=0.3)
+    ignored = int(np.sum(make_inputs(case).target == -100))
+    assert ignored == round(0.3 * n)
+    if n in (10, 100):
+        assert ignored / n == 0.3
+    # without the option: N//3, the numbers of before
+    old = Case(50, n, "float32", "normal", 0, LossSpec(ignore_index=-100))
+    assert int(np.sum(make_inputs(old).target == -100)) == (max(1, n // 3) if n > 1 else 0)
+
+
+def _mutant(fn, dtype="bfloat16", **kw):
+    cand = Candidate.from_callable(fn)
+    return run_case(Case(1000, 9, dtype, "target-prob", 0, LossSpec(), **kw), cand)
+
+
+def test_bf16_target_prob_mutant_fails_and_fused_passes():
+    """p in bfloat16 then p_t − 1: at p_t = 0.999 the target entry is 0 instead of −0.001/N
+    (100 % relative error), at 0.9/0.99 off by bf16's spacing near 1 — caught by the strict
+    bfloat16 tolerance (K_REL·u(bf16)·|r| per entry); the float32-then-round kernel passes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kl", KERNELS)
+    kl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kl)
+    ok = _mutant(kl.bf16_fused)
+    assert ok.passed, ok.comparisons[0].reason
+    bad = _mutant(kl.bf16_p_minus_one)
+    assert not bad.passed
+    worst = bad.comparisons[0].worst[0]
+    assert worst.is_target
+    # --tolerance native allows 4x the closed form's own bfloat16 error, which makes the
+    # same slip: the mutant passes there (reported, tolerances unchanged)
+    assert _mutant(kl.bf16_p_minus_one, tolerance="native").passed
+
+
+# --------------------------------------------------------------------------- strided layout
+def _strided_case(n=5, c=300, dtype="float32", **kw):
+    return Case(c, n, dtype, "normal", 0, LossSpec(), layout="strided", **kw)
+
+
+@pytest.mark.parametrize("fn,ok", [("strided_grad", True), ("contiguous_grad", False)])
+def test_strided_view_reaches_a_plain_candidate(fn, ok):
+    with IsolatedCandidate(f"{KERNELS}:{fn}", None, fn) as cand:
+        r = run_case(_strided_case(), cand)
+        assert r.passed is ok, (r.error, [c.reason for c in r.comparisons])
+        assert any("non-contiguous view, row stride V+64 = 364" in x for x in r.notes)
+        if fn == "contiguous_grad":       # right on contiguous rows: only the layout fails it
+            assert run_case(Case(300, 5, "float32", "normal", 0, LossSpec()), cand).passed
+
+
+def test_strided_view_in_process_and_streamed(monkeypatch):
+    monkeypatch.setattr(stream, "BLOCK_ELEMENTS", 3 * 300)
+    from importlib import util
+
+    spec = util.spec_from_file_location("kl2", KERNELS)
+    kl = util.module_from_spec(spec)
+    spec.loader.exec_module(kl)
+    assert run_case(_strided_case(), Candidate.from_callable(kl.strided_grad)).passed
+    assert not run_case(_strided_case(), Candidate.from_callable(kl.contiguous_grad)).passed
+    for fn, ok in (("strided_grad", True), ("contiguous_grad", False)):
+        with IsolatedCandidate(f"{KERNELS}:{fn}", None, fn) as cand:
+            r = run_streamed(_strided_case(n=11), cand)      # shared-memory logits, padded
+            assert r.passed is ok, (r.error, [c.reason for c in r.comparisons])
+            assert any("streamed in 4 blocks" in x for x in r.notes)
+            assert any("row stride V+64" in x for x in r.notes)
+
+
+@pytest.mark.parametrize("fn,ok", [("StridedCE", True), ("ContiguousCE", False)])
+def test_strided_view_reaches_a_torch_autograd_function(fn, ok):
+    pytest.importorskip("torch")
+    from softcheck.candidate import load
+
+    cand = load(f"{KERNELS}:{fn}")
+    assert cand.settings.convention == "inplace"
+    with IsolatedCandidate(f"{KERNELS}:{fn}", None, fn, settings=cand.settings) as iso:
+        r = run_case(_strided_case(), iso)
+    assert r.passed is ok, (r.error, [c.reason for c in r.comparisons])
+
+
+def test_references_see_the_same_values():
+    a = make_inputs(_strided_case())
+    b = make_inputs(Case(300, 5, "float32", "normal", 0, LossSpec()))
+    assert a.pad == 64 and b.pad == 0
+    assert a.logits.tobytes() == b.logits.tobytes() and a.logits.flags.c_contiguous
+
+
+# ------------------------------------------------------------------------------------ --huge
+def test_huge_is_refused_when_memory_is_short(monkeypatch):
+    from click.testing import CliRunner
+
+    from softcheck.cli import cli
+
+    monkeypatch.setattr(pool, "available_bytes", lambda: 16 * 2**30)
+    r = CliRunner().invoke(cli, ["check", "scripts/examples/numpy_ce.py:grad", "--huge",
+                                 "--batch", "1", "--classes", "7"])
+    assert r.exit_code == 2, r.output
+    assert "C131072-B16400-bfloat16" in r.stderr and "drop --huge" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    cases, _ = select(config(huge=True, classes=7, batch=1), check=True)
+    huge = cases[-1]
+    assert huge.batch * huge.classes > 2**31 and huge.tag == "huge-int32"
+
+
+def test_no_int32_flat_index():
+    """Nothing in softcheck makes a flat index in int32 (N·C > 2^31 at --huge)."""
+    import pathlib
+
+    import softcheck
+
+    hits = [f"{f}:{i}" for f in pathlib.Path(softcheck.__file__).parent.rglob("*.py")
+            for i, line in enumerate(f.read_text().splitlines(), 1)
+            if "int32" in line and "astype" in line or "np.intc" in line]
+    assert not hits, hits
+
+
+# --------------------------------------------------------------------------------- the CLI
+def _kernel_cli(tmp_path, target):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", target, "--suite", "kernel",
+                        "--batch", "2", "--dtype", "float32", "--json", str(out)],
+                       capture_output=True, text=True)
+    return r, json.loads(out.read_text())
+
+
+def test_cli_kernel_suite_subprocess(tmp_path):
+    """--suite kernel --batch 2 --dtype float32 through a real subprocess (measured 5.5 s on
+    2 cores: CI): every preset case passes a right kernel."""
+    r, d = _kernel_cli(tmp_path, f"{KERNELS}:kernel_grad")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert d["summary"] == {"total": 11, "passed": 11, "failed": 0}
+    assert d["options"]["suite"] == "kernel"
+    assert any("row stride V+64" in n for c in d["cases"] for n in c["notes"])
+
+
+@pytest.mark.slow
+def test_cli_kernel_suite_fails_a_kernel_without_softcap(tmp_path):
+    """numpy_ce.py:grad has no softcap parameter: exactly the four softcap30 cases fail."""
+    r, d = _kernel_cli(tmp_path, "scripts/examples/numpy_ce.py:grad")
+    assert r.returncode == 1
+    assert sorted(c["name"] for c in d["cases"] if not c["passed"]) == sorted(
+        f"C{v}-B2-float32-index-mean-normal[kernel/softcap30]" for v in KERNEL_VOCABS)
+
+
+def test_strided_layout_is_refused_with_tensor_parallel():
+    from softcheck.candidate import load
+    from softcheck.candidate.conventions import settings
+    from softcheck.engine.suites import check_candidate
+
+    pytest.importorskip("torch")
+    cand = load("scripts/examples/vocab_parallel_ce.py:vocab_parallel_ce",
+                settings=settings(convention="loss", tensor_parallel=2))
+    with pytest.raises(SoftcheckError, match="--layout strided is not passed on"):
+        check_candidate(cand, config(classes=8, batch=2, dtype="float32", regime="normal",
+                                     layout="strided"))
