@@ -90,9 +90,12 @@ BYTES_PER_FUSED_ENTRY = 80
 
 #: a streamed case (stream.py), per logit: the logits in the case dtype and the gradient kept
 #: in shared memory (4 bytes, 8 for float64: shared.py), plus what a plain candidate itself
-#: allocates (its returned gradient and temporaries: about 2 arrays of its dtype, float32 at
-#: least); the references hold ~30 float64 arrays of one block (BLOCK_ELEMENTS) at a time.
-STREAM_CANDIDATE_ARRAYS = 2
+#: allocates: its returned gradient (one array of its dtype, float32 at least; a repeated
+#: call's comes after the first is kept and dropped); the references hold ~30 float64 arrays
+#: of one block (BLOCK_ELEMENTS) at a time.  Measured (docs/benchmarks.md): 4096×131072
+#: float32 peaks at 6.15 GiB of Pss (model 6.3), bfloat16 at 3.15 GiB (model 5.4: the kept
+#: gradient is counted at 4 bytes, as a float32 return would need).
+STREAM_CANDIDATE_ARRAYS = 1
 STREAM_BLOCK_ARRAYS = 30
 
 

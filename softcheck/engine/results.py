@@ -77,9 +77,13 @@ class CaseResult:
     target: str | None = None          # the candidate checked (None: softcheck's own methods)
     seconds: float = 0.0
     output: str | None = None          # what the candidate printed during the case (clipped)
+    phases: dict | None = None         # a streamed case's seconds per stage (stream.py)
 
     def to_dict(self, detail: str = "full") -> dict:
         comparisons = [c.to_dict() for c in self.comparisons]
+        timing: dict = {"seconds": self.seconds}
+        if self.phases:
+            timing["phases"] = dict(self.phases)
         if detail == "summary" and self.passed:
             for c in comparisons:
                 del c["worst"]
@@ -93,7 +97,7 @@ class CaseResult:
             "fd": self.fd.to_dict() if self.fd else None,
             "scale": self.scale, "condition": self.kappa, "error": self.error,
             "diagnosis": list(self.diagnosis), "notes": list(self.notes), "output": self.output,
-            "timing": {"seconds": self.seconds},
+            "timing": timing,
         }
 
 

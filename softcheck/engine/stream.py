@@ -90,16 +90,20 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     helper = threading.Thread(target=first.work)
     helper.start()
     call = None
+    clock = _Clock(t0)
     try:
         inputs = make_inputs_into(case, out, upstream=upstream, ready=first.ready)
+        clock.lap("draw")
         if candidate is not None:
             call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
+        clock.lap("candidate_calls")
     except BaseException:
         first.abandon()
         helper.join()
         raise
     first.work()                       # this thread joins in once the candidate has returned
     helper.join()
+    clock.lap("first_pass_after")
     if first.error is not None:
         raise first.error
     if first.finished != len(blocks):
@@ -112,7 +116,8 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     scale = st.scale
     kappa = tolerances.condition_of(first.zmax, c, spec.divisor, spec.softcap)
     base = dict(name=case.name, params=case.params(), group=case.group, scale=scale,
-                kappa=kappa, target=candidate.label if candidate is not None else None)
+                kappa=kappa, target=candidate.label if candidate is not None else None,
+                phases=clock.laps)
     notes: list[str] = []
     if call is not None:
         notes.extend(call.notes)
@@ -165,7 +170,9 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
             judge.block(r0, r1, accs, inv, targets, valid, checked)
             ticker.tick()
 
+    clock.lap("fd_columns")
     _in_threads(lane, JUDGE_THREADS)
+    clock.lap("judge")
     accs, inv = lanes[0]
     for other, oinv in lanes[1:]:
         for key, acc in accs.items():
@@ -195,6 +202,18 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
                       coverage=coverage, fd=info, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
+
+
+class _Clock:
+    """Wall-clock seconds per stage (the JSON's timing.phases)."""
+
+    def __init__(self, t0: float):
+        self.last, self.laps = t0, {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
 
 
 class _Ticker:

@@ -180,7 +180,12 @@ PARAMS = _obj({
                            "only when given."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
-TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds.")})
+TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds."),
+               "phases": _d({"type": "object", "additionalProperties": {"type": "number"}},
+                            "A streamed case's wall-clock seconds per stage: draw, "
+                            "candidate_calls (the candidate's calls, the first pass beside "
+                            "them), first_pass_after (what was left of it), fd_columns, judge.")},
+              required=["seconds"])
 
 CASE = _obj({
     "name": _d({"type": "string"}, "The case's name (C-B-dtype-targets-reduction-regime)."),
