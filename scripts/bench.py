@@ -332,8 +332,11 @@ def scale_rows(sizes: str = SCALE_SIZES) -> list:
         call = float(atext.split()[-1]) if atext.strip() else float("nan")
         item_bytes = 2 if dtype == "bfloat16" else 4
         bound = alone + 0.5 * 2 * item_bytes * b * c + 0.6 * 2**30
+        ph = case.get("timing", {}).get("phases", {})
+        stages = ", ".join(f"{k} {v:.3g} s" for k, v in ph.items())
         out.append((f"{b}×{c} {dtype}", "softcheck check (streamed)", f"{t:.3g} s",
-                    f"candidate call {call:.3g} s", "PASS" if case.get("passed") else "FAIL",
+                    f"candidate alone, one call {call:.3g} s; in the run: {stages}",
+                    "PASS" if case.get("passed") else "FAIL",
                     f"peak Pss {peak / 2**30:.2f} GiB (bound {bound / 2**30:.2f} GiB; "
                     f"candidate alone {alone / 2**30:.2f} GiB); FD "
                     f"{case.get('fd', {}).get('coverage', '?')}"))

@@ -38,6 +38,7 @@ class FirstPass:
         self.zmax = self.native = 0.0
         self.probes = [(np.zeros(n), np.zeros(n), np.zeros(n)) for _ in range(n_probes)]
         self.error: BaseException | None = None
+        self.quick = False             # the case failed already: the row statistics only
         self.cond = threading.Condition()
         self.inputs, self.tot64, self.upto, self.next, self.finished = None, None, 0, 0, 0
 
@@ -100,7 +101,7 @@ class FirstPass:
             native = float(np.max(err[np.isfinite(err)], initial=0.0))
         with self.cond:
             self.zmax, self.native = max(self.zmax, zmax), max(self.native, native)
-        if self.probes:
+        if self.probes and not self.quick:
             prep = references.Prepared(b, self.tot64, st)
             for k, (val, band, l1) in enumerate(self.probes):
                 pr = references.probe(prep, st, k, self.seed, {}, r0)

@@ -263,7 +263,7 @@ def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
 
 
 def _fold_probes(cmp: Comparison, name: str, fd) -> Comparison:
-    """Directional probes: Σ_c x_ic d_ic of method ``name`` against the complex-step
+    """Directional probes: Σ_c x_ic d_ic of method ``name`` against the central-difference
     derivative along d, per row (the projections were taken when the probes were made)."""
     worst = 0.0
     for probe in fd.probes:

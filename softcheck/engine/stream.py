@@ -45,8 +45,9 @@ def should_stream(case: Case, candidate=None) -> bool:
     return case.batch * case.classes >= STREAM_ELEMENTS and streamable(case, candidate)
 
 
-#: element evaluations of one directional probe per entry (finite_difference.fd_work)
-PROBE_EVALS = 8
+#: element evaluations of one directional probe per entry: two real evaluations (central
+#: differences), as a column sweep's entry costs (finite_difference.EVALS["central"])
+PROBE_EVALS = 2
 
 
 def probe_count(case: Case) -> int:
@@ -96,6 +97,7 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
         clock.lap("draw")
         if candidate is not None:
             call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
+            first.quick = bool(call.error)      # the report needs the scale, not the probes
         clock.lap("candidate_calls")
     except BaseException:
         first.abandon()

@@ -49,16 +49,17 @@ class StreamedComparison:
         ua, ur = self._tolerance()
         if not ua > 0 or (band.ndim and not np.all(band >= 0)):
             return False
-        err = np.subtract(x, ref)
-        np.abs(err, out=err)
-        ratio = np.abs(ref)
-        ratio *= ur
-        ratio += ua
-        if band.ndim:
-            ratio += band[:, None]
-        elif band:
-            ratio += band
-        np.divide(err, ratio, out=ratio)           # err 0 → ratio 0, as compare
+        with np.errstate(invalid="ignore", over="ignore"):   # non-finite: _general
+            err = np.subtract(x, ref)
+            np.abs(err, out=err)
+            ratio = np.abs(ref)
+            ratio *= ur
+            ratio += ua
+            if band.ndim:
+                ratio += band[:, None]
+            elif band:
+                ratio += band
+            np.divide(err, ratio, out=ratio)       # err 0 → ratio 0, as compare
         nb, w = err.shape
         colidx, pos = self._positions(target, w, cols)
         rows = np.flatnonzero(pos >= 0)

@@ -43,13 +43,14 @@ Directional probes
 ------------------
 Beyond the budget the sampled columns are joined by probes over every coordinate: central
 differences of each row along d = random signs ±1 centred over the row's finite entries
-(|d_j| ≤ 2, so d_J, J ~ p, spans at most 4 where a coordinate's spans 1).  Each derivative
+(|d_j| < 2: d takes the two values ±1 − μ, so d_J, J ~ p, spans 2, and through a softcap's
+varying slope g'(u) ∈ (0, 1] less than 4, where a coordinate's spans 1).  Each derivative
 along d is a cumulant of such a variable (or a chain term of the same degree), so the third
 derivative along d is at most 4³·M3; at h_d = h/4 the coordinate band becomes
-``4³·M3·(h/4)²/6 + γuR/(h/4) = 4·band``.  The perturbation actually made, fl(z ± h·d),
-differs from ±h·d by at most u(|z| + 2h) per entry, which moves the difference by
-``‖g‖₁·2u(max|z| + 2h)/2h`` with ``‖g‖₁ ≤ 2·F1/T``: added to the band.  Two real
-evaluations of every entry per probe.
+``4³·M3·(h/4)²/6 + γuR/(h/4) = 4·band`` (without a softcap 8× more than needed).  The
+perturbation actually made, fl(z ± fl(h·d)), differs from ±h·d by at most u(|z| + 4h) per
+entry, which moves the difference by ``‖g‖₁·2u(max|z| + 4h)/2h`` with ``‖g‖₁ ≤ 2·F1/T``:
+added to the band.  Two real evaluations of every entry per probe.
 """
 
 from __future__ import annotations
@@ -202,8 +203,8 @@ def default_fd_method(n: int, c: int, budget: float = FD_BUDGET) -> str:
 
 def fd_work(n: int, c: int, budget: float = FD_BUDGET, probes: int = 8) -> float:
     """Element evaluations a case's finite differences spend (for run-time estimates): the
-    swept columns, plus the directional probes when the columns are sampled (a probe's
-    complex evaluation of an entry costs about half a swept entry's: measured 22 ns vs 50)."""
+    swept columns, plus the directional probes when the columns are sampled (a probe's two
+    real evaluations of an entry cost about half a swept entry's)."""
     sweep = EVALS[default_fd_method(n, c, budget)] * n * c
     return min(sweep, budget) + (probes * n * c / 2 if sweep > budget else 0)
 
@@ -261,18 +262,30 @@ def _choose_columns(inputs: Inputs, count: int, priority, seed: int) -> np.ndarr
 
 
 _SIGNS = np.array([-1.0, 1.0])
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function on uint64 counters (arithmetic modulo 2^64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def probe_directions(seed: int, k: int, r0: int, z: np.ndarray) -> np.ndarray:
-    """Probe k's direction on rows r0.. (``z`` those rows' logits): random signs ±1 drawn
-    per row from the row's own generator (the same drawn whole or a block at a time,
-    engine/stream.py), zero on non-finite logits, centred over the finite ones (orthogonal to
-    the all-ones vector, along which the loss does not change)."""
+    """Probe k's direction on rows r0.. (``z`` those rows' logits): random signs ±1, bit b of
+    64-bit word w of row i being SplitMix64 of the counter (i·words + w) under a key of
+    (seed, k), so the same drawn whole or a block at a time (engine/stream.py); zero on
+    non-finite logits, centred over the finite ones (orthogonal to the all-ones vector, along
+    which the loss does not change)."""
     n, c = z.shape
-    bits = np.empty((n, c), np.uint8)
-    for i in range(n):
-        raw = np.random.default_rng([seed, 4, k, r0 + i]).bytes(-(-c // 8))
-        bits[i] = np.unpackbits(np.frombuffer(raw, np.uint8), count=c)
+    words = -(-c // 64)
+    key = np.random.SeedSequence([seed, 4, k]).generate_state(1, np.uint64)[0]
+    counter = (np.arange(r0, r0 + n, dtype=np.uint64)[:, None] * np.uint64(words)
+               + np.arange(words, dtype=np.uint64)[None, :] + np.uint64(1))
+    x = _splitmix64(key + counter * _GOLDEN).astype("<u8")
+    bits = np.unpackbits(x.view(np.uint8).reshape(n, 8 * words), axis=1, count=c,
+                         bitorder="little")
     d = np.take(_SIGNS, bits)
     finite = np.isfinite(z)
     if finite.all():
@@ -310,20 +323,20 @@ def probe_plan(st: RowStats, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f1 = (st.a + st.b * st.lse) / st.temperature
     finite = np.isfinite(z)
     zmax = np.max(np.abs(z if finite.all() else np.where(finite, z, 0.0)), -1)
-    return h, 4 * band + 2 * U64 * f1 * (zmax + 2 * h) / h
+    return h, 4 * band + 2 * U64 * f1 * (zmax + 4 * h) / h
 
 
 def project_on(d: np.ndarray, grads: dict) -> dict:
     """Σ_c g_ic d_ic per row for each gradient (entries where d is 0 left out: a NaN or ∞
-    gradient on a −inf logit is not the probe's business)."""
+    gradient on a −inf logit is not the probe's business); one summation per row whatever
+    the array's size, so whole and streamed agree."""
     out = {}
     for name, g in grads.items():
         g = np.asarray(g, np.float64)
+        if not np.isfinite(g).all():
+            g = np.where(d != 0, g, 0.0)
         with np.errstate(invalid="ignore"):
-            if np.all(d != 0) or np.isfinite(g).all():
-                out[name] = np.einsum("ij,ij->i", g, d)
-            else:
-                out[name] = np.sum(np.where(d != 0, g * d, 0.0), -1)
+            out[name] = np.einsum("ij,ij->i", g, d)
     return out
 
 
