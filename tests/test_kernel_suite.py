@@ -269,3 +269,26 @@ def test_strided_layout_is_refused_with_tensor_parallel():
     with pytest.raises(SoftcheckError, match="--layout strided is not passed on"):
         check_candidate(cand, config(classes=8, batch=2, dtype="float32", regime="normal",
                                      layout="strided"))
+
+
+def _plain_grad(logits, target):
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p[np.arange(len(target)), target] -= 1
+    return (p / len(target)).astype(logits.dtype)
+
+
+def test_an_option_the_function_does_not_take_is_named_in_the_hint():
+    """Found trying --suite kernel as a user: the softcap30 cases of a function without a
+    softcap keyword failed with a hint about tied logits.  The first hint now says the
+    function cannot have honoured --softcap; a case without it has no such hint."""
+    import softcheck
+
+    bad = softcheck.check(_plain_grad, classes=50, batch=4, dtype="float64", regime="normal",
+                          softcap=30.0, in_process=True)
+    assert not bad.passed
+    assert all(c.diagnosis and "takes no softcap keyword" in c.diagnosis[0] for c in bad.cases)
+    good = softcheck.check(_plain_grad, classes=50, batch=4, dtype="float64", regime="normal",
+                           in_process=True)
+    assert good.passed and not any("takes no" in h for c in good.cases for h in c.diagnosis)

@@ -122,8 +122,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     if candidate is not None and not passed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = rank_hints + _upstream_hint(comparisons, inputs) + _forward_hint(
-            comparisons, call, inputs64)
+        diagnosis = unheard_hint(candidate, case.spec) + rank_hints + _upstream_hint(
+            comparisons, inputs) + _forward_hint(comparisons, call, inputs64)
         if grad_failed:        # the gradient itself is wrong somewhere: say how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
                                         relations))
@@ -212,6 +212,21 @@ def _forward_hint(comparisons, call, inputs64: Inputs) -> tuple[str, ...]:
     return tuple(hints) or tuple(
         f"the forward's {name} is wrong while the gradient is right: a forward-only bug "
         "(tests that compare only gradients miss it)" for name in bad)
+
+
+def unheard_hint(candidate, spec) -> tuple[str, ...]:
+    """Options the case uses that the function does not declare: it cannot have honoured
+    them (a plain function gets only the keywords it takes: candidate/call.kwargs_for)."""
+    used = {"softcap": spec.softcap is not None, "label_smoothing": spec.label_smoothing != 0,
+            "temperature": spec.temperature != 1.0, "z_loss": spec.z_loss != 0,
+            "logit_scale": spec.logit_scale != 1.0}
+    takes = getattr(candidate, "takes", None)
+    missing = [k for k, on in used.items() if on and takes is not None and not takes(k)]
+    if not missing:
+        return ()
+    flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+    return (f"the function takes no {' / '.join(missing)} keyword but the case uses {flags}: "
+            f"it computed without it (declare the keyword to be checked with it)",)
 
 
 def _upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:

@@ -145,7 +145,8 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     if sampled:
         cols = _columns(inputs, priority, int(case.fd_budget // (references.EVALS[method] * n)),
                         case.seed, nb)
-    from .case import CANDIDATE_PAIRS, REFERENCE_PAIRS, _fold_probes, _user_tolerance
+    from .case import (CANDIDATE_PAIRS, REFERENCE_PAIRS, _fold_probes, _user_tolerance,
+                       unheard_hint)
 
     pairs = (CANDIDATE_PAIRS + REFERENCE_PAIRS) if candidate is not None else REFERENCE_PAIRS
     dtypes = {"analytic": "float64" if candidate is not None else case.dtype,
@@ -197,6 +198,7 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
     passed = all(x.passed for x in comparisons) and all(i.passed for i in invs)
     notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
+    base["diagnosis"] = () if passed else unheard_hint(candidate, spec)
     info = FDInfo(method, float(np.max(judge.fd_band, initial=0.0)),
                   float(np.median(judge.fd_step)), fdr.coverage, fdr.columns, len(fdr.probes))
     coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
