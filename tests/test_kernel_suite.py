@@ -292,3 +292,16 @@ def test_an_option_the_function_does_not_take_is_named_in_the_hint():
     good = softcheck.check(_plain_grad, classes=50, batch=4, dtype="float64", regime="normal",
                            in_process=True)
     assert good.passed and not any("takes no" in h for c in good.cases for h in c.diagnosis)
+
+
+def test_huge_takes_the_pinned_dtype():
+    """`--huge --dtype float32` ran the bfloat16 case (200 s) where a float32 one was asked
+    for; the pinned dtype now applies (and the memory model judges that case)."""
+    from softcheck.suite.config import config
+    from softcheck.suite.kernel import select
+
+    cases, _ = select(config(huge=True, dtype="float32"), check=True)
+    huge = [c for c in cases if c.batch * c.classes > 2**31]
+    assert [c.dtype for c in huge] == ["float32"]
+    cases, _ = select(config(huge=True), check=True)
+    assert [c.dtype for c in cases if c.batch * c.classes > 2**31] == ["bfloat16"]

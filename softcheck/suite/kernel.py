@@ -22,8 +22,9 @@ How the options a user pins act on the preset:
 * ``--softcap S`` gives the ``softcap30`` cases S instead of 30; ``--layout strided`` makes
   every case strided; ``--targets``/``--reduction`` and the loss options apply to every case.
 
-``--huge`` adds one case (any suite): HUGE_SHAPE bfloat16, N·V > 2^31 elements, past int32
-flat offsets; the memory model refuses it (exit 2) on a machine that cannot hold it.
+``--huge`` adds one case (any suite): HUGE_SHAPE bfloat16 (or each dtype ``--dtype`` pins),
+N·V > 2^31 elements, past int32 flat offsets; the memory model refuses it (exit 2) on a
+machine that cannot hold it.
 """
 
 from __future__ import annotations
@@ -91,13 +92,15 @@ def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[
     return cases, skipped
 
 
-def huge_case(cfg: Config) -> Case:
-    """The --huge case: HUGE_SHAPE in HUGE_DTYPE, regime normal, index targets, mean."""
+def huge_cases(cfg: Config) -> list[Case]:
+    """The --huge case: HUGE_SHAPE in HUGE_DTYPE (or in each dtype ``--dtype`` pins), regime
+    normal, index targets, mean."""
     n, v = HUGE_SHAPE
-    base = cfg.replace(classes=(v,), batch=(n,), dtype=(HUGE_DTYPE,), regime=("normal",),
-                       targets=("index",), reduction=("mean",), suite="default", huge=False,
+    base = cfg.replace(classes=(v,), batch=(n,), dtype=cfg.dtype or (HUGE_DTYPE,),
+                       regime=("normal",), targets=("index",), reduction=("mean",),
+                       suite="default", huge=False,
                        tag=f"{cfg.tag}/huge-int32" if cfg.tag else "huge-int32")
-    return check_suite(base)[0][0]
+    return check_suite(base)[0]
 
 
 def select(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
@@ -108,6 +111,6 @@ def select(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
     else:
         cases, skipped = (check_suite if check else suite)(cfg)
     if cfg.huge:
-        cases = cases + [huge_case(cfg)]
+        cases = cases + huge_cases(cfg)
     return cases, skipped
 
