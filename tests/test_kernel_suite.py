@@ -289,6 +289,7 @@ def test_an_option_the_function_does_not_take_is_named_in_the_hint():
                           softcap=30.0, in_process=True)
     assert not bad.passed
     assert all(c.diagnosis and "takes no softcap keyword" in c.diagnosis[0] for c in bad.cases)
+    assert not any("tied logits" in h for c in bad.cases for h in c.diagnosis)   # not a guess
     good = softcheck.check(_plain_grad, classes=50, batch=4, dtype="float64", regime="normal",
                            in_process=True)
     assert good.passed and not any("takes no" in h for c in good.cases for h in c.diagnosis)

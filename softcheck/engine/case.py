@@ -122,9 +122,10 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     if candidate is not None and not passed:
         from ..judge.diagnose import diagnose
 
-        diagnosis = unheard_hint(candidate, case.spec) + rank_hints + _upstream_hint(
+        unheard = unheard_hint(candidate, case.spec)
+        diagnosis = unheard + rank_hints + _upstream_hint(
             comparisons, inputs) + _forward_hint(comparisons, call, inputs64)
-        if grad_failed:        # the gradient itself is wrong somewhere: say how
+        if grad_failed and not unheard:   # the gradient itself is wrong somewhere: say how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
                                         relations))
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
