@@ -141,6 +141,22 @@ def test_memory_model_streamed_is_per_dtype():
         pool.check_memory([huge])
 
 
+def test_memory_model_asks_whether_the_candidate_streams(monkeypatch):
+    """Found reading the model: it assumed any large case streams, but a --convention loss
+    kernel is judged whole (~300 bytes a logit), so 4096×131072 with torch's cross_entropy
+    was let through to allocate ~150 GiB.  The candidate now decides, and the refusal
+    says why the case does not stream."""
+    from types import SimpleNamespace
+
+    case = Case(131072, 4096, "float32", "normal", 0, LossSpec())
+    loss_kernel = SimpleNamespace(settings=SimpleNamespace(convention="loss", tensor_parallel=1))
+    plain = SimpleNamespace(settings=SimpleNamespace(convention="grad", tensor_parallel=1))
+    monkeypatch.setattr(pool, "available_bytes", lambda: 20 * 2**30)
+    pool.check_memory([case], 1, [plain])                   # streams: ~7 GiB
+    with pytest.raises(Exception, match="not streamed: only a plain gradient function"):
+        pool.check_memory([case], 1, [loss_kernel])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n,c", [(8, 262144), (64, 32768)])
 def test_streamed_equals_whole_array_at_issue_sizes(tmp_path, n, c):

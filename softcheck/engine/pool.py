@@ -47,7 +47,8 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
     processes when the estimated work repays starting them (each imports JAX, ~1 s) and every
     candidate can be reloaded there (it came from a TARGET string); otherwise in this process.
     Results come back in job order either way, and are the same numbers."""
-    check_memory([j.case for j in jobs], workers if len(jobs) > 1 else 1)
+    check_memory([j.case for j in jobs], workers if len(jobs) > 1 else 1,
+                 [j.candidate for j in jobs])
     if progress is not None and hasattr(progress, "start"):
         progress.start(len(jobs))
     if workers > 1 and len(jobs) > 1 and _parallel_pays(jobs) and all(
@@ -99,14 +100,15 @@ STREAM_CANDIDATE_ARRAYS = 1
 STREAM_BLOCK_ARRAYS = 30
 
 
-def estimate_bytes(case: Case) -> float:
-    """Peak bytes of one case: whole-array ~300 B/logit; streamed per dtype (stream.py)."""
+def estimate_bytes(case: Case, candidate=None) -> float:
+    """Peak bytes of one case: whole-array ~300 B/logit; streamed per dtype (stream.py) when
+    the case streams with this ``candidate`` (a loss/inplace/split convention does not)."""
     from .stream import BLOCK_ELEMENTS, should_stream
 
     if case.hidden is not None:
         return BASE_BYTES + BYTES_PER_FUSED_ENTRY * (case.batch + case.classes) * case.hidden
     n = case.batch * case.classes
-    if not should_stream(case):
+    if not should_stream(case, candidate):
         return BASE_BYTES + BYTES_PER_LOGIT * n
     item = numpy_dtype(case.dtype).itemsize
     kept = 8 if item >= 8 else 4
@@ -114,13 +116,17 @@ def estimate_bytes(case: Case) -> float:
             + STREAM_BLOCK_ARRAYS * 8 * BLOCK_ELEMENTS)
 
 
-def per_logit(case: Case) -> str:
+def per_logit(case: Case, candidate=None) -> str:
     """How ``estimate_bytes`` counted, for the refusal."""
-    from .stream import should_stream
+    from .stream import should_stream, streamable
 
-    if case.hidden is not None or not should_stream(case):
-        return f"~{BYTES_PER_LOGIT} bytes each"
-    return (f"~{(estimate_bytes(case) - BASE_BYTES) / (case.batch * case.classes):.0f} "
+    if case.hidden is not None or not should_stream(case, candidate):
+        why = ""
+        if case.hidden is None and streamable(case) and not streamable(case, candidate):
+            why = (", not streamed: only a plain gradient function streams, not a "
+                   "--convention loss/inplace/split kernel or --tensor-parallel ranks")
+        return f"~{BYTES_PER_LOGIT} bytes each{why}"
+    return (f"~{(estimate_bytes(case, candidate) - BASE_BYTES) / (case.batch * case.classes):.0f} "
             f"bytes each in {case.dtype}, streamed")
 
 
@@ -139,18 +145,20 @@ def available_bytes() -> float | None:
         return None
 
 
-def check_memory(cases: list[Case], workers: int = 1) -> None:
+def check_memory(cases: list[Case], workers: int = 1, candidates=None) -> None:
     """Refuse (exit 2), before allocating anything, a case this machine cannot hold (with
-    ``workers`` processes, each may hold the largest case at once)."""
+    ``workers`` processes, each may hold the largest case at once); ``candidates``: each
+    case's candidate (it decides whether the case streams)."""
     if not cases:
         return
-    big = max(cases, key=estimate_bytes)
-    need, have = workers * estimate_bytes(big), available_bytes()
+    pairs = list(zip(cases, candidates or [None] * len(cases)))
+    big, cand = max(pairs, key=lambda p: estimate_bytes(*p))
+    need, have = workers * estimate_bytes(big, cand), available_bytes()
     if have is not None and need > have:
         each = f", times {workers} workers" if workers > 1 else ""
         raise SoftcheckError(
             f"case {big.name} needs about {need / 2**30:.1f} GiB of memory "
-            f"({big.batch}×{big.classes} logits at {per_logit(big)}{each}) but "
+            f"({big.batch}×{big.classes} logits at {per_logit(big, cand)}{each}) but "
             f"{have / 2**30:.1f} GiB are available; "
             + ("drop --huge (N·C > 2^31 elements)" if "huge-int32" in (big.tag or "") else
                "lower --batch or --classes") + (" or --jobs" if workers > 1 else ""))
