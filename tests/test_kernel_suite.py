@@ -306,3 +306,17 @@ def test_huge_takes_the_pinned_dtype():
     assert [c.dtype for c in huge] == ["float32"]
     cases, _ = select(config(huge=True), check=True)
     assert [c.dtype for c in cases if c.batch * c.classes > 2**31] == ["bfloat16"]
+
+
+def test_no_option_hint_for_a_convention_kernel():
+    """A convention kernel gets its options by --args and --rename as well as by keyword, so
+    whether it declares one says nothing: no such hint (review of the change)."""
+    import torch
+
+    import softcheck
+
+    rep = softcheck.check(torch.nn.functional.cross_entropy, convention="loss", classes=50,
+                          batch=4, dtype="float64", regime="normal", softcap=30.0,
+                          in_process=True)
+    assert not rep.passed
+    assert not any("takes no" in h for c in rep.cases for h in c.diagnosis)

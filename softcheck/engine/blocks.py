@@ -117,11 +117,11 @@ class Judge:
     """One block of rows judged: the references, the comparisons, the invariants, the FD band
     and step, and each probe's projections (rows written by one thread each)."""
 
-    def __init__(self, inputs, tot64, st, grad, cols, method, case, native, n_probes, kind):
+    def __init__(self, inputs, tot64, st, grad, cols, method, case, native, n_probes, dt):
         n = inputs.logits.shape[0]
         self.inputs, self.tot64, self.st, self.grad = inputs, tot64, st, grad
         self.cols, self.method, self.case, self.native = cols, method, case, native
-        self.dt, self.has_candidate = kind
+        self.dt, self.has_candidate = dt, grad is not None
         self.fd_band, self.fd_step = np.zeros(n), np.zeros(n)
         self.n_probes = n_probes
         self.proj: list[dict] = [{} for _ in range(n_probes)]
@@ -130,9 +130,7 @@ class Judge:
     def block(self, r0, r1, accs, inv, targets, valid, checked) -> None:
         inputs, tot64, st, cols = self.inputs, self.tot64, self.st, self.cols
         b64 = block_of(inputs, r0, r1)
-        stb = references.RowStats(*(x[r0:r1] for x in (st.a, st.b, st.lse, st.vmax)),
-                                  st.temperature, st.softcap, st.classes, st.s[r0:r1],
-                                  st.top[r0:r1])
+        stb = st.rows(r0, r1)
         g = {}
         if self.has_candidate:
             g["candidate"] = np.asarray(self.grad[r0:r1], np.float64)

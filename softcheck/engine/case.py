@@ -216,8 +216,11 @@ def _forward_hint(comparisons, call, inputs64: Inputs) -> tuple[str, ...]:
 
 
 def unheard_hint(candidate, spec) -> tuple[str, ...]:
-    """Options the case uses that the function does not declare: it cannot have honoured
-    them (a plain function gets only the keywords it takes: candidate/call.kwargs_for)."""
+    """Options the case uses that a plain gradient function does not declare: it cannot have
+    honoured them (it gets only the keywords it takes: candidate/call.kwargs_for).  A
+    convention kernel gets options by --args and --rename too: no hint."""
+    if getattr(getattr(candidate, "settings", None), "convention", "grad") != "grad":
+        return ()
     used = {"softcap": spec.softcap is not None, "label_smoothing": spec.label_smoothing != 0,
             "temperature": spec.temperature != 1.0, "z_loss": spec.z_loss != 0,
             "logit_scale": spec.logit_scale != 1.0}

@@ -163,8 +163,7 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
                      f"{case.probes} asked (each two real evaluations of all {n * c} entries, "
                      f"{PROBE_EVALS}·N·C element evaluations; scaled to --fd-budget "
                      f"{case.fd_budget:g}, at least 1)")
-    judge = Judge(inputs, tot64, st, grad, cols, method, case, native, n_probes,
-                   (dt, candidate is not None))
+    judge = Judge(inputs, tot64, st, grad, cols, method, case, native, n_probes, dt)
     lanes = [(accumulators(), StreamedInvariants(n)) for _ in range(JUDGE_THREADS)]
 
     def lane(t):

@@ -55,6 +55,7 @@ added to the band.  Two real evaluations of every entry per probe.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -82,6 +83,12 @@ class RowStats:
     classes: int
     s: np.ndarray | None = None     # Σ exp(v − top) per row (0 where the max is not finite)
     top: np.ndarray | None = None   # max v per row (NaN or ±inf where not finite)
+
+    def rows(self, r0: int, r1: int) -> "RowStats":
+        """Rows r0..r1 (a block of a streamed case's)."""
+        cut = {k: getattr(self, k)[r0:r1] for k in ("a", "b", "lse", "vmax", "s", "top")
+               if getattr(self, k) is not None}
+        return dataclasses.replace(self, **cut)
 
     @property
     def scale(self) -> float:

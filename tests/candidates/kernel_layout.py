@@ -42,38 +42,42 @@ def _torch_ce(x, target):
     return loss, p / n
 
 
-class StridedCE(torch.autograd.Function):
+class _SavedGradCE(torch.autograd.Function):
+    """forward computes the loss and its gradient (of ``rows(logits)``); backward scales it."""
+
+    @staticmethod
+    def rows(logits):
+        return logits
+
+    @classmethod
+    def forward(cls, ctx, logits, target):
+        loss, g = _torch_ce(cls.rows(logits), target)
+        ctx.save_for_backward(g)
+        ctx.dtype = logits.dtype
+        return loss.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, go):
+        (g,) = ctx.saved_tensors
+        return (g * go).to(ctx.dtype), None
+
+
+class StridedCE(_SavedGradCE):
     """An autograd.Function (checked as --convention inplace): refuses contiguous rows."""
 
     @staticmethod
-    def forward(ctx, logits, target):
+    def rows(logits):
         assert logits.stride(0) != logits.shape[1], f"contiguous rows: {logits.stride()}"
-        loss, g = _torch_ce(logits, target)
-        ctx.save_for_backward(g)
-        ctx.dtype = logits.dtype
-        return loss.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, go):
-        (g,) = ctx.saved_tensors
-        return (g * go).to(ctx.dtype), None
+        return logits
 
 
-class ContiguousCE(torch.autograd.Function):
+class ContiguousCE(_SavedGradCE):
     """Reads its input as if rows were contiguous (torch.as_strided with stride (C, 1))."""
 
     @staticmethod
-    def forward(ctx, logits, target):
+    def rows(logits):
         n, c = logits.shape
-        loss, g = _torch_ce(torch.as_strided(logits, (n, c), (c, 1)), target)
-        ctx.save_for_backward(g)
-        ctx.dtype = logits.dtype
-        return loss.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, go):
-        (g,) = ctx.saved_tensors
-        return (g * go).to(ctx.dtype), None
+        return torch.as_strided(logits, (n, c), (c, 1))
 
 
 def _p_float32(logits):
