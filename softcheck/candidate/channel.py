@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 
+from .arena import ArenaError, close_all, recv_with_fds, send_with_fds
 from .call import OUTPUT_LIMIT, clip_output
 from .processes import _descendants, _kill, _proc_table, _set_subreaper, _tagged
 
@@ -71,6 +72,7 @@ class _Worker:
         pids.append(self.proc.pid)
         self.sock = parent_sock
         self.seq, self.bytes_sent, self.stopped = 0, 0, False
+        self.fds: list[int] = []              # descriptors the last reply brought
         self.limit = _MAX_REPLY
         _LIVE.add(self)
         try:                    # a kernel before 5.3 or a seccomp filter: poll the process
@@ -98,16 +100,19 @@ class _Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, obj) -> None:
+    def send(self, obj, fds=()) -> None:
+        """One request; ``fds`` (sealed memory files, arena.py) go with it."""
         body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.sock.sendall(_HEADER.pack(len(body)) + body)
+            send_with_fds(self.sock, _HEADER.pack(len(body)) + body, fds)
         except OSError as e:
             raise _Died(self.death_reason()) from e
         self.bytes_sent += _HEADER.size + len(body)
 
     def receive(self, timeout: float | None):
-        """The next reply, or ``TimeoutError`` at the deadline, or ``_Died``."""
+        """The next reply, or ``TimeoutError`` at the deadline, or ``_Died``; descriptors
+        that came with it are in ``self.fds`` (the caller's to close)."""
+        close_all(self.fds)
         deadline = None if not timeout else time.monotonic() + timeout
         buf, need, died = bytearray(), None, False
         while True:
@@ -127,16 +132,19 @@ class _Worker:
             ready, _, _ = select.select(fds, [], [], wait if self.pidfd is not None
                                         else min(wait or 0.05, 0.05))
             if self.sock in ready:
-                chunk = self.sock.recv(1 << 16)
+                try:
+                    chunk = recv_with_fds(self.sock, 1 << 16, self.fds)
+                except ArenaError as e:
+                    raise _Died(f"the candidate's process sent an invalid reply ({e})") from e
                 if not chunk:
                     died = True
                 buf += chunk
             elif self.pidfd in ready or (self.pidfd is None and self.proc.poll() is not None):
                 self.sock.setblocking(False)
                 try:
-                    while chunk := self.sock.recv(1 << 16):
+                    while chunk := recv_with_fds(self.sock, 1 << 16, self.fds):
                         buf += chunk
-                except (BlockingIOError, OSError):
+                except (BlockingIOError, OSError, ArenaError):
                     pass
                 self.sock.setblocking(True)
                 died = True
@@ -217,6 +225,7 @@ class _Worker:
             if not live and not zombies and not any(p in table and p in mine for p in killed):
                 break
             time.sleep(0.01)
+        close_all(self.fds)
         for f in (self.sock, self.out):
             f.close()
         if self.pidfd is not None:

@@ -146,10 +146,11 @@ class IsolatedCandidate:
         self._worker = w
         return w
 
-    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY
+    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY, fds=()
                  ) -> tuple[dict | None, str | None, str]:
         """One request to the worker (started afresh if it died between calls) and its reply:
-        ``(reply, error, output)``.  A death or a timeout is the error and ends the worker
+        ``(reply, error, output)``; ``fds``: sealed memory files sent with the request, and
+        ``reply["fds"]`` the ones that came back (the caller's to close: arena.read_sealed).  A death or a timeout is the error and ends the worker
         (and all it started); the candidate's error is the reply's."""
         if self._closed:
             raise SoftcheckError("this candidate was closed")
@@ -163,10 +164,11 @@ class IsolatedCandidate:
         w.seq += 1
         w.limit = limit
         try:
-            w.send({**req, "seq": w.seq, "shm_size": self._size})
+            w.send({**req, "seq": w.seq, "shm_size": self._size}, fds)
             reply = w.receive(timeout)
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 raise _Died("the candidate's process sent an invalid reply")
+            reply["fds"], w.fds = w.fds, []
         except (TimeoutError, _Died) as e:
             output = w.output()
             timed_out = isinstance(e, TimeoutError)

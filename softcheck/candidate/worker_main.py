@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from .arena import close_all, recv_with_fds, send_with_fds
 from .call import invoke, invoke_convention, signature_of
 from .errors import format_exception
 from .load import load
@@ -29,27 +30,29 @@ def _prctl(option: int, arg: int) -> None:
         pass
 
 
-def _recv(sock: socket.socket):
-    head = _recv_exact(sock, _HEADER.size)
+def _recv(sock: socket.socket, fds: list | None = None):
+    """The next request; the descriptors sent with it appended to ``fds``."""
+    fds = [] if fds is None else fds
+    head = _recv_exact(sock, _HEADER.size, fds)
     if head is None:
         return None
-    body = _recv_exact(sock, _HEADER.unpack(head)[0])
+    body = _recv_exact(sock, _HEADER.unpack(head)[0], fds)
     return None if body is None else pickle.loads(body)
 
 
-def _recv_exact(sock, n):
+def _recv_exact(sock, n, fds):
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+        chunk = recv_with_fds(sock, n - len(buf), fds)
         if not chunk:
             return None
         buf += chunk
     return bytes(buf)
 
 
-def _send(sock, obj) -> None:
+def _send(sock, obj, fds=()) -> None:
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(body)) + body)
+    send_with_fds(sock, _HEADER.pack(len(body)) + body, fds)
 
 
 from . import shared  # noqa: E402
@@ -193,9 +196,11 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
     """Answer requests until the parent closes the channel: each call's output captured
     afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent."""
     while True:
-        req = _recv(sock)
+        fds: list[int] = []
+        req = _recv(sock, fds)
         if req is None:
             os._exit(0)
+        req["fds"] = list(fds)             # sealed inputs (arena.py): closed after the call
         _flush()
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
@@ -211,7 +216,12 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
                 reply = {"error": "judging its result failed"}
         _flush()
         reply["seq"] = req["seq"]
-        _send(sock, reply)
+        out = [int(f) for f in reply.pop("fds", ())]
+        try:
+            _send(sock, reply, out)
+        finally:
+            close_all(out)
+            close_all(fds)
 
 
 def main() -> None:
