@@ -182,17 +182,13 @@ def report(info: dict) -> dict:
             "memory_limit", "memory_by", "pids_limit", "why")
     out = {k: info.get(k) for k in keys if k in info}
     out.setdefault("kind", "unknown")
-    if out.get("pids_limit") is None and out["kind"] == "namespaces":
-        out["pids_why"] = ("none: the kernel does not count processes of uid 0 against "
-                           "RLIMIT_NPROC and no writable cgroup is used")
+    if out.get("pids_limit") is None:
+        out["pids_why"] = ("none: the kernel does not count uid 0's processes against "
+                           "RLIMIT_NPROC, and no cgroup is used")
+    if out["kind"] != "namespaces":      # the console's one line (report/console.py)
+        out["weaker"] = "sandbox: " + (info.get("why") or "its helper did not say what it "
+                                                          "set up")
     return out
-
-
-def weaker(info: dict) -> str | None:
-    """One line when the sandbox is weaker than the full one (no namespaces), else None."""
-    if info.get("kind") == "namespaces":
-        return None
-    return "sandbox: " + (info.get("why") or "its helper did not say what it set up")
 
 
 def explain(error: str, memory: int | None) -> str:

@@ -148,6 +148,16 @@ def _exec_worker(spec: dict, argv: list[str], parent: int) -> None:
     os._exit(127)
 
 
+def _close_worker_fds() -> None:
+    """Close the worker's control socket and shared file here (the helper and init keep no
+    copy: a worker that closes its own must leave the judge reading end-of-file)."""
+    for fd in os.environ["SOFTCHECK_WORKER_FDS"].split(",")[:2]:
+        try:
+            os.close(int(fd))
+        except OSError:
+            pass
+
+
 def _init(spec: dict, argv: list[str], status_w: int) -> None:
     """PID 1 of the namespace: a fresh /proc, then the worker as PID 2; reap every orphan,
     and when the worker ends send its wait status up and end (so does the namespace)."""
@@ -161,6 +171,7 @@ def _init(spec: dict, argv: list[str], status_w: int) -> None:
     if pid == 0:
         os.close(status_w)
         _exec_worker(spec, argv, 1)
+    _close_worker_fds()
     prctl(PR_SET_DUMPABLE, 0)
     _drop_privileges()
     while True:
@@ -200,12 +211,13 @@ def main() -> None:
             "memory_by": "rlimit_data" if spec.get("memory") else None}
     try:
         if not spec.get("namespaces", True):
-            raise OSError(0, spec.get("why_not") or "turned off")
+            raise OSError(0, f"turned off by {spec.get('why_not')}")
         _namespaces(spec)
     except OSError as e:
+        why = e.strerror if e.errno == 0 else f"no user namespaces here: {e.strerror or e}"
         info.update(kind="limits", pid=False, mount=False, read_only=False,
-                    why=f"no namespaces here ({e.strerror or e}); the candidate runs as the "
-                        "same user, without a PID namespace")
+                    why=f"{why}; the candidate runs as the same user, sees every process "
+                        "and can write every file it could")
         os.write(spec["status_fd"], (json.dumps(info) + "\n").encode())
         os.close(spec["status_fd"])
         _exec_worker(spec, argv, spec["parent"])
@@ -218,6 +230,7 @@ def main() -> None:
         os.close(spec["status_fd"])
         _init(spec, argv, w)
     os.close(w)
+    _close_worker_fds()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)      # the judge's SIGTERM is for the worker
     _drop_privileges()
