@@ -27,6 +27,7 @@ CALL_OPTIONS = ("convention", "framework", "args", "rename", "returns", "device"
 
 def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
           nondet_tol: float | None = None, in_process: bool = False, fail_fast: bool = False,
+          memory_limit: int | str | None = None,
           hvp: Callable[..., Any] | None = None, backward: Callable[..., Any] | None = None,
           **options: Any) -> Report:
     """Check a gradient function ``fn(logits, target, **kw)`` (``softcheck check``), or a
@@ -36,7 +37,8 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
     ``fn`` runs in a worker process when it can be re-imported there by its module and name
     (a module-level function); a lambda or closure runs in this process, and the report says
     so.  ``timeout`` seconds per call (0 or None: no limit); ``repeat`` calls per case on
-    identical inputs; ``nondet_tol`` the difference allowed between them."""
+    identical inputs; ``nondet_tol`` the difference allowed between them; ``memory_limit``
+    the worker's (``"8G"``, bytes; 0: none; default 3/4 of the machine's memory)."""
     import dataclasses
 
     from .candidate import CallPolicy, Candidate, source_of
@@ -53,7 +55,10 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
     reloadable = backward is None or bsrc is not None
     cand.source = source_of(fn) if reloadable else None
     cand.hvp_source = source_of(hvp) if hvp is not None else None
-    policy = CallPolicy(timeout, repeat, nondet_tol, not in_process)
+    from .candidate.sandbox import parse_size
+
+    policy = CallPolicy(timeout, repeat, nondet_tol, not in_process,
+                        None if memory_limit is None else parse_size(memory_limit))
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)
 
 

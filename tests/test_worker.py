@@ -56,6 +56,19 @@ def _tagged_processes() -> list[int]:
     return found
 
 
+def _outer(inner: int) -> int:
+    """The pid (here) of the tagged process that is ``inner`` in its own PID namespace."""
+    for pid in _tagged_processes():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ns = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
+        except (OSError, StopIteration):
+            continue
+        if int(ns[-1]) == inner:
+            return pid
+    raise AssertionError(f"no process of this test is {inner} in its namespace")
+
+
 @pytest.fixture
 def make(tmp_path, monkeypatch):
     """IsolatedCandidate factory; after the test every worker it ever started is gone."""
@@ -115,7 +128,7 @@ def test_arrays_cross_by_shared_memory(make, tmp_path):
     inputs = _inputs()
     bf = dataclasses.replace(inputs, logits=inputs.logits.astype(ml_dtypes.bfloat16))
     r = c.call(bf)
-    assert (tmp_path / "dtype").read_text() == "bfloat16 True int64"
+    assert r.output.strip() == "bfloat16 True int64"
     assert r.error is None and r.notes == ()
     np.testing.assert_array_equal(r.grad, load(f"{HOSTILE}:dtype_name").call(bf).grad)
 
@@ -175,8 +188,9 @@ def test_timeout_stops_the_process(make, how):
 
 def test_close_kills_threads_and_escaped_children(make, tmp_path):
     c = make("escapes")
-    assert c.call(_inputs()).error is None
-    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    r = c.call(_inputs())
+    assert r.error is None
+    pids = [_outer(int(p)) for p in r.output.split("pids", 1)[1].split()]
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     assert all(os.getsid(p) != os.getsid(c.pid) for p in pids)     # outside the group
     c.close()

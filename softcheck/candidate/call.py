@@ -46,6 +46,7 @@ class CallPolicy:
     repeat: int = 2                  # calls per case on identical inputs (determinism)
     nondet_tol: float | None = None  # allowed difference between them (None: the case's atol)
     isolate: bool = True             # a worker process (False: --in-process)
+    memory_limit: int | None = None  # the worker's, bytes (None: the default; 0: none)
 
     def __post_init__(self):
         if self.repeat < 1:

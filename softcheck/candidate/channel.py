@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 
+from . import sandbox
 from .arena import ArenaError, close_all, recv_with_fds, send_with_fds
 from .call import OUTPUT_LIMIT, clip_output
 from .processes import _descendants, _kill, _proc_table, _set_subreaper, _tagged
@@ -45,7 +46,8 @@ class _Worker:
 
     def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
                  pids: list[int], module: str = "softcheck.candidate.worker_main",
-                 env: dict | None = None, *, wait: bool = True):
+                 env: dict | None = None, *, wait: bool = True, memory: int | None = None,
+                 host_shm: bool = False):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
@@ -61,15 +63,16 @@ class _Worker:
         if x64:
             env["JAX_ENABLE_X64"] = "1"
         env.update(extra or {})
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module], stdin=subprocess.DEVNULL,
-                stdout=self.out, stderr=self.out, close_fds=True,
-                pass_fds=(child_sock.fileno(), shm_fd), start_new_session=True, env=env,
-                cwd=os.getcwd())
+        self.memory = sandbox.resolve(memory)
+        try:                            # in its sandbox (sandbox.py): the helper's Popen
+            self.proc, status = sandbox.spawn(
+                [sys.executable, "-m", module], env=env, stdout=self.out,
+                pass_fds=(child_sock.fileno(), shm_fd), memory=self.memory,
+                host_shm=host_shm)
         finally:
             child_sock.close()
-        pids.append(self.proc.pid)
+        self.sandbox: dict = {}
+        self._pid, self._pids = self.proc.pid, pids
         self.sock = parent_sock
         self.seq, self.bytes_sent, self.stopped = 0, 0, False
         self.fds: list[int] = []              # descriptors the last reply brought
@@ -80,6 +83,7 @@ class _Worker:
         except (OSError, AttributeError):
             self.pidfd = None
         try:
+            self.sandbox = sandbox.read_status(status, start_timeout)
             self.send(hello)
         except BaseException:
             self.stop()
@@ -95,10 +99,17 @@ class _Worker:
         except BaseException:
             self.stop()
             raise
+        self._pid = sandbox.worker_pid(self.proc.pid, self.sandbox)
+        self._pids.append(self._pid)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The worker's own pid (inside a sandbox: not the helper's, ``proc.pid``)."""
+        return self._pid
+
+    def explain(self, error: str) -> str:
+        """The candidate's error, naming the memory limit when an allocation failed."""
+        return sandbox.explain(error, self.memory)
 
     def send(self, obj, fds=()) -> None:
         """One request; ``fds`` (sealed memory files, arena.py) go with it."""
@@ -136,6 +147,8 @@ class _Worker:
                     chunk = recv_with_fds(self.sock, 1 << 16, self.fds)
                 except ArenaError as e:
                     raise _Died(f"the candidate's process sent an invalid reply ({e})") from e
+                except OSError:                 # reset: the worker ended with unread data
+                    chunk = b""
                 if not chunk:
                     died = True
                 buf += chunk
@@ -193,16 +206,20 @@ class _Worker:
         _LIVE.discard(self)
         me, pid = os.getpid(), self.proc.pid
         snap = _descendants(_proc_table(), pid) | {pid}
+        # the helper's group, and the worker's own session inside a sandbox (while it lives)
+        groups = [pid] + ([self._pid] if self._pid != pid and self._pid in snap else [])
         if grace and self.proc.poll() is None:
             try:
-                os.killpg(pid, signal.SIGTERM)
+                for g in groups:
+                    os.killpg(g, signal.SIGTERM)
                 self.proc.wait(grace)
             except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
                 pass
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for p in snap:
             _kill(p)
         self.proc.wait()

@@ -149,7 +149,7 @@ def _importable_by_name(module: str, path: str | None) -> bool:
         return False
 
 
-def isolated(cand: Candidate, *, x64: bool):
+def isolated(cand: Candidate, *, x64: bool, memory_limit: int | None = None):
     """``cand`` in its own worker process when it can be reloaded there; else ``cand`` itself
     (with ``in_process`` telling why)."""
     from .worker import IsolatedCandidate
@@ -159,4 +159,4 @@ def isolated(cand: Candidate, *, x64: bool):
     if cand.backward is not None and not cand.settings.backward:
         return None
     return IsolatedCandidate(cand.source, cand.hvp_source, cand.label, x64=x64,
-                             settings=cand.settings)
+                             settings=cand.settings, memory_limit=memory_limit)

@@ -39,9 +39,10 @@ class IsolatedCandidate:
     env: dict = {}
 
     def __init__(self, source: str, hvp_source: str | None, label: str, *, x64: bool = True,
-                 settings: Settings = Settings(),
+                 settings: Settings = Settings(), memory_limit: int | None = None,
                  grace: float = 2.0, start_timeout: float | None = 300.0):
         self.source, self.hvp_source, self.label = source, hvp_source, label
+        self.memory_limit = memory_limit
         self.settings = settings
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.pids: list[int] = []                  # every worker started, for tests and reports
@@ -133,7 +134,7 @@ class IsolatedCandidate:
                  "settings": self.settings}
         try:
             w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids,
-                        module=self.module, env=self.env)
+                        module=self.module, env=self.env, memory=self.memory_limit)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
                                  f"{self.start_timeout:g} s") from None
@@ -144,6 +145,7 @@ class IsolatedCandidate:
             w.stop()
             raise SoftcheckError(w.ready["load_error"])
         self._worker = w
+        self.sandbox = w.sandbox                  # what the first worker had in effect
         return w
 
     def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY, fds=()
@@ -177,7 +179,7 @@ class IsolatedCandidate:
             return None, (f"took longer than {timeout:g} s (--timeout); the candidate's "
                           "process was stopped" if timed_out else str(e)), output
         output = w.output()
-        return reply, (str(reply["error"]) if reply.get("error") else None), output
+        return reply, (w.explain(str(reply["error"])) if reply.get("error") else None), output
 
     def _place(self, arrays: list, out_bytes: int):
         """Write ``arrays`` into the shared file; descriptors for them and the output offset."""

@@ -63,8 +63,10 @@ class RankedCandidate:
     started afresh for the next call."""
 
     def __init__(self, source: str, label: str, settings, *, x64: bool = True,
-                 grace: float = 2.0, start_timeout: float | None = 300.0):
+                 grace: float = 2.0, start_timeout: float | None = 300.0,
+                 memory_limit: int | None = None):
         self.target, self.label, self.settings = source, label, settings
+        self.memory_limit, self.sandbox = memory_limit, {}
         self.source = None              # never re-loaded by a pool worker: the ranks are here
         self.world, self.backend, self.split = (settings.tensor_parallel, settings.backend,
                                                 settings.split)
@@ -90,8 +92,12 @@ class RankedCandidate:
             for r, slot in enumerate(self._slots):
                 hello = {"source": self.target, "label": self.label, "settings": self.settings,
                          "rank": r, "world": self.world, "backend": self.backend, "init": init}
+                # each rank its own sandbox, the network shared (gloo's TCP on loopback);
+                # NCCL's shared memory needs the host's /dev/shm
                 ranks.append(_Worker(slot._shm_fd, hello, self.x64, self.start_timeout,
-                                     self.pids, module=RANK_MAIN, wait=False))
+                                     self.pids, module=RANK_MAIN, wait=False,
+                                     memory=self.memory_limit,
+                                     host_shm=self.backend == "nccl"))
             for r, w in enumerate(ranks):
                 try:
                     w.handshake(self.start_timeout)
@@ -109,6 +115,7 @@ class RankedCandidate:
                 w.stop()
             raise
         self._ranks = ranks
+        self.sandbox = ranks[0].sandbox
         return ranks
 
     def _stop(self, grace: float | None = None) -> None:
@@ -216,7 +223,7 @@ class RankedCandidate:
                 dead = _first_dead(ranks, r, within=1.0)
                 if dead is not None:
                     return self._failed(dead, ranks[dead].death_reason())
-                return self._failed(r, str(reply["error"]))
+                return self._failed(r, w.explain(str(reply["error"])))
             replies[r] = reply
         return replies
 
@@ -266,9 +273,11 @@ class ShardMapCandidate(IsolatedCandidate):
 
     module = "softcheck.candidate.shard_main"
 
-    def __init__(self, source: str, label: str, settings, *, x64: bool = True):
+    def __init__(self, source: str, label: str, settings, *, x64: bool = True,
+                 memory_limit: int | None = None):
         self.world, self.split = settings.tensor_parallel, settings.split    # before it starts
-        super().__init__(source, None, label, x64=x64, settings=settings)
+        super().__init__(source, None, label, x64=x64, settings=settings,
+                         memory_limit=memory_limit)
         self._params -= set(SHARD_KEYWORDS)
 
     @property

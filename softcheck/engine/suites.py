@@ -88,7 +88,7 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                 iso = None
                 if job.policy.isolate:
                     x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
-                    iso = isolated(cand, x64=x64)
+                    iso = isolated(cand, x64=x64, memory_limit=job.policy.memory_limit)
                 started[id(cand)] = iso or cand
                 process[cand.label] = (
                     {"isolated": True, "jax_enable_x64": iso.x64, "repeat": job.policy.repeat}
@@ -97,6 +97,11 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                      "why": "--in-process" if not job.policy.isolate else
                      "a lambda, closure or __main__ function cannot be re-imported by "
                      "module and name: it ran in softcheck's process"})
+            box = getattr(started[id(cand)], "sandbox", None)
+            if box and "sandbox" not in process[cand.label]:
+                from ..candidate.sandbox import report as sandbox_report
+
+                process[cand.label]["sandbox"] = sandbox_report(box)
             out.append(dataclasses.replace(job, candidate=started[id(cand)]))
     except BaseException:
         for w in started.values():
@@ -126,7 +131,8 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
         (layout if jax else shards)(v, st.tensor_parallel, st.split)   # exit 2 before starting
     x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
-    return (ShardMapCandidate if jax else RankedCandidate)(cand.source, cand.label, st, x64=x64)
+    return (ShardMapCandidate if jax else RankedCandidate)(cand.source, cand.label, st, x64=x64,
+                                                           memory_limit=job.policy.memory_limit)
 
 
 def with_inputs(cfg: Config, found: tuple[list[Case], list[str]]):
