@@ -11,9 +11,10 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .call import CallResult, exact_lse, kwargs_for, with_layout_note
+from .call import CallResult, exact_lse, kwargs_for, signature_of, with_layout_note
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
 from .conventions import Settings
+from .described import BadDescription, Described, load_error
 
 #: the gradients a convention call returns besides the main one (other upstream gradients)
 MAX_VARIANTS = 2
@@ -28,6 +29,15 @@ def _close_all() -> None:
         c.close()
     for w in list(_LIVE):
         w.stop()
+
+
+def described(ready: dict) -> tuple:
+    """A ready reply's descriptions of the TARGET, its hvp and its backward (None where
+    absent), each checked (``BadDescription``)."""
+    fn = Described.from_wire(ready.get("fn"))
+    rest = [None if ready.get(k) is None else Described.from_wire(ready[k])
+            for k in ("hvp", "backward")]
+    return (fn, *rest)
 
 
 class IsolatedCandidate:
@@ -57,7 +67,9 @@ class IsolatedCandidate:
         except BaseException:
             self.close()
             raise
-        self._params, self._varkw = set(ready["params"]), ready["varkw"]
+        self.described, self.described_hvp, self.described_backward = described(ready)
+        params, self._varkw = signature_of(self.described)
+        self._params = set(params)
 
     # -- the Candidate interface -------------------------------------------------------
     @property
@@ -141,9 +153,15 @@ class IsolatedCandidate:
         except _Died as e:
             raise SoftcheckError(f"TARGET {self.source}: {e}".replace("during the call",
                                                                       "while loading")) from None
-        if "load_error" in w.ready:
+        if not isinstance(w.ready, dict) or "load_error" in w.ready:
             w.stop()
-            raise SoftcheckError(w.ready["load_error"])
+            raise load_error(w.ready.get("load_error") if isinstance(w.ready, dict) else None)
+        try:
+            described(w.ready)
+        except BadDescription as e:
+            w.stop()
+            raise SoftcheckError(f"TARGET {self.label}: its process described it wrongly "
+                                 f"({e})") from None
         self._worker = w
         self.sandbox = w.sandbox                  # what the first worker had in effect
         return w

@@ -16,9 +16,10 @@ import sys
 import numpy as np
 
 from .arena import close_all, recv_with_fds, send_with_fds
-from .call import invoke, invoke_convention, signature_of
+from .call import invoke, invoke_convention
+from .described import describe
 from .errors import format_exception
-from .load import load
+from .load import load_in_worker
 
 _HEADER = struct.Struct("<Q")
 
@@ -175,20 +176,18 @@ def start(hvp: bool = True):
     if hello is None:
         os._exit(0)
     try:
-        cand = load(hello["source"], hvp=hello.get("hvp_source") if hvp else None,
-                    label=hello["label"], settings=hello.get("settings"))
+        cand = load_in_worker(hello, hvp=hvp)
+        ready = {"ready": True, "fn": describe(cand.fn).wire(),
+                 "hvp": None if cand.hvp is None else describe(cand.hvp).wire(),
+                 "backward": None if cand.backward is None else describe(cand.backward).wire()}
     except BaseException as e:  # noqa: BLE001 - SoftcheckError's message, or what the import raised
         msg = str(e) if isinstance(e, ValueError) else \
-            f"importing TARGET {hello['source']} raised {type(e).__name__}"
+            f"importing TARGET {hello.get('label') or hello['source']} raised {type(e).__name__}"
         _flush()
         _send(sock, {"load_error": msg})
         os._exit(0)
-    try:
-        params, varkw = signature_of(cand.fn)
-    except BaseException:  # noqa: BLE001
-        params, varkw = (), False
     _flush()
-    _send(sock, {"ready": True, "params": [str(p) for p in params], "varkw": bool(varkw)})
+    _send(sock, ready)
     return sock, shm, hello, cand
 
 

@@ -219,7 +219,7 @@ def _work(payload) -> CaseResult:
                 from ..candidate import load
 
                 _WORKER_CANDIDATES[cand_info] = load(source, hvp=hvp_source, label=label,
-                                                     settings=settings)
+                                                     settings=settings, in_process=True)
             else:
                 from ..candidate.worker import IsolatedCandidate
 

@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
-from ..candidate.call import CallResult, kwargs_for
+from ..candidate.call import CallResult, kwargs_for, signature_of
+from ..candidate.described import BadDescription, load_error
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
 from ..candidate.channel import _Died, _Worker, close_shared, shared_file
-from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate
+from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
@@ -80,7 +81,13 @@ class RankedCandidate:
         except BaseException:
             self.close()
             raise
-        self._params, self._varkw = set(ready["params"]) - {"group"}, ready["varkw"]
+        try:
+            params, self._varkw = signature_of(described(ready)[0])
+        except BadDescription as e:
+            self.close()
+            raise SoftcheckError(f"TARGET {self.target}: rank 0 described it wrongly ({e})"
+                                 ) from None
+        self._params = set(params) - {"group"}
 
     def takes(self, name: str) -> bool:
         return name in self._params or self._varkw
@@ -108,8 +115,9 @@ class RankedCandidate:
                     raise SoftcheckError(f"TARGET {self.target}: rank {r}: "
                                          f"{e}".replace("during the call", "while loading")
                                          ) from None
-                if "load_error" in w.ready:
-                    raise SoftcheckError(w.ready["load_error"])
+                if not isinstance(w.ready, dict) or "load_error" in w.ready:
+                    raise load_error(w.ready.get("load_error")
+                                     if isinstance(w.ready, dict) else None)
         except BaseException:
             for w in ranks:
                 w.stop()

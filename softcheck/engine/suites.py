@@ -204,23 +204,26 @@ class BatchPlan:
     candidates: dict            # group name -> Candidate (candidate groups only)
 
 
-def load_plan(path: str) -> BatchPlan:
-    """Read, check and expand a batch file and load its TARGETs: every problem is raised
-    (naming file, group and key) before any case runs."""
+def load_plan(path: str, *, in_process: bool = False) -> BatchPlan:
+    """Read, check and expand a batch file and load its TARGETs (each described by its own
+    worker process; imported here only ``in_process``): every problem is raised (naming
+    file, group and key) before any case runs."""
     plan = batchfile.plan(path)
     loaded: dict[str, Candidate] = {}
     cands = {}
     for g in plan.groups:
         if g.target is None:
             continue
-        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call)
+        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call, in_process)
         if g.hvp is not None:
-            cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded))
+            cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
+                                       in_process=in_process))
         cands[g.name] = cand
     return BatchPlan(plan, cands)
 
 
-def _load(target: str, base: str, where: str, key: str, loaded: dict, call=()) -> Candidate:
+def _load(target: str, base: str, where: str, key: str, loaded: dict, call=(),
+          in_process: bool = False) -> Candidate:
     """A group's TARGET, loaded once per (TARGET, how it is called)."""
     from ..candidate.conventions import settings
 
@@ -228,7 +231,8 @@ def _load(target: str, base: str, where: str, key: str, loaded: dict, call=()) -
     if (t, call) not in loaded:
         try:
             st = settings(**dict(call)) if call else None
-            loaded[t, call] = load(t, label=target, settings=st, base=base)
+            loaded[t, call] = load(t, label=target, settings=st, base=base,
+                                   in_process=in_process)
         except SoftcheckError as e:
             raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
     return loaded[t, call]
