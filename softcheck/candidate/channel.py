@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 
-from . import sandbox
+from .sandbox import explain as _explain, read_status, resolve, spawn, worker_pid
 from .arena import ArenaError, close_all, recv_with_fds, send_with_fds
 from .call import OUTPUT_LIMIT, clip_output
 from .processes import _descendants, _kill, _proc_table, _set_subreaper, _tagged
@@ -63,9 +63,9 @@ class _Worker:
         if x64:
             env["JAX_ENABLE_X64"] = "1"
         env.update(extra or {})
-        self.memory = sandbox.resolve(memory)
+        self.memory = resolve(memory)
         try:                            # in its sandbox (sandbox.py): the helper's Popen
-            self.proc, status = sandbox.spawn(
+            self.proc, status = spawn(
                 [sys.executable, "-m", module], env=env, stdout=self.out,
                 pass_fds=(child_sock.fileno(), shm_fd), memory=self.memory,
                 host_shm=host_shm)
@@ -83,7 +83,7 @@ class _Worker:
         except (OSError, AttributeError):
             self.pidfd = None
         try:
-            self.sandbox = sandbox.read_status(status, start_timeout)
+            self.sandbox = read_status(status, start_timeout)
             self.send(hello)
         except BaseException:
             self.stop()
@@ -99,7 +99,7 @@ class _Worker:
         except BaseException:
             self.stop()
             raise
-        self._pid = sandbox.worker_pid(self.proc.pid, self.sandbox)
+        self._pid = worker_pid(self.proc.pid, self.sandbox)
         self._pids.append(self._pid)
 
     @property
@@ -109,7 +109,7 @@ class _Worker:
 
     def explain(self, error: str) -> str:
         """The candidate's error, naming the memory limit when an allocation failed."""
-        return sandbox.explain(error, self.memory)
+        return _explain(error, self.memory)
 
     def send(self, obj, fds=()) -> None:
         """One request; ``fds`` (sealed memory files, arena.py) go with it."""
