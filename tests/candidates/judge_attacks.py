@@ -18,12 +18,23 @@ def _correct(logits, target):
 
 
 def _others() -> list[int]:
-    """Every process this one can see that is not itself: the judge, when nothing hides it."""
-    me, out = os.getpid(), []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) != me:
-            out.append(int(d))
-    return out + [os.getppid()]
+    """The judge, where nothing hides it: this process's ancestors that belong to this run
+    (their environment carries $ATTACK_RUN), never anything else on the machine."""
+    run = os.environ.get("ATTACK_RUN", "").encode()
+    out, pid = [], os.getppid()
+    while pid > 1 and run:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                mine = b"ATTACK_RUN=" + run in f.read()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if not mine:
+            break
+        out.append(pid)
+        pid = parent
+    return out
 
 
 def _signal(sig) -> None:
