@@ -20,7 +20,7 @@ from .spec import SoftcheckError
 _API = {"run", "check", "loss", "gradient", "as_torch"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     """The public API on first use: a worker process importing ``softcheck.candidate`` does
     not pay for the judge's modules (ml_dtypes alone takes a second to import)."""
     if name in _API or name == "Report":
