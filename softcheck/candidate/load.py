@@ -163,11 +163,18 @@ def source_of(fn) -> str | None:
     ``path.py:name``), or None for what cannot be (a lambda, a closure, a method, a function
     of the ``__main__`` script, which re-importing would run again)."""
     name, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
-    if not name or not module or not name.isidentifier() or module == "__main__":
+    if not module or module == "__main__":
         return None
     mod = sys.modules.get(module)
-    if mod is None or getattr(mod, name, None) is not fn:
+    if mod is None:
         return None
+    if not (name and name.isidentifier() and getattr(mod, name, None) is fn):
+        # a wrapped function bound at module level under another name (jax.custom_vjp of a
+        # closure, a decorated function): the module's own name for it
+        name = next((k for k, v in list(vars(mod).items()) if v is fn and k.isidentifier()),
+                    None)
+        if name is None:
+            return None
     path = getattr(mod, "__file__", None)
     if _importable_by_name(module, path):
         return f"{module}:{name}"
