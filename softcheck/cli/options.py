@@ -136,10 +136,12 @@ def suite_options(fn):
                      help="2: check Hessian-vector products."),
         click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
                      help="Directional probes when FD covers a subset of columns."),
-        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="strict",
+        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="rounded",
                      show_default=True,
-                     help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
-                          "final rounding (fused kernels); native = also 4x the error of the "
+                     help="bfloat16/float16 candidates: rounded = float32 arithmetic, the "
+                          "gradient rounded when stored and again when scaled by the upstream "
+                          "gradient, log-probabilities stored in the dtype; strict = float32 "
+                          "arithmetic and one final rounding; native = also 4x the error of the "
                           "closed form computed in the dtype itself (plain framework ops)."),
         click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),

@@ -83,7 +83,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     for a, b in pairs:
         comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale,
                                          native if a == "candidate" else 0.0,
-                                         _user_tolerance(case, a, candidate)))
+                                         _user_tolerance(case, a, candidate), case.tolerance))
     if candidate is not None:
         comparisons += _forward_pairs(call, inputs64, case, kappa)
         comparisons += _upstream_pairs(call, inputs64, case, kappa, native / scale if scale else 0)
@@ -184,7 +184,7 @@ def _upstream_pairs(call, inputs64: Inputs, case: Case, kappa: float, native_rel
         sc = references.row_stats(ig).scale
         out.append(compare((f"candidate@{label}", "analytic"), grad, analytic.gradient(ig),
                            inputs=ig, dtype=case.dtype, kappa=kappa, scale=sc,
-                           band=native_rel * sc))
+                           band=native_rel * sc, mode=case.tolerance))
     return out
 
 
@@ -264,7 +264,7 @@ def _user_tolerance(case: Case, a: str, candidate) -> tuple | None:
 
 
 def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
-                  user=None) -> Comparison:
+                  user=None, mode=tolerances.DEFAULT_MODE) -> Comparison:
     """Compare on the entries both sides have (FD may cover a subset of the columns)."""
     x, ref = grads[a], grads[b]
     band = extra
@@ -275,7 +275,7 @@ def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
             ref = np.where(fd.mask, ref, 0.0)
     dtype = tolerances.coarser(dtypes[a], dtypes[b])
     cmp = compare((a, b), x, ref, inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale,
-                  band=band, user=user)
+                  band=band, user=user, mode=mode)
     if fd.probes and "finite_difference" in (a, b):
         cmp = _fold_probes(cmp, a if b == "finite_difference" else b, fd)
     return cmp

@@ -133,15 +133,47 @@ def top(ratio: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(-key[idx], kind="stable")]
 
 
+def stored_term(inputs: Inputs, dtype: str, mode: str = tolerances.DEFAULT_MODE):
+    """The bound's STORED term (tolerances.py: the log-probabilities kept in the dtype) for
+    ``inputs``' entries, or 0 where the mode and dtype have none.  Memoized on ``inputs``."""
+    if not tolerances.stores_logp(dtype, mode):
+        return 0.0
+    from ..reference.finite_difference import row_stats
+
+    inp = inputs.float64()
+    return inputs.memo(("stored", dtype), lambda: stored_of(inp, row_stats(inp), dtype))
+
+
+def stored_of(inputs64: Inputs, stats, dtype: str) -> np.ndarray:
+    """STORED(i, j) = S_i·p_ij·(e^{u·|log p_ij|} − 1) of float64 ``inputs64`` with the rows'
+    parts S_i from ``stats`` (a RowStats: a streamed block's carries the batch's totals)."""
+    from ..reference import analytic
+
+    _, _, v, e, tot, _ = analytic._exp(inputs64, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(np.isfinite(v), e / tot, 0.0)
+    return tolerances.stored(dtype, p, (stats.a + stats.b * stats.lse) / stats.temperature)
+
+
+def allowed_for(inputs: Inputs, dtype: str, kappa: float, scale: float, ref: np.ndarray,
+                mode: str = tolerances.DEFAULT_MODE):
+    """``tolerances.allowed`` with the STORED term of ``inputs`` (where its shape is the
+    gradient's): (per-entry allowed, atol, rtol)."""
+    extra = stored_term(inputs, dtype, mode) if np.shape(ref) == inputs.logits.shape else 0.0
+    return tolerances.allowed(dtype, kappa, scale, ref, mode, extra)
+
+
 def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: Inputs,
             dtype: str, kappa: float, scale: float, band: float = 0.0,
-            user: tuple[float | None, float | None] | None = None) -> Comparison:
-    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band).  ``user``:
-    the user's (atol, rtol) replace the derived ones (a None keeps that one); the derived
-    pair is still recorded in ``atol``/``rtol``."""
+            user: tuple[float | None, float | None] | None = None,
+            mode: str = tolerances.DEFAULT_MODE) -> Comparison:
+    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band); ``mode``:
+    the --tolerance mode (the 16-bit bound's roundings).  ``user``: the user's (atol, rtol)
+    replace the derived ones (a None keeps that one); the derived pair is still recorded in
+    ``atol``/``rtol``."""
     x = np.asarray(x, np.float64)
     ref = np.asarray(ref, np.float64)
-    allowed, atol, rtol = tolerances.allowed(dtype, kappa, scale, ref)
+    allowed, atol, rtol = allowed_for(inputs, dtype, kappa, scale, ref, mode)
     if user is not None:
         ua, ur = (atol if user[0] is None else user[0]), (rtol if user[1] is None else user[1])
         allowed = ua + ur * np.abs(ref)

@@ -47,7 +47,8 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
     for desc, g in patterns.known_bugs(inp):
-        if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc):
+        if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc,
+                             mode=case.tolerance):
             hints.append(f"looks like a known bug: {desc}")
     precision = any("rounding level" in h or "ulps of the largest" in h for h in hints)
     # a gradient already named wrong (a constant factor, a known bug) breaks relations as a
@@ -155,7 +156,7 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
         # claimed only when k·ref explains the error (x within tolerance of it) and k·ref is
         # itself far from the gradient (patterns.DISTINCT tolerances): a factor at rounding
         # level is rounding, a factor near 0 is a zeroed gradient (named above)
-        kw = dict(inputs=inp, dtype=case.dtype, kappa=kappa, scale=scale)
+        kw = dict(inputs=inp, dtype=case.dtype, kappa=kappa, scale=scale, mode=case.tolerance)
         if (resid <= 1e-3 * rn and abs(k) > 1e-3
                 and compare(("candidate", "k·ref"), x, k * ref, **kw).passed
                 and compare(("k·ref", "ref"), k * ref, ref, **kw).ratio >= patterns.DISTINCT):
@@ -170,9 +171,9 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
                 hints.append(f"off by a constant factor {k:.6g}" + (f" = {named[0]}" if named else ""))
     if not factor_found:
         hints += _precision(x, ref, inp, case, kappa, scale)
-    from .compare import target_mask
+    from .compare import allowed_for, target_mask
 
-    allowed = tolerances.allowed(case.dtype, kappa, scale, ref)[0]
+    allowed = allowed_for(inp, case.dtype, kappa, scale, ref, case.tolerance)[0]
     out = np.abs(d) > allowed
     tmask = target_mask(inp)
     if out.sum() == 1:

@@ -154,13 +154,14 @@ def known_bugs(inputs):
     return [(d, g) for d, g in out if g is not None]
 
 
-def explains(x, pattern, ref, *, inputs, dtype: str, kappa: float, scale: float) -> bool:
+def explains(x, pattern, ref, *, inputs, dtype: str, kappa: float, scale: float,
+             mode: str = "rounded") -> bool:
     """The module docstring's criterion: the pattern matches ``x`` within tolerance, is at
     least DISTINCT tolerances away from the correct gradient, and explains ≥ 90 % of the
     error."""
     if pattern.shape != x.shape or not np.all(np.isfinite(pattern)):
         return False
-    kw = dict(inputs=inputs, dtype=dtype, kappa=kappa, scale=scale)
+    kw = dict(inputs=inputs, dtype=dtype, kappa=kappa, scale=scale, mode=mode)
     if not compare(("candidate", "pattern"), x, pattern, **kw).passed:
         return False
     if compare(("pattern", "analytic"), pattern, ref, **kw).ratio < DISTINCT:

@@ -157,8 +157,10 @@ PARAMS = _obj({
     "logit_scale": _d({"type": "number", "exclusiveMinimum": 0},
                       "Logits multiplied by S before softcap (--logit-scale)."),
     "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),
-    "tolerance": _d({"enum": ["strict", "native", "torch"]},
-                    "The low-precision tolerance mode (torch: fused linear cross-entropy also "
+    "tolerance": _d({"enum": ["rounded", "strict", "native", "torch"]},
+                    "The low-precision tolerance mode (rounded, the default: two roundings to "
+                    "the dtype and the stored log-probabilities; strict: one rounding; "
+                    "torch: fused linear cross-entropy also "
                     "allowed PyTorch's own error in the same dtype)."),
     "fused": _d(_obj({"hidden": _d({"type": "integer", "minimum": 1}, "H, the hidden size."),
                       "bias": _d({"type": "boolean"}, "An LM-head bias (--bias)."),
