@@ -6,7 +6,7 @@ import click
 
 from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
-from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
+from ..spec import ALL_IGNORED, CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
 from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
                             DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, LAYOUT_PAD,
                             LAYOUTS, REGIMES, RETURN_ITEMS, SPLITS, SUITES, TOLERANCE_MODES)
@@ -128,6 +128,10 @@ def suite_options(fn):
                      help=f"The mean's denominator: {'|'.join(MEAN_OVER)}|K: weight = Σ w[y] "
                           "of non-ignored rows (PyTorch), valid = their count even with weights "
                           "(chainer), batch = all N rows, K = a global count (n_items)."),
+        click.option("--all-ignored", type=click.Choice(ALL_IGNORED), default="nan",
+                     show_default=True,
+                     help="The loss of a mean over zero non-ignored rows: nan (0/0, PyTorch) "
+                          "or zero (Liger-Kernel, TransformerEngine)."),
         click.option("--logit-scale", type=float, default=1.0, show_default=True,
                      help="Logits multiplied by S (> 0) before the softcap, beside --temperature."),
         click.option("--fd", type=click.Choice(FD_METHODS), default=None,

@@ -197,6 +197,13 @@ def _forward_hint(comparisons, call, inputs64: Inputs) -> tuple[str, ...]:
     if not bad or any(not c.passed for c in comparisons if c.pair[0] == "candidate"):
         return ()
     hints = []
+    loss = bad.get("loss")
+    if loss is not None and loss.reason and ("expected NaN" in loss.reason
+                                             or "--all-ignored zero:" in loss.reason):
+        return ("every row is ignored: the only difference is the loss, "
+                + ("0 where PyTorch gives NaN (0/0): pass --all-ignored zero if the kernel "
+                   "means 0 (Liger-Kernel, TransformerEngine)" if "expected NaN" in loss.reason
+                   else "NaN where --all-ignored zero expects 0"),)
     if "lse" in bad and call.lse is not None:
         v = inputs64.logits64 / inputs64.spec.divisor
         shift = np.max(np.where(np.isfinite(v), v, -np.inf), -1)

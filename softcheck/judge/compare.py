@@ -249,6 +249,17 @@ def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa:
     return out
 
 
+#: what a loss of 0 where the reference is NaN (every row ignored under mean) is told
+ALL_IGNORED_ZERO = ("; the kernel returns 0 there, as Liger-Kernel and TransformerEngine do: "
+                    "pass --all-ignored zero if that is what it means to return")
+
+
+def scale_is_zero(scale, i: int) -> bool:
+    """The value's scale is 0 at ``i`` (a mean over no rows: nothing to compute)."""
+    sc = np.atleast_1d(np.asarray(scale, np.float64)).ravel()
+    return bool(sc[min(i, sc.size - 1)] == 0)
+
+
 def compare_values(pair: tuple[str, str], x, ref, allowed, atol: float, rtol: float,
                    scale) -> Comparison:
     """Judge forward values (a loss: scalar or per row; lse per row) against float64 ones,
@@ -276,7 +287,11 @@ def compare_values(pair: tuple[str, str], x, ref, allowed, atol: float, rtol: fl
         where = f" (row {i})" if x.size > 1 else ""
         if np.isnan(ref[i]):
             reason = (f"{pair[0]} {x[i]:.8g}{where}, expected NaN (every row ignored under "
-                      "mean: 0/0, as PyTorch)")
+                      "mean: 0/0, as PyTorch)" + (ALL_IGNORED_ZERO if x[i] == 0 else ""))
+        elif ref[i] == 0 and np.isnan(x[i]) and scale_is_zero(scale, i):
+            reason = (f"{pair[0]} NaN{where}, expected 0 (--all-ignored zero: every row "
+                      "ignored under mean); a kernel that returns 0/0 as PyTorch does is "
+                      "checked with --all-ignored nan, the default")
         else:
             reason = (f"{pair[0]} {x[i]:.8g} vs {ref[i]:.8g}{where}: error {err[i]:.3g} "
                       f"exceeds the allowed {float(allowed[i]):.3g}")

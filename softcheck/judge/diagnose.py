@@ -53,7 +53,8 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
     precision = any("rounding level" in h or "ulps of the largest" in h for h in hints)
     # a gradient already named wrong (a constant factor, a known bug) breaks relations as a
     # consequence: naming the relation too would point away from the bug
-    named = any(h.startswith(("looks like a known bug", "off by a constant factor"))
+    named = any(h.startswith(("looks like a known bug", "off by a constant factor",
+                              "the target entries cancel"))
                 for h in hints)
     for r in relations:
         if not r.passed and not precision and not named:
@@ -169,13 +170,16 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
                          if abs(k - f(n, c, case.spec.temperature)) <= 1e-3 * abs(k)
                          and name != "-1" and f(n, c, case.spec.temperature) != 1]
                 hints.append(f"off by a constant factor {k:.6g}" + (f" = {named[0]}" if named else ""))
-    if not factor_found:
-        hints += _precision(x, ref, inp, case, kappa, scale)
     from .compare import allowed_for, target_mask
 
     allowed = allowed_for(inp, case.dtype, kappa, scale, ref, case.tolerance)[0]
     out = np.abs(d) > allowed
     tmask = target_mask(inp)
+    cancel = _target_cancellation(d, ref, out, tmask, inp, case.dtype)
+    if cancel:                 # the specific mechanism: no precision advice that admits it
+        return hints + cancel
+    if not factor_found:
+        hints += _precision(x, ref, inp, case, kappa, scale)
     if out.sum() == 1:
         i, j = np.argwhere(out)[0]
         got, want = digits(float(x[i, j]), float(ref[i, j]))
@@ -185,6 +189,36 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
     elif out.any() and not out[~tmask].any():
         hints.append("the error is only in the target column (the -y term)")
     return hints
+
+
+def _target_cancellation(d, ref, out, tmask, inp, dtype) -> list[str]:
+    """Liger PR #1268 → #1329: p_t (times g/N) rounded to a 16-bit dtype before the 1 is
+    subtracted.  Its signature: only target entries are out of tolerance, each error at
+    most what one rounding of p_t·S_i to the dtype costs (u·p_t·S_i, twice for slack), and
+    the worst of them in a row whose p_t is near 1, where p_t − 1 is small."""
+    if dtype not in tolerances.LOW_PRECISION or not out.any() or out[~tmask].any():
+        return []
+    from ..reference.finite_difference import row_stats
+
+    rows, cols = np.nonzero(out)
+    v = inp.logits64 / inp.spec.divisor
+    if inp.spec.softcap:
+        v = inp.spec.softcap * np.tanh(v / inp.spec.softcap)
+    p = analytic.softmax(np.where(np.isfinite(v), v, -np.inf))[rows, cols]
+    st = row_stats(inp)
+    parts = ((st.a + st.b * st.lse) / st.temperature)[rows]
+    u = tolerances.TABLE[dtype].u
+    err = np.abs(d[rows, cols])
+    if not np.all(err <= 2 * u * p * parts) or float(p[np.argmax(err / parts)]) < 0.5:
+        return []
+    r = np.abs(ref[rows, cols])
+    worst = int(np.argmax(err / np.maximum(r, 1e-300)))
+    return [f"the target entries cancel: only p_t − 1 is wrong, each by at most one {dtype} "
+            f"rounding of p_t (rows {np.unique(rows)[:6].tolist()}; at row {int(rows[worst])}, "
+            f"p_t = {float(p[worst]):.4g}, off by {100 * float(err[worst] / max(r[worst], 1e-300)):.3g} %"
+            f"): p_t (or p_t·g/N, or the "
+            f"softmax's normaliser) is rounded to {dtype} before the 1 is subtracted — "
+            f"Liger PR #1268 → #1329; compute p_t − 1 in float32 and round once"]
 
 
 #: the next coarser arithmetic a function may have slipped into, per case dtype
@@ -200,11 +234,13 @@ def _precision(x, ref, inp, case, kappa, scale) -> list[str]:
             return []
         native = ("" if case.tolerance == "native" else
                   f" (--tolerance native accepts plain {case.dtype} arithmetic)")
+        allows = ("float32 arithmetic with one final rounding" if case.tolerance == "strict"
+                  else "float32 arithmetic, the gradient rounded when stored and again when "
+                       "scaled by g, and the log-probabilities stored in it")
         return [f"errors up to {rel / u:.1f} {case.dtype} ulps of the largest entry: "
                 f"consistent with intermediate rounding to {case.dtype} (e.g. the softmax or "
-                "the mean's denominator kept in it); the tolerance allows float32 "
-                "arithmetic with one final rounding, as fused kernels do, so small entries "
-                "must be right to their own ulp" + native]
+                f"the mean's denominator kept in it); the tolerance allows {allows}, as "
+                "fused kernels do, so small entries must be right to their own ulp" + native]
     lower = _LOWER.get(case.dtype)
     own = dict(inputs=inp, kappa=kappa, scale=scale)
     if lower is None or compare(("candidate", "analytic"), x, ref, dtype=case.dtype, **own).passed:

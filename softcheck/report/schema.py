@@ -154,6 +154,8 @@ PARAMS = _obj({
     "mean_over": _d({"oneOf": [{"enum": ["weight", "valid", "batch"]},
                                {"type": "integer", "minimum": 1}]},
                     "The mean's denominator: weight (PyTorch), valid rows, the batch, or N."),
+    "all_ignored": _d({"enum": ["nan", "zero"]},
+                      "The loss of a mean over zero non-ignored rows (--all-ignored)."),
     "logit_scale": _d({"type": "number", "exclusiveMinimum": 0},
                       "Logits multiplied by S before softcap (--logit-scale)."),
     "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),

@@ -96,6 +96,7 @@ class Config:
     z_loss: float = 0.0
     mean_over: str | int = "weight"
     logit_scale: float = 1.0
+    all_ignored: str = "nan"
     fd: str | None = None
     order: int = 1
     probes: int = 8
@@ -131,6 +132,7 @@ class Config:
             softcap=self.softcap,
             z_loss=self.z_loss,
             mean_over=self.mean_over,
+            all_ignored=self.all_ignored,
             logit_scale=self.logit_scale,
         )
 

@@ -1,0 +1,150 @@
+"""The shipped-bug catalogue: kernels written the way real CE kernels are
+(tests/candidates/shipped_bugs.py), each bug caught and named by its hint, each control
+passing — and the derived 16-bit bound (judge/tolerances.py) that tells them apart."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from softcheck.candidate.call import Candidate
+from softcheck.engine.case import run_case
+from softcheck.spec import LossSpec
+from softcheck.suite.cases import Case
+
+BUGS = "tests/candidates/shipped_bugs.py"
+_spec = importlib.util.spec_from_file_location("shipped_bugs", BUGS)
+sb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sb)
+
+HALF = ("bfloat16", "float16")
+#: a small grid of the regimes where 16-bit rounding shows: p_t near 1, masked lanes, |v|~1e3
+GRID = [(regime, reduction, n, c, ii)
+        for regime in ("normal", "target-prob", "masked", "large")
+        for reduction, ii in (("none", None), ("mean", -100))
+        for n, c in ((8, 5), (24, 1000))]
+
+
+def _run(fn, dtype, regime="target-prob", reduction="none", n=9, c=1000, ii=None, **kw):
+    case = Case(c, n, dtype, regime, 0, LossSpec(reduction=reduction, ignore_index=ii), **kw)
+    return run_case(case, Candidate.from_callable(fn))
+
+
+def _ratio(result) -> float:
+    return max(c.ratio for c in result.comparisons if c.pair[0].startswith("candidate"))
+
+
+# ------------------------------------------------------------------ the derived 16-bit bound
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("kernel", ["liger_stored", "torch_cuda_arith", "te_fused"])
+def test_float32_kernels_that_round_when_storing_pass_the_default_bound(kernel, dtype):
+    """Correct 16-bit kernels: float32 arithmetic, the gradient rounded to the dtype when
+    stored and again when scaled by a per-row / scalar g (Liger), the log-probabilities
+    stored in the dtype (PyTorch's CUDA arithmetic).  A false alarm here would flag Liger's
+    correct kernel with g ≠ 1 (issue #28).  Measured: ratio ≤ 0.74 of the bound."""
+    worst = 0.0
+    for regime, reduction, n, c, ii in GRID:
+        r = _run(getattr(sb, kernel), dtype, regime, reduction, n, c, ii)
+        assert r.passed, (regime, reduction, n, c, [x.reason for x in r.comparisons], r.diagnosis)
+        worst = max(worst, _ratio(r))
+    assert worst > 0.05           # the bound is not vacuous: the rounding shows in it
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_strict_is_one_rounding_and_fails_the_second(dtype):
+    """--tolerance strict (k = 1): float32 arithmetic rounded once passes; the same
+    gradient stored in the dtype and then scaled by g (two roundings) does not somewhere."""
+    for regime, reduction, n, c, ii in GRID[:4]:
+        assert _run(sb.te_fused, dtype, regime, reduction, n, c, ii, tolerance="strict").passed
+    assert not all(_run(sb.liger_stored, dtype, regime, reduction, n, c, ii,
+                        tolerance="strict").passed for regime, reduction, n, c, ii in GRID[:4])
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_liger_1329_fails_and_its_hint_names_the_cancellation(dtype, reduction):
+    """Liger PR #1268 → #1329: p/N stored in the 16-bit buffer, then X[y] −= 1/N there.  It
+    fails the default bound; the hint names p_t − 1 cancelling and does not recommend
+    --tolerance native (under which the bug passes: test_kernel_suite)."""
+    r = _run(sb.liger_1329, dtype, reduction=reduction)
+    assert not r.passed
+    hint = " ".join(r.diagnosis)
+    assert "#1329" in hint and "p_t − 1" in hint
+    assert "--tolerance native" not in hint and "relation" not in hint
+    assert r.comparisons[0].worst[0].is_target
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_torch_cpu_half_cross_entropy_cancels_at_confident_targets(dtype):
+    """PyTorch's own F.cross_entropy in bf16/f16 on CPU rounds the softmax's normaliser to
+    the dtype (measured: log_softmax's output at p_t = 0.999 is exactly 0 in bfloat16), so
+    its target entry has #1329's error: ∂L/∂z_t = 0 instead of −0.001·g.  No per-entry
+    bound passes it there and fails #1329; the hint names the mechanism."""
+    import torch
+
+    z = torch.zeros(1, 5)
+    z[0, 0] = 8.3125                        # p_0 ≈ 0.999
+    ls = torch.log_softmax(z.bfloat16(), -1)
+    assert float(ls[0, 0]) == 0.0 and float(torch.log_softmax(z, -1)[0, 0]) < -9e-4
+    r = _run(sb.torch_ce, dtype)
+    assert not r.passed
+    assert "the target entries cancel" in r.diagnosis[0]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_torch_cpu_half_cross_entropy_is_plain_half_arithmetic(dtype):
+    """PyTorch's CPU 16-bit log_softmax rounds x − max, log Σ exp and ℓ to the dtype: plain
+    16-bit arithmetic, which --tolerance native admits on the whole grid (measured ≤ 0.35 of
+    it); in bf16 at C = 1000 its off-target entries exceed the float32-arithmetic default
+    (measured 1.03–1.18×) and the hint says so, naming --tolerance native."""
+    for regime, reduction, n, c, ii in GRID:
+        r = _run(sb.torch_ce, dtype, regime, reduction, n, c, ii, tolerance="native")
+        assert r.passed, (regime, reduction, n, c, [x.reason for x in r.comparisons])
+    if dtype == "bfloat16":
+        r = _run(sb.torch_ce, dtype, "normal", "none", 24, 1000)
+        assert not r.passed
+        assert "intermediate rounding to bfloat16" in r.diagnosis[0]
+        assert "--tolerance native" in r.diagnosis[0]
+
+
+# ----------------------------------------------------------------------------- all-ignored
+def _cli(*args, tmp_path):
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "softcheck", "check", *args, "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    return p, (json.loads(out.read_text()) if out.exists() else None)
+
+
+ALL_IGNORED = ("--convention", "loss", "--ignore-index", "-100", "--regime", "all-ignored",
+               "--dtype", "float64", "--batch", "6")
+
+
+def test_cli_all_ignored_zero_loss_is_named_and_passes_with_the_flag(tmp_path):
+    """Liger and TE return loss 0 for a mean over zero non-ignored rows where PyTorch gives
+    NaN: under the default (--all-ignored nan) the case fails saying exactly that and naming
+    the flag; with --all-ignored zero it passes."""
+    fn = f"{BUGS}:zero_mean_ce"
+    p, rep = _cli(fn, *ALL_IGNORED, tmp_path=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "--all-ignored zero" in p.stdout and "0 where PyTorch gives NaN" in p.stdout
+    assert rep["cases"][0]["diagnosis"][0].startswith("every row is ignored: the only difference")
+    p, rep = _cli(fn, *ALL_IGNORED, "--all-ignored", "zero", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert rep["cases"][0]["params"]["all_ignored"] == "zero"
+
+
+def test_cli_all_ignored_zero_fails_a_kernel_that_returns_nan(tmp_path):
+    """--all-ignored zero is not a pass for everything: PyTorch's NaN is then the error."""
+    p, _ = _cli("torch.nn.functional:cross_entropy", *ALL_IGNORED, "--all-ignored", "zero",
+                tmp_path=tmp_path)
+    assert p.returncode == 1
+    assert "NaN where --all-ignored zero expects 0" in p.stdout
+
+
+def test_cli_all_ignored_rejects_other_values(tmp_path):
+    p, _ = _cli(f"{BUGS}:zero_mean_ce", *ALL_IGNORED, "--all-ignored", "one", tmp_path=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
