@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from softcheck.candidate.call import Candidate
@@ -148,3 +149,45 @@ def test_cli_all_ignored_zero_fails_a_kernel_that_returns_nan(tmp_path):
 def test_cli_all_ignored_rejects_other_values(tmp_path):
     p, _ = _cli(f"{BUGS}:zero_mean_ce", *ALL_IGNORED, "--all-ignored", "one", tmp_path=tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------- softcap: lanes, formula
+def _capped(fn, regime, c=1000, **opts):
+    spec = LossSpec(softcap=30.0, ignore_index=-100, **opts)
+    return run_case(Case(c, 8, "float32", regime, 0, spec), Candidate.from_callable(fn))
+
+
+def test_padded_lane_leak_is_caught_in_below_cap_and_named():
+    """Unsloth PR #10616: the vocabulary padded to a power of two with −inf, then softcapped:
+    padded lanes become −30 and take mass.  With normal logits at cap 30 the leak is ~e⁻³⁰
+    and passes (why the preset's softcap case could not see it); in the below-cap regime the
+    real lanes sit just above −30 and it fails, named — without a wrong precision guess."""
+    assert _capped(sb.unsloth_padded, "normal").passed
+    r = _capped(sb.unsloth_padded, "below-cap")
+    assert not r.passed
+    assert any("padded lanes after the softcap" in h and "#10616" in h and "1000 padded to 1024"
+               in h for h in r.diagnosis), r.diagnosis
+    assert not any("rounding level" in h for h in r.diagnosis)
+    assert _capped(sb.unsloth_masked, "below-cap").passed          # the control
+
+
+def test_below_cap_regime_puts_the_lanes_just_above_minus_cap():
+    from softcheck.suite.inputs import make_inputs
+
+    inp = make_inputs(Case(1000, 8, "float64", "below-cap", 0, LossSpec(softcap=30.0)))
+    v = 30.0 * np.tanh(inp.logits64 / 30.0)
+    assert np.all(v > -30.0) and np.mean(v < -0.96 * 30.0) > 0.95
+
+
+def test_x_tanh_softcap_is_named():
+    """unsloth-zoo PR #593: x·tanh(x/c) for c·tanh(x/c) — named, not a generic error."""
+    r = _capped(sb.zoo_593, "normal")
+    assert not r.passed and any("#593" in h for h in r.diagnosis), r.diagnosis
+
+
+def test_softcap_before_scale_is_named_and_the_right_order_passes():
+    """TRL PR #5691: softcap first, scale after; the control scales first (Unsloth's order)."""
+    r = _capped(sb.trl_5691, "normal", logit_scale=0.7)
+    assert not r.passed and any("#5691" in h and "wrong order" in h for h in r.diagnosis)
+    for regime in ("normal", "below-cap"):
+        assert _capped(sb.scale_then_cap, regime, logit_scale=0.7).passed

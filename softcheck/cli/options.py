@@ -89,8 +89,9 @@ def suite_options(fn):
         click.option("--reduction", type=CommaList(str),
                      help=f"{', '.join(REDUCTIONS)} [run default: all; check: mean]."),
         click.option("--regime", type=CommaList(str),
-                     help=f"{', '.join(REGIMES)} [default: all but all-ignored and "
-                          "target-prob (p_target 0.9/0.99/0.999 by row)]."),
+                     help=f"{', '.join(REGIMES)} [default: all but all-ignored, "
+                          "target-prob (p_target 0.9/0.99/0.999 by row) and below-cap "
+                          "(logits far below -softcap)]."),
         click.option("--suite", type=click.Choice(SUITES), default="default",
                      show_default=True,
                      help="kernel: a preset of cases at kernel shapes (V 50264, 65537, 128256, "

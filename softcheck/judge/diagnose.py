@@ -50,7 +50,10 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
         if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc,
                              mode=case.tolerance):
             hints.append(f"looks like a known bug: {desc}")
-    precision = any("rounding level" in h or "ulps of the largest" in h for h in hints)
+    if any(h.startswith("looks like a known bug") for h in hints):
+        # a named bug explains the error: a precision guess would point at a wrong cause
+        hints = [h for h in hints if not _is_precision(h)]
+    precision = any(_is_precision(h) for h in hints)
     # a gradient already named wrong (a constant factor, a known bug) breaks relations as a
     # consequence: naming the relation too would point away from the bug
     named = any(h.startswith(("looks like a known bug", "off by a constant factor",
@@ -66,6 +69,10 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
                      + (" (the target class)" if e.is_target else "")
                      + (" (an ignored row)" if e.ignored else ""))
     return list(dict.fromkeys(hints))
+
+
+def _is_precision(hint: str) -> bool:
+    return "rounding level" in hint or "ulps of the largest" in hint
 
 
 def _degenerate(x, inp, ref, invariants) -> list[str]:

@@ -92,6 +92,66 @@ def _p_minus_y(inputs):
     return g * go / (len(z) if s.reduction == "mean" else 1)
 
 
+def _transformed(inputs, v, dv):
+    """The gradient of a kernel whose transform is ``v`` (N, C), derivative ``dv``, in
+    place of the case's temperature/scale/softcap: ∂L/∂v by the closed form, times dv."""
+    plain = inputs.spec.replace(softcap=None, temperature=1.0, logit_scale=1.0)
+    with np.errstate(all="ignore"):
+        g = analytic.gradient(dataclasses.replace(inputs, logits=v, spec=plain)) * dv
+    return np.where(np.isfinite(inputs.logits64), g, 0.0)
+
+
+#: vocabulary blocks a Triton/CUDA kernel pads its last block to (powers of two)
+BLOCKS = tuple(2 ** k for k in range(6, 17))
+
+
+def padded_lanes(c: int) -> list[tuple[int, int]]:
+    """(P, B): the padded lanes P a kernel with vocabulary block B has past C (0 < P ≤ C)."""
+    out: dict[int, int] = {}
+    for b in BLOCKS:
+        p = -c % b
+        if 0 < p <= c and p not in out:
+            out[p] = b
+    return [(p, b) for p, b in out.items()]
+
+
+def _padded(inputs, p):
+    """Unsloth PR #10616: p padded lanes loaded as −inf, turned into −S by the softcap,
+    normalised with the real lanes (their own gradient dropped)."""
+    n, c = inputs.logits.shape
+    z = np.concatenate([inputs.logits64, np.full((n, p), -np.inf)], axis=1)
+    return analytic.gradient(dataclasses.replace(inputs, logits=z))[:, :c]
+
+
+def _softcap_bugs(inputs):
+    """The softcap's shipped formula and order slips (description, gradient)."""
+    s = inputs.spec
+    out = []
+    z = inputs.logits64
+    cap, d = s.softcap, s.divisor
+    with np.errstate(all="ignore"):
+        # unsloth-zoo PR #593: x·tanh(x/c) (a no-op cap) for c·tanh(x/c)
+        u = z / d
+        out.append(("the softcap is x·tanh(x/S) instead of S·tanh(x/S) (unsloth-zoo PR "
+                    "#593: the cap becomes a no-op)",
+                    _transformed(inputs, u * np.tanh(u / cap),
+                                 (np.tanh(u / cap) + u / cap * (1 - np.tanh(u / cap) ** 2)) / d)))
+        if d != 1:
+            # TRL PR #5691: the softcap applied before the scale/temperature
+            tz = np.tanh(z / cap)
+            out.append(("the scale (--logit-scale / --temperature) and the softcap are applied "
+                        "in the wrong order: S·tanh(z/S) scaled after, not S·tanh((z·s)/S) "
+                        "(TRL PR #5691)", _transformed(inputs, cap * tz / d, (1 - tz * tz) / d)))
+    if not s.label_smoothing and s.weight is None:
+        c = z.shape[1]
+        for p, b in padded_lanes(c):
+            out.append((f"padded lanes after the softcap: matches {p} padded lanes (V = {c} "
+                        f"padded to {c + p}, a multiple of {b}) loaded as −inf and turned into −S = "
+                        f"{-cap:g} by S·tanh(z/S), which take probability mass (Unsloth PR "
+                        "#10616): mask the padded lanes after the transform", _padded(inputs, p)))
+    return out
+
+
 def known_bugs(inputs):
     """(description, gradient) of the classic mistakes that apply to this case's options
     (``inputs`` in float64)."""
@@ -139,6 +199,7 @@ def known_bugs(inputs):
         with np.errstate(all="ignore"):
             g = np.where(np.isfinite(z), _grad(inputs) / (1 - t * t), 0.0)
         out.append(("the softcap chain factor 1 - tanh²(z/S) is missing", g))
+        out += _softcap_bugs(inputs)
     if not np.all(np.asarray(inputs.grad_output) == 1):
         out.append(("the upstream gradient (grad_output) is ignored",
                     analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(inputs.grad_output)))))

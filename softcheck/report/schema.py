@@ -137,7 +137,8 @@ PARAMS = _obj({
     "targets": _d({"enum": ["index", "onehot", "probs"]}, "Class indices or (N, C) targets."),
     "reduction": _d({"enum": ["mean", "sum", "none"]}, "The loss reduction."),
     "regime": _d({"type": "string"}, "How the logits were drawn (normal, large, tied, "
-                                     "confident, wrong, masked, all-ignored, target-prob; "
+                                     "confident, wrong, masked, all-ignored, target-prob, "
+                                     "below-cap; "
                                      "'inputs': the "
                                      "user's own arrays)."),
     "seed": _d({"type": "integer"}, "The seed every input was drawn from."),

@@ -16,11 +16,13 @@ from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, LossSpec, SoftcheckErr
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread",
-           "all-ignored", "target-prob")
+           "all-ignored", "target-prob", "below-cap")
 #: regimes a suite runs only when asked (--regime, or the kernel preset): target-prob =
 #: normal logits with each row's target logit set so that softmax p_target is 0.9, 0.99,
 #: 0.999 (rows cycling) in float64 before rounding (the precision of p_t − 1)
-OPT_IN_REGIMES = ("all-ignored", "target-prob")
+#: below-cap = every logit far below −S (S the --softcap, 30 without one): after the softcap
+#: the real lanes sit just above −S, where a padded lane (−inf → −S) weighs as much as they do
+OPT_IN_REGIMES = ("all-ignored", "target-prob", "below-cap")
 #: --suite: default = the axes crossed; kernel = a preset list of cases at kernel shapes
 #: (suite/kernel.py)
 SUITES = ("default", "kernel")

@@ -6,6 +6,9 @@ The preset (each case's ``tag`` says which regime it is; rows ``KERNEL_BATCH`` u
 * ``padded-lanes``: V ∈ KERNEL_VOCABS, float32, normal, without and with ``--softcap 30``
   (``softcap30``).  None is a power of two, so a kernel's last vocabulary block has padded
   lanes; one that pads with −inf and then applies the softcap turns them into −30: mass leaks.
+* ``softcap30-below``: float32, V = 50264, regime ``below-cap`` (every logit far below −S):
+  after the softcap the real lanes sit just above −S, so padded lanes turned into −S carry
+  as much probability as real ones — at cap 30 with normal logits they leak only ~e⁻³⁰.
 * ``target-prob``: bfloat16, V = 128256, rows whose target probability is 0.9 / 0.99 / 0.999
   (the precision of p_t − 1).
 * ``ignored-30%``: float32, V = 128256, exactly round(0.3·N) rows ignored (ignore_index −100
@@ -18,7 +21,7 @@ How the options a user pins act on the preset:
 * ``--dtype`` replaces each case's dtype (a list: every case once per dtype);
 * ``--classes`` keeps the preset cases whose V is listed (none listed: an error); the default
   (10) keeps them all;
-* ``--regime`` keeps the preset cases of the listed regimes (normal, target-prob);
+* ``--regime`` keeps the preset cases of the listed regimes (normal, below-cap, target-prob);
 * ``--softcap S`` gives the ``softcap30`` cases S instead of 30; ``--layout strided`` makes
   every case strided; ``--targets``/``--reduction`` and the loss options apply to every case.
 
@@ -53,6 +56,8 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
                                          softcap=None)))
         out.append((f"softcap{cap:g}", dict(classes=v, dtype="float32", regime="normal",
                                             softcap=cap)))
+    out.append((f"softcap{cap:g}-below", dict(classes=50264, dtype="float32",
+                                              regime="below-cap", softcap=cap)))
     out.append(("target-prob", dict(classes=128256, dtype="bfloat16", regime="target-prob")))
     ii = cfg.ignore_index if cfg.ignore_index is not None else -100
     out.append(("ignored-30%", dict(classes=128256, dtype="float32", regime="normal",
@@ -75,7 +80,7 @@ def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[
         preset = [p for p in preset if p[1]["regime"] in cfg.regime]
         if not preset:
             raise SoftcheckError("--suite kernel: --regime keeps the preset's cases of the "
-                                 "regimes listed (normal, target-prob); none is one")
+                                 "regimes listed (normal, below-cap, target-prob); none is one")
     cases, skipped = [], []
     for tag, f in preset:
         base = cfg.replace(

@@ -87,3 +87,75 @@ def zero_mean_ce(logits, target, ignore_index=-100, reduction="mean"):
     if reduction != "mean":
         return F.cross_entropy(z, t, ignore_index=ignore_index, reduction=reduction)
     return loss / max(int((t != ignore_index).sum()), 1)
+
+
+def _capped_grad(z, target, ignore_index, v, dv, pad_value=None, block=None):
+    """mean-reduced ∂L/∂z of a kernel with transform ``v``/``dv`` over a vocabulary padded to
+    a multiple of ``block`` with −inf, the padded lanes set to ``pad_value`` after the
+    transform (None: their transformed value, as the kernel computes it)."""
+    n, c = z.shape
+    valid = target != ignore_index
+    y = np.where(valid, target, 0)
+    if block:
+        p_ = -c % block
+        zp = np.concatenate([z, np.full((n, p_), -np.inf)], 1)
+    else:
+        zp = z
+    with np.errstate(all="ignore"):
+        vz = v(zp)
+    if block and pad_value is not None:
+        vz[:, c:] = pad_value
+    m = vz.max(-1, keepdims=True)
+    e = np.exp(vz - m)
+    p = (e / e.sum(-1, keepdims=True))[:, :c]
+    p[np.arange(n), y] -= 1
+    p[~valid] = 0
+    with np.errstate(all="ignore"):
+        g = p * np.where(np.isfinite(z), dv(z), 0.0) / max(int(valid.sum()), 1)
+    return g
+
+
+def _cap(s):
+    return (lambda z: s * np.tanh(z / s)), (lambda z: 1 - np.tanh(z / s) ** 2)
+
+
+def unsloth_padded(logits, target, softcap=None, ignore_index=-100):
+    """Unsloth PR #10616: the vocabulary padded to a power of two with −inf, the softcap
+    applied to every lane: padded lanes become −S and take probability mass."""
+    z = np.asarray(logits, np.float64)
+    v, dv = _cap(softcap) if softcap else ((lambda x: x), (lambda x: np.ones_like(x)))
+    block = 1 << (z.shape[1] - 1).bit_length()
+    return _capped_grad(z, np.asarray(target), ignore_index, v, dv, None, block).astype(logits.dtype)
+
+
+def unsloth_masked(logits, target, softcap=None, ignore_index=-100):
+    """The control: the same padded block, the padded lanes masked (−inf) after the softcap."""
+    z = np.asarray(logits, np.float64)
+    v, dv = _cap(softcap) if softcap else ((lambda x: x), (lambda x: np.ones_like(x)))
+    block = 1 << (z.shape[1] - 1).bit_length()
+    return _capped_grad(z, np.asarray(target), ignore_index, v, dv, -np.inf, block).astype(logits.dtype)
+
+
+def zoo_593(logits, target, softcap=None, ignore_index=-100):
+    """unsloth-zoo PR #593: x·tanh(x/c) for c·tanh(x/c) (autograd-consistent backward)."""
+    z = np.asarray(logits, np.float64)
+    c = softcap
+    return _capped_grad(z, np.asarray(target), ignore_index, lambda x: x * np.tanh(x / c),
+                        lambda x: np.tanh(x / c) + x / c * (1 - np.tanh(x / c) ** 2)
+                        ).astype(logits.dtype)
+
+
+def trl_5691(logits, target, softcap=None, logit_scale=1.0, ignore_index=-100):
+    """TRL PR #5691: the softcap applied first, the scale after (s·c·tanh(x/c))."""
+    z = np.asarray(logits, np.float64)
+    c, s = softcap, logit_scale
+    return _capped_grad(z, np.asarray(target), ignore_index, lambda x: s * c * np.tanh(x / c),
+                        lambda x: s * (1 - np.tanh(x / c) ** 2)).astype(logits.dtype)
+
+
+def scale_then_cap(logits, target, softcap=None, logit_scale=1.0, ignore_index=-100):
+    """The control: c·tanh(s·x/c), Unsloth's order (Cohere's scale, then Gemma 2's cap)."""
+    z = np.asarray(logits, np.float64)
+    c, s = softcap, logit_scale
+    return _capped_grad(z, np.asarray(target), ignore_index, lambda x: c * np.tanh(s * x / c),
+                        lambda x: s * (1 - np.tanh(s * x / c) ** 2)).astype(logits.dtype)
