@@ -191,3 +191,33 @@ def test_softcap_before_scale_is_named_and_the_right_order_passes():
     assert not r.passed and any("#5691" in h and "wrong order" in h for h in r.diagnosis)
     for regime in ("normal", "below-cap"):
         assert _capped(sb.scale_then_cap, regime, logit_scale=0.7).passed
+
+
+# --------------------------------------------------------------- divisors, weights, options
+W10 = tuple(np.linspace(0.5, 2.0, 10))
+#: (bug, control, options, what the hint must say)
+NAMED = [
+    ("te_2476", "mean_ok", {}, "n/N (4/6): the mean divides by all N rows instead of the n"),
+    ("n_items_ga", "n_items_ok", {"mean_over": 64}, "the divisor is 4× too large"),
+    ("liger_420", "weighted_smoothing_ok", {"weight": W10, "label_smoothing": 0.1},
+     "the smoothing term is not class-weighted"),
+    ("drops_two", None, {"label_smoothing": 0.1, "z_loss": 1e-3},
+     "two options are not applied: label smoothing and the z-loss"),
+]
+
+
+@pytest.mark.parametrize("bug,control,opts,named", NAMED, ids=[b for b, *_ in NAMED])
+def test_shipped_divisor_weight_and_option_bugs_are_named(bug, control, opts, named):
+    """Each bug fails with its mechanism named in float64 and float32, in the normal and the
+    confident regime (there the whole gradient is ~1e-13 of the scale: a divisor bug in
+    float64 was blamed on float32 arithmetic, and in float32 on 'a tie broken by argmax');
+    its control passes."""
+    for dtype in ("float64", "float32"):
+        for regime in ("normal", "confident"):
+            case = Case(10, 6, dtype, regime, 0, LossSpec(ignore_index=-100, **opts))
+            r = run_case(case, Candidate.from_callable(getattr(sb, bug)))
+            assert not r.passed
+            assert any(named in h for h in r.diagnosis), (dtype, regime, r.diagnosis)
+            assert not any("rounding level" in h or "argmax" in h for h in r.diagnosis)
+            if control is not None:
+                assert run_case(case, Candidate.from_callable(getattr(sb, control))).passed

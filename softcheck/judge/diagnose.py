@@ -71,6 +71,22 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
     return list(dict.fromkeys(hints))
 
 
+def _divisor(k: float, inp) -> str:
+    """A factor no fixed name explains, read as a wrong mean divisor."""
+    s = inp.spec
+    n, n_valid = inp.logits.shape[0], int(np.sum(inp.valid))
+    if s.reduction == "mean" and s.hard and 0 < n_valid < n and abs(k - n_valid / n) <= 1e-3 * k:
+        return (f" = n/N ({n_valid}/{n}): the mean divides by all N rows instead of the n "
+                "non-ignored ones (TransformerEngine PR #2476)")
+    for m, what in ((round(1 / k), "too large"), (round(k), "too small")):
+        if m >= 2 and abs(k - (1 / m if what == "too large" else m)) <= 1e-3 * k:
+            frac = f"1/{m}" if what == "too large" else f"{m}"
+            return (f" = {frac}: the divisor is {m}× {what} (a gradient-accumulation count "
+                    "applied twice or not at all: n_items, unsloth-zoo PR #1023)"
+                    if s.reduction == "mean" else f" = {frac}")
+    return ""
+
+
 def _is_precision(hint: str) -> bool:
     return "rounding level" in hint or "ulps of the largest" in hint
 
@@ -162,12 +178,15 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
         k = float(np.vdot(x, ref) / np.vdot(ref, ref))
         resid = float(np.linalg.norm(x - k * ref))
         # claimed only when k·ref explains the error (x within tolerance of it) and k·ref is
-        # itself far from the gradient (patterns.DISTINCT tolerances): a factor at rounding
-        # level is rounding, a factor near 0 is a zeroed gradient (named above)
+        # itself far from the gradient (patterns.DISTINCT tolerances, or k off 1 by more
+        # than 1 %: in the confident regime the whole gradient is at float64's rounding
+        # level of the scale, yet a divisor bug is a plain factor there): a factor at
+        # rounding level is rounding, a factor near 0 is a zeroed gradient (named above)
         kw = dict(inputs=inp, dtype=case.dtype, kappa=kappa, scale=scale, mode=case.tolerance)
         if (resid <= 1e-3 * rn and abs(k) > 1e-3
                 and compare(("candidate", "k·ref"), x, k * ref, **kw).passed
-                and compare(("k·ref", "ref"), k * ref, ref, **kw).ratio >= patterns.DISTINCT):
+                and (abs(k - 1) > 0.01 or compare(("k·ref", "ref"), k * ref, ref,
+                                                  **kw).ratio >= patterns.DISTINCT)):
             factor_found = True
             if abs(k + 1) < 1e-3:
                 hints.append("sign flipped: this is -∂L/∂z (the ascent direction)")
@@ -176,7 +195,8 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
                 named = [name for name, f in _FACTORS.items()
                          if abs(k - f(n, c, case.spec.temperature)) <= 1e-3 * abs(k)
                          and name != "-1" and f(n, c, case.spec.temperature) != 1]
-                hints.append(f"off by a constant factor {k:.6g}" + (f" = {named[0]}" if named else ""))
+                hints.append(f"off by a constant factor {k:.6g}"
+                             + (f" = {named[0]}" if named else _divisor(k, inp)))
     from .compare import allowed_for, target_mask
 
     allowed = allowed_for(inp, case.dtype, kappa, scale, ref, case.tolerance)[0]
@@ -193,7 +213,7 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
         hints.append(f"only one entry is out of tolerance (row {i}, class {j}"
                      + (", the target class" if tmask[i, j] else "") + f"): got {got}, "
                      f"expected {want}")
-    elif out.any() and not out[~tmask].any():
+    elif out.any() and not out[~tmask].any() and not factor_found:
         hints.append("the error is only in the target column (the -y term)")
     return hints
 

@@ -152,6 +152,55 @@ def _softcap_bugs(inputs):
     return out
 
 
+#: options a kernel may silently not apply: name → (in use?, the inputs without it)
+_OPTIONS = {
+    "label smoothing": (lambda s: s.label_smoothing != 0,
+                        lambda i: _spec(i, label_smoothing=0.0)),
+    "the z-loss": (lambda s: s.z_loss != 0, lambda i: _spec(i, z_loss=0.0)),
+    "class weights": (lambda s: s.weight is not None,
+                      lambda i: dataclasses.replace(i, weight=None, spec=i.spec.replace(weight=None))),
+    "the softcap": (lambda s: bool(s.softcap), lambda i: _spec(i, softcap=None)),
+    "the temperature": (lambda s: s.temperature != 1.0, lambda i: _spec(i, temperature=1.0)),
+    "the logit scale": (lambda s: s.logit_scale != 1.0, lambda i: _spec(i, logit_scale=1.0)),
+}
+
+
+def _spec(inputs, **changes):
+    return dataclasses.replace(inputs, spec=inputs.spec.replace(**changes))
+
+
+def _dropped_pairs(inputs):
+    """Two options not applied at once (each alone is its own pattern, or the function's
+    missing keyword): the gradient without both."""
+    used = [k for k, (on, _) in _OPTIONS.items() if on(inputs.spec)]
+    out = []
+    for i, a in enumerate(used):
+        for b in used[i + 1:]:
+            without = _OPTIONS[b][1](_OPTIONS[a][1](inputs))
+            out.append((f"two options are not applied: {a} and {b} (the gradient matches "
+                        "the loss without both)", analytic.gradient(without)))
+    for k in ("the softcap", "the temperature", "the logit scale"):
+        if _OPTIONS[k][0](inputs.spec):
+            out.append((f"{k} is not applied (the gradient matches the loss without it)",
+                        analytic.gradient(_OPTIONS[k][1](inputs))))
+    return out
+
+
+def _smoothing_unweighted(inputs):
+    """Liger PR #420's kind of slip: class weights on the cross-entropy term only, the
+    smoothing term (EPS/C)·(p − 1/C) left unweighted (PyTorch's LossNLL.cpp weights it by
+    w_c and divides both by Σ w[y])."""
+    s = inputs.spec
+    eps = s.label_smoothing
+    plain = dataclasses.replace(inputs, weight=None, spec=s.replace(weight=None, label_smoothing=1.0))
+    smooth = analytic.gradient(plain)
+    if s.reduction == "mean":
+        valid = inputs.valid
+        denom = float(np.sum(inputs.weight64[np.where(valid, inputs.target, 0)] * valid))
+        smooth = smooth * (float(valid.sum()) / denom if denom > 0 else 0.0)
+    return (1 - eps) * _grad(inputs, label_smoothing=0.0) + eps * smooth
+
+
 def known_bugs(inputs):
     """(description, gradient) of the classic mistakes that apply to this case's options
     (``inputs`` in float64)."""
@@ -169,6 +218,11 @@ def known_bugs(inputs):
         if s.hard and s.smoothing_convention == "uniform" and n_valid < n:
             out.append(("label smoothing is left on the ignored rows (pytorch#73205): their "
                         "smoothing term (EPS/C)(Σw·p − w) is not masked", _smoothing_on_ignored(inputs)))
+    if s.label_smoothing and s.weight is not None and s.hard and s.smoothing_convention == "uniform":
+        out.append(("class weights and label smoothing are combined wrongly: the smoothing "
+                    "term is not class-weighted (PyTorch weights it by w_c and divides both "
+                    "terms by Σ w[y], LossNLL.cpp; Liger PR #420)", _smoothing_unweighted(inputs)))
+    out += _dropped_pairs(inputs)
     if s.reduction == "mean":
         out.append(("matches reduction 'sum': the mean's division is missing", _grad(inputs, reduction="sum")))
         g = _grad(inputs, reduction="sum")

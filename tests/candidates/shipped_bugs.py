@@ -159,3 +159,81 @@ def scale_then_cap(logits, target, softcap=None, logit_scale=1.0, ignore_index=-
     c, s = softcap, logit_scale
     return _capped_grad(z, np.asarray(target), ignore_index, lambda x: c * np.tanh(s * x / c),
                         lambda x: s * (1 - np.tanh(s * x / c) ** 2)).astype(logits.dtype)
+
+
+def _plain(logits, target, ignore_index, label_smoothing=0.0, weight=None):
+    """(p − y_smoothed)·w-row factor per row, valid rows only (float64), and the valid mask."""
+    z = np.asarray(logits, np.float64)
+    n, c = z.shape
+    t = np.asarray(target)
+    valid = t != ignore_index
+    y = np.where(valid, t, 0)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.full((n, c), label_smoothing / c)
+    q[np.arange(n), y] += 1 - label_smoothing
+    return (p - q) * valid[:, None], valid
+
+
+def te_2476(logits, target, ignore_index=-100):
+    """TransformerEngine PR #2476: the mean divides by all N rows, not the non-ignored ones."""
+    g, _ = _plain(logits, target, ignore_index)
+    return (g / len(g)).astype(logits.dtype)
+
+
+def n_items_ga(logits, target, ignore_index=-100, mean_over=None):
+    """Gradient accumulation's n_items (unsloth-zoo PR #1023 thread): the global count
+    multiplied by the accumulation steps once more (GA = 4)."""
+    g, valid = _plain(logits, target, ignore_index)
+    n = mean_over if isinstance(mean_over, int) else max(int(valid.sum()), 1)
+    return (g / (4 * n)).astype(logits.dtype)
+
+
+def n_items_ok(logits, target, ignore_index=-100, mean_over=None):
+    """The control: divides by the global count it is given (--mean-over K)."""
+    g, valid = _plain(logits, target, ignore_index)
+    n = mean_over if isinstance(mean_over, int) else max(int(valid.sum()), 1)
+    return (g / n).astype(logits.dtype)
+
+
+def mean_ok(logits, target, ignore_index=-100):
+    """The control of te_2476: divides by the non-ignored count."""
+    g, valid = _plain(logits, target, ignore_index)
+    return (g / max(int(valid.sum()), 1)).astype(logits.dtype)
+
+
+def _weighted(logits, target, ignore_index, weight, label_smoothing, smooth_weighted):
+    z = np.asarray(logits, np.float64)
+    n, c = z.shape
+    t = np.asarray(target)
+    w = np.asarray(weight, np.float64)
+    valid = t != ignore_index
+    y = np.where(valid, t, 0)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    wy = w[y] * valid
+    d = max(float(wy.sum()), 1e-300)
+    eps = label_smoothing
+    onehot = np.eye(c)[y]
+    g = (1 - eps) * wy[:, None] * (p - onehot)
+    if smooth_weighted:        # torch: −(EPS/C)·Σ_c w_c·logp_c, its gradient (EPS/C)(Σw·p − w)
+        g += (eps / c) * (w.sum() * p - w) * valid[:, None]
+    else:                      # the slip: (EPS/C)·Σ_c logp_c unweighted
+        g += eps * (p - 1.0 / c) * valid[:, None]
+    return (g / d).astype(logits.dtype)
+
+
+def liger_420(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):
+    """Liger PR #420's kind: weights on the cross-entropy term, the smoothing term unweighted."""
+    return _weighted(logits, target, ignore_index, weight, label_smoothing, False)
+
+
+def weighted_smoothing_ok(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):
+    """The control: PyTorch's LossNLL.cpp (both terms weighted, divided by Σ w[y])."""
+    return _weighted(logits, target, ignore_index, weight, label_smoothing, True)
+
+
+def drops_two(logits, target, ignore_index=-100, label_smoothing=0.0, z_loss=0.0):
+    """Declares label_smoothing and z_loss and applies neither (a fused path that forwards
+    neither, as Liger #243 dropped smoothing)."""
+    return mean_ok(logits, target, ignore_index)
