@@ -221,3 +221,19 @@ def test_shipped_divisor_weight_and_option_bugs_are_named(bug, control, opts, na
             assert not any("rounding level" in h or "argmax" in h for h in r.diagnosis)
             if control is not None:
                 assert run_case(case, Candidate.from_callable(getattr(sb, control))).passed
+
+
+def test_per_row_grad_output_read_as_one_scalar_is_named_in_function_and_plain_form():
+    """Liger #678 (an autograd.Function that stores dL/dz in forward; backward uses row 0's g)
+    and TE #2139 (a plain kernel reading one grad_output): named as one scalar for all rows."""
+    import softcheck
+    from scripts_examples import liger_style_inplace as L
+
+    opts = dict(rename=["z_loss=lse_square_scale"], z_loss=1e-3, returns="loss,z_loss",
+                ignore_index=-100, batch=6, reduction="none", regime="normal")
+    rep = softcheck.check(L.PerRowBugCE, **opts)
+    assert not rep.passed
+    assert any("read as one scalar" in h for c in rep.failed for h in c.diagnosis)
+    assert softcheck.check(L.LigerStyleCE, **opts).passed                    # its control
+    r = _run(sb.te_2139, "float32", "normal", "none", 6, 10, -100)
+    assert not r.passed and any("read as one scalar" in h and "#2139" in h for h in r.diagnosis)

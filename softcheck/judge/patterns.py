@@ -254,9 +254,14 @@ def known_bugs(inputs):
             g = np.where(np.isfinite(z), _grad(inputs) / (1 - t * t), 0.0)
         out.append(("the softcap chain factor 1 - tanh²(z/S) is missing", g))
         out += _softcap_bugs(inputs)
-    if not np.all(np.asarray(inputs.grad_output) == 1):
+    go = np.asarray(inputs.grad_output)
+    if not np.all(go == 1):
         out.append(("the upstream gradient (grad_output) is ignored",
-                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(inputs.grad_output)))))
+                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(go)))))
+    if go.ndim and go.size > 1 and not np.all(go == go.flat[0]):
+        out.append(("the per-row upstream gradient is read as one scalar: grad_output[0] "
+                    "scales every row (Liger #678 / PR #1298, TransformerEngine #2139)",
+                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.full_like(go, go.flat[0])))))
     if not s.hard and not np.allclose(np.sum(inputs.target64, -1), 1):
         out.append(("uses p - y, which assumes targets that sum to one; PyTorch accepts any "
                     "non-negative targets and the gradient is p·Σy - y", _p_minus_y(inputs)))

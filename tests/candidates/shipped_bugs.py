@@ -237,3 +237,12 @@ def drops_two(logits, target, ignore_index=-100, label_smoothing=0.0, z_loss=0.0
     """Declares label_smoothing and z_loss and applies neither (a fused path that forwards
     neither, as Liger #243 dropped smoothing)."""
     return mean_ok(logits, target, ignore_index)
+
+
+def te_2139(logits, target, ignore_index=-100, reduction="none", grad_output=1.0):
+    """TransformerEngine #2139 (Megatron #1750): the backward reads one grad_output for every
+    row (a wrong pointer / stride 0), invisible with g = 1."""
+    g, valid = _plain(logits, target, ignore_index)
+    go = np.asarray(grad_output, np.float64).reshape(-1)
+    a = 1.0 / max(int(valid.sum()), 1) if reduction == "mean" else 1.0
+    return (g * a * go[0]).astype(logits.dtype)
