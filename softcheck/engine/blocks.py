@@ -159,10 +159,11 @@ class Judge:
         sel = slice(None) if cols is None else cols
         tb = targets[r0:r1]
         subset = {}
-        stored = self._stored(b64, stb) if self.has_candidate else None
+        # the STORED term of every pair judged in a 16-bit dtype (as compare() adds it)
+        stored = self._stored(b64, stb)
         for (a, bname), acc in accs.items():
             extra = self.native if a == "candidate" else 0.0
-            ent = stored if a == "candidate" else None
+            ent = stored if acc.dtype in tolerances.LOW_PRECISION else None
             if "finite_difference" in (a, bname):
                 def side(name):
                     if name == "finite_difference" or cols is None:
