@@ -51,6 +51,10 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
     for note in report.skipped:
         console.print(f"skipped: {note}", style="dim", markup=False, highlight=False,
                       soft_wrap=True)
+    for info in report.environment.get("candidate_process", {}).values():
+        if info.get("sandbox", {}).get("weaker"):          # candidate/sandbox.py
+            console.print(info["sandbox"]["weaker"], style="dim", markup=False,
+                          highlight=False, soft_wrap=True)
     s = report.summary()
     verdict = "all agree" if report.passed else "DISAGREEMENT"
     style = "bold green" if report.passed else "bold red"
