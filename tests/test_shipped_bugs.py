@@ -237,3 +237,43 @@ def test_per_row_grad_output_read_as_one_scalar_is_named_in_function_and_plain_f
     assert softcheck.check(L.LigerStyleCE, **opts).passed                    # its control
     r = _run(sb.te_2139, "float32", "normal", "none", 6, 10, -100)
     assert not r.passed and any("read as one scalar" in h and "#2139" in h for h in r.diagnosis)
+
+
+def test_cli_kernel_preset_catches_the_padded_lane_leak(tmp_path):
+    """The preset catches what it promises: Unsloth's padded-lane leak (V = 50264 padded to
+    65536) passes the preset's normal softcap30 case (~e⁻³⁰ of leak) and fails its
+    softcap30-below case, named; the masked control passes both (a real subprocess)."""
+    def preset(fn):
+        out = tmp_path / f"{fn}.json"
+        p = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{BUGS}:{fn}",
+                            "--suite", "kernel", "--classes", "50264", "--batch", "2",
+                            "--ignore-index", "-100", "--json", str(out)],
+                           capture_output=True, text=True, timeout=600)
+        return p, {c["params"]["regime"] + str(c["params"]["softcap"]): c
+                   for c in json.loads(out.read_text())["cases"]}
+
+    p, cases = preset("unsloth_padded")
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert cases["normal30.0"]["passed"] and not cases["below-cap30.0"]["passed"]
+    assert any("padded lanes after the softcap" in h and "50264 padded to 65536" in h
+               for h in cases["below-cap30.0"]["diagnosis"])
+    p, cases = preset("unsloth_masked")
+    assert p.returncode == 0, p.stdout[-3000:]
+
+
+def test_fused_path_dropping_label_smoothing_is_named():
+    """Liger #243 (fused linear CE, --hidden): the fused judge names the dropped option for
+    every failing output, not 'N % of entries out of tolerance'."""
+    from softcheck.candidate import CallPolicy, load
+    from softcheck.candidate.conventions import settings as call_settings
+
+    settings = call_settings(convention="grad", fused=True)
+    case = Case(507, 16, "float32", "normal", 0,
+                LossSpec(ignore_index=-100, label_smoothing=0.1), hidden=32, bias=True)
+    bug = load(f"{BUGS}:flce_243", settings=settings, in_process=True)
+    r = run_case(case, bug, policy=CallPolicy(isolate=False))
+    assert not r.passed
+    assert any("label smoothing is dropped by the fused path" in h and "grad_x" in h
+               for h in r.diagnosis), r.diagnosis
+    ok = load("scripts/examples/numpy_flce.py:flce", settings=settings, in_process=True)
+    assert run_case(case, ok, policy=CallPolicy(isolate=False)).passed
