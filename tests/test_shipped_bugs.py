@@ -270,7 +270,7 @@ def test_fused_path_dropping_label_smoothing_is_named():
     settings = call_settings(convention="grad", fused=True)
     case = Case(507, 16, "float32", "normal", 0,
                 LossSpec(ignore_index=-100, label_smoothing=0.1), hidden=32, bias=True)
-    bug = load(f"{BUGS}:flce_243", settings=settings, in_process=True)
+    bug = load("tests/candidates/shipped_fused.py:flce_243", settings=settings, in_process=True)
     r = run_case(case, bug, policy=CallPolicy(isolate=False))
     assert not r.passed
     assert any("label smoothing is dropped by the fused path" in h and "grad_x" in h

@@ -247,12 +247,3 @@ def te_2139(logits, target, ignore_index=-100, reduction="none", grad_output=1.0
     a = 1.0 / max(int(valid.sum()), 1) if reduction == "mean" else 1.0
     return (g * a * go[0]).astype(logits.dtype)
 
-
-def flce_243(x, weight, target, bias=None, ignore_index=-100, label_smoothing=0.0,
-             softcap=None, reduction="mean", grad_output=1.0):
-    """Liger #243: a fused linear cross-entropy (``--hidden``) whose fused path silently drops
-    label_smoothing (scripts/examples/numpy_flce.py called with EPS = 0)."""
-    from scripts_examples import numpy_flce
-
-    return numpy_flce.flce(x, weight, target, bias, ignore_index, 0.0, softcap, reduction,
-                           grad_output)
