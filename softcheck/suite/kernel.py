@@ -67,8 +67,30 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
     return out
 
 
-def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
-    """The preset's cases with the user's pins applied (see the module's docstring)."""
+def _not_for(candidate, tag: str, f: dict, cfg: Config) -> str | None:
+    """Why a preset case does not apply to ``candidate`` (None: it does): a plain gradient
+    function that declares no softcap keyword cannot be asked for one (it would compute
+    without it), and --tensor-parallel ranks get column shards, not the strided view.  An
+    option the user pins (--softcap, --layout) keeps its cases."""
+    if candidate is None:
+        return None
+    st = getattr(candidate, "settings", None)
+    takes = getattr(candidate, "takes", None)
+    if (f.get("softcap") and cfg.softcap is None and getattr(st, "convention", "grad") == "grad"
+            and takes is not None and not takes("softcap")):
+        return (f"kernel/{tag} (V = {f['classes']}) dropped: the function takes no softcap "
+                "keyword (declare one to be checked with the softcap)")
+    ranks = getattr(st, "tensor_parallel", None) or 1
+    if f.get("layout") == "strided" and cfg.layout is None and ranks > 1:
+        return (f"kernel/{tag} dropped: --tensor-parallel ranks get their column shards, "
+                "not the strided view")
+    return None
+
+
+def kernel_cases(cfg: Config, *, check: bool = False, candidate=None
+                 ) -> tuple[list[Case], list[str]]:
+    """The preset's cases with the user's pins applied (see the module's docstring), less
+    those that do not apply to ``candidate`` (each named in the skipped notes)."""
     preset = _preset(cfg)
     if cfg.classes != (10,):
         preset = [p for p in preset if p[1]["classes"] in cfg.classes]
@@ -83,6 +105,10 @@ def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[
                                  "regimes listed (normal, below-cap, target-prob); none is one")
     cases, skipped = [], []
     for tag, f in preset:
+        why = _not_for(candidate, tag, f, cfg)
+        if why:
+            skipped.append(why)
+            continue
         base = cfg.replace(
             classes=(f["classes"],), batch=cfg.batch or (KERNEL_BATCH,),
             dtype=cfg.dtype or (f["dtype"],), regime=(f["regime"],),
@@ -108,11 +134,11 @@ def huge_cases(cfg: Config) -> list[Case]:
     return check_suite(base)[0]
 
 
-def select(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
-    """The cases of ``cfg``'s suite (``check``: the check suite's defaults), ``--huge``'s
-    case last."""
+def select(cfg: Config, *, check: bool = False, candidate=None) -> tuple[list[Case], list[str]]:
+    """The cases of ``cfg``'s suite (``check``: the check suite's defaults; ``candidate``:
+    the kernel preset leaves out what does not apply to it), ``--huge``'s case last."""
     if cfg.suite == "kernel":
-        cases, skipped = kernel_cases(cfg, check=check)
+        cases, skipped = kernel_cases(cfg, check=check, candidate=candidate)
     else:
         cases, skipped = (check_suite if check else suite)(cfg)
     if cfg.huge:
