@@ -270,10 +270,19 @@ def test_fused_path_dropping_label_smoothing_is_named():
     settings = call_settings(convention="grad", fused=True)
     case = Case(507, 16, "float32", "normal", 0,
                 LossSpec(ignore_index=-100, label_smoothing=0.1), hidden=32, bias=True)
-    bug = load("tests/candidates/shipped_fused.py:flce_243", settings=settings, in_process=True)
+    bug = load("tests/candidates/shipped_numpy.py:flce_243", settings=settings, in_process=True)
     r = run_case(case, bug, policy=CallPolicy(isolate=False))
     assert not r.passed
     assert any("label smoothing is dropped by the fused path" in h and "grad_x" in h
                for h in r.diagnosis), r.diagnosis
     ok = load("scripts/examples/numpy_flce.py:flce", settings=settings, in_process=True)
     assert run_case(case, ok, policy=CallPolicy(isolate=False)).passed
+
+
+def test_cli_a_loss_checked_as_a_gradient_is_told_the_convention(tmp_path):
+    """A loss function passed without --convention loss returned a scalar in every case (24
+    identical errors, no way out): the error now names the convention."""
+    p, rep = _cli("tests/candidates/shipped_numpy.py:mean_loss", "--dtype", "float64",
+                  "--regime", "normal", tmp_path=tmp_path)
+    assert p.returncode == 1
+    assert all("did you mean --convention loss?" in c["error"] for c in rep["cases"])
