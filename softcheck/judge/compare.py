@@ -144,15 +144,25 @@ def stored_term(inputs: Inputs, dtype: str, mode: str = tolerances.DEFAULT_MODE)
     return inputs.memo(("stored", dtype), lambda: stored_of(inp, row_stats(inp), dtype))
 
 
-def stored_of(inputs64: Inputs, stats, dtype: str) -> np.ndarray:
-    """STORED(i, j) = S_i·p_ij·(e^{u·|log p_ij|} − 1) of float64 ``inputs64`` with the rows'
-    parts S_i from ``stats`` (a RowStats: a streamed block's carries the batch's totals)."""
+def probabilities(inputs64: Inputs) -> np.ndarray:
+    """p = softmax(v) of float64 ``inputs64`` (v the logits after temperature, scale and
+    softcap; 0 where v is not finite)."""
     from ..reference import analytic
 
     _, _, v, e, tot, _ = analytic._exp(inputs64, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(np.isfinite(v), e / tot, 0.0)
-    return tolerances.stored(dtype, p, (stats.a + stats.b * stats.lse) / stats.temperature)
+        return np.where(np.isfinite(v), e / tot, 0.0)
+
+
+def parts(stats) -> np.ndarray:
+    """S_i, the size of row i's gradient parts (tolerances.py), from a RowStats."""
+    return (stats.a + stats.b * stats.lse) / stats.temperature
+
+
+def stored_of(inputs64: Inputs, stats, dtype: str) -> np.ndarray:
+    """STORED(i, j) = S_i·p_ij·(e^{u·|log p_ij|} − 1) of float64 ``inputs64`` with the rows'
+    parts S_i from ``stats`` (a RowStats: a streamed block's carries the batch's totals)."""
+    return tolerances.stored(dtype, probabilities(inputs64), parts(stats))
 
 
 def allowed_for(inputs: Inputs, dtype: str, kappa: float, scale: float, ref: np.ndarray,

@@ -226,17 +226,14 @@ def _target_cancellation(d, ref, out, tmask, inp, dtype) -> list[str]:
     if dtype not in tolerances.LOW_PRECISION or not out.any() or out[~tmask].any():
         return []
     from ..reference.finite_difference import row_stats
+    from .compare import parts, probabilities
 
     rows, cols = np.nonzero(out)
-    v = inp.logits64 / inp.spec.divisor
-    if inp.spec.softcap:
-        v = inp.spec.softcap * np.tanh(v / inp.spec.softcap)
-    p = analytic.softmax(np.where(np.isfinite(v), v, -np.inf))[rows, cols]
-    st = row_stats(inp)
-    parts = ((st.a + st.b * st.lse) / st.temperature)[rows]
+    p = probabilities(inp)[rows, cols]
+    s = parts(row_stats(inp))[rows]
     u = tolerances.TABLE[dtype].u
     err = np.abs(d[rows, cols])
-    if not np.all(err <= 2 * u * p * parts) or float(p[np.argmax(err / parts)]) < 0.5:
+    if not np.all(err <= 2 * u * p * s) or float(p[np.argmax(err / s)]) < 0.5:
         return []
     r = np.abs(ref[rows, cols])
     worst = int(np.argmax(err / np.maximum(r, 1e-300)))
