@@ -13,6 +13,29 @@ Arithmetic each imitates (kernel-users.md, ce-variants.md):
   float32 rounded once to the dtype (saved for backward), g/N rounded to the dtype, the
   backward ``gℓ − exp(ℓ)·Σgℓ`` in float32 rounded once;
 * ``torch_ce``: PyTorch's own ``F.cross_entropy`` in the dtype (on CPU here).
+
+The catalogue (bug → kernel here, its control → what the hint names):
+
+* Liger #1329 → ``liger_1329`` / ``liger_stored`` → "the target entries cancel ... #1329";
+* Liger #678 (Function storing dL/dz, backward uses row 0's g) →
+  ``scripts/examples/liger_style_inplace.py:PerRowBugCE`` / ``LigerStyleCE``, and TE #2139 →
+  ``te_2139`` → "the per-row upstream gradient is read as one scalar";
+* TE #2476 → ``te_2476`` / ``mean_ok`` → "n/N: the mean divides by all N rows";
+* the n_items divisor (unsloth-zoo PR #1023 thread) → ``n_items_ga`` / ``n_items_ok`` → "the
+  divisor is 4× too large";
+* Liger #420 → ``liger_420`` / ``weighted_smoothing_ok`` → "the smoothing term is not
+  class-weighted";
+* two options dropped → ``drops_two`` → "two options are not applied";
+* Unsloth #10616 → ``unsloth_padded`` / ``unsloth_masked`` → "padded lanes after the softcap"
+  (regime below-cap; the kernel preset's softcap30-below);
+* unsloth-zoo #593 → ``zoo_593`` → "x·tanh(x/S) instead of S·tanh(x/S)";
+* TRL #5691 → ``trl_5691`` / ``scale_then_cap`` → "applied in the wrong order";
+* Liger #243 (fused linear CE) → ``shipped_numpy.py:flce_243`` / numpy_flce.flce → "label
+  smoothing is dropped by the fused path";
+* the all-ignored mean (Liger/TE return 0) → ``zero_mean_ce`` → "--all-ignored zero".
+
+Not here (other areas): Liger #272's in-place store past autograd, TE #2746's transposed
+view, Apple CCE #42 and Megatron #737 on ranks, Liger #968 / PR #1298 in a fused Function.
 """
 
 import numpy as np
