@@ -153,7 +153,7 @@ def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -
 def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPolicy(),
                     fail_fast=False, progress=None, jobs: int = 1) -> Report:
     """A candidate against the three references over the check suite (``check_suite``)."""
-    cases, skipped = with_inputs(cfg, select(cfg, check=True))
+    cases, skipped = with_inputs(cfg, select(cfg, check=True, candidate=cand))
     return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
                    target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs)
 
