@@ -140,7 +140,9 @@ def suite_options(fn):
                      show_default=True,
                      help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
                           "final rounding (fused kernels); native = also 4x the error of the "
-                          "closed form computed in the dtype itself (plain framework ops)."),
+                          "closed form computed in the dtype itself (plain framework ops); "
+                          "torch (--hidden only) = also PyTorch's own error in the dtype "
+                          "(unfused F.linear + F.cross_entropy, Apple's criterion)."),
         click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
         click.option("--atol", type=float, default=None,
