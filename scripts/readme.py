@@ -7,7 +7,8 @@ Each command runs under bash in a scratch folder holding ``scripts`` and ``tests
 this checkout), so the reports it writes land there; ``softcheck`` and ``pytest`` are this
 checkout's, at 80 columns, without a terminal, progress lines off.  Compared after
 normalising only what varies between runs: the run's seconds (and the width of pytest's
-rule lines around them), and the scratch folder's path, shown as ``/home/you/softcheck``.
+rule lines around them), the free memory a refusal quotes, and the scratch folder's path,
+shown as ``/home/you/softcheck``.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def blocks(text: str) -> list[Block]:
 RULE = re.compile(r"^=+ (.*?) =+$", re.M)
 
 
+#: the memory a refusal (--huge) finds free: the machine's, of the moment
+FREE = re.compile(r"\d+(\.\d+)? GiB are available")
+
+
 def normalise(out: str) -> str:
-    return RULE.sub(r"= \1 =", SECONDS.sub("#s", out))
+    return FREE.sub("# GiB are available", RULE.sub(r"= \1 =", SECONDS.sub("#s", out)))
 
 
 def _scratch() -> str:

@@ -17,7 +17,14 @@ TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCKS = readme.blocks(TEXT)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.command.split("\\")[0][:70] for b in BLOCKS])
+def _param(b):
+    # the blocks that start torch.distributed ranks or shard_map devices (10-30 s each) are
+    # multi-process tests: slow, as tests/test_vocab_parallel*.py's own
+    marks = [pytest.mark.slow] if "--tensor-parallel" in b.command else []
+    return pytest.param(b, id=b.command.split("\\")[0][:70], marks=marks)
+
+
+@pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])
 def test_readme_block_is_the_commands_real_output(block):
     fresh = readme.run(block.command)
     assert readme.normalise(fresh) == readme.normalise(block.shown), (
@@ -37,8 +44,10 @@ def test_an_edited_output_is_stale_but_other_seconds_are_not():
         for i, line in enumerate(lines):          # one character of any line changed
             edited = "".join(lines[:i] + [line.rstrip("\n") + "x\n"] + lines[i + 1:])
             assert readme.normalise(edited) != readme.normalise(b.shown)
-    shown = "8 cases: 4 passed, 4 failed — DISAGREEMENT (4.36 s)\n= 15 passed in 6.24s =\n"
-    other = "8 cases: 4 passed, 4 failed — DISAGREEMENT (12.5 s)\n= 15 passed in 14.79s =\n"
+    shown = ("8 cases: 4 passed, 4 failed — DISAGREEMENT (4.36 s)\n= 15 passed in 6.24s =\n"
+             "but 22.7 GiB are available\n")
+    other = ("8 cases: 4 passed, 4 failed — DISAGREEMENT (12.5 s)\n= 15 passed in 14.79s =\n"
+             "but 9 GiB are available\n")
     assert readme.normalise(shown) == readme.normalise(other)
     assert readme.normalise(shown) != readme.normalise(shown.replace("4 failed", "3 failed"))
 
