@@ -56,6 +56,19 @@ def _tagged_processes() -> list[int]:
     return found
 
 
+def _outer(inner: int) -> int:
+    """The pid (here) of the tagged process that is ``inner`` in its own PID namespace."""
+    for pid in _tagged_processes():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ns = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
+        except (OSError, StopIteration):
+            continue
+        if int(ns[-1]) == inner:
+            return pid
+    raise AssertionError(f"no process of this test is {inner} in its namespace")
+
+
 @pytest.fixture
 def make(tmp_path, monkeypatch):
     """IsolatedCandidate factory; after the test every worker it ever started is gone."""
@@ -77,7 +90,7 @@ def make(tmp_path, monkeypatch):
 
 def test_load_error_is_the_same_softcheck_error(make):
     with pytest.raises(SoftcheckError) as direct:
-        load(f"{HOSTILE}:no_such_function")
+        load(f"{HOSTILE}:no_such_function", label="no_such_function")
     with pytest.raises(SoftcheckError) as isolated:
         make("no_such_function")
     assert str(isolated.value) == str(direct.value)
@@ -94,7 +107,7 @@ def test_a_real_process_serving_many_calls(make):
     inherited = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     assert sum("socket:" in x for x in inherited) == 1            # only the control channel
     assert c.takes("weight") and c.takes("reduction") and not c.takes("z_loss")
-    want = load(f"{HOSTILE}:correct").call(_inputs()).grad
+    want = load(f"{HOSTILE}:correct", in_process=True).call(_inputs()).grad
     for _ in range(3):
         r = c.call(_inputs())
         assert r.error is None and r.grad.dtype == np.float64
@@ -115,9 +128,9 @@ def test_arrays_cross_by_shared_memory(make, tmp_path):
     inputs = _inputs()
     bf = dataclasses.replace(inputs, logits=inputs.logits.astype(ml_dtypes.bfloat16))
     r = c.call(bf)
-    assert (tmp_path / "dtype").read_text() == "bfloat16 True int64"
+    assert r.output.strip() == "bfloat16 True int64"
     assert r.error is None and r.notes == ()
-    np.testing.assert_array_equal(r.grad, load(f"{HOSTILE}:dtype_name").call(bf).grad)
+    np.testing.assert_array_equal(r.grad, load(f"{HOSTILE}:dtype_name", in_process=True).call(bf).grad)
 
 
 def test_output_is_captured_not_a_failure(make):
@@ -175,8 +188,9 @@ def test_timeout_stops_the_process(make, how):
 
 def test_close_kills_threads_and_escaped_children(make, tmp_path):
     c = make("escapes")
-    assert c.call(_inputs()).error is None
-    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    r = c.call(_inputs())
+    assert r.error is None
+    pids = [_outer(int(p)) for p in r.output.split("pids", 1)[1].split()]
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     assert all(os.getsid(p) != os.getsid(c.pid) for p in pids)     # outside the group
     c.close()
@@ -211,7 +225,7 @@ def test_repeat_catches_nondeterminism_and_shared_buffers(make):
                for n in r.notes)
     r = make("same_buffer").call(_inputs(), repeat=2)
     assert "returned the same buffer on two calls" in r.notes
-    want = load(f"{HOSTILE}:correct").call(_inputs()).grad
+    want = load(f"{HOSTILE}:correct", in_process=True).call(_inputs()).grad
     np.testing.assert_array_equal(r.grad, want)                    # the first call's gradient
     c = make("third_call_raises")
     assert c.call(_inputs(), repeat=2).error is None
@@ -241,7 +255,7 @@ def test_hvp(make):
         inputs = _inputs()
         d = np.random.default_rng(1).normal(size=inputs.logits.shape)
         want = load("tests/candidates/hvp_kernels.py:grad",
-                    hvp="tests/candidates/hvp_kernels.py:hvp").call_hvp(inputs, d).grad
+                    hvp="tests/candidates/hvp_kernels.py:hvp", in_process=True).call_hvp(inputs, d).grad
         np.testing.assert_array_equal(c.call_hvp(inputs, d).grad, want)
     finally:
         c.close()

@@ -17,6 +17,8 @@ import tempfile
 import time
 import uuid
 
+from .sandbox import explain as _explain, read_status, resolve, spawn, worker_pid
+from .arena import ArenaError, close_all, recv_with_fds, send_with_fds
 from .call import OUTPUT_LIMIT, clip_output
 from .processes import _descendants, _kill, _proc_table, _set_subreaper, _tagged
 
@@ -44,7 +46,8 @@ class _Worker:
 
     def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
                  pids: list[int], module: str = "softcheck.candidate.worker_main",
-                 env: dict | None = None, *, wait: bool = True):
+                 env: dict | None = None, *, wait: bool = True, memory: int | None = None,
+                 host_shm: bool = False):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
@@ -55,22 +58,26 @@ class _Worker:
         # the parent's import path (pytest's rootdir, a script's folder): a TARGET module or a
         # function re-imported by module and name resolves there as it does here
         path = [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        path += [p for p in sys.path if p and os.path.isdir(p) and p not in path]
+        # the caller's path too when the judge runs for a Python caller (engine/remote.py)
+        extra_path = os.environ.get("SOFTCHECK_WORKER_PATH", "").split(os.pathsep)
+        path += [p for p in [*sys.path, *extra_path] if p and os.path.isdir(p) and p not in path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         if x64:
             env["JAX_ENABLE_X64"] = "1"
         env.update(extra or {})
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module], stdin=subprocess.DEVNULL,
-                stdout=self.out, stderr=self.out, close_fds=True,
-                pass_fds=(child_sock.fileno(), shm_fd), start_new_session=True, env=env,
-                cwd=os.getcwd())
+        self.memory = resolve(memory)
+        try:                            # in its sandbox (sandbox.py): the helper's Popen
+            self.proc, status = spawn(
+                [sys.executable, "-m", module], env=env, stdout=self.out,
+                pass_fds=(child_sock.fileno(), shm_fd), memory=self.memory,
+                host_shm=host_shm)
         finally:
             child_sock.close()
-        pids.append(self.proc.pid)
+        self.sandbox: dict = {}
+        self._pid, self._pids = self.proc.pid, pids
         self.sock = parent_sock
         self.seq, self.bytes_sent, self.stopped = 0, 0, False
+        self.fds: list[int] = []              # descriptors the last reply brought
         self.limit = _MAX_REPLY
         _LIVE.add(self)
         try:                    # a kernel before 5.3 or a seccomp filter: poll the process
@@ -78,6 +85,7 @@ class _Worker:
         except (OSError, AttributeError):
             self.pidfd = None
         try:
+            self.sandbox = read_status(status, start_timeout)
             self.send(hello)
         except BaseException:
             self.stop()
@@ -93,21 +101,31 @@ class _Worker:
         except BaseException:
             self.stop()
             raise
+        self._pid = worker_pid(self.proc.pid, self.sandbox)
+        self._pids.append(self._pid)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The worker's own pid (inside a sandbox: not the helper's, ``proc.pid``)."""
+        return self._pid
 
-    def send(self, obj) -> None:
+    def explain(self, error: str) -> str:
+        """The candidate's error, naming the memory limit when an allocation failed."""
+        return _explain(error, self.memory)
+
+    def send(self, obj, fds=()) -> None:
+        """One request; ``fds`` (sealed memory files, arena.py) go with it."""
         body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.sock.sendall(_HEADER.pack(len(body)) + body)
+            send_with_fds(self.sock, _HEADER.pack(len(body)) + body, fds)
         except OSError as e:
             raise _Died(self.death_reason()) from e
         self.bytes_sent += _HEADER.size + len(body)
 
     def receive(self, timeout: float | None):
-        """The next reply, or ``TimeoutError`` at the deadline, or ``_Died``."""
+        """The next reply, or ``TimeoutError`` at the deadline, or ``_Died``; descriptors
+        that came with it are in ``self.fds`` (the caller's to close)."""
+        close_all(self.fds)
         deadline = None if not timeout else time.monotonic() + timeout
         buf, need, died = bytearray(), None, False
         while True:
@@ -127,16 +145,21 @@ class _Worker:
             ready, _, _ = select.select(fds, [], [], wait if self.pidfd is not None
                                         else min(wait or 0.05, 0.05))
             if self.sock in ready:
-                chunk = self.sock.recv(1 << 16)
+                try:
+                    chunk = recv_with_fds(self.sock, 1 << 16, self.fds)
+                except ArenaError as e:
+                    raise _Died(f"the candidate's process sent an invalid reply ({e})") from e
+                except OSError:                 # reset: the worker ended with unread data
+                    chunk = b""
                 if not chunk:
                     died = True
                 buf += chunk
             elif self.pidfd in ready or (self.pidfd is None and self.proc.poll() is not None):
                 self.sock.setblocking(False)
                 try:
-                    while chunk := self.sock.recv(1 << 16):
+                    while chunk := recv_with_fds(self.sock, 1 << 16, self.fds):
                         buf += chunk
-                except (BlockingIOError, OSError):
+                except (BlockingIOError, OSError, ArenaError):
                     pass
                 self.sock.setblocking(True)
                 died = True
@@ -185,16 +208,20 @@ class _Worker:
         _LIVE.discard(self)
         me, pid = os.getpid(), self.proc.pid
         snap = _descendants(_proc_table(), pid) | {pid}
+        # the helper's group, and the worker's own session inside a sandbox (while it lives)
+        groups = [pid] + ([self._pid] if self._pid != pid and self._pid in snap else [])
         if grace and self.proc.poll() is None:
             try:
-                os.killpg(pid, signal.SIGTERM)
+                for g in groups:
+                    os.killpg(g, signal.SIGTERM)
                 self.proc.wait(grace)
             except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
                 pass
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for p in snap:
             _kill(p)
         self.proc.wait()
@@ -217,6 +244,7 @@ class _Worker:
             if not live and not zombies and not any(p in table and p in mine for p in killed):
                 break
             time.sleep(0.01)
+        close_all(self.fds)
         for f in (self.sock, self.out):
             f.close()
         if self.pidfd is not None:

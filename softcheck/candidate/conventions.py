@@ -160,13 +160,18 @@ def _tensor_parallel(w, backend, split, conv: str, framework) -> int:
 
 def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     """The settings completed for this TARGET (convention and framework detected) and the
-    TARGET validated against them: one line and exit 2 when it cannot be called so."""
+    TARGET validated against them: one line and exit 2 when it cannot be called so.  ``fn``
+    and ``bwd`` are descriptions (``described.Described``: what the TARGET's worker replied)
+    or, for an explicit in-process check, the functions themselves (described here)."""
+    from .described import describe
+
+    fn, bwd = describe(fn), (None if bwd is None else describe(bwd))   # plain data only
     conv, fw = st.convention, st.framework
-    if is_autograd_function(fn) and conv in ("grad", "loss") and st.convention == "grad":
+    if fn.autograd and conv in ("grad", "loss") and st.convention == "grad":
         conv = "inplace"
-    elif is_custom_vjp(fn) and st.convention == "grad":
+    elif fn.custom_vjp and st.convention == "grad":
         conv = "loss"
-    fw = fw or detect(fn)
+    fw = fw or fn.framework
     st = dataclasses.replace(st, convention=conv, framework=fw)
     # inside jax.shard_map (sharding.py, which load.py has check the rest): given, not required
     free = SHARD_KEYWORDS if st.tensor_parallel > 1 and fw == "jax" else ()
@@ -192,7 +197,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     if conv == "inplace" and fw == "jax":
         raise SoftcheckError("--convention inplace reads the gradient back from the logits "
                              "buffer, which JAX arrays cannot be: use --convention loss")
-    if is_autograd_function(fn):
+    if fn.autograd:
         st = dataclasses.replace(st, args=_apply_order(fn, st))
     else:
         _check_signature(fn, 2, "", conv, free)

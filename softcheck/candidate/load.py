@@ -11,53 +11,95 @@ import sys
 import zlib
 
 from ..spec import SoftcheckError
-from .conventions import Settings, resolve
 from .call import Candidate
-from .frameworks import detect
+from .conventions import Settings, resolve
+from .described import describe
 from .sharding import check as check_sharded
 
 
 def load(target: str, *, hvp: str | None = None, label: str | None = None,
-         settings: Settings | None = None, base: str | None = None) -> Candidate:
+         settings: Settings | None = None, base: str | None = None,
+         in_process: bool = False) -> Candidate:
     """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
     not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name;
     ``settings`` how it is called (validated against it here: exit 2 if it cannot be);
-    ``base`` the folder a file ``settings.backward`` is relative to."""
-    cand = _load(target, label)
-    if hvp:
-        cand = cand.with_hvp(_load(hvp, None))
+    ``base`` the folder a file ``settings.backward`` is relative to.
+
+    The TARGET is imported in a worker process, never here: the worker replies what the
+    validation needs as plain data (``described.Described``), and the Candidate holds that
+    description in place of the function.  Only ``in_process=True`` (``--in-process``, an
+    explicit choice) imports it into this process."""
     st = settings or Settings()
-    bwd = None
     if st.backward:
         b = relative_to(st.backward, base) if base else st.backward
-        loaded = _load(b, None)
-        bwd = loaded.fn
-        st = dataclasses.replace(st, backward=loaded.source)   # absolute: a worker reloads it
+        st = dataclasses.replace(st, backward=located(b))   # absolute: a worker reloads it
+    source = located(target)
+    hvp_source = located(hvp) if hvp else None
+    if in_process:
+        fn = _load(source, target)
+        h = _load(hvp_source, hvp) if hvp_source else None
+        bwd = _load(st.backward, st.backward) if st.backward else None
+    else:
+        fn, h, bwd = described_by_worker(source, hvp_source, label or target, st)
     try:
-        if st.tensor_parallel > 1 and (st.framework or detect(cand.fn)) == "jax":
-            check_sharded(cand.fn, st)            # (before resolve's --device check)
-        st = resolve(cand.fn, st, bwd=bwd)
+        if st.tensor_parallel > 1 and (st.framework or describe(fn).framework) == "jax":
+            check_sharded(fn, st)            # (before resolve's --device check)
+        st = resolve(fn, st, bwd=bwd)
     except SoftcheckError as e:
         raise SoftcheckError(f"TARGET {target}: {e}") from None
-    return dataclasses.replace(cand, settings=st, backward=bwd)
+    return Candidate(fn, label or target, hvp=h, source=source, hvp_source=hvp_source,
+                     settings=st, backward=bwd)
 
 
-def _load(target: str, label: str | None) -> Candidate:
+def described_by_worker(source: str, hvp_source: str | None, label: str, st: Settings):
+    """The TARGET (and its hvp and backward) imported in a short-lived worker process and
+    described there: (fn, hvp, backward) as ``Described`` (None where not given).  A TARGET
+    that cannot be imported, or whose process dies or lies while loading, is one line."""
+    from .worker import IsolatedCandidate
+
+    with IsolatedCandidate(source, hvp_source, label, x64=True, settings=st) as probe:
+        return probe.described, probe.described_hvp, probe.described_backward
+
+
+def located(target: str) -> str:
+    """The TARGET checked without importing it (the colon, the file's existence) and made
+    absolute (a file TARGET's path): what a worker process loads."""
     if ":" not in target:
         raise SoftcheckError(f"TARGET {target!r} has no colon: write path/to/file.py:function "
                              "or package.module:function")
     where, name = target.rsplit(":", 1)
     if not where or not name:
         raise SoftcheckError(f"TARGET {target!r}: both the module and the function name are needed")
+    if not _is_path(where):
+        return target
+    if not os.path.isfile(os.path.abspath(where)):
+        raise SoftcheckError(f"TARGET file {where} does not exist")
+    return f"{os.path.abspath(where)}:{name}"
+
+
+def load_in_worker(hello: dict, *, hvp: bool = True) -> Candidate:
+    """The worker's side (``worker_main.start``): the TARGET, its hvp and backward imported
+    in this process, with the settings the judge resolved (nothing is resolved here)."""
+    st = hello.get("settings") or Settings()
+    fn = _load(hello["source"], hello.get("label") or hello["source"])
+    h = _load(hello["hvp_source"], hello["hvp_source"]) if hvp and hello.get("hvp_source") \
+        else None
+    bwd = _load(st.backward, st.backward) if st.backward else None
+    return Candidate(fn, hello.get("label") or hello["source"], hvp=h, source=hello["source"],
+                     hvp_source=hello.get("hvp_source"), settings=st, backward=bwd)
+
+
+def _load(target: str, shown: str):
+    """Import ``target`` (checked by ``located``) in this process: its function."""
+    where, name = located(target).rsplit(":", 1)
     with contextlib.redirect_stdout(sys.stderr):
         module = _import_file(where) if _is_path(where) else _import_module(where)
     fn = getattr(module, name, None)
     if fn is None:
-        raise SoftcheckError(f"TARGET {target}: {where} has no function named {name!r}")
+        raise SoftcheckError(f"TARGET {shown}: {where} has no function named {name!r}")
     if not callable(fn) and not hasattr(fn, "apply"):
-        raise SoftcheckError(f"TARGET {target}: {name!r} is a {type(fn).__name__}, not callable")
-    source = f"{os.path.abspath(where) if _is_path(where) else where}:{name}"
-    return Candidate(fn, label or target, source=source)
+        raise SoftcheckError(f"TARGET {shown}: {name!r} is a {type(fn).__name__}, not callable")
+    return fn
 
 
 def relative_to(target: str, base: str) -> str:
@@ -149,7 +191,7 @@ def _importable_by_name(module: str, path: str | None) -> bool:
         return False
 
 
-def isolated(cand: Candidate, *, x64: bool):
+def isolated(cand: Candidate, *, x64: bool, memory_limit: int | None = None):
     """``cand`` in its own worker process when it can be reloaded there; else ``cand`` itself
     (with ``in_process`` telling why)."""
     from .worker import IsolatedCandidate
@@ -159,4 +201,4 @@ def isolated(cand: Candidate, *, x64: bool):
     if cand.backward is not None and not cand.settings.backward:
         return None
     return IsolatedCandidate(cand.source, cand.hvp_source, cand.label, x64=x64,
-                             settings=cand.settings)
+                             settings=cand.settings, memory_limit=memory_limit)

@@ -11,9 +11,10 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .call import CallResult, exact_lse, kwargs_for, with_layout_note
+from .call import CallResult, exact_lse, kwargs_for, signature_of, with_layout_note
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
 from .conventions import Settings
+from .described import BadDescription, Described, load_error
 
 #: the gradients a convention call returns besides the main one (other upstream gradients)
 MAX_VARIANTS = 2
@@ -30,6 +31,15 @@ def _close_all() -> None:
         w.stop()
 
 
+def described(ready: dict) -> tuple:
+    """A ready reply's descriptions of the TARGET, its hvp and its backward (None where
+    absent), each checked (``BadDescription``)."""
+    fn = Described.from_wire(ready.get("fn"))
+    rest = [None if ready.get(k) is None else Described.from_wire(ready[k])
+            for k in ("hvp", "backward")]
+    return (fn, *rest)
+
+
 class IsolatedCandidate:
     """The TARGET loaded and called in a worker process that is restarted after it dies or
     times out; arrays cross through one shared memory file."""
@@ -37,11 +47,14 @@ class IsolatedCandidate:
     #: the worker's module, and what it adds to the environment (engine/ranks.ShardMapCandidate)
     module = "softcheck.candidate.worker_main"
     env: dict = {}
+    isolated = True                 # the CandidateProtocol (protocol.py)
+    sandbox: dict | None = None     # what the first worker had in effect (its _start)
 
     def __init__(self, source: str, hvp_source: str | None, label: str, *, x64: bool = True,
-                 settings: Settings = Settings(),
+                 settings: Settings = Settings(), memory_limit: int | None = None,
                  grace: float = 2.0, start_timeout: float | None = 300.0):
         self.source, self.hvp_source, self.label = source, hvp_source, label
+        self.memory_limit = memory_limit
         self.settings = settings
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.pids: list[int] = []                  # every worker started, for tests and reports
@@ -56,7 +69,9 @@ class IsolatedCandidate:
         except BaseException:
             self.close()
             raise
-        self._params, self._varkw = set(ready["params"]), ready["varkw"]
+        self.described, self.described_hvp, self.described_backward = described(ready)
+        params, self._varkw = signature_of(self.described)
+        self._params = set(params)
 
     # -- the Candidate interface -------------------------------------------------------
     @property
@@ -101,6 +116,12 @@ class IsolatedCandidate:
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
                           kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
 
+    def call_fused(self, fi, *, timeout=None, repeat: int = 1):
+        """Fused linear cross-entropy in the worker (fused.call_in_worker)."""
+        from .fused import call_in_worker
+
+        return call_in_worker(self, fi, timeout, repeat)
+
     def call_hvp(self, inputs: Inputs, direction, *, timeout=None) -> CallResult:
         return self._call("hvp", inputs, [inputs.logits, inputs.target, np.asarray(direction)],
                           timeout, 1)
@@ -133,23 +154,31 @@ class IsolatedCandidate:
                  "settings": self.settings}
         try:
             w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids,
-                        module=self.module, env=self.env)
+                        module=self.module, env=self.env, memory=self.memory_limit)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
                                  f"{self.start_timeout:g} s") from None
         except _Died as e:
             raise SoftcheckError(f"TARGET {self.source}: {e}".replace("during the call",
                                                                       "while loading")) from None
-        if "load_error" in w.ready:
+        if not isinstance(w.ready, dict) or "load_error" in w.ready:
             w.stop()
-            raise SoftcheckError(w.ready["load_error"])
+            raise load_error(w.ready.get("load_error") if isinstance(w.ready, dict) else None)
+        try:
+            described(w.ready)
+        except BadDescription as e:
+            w.stop()
+            raise SoftcheckError(f"TARGET {self.label}: its process described it wrongly "
+                                 f"({e})") from None
         self._worker = w
+        self.sandbox = w.sandbox                  # what the first worker had in effect
         return w
 
-    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY
+    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY, fds=()
                  ) -> tuple[dict | None, str | None, str]:
         """One request to the worker (started afresh if it died between calls) and its reply:
-        ``(reply, error, output)``.  A death or a timeout is the error and ends the worker
+        ``(reply, error, output)``; ``fds``: sealed memory files sent with the request, and
+        ``reply["fds"]`` the ones that came back (the caller's to close: arena.read_sealed).  A death or a timeout is the error and ends the worker
         (and all it started); the candidate's error is the reply's."""
         if self._closed:
             raise SoftcheckError("this candidate was closed")
@@ -163,10 +192,11 @@ class IsolatedCandidate:
         w.seq += 1
         w.limit = limit
         try:
-            w.send({**req, "seq": w.seq, "shm_size": self._size})
+            w.send({**req, "seq": w.seq, "shm_size": self._size}, fds)
             reply = w.receive(timeout)
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 raise _Died("the candidate's process sent an invalid reply")
+            reply["fds"], w.fds = w.fds, []
         except (TimeoutError, _Died) as e:
             output = w.output()
             timed_out = isinstance(e, TimeoutError)
@@ -175,7 +205,7 @@ class IsolatedCandidate:
             return None, (f"took longer than {timeout:g} s (--timeout); the candidate's "
                           "process was stopped" if timed_out else str(e)), output
         output = w.output()
-        return reply, (str(reply["error"]) if reply.get("error") else None), output
+        return reply, (w.explain(str(reply["error"])) if reply.get("error") else None), output
 
     def _place(self, arrays: list, out_bytes: int):
         """Write ``arrays`` into the shared file; descriptors for them and the output offset."""

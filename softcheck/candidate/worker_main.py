@@ -15,9 +15,11 @@ import sys
 
 import numpy as np
 
-from .call import invoke, invoke_convention, signature_of
+from .arena import close_all, recv_with_fds, send_with_fds
+from .call import invoke, invoke_convention
+from .described import describe
 from .errors import format_exception
-from .load import load
+from .load import load_in_worker
 
 _HEADER = struct.Struct("<Q")
 
@@ -29,27 +31,29 @@ def _prctl(option: int, arg: int) -> None:
         pass
 
 
-def _recv(sock: socket.socket):
-    head = _recv_exact(sock, _HEADER.size)
+def _recv(sock: socket.socket, fds: list | None = None):
+    """The next request; the descriptors sent with it appended to ``fds``."""
+    fds = [] if fds is None else fds
+    head = _recv_exact(sock, _HEADER.size, fds)
     if head is None:
         return None
-    body = _recv_exact(sock, _HEADER.unpack(head)[0])
+    body = _recv_exact(sock, _HEADER.unpack(head)[0], fds)
     return None if body is None else pickle.loads(body)
 
 
-def _recv_exact(sock, n):
+def _recv_exact(sock, n, fds):
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+        chunk = recv_with_fds(sock, n - len(buf), fds)
         if not chunk:
             return None
         buf += chunk
     return bytes(buf)
 
 
-def _send(sock, obj) -> None:
+def _send(sock, obj, fds=()) -> None:
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(body)) + body)
+    send_with_fds(sock, _HEADER.pack(len(body)) + body, fds)
 
 
 from . import shared  # noqa: E402
@@ -172,20 +176,18 @@ def start(hvp: bool = True):
     if hello is None:
         os._exit(0)
     try:
-        cand = load(hello["source"], hvp=hello.get("hvp_source") if hvp else None,
-                    label=hello["label"], settings=hello.get("settings"))
+        cand = load_in_worker(hello, hvp=hvp)
+        ready = {"ready": True, "fn": describe(cand.fn).wire(),
+                 "hvp": None if cand.hvp is None else describe(cand.hvp).wire(),
+                 "backward": None if cand.backward is None else describe(cand.backward).wire()}
     except BaseException as e:  # noqa: BLE001 - SoftcheckError's message, or what the import raised
         msg = str(e) if isinstance(e, ValueError) else \
-            f"importing TARGET {hello['source']} raised {type(e).__name__}"
+            f"importing TARGET {hello.get('label') or hello['source']} raised {type(e).__name__}"
         _flush()
         _send(sock, {"load_error": msg})
         os._exit(0)
-    try:
-        params, varkw = signature_of(cand.fn)
-    except BaseException:  # noqa: BLE001
-        params, varkw = (), False
     _flush()
-    _send(sock, {"ready": True, "params": [str(p) for p in params], "varkw": bool(varkw)})
+    _send(sock, ready)
     return sock, shm, hello, cand
 
 
@@ -193,9 +195,11 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
     """Answer requests until the parent closes the channel: each call's output captured
     afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent."""
     while True:
-        req = _recv(sock)
+        fds: list[int] = []
+        req = _recv(sock, fds)
         if req is None:
             os._exit(0)
+        req["fds"] = list(fds)             # sealed inputs (arena.py): closed after the call
         _flush()
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
@@ -211,7 +215,12 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
                 reply = {"error": "judging its result failed"}
         _flush()
         reply["seq"] = req["seq"]
-        _send(sock, reply)
+        out = [int(f) for f in reply.pop("fds", ())]
+        try:
+            _send(sock, reply, out)
+        finally:
+            close_all(out)
+            close_all(fds)
 
 
 def main() -> None:

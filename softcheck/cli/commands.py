@@ -65,7 +65,7 @@ def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fa
     policy = to_policy(kw)
     st = to_settings(kw)
     cfg = to_config(kw)
-    cand = load(target, hvp=hvp_target, settings=st)
+    cand = load(target, hvp=hvp_target, settings=st, in_process=not policy.isolate)
     return execute(lambda bar: check_candidate(cand, cfg, policy=policy, fail_fast=fail_fast,
                                                jobs=jobs, progress=bar),
                    devices, json_path, junit_path, markdown_path, verbose=verbose,
@@ -90,7 +90,7 @@ def batch(file, json_path, junit_path, markdown_path, json_detail, verbose, fail
     from ..engine.suites import batch_listing, estimate_batch, load_plan, run_batch
 
     policy = to_policy(kw)
-    plan = load_plan(file)
+    plan = load_plan(file, in_process=not policy.isolate)
     if list_only:
         click.echo("\n".join(batch_listing(plan)))
         return EXIT_OK

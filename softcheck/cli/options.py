@@ -236,6 +236,10 @@ def candidate_options(fn):
         click.option("--nondet-tol", type=click.FloatRange(min=0), default=None,
                      help="Difference allowed between repeated calls [default: the case's "
                           "absolute tolerance]."),
+        click.option("--memory-limit", default=None, metavar="SIZE",
+                     help="Memory the candidate's process may allocate, such as 8G or 512M "
+                          "(0: none); past it an allocation fails and so does the case "
+                          "[default: 3/4 of the machine's memory]."),
         click.option("--in-process", is_flag=True,
                      help="Call the candidate in softcheck's own process (for pdb and "
                           "profilers): no isolation, a timeout only stops waiting."),
@@ -249,5 +253,9 @@ def to_policy(kw: dict):
     """The candidate options of a command's keywords (popped) as a CallPolicy."""
     from ..candidate import CallPolicy
 
+    from ..candidate.sandbox import parse_size
+
+    memory = kw.pop("memory_limit")
     return CallPolicy(kw.pop("timeout"), kw.pop("repeat"), kw.pop("nondet_tol"),
-                      not kw.pop("in_process"))
+                      not kw.pop("in_process"),
+                      None if memory is None else parse_size(memory))

@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
-from ..candidate.call import CallResult, kwargs_for
+from ..candidate.call import CallResult, kwargs_for, signature_of
+from ..candidate.described import BadDescription, load_error
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
 from ..candidate.channel import _Died, _Worker, close_shared, shared_file
-from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate
+from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
@@ -63,8 +64,10 @@ class RankedCandidate:
     started afresh for the next call."""
 
     def __init__(self, source: str, label: str, settings, *, x64: bool = True,
-                 grace: float = 2.0, start_timeout: float | None = 300.0):
+                 grace: float = 2.0, start_timeout: float | None = 300.0,
+                 memory_limit: int | None = None):
         self.target, self.label, self.settings = source, label, settings
+        self.memory_limit, self.sandbox = memory_limit, {}
         self.source = None              # never re-loaded by a pool worker: the ranks are here
         self.world, self.backend, self.split = (settings.tensor_parallel, settings.backend,
                                                 settings.split)
@@ -78,7 +81,13 @@ class RankedCandidate:
         except BaseException:
             self.close()
             raise
-        self._params, self._varkw = set(ready["params"]) - {"group"}, ready["varkw"]
+        try:
+            params, self._varkw = signature_of(described(ready)[0])
+        except BadDescription as e:
+            self.close()
+            raise SoftcheckError(f"TARGET {self.target}: rank 0 described it wrongly ({e})"
+                                 ) from None
+        self._params = set(params) - {"group"}
 
     def takes(self, name: str) -> bool:
         return name in self._params or self._varkw
@@ -90,8 +99,12 @@ class RankedCandidate:
             for r, slot in enumerate(self._slots):
                 hello = {"source": self.target, "label": self.label, "settings": self.settings,
                          "rank": r, "world": self.world, "backend": self.backend, "init": init}
+                # each rank its own sandbox, the network shared (gloo's TCP on loopback);
+                # NCCL's shared memory needs the host's /dev/shm
                 ranks.append(_Worker(slot._shm_fd, hello, self.x64, self.start_timeout,
-                                     self.pids, module=RANK_MAIN, wait=False))
+                                     self.pids, module=RANK_MAIN, wait=False,
+                                     memory=self.memory_limit,
+                                     host_shm=self.backend == "nccl"))
             for r, w in enumerate(ranks):
                 try:
                     w.handshake(self.start_timeout)
@@ -102,13 +115,15 @@ class RankedCandidate:
                     raise SoftcheckError(f"TARGET {self.target}: rank {r}: "
                                          f"{e}".replace("during the call", "while loading")
                                          ) from None
-                if "load_error" in w.ready:
-                    raise SoftcheckError(w.ready["load_error"])
+                if not isinstance(w.ready, dict) or "load_error" in w.ready:
+                    raise load_error(w.ready.get("load_error")
+                                     if isinstance(w.ready, dict) else None)
         except BaseException:
             for w in ranks:
                 w.stop()
             raise
         self._ranks = ranks
+        self.sandbox = ranks[0].sandbox
         return ranks
 
     def _stop(self, grace: float | None = None) -> None:
@@ -127,6 +142,17 @@ class RankedCandidate:
 
     def __exit__(self, *exc):
         self.close()
+
+    isolated = True                 # the CandidateProtocol (candidate/protocol.py)
+    hvp_source = None
+
+    def call_fused(self, fi, *, timeout=None, repeat: int = 1):
+        raise SoftcheckError("--hidden (fused linear cross-entropy) does not run on "
+                             "--tensor-parallel ranks")
+
+    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
+        """None: the ranks get their shards from the engine's own memory."""
+        return None
 
     def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
         return CallResult(None, FIRST_ORDER)
@@ -216,7 +242,7 @@ class RankedCandidate:
                 dead = _first_dead(ranks, r, within=1.0)
                 if dead is not None:
                     return self._failed(dead, ranks[dead].death_reason())
-                return self._failed(r, str(reply["error"]))
+                return self._failed(r, w.explain(str(reply["error"])))
             replies[r] = reply
         return replies
 
@@ -266,9 +292,11 @@ class ShardMapCandidate(IsolatedCandidate):
 
     module = "softcheck.candidate.shard_main"
 
-    def __init__(self, source: str, label: str, settings, *, x64: bool = True):
+    def __init__(self, source: str, label: str, settings, *, x64: bool = True,
+                 memory_limit: int | None = None):
         self.world, self.split = settings.tensor_parallel, settings.split    # before it starts
-        super().__init__(source, None, label, x64=x64, settings=settings)
+        super().__init__(source, None, label, x64=x64, settings=settings,
+                         memory_limit=memory_limit)
         self._params -= set(SHARD_KEYWORDS)
 
     @property
@@ -283,6 +311,10 @@ class ShardMapCandidate(IsolatedCandidate):
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)
         return super().call(inputs, timeout=timeout, repeat=repeat, variants=variants)
+
+    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
+        """None: shard_map takes its logits whole from the engine (never streamed)."""
+        return None
 
     def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
         return CallResult(None, FIRST_ORDER)

@@ -88,7 +88,7 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                 iso = None
                 if job.policy.isolate:
                     x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
-                    iso = isolated(cand, x64=x64)
+                    iso = isolated(cand, x64=x64, memory_limit=job.policy.memory_limit)
                 started[id(cand)] = iso or cand
                 process[cand.label] = (
                     {"isolated": True, "jax_enable_x64": iso.x64, "repeat": job.policy.repeat}
@@ -97,6 +97,11 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                      "why": "--in-process" if not job.policy.isolate else
                      "a lambda, closure or __main__ function cannot be re-imported by "
                      "module and name: it ran in softcheck's process"})
+            box = started[id(cand)].sandbox
+            if box and "sandbox" not in process[cand.label]:
+                from ..candidate.sandbox import report as sandbox_report
+
+                process[cand.label]["sandbox"] = sandbox_report(box)
             out.append(dataclasses.replace(job, candidate=started[id(cand)]))
     except BaseException:
         for w in started.values():
@@ -126,7 +131,8 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):
         (layout if jax else shards)(v, st.tensor_parallel, st.split)   # exit 2 before starting
     x64 = any(j.case.dtype == "float64" for j in jobs if j.candidate is cand)
-    return (ShardMapCandidate if jax else RankedCandidate)(cand.source, cand.label, st, x64=x64)
+    return (ShardMapCandidate if jax else RankedCandidate)(cand.source, cand.label, st, x64=x64,
+                                                           memory_limit=job.policy.memory_limit)
 
 
 def with_inputs(cfg: Config, found: tuple[list[Case], list[str]]):
@@ -198,23 +204,26 @@ class BatchPlan:
     candidates: dict            # group name -> Candidate (candidate groups only)
 
 
-def load_plan(path: str) -> BatchPlan:
-    """Read, check and expand a batch file and load its TARGETs: every problem is raised
-    (naming file, group and key) before any case runs."""
+def load_plan(path: str, *, in_process: bool = False) -> BatchPlan:
+    """Read, check and expand a batch file and load its TARGETs (each described by its own
+    worker process; imported here only ``in_process``): every problem is raised (naming
+    file, group and key) before any case runs."""
     plan = batchfile.plan(path)
     loaded: dict[str, Candidate] = {}
     cands = {}
     for g in plan.groups:
         if g.target is None:
             continue
-        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call)
+        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call, in_process)
         if g.hvp is not None:
-            cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded))
+            cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
+                                       in_process=in_process))
         cands[g.name] = cand
     return BatchPlan(plan, cands)
 
 
-def _load(target: str, base: str, where: str, key: str, loaded: dict, call=()) -> Candidate:
+def _load(target: str, base: str, where: str, key: str, loaded: dict, call=(),
+          in_process: bool = False) -> Candidate:
     """A group's TARGET, loaded once per (TARGET, how it is called)."""
     from ..candidate.conventions import settings
 
@@ -222,7 +231,8 @@ def _load(target: str, base: str, where: str, key: str, loaded: dict, call=()) -
     if (t, call) not in loaded:
         try:
             st = settings(**dict(call)) if call else None
-            loaded[t, call] = load(t, label=target, settings=st, base=base)
+            loaded[t, call] = load(t, label=target, settings=st, base=base,
+                                   in_process=in_process)
         except SoftcheckError as e:
             raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
     return loaded[t, call]

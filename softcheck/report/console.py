@@ -77,6 +77,9 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
         _render_failures(failed, say, console.width)
     for note in report.skipped:
         say(f"skipped: {note}", "dim", soft_wrap=True)
+    for info in report.environment.get("candidate_process", {}).values():
+        if info.get("sandbox", {}).get("weaker"):          # candidate/sandbox.py
+            say(info["sandbox"]["weaker"], "dim", soft_wrap=True)
     s = report.summary()
     verdict = "all agree" if report.passed else "DISAGREEMENT"
     style = "bold green" if report.passed else "bold red"

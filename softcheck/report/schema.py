@@ -214,6 +214,28 @@ CASE = _obj({
                  "file-descriptor level, child processes too), clipped to a few KB with a note."),
 })
 
+_INT_OR_NULL = {"type": ["integer", "null"], "minimum": 0}
+SANDBOX = _d(_obj({
+    "kind": _d({"enum": ["namespaces", "limits", "unknown"]},
+               "namespaces: new user, PID and mount namespaces (the worker sees only its own "
+               "processes, every mount read-only but a private tmpfs); limits: no namespaces "
+               "could be made, only the limits and the rest below."),
+    "user": _d({"type": "integer"}, "The uid the worker runs as (outside and inside: mapped "
+                                    "to itself)."),
+    "pid": _d({"type": "boolean"}, "In its own PID namespace (ended with it)."),
+    "mount": _d({"type": "boolean"}, "In its own mount namespace."),
+    "read_only": _d({"type": "boolean"}, "Every mount read-only (nosuid) but its private "
+                                         "tmpfs ($TMPDIR) and /dev/shm."),
+    "no_new_privs": _d({"type": "boolean"}, "PR_SET_NO_NEW_PRIVS, no capabilities."),
+    "parent_death_signal": _d({"type": "boolean"}, "Killed when its parent dies."),
+    "memory_limit": _d(_INT_OR_NULL, "Bytes of memory it may allocate (--memory-limit)."),
+    "memory_by": _d({"type": ["string", "null"]}, "How: rlimit_data (RLIMIT_DATA)."),
+    "pids_limit": _d(_INT_OR_NULL, "Processes and threads it may have (RLIMIT_NPROC)."),
+    "pids_why": _d({"type": "string"}, "Why there is no process limit."),
+    "why": _d({"type": "string"}, "Why it is weaker than the full sandbox."),
+    "weaker": _d({"type": "string"}, "The line the console prints when it is weaker."),
+}, required=["kind"]), "What confined the worker process (candidate/sandbox.py).")
+
 CANDIDATE_PROCESS = _d({
     "type": "object",
     "additionalProperties": _obj({
@@ -223,6 +245,7 @@ CANDIDATE_PROCESS = _d({
                              "loaded (the suite has float64 cases)."),
         "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
         "why": _d({"type": "string"}, "Why it was not isolated."),
+        "sandbox": SANDBOX,
         "tensor_parallel": _d({"type": "integer", "minimum": 2},
                               "--tensor-parallel W: the TARGET ran on W torch.distributed "
                               "ranks (JAX: inside shard_map over W host devices of one "

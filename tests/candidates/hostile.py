@@ -27,9 +27,9 @@ def correct(logits, target, **kw):
 
 
 def dtype_name(logits, target):
-    """The gradient, plus proof of what arrived: writes the dtype name to $SOFTCHECK_TEST_DIR."""
-    with open(os.path.join(os.environ["SOFTCHECK_TEST_DIR"], "dtype"), "w") as f:
-        f.write(f"{logits.dtype.name} {logits.flags.writeable} {target.dtype.name}")
+    """The gradient, plus proof of what arrived: prints the dtype names (its files are
+    read-only in the sandbox)."""
+    print(f"{logits.dtype.name} {logits.flags.writeable} {target.dtype.name}")
     return correct(logits.astype(np.float32), target).astype(logits.dtype)
 
 
@@ -111,7 +111,8 @@ def exits(logits, target):
 
 def escapes(logits, target):
     """A thread that never ends, a setsid'd child and a double-forked grandchild that sleep 60 s
-    then write a file; their pids go to $SOFTCHECK_TEST_DIR/pids."""
+    then write a file; their pids (as the candidate sees them: inside its PID namespace) are
+    printed."""
     d = os.environ["SOFTCHECK_TEST_DIR"]
     threading.Thread(target=lambda: time.sleep(10**6)).start()
     r, w = os.pipe()
@@ -132,8 +133,7 @@ def escapes(logits, target):
     pids = b""
     while len(pids.split()) < 2:
         pids += os.read(r, 100)
-    with open(os.path.join(d, "pids"), "w") as f:
-        f.write(pids.decode())
+    print("pids", pids.decode())
     return correct(logits, target)
 
 
