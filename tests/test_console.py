@@ -56,7 +56,7 @@ def _row_names(stdout: str) -> list[str]:
 @pytest.mark.parametrize("args", [
     ["tests/candidates/seeded.py:torch_loss", "--convention", "loss", "--dtype",
      "float64,float32"],
-    ["tests/candidates/seeded.py:numpy_right", "--dtype", "float32"],
+    ["tests/candidates/seeded.py:numpy_right", "--dtype", "float32,bfloat16"],
 ])
 def test_verbose_table_keeps_every_case_name_at_80_columns_piped(tmp_path, args):
     report = tmp_path / "r.json"
