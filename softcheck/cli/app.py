@@ -26,7 +26,7 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "softcap", "z_loss", "mean_over", "logit_scale"),
     "How TARGET is called": (
         "convention", "framework", "args", "rename", "returns", "backward", "hvp_target",
-        "device", "timeout", "repeat", "nondet_tol", "in_process"),
+        "device", "timeout", "repeat", "nondet_tol", "in_process", "memory_limit"),
     "Ranks and fused linear cross-entropy": (
         "tensor_parallel", "backend", "split", "hidden", "bias", "shape", "shift"),
     "References and tolerances": (
