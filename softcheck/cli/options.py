@@ -146,8 +146,10 @@ def suite_options(fn):
                      help="bfloat16/float16 candidates: rounded = float32 arithmetic, the "
                           "gradient rounded when stored and again when scaled by the upstream "
                           "gradient, log-probabilities stored in the dtype; strict = float32 "
-                          "arithmetic and one final rounding; native = also 4x the error of the "
-                          "closed form computed in the dtype itself (plain framework ops)."),
+                          "arithmetic and one final rounding (fused kernels); native = also 4x "
+                          "the error of the closed form computed in the dtype itself (plain "
+                          "framework ops); torch (--hidden only) = also PyTorch's own error in "
+                          "the dtype (unfused F.linear + F.cross_entropy)."),
         click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
         click.option("--atol", type=float, default=None,

@@ -194,7 +194,8 @@ TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock secon
 
 CASE = _obj({
     "name": _d({"type": "string"}, "The case's name (C-B-dtype-targets-reduction-regime)."),
-    "group": _d(_STR, "The batch group (null outside batch)."),
+    "group": _d(_STR, "The batch group (null outside batch; under pytest the test id, "
+                      "path::test[id])."),
     "target": _d(_STR, "The candidate checked (null: softcheck's own methods)."),
     "passed": _d({"type": "boolean"}, "Every comparison and invariant passed."),
     "params": _d(PARAMS, "The case's options."),
