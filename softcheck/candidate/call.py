@@ -75,6 +75,10 @@ class Candidate:
     settings: Settings = Settings()   # how it is called (--convention)
     backward: object = None         # split: the backward kernel
 
+    isolated = False                # the CandidateProtocol (protocol.py): in this process
+    x64 = None
+    sandbox = None
+
     def with_hvp(self, h: Candidate) -> Candidate:
         """This gradient with ``h``'s function as its Hessian-vector product (--order 2)."""
         return dataclasses.replace(self, hvp=h.fn, hvp_source=h.source)
@@ -110,6 +114,22 @@ class Candidate:
     def call_hvp(self, inputs: Inputs, direction: np.ndarray, *, timeout=None) -> CallResult:
         args = [inputs.logits, inputs.target, np.asarray(direction)]
         return _in_process(self.hvp, args, self.kwargs(inputs), inputs, timeout, 1)
+
+    def call_fused(self, fi, *, timeout=None, repeat: int = 1):
+        """Fused linear cross-entropy in this process: ``fused_once`` on fresh copies,
+        ``repeat`` times (the judge's loop, ``fused_repeated``)."""
+        from .fused import fused_once, fused_repeated
+
+        def one(i):
+            return fused_once(self.fn, self.settings, dataclasses.replace(
+                fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
+                bias=None if fi.bias is None else fi.bias.copy()))
+
+        return fused_repeated(one, repeat)
+
+    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
+        """None: a large case's logits are drawn in this process's memory."""
+        return None
 
     def close(self) -> None:
         """Nothing to end: the function runs in this process."""
