@@ -119,5 +119,8 @@ def repeated(once: Callable[[int], R], repeat: int,
 
 
 def _joined(outputs: list[str]) -> str:
+    """The outputs of a case's calls, one after the other, clipped once (each is already)."""
+    if len(outputs) <= 1:
+        return outputs[0] if outputs else ""
     text = "".join(outputs)
     return clip_output(text, len(text))

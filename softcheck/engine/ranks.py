@@ -192,7 +192,7 @@ class RankedCandidate:
         placed = []
         for r, (w, slot, (a, b)) in enumerate(zip(ranks, self._slots, cols)):
             shard = np.ascontiguousarray(inputs.logits[:, a:b])
-            arrays = [shard, target] + [np.ascontiguousarray(kw[k]) for k in names]
+            arrays = [shard, target] + [np.asarray(kw[k]) for k in names]   # 0-d stays 0-d
             size = 8 * shard.size
             descs, out_off = _place(slot, arrays, outs * size, back)
             rkw = dict(kw)
