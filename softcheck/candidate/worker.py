@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import mmap
 import os
+import time
 import weakref
 
 import numpy as np
@@ -195,7 +196,13 @@ class IsolatedCandidate:
         w.limit = limit
         try:
             w.send({**req, "seq": w.seq, "shm_size": self._size}, fds)
-            reply = w.receive(timeout)
+            deadline = None if not timeout else time.monotonic() + timeout
+            while True:
+                reply = w.receive(None if deadline is None else
+                                  max(1e-3, deadline - time.monotonic()))
+                seq = reply.get("seq") if isinstance(reply, dict) else None
+                if not (type(seq) is int and seq < w.seq):
+                    break           # an earlier request's (a forked child's copy): dropped
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 raise _Died("the candidate's process sent an invalid reply")
             reply["fds"], w.fds = w.fds, []

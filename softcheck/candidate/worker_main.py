@@ -221,7 +221,9 @@ def start(hvp: bool = True):
 
 def serve_forever(sock, shm: _Shm, handle) -> None:
     """Answer requests until the parent closes the channel: each call's output captured
-    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent."""
+    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent.  A child
+    the candidate forked that returns into this loop never answers (it ends)."""
+    me = os.getpid()
     while True:
         fds: list[int] = []
         req = _recv(sock, fds)
@@ -241,6 +243,8 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
                 reply = {"error": f"judging its result failed: {format_exception(e)}"}
             except BaseException:  # noqa: BLE001
                 reply = {"error": "judging its result failed"}
+        if os.getpid() != me:
+            os._exit(0)
         _flush()
         reply["seq"] = req["seq"]
         out = [int(f) for f in reply.pop("fds", ())]
