@@ -85,3 +85,53 @@ def test_a_late_interrupt_in_the_workers_main_thread_is_a_failed_case(tmp_path, 
     assert len(report["cases"]) == 8                       # the run went on, case by case
     assert all(c["error"] for c in report["cases"] if not c["passed"])
     json.dumps(report)
+
+
+def test_a_socket_error_is_a_failed_call_and_the_next_gets_a_fresh_worker(monkeypatch):
+    import numpy as np
+
+    from softcheck.candidate.channel import _Worker
+    from softcheck.candidate.worker import IsolatedCandidate
+    from softcheck.suite.inputs import make_inputs_from_arrays
+
+    z = np.random.default_rng(0).normal(size=(4, 5))
+    inputs = make_inputs_from_arrays(z, np.arange(4) % 5)
+    c = IsolatedCandidate(f"{CANDIDATES}:correct", None, "correct")
+    try:
+        good = c.call(inputs)
+        first = c.pid
+        real = _Worker.receive
+
+        def reset(self, timeout):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        monkeypatch.setattr(_Worker, "receive", reset)
+        r = c.call(inputs)
+        assert r.grad is None and r.error.startswith(
+            "the channel to the candidate's process failed (ConnectionResetError")
+        monkeypatch.setattr(_Worker, "receive", real)
+        again = c.call(inputs, repeat=2)
+        assert again.error is None and c.pid != first
+        np.testing.assert_array_equal(again.grad, good.grad)
+    finally:
+        c.close()
+
+
+def test_the_judge_checks_the_arguments_it_handed_over(tmp_path):
+    """A target modified in place is caught by comparing what the worker hands back after the
+    call with the judge's own original."""
+    src = tmp_path / "mut.py"
+    src.write_text(
+        "import numpy as np\n"
+        "def mut(logits, target):\n"
+        "    z = np.asarray(logits, np.float64)\n"
+        "    p = np.exp(z - z.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)\n"
+        "    p[np.arange(len(target)), target] -= 1\n"
+        "    target[:] = 0\n"
+        "    return p / len(target)\n")
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{src}:mut", *SMALL,
+                        "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (case,) = load_report(out.read_text())["cases"]
+    assert case["error"] == "modified its target argument in place"

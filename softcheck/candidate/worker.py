@@ -206,13 +206,16 @@ class IsolatedCandidate:
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 raise _Died("the candidate's process sent an invalid reply")
             reply["fds"], w.fds = w.fds, []
-        except (TimeoutError, _Died) as e:
+        except (TimeoutError, _Died, OSError) as e:   # any socket error: the call failed
             output = w.output()
             timed_out = isinstance(e, TimeoutError)
             w.stop(self.grace if timed_out else None)
             self._worker = None
+            why = (str(e) if isinstance(e, _Died) else
+                   f"the channel to the candidate's process failed ({type(e).__name__}: {e}); "
+                   "it was stopped")
             return None, (f"took longer than {timeout:g} s (--timeout); the candidate's "
-                          "process was stopped" if timed_out else str(e)), output
+                          "process was stopped" if timed_out else why), output
         output = w.output()
         return reply, (w.explain(str(reply["error"])) if reply.get("error") else None), output
 

@@ -206,7 +206,7 @@ class RankedCandidate:
             placed.append((out_off, size, tuple(shard.shape), backs))
             try:
                 w.send(req)
-            except _Died as e:
+            except (_Died, OSError) as e:
                 return self._failed(r, str(e))
         replies = self._gather(ranks, timeout, fields)
         if isinstance(replies, CallResult):
@@ -244,6 +244,8 @@ class RankedCandidate:
                                   max(0.1, deadline - time.monotonic()))
             except (_Died, TimeoutError) as e:
                 return self._failed(r, str(e) or "did not finish its reply")
+            except OSError as e:                          # any socket error: the call failed
+                return self._failed(r, f"its channel failed ({type(e).__name__}: {e})")
             try:
                 got = wire.checked(reply, fields, w.seq)
             except wire.ReplyError as e:
