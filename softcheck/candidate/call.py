@@ -1,12 +1,14 @@
-"""Call the user's gradient function on one case: fresh inputs, repeated, checked, converted.
+"""Call the user's gradient function on one case: one guarded call on fresh inputs.
 
-Calling convention (fixed): ``fn(logits, target, **kw)``; ``logits`` a fresh writable numpy
+The gradient convention: ``fn(logits, target, **kw)``; ``logits`` a fresh writable numpy
 copy (N, C) in the case dtype, ``target`` int64 (N,) or float (N, C); ``kw`` holds those of
 :data:`OPTION_NAMES` the function declares (all of them if it takes ``**kwargs``).  It returns
 ∂L/∂logits as anything array-like (numpy, JAX, torch, also requiring grad or on a GPU).
 
-:func:`invoke` is the one place a candidate is called: in its worker process
-(``worker_main``) or, with ``--in-process``, here (:meth:`Candidate.call`).
+:func:`call_once` (and :func:`convention_once` for the other conventions) is one call as
+the candidate made it: what a worker process runs per request (``worker_main``) and, with
+``--in-process``, :meth:`Candidate.call` here.  The judge repeats, compares, checks and
+converts (record.py).  :func:`invoke` is a large streamed case's loop (shared.py's sink).
 """
 
 from __future__ import annotations
@@ -174,8 +176,9 @@ def kwargs_for(inputs: Inputs, takes: Callable[[str], bool]) -> dict:
 def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], case_dtype,
            repeat: int = 1, *, pristine: Callable[[], list] | None = None, sink=None
            ) -> tuple[np.ndarray | None, str | None, list[str], float]:
-    """Call ``fn(*args, **kw)`` ``repeat`` times on identical fresh inputs (``fresh()``) and
-    judge what it does: ``(grad float64, error, notes, nondet)``.  Everything the candidate's
+    """A large streamed case only (shared.py, in the worker): call ``fn(*args, **kw)``
+    ``repeat`` times on identical fresh inputs (``fresh()``): ``(grad float64, error, notes,
+    nondet)``.  Everything the candidate's
     objects do (``__array__``, ``.detach()``, ``str(e)``) happens inside this call.
 
     Large cases (shared.py): ``pristine()`` gives the arguments' untouched originals instead
