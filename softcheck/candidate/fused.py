@@ -23,7 +23,7 @@ import numpy as np
 from ..spec import FusedInputs, SoftcheckError
 from .record import repeated
 from .conventions import KERNEL_OPTIONS, CallFailed, Settings, _option_values
-from . import reply as wire
+import softcheck.candidate.reply as wire
 from .errors import format_exception
 from .frameworks import to_framework, to_numpy
 

@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from . import reply as wire
+import softcheck.candidate.reply as wire
 from .call import (ARGUMENT_NAMES, CallResult, exact_lse, judged, kwargs_for, repeated,
                    signature_of, with_layout_note)
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
@@ -47,7 +47,7 @@ class IsolatedCandidate:
     """The TARGET loaded and called in a worker process that is restarted after it dies or
     times out; arrays cross through one shared memory file."""
 
-    #: the worker's module, and what it adds to the environment (engine/ranks.ShardMapCandidate)
+    #: the worker's module, and what it adds to the environment (engine/shardmap.ShardMapCandidate)
     module = "softcheck.candidate.worker_main"
     env: dict = {}
     isolated = True                 # the CandidateProtocol (protocol.py)

@@ -116,7 +116,8 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     """The W rank processes of a --tensor-parallel candidate, or (JAX) its one shard_map
     worker hosting W devices (engine/ranks.py)."""
     from ..candidate.sharding import layout, shards
-    from .ranks import RankedCandidate, ShardMapCandidate
+    from .ranks import RankedCandidate
+    from .shardmap import ShardMapCandidate
 
     if not job.policy.isolate:
         raise SoftcheckError("--tensor-parallel runs each rank in its own process: it cannot "
