@@ -5,7 +5,6 @@ devices of one worker process; the shards' gradients judged per rank, the losses
 from __future__ import annotations
 
 import dataclasses
-import os
 import select
 import socket
 import time
