@@ -10,7 +10,7 @@ import numpy as np
 from .engine.results import Report
 from .candidate.call import DEFAULT_TIMEOUT
 from .spec import SoftcheckError
-from .suite.config import config
+from .suite.config import CALL_KEYS, config
 
 METHODS = ("analytic", "autodiff", "finite_difference")
 
@@ -22,7 +22,8 @@ def run(*, fail_fast: bool = False, **options: Any) -> Report:
     return _run(config(**options), fail_fast=fail_fast)
 
 
-CALL_OPTIONS = ("convention", "framework", "args", "rename", "returns", "device")
+#: the call options ``check`` takes (backward is a callable here): the CLI's, one list
+CALL_OPTIONS = tuple(k for k in CALL_KEYS if k != "backward")
 
 
 def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
@@ -49,7 +50,8 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
     bsrc = source_of(backward) if backward is not None else None
     bname = None if backward is None else (
         bsrc or getattr(backward, "__qualname__", repr(backward)))
-    st = resolve(fn, settings(backward=bname, **call), bwd=backward)
+    st = resolve(fn, settings(backward=bname, fused=options.get("hidden") is not None, **call),
+                 bwd=backward)
     cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
                                backward=backward)
     reloadable = backward is None or bsrc is not None

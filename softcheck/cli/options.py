@@ -183,6 +183,12 @@ def call_options(fn):
         click.option("--rename", multiple=True,
                      help="OPTION=kernel_name: pass softcheck's option under the kernel's "
                           "keyword (repeatable), e.g. z_loss=lse_square_scale."),
+        click.option("--kwarg", multiple=True,
+                     help="NAME=VALUE: a constant keyword on every call (repeatable; VALUE a "
+                          "Python literal, else a string), e.g. impl=torch_compile."),
+        click.option("--off-value", multiple=True,
+                     help="OPTION=VALUE: what the kernel takes when OPTION is off (repeatable), "
+                          "e.g. softcap=0 [default: softcheck's own: None, 0, 1]."),
         click.option("--returns", default=None,
                      help=f"The returned tuple's items in order, from {', '.join(RETURN_ITEMS)} "
                           "(_ skips one) [default: loss; split: loss,lse]."),

@@ -159,7 +159,7 @@ class RankedCandidate:
             kw = {k: np.asarray(x) for k, x in kw.items() if x is not None}
             kw["variants"] = variants
         else:
-            kw = kwargs_for(inputs, self.takes)
+            kw = kwargs_for(inputs, self.takes, self.settings)
         if self._ranks is not None and any(w.proc.poll() is not None for w in self._ranks):
             self._stop()
         try:

@@ -47,7 +47,9 @@ DEVICES = ("cpu", "cuda")
 RETURN_ITEMS = ("loss", "z_loss", "lse")
 #: the options on how a TARGET is called (check's, and keys of a batch group with a target)
 CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device",
-             "tensor_parallel", "backend", "split")
+             "tensor_parallel", "backend", "split", "kwarg", "off_value")
+#: the call keys that repeat (a list on the command line and in batch files)
+REPEATED_CALL_KEYS = ("rename", "kwarg", "off_value")
 #: --tensor-parallel: the torch.distributed backend of the ranks, and how the vocabulary is
 #: split (even: W equal shards, V divisible by W; uneven: rank r starts at r*(V//W)+min(r, V%W);
 #: JAX shard_map: V padded with -inf to W*ceil(V/W), see candidate/sharding.py)
