@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from reports import load_report
 
@@ -138,3 +139,84 @@ regime = "normal"
     assert r.returncode == 0, r.stderr[-2000:]
     groups = {c["group"] for c in load_report(r.stdout)["cases"]}
     assert groups == {"cce", "unsloth"}
+
+
+# ------------------------------------------------------------------ P2: dtypes that fit
+
+def test_float32_kernel_is_not_failed_for_float64_by_default(tmp_path):
+    """A correct float32-only kernel (as Liger's CE Function) passes check's default dtypes:
+    the float64 probe drops the float64 cases, saying so; --dtype float64 still demands it."""
+    out = tmp_path / "r.json"
+    ok = cli(f"{K}:Float32Only", *FAST, "--json", str(out))
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+    assert "computes in float32" in ok.stdout + ok.stderr
+    rep = load_report(out.read_text())
+    assert any("computes in float32" in s for s in rep["skipped"])
+    dts = {c["params"]["dtype"] for c in rep["cases"]}
+    assert "float64" not in dts and "float32" in dts, dts
+    pinned = cli(f"{K}:Float32Only", *FAST, "--dtype", "float64")
+    assert pinned.returncode == 1, pinned.stdout[-1500:] + pinned.stderr[-1500:]
+
+
+class _Fake:
+    """A candidate whose float64 gradient is the truth plus ``noise`` (relative)."""
+
+    def __init__(self, noise):
+        from softcheck.candidate.settings import Settings
+
+        self.noise, self.settings, self.label = noise, Settings(), "fake"
+
+    def takes(self, name):
+        return False
+
+    def call(self, inputs, **kw):
+        from softcheck.candidate import CallResult
+        from softcheck.reference import analytic
+
+        g = analytic.gradient(inputs.float64())
+        return CallResult(grad=g * (1 + self.noise * np.sign(np.sin(np.arange(g.size)))
+                                    .reshape(g.shape)))
+
+
+def _f64_case():
+    from softcheck.suite.config import Config
+    from softcheck.suite.kernel import select
+
+    cases, _ = select(Config(classes=(50,), dtype=("float64",), regime=("normal",)),
+                      check=True)
+    return cases
+
+
+@pytest.mark.parametrize("noise, dropped", [(0.0, False), (3e-8, True), (1e-2, False)])
+def test_float64_probe_drops_only_float32_precision(noise, dropped):
+    """float64-exact keeps the float64 cases; float32-level error drops them; an error beyond
+    float32's tolerance (a bug) keeps them, so they fail and show it."""
+    from softcheck.candidate import CallPolicy
+    from softcheck.engine.precision import float64_probe
+
+    why = float64_probe(_Fake(noise), _f64_case(), CallPolicy())
+    assert (why is not None) == dropped, why
+
+
+def test_triton_interpreter_note_for_16_bit_cases(monkeypatch):
+    from softcheck.engine.precision import interpreter_note
+    from softcheck.suite.config import Config
+    from softcheck.suite.kernel import select
+
+    cases, _ = select(Config(classes=(50,), dtype=("bfloat16", "float32")), check=True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert interpreter_note(cases) is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "bfloat16" in interpreter_note(cases)
+    assert interpreter_note([c for c in cases if c.dtype == "float32"]) is None
+
+
+def test_triton_interpreter_note_reaches_console_and_report(tmp_path):
+    out = tmp_path / "r.json"
+    r = cli(f"{K}:Float32Only", *FAST, "--dtype", "bfloat16", "--json", str(out),
+            env={"TRITON_INTERPRET": "1"})
+    assert r.returncode in (0, 1), r.stderr[-1500:]
+    assert "TRITON_INTERPRET=1" in r.stdout + r.stderr
+    notes = [n for p in load_report(out.read_text())["environment"]["candidate_process"]
+             .values() for n in p.get("notes", ())]
+    assert any("bit patterns" in n for n in notes), notes

@@ -41,18 +41,23 @@ def options_dict(cfg: Config) -> dict:
 
 def execute(command: str, jobs: list[Job], skipped: list[str], options: dict, *,
             target: str | None = None, fail_fast: bool = False, progress=None,
-            workers: int = 1) -> Report:
+            workers: int = 1, probe_dtypes: bool = False) -> Report:
     """Judge the jobs and assemble the Report: the one place every command ends.
 
     Each candidate of the jobs runs in its own worker process when its policy says so
     (and it can be reloaded there); every worker, and all it started, has ended when this
-    returns.  JAX's float64 flag is as the caller had it."""
+    returns.  JAX's float64 flag is as the caller had it.  ``probe_dtypes`` (the user did
+    not pin --dtype): a candidate's float64 cases are dropped when one small call shows it
+    computes in float32 (engine/precision.py)."""
     from ..reference.jaxsetup import x64_restored
+    from .precision import fit
 
     t0 = time.perf_counter()
     jobs, workers_started, process = _isolate(jobs)
     try:
         with x64_restored():
+            jobs, dropped = fit(jobs, process, probe=probe_dtypes)
+            skipped = [*skipped, *dropped]
             results = run_jobs(jobs, fail_fast=fail_fast, progress=progress, workers=workers)
             env = environment()
     finally:
@@ -153,7 +158,8 @@ def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPo
     """A candidate against the three references over the check suite (``check_suite``)."""
     cases, skipped = with_inputs(cfg, select(cfg, check=True))
     return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
-                   target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs)
+                   target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs,
+                   probe_dtypes=cfg.dtype is None)
 
 
 # --------------------------------------------------------------------------------- estimates

@@ -55,6 +55,9 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
         if info.get("sandbox", {}).get("weaker"):          # candidate/sandbox.py
             console.print(info["sandbox"]["weaker"], style="dim", markup=False,
                           highlight=False, soft_wrap=True)
+        for note in info.get("notes", ()):                 # engine/precision.py
+            console.print(f"note: {note}", style="yellow", markup=False, highlight=False,
+                          soft_wrap=True)
     s = report.summary()
     verdict = "all agree" if report.passed else "DISAGREEMENT"
     style = "bold green" if report.passed else "bold red"

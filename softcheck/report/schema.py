@@ -246,6 +246,9 @@ CANDIDATE_PROCESS = _d({
         "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
         "why": _d({"type": "string"}, "Why it was not isolated."),
         "sandbox": SANDBOX,
+        "notes": _d({"type": "array", "items": {"type": "string"}},
+                    "What the results of this candidate cannot show (engine/precision.py: "
+                    "TRITON_INTERPRET=1 with 16-bit cases)."),
         "tensor_parallel": _d({"type": "integer", "minimum": 2},
                               "--tensor-parallel W: the TARGET ran on W torch.distributed "
                               "ranks (JAX: inside shard_map over W host devices of one "
