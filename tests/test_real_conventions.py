@@ -220,3 +220,38 @@ def test_triton_interpreter_note_reaches_console_and_report(tmp_path):
     notes = [n for p in load_report(out.read_text())["environment"]["candidate_process"]
              .values() for n in p.get("notes", ())]
     assert any("bit patterns" in n for n in notes), notes
+
+
+# ------------------------------------------------------------------- P3: nn.Module losses
+
+def test_module_class_is_built_with_the_options_and_called_forward():
+    ok = cli(f"{K}:ModuleCE", "--label-smoothing", "0.1", "--weight", "random", *FAST)
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+    bad = cli(f"{K}:ModuleCEDropsSmoothing", "--label-smoothing", "0.1", *FAST)
+    assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
+
+
+def test_module_instance_is_called_forward():
+    ok = cli(f"{K}:MODULE_INSTANCE", *FAST, "--dtype", "float32")
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+
+
+def test_target_that_cannot_be_called_is_one_line_exit_2():
+    one_line_exit_2(cli(f"{K}:NOT_CALLABLE"), "not callable")
+
+
+# ------------------------------------------------- P4: fused autograd.Function, positional
+
+FUSED = ("--hidden", "16", "--classes", "40", "--batch", "6", "--regime", "normal",
+         "--dtype", "float32")
+
+
+def test_fused_autograd_function_is_called_positionally():
+    """As Liger's: .apply(x, W, target, bias, ce_weight, ignore_index, lse_square_scale,
+    label_smoothing, ...) in forward's order (lse_square_scale is z_loss by --rename)."""
+    ok = cli(f"{K}:FusedFunction", *FUSED, "--label-smoothing", "0.1", "--rename",
+             "z_loss=lse_square_scale")
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+    bad = cli(f"{K}:FusedFunctionNoSmoothing", *FUSED, "--label-smoothing", "0.1", "--rename",
+              "z_loss=lse_square_scale")
+    assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
