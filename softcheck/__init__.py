@@ -15,8 +15,19 @@ __all__ = ["run", "check", "loss", "gradient", "as_torch", "Report", "SoftcheckE
            "__version__"]
 
 from ._version import __version__
-from .api import as_torch, check, gradient, loss, run
-from .engine.results import Report
-from . import report as _report   # registers str(report), report.to_markdown(), .to_junit()
-del _report
 from .spec import SoftcheckError
+
+_API = {"run", "check", "loss", "gradient", "as_torch"}
+
+
+def __getattr__(name: str):
+    """The public API on first use: a worker process importing ``softcheck.candidate`` does
+    not pay for the judge's modules (ml_dtypes alone takes a second to import)."""
+    if name in _API or name == "Report":
+        from . import api, report as _report   # report: str(report), .to_markdown(), .to_junit()
+        from .engine.results import Report
+
+        del _report
+        globals().update({n: getattr(api, n) for n in _API}, Report=Report)
+        return globals()[name]
+    raise AttributeError(f"module 'softcheck' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -35,32 +36,57 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
     kernel as written with ``convention="loss"|"inplace"|"split"`` (``backward=`` the split
     backward, a callable).
 
-    ``fn`` runs in a worker process when it can be re-imported there by its module and name
-    (a module-level function); a lambda or closure runs in this process, and the report says
-    so.  ``timeout`` seconds per call (0 or None: no limit); ``repeat`` calls per case on
-    identical inputs; ``nondet_tol`` the difference allowed between them; ``memory_limit``
-    the worker's (``"8G"``, bytes; 0: none; default 3/4 of the machine's memory)."""
+    The judge and ``fn`` both run outside this process: the judge in a fresh process of its
+    own (engine/remote.py), ``fn`` in the sandboxed worker it starts, re-imported there by
+    its module and name, so ``fn`` (and ``hvp``, ``backward``) must be module-level
+    functions.  A lambda, a closure or a function of the ``__main__`` script is refused with
+    the reason unless ``in_process=True``: then judge and candidate run here, and the report
+    says "not isolated".  ``timeout`` seconds per call (0 or None: no limit); ``repeat``
+    calls per case on identical inputs; ``nondet_tol`` the difference allowed between them;
+    ``memory_limit`` the worker's (``"8G"``, bytes; 0: none; default 3/4 of the machine's
+    memory)."""
+    from .candidate import CallPolicy, source_of
+    from .candidate.sandbox import parse_size
+
+    call = {k: options.pop(k) for k in CALL_OPTIONS if k in options}
+    policy = CallPolicy(timeout, repeat, nondet_tol, not in_process,
+                        None if memory_limit is None else parse_size(memory_limit))
+    if in_process:
+        return _check_here(fn, hvp, backward, call, options, policy, fail_fast)
+    sources = {what: (f, source_of(f)) for what, f in (("fn", fn), ("hvp", hvp),
+                                                       ("backward", backward)) if f is not None}
+    for what, (f, src) in sources.items():
+        if src is None:
+            name = getattr(f, "__qualname__", None) or repr(f)
+            raise SoftcheckError(
+                f"softcheck.check: {what} {name} is a lambda, a closure or a function of the "
+                "__main__ script, which the candidate's worker process cannot re-import by "
+                "module and name: define it at module level, or pass in_process=True (then "
+                "it runs in this process, not isolated)")
+    from .engine.remote import judge
+
+    return judge({"source": sources["fn"][1],
+                  "hvp_source": sources["hvp"][1] if "hvp" in sources else None,
+                  "label": getattr(fn, "__qualname__", None),
+                  "call": {**call, "backward": sources["backward"][1]
+                           if "backward" in sources else None},
+                  "options": options, "policy": policy, "fail_fast": fail_fast,
+                  "path": [p for p in sys.path if p]})
+
+
+def _check_here(fn, hvp, backward, call, options, policy, fail_fast) -> Report:
+    """``check(..., in_process=True)``: the judge and the candidate in this process."""
     import dataclasses
 
-    from .candidate import CallPolicy, Candidate, source_of
+    from .candidate import Candidate
     from .candidate.conventions import resolve, settings
     from .engine.suites import check_candidate
 
-    call = {k: options.pop(k) for k in CALL_OPTIONS if k in options}
-    bsrc = source_of(backward) if backward is not None else None
-    bname = None if backward is None else (
-        bsrc or getattr(backward, "__qualname__", repr(backward)))
+    bname = None if backward is None else getattr(backward, "__qualname__", repr(backward))
     st = resolve(fn, settings(backward=bname, fused=options.get("hidden") is not None, **call),
                  bwd=backward)
     cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
                                backward=backward)
-    reloadable = backward is None or bsrc is not None
-    cand.source = source_of(fn) if reloadable else None
-    cand.hvp_source = source_of(hvp) if hvp is not None else None
-    from .candidate.sandbox import parse_size
-
-    policy = CallPolicy(timeout, repeat, nondet_tol, not in_process,
-                        None if memory_limit is None else parse_size(memory_limit))
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)
 
 

@@ -55,19 +55,19 @@ def test_numpy_and_jax_examples():
 
 
 def test_sign_flip_is_named():
-    rep = softcheck.check(lambda z, y: -correct(z, y), dtype="float64", regime="normal")
+    rep = softcheck.check(lambda z, y: -correct(z, y), in_process=True, dtype="float64", regime="normal")
     assert not rep.passed and any("sign flipped" in h for h in hints(rep))
 
 
 def test_constant_factor_is_named():
-    rep = softcheck.check(lambda z, y: correct(z, y) * len(z), dtype="float64", regime="normal",
+    rep = softcheck.check(lambda z, y: correct(z, y) * len(z), in_process=True, dtype="float64", regime="normal",
                           batch=5)
     assert any("= N (batch size)" in h or "reduction 'sum'" in h for h in hints(rep))
 
 
 def test_other_smoothing_convention_is_recognized():
     rep = softcheck.check(lambda z, y, label_smoothing=0.0: correct(
-                              z, y, label_smoothing=label_smoothing, smoothing_convention="others"),
+                              z, y, label_smoothing=label_smoothing, smoothing_convention="others"), in_process=True,
                           label_smoothing=0.1, dtype="float64")
     assert any("convention 'others'" in h for h in hints(rep))
 
@@ -79,7 +79,7 @@ def test_missing_max_shift_blamed_in_large_regime():
         p[np.arange(len(y)), y] -= 1
         return p / len(y)
 
-    rep = softcheck.check(no_shift, dtype="float64")
+    rep = softcheck.check(no_shift, in_process=True, dtype="float64")
     failed = {c.params["regime"] for c in rep.failed}
     assert failed == {"large", "spread"}       # logits ~1e3 and rows at ±1e4 overflow exp
     assert any("max shift" in h for h in hints(rep))
@@ -91,7 +91,7 @@ def test_target_column_only_error():
         g[np.arange(len(y)), y] *= 1.01
         return g
 
-    rep = softcheck.check(bad, dtype="float64", regime="normal")
+    rep = softcheck.check(bad, in_process=True, dtype="float64", regime="normal")
     assert any("only in the target column" in h for h in hints(rep))
 
 
@@ -99,7 +99,7 @@ def test_ignored_rows_not_zero_is_reported():
     def bad(z, y, ignore_index=-100):
         return correct(z, np.where(y == ignore_index, 0, y))
 
-    rep = softcheck.check(bad, ignore_index=-100, dtype="float64", regime="normal")
+    rep = softcheck.check(bad, in_process=True, ignore_index=-100, dtype="float64", regime="normal")
     assert any("ignored rows must be exactly zero" in h for h in hints(rep))
 
 
@@ -109,7 +109,7 @@ def test_candidate_writing_into_logits_is_judged_correctly():
         z[...] = g          # Liger-style: the gradient overwrites the logits buffer
         return z
 
-    rep = softcheck.check(inplace)
+    rep = softcheck.check(inplace, in_process=True)
     assert rep.passed
     assert any("wrote into its logits" in n for n in rep.cases[0].notes)
 
@@ -148,7 +148,7 @@ def test_mutants_command_exits_0():
 def test_one_entry_1e9_relative_error_fails_in_float64():
     from softcheck.tools.mutants import _one_entry
 
-    rep = softcheck.check(_one_entry, dtype="float64", regime="normal")
+    rep = softcheck.check(_one_entry, in_process=True, dtype="float64", regime="normal")
     assert not rep.passed
 
 
@@ -164,7 +164,7 @@ def _denominator_rounded(ulps):
 def test_intermediate_low_precision_rounding_is_named_not_called_a_factor():
     """Found with torch's CPU bfloat16 cross_entropy: a factor 1.00011 was named 'N (batch
     size)' for N = 1; a few ulps of rounding is now said to be rounding."""
-    rep = softcheck.check(_denominator_rounded(2.5), dtype="bfloat16", regime="normal")
+    rep = softcheck.check(_denominator_rounded(2.5), in_process=True, dtype="bfloat16", regime="normal")
     assert not rep.passed
     hints = [h for c in rep.failed for h in c.diagnosis]
     assert any("ulps of the largest entry: consistent with intermediate rounding to bfloat16"
@@ -190,7 +190,7 @@ def test_bfloat16_numpy_conversion_error_gets_a_hint():
 
         return torch.from_numpy(logits)
     pytest.importorskip("torch")
-    rep = softcheck.check(naive, dtype="bfloat16", regime="normal", batch=1)
+    rep = softcheck.check(naive, in_process=True, dtype="bfloat16", regime="normal", batch=1)
     assert "softcheck.as_torch(logits)" in rep.cases[0].error
 
 

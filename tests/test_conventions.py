@@ -84,7 +84,7 @@ def test_returned_z_loss_is_judged():
         loss, zl = K.torch_tuple(logits, target, z_loss=z_loss, reduction=reduction)
         return loss, 2 * zl
 
-    bad = softcheck.check(doubled, convention="loss", z_loss=1e-3, returns="loss,z_loss",
+    bad = softcheck.check(doubled, in_process=True, convention="loss", z_loss=1e-3, returns="loss,z_loss",
                           **SMALL)
     assert failing_pairs(bad) == {"candidate_z_loss/reference_z_loss"}
 

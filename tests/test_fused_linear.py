@@ -23,7 +23,7 @@ INPROC = CallPolicy(isolate=False)
 
 
 def _cand(fn: str, convention: str):
-    return load(f"{EX}/{fn}", settings=call_settings(convention=convention, fused=True))
+    return load(f"{EX}/{fn}", settings=call_settings(convention=convention, fused=True), in_process=True)
 
 
 def _case(dtype="float32", regime="normal", v=507, n=16, h=32, **spec):
@@ -131,7 +131,7 @@ def test_regression_ignored_rows_leaking_into_grad_w_are_named(tmp_path):
         "    # the bug: grad_W from every row's G (ignored rows' too), over the valid count\n"
         "    _, _, gw_all, _ = numpy_flce.flce(x, weight, y, bias, ignore_index)\n"
         "    return loss, gx, gw_all * len(y) / n_valid, gb\n" % EX)
-    cand = load(f"{src}:flce", settings=call_settings(convention="grad", fused=True))
+    cand = load(f"{src}:flce", settings=call_settings(convention="grad", fused=True), in_process=True)
     r = run_case(_case("float64", "masked", ignore_index=-100), cand, policy=INPROC)
     assert not r.passed
     assert any("ignored rows leak into grad_W" in d for d in r.diagnosis), r.diagnosis
@@ -148,10 +148,10 @@ def test_scaled_grad_w_and_transposed_grad_w_are_named(tmp_path):
         "    l, gx, gw, gb = numpy_flce.flce(x, weight, target, bias)\n"
         "    return l, gx, gw.T, gb\n" % EX)
     r = run_case(_case("float64"), load(f"{src}:scaled", settings=call_settings(
-        convention="grad", fused=True)), policy=INPROC)
+        convention="grad", fused=True), in_process=True), policy=INPROC)
     assert any(d.startswith("grad_W is the reference times 2") for d in r.diagnosis)
     r = run_case(_case("float64"), load(f"{src}:transposed", settings=call_settings(
-        convention="grad", fused=True)), policy=INPROC)
+        convention="grad", fused=True), in_process=True), policy=INPROC)
     assert r.error and "grad_W" in r.error and "transposed" in r.error
 
 
@@ -167,7 +167,7 @@ def test_shape_btv_and_shift_reach_the_candidate(tmp_path):
         "    l, gx, gw, gb = numpy_flce.flce(x.reshape(-1, x.shape[-1]), weight, "
         "target.reshape(-1), bias, ignore_index)\n"
         "    return l, gx.reshape(x.shape), gw, gb\n" % EX)
-    cand = load(f"{src}:flce", settings=call_settings(convention="grad", fused=True))
+    cand = load(f"{src}:flce", settings=call_settings(convention="grad", fused=True), in_process=True)
     ok = run_case(_case("float32", ignore_index=-100, shape="btv", shift=1), cand,
                   policy=INPROC)
     assert ok.passed, (ok.error, [(c.pair, c.ratio) for c in ok.comparisons if not c.passed])
@@ -255,9 +255,9 @@ def test_jax_loss_convention_is_differentiated_by_vjp(tmp_path):
         "def flce_no_bias_grad(x, weight, target, bias=None, ignore_index=-100):\n"
         "    return flce(x, weight, target, jax.lax.stop_gradient(bias), ignore_index)\n")
     st = call_settings(convention="loss", fused=True)
-    ok = run_case(_case("float64", "masked", ignore_index=-100), load(f"{src}:flce", settings=st),
+    ok = run_case(_case("float64", "masked", ignore_index=-100), load(f"{src}:flce", settings=st, in_process=True),
                   policy=INPROC)
     assert ok.passed, (ok.error, [(c.pair, c.ratio) for c in ok.comparisons if not c.passed])
     bad = run_case(_case("float64", "masked", ignore_index=-100),
-                   load(f"{src}:flce_no_bias_grad", settings=st), policy=INPROC)
+                   load(f"{src}:flce_no_bias_grad", settings=st, in_process=True), policy=INPROC)
     assert _failing(bad) >= {"candidate_grad_b"} and "candidate_grad_W" not in _failing(bad)

@@ -211,17 +211,36 @@ def test_the_api_leaves_jax_float64_as_it_found_it():
     assert r.returncode == 0, r.stderr
 
 
-def test_the_api_isolates_a_module_function_and_runs_a_lambda_in_process():
+def test_the_api_isolates_a_module_function_and_refuses_a_lambda_unless_in_process():
+    """softcheck.check judged in the caller's process and ran a lambda there, flagged only in
+    a JSON field: now the judge runs in a process of its own, a lambda is refused with the
+    reason, and in_process=True runs it here with the report saying it was not isolated."""
     import softcheck
     from scripts_examples.numpy_ce import grad
 
     iso = softcheck.check(grad, dtype="float64", regime="normal")
-    lam = softcheck.check(lambda z, y: grad(z, y), dtype="float64", regime="normal")
+    with pytest.raises(softcheck.SoftcheckError, match="lambda.*in_process=True"):
+        softcheck.check(lambda z, y: grad(z, y), dtype="float64", regime="normal")
+    lam = softcheck.check(lambda z, y: grad(z, y), in_process=True, dtype="float64",
+                          regime="normal")
     assert iso.passed and lam.passed
     (iso_info,) = iso.environment["candidate_process"].values()
     (lam_info,) = lam.environment["candidate_process"].values()
-    assert iso_info["isolated"] and not lam_info["isolated"]
-    assert "cannot be re-imported" in lam_info["why"]
+    assert iso_info["isolated"] and iso_info["sandbox"]["kind"] in ("namespaces", "limits")
+    assert not lam_info["isolated"] and "in-process" in lam_info["why"]
+
+
+def test_the_api_judges_outside_the_callers_process():
+    """A candidate module that patches softcheck's tolerances and comparison when imported:
+    the caller imported it (to pass the function), so the caller's softcheck is patched; the
+    judging, in its own process, is not.  (Its patch of Report.passed in the caller's process
+    stays the caller's: nothing can guard objects in a process the candidate shares.)"""
+    import softcheck
+    from candidates.patch_at_import import grad
+
+    rep = softcheck.check(grad, dtype="float64", regime="normal", classes=5, batch=3)
+    assert rep.cases and not any(c.passed for c in rep.cases)
+    assert all(c.comparisons and not all(x.passed for x in c.comparisons) for c in rep.cases)
 
 
 # ------------------------------------------------------- regressions found by the review pass

@@ -43,7 +43,7 @@ def _global_mean_shift(z, y):
 
 @pytest.mark.parametrize("fn", [_batch_max, _global_mean_shift])
 def test_shift_that_is_not_per_row_fails_the_default_suite(fn):
-    rep = softcheck.check(fn)
+    rep = softcheck.check(fn, in_process=True)
     assert not rep.passed
     spread = [c for c in rep.failed if c.params["regime"] == "spread" and c.params["batch"] > 1]
     assert spread, "the spread regime must catch it"
@@ -60,7 +60,7 @@ def test_one_broken_relation_fails_with_its_name():
     def clamped(z, y):                   # correct for |z| < 50, not under a shift of 2^k
         return correct(np.clip(np.asarray(z, np.float64), -50, 50), y).astype(z.dtype)
 
-    rep = softcheck.check(clamped, regime="normal", dtype="float64")
+    rep = softcheck.check(clamped, in_process=True, regime="normal", dtype="float64")
     assert not rep.passed
     assert all(c.passed for case in rep.cases for c in case.comparisons)
     assert broken(rep) == {"shift invariance"}
@@ -80,7 +80,7 @@ def test_correct_numpy_and_mutants_correct_pass_every_relation_in_every_dtype(to
                                 "z_loss": 1e-3, "softcap": 20.0, "temperature": 1.5}),
                      (correct, {"targets": "probs", "reduction": "sum"}),
                      (correct, {"reduction": "none", "weight": "random", "ignore_index": 3})):
-        rep = softcheck.check(fn, dtype=DTYPES, tolerance=tolerance, **opts)
+        rep = softcheck.check(fn, in_process=True, dtype=DTYPES, tolerance=tolerance, **opts)
         assert rep.passed, [c.name for c in rep.failed]
         assert all(c.relations for c in rep.cases)
 
@@ -95,7 +95,7 @@ def test_correct_jax_and_torch_pass_every_relation_in_every_dtype(tolerance):
     for fn, opts in ((jax_ce.grad, {}), (torch_ce.grad, {"reduction": "sum"}),
                      (torch_ce.grad, {"weight": "random", "ignore_index": -100,
                                       "label_smoothing": 0.1, "reduction": "none"})):
-        rep = softcheck.check(fn, dtype=DTYPES, tolerance=tolerance, **opts)
+        rep = softcheck.check(fn, in_process=True, dtype=DTYPES, tolerance=tolerance, **opts)
         for c in rep.cases:
             refs_ok = all(x.passed for x in c.comparisons)
             if tolerance == "native" or refs_ok:
@@ -122,7 +122,7 @@ def test_mutants_table_has_named_column():
 # ---------------------------------------------------------------- weak diagnoses, each fixed
 
 def test_float32_arithmetic_in_float64_function_is_named_precision_loss():
-    rep = softcheck.check(lambda z, y: correct(np.asarray(z, np.float32), y).astype(np.float64),
+    rep = softcheck.check(lambda z, y: correct(np.asarray(z, np.float32), y).astype(np.float64), in_process=True,
                           dtype="float64", regime="normal")
     assert any("float32's rounding level" in h for h in hints(rep))
 
@@ -133,7 +133,7 @@ def test_smoothing_on_ignored_rows_named_pytorch73205():
 
 
 def test_class_weights_ignored_pattern_can_fire():
-    rep = softcheck.check(lambda z, y, weight=None, **kw: correct(z, y, **kw), weight="random",
+    rep = softcheck.check(lambda z, y, weight=None, **kw: correct(z, y, **kw), in_process=True, weight="random",
                           dtype="float64", regime="normal")
     assert any("class weights are ignored" in h for h in hints(rep))
 
@@ -143,13 +143,13 @@ def test_count_denominator_instead_of_weight_sum_is_named():
         g = correct(z, y, weight=weight, ignore_index=ignore_index, reduction="sum")
         return g / max(int(np.sum(y != ignore_index)), 1)
 
-    rep = softcheck.check(count_mean, weight="random", ignore_index=-100, dtype="float64",
+    rep = softcheck.check(count_mean, in_process=True, weight="random", ignore_index=-100, dtype="float64",
                           regime="normal")
     assert any("instead of the weight sum" in h for h in hints(rep))
 
 
 def test_rows_zeroed_by_a_clip_in_log_p_are_named():
-    rep = softcheck.check(lambda z, y: _zero_tiny(z, y), dtype="float64", regime="wrong", batch=6)
+    rep = softcheck.check(lambda z, y: _zero_tiny(z, y), in_process=True, dtype="float64", regime="wrong", batch=6)
     assert any("a clip or eps inside log(p)" in h for h in hints(rep))
     assert not any("constant factor 0" in h for h in hints(rep))
 
@@ -169,7 +169,7 @@ def test_nan_from_log_of_softmax_not_blamed_on_max_shift():
 
 def test_confident_regime_names_no_accidental_known_bug():
     # entries ~1e-13 of the scale: every pattern is within rounding of the correct gradient
-    rep = softcheck.check(lambda z, y: correct(z, y) * (1 + 1e-3), regime="confident",
+    rep = softcheck.check(lambda z, y: correct(z, y) * (1 + 1e-3), in_process=True, regime="confident",
                           dtype="float64", batch=6, weight="random")
     assert not any("known bug" in h for h in hints(rep))
 
@@ -179,7 +179,7 @@ def test_native_hint_not_suggested_when_native_is_on():
 
     rep = softcheck.check(jax_ce.grad, dtype="bfloat16", tolerance="strict")
     assert any("--tolerance native" in h for h in hints(rep))
-    rep = softcheck.check(lambda z, y: (correct(z, y) * 1.01), dtype="bfloat16",
+    rep = softcheck.check(lambda z, y: (correct(z, y) * 1.01), in_process=True, dtype="bfloat16",
                           tolerance="native", regime="normal")
     assert not any("--tolerance native accepts" in h for h in hints(rep))
 
@@ -187,7 +187,7 @@ def test_native_hint_not_suggested_when_native_is_on():
 def test_one_column_error_printed_with_the_digits_that_differ():
     got, want = digits(0.026173, 0.026211)
     assert got != want and got == "0.026173"
-    rep = softcheck.check(lambda z, y: _col(z, y), dtype="float64", regime="normal", batch=6)
+    rep = softcheck.check(lambda z, y: _col(z, y), in_process=True, dtype="float64", regime="normal", batch=6)
     c = rep.failed[0].comparisons[0]
     assert c.worst and all(e.cls == 3 for e in c.worst)    # only entries out of tolerance
 
@@ -216,7 +216,7 @@ def test_a_gradient_named_off_by_a_factor_gets_no_relation_hint():
     import softcheck
     from softcheck.tools.mutants import correct
 
-    rep = softcheck.check(lambda z, y: 2 * correct(z, y), dtype="float64", regime="normal",
+    rep = softcheck.check(lambda z, y: 2 * correct(z, y), in_process=True, dtype="float64", regime="normal",
                           batch=3, classes=5)
     hints = [h for c in rep.failed for h in c.diagnosis]
     assert any(h.startswith("off by a constant factor 2") for h in hints), hints

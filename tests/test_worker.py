@@ -90,7 +90,7 @@ def make(tmp_path, monkeypatch):
 
 def test_load_error_is_the_same_softcheck_error(make):
     with pytest.raises(SoftcheckError) as direct:
-        load(f"{HOSTILE}:no_such_function")
+        load(f"{HOSTILE}:no_such_function", label="no_such_function")
     with pytest.raises(SoftcheckError) as isolated:
         make("no_such_function")
     assert str(isolated.value) == str(direct.value)
@@ -107,7 +107,7 @@ def test_a_real_process_serving_many_calls(make):
     inherited = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     assert sum("socket:" in x for x in inherited) == 1            # only the control channel
     assert c.takes("weight") and c.takes("reduction") and not c.takes("z_loss")
-    want = load(f"{HOSTILE}:correct").call(_inputs()).grad
+    want = load(f"{HOSTILE}:correct", in_process=True).call(_inputs()).grad
     for _ in range(3):
         r = c.call(_inputs())
         assert r.error is None and r.grad.dtype == np.float64
@@ -130,7 +130,7 @@ def test_arrays_cross_by_shared_memory(make, tmp_path):
     r = c.call(bf)
     assert r.output.strip() == "bfloat16 True int64"
     assert r.error is None and r.notes == ()
-    np.testing.assert_array_equal(r.grad, load(f"{HOSTILE}:dtype_name").call(bf).grad)
+    np.testing.assert_array_equal(r.grad, load(f"{HOSTILE}:dtype_name", in_process=True).call(bf).grad)
 
 
 def test_output_is_captured_not_a_failure(make):
@@ -225,7 +225,7 @@ def test_repeat_catches_nondeterminism_and_shared_buffers(make):
                for n in r.notes)
     r = make("same_buffer").call(_inputs(), repeat=2)
     assert "returned the same buffer on two calls" in r.notes
-    want = load(f"{HOSTILE}:correct").call(_inputs()).grad
+    want = load(f"{HOSTILE}:correct", in_process=True).call(_inputs()).grad
     np.testing.assert_array_equal(r.grad, want)                    # the first call's gradient
     c = make("third_call_raises")
     assert c.call(_inputs(), repeat=2).error is None
@@ -255,7 +255,7 @@ def test_hvp(make):
         inputs = _inputs()
         d = np.random.default_rng(1).normal(size=inputs.logits.shape)
         want = load("tests/candidates/hvp_kernels.py:grad",
-                    hvp="tests/candidates/hvp_kernels.py:hvp").call_hvp(inputs, d).grad
+                    hvp="tests/candidates/hvp_kernels.py:hvp", in_process=True).call_hvp(inputs, d).grad
         np.testing.assert_array_equal(c.call_hvp(inputs, d).grad, want)
     finally:
         c.close()

@@ -90,6 +90,10 @@ class Candidate:
     settings: Settings = Settings()   # how it is called (--convention)
     backward: object = None         # split: the backward kernel
 
+    isolated = False                # the CandidateProtocol (protocol.py): in this process
+    x64 = None
+    sandbox = None
+
     def with_hvp(self, h: Candidate) -> Candidate:
         """This gradient with ``h``'s function as its Hessian-vector product (--order 2)."""
         return dataclasses.replace(self, hvp=h.fn, hvp_source=h.source)
@@ -125,6 +129,22 @@ class Candidate:
     def call_hvp(self, inputs: Inputs, direction: np.ndarray, *, timeout=None) -> CallResult:
         args = [inputs.logits, inputs.target, np.asarray(direction)]
         return _in_process(self.hvp, args, self.kwargs(inputs), inputs, timeout, 1)
+
+    def call_fused(self, fi, *, timeout=None, repeat: int = 1):
+        """Fused linear cross-entropy in this process (fused.invoke_fused)."""
+        import dataclasses as dc
+
+        from .fused import invoke_fused
+
+        def fresh():
+            return dc.replace(fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
+                              bias=None if fi.bias is None else fi.bias.copy())
+
+        return invoke_fused(self.fn, self.settings, fresh, repeat)
+
+    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
+        """None: a large case's logits are drawn in this process's memory."""
+        return None
 
     def close(self) -> None:
         """Nothing to end: the function runs in this process."""

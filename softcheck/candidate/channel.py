@@ -58,7 +58,9 @@ class _Worker:
         # the parent's import path (pytest's rootdir, a script's folder): a TARGET module or a
         # function re-imported by module and name resolves there as it does here
         path = [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        path += [p for p in sys.path if p and os.path.isdir(p) and p not in path]
+        # the caller's path too when the judge runs for a Python caller (engine/remote.py)
+        extra_path = os.environ.get("SOFTCHECK_WORKER_PATH", "").split(os.pathsep)
+        path += [p for p in [*sys.path, *extra_path] if p and os.path.isdir(p) and p not in path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         if x64:
             env["JAX_ENABLE_X64"] = "1"

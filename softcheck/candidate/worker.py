@@ -47,6 +47,8 @@ class IsolatedCandidate:
     #: the worker's module, and what it adds to the environment (engine/ranks.ShardMapCandidate)
     module = "softcheck.candidate.worker_main"
     env: dict = {}
+    isolated = True                 # the CandidateProtocol (protocol.py)
+    sandbox: dict | None = None     # what the first worker had in effect (its _start)
 
     def __init__(self, source: str, hvp_source: str | None, label: str, *, x64: bool = True,
                  settings: Settings = Settings(), memory_limit: int | None = None,
@@ -113,6 +115,12 @@ class IsolatedCandidate:
         kw["variants"] = variants
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
                           kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
+
+    def call_fused(self, fi, *, timeout=None, repeat: int = 1):
+        """Fused linear cross-entropy in the worker (fused.call_in_worker)."""
+        from .fused import call_in_worker
+
+        return call_in_worker(self, fi, timeout, repeat)
 
     def call_hvp(self, inputs: Inputs, direction, *, timeout=None) -> CallResult:
         return self._call("hvp", inputs, [inputs.logits, inputs.target, np.asarray(direction)],

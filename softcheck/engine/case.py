@@ -219,13 +219,12 @@ def unheard_hint(candidate, spec) -> tuple[str, ...]:
     """Options the case uses that a plain gradient function does not declare: it cannot have
     honoured them (it gets only the keywords it takes: candidate/call.kwargs_for).  A
     convention kernel gets options by --args and --rename too: no hint."""
-    if getattr(getattr(candidate, "settings", None), "convention", "grad") != "grad":
+    if candidate is None or candidate.settings.convention != "grad":
         return ()
     used = {"softcap": spec.softcap is not None, "label_smoothing": spec.label_smoothing != 0,
             "temperature": spec.temperature != 1.0, "z_loss": spec.z_loss != 0,
             "logit_scale": spec.logit_scale != 1.0}
-    takes = getattr(candidate, "takes", None)
-    missing = [k for k, on in used.items() if on and takes is not None and not takes(k)]
+    missing = [k for k, on in used.items() if on and not candidate.takes(k)]
     if not missing:
         return ()
     flags = ", ".join("--" + k.replace("_", "-") for k in missing)

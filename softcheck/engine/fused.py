@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -42,7 +41,7 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
                                           spec.softcap)
 
     pending = None
-    if candidate is not None and not hasattr(candidate, "fn"):
+    if candidate is not None and candidate.isolated:
         # an isolated candidate runs in its own process while this one computes the
         # references: the two overlap (the thread only waits on the worker's socket)
         from concurrent.futures import ThreadPoolExecutor
@@ -130,14 +129,5 @@ def _result(comparisons, diagnosis, notes, t0, base, methods, probes) -> CaseRes
 
 
 def call_fused(candidate, fi, policy: CallPolicy):
-    """The candidate on ``fi``: in its worker process (shared memory), or in this one."""
-    from ..candidate.fused import call_in_worker, invoke_fused
-
-    if not hasattr(candidate, "fn"):                   # a WorkerCandidate: isolated
-        return call_in_worker(candidate, fi, policy.limit, policy.repeat)
-
-    def fresh():
-        return dataclasses.replace(fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
-                                   bias=None if fi.bias is None else fi.bias.copy())
-
-    return invoke_fused(candidate.fn, candidate.settings, fresh, policy.repeat)
+    """The candidate on ``fi``, wherever it runs (its CandidateProtocol.call_fused)."""
+    return candidate.call_fused(fi, timeout=policy.limit, repeat=policy.repeat)

@@ -190,7 +190,7 @@ def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:
             cand = job.candidate
             payload = (job.case, job.policy, None if cand is None else
                        (cand.source, cand.hvp_source, cand.label, cand.settings,
-                        getattr(cand, "x64", None)))
+                        cand.x64))
             futures[pool.submit(_work, payload)] = i
         for fut in cf.as_completed(futures):
             i = futures[fut]

@@ -143,6 +143,17 @@ class RankedCandidate:
     def __exit__(self, *exc):
         self.close()
 
+    isolated = True                 # the CandidateProtocol (candidate/protocol.py)
+    hvp_source = None
+
+    def call_fused(self, fi, *, timeout=None, repeat: int = 1):
+        raise SoftcheckError("--hidden (fused linear cross-entropy) does not run on "
+                             "--tensor-parallel ranks")
+
+    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
+        """None: the ranks get their shards from the engine's own memory."""
+        return None
+
     def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
         return CallResult(None, FIRST_ORDER)
 
@@ -300,6 +311,10 @@ class ShardMapCandidate(IsolatedCandidate):
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)
         return super().call(inputs, timeout=timeout, repeat=repeat, variants=variants)
+
+    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
+        """None: shard_map takes its logits whole from the engine (never streamed)."""
+        return None
 
     def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
         return CallResult(None, FIRST_ORDER)

@@ -34,11 +34,11 @@ RELATIONS_NOTE = ("metamorphic relations and the diagnosis are not run on stream
 def streamable(case: Case, candidate=None) -> bool:
     """Index targets, first order, a regime drawn block by block, no user arrays, a plain
     gradient function (not a loss convention, not tensor-parallel ranks, not --hidden)."""
-    settings = getattr(candidate, "settings", None)
+    settings = None if candidate is None else candidate.settings
     return (case.order == 1 and case.spec.hard and case.regime in STREAM_REGIMES
             and case.hidden is None and getattr(case, "inputs", None) is None
             and (settings is None or (settings.convention == "grad"
-                                      and getattr(settings, "tensor_parallel", 1) <= 1)))
+                                      and settings.tensor_parallel <= 1)))
 
 
 def should_stream(case: Case, candidate=None) -> bool:
@@ -77,8 +77,8 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     if candidate is not None:
         upstream = "random" if candidate.takes("grad_output") else "one"
     dt = numpy_dtype(case.dtype)
-    shared = getattr(candidate, "shared_logits", None)
-    out = shared((n, c), dt, case.pad) if shared is not None else np.empty((n, c), dt)
+    out = None if candidate is None else candidate.shared_logits((n, c), dt, case.pad)
+    out = np.empty((n, c), dt) if out is None else out
     nb = block_rows(c)
     blocks = [(r, min(n, r + nb)) for r in range(0, n, nb)]
     ticker = _Ticker(progress, 2 * len(blocks))

@@ -102,7 +102,7 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                      "why": "--in-process" if not job.policy.isolate else
                      "a lambda, closure or __main__ function cannot be re-imported by "
                      "module and name: it ran in softcheck's process"})
-            box = getattr(started[id(cand)], "sandbox", None)
+            box = started[id(cand)].sandbox
             if box and "sandbox" not in process[cand.label]:
                 from ..candidate.sandbox import report as sandbox_report
 
