@@ -83,7 +83,8 @@ def _check_here(fn, hvp, backward, call, options, policy, fail_fast) -> Report:
     from .engine.suites import check_candidate
 
     bname = None if backward is None else getattr(backward, "__qualname__", repr(backward))
-    st = resolve(fn, settings(backward=bname, fused=options.get("hidden") is not None, **call),
+    st = resolve(fn, settings(backward=bname, fused=options.get("hidden") is not None,
+                              shape=options.get("shape"), shift=options.get("shift"), **call),
                  bwd=backward)
     cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
                                backward=backward)

@@ -255,3 +255,47 @@ def test_fused_autograd_function_is_called_positionally():
     bad = cli(f"{K}:FusedFunctionNoSmoothing", *FUSED, "--label-smoothing", "0.1", "--rename",
               "z_loss=lse_square_scale")
     assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
+
+
+# ------------------------------------------------------- P5: --shape btv and --shift 1
+
+SEQ = ("--convention", "loss", "--batch", "6", "--regime", "normal,confident", "--dtype",
+       "float32", "--ignore-index", "-100")
+
+
+def test_causal_lm_loss_with_shape_btv_and_shift():
+    """As HF's ForCausalLMLoss: (B, T, V) logits, (B, T) labels shifted inside."""
+    ok = cli(f"{K}:hf_causal_lm_loss", *SEQ, "--shape", "btv", "--shift", "1",
+             "--reduction", "mean")
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+    bad = cli(f"{K}:hf_causal_lm_loss_unshifted", *SEQ, "--shape", "btv", "--shift", "1",
+              "--reduction", "mean")
+    assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
+
+
+def test_shifted_per_position_loss_of_length_t_minus_1_is_accepted():
+    """As Apple CCE's shift=1 (passed to the kernel that declares shift): a (B, T-1) loss."""
+    ok = cli(f"{K}:cce_style_shift", *SEQ, "--shape", "btv", "--shift", "1",
+             "--reduction", "none,sum")
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+
+
+def test_shape_btv_without_shift_and_refused_for_plain_gradients():
+    ok = cli(f"{K}:hf_fixed_cross_entropy", *SEQ, "--shape", "btv", "--reduction", "mean")
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+    one_line_exit_2(cli(f"{K}:grad_weight_required", "--shape", "btv"),
+                    "--shape btv and --shift call a loss kernel")
+
+
+def test_sequence_helpers_round_trip():
+    from softcheck.candidate.sequences import as_called, loss_shapes, per_row, upstream_for
+    from softcheck.candidate.settings import settings
+
+    st = settings(convention="loss", shape="btv", shift=1)
+    z, t = np.arange(12.0).reshape(6, 2), np.array([1, 0, -100, 1, 1, -100])
+    zc, lab = as_called(z, t, st)
+    assert zc.shape == (2, 3, 2) and lab.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert (2, 2) in loss_shapes(6, st) and (2, 3) in loss_shapes(6, st)
+    g = np.arange(6.0)
+    assert upstream_for(g, (2, 2), st).tolist() == [[0, 1], [3, 4]]
+    assert per_row(np.array([[1.0, 2.0], [3.0, 4.0]]), 6, st).tolist() == [1, 2, 0, 3, 4, 0]

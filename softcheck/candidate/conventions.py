@@ -29,18 +29,16 @@ import numpy as np
 from ..spec import OPTION_NAMES, Inputs, LossSpec, SoftcheckError
 from ..suite.config import DTYPES, numpy_dtype
 from .described import describe as described
+from .errors import CallFailed  # noqa: F401  (re-exported: the convention's failure)
 from .frameworks import (check_device, dtype_name, is_autograd_function, is_module, require,
                          to_framework, to_numpy)
+from .sequences import as_called, loss_shapes, per_row, upstream_for
 from .settings import (CLASS_WEIGHT, NEVER, SHARD_KEYWORDS, SWITCHABLE, Settings,  # noqa: F401
                        settings)
 from .signatures import (KERNEL_OPTIONS, apply_order, check_call, check_module, describe,
                          label_of, literal, names)
 
 POSITIONAL = ("logits", "target")
-
-
-class CallFailed(Exception):
-    """The kernel misbehaved on this case (turned into the case's error by the caller)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,11 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
         raise SoftcheckError("a torch.nn.Module loss is called as forward(logits, target) and "
                              "differentiated by softcheck: --convention loss, --framework torch, "
                              "one rank")
+    if (st.shape != "nv" or st.shift) and not st.fused and (
+            conv not in ("loss", "inplace") or st.tensor_parallel > 1):
+        raise SoftcheckError("--shape btv and --shift call a loss kernel (--convention loss or "
+                             "inplace, one rank) with (B, T, V) logits: a plain gradient "
+                             "function, a split kernel or ranks take (N, V)")
     # inside jax.shard_map (sharding.py, which load.py has check the rest): given, not required
     free = SHARD_KEYWORDS if st.tensor_parallel > 1 and fw == "jax" else ()
     free += ("group",) if st.tensor_parallel > 1 and fw != "jax" else ()
@@ -153,13 +156,16 @@ def plain_keywords(inputs: Inputs, takes, st: Settings) -> dict:
 def _keywords(params, st: Settings, opts: dict, options=KERNEL_OPTIONS) -> dict:
     """The keywords a function with ``params`` is given: each option it declares (by its
     kernel name; all of them, by softcheck's names, if it takes ``**kwargs``), the --kwarg
-    constants always."""
+    constants always; ``shift=1`` under --shift 1 to a logits kernel that declares it (as
+    Apple CCE's, whose default 0 does not shift)."""
     declared, varkw = names(params)
     kw = {}
     for o in options:
         k = st.kernel_name(o)
         if k not in NEVER and (k in declared or (varkw and k == o)):
             kw[k] = opts[o]
+    if st.shift and not st.fused and "shift" in declared:
+        kw["shift"] = st.shift
     kw.update(st.kwargs)
     return kw
 
@@ -200,13 +206,13 @@ def _returned(out, st: Settings, n: int) -> dict:
     return got
 
 
-def _check_loss_shape(loss, inputs: Inputs) -> None:
+def _check_loss_shape(loss, inputs: Inputs, st: Settings | None = None) -> None:
     n = inputs.logits.shape[0]
     shape = tuple(getattr(loss, "shape", np.shape(loss)))
-    want = (n,) if inputs.spec.reduction == "none" else ()
-    if shape != want and not (want == () and shape == (1,)):
+    wants = loss_shapes(n, st) if inputs.spec.reduction == "none" else [(), (1,)]
+    if shape not in wants:
         raise CallFailed(f"returned a loss of shape {shape} for reduction "
-                         f"{inputs.spec.reduction}; expected {want}")
+                         f"{inputs.spec.reduction}; expected {' or '.join(map(str, wants))}")
 
 
 def upstreams(inputs: Inputs) -> list[tuple[str, np.ndarray]]:
@@ -243,8 +249,9 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: boo
 
 def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool):
     fw, dev = st.framework, st.device
-    z = to_framework(inputs.logits, fw, dev, requires_grad=by_autograd and fw == "torch")
-    t = to_framework(inputs.target, fw, dev)
+    zc, tc = as_called(inputs.logits, inputs.target, st)      # --shape btv, --shift 1
+    z = to_framework(zc, fw, dev, requires_grad=by_autograd and fw == "torch")
+    t = to_framework(tc, fw, dev)
     opts = _option_values(inputs, fw, dev, st)
     notes = []
     if fw == "jax":
@@ -259,33 +266,35 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool):
             loss, vjp, got = jax.vjp(f, z, has_aux=True)
         except CallFailed:
             raise
-        _check_loss_shape(loss, inputs)
-        (grad,) = vjp(jnp.broadcast_to(jnp.asarray(g, loss.dtype), loss.shape))
+        _check_loss_shape(loss, inputs, st)
+        (grad,) = vjp(jnp.broadcast_to(jnp.asarray(upstream_for(g, loss.shape, st),
+                                                   loss.dtype), loss.shape))
     else:
         got = _returned(_invoke(fn, st, (z, t), opts), st, len(inputs.logits))
         loss = got["loss"]
-        _check_loss_shape(loss, inputs)
+        _check_loss_shape(loss, inputs, st)
         if by_autograd:
             import torch
 
             if not getattr(loss, "requires_grad", False):
                 raise CallFailed("returned a loss that does not require grad: it is not "
                                  "connected to the logits through autograd")
-            loss.backward(torch.as_tensor(np.asarray(g).reshape(tuple(loss.shape)),
-                                          dtype=loss.dtype, device=loss.device))
+            gl = upstream_for(g, tuple(loss.shape), st)
+            loss.backward(torch.as_tensor(gl, dtype=loss.dtype, device=loss.device))
             grad = z.grad
             if grad is None:
                 raise CallFailed("the logits received no gradient from loss.backward()")
         else:
-            grad = to_numpy(z) * (g[:, None] if g.ndim else g)
-        if st.convention == "loss" and not np.array_equal(to_numpy(z), inputs.logits64,
-                                                          equal_nan=True):
+            grad = to_numpy(z).reshape(inputs.logits.shape) * (g[:, None] if g.ndim else g)
+        if st.convention == "loss" and not np.array_equal(
+                to_numpy(z).reshape(inputs.logits.shape), inputs.logits64, equal_nan=True):
             notes.append("wrote into its logits argument under --convention loss (declare "
                          "--convention inplace if that is the design)")
-    _unchanged(t, inputs.target, "target")
+    _unchanged(t, tc, "target")
     _unchanged(opts["weight"], inputs.weight, "weight")
-    values = {k: to_numpy(v) for k, v in got.items() if v is not None}
-    return to_numpy(grad), values, notes
+    values = {k: per_row(to_numpy(v), len(inputs.logits), st) for k, v in got.items()
+              if v is not None}
+    return to_numpy(grad).reshape(inputs.logits.shape), values, notes
 
 
 def _unchanged(x, original, name: str) -> None:

@@ -41,6 +41,8 @@ class Settings:
     fused: bool = False                     # fused linear cross-entropy: fn(x, weight, target)
     kwargs: tuple[tuple[str, object], ...] = ()      # --kwarg: constants passed on every call
     off_values: tuple[tuple[str, object], ...] = ()  # --off-value: an option's value when off
+    shape: str = "nv"                       # --shape btv: logits (B, T, V), targets (B, T)
+    shift: int = 0                          # --shift 1: the labels unshifted (t scores t+1)
 
     @property
     def returned(self) -> tuple[str, ...]:
@@ -54,15 +56,17 @@ class Settings:
 
     def supplied(self, options=KERNEL_OPTIONS) -> set:
         """The keyword names a call passes when the function declares them (``options`` by
-        their kernel names, the ``--kwarg`` constants; bias and shift for fused kernels)."""
+        their kernel names, the ``--kwarg`` constants; bias and shift for fused kernels, shift
+        under --shift 1)."""
         out = {self.kernel_name(o) for o in options} - set(NEVER) | {k for k, _ in self.kwargs}
-        return out | ({"bias", "shift"} if self.fused else set())
+        return out | ({"bias", "shift"} if self.fused else {"shift"} if self.shift else set())
 
 
 
 def settings(convention=None, framework=None, args=None, rename=(), returns=None,
              backward=None, device="cpu", tensor_parallel=1, backend="gloo",
-             split="even", fused=False, kwarg=(), off_value=()) -> Settings:
+             split="even", fused=False, kwarg=(), off_value=(), shape="nv",
+             shift=0) -> Settings:
     """Validated :class:`Settings` from option values (comma strings or sequences)."""
     def listed(v):
         if v is None or isinstance(v, tuple):
@@ -111,7 +115,8 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
     off = _off_values(off_value, ren)
     return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device,
                     tensor_parallel=tp, backend=backend or "gloo", split=split or "even",
-                    fused=fused, kwargs=kw, off_values=off)
+                    fused=fused, kwargs=kw, off_values=off, shape=shape or "nv",
+                    shift=int(shift or 0))
 
 
 def _off_values(value, ren) -> tuple:

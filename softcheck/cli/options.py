@@ -153,10 +153,12 @@ def suite_options(fn):
                           "size H; --classes is the vocabulary V, --batch the rows N."),
         click.option("--bias", is_flag=True, help="--hidden: an LM-head bias (V,)."),
         click.option("--shape", type=click.Choice(FUSED_SHAPES), default="nv",
-                     show_default=True, help="--hidden: x as (N, H) or (B, T, H)."),
+                     show_default=True, help="logits as (N, V) with (N,) targets, or (B, T, V) "
+                                             "with (B, T) (--hidden: x as (N, H) or (B, T, H))."),
         click.option("--shift", type=click.IntRange(0, 1), default=0, show_default=True,
-                     help="--hidden: 1 = causal shift, target holds the labels and position t "
-                          "is scored against label t+1 (the last position ignored)."),
+                     help="1 = causal shift: target holds the labels and position t is scored "
+                          "against label t+1 (the last position ignored; a (B, T-1) loss is "
+                          "accepted); needs --ignore-index."),
         click.option("--inputs", type=str, default=None,
                      help="FILE.npz with logits, target (optional weight, grad_output): judged "
                           "as one more case beside the seeded suite."),
@@ -217,7 +219,8 @@ def to_settings(kw: dict):
     ``--hidden`` makes TARGET a fused linear cross-entropy kernel."""
     from ..candidate.conventions import settings
 
-    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None)
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None,
+                    shape=kw.get("shape"), shift=kw.get("shift"))
 
 
 def to_config(kw: dict):

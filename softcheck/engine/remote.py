@@ -76,7 +76,9 @@ def _judge_here(req: dict):
     os.environ["SOFTCHECK_WORKER_PATH"] = os.pathsep.join(req.get("path", ()))
     cand = load(req["source"], hvp=req.get("hvp_source"), label=req.get("label"),
                 settings=settings(**req["call"],
-                                  fused=req["options"].get("hidden") is not None))
+                                  fused=req["options"].get("hidden") is not None,
+                                  shape=req["options"].get("shape"),
+                                  shift=req["options"].get("shift")))
     return check_candidate(cand, config(**req["options"]), policy=req["policy"],
                            fail_fast=req["fail_fast"])
 

@@ -220,7 +220,13 @@ def load_plan(path: str, *, in_process: bool = False) -> BatchPlan:
     for g in plan.groups:
         if g.target is None:
             continue
-        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call, in_process)
+        seq = {(c.hidden is not None, c.shape, c.shift) for c in g.configs}
+        if len(seq) > 1:
+            raise SoftcheckError(f"{g.where}: hidden, shape and shift take one value in a "
+                                 "group with a target (how it is called)")
+        fused, shape, shift = seq.pop() if seq else (False, "nv", 0)
+        call = g.call + (("fused", fused), ("shape", shape), ("shift", shift))
+        cand = _load(g.target, plan.base, g.where, "target", loaded, call, in_process)
         if g.hvp is not None:
             cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
                                        in_process=in_process))
@@ -236,7 +242,7 @@ def _load(target: str, base: str, where: str, key: str, loaded: dict, call=(),
     t = relative_to(target, base)
     if (t, call) not in loaded:
         try:
-            st = settings(**dict(call)) if call else None
+            st = settings(**dict(call))
             loaded[t, call] = load(t, label=target, settings=st, base=base,
                                    in_process=in_process)
         except SoftcheckError as e:

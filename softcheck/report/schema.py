@@ -178,6 +178,13 @@ PARAMS = _obj({
     "ignored_fraction": _d({"type": "number", "minimum": 0, "maximum": 1},
                            "Exactly round(F·N) rows ignored (--ignored-fraction), present "
                            "only when given."),
+    "sequence": _d(_obj({"shape": _d({"enum": ["nv", "btv"]}, "logits as (N, V) or "
+                                     "(B, T, V) with (B, T) targets (--shape)."),
+                         "shift": _d({"type": "integer", "minimum": 0, "maximum": 1},
+                                     "1: the candidate got the unshifted labels and scored "
+                                     "position t against label t+1 (--shift).")}),
+                   "How a logits case's candidate was called (--shape btv, --shift 1), "
+                   "present only then."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
 TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds."),

@@ -49,6 +49,9 @@ class Case:
             name = f"FLCE-H{self.hidden}-" + name + ("-bias" if self.bias else "") + (
                 "-btv" if self.shape == "btv" else "") + (f"-shift{self.shift}" if self.shift
                                                           else "")
+        elif self.shape == "btv" or self.shift:
+            name += ("-btv" if self.shape == "btv" else "") + (f"-shift{self.shift}"
+                                                               if self.shift else "")
         return f"{name}[{self.tag}]" if self.tag else name
 
     def params(self) -> dict:
@@ -69,6 +72,8 @@ class Case:
         if self.hidden is not None:
             d["fused"] = {"hidden": self.hidden, "bias": self.bias, "shape": self.shape,
                           "shift": self.shift}
+        elif self.shape != "nv" or self.shift:
+            d["sequence"] = {"shape": self.shape, "shift": self.shift}
         if self.layout != "contiguous":
             d["layout"] = {"kind": self.layout, "row_stride": self.classes + self.pad}
         if self.ignored_fraction is not None:

@@ -175,10 +175,15 @@ class Config:
                                  f"got {self.shape!r}")
         if not isinstance(self.shift, (int, np.integer)) or not 0 <= self.shift <= 1:
             raise SoftcheckError(f"--shift must be 0 or 1, got {self.shift!r}")
-        if self.hidden is None and (self.bias or self.shape != "nv" or self.shift
-                                    or self.tolerance == "torch"):
-            raise SoftcheckError("--bias, --shape btv, --shift and --tolerance torch are for "
-                                 "fused linear cross-entropy: give --hidden H")
+        if self.hidden is None and (self.bias or self.tolerance == "torch"):
+            raise SoftcheckError("--bias and --tolerance torch are for fused linear "
+                                 "cross-entropy: give --hidden H")
+        if self.hidden is None and (self.shape != "nv" or self.shift) and (
+                (self.targets or ("index",)) != ("index",) or self.order != 1
+                or self.layout == "strided" or self.inputs):
+            raise SoftcheckError("--shape btv and --shift take class-index targets, "
+                                 "first-order gradients, contiguous seeded logits (not "
+                                 "--targets probs, --order 2, --layout strided, --inputs)")
         if self.shift and self.ignore_index is None:
             raise SoftcheckError("--shift 1 needs --ignore-index (the last position of each "
                                  "sequence has no next token and is ignored)")
