@@ -79,7 +79,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
                              "function, a split kernel or ranks take (N, V)")
     # inside jax.shard_map (sharding.py, which load.py has check the rest): given, not required
     free = SHARD_KEYWORDS if st.tensor_parallel > 1 and fw == "jax" else ()
-    free += ("group",) if st.tensor_parallel > 1 and fw != "jax" else ()
+    free += (st.kernel_name("group"),) if st.tensor_parallel > 1 and fw != "jax" else ()
     if st.fused:
         if conv == "loss":
             require(fw)

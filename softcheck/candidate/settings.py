@@ -12,6 +12,10 @@ from ..suite.config import BACKENDS, CALLING_CONVENTIONS, DEVICES, FRAMEWORKS, R
 from .frameworks import require
 from .signatures import KERNEL_OPTIONS, pairs
 
+#: what --rename maps: the options, and (--tensor-parallel) the process group's keyword
+RENAMABLE = (*KERNEL_OPTIONS, "group")
+#: the built-in --rank-setup functions (candidate/rank_setup.py)
+RANK_SETUPS = ("megatron",)
 #: PyTorch's deprecated arguments: never passed
 NEVER = ("size_average", "reduce")
 #: what a --tensor-parallel JAX TARGET is given besides the options (candidate/sharding.py)
@@ -41,6 +45,7 @@ class Settings:
     fused: bool = False                     # fused linear cross-entropy: fn(x, weight, target)
     kwargs: tuple[tuple[str, object], ...] = ()      # --kwarg: constants passed on every call
     off_values: tuple[tuple[str, object], ...] = ()  # --off-value: an option's value when off
+    rank_setup: str | None = None           # --rank-setup FILE.py:fn | megatron (each rank)
     shape: str = "nv"                       # --shape btv: logits (B, T, V), targets (B, T)
     shift: int = 0                          # --shift 1: the labels unshifted (t scores t+1)
 
@@ -66,7 +71,7 @@ class Settings:
 def settings(convention=None, framework=None, args=None, rename=(), returns=None,
              backward=None, device="cpu", tensor_parallel=1, backend="gloo",
              split="even", fused=False, kwarg=(), off_value=(), shape="nv",
-             shift=0) -> Settings:
+             shift=0, rank_setup=None) -> Settings:
     """Validated :class:`Settings` from option values (comma strings or sequences)."""
     def listed(v):
         if v is None or isinstance(v, tuple):
@@ -84,9 +89,9 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
             ren.append(r)
             continue
         a, sep, b = str(r).partition("=")
-        if not sep or a.strip() not in KERNEL_OPTIONS or not b.strip().isidentifier():
+        if not sep or a.strip() not in RENAMABLE or not b.strip().isidentifier():
             raise SoftcheckError(f"--rename {r!r}: write OPTION=kernel_name with OPTION one of "
-                                 f"{', '.join(KERNEL_OPTIONS)}")
+                                 f"{', '.join(RENAMABLE)}")
         ren.append((a.strip(), b.strip()))
     ret = listed(returns)
     for x in ret or ():
@@ -113,10 +118,16 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
         raise SoftcheckError(f"--kwarg {clash[0]}: softcheck passes that option itself (each "
                              "case's value); --kwarg is for the kernel's other keywords")
     off = _off_values(off_value, ren)
+    if rank_setup is not None and (tp < 2 or framework == "jax"):
+        raise SoftcheckError("--rank-setup runs in each torch.distributed rank: it needs "
+                             "--tensor-parallel W >= 2 (not --framework jax)")
+    if rank_setup is not None and rank_setup not in RANK_SETUPS and ":" not in rank_setup:
+        raise SoftcheckError(f"--rank-setup {rank_setup!r}: write FILE.py:fn (called as "
+                             f"fn(rank, world_size, group)) or one of {', '.join(RANK_SETUPS)}")
     return Settings(conv, framework, listed(args), tuple(ren), ret, backward, device,
                     tensor_parallel=tp, backend=backend or "gloo", split=split or "even",
                     fused=fused, kwargs=kw, off_values=off, shape=shape or "nv",
-                    shift=int(shift or 0))
+                    shift=int(shift or 0), rank_setup=rank_setup)
 
 
 def _off_values(value, ren) -> tuple:

@@ -184,7 +184,8 @@ def call_options(fn):
                           "...,name=value [default: forward's parameter names]."),
         click.option("--rename", multiple=True,
                      help="OPTION=kernel_name: pass softcheck's option under the kernel's "
-                          "keyword (repeatable), e.g. z_loss=lse_square_scale."),
+                          "keyword (repeatable), e.g. z_loss=lse_square_scale; group=NAME: "
+                          "the process group's keyword (--tensor-parallel)."),
         click.option("--kwarg", multiple=True,
                      help="NAME=VALUE: a constant keyword on every call (repeatable; VALUE a "
                           "Python literal, else a string), e.g. impl=torch_compile."),
@@ -205,6 +206,10 @@ def call_options(fn):
                           "host devices, given axis_name=."),
         click.option("--backend", type=click.Choice(BACKENDS), default="gloo",
                      show_default=True, help="torch.distributed backend of the ranks."),
+        click.option("--rank-setup", default=None,
+                     help="FILE.py:fn called once in each rank as fn(rank, world_size, group) "
+                          "before the first call, or megatron (megatron-core's parallel_state "
+                          "initialised with tensor-parallel size W)."),
         click.option("--split", type=click.Choice(SPLITS), default="even", show_default=True,
                      help="even: V/W columns per rank; uneven: rank r starts at "
                           "r*(V//W)+min(r, V%W) (JAX: V padded with -inf to W*ceil(V/W))."),

@@ -87,7 +87,7 @@ class RankedCandidate:
             self.close()
             raise SoftcheckError(f"TARGET {self.target}: rank 0 described it wrongly ({e})"
                                  ) from None
-        self._params = set(params) - {"group"}
+        self._params = set(params) - {settings.kernel_name("group")}
 
     def takes(self, name: str) -> bool:
         return name in self._params or self._varkw

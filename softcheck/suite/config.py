@@ -47,7 +47,7 @@ DEVICES = ("cpu", "cuda")
 RETURN_ITEMS = ("loss", "z_loss", "lse")
 #: the options on how a TARGET is called (check's, and keys of a batch group with a target)
 CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device",
-             "tensor_parallel", "backend", "split", "kwarg", "off_value")
+             "tensor_parallel", "backend", "split", "kwarg", "off_value", "rank_setup")
 #: the call keys that repeat (a list on the command line and in batch files)
 REPEATED_CALL_KEYS = ("rename", "kwarg", "off_value")
 #: --tensor-parallel: the torch.distributed backend of the ranks, and how the vocabulary is
