@@ -299,3 +299,15 @@ def test_sequence_helpers_round_trip():
     g = np.arange(6.0)
     assert upstream_for(g, (2, 2), st).tolist() == [[0, 1], [3, 4]]
     assert per_row(np.array([[1.0, 2.0], [3.0, 4.0]]), 6, st).tolist() == [1, 2, 0, 3, 4, 0]
+
+
+# ------------------------------------------------------------ P7: --weight-dtype
+
+def test_class_weights_in_their_own_dtype():
+    args = (f"{K}:weight_in_float32", "--convention", "loss", "--batch", "6", "--regime",
+            "normal", "--dtype", "bfloat16", "--weight", "random")
+    ok = cli(*args, "--weight-dtype", "float32")
+    assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
+    same = cli(*args)                    # without it the weights are bf16, as the logits
+    assert same.returncode == 1 and "weight must be float32" in same.stdout
+    one_line_exit_2(cli(*args[:-2], "--weight-dtype", "float32"), "--weight-dtype")

@@ -112,6 +112,9 @@ def suite_options(fn):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of every input."),
         click.option("--weight", type=WeightType(), default=None,
                      help="Class weights: 'random' or C comma-separated values."),
+        click.option("--weight-dtype", type=click.Choice(DTYPES), default=None,
+                     help="The class weights' own dtype (e.g. float32 with bfloat16 logits) "
+                          "[default: the case's dtype]."),
         click.option("--ignore-index", type=int, default=None,
                      help="Targets equal to it contribute nothing (PyTorch ignore_index)."),
         click.option("--label-smoothing", type=float, default=0.0, show_default=True,

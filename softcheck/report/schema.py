@@ -178,6 +178,9 @@ PARAMS = _obj({
     "ignored_fraction": _d({"type": "number", "minimum": 0, "maximum": 1},
                            "Exactly round(F·N) rows ignored (--ignored-fraction), present "
                            "only when given."),
+    "weight_dtype": _d({"enum": ["float64", "float32", "float16", "bfloat16"]},
+                       "The class weights' own dtype (--weight-dtype), present only when "
+                       "given."),
     "sequence": _d(_obj({"shape": _d({"enum": ["nv", "btv"]}, "logits as (N, V) or "
                                      "(B, T, V) with (B, T) targets (--shape)."),
                          "shift": _d({"type": "integer", "minimum": 0, "maximum": 1},

@@ -36,7 +36,8 @@ _INT, _NUM, _STR = "an integer", "a number", "a string"
 KEYS: dict[str, tuple[str, bool]] = {
     "classes": (_INT, False), "batch": (_INT, False), "dtype": (_STR, False),
     "targets": (_STR, False), "reduction": (_STR, False), "regime": (_STR, False),
-    "seed": (_INT, False), "weight": ("weight", True), "ignore_index": (_INT, True),
+    "seed": (_INT, False), "weight": ("weight", True), "weight_dtype": (_STR, True),
+    "ignore_index": (_INT, True),
     "label_smoothing": (_NUM, False), "smoothing_convention": (_STR, False),
     "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
     "mean_over": ("mean_over", False), "logit_scale": (_NUM, False),

@@ -35,6 +35,7 @@ class Case:
     shift: int = 0
     layout: str = "contiguous"      # strided: the candidate gets buf[:, :C] of (N, C + pad)
     ignored_fraction: float | None = None   # exactly round(F·N) ignored rows (not N//3)
+    weight_dtype: str | None = None         # the class weights' own dtype (None: dtype)
 
     @property
     def pad(self) -> int:
@@ -78,6 +79,8 @@ class Case:
             d["layout"] = {"kind": self.layout, "row_stride": self.classes + self.pad}
         if self.ignored_fraction is not None:
             d["ignored_fraction"] = self.ignored_fraction
+        if self.weight_dtype is not None:
+            d["weight_dtype"] = self.weight_dtype
         return d
 
 
@@ -125,7 +128,7 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
             Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
                  cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol, cfg.hidden,
                  cfg.bias, cfg.shape, cfg.shift, cfg.layout or "contiguous",
-                 cfg.ignored_fraction)
+                 cfg.ignored_fraction, cfg.weight_dtype)
         )
     return cases, skipped
 

@@ -88,6 +88,7 @@ class Config:
     regime: tuple[str, ...] | None = None
     seed: int = 0
     weight: tuple[float, ...] | str | None = None
+    weight_dtype: str | None = None  # the class weights' own dtype (None: the case's)
     ignore_index: int | None = None
     label_smoothing: float = 0.0
     smoothing_convention: str = "uniform"
@@ -150,6 +151,10 @@ class Config:
                     raise SoftcheckError(
                         f"--{name} must be one of {', '.join(allowed)}; got {v!r}"
                     )
+        if self.weight_dtype is not None and (self.weight_dtype not in DTYPES
+                                              or self.weight is None):
+            raise SoftcheckError(f"--weight-dtype must be one of {', '.join(DTYPES)}, with "
+                                 f"--weight; got {self.weight_dtype!r}")
         if self.smoothing_convention not in CONVENTIONS:
             raise SoftcheckError(
                 f"--smoothing-convention must be one of {', '.join(CONVENTIONS)}; "

@@ -31,6 +31,11 @@ def weight_array(weight, classes: int, seed: int, dtype) -> np.ndarray | None:
     return w.astype(dtype)
 
 
+def weight_dtype(case: Case) -> np.dtype:
+    """The class weights' dtype: ``--weight-dtype``, else the case's."""
+    return numpy_dtype(getattr(case, "weight_dtype", None) or case.dtype)
+
+
 def upstream_gradient(rng: np.random.Generator, reduction: str, upstream: str, n: int, dt):
     """The gradient flowing into the loss (see ``make_inputs``): a random non-uniform (N,)
     vector for none, else 1 or (``upstream="random"``) a random scalar, rounded to ``dt``."""
@@ -82,7 +87,7 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
             q /= np.sum(q, -1, keepdims=True)
             q[1::2] *= rng.uniform(0.5, 0.9, (len(q[1::2]), 1))  # rows that do not sum to one
         target = q.astype(dt)
-    weight = weight_array(s.weight, c, case.seed, dt)
+    weight = weight_array(s.weight, c, case.seed, weight_dtype(case))
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
     return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0))
 

@@ -220,3 +220,12 @@ def cce_style_shift(e, targets, ignore_index=-100, reduction="mean", shift=0):
     loss = F.cross_entropy(e.reshape(-1, e.shape[-1]).float(), targets.reshape(-1),
                            ignore_index=ignore_index, reduction=reduction)
     return loss.reshape(targets.shape) if reduction == "none" else loss
+
+
+# ---------------------------------------------------------- class weights in their own dtype
+
+def weight_in_float32(logits, target, weight=None, reduction="mean"):
+    """As Liger / TE with bf16 logits: the class weights must be float32."""
+    if weight is not None and weight.dtype != torch.float32:
+        raise TypeError(f"weight must be float32, got {weight.dtype}")
+    return F.cross_entropy(logits.float(), target, weight=weight, reduction=reduction)
