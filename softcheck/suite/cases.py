@@ -89,6 +89,11 @@ class Case:
 FUSED_REGIMES = ("normal", "confident", "masked")
 
 
+#: the Case fields taken from the Config of the same name (the axes and spec aside)
+CASE_KNOBS = ("group", "fd", "order", "probes", "fd_budget", "tag", "tolerance", "atol", "rtol",
+              "hidden", "bias", "shape", "shift", "ignored_fraction", "weight_dtype")
+
+
 def default_regimes(cfg: Config) -> tuple[str, ...]:
     if cfg.hidden is not None:
         return FUSED_REGIMES if cfg.ignore_index is not None else FUSED_REGIMES[:2]
@@ -124,12 +129,8 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
                 skipped.append(note)
             continue
         spec = cfg.loss_spec(tk, red)
-        cases.append(
-            Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
-                 cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol, cfg.hidden,
-                 cfg.bias, cfg.shape, cfg.shift, cfg.layout or "contiguous",
-                 cfg.ignored_fraction, cfg.weight_dtype)
-        )
+        cases.append(Case(c, n, dt, reg, cfg.seed, spec, layout=cfg.layout or "contiguous",
+                          **{k: getattr(cfg, k) for k in CASE_KNOBS}))
     return cases, skipped
 
 

@@ -73,6 +73,11 @@ def numpy_dtype(name: str) -> np.dtype:
 FD_BUDGET = 2.5e8
 
 
+#: the LossSpec fields a Config holds under the same names (targets and reduction are axes)
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(LossSpec)
+                    if f.name not in ("targets", "reduction"))
+
+
 @dataclass(frozen=True)
 class Config:
     """What to run: each axis a tuple of values (crossed), plus the loss options and knobs.
@@ -121,19 +126,10 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def loss_spec(self, targets: str, reduction: str) -> LossSpec:
-        return LossSpec(
-            targets=targets,
-            reduction=reduction,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            smoothing_convention=self.smoothing_convention,
-            temperature=self.temperature,
-            softcap=self.softcap,
-            z_loss=self.z_loss,
-            mean_over=self.mean_over,
-            logit_scale=self.logit_scale,
-        )
+        """The case's loss: the axes' target kind and reduction, every other LossSpec field
+        this Config's field of the same name (one list: LossSpec's)."""
+        return LossSpec(targets=targets, reduction=reduction,
+                        **{k: getattr(self, k) for k in SPEC_FIELDS})
 
     def validate(self) -> Config:
         for name in ("classes", "batch"):
