@@ -86,7 +86,7 @@ class IsolatedCandidate:
         return name in self._params or self._varkw
 
     def kwargs(self, inputs: Inputs) -> dict:
-        return kwargs_for(inputs, self.takes)
+        return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:

@@ -114,7 +114,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         relations = check_relations(relation_call, inputs,
                                     grads["candidate"], dtype=case.dtype, takes=candidate.takes,
                                     seed=case.seed, native=case.tolerance == "native",
-                                    user=_user_tolerance(case, "candidate", candidate))
+                                    user=_user_tolerance(case, "candidate", candidate),
+                                    positional=bool(case.shift))
     passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
               and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()

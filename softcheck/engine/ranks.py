@@ -87,7 +87,7 @@ class RankedCandidate:
             self.close()
             raise SoftcheckError(f"TARGET {self.target}: rank 0 described it wrongly ({e})"
                                  ) from None
-        self._params = set(params) - {"group"}
+        self._params = set(params) - {settings.kernel_name("group")}
 
     def takes(self, name: str) -> bool:
         return name in self._params or self._varkw
@@ -169,7 +169,7 @@ class RankedCandidate:
             kw = {k: np.asarray(x) for k, x in kw.items() if x is not None}
             kw["variants"] = variants
         else:
-            kw = kwargs_for(inputs, self.takes)
+            kw = kwargs_for(inputs, self.takes, self.settings)
         fields = reply_fields("convention" if conv else "call", inputs)
         return repeated(lambda i: self._once(inputs, kw, fields, timeout, i), repeat)
 

@@ -80,6 +80,8 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
     for info in report.environment.get("candidate_process", {}).values():
         if info.get("sandbox", {}).get("weaker"):          # candidate/sandbox.py
             say(info["sandbox"]["weaker"], "dim", soft_wrap=True)
+        for note in info.get("notes", ()):                 # engine/precision.py
+            say(f"note: {note}", "yellow", soft_wrap=True)
     s = report.summary()
     verdict = "all agree" if report.passed else "DISAGREEMENT"
     style = "bold green" if report.passed else "bold red"

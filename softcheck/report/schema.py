@@ -183,6 +183,16 @@ PARAMS = _obj({
     "ignored_fraction": _d({"type": "number", "minimum": 0, "maximum": 1},
                            "Exactly round(F·N) rows ignored (--ignored-fraction), present "
                            "only when given."),
+    "weight_dtype": _d({"enum": ["float64", "float32", "float16", "bfloat16"]},
+                       "The class weights' own dtype (--weight-dtype), present only when "
+                       "given."),
+    "sequence": _d(_obj({"shape": _d({"enum": ["nv", "btv"]}, "logits as (N, V) or "
+                                     "(B, T, V) with (B, T) targets (--shape)."),
+                         "shift": _d({"type": "integer", "minimum": 0, "maximum": 1},
+                                     "1: the candidate got the unshifted labels and scored "
+                                     "position t against label t+1 (--shift).")}),
+                   "How a logits case's candidate was called (--shape btv, --shift 1), "
+                   "present only then."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
 TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds."),
@@ -254,6 +264,9 @@ CANDIDATE_PROCESS = _d({
         "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
         "why": _d({"type": "string"}, "Why it was not isolated."),
         "sandbox": SANDBOX,
+        "notes": _d({"type": "array", "items": {"type": "string"}},
+                    "What the results of this candidate cannot show (engine/precision.py: "
+                    "TRITON_INTERPRET=1 with 16-bit cases)."),
         "tensor_parallel": _d({"type": "integer", "minimum": 2},
                               "--tensor-parallel W: the TARGET ran on W torch.distributed "
                               "ranks (JAX: inside shard_map over W host devices of one "
