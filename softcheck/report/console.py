@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.results import CaseResult, Report
-from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
+from . import escape
+from .text import (NO_CASES, SHORT_METHOD, by_group, failure_text, fmt, name_parts,
+                   passed)
 
 
 #: the second member of a fused pair, and how its label says it
@@ -43,11 +45,11 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
             console.print(_table(cases, name if titled else None, console.width))
     for name, cases in groups.items():
         bad = sum(not c.passed for c in cases)
-        console.print(group_line(name, cases), style="red" if bad else "green", markup=False,
-                      highlight=False, soft_wrap=False, overflow="fold")
+        console.print(escape.plain(group_line(name, cases)), style="red" if bad else "green",
+                      markup=False, highlight=False, soft_wrap=False, overflow="fold")
     for case in report.failed:
-        console.print(failure_text(case), style="red", highlight=False, markup=False,
-                      soft_wrap=True)
+        console.print(escape.plain(failure_text(case)), style="red", highlight=False,
+                      markup=False, soft_wrap=True)
     for note in report.skipped:
         console.print(f"skipped: {note}", style="dim", markup=False, highlight=False,
                       soft_wrap=True)
@@ -56,8 +58,8 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
             console.print(info["sandbox"]["weaker"], style="dim", markup=False,
                           highlight=False, soft_wrap=True)
     s = report.summary()
-    verdict = "all agree" if report.passed else "DISAGREEMENT"
-    style = "bold green" if report.passed else "bold red"
+    verdict = "all agree" if passed(report) else NO_CASES if not report.cases else "DISAGREEMENT"
+    style = "bold green" if passed(report) else "bold red"
     console.print(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, {s['failed']} failed — {verdict} "
                   f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
 
@@ -148,7 +150,7 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
         title = f"{title}: {shared}" if title else shared
     else:
         same = [False] * len(parts[0])
-    table = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
+    table = Table(title=title and escape.console(title), title_justify="left", title_style="bold", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / scale (the gradient's; loss, lse: their terms')")
     # each number column: 8 characters + 2 of padding + 1 of divider; the verdict 4 + 3; the
     # case gets the rest, so that numbers and verdicts are never cut
