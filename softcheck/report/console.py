@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.results import CaseResult, Report
-from . import escape
+from .escape import console as as_text, plain
 from .text import (NO_CASES, SHORT_METHOD, by_group, failure_text, fmt, name_parts,
                    passed)
 
@@ -45,10 +45,10 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
             console.print(_table(cases, name if titled else None, console.width))
     for name, cases in groups.items():
         bad = sum(not c.passed for c in cases)
-        console.print(escape.plain(group_line(name, cases)), style="red" if bad else "green",
+        console.print(plain(group_line(name, cases)), style="red" if bad else "green",
                       markup=False, highlight=False, soft_wrap=False, overflow="fold")
     for case in report.failed:
-        console.print(escape.plain(failure_text(case)), style="red", highlight=False,
+        console.print(plain(failure_text(case)), style="red", highlight=False,
                       markup=False, soft_wrap=True)
     for note in report.skipped:
         console.print(f"skipped: {note}", style="dim", markup=False, highlight=False,
@@ -150,7 +150,7 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
         title = f"{title}: {shared}" if title else shared
     else:
         same = [False] * len(parts[0])
-    table = Table(title=title and escape.console(title), title_justify="left", title_style="bold", header_style="bold",
+    table = Table(title=title and as_text(title), title_justify="left", title_style="bold", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / scale (the gradient's; loss, lse: their terms')")
     # each number column: 8 characters + 2 of padding + 1 of divider; the verdict 4 + 3; the
     # case gets the rest, so that numbers and verdicts are never cut
