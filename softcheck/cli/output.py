@@ -42,12 +42,10 @@ def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False,
     from ..report import FORMATS
     from ..report.console import render_table
     from ..report.text import passed
-    from .reports import write_final
+    from .reports import files, write_final
 
-    paths = {"json": json_path, "junit": junit_path, "markdown": markdown_path}
-    texts = {path: FORMATS[fmt](report, detail) if fmt == "json" else FORMATS[fmt](report)
-             for fmt, path in paths.items() if path and path != "-"}
-    write_final(texts)
+    write_final({path: FORMATS[fmt](report, detail) if fmt == "json" else FORMATS[fmt](report)
+                 for path, fmt in files(json_path, junit_path, markdown_path).items()})
     to_stdout = json_path == "-"
     if not quiet:
         render_table(report, make_console(stderr=to_stdout), verbose=verbose)
@@ -62,13 +60,15 @@ LONG_RUN = 120.0
 
 def execute(compute, devices, json_path, junit_path, markdown_path, *, verbose: bool = False,
             detail: str | None = None, estimate=None) -> int:
-    """Set the devices up, say how long a long run will take, compute the report (with a
-    progress bar on a terminal, progress lines on stderr otherwise), write and render it, and
-    return the exit code.  (The report paths were marked incomplete before the command
-    parsed its options: cli/reports.py.)"""
+    """Set the devices up, mark every report path as an incomplete run (those that held a
+    report were marked before the command parsed its options: cli/reports.py), say how long a
+    long run will take, compute the report (with a progress bar on a terminal, progress lines
+    on stderr otherwise), write and render it, and return the exit code."""
     from ..reference.jaxsetup import configure
+    from .reports import files, mark
 
     configure(devices)
+    mark(files(json_path, junit_path, markdown_path))
     seconds = estimate() if estimate is not None else None
     with progress_bar(json_path, seconds) as bar:
         report = compute(bar)

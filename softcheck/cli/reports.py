@@ -3,9 +3,11 @@ incomplete run before anything else happens, replaced by the verdict only when t
 (all of them together, each atomically), and marked interrupted on SIGTERM, SIGINT or SIGHUP.
 
 "Before anything else" is before the command parses its options: :class:`ReportsFirst`
-reads the report paths off the command line as soon as the command is known, so a bad
-option, a TARGET with a syntax error or a TARGET that calls ``sys.exit(0)`` as it is
-imported all leave a report that fails, never the passing report of an earlier run.
+reads the report paths off the command line as soon as the command is known and replaces
+every report file already there (an earlier run's), so a bad option, a TARGET with a syntax
+error or a TARGET that calls ``sys.exit(0)`` as it is imported all leave a report that
+fails, never the passing report of an earlier run.  A path with no file yet gets its marker
+when the run starts (``output.execute``): a command line that cannot run writes nothing new.
 """
 
 from __future__ import annotations
@@ -60,9 +62,15 @@ def report_paths(cmd: click.Command, args: list[str], helps=("--help",)) -> dict
     return found
 
 
-def mark(paths: dict[str, str]) -> None:
+def files(json_path, junit_path, markdown_path) -> dict[str, str]:
+    """A command's report files (path -> format), stdout left out."""
+    given = zip((json_path, junit_path, markdown_path), FORMATS.values())
+    return {p: fmt for p, fmt in given if p and p != "-"}
+
+
+def mark(paths: dict[str, str], *, existing_only: bool = False) -> None:
     """Check every report path can be written (exit 2 if one cannot), then replace each with
-    the marker of an incomplete run."""
+    the marker of an incomplete run (``existing_only``: each that is a file already)."""
     from ..report import incomplete
     from ..report.files import writable, write_all
 
@@ -70,6 +78,8 @@ def mark(paths: dict[str, str]) -> None:
         why = writable(p)
         if why:
             raise SoftcheckError(f"cannot write {p}: {why}")
+    if existing_only:
+        paths = {p: fmt for p, fmt in paths.items() if os.path.lexists(p)}
     _MARKED.update(paths)
     try:
         write_all({p: incomplete(fmt) for p, fmt in paths.items()})
@@ -126,7 +136,7 @@ class ReportsFirst(Group):
         if (cmd is not None and not ctx.resilient_parsing
                 and any(p.name in FORMATS for p in cmd.params)):
             helps = cmd.get_help_option_names(ctx)
-            mark(report_paths(cmd, rest, helps))
+            mark(report_paths(cmd, rest, helps), existing_only=True)
             if not set(rest) & set(helps):
                 from ..report import preload
 
