@@ -11,8 +11,11 @@ text through the helper of its format:
   surrogates and bidirectional overrides become visible escapes (``\\x1b[2J`` prints as those
   seven characters); newlines and tabs stay.
 - :func:`console`: a rich ``Text`` (never parsed as markup) of the plain text.
-- :func:`markdown`: one table cell's worth: an inline code span (no heading, HTML, link,
-  emphasis or autolink can start inside it), pipes escaped, on one line.
+- :func:`markdown`: the candidate's text in one table cell: an inline code span (no
+  heading, HTML, link, emphasis, emoji code or autolink can start inside it), pipes
+  escaped, on one line.
+- :func:`markdown_words`: softcheck's words and the user's (case and group names) in a
+  cell: one line, pipes escaped, no HTML (``<`` and ``&`` as entities).
 - :func:`xml`: plain text without the characters XML 1.0 cannot hold (ElementTree escapes
   ``<``, ``&`` and ``>``, so ``]]>`` cannot end anything).
 
@@ -61,6 +64,13 @@ def markdown(text: object) -> str:
     # then drops the backslash of each ``\\|``: the cell shows the text as written
     s = s.replace("|", "\\|")
     return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def markdown_words(text: object) -> str:
+    """Words softcheck or the user wrote, for a Markdown table cell: one line, pipes
+    escaped, ``<`` and ``&`` as entities (no HTML can start)."""
+    s = " ".join(plain(text).split())
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
 
 
 #: what XML 1.0 cannot hold at all (``plain`` has replaced the rest of the controls)
