@@ -15,7 +15,6 @@ import os as _os
 import sys as _sys
 
 
-
 def _python_m_softcheck() -> bool:
     """Whether this is ``python -m softcheck`` importing its package (runpy sets argv[0] to
     "-m" until the module is found).  That command puts the working folder first on sys.path
