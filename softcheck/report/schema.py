@@ -300,7 +300,9 @@ REPORT = {
                                               "worst entries of passing cases."),
         "command": _d({"enum": ["run", "check", "batch"]}, "The command that ran."),
         "target": _d(_STR, "The candidate (check), else null."),
-        "passed": _d({"type": "boolean"}, "Every case passed."),
+        "passed": _d({"type": "boolean"}, "Every case passed, and there was at least one."),
+        "reason": _d({"type": "string"}, "Why a report with no failed case does not pass "
+                                         "(no case ran)."),
         "summary": _d(SUMMARY, "Case counts."),
         "environment": _d(_obj({"python": _d({"type": "string"}, "Python version."),
                                 "numpy": _d({"type": "string"}, "NumPy version."),
