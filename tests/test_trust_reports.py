@@ -202,6 +202,7 @@ def test_sigterm_during_a_parallel_run_stops_its_pool_instead_of_waiting_for_it(
                           "--batch", "256,512", "--dtype", "float64", "--jobs", "2",
                           *_report_args(paths)], env=_env(), cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pool: list[int] = []
     try:
         deadline = time.monotonic() + 90
         while not (pool := [k for k, c in _children(p.pid).items()
@@ -212,13 +213,15 @@ def test_sigterm_during_a_parallel_run_stops_its_pool_instead_of_waiting_for_it(
         out, err = p.communicate(timeout=60)
     finally:
         p.kill()
+        deadline = time.monotonic() + 5
+        while (left := [k for k in pool if _alive(k)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for k in left:                      # a failing run leaves no orphan behind either
+            os.kill(k, signal.SIGKILL)
     assert p.returncode == 128 + signal.SIGTERM, (p.returncode, out, err)
+    assert left == [], left
     assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
     _assert_failing(paths, "interrupted by SIGTERM")
-    deadline = time.monotonic() + 10
-    while (left := [k for k in pool if _alive(k)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert left == []
 
 
 def _alive(pid: int) -> bool:
