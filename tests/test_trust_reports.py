@@ -205,10 +205,13 @@ def test_sigterm_during_a_parallel_run_stops_its_pool_instead_of_waiting_for_it(
     pool: list[int] = []
     try:
         deadline = time.monotonic() + 90
-        while not (pool := [k for k, c in _children(p.pid).items()
-                            if b"multiprocessing.spawn" in c]):
+        seen: list[list[int]] = []          # both workers, on two looks in a row: started
+        while len(seen) < 2 or len(seen[-1]) < 2 or seen[-1] != seen[-2]:
             assert p.poll() is None and time.monotonic() < deadline, p.communicate()
             time.sleep(0.1)
+            seen.append(sorted(k for k, c in _children(p.pid).items()
+                               if b"multiprocessing.spawn" in c))
+        pool = seen[-1]
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=60)
     finally:
