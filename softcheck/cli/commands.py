@@ -178,9 +178,11 @@ def steps(classes, batch, targets, reduction, regime, seed, plot_path):
     """Sweep the finite-difference step h over decades and print each method's error against
     the closed form: the V of truncation vs rounding, with the derived h marked (*)."""
     from ..report.console import render_steps
-    from ..tools.steps import plot, step_case, sweep
+    from ..tools.steps import plot, pyplot, step_case, sweep
 
     check_outputs(plot_path)
+    if plot_path:
+        pyplot()                        # without matplotlib: one line, exit 2, before the work
     case = step_case(classes=classes, batch=batch, targets=targets, reduction=reduction,
                      regime=regime, seed=seed)
     sweeps = sweep(case)

@@ -106,6 +106,8 @@ class _LazyBar(_Quiet):
     the work has taken over a second (a timer: also during one long case), on a terminal."""
 
     DELAY = 1.0
+    #: the columns before the case's: bar, done/total, rate, elapsed, ETA (a 999/999 run)
+    FIXED = 12 + 8 + 16 + 8 + 4 + 8 + 2
 
     def __init__(self, console, estimate: float | None = None):
         import threading
@@ -170,9 +172,11 @@ class _LazyBar(_Quiet):
             if not self.bar:
                 return
             rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            room = max(12, self.console.width - self.FIXED)      # one line, never wrapped
+            case = (self.current[:24] + " " + self.detail).rstrip()
             self.bar.update(self.task, completed=self.done, total=self.total,
                             rate=f"{rate:.1f} cases/s",
-                            case=(self.current[:24] + " " + self.detail).rstrip())
+                            case=case if len(case) <= room else case[:room - 1] + "…")
 
     def close(self) -> None:
         self.timer.cancel()

@@ -81,4 +81,10 @@ def writable(path: str) -> str | None:
         return f"{d} is not a folder"
     if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return "permission denied"
+    try:                                  # access() says yes for root and for /proc: try it
+        fd, probe = tempfile.mkstemp(prefix=".softcheck-probe-", dir=d)
+    except OSError as e:
+        return f"{d} does not take new files ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(probe)
     return None
