@@ -23,7 +23,7 @@ import numpy as np
 from ..spec import FusedInputs, SoftcheckError
 from .record import repeated
 from .conventions import KERNEL_OPTIONS, CallFailed, Settings, _option_values
-from .reply import ReplyError, checked, values
+from . import reply as wire
 from .errors import format_exception
 from .frameworks import to_framework, to_numpy
 
@@ -248,15 +248,15 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     req = {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec, "shape": fi.shape,
            "out": out_off, "layout": layout}
     n = int(fi.x.shape[0])
-    fields = {"loss": lambda v, what: values(v, what, n)}
+    fields = {"loss": lambda v, what: wire.values(v, what, n)}
 
     def one(i: int) -> FusedResult:
         reply, error, output = wc.exchange({**req, "index": i}, timeout)
         if reply is None:
             return FusedResult(error=error, output=output)
         try:
-            got = checked(reply, fields)
-        except ReplyError as e:
+            got = wire.checked(reply, fields)
+        except wire.ReplyError as e:
             wc._drop()
             return FusedResult(error=f"the candidate's process sent an invalid reply ({e})",
                                output=output)

@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .reply import ReplyError, checked, dtype_name, flag, show, text, values
+from . import reply as wire
 from .call import (ARGUMENT_NAMES, CallResult, exact_lse, judged, kwargs_for, repeated,
                    signature_of, with_layout_note)
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
@@ -283,8 +283,8 @@ class IsolatedCandidate:
             if reply is None:
                 return CallResult(None, error, output=output)
             try:
-                got = checked(reply, fields)
-            except ReplyError as e:
+                got = wire.checked(reply, fields)
+            except wire.ReplyError as e:
                 self._drop()
                 return CallResult(None, f"the candidate's process sent an invalid reply ({e})",
                                   output=output)
@@ -318,14 +318,14 @@ def _aligned(a: np.ndarray) -> int:
 
 def _no_ranks(v, what):
     if v not in ([], ()):
-        raise ReplyError(f"{what} is {show(v)}: this candidate has no ranks")
+        raise wire.ReplyError(f"{what} is {wire.show(v)}: this candidate has no ranks")
     return ()
 
 
 def reply_fields(op: str, inputs: Inputs, ranks=_no_ranks) -> dict:
     """What a successful reply to ``op`` holds, each field's check (reply.py); ``ranks``:
     the check of a convention reply's per-device entries (shard_map's)."""
-    fields = {"dtype": dtype_name, "x64_off": flag}
+    fields = {"dtype": wire.dtype_name, "x64_off": wire.flag}
     if op != "convention":
         return fields
     n = int(inputs.logits.shape[0])
@@ -333,21 +333,21 @@ def reply_fields(op: str, inputs: Inputs, ranks=_no_ranks) -> dict:
 
     def variant(v, what):
         if not isinstance(v, (list, tuple)) or len(v) != 3:
-            raise ReplyError(f"{what} is not (label, upstream gradient, dtype)")
-        lab = text(v[0], f"{what}'s label")
-        g = values(v[1], f"{what}'s upstream gradient", n)
+            raise wire.ReplyError(f"{what} is not (label, upstream gradient, dtype)")
+        lab = wire.text(v[0], f"{what}'s label")
+        g = wire.values(v[1], f"{what}'s upstream gradient", n)
         if lab not in expected or g is None or np.shape(g) not in ((), np.shape(expected[lab])) \
                 or not np.array_equal(np.broadcast_to(g, np.shape(expected[lab])), expected[lab]):
-            raise ReplyError(f"{what} is for an upstream gradient the judge did not ask for")
-        return lab, expected[lab], dtype_name(v[2], f"{what}'s dtype")
+            raise wire.ReplyError(f"{what} is for an upstream gradient the judge did not ask for")
+        return lab, expected[lab], wire.dtype_name(v[2], f"{what}'s dtype")
 
     def variants(v, what):
         if not isinstance(v, (list, tuple)) or len(v) > MAX_VARIANTS:
-            raise ReplyError(f"{what} is not a list of at most {MAX_VARIANTS}")
+            raise wire.ReplyError(f"{what} is not a list of at most {MAX_VARIANTS}")
         return tuple(variant(x, f"{what}[{i}]") for i, x in enumerate(v))
 
     def forward(v, what):
-        return values(v, what, n)
+        return wire.values(v, what, n)
 
     return {**fields, "variants": variants, "loss": forward, "z_loss": forward, "lse": forward,
             "ranks": ranks}

@@ -18,7 +18,7 @@ from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.inputs import make_inputs
-from ..judge.ranks import judge_ranks
+from .ranks import judge_ranks
 from .results import CaseResult, Coverage, FDInfo
 
 REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),

@@ -1,6 +1,6 @@
 """--tensor-parallel W: the TARGET on W torch.distributed ranks (real OS processes), each given
 its column shard of the logits, or (``--framework jax``) inside jax.shard_map over W host
-devices of one worker process; the shards judged per rank by judge/ranks.py."""
+devices of one worker process; the shards' gradients judged per rank, the losses across ranks."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import time
 
 import numpy as np
 
-from ..candidate.reply import ReplyError, checked, values
+from ..candidate import reply as wire
 from ..candidate.call import CallResult, judged, kwargs_for, repeated, signature_of
 from ..candidate.described import BadDescription, load_error
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
 from ..candidate.channel import _Died, _Worker, close_shared, shared_file
 from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described, reply_fields
+from ..judge.compare import Comparison, Invariant, compare
+from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
 
 RANK_MAIN = "softcheck.candidate.rank_main"
@@ -245,8 +247,8 @@ class RankedCandidate:
             except OSError as e:                          # any socket error: the call failed
                 return self._failed(r, f"its channel failed ({type(e).__name__}: {e})")
             try:
-                got = checked(reply, fields, w.seq)
-            except ReplyError as e:
+                got = wire.checked(reply, fields, w.seq)
+            except wire.ReplyError as e:
                 return self._failed(r, f"sent an invalid reply ({e})")
             if got["error"]:
                 # a peer's death makes the survivors' collectives raise (gloo: "Read error"):
@@ -367,14 +369,14 @@ class ShardMapCandidate(IsolatedCandidate):
 
         def ranks(v, what):
             if not isinstance(v, (list, tuple)) or len(v) != len(want):
-                raise ReplyError(f"{what} is not one entry per device ({len(want)})")
+                raise wire.ReplyError(f"{what} is not one entry per device ({len(want)})")
             out = []
             for k, (x, w) in enumerate(zip(v, want)):
                 if not isinstance(x, (list, tuple)) or len(x) != 5 or (
                         *x[:3], x[4]) != w or any(isinstance(y, bool) for y in x):
-                    raise ReplyError(f"{what}[{k}] is not device {k}'s columns "
+                    raise wire.ReplyError(f"{what}[{k}] is not device {k}'s columns "
                                           f"{w[1]}:{w[2]} of width {w[3]}")
-                out.append((k, w[1], w[2], values(x[3], f"{what}[{k}]'s loss", n),
+                out.append((k, w[1], w[2], wire.values(x[3], f"{what}[{k}]'s loss", n),
                             w[3]))
             return tuple(out)
         return ranks
@@ -392,3 +394,82 @@ class ShardMapCandidate(IsolatedCandidate):
             error = error.replace("the candidate's process", "the shard_map worker (hosting "
                                   f"all {self.world} devices)")
         return reply, error, output
+
+
+# ------------------------------------------------------------------------------- judging
+
+def judge_ranks(call: CallResult, inputs64: Inputs, *, dtype: str, kappa: float, scale: float,
+                user=None) -> tuple[list[Comparison], list[Invariant], tuple[str, ...]]:
+    """Per rank: its shard's gradient against its columns of the float64 closed form (the
+    other columns zeroed on both sides, so entries keep their global class ids); across ranks:
+    the loss each returned, identical on every rank.  Hints name the sharding bug's pattern."""
+    if not call.ranks:
+        return [], [], ()
+    ref = analytic.gradient(inputs64)
+    comps, hints = [], []
+    for r, a, b, _, _ in call.ranks:
+        mask = np.zeros(ref.shape[1], bool)
+        mask[a:b] = True
+        comps.append(compare((f"candidate[rank {r}]", "analytic"),
+                             np.where(mask, call.grad, 0.0), np.where(mask, ref, 0.0),
+                             inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale, user=user))
+    bad = [c for c in comps if not c.passed]
+    invs = []
+    losses = [(r, loss) for r, _, _, loss, _ in call.ranks if loss is not None]
+    if losses:
+        r0, l0 = losses[0]
+        diffs = [(r, float(np.max(np.abs(np.asarray(x) - np.asarray(l0)), initial=0.0)))
+                 for r, x in losses[1:]]
+        worst = max(diffs, key=lambda d: d[1], default=(r0, 0.0))
+        same = all(np.array_equal(np.asarray(x), np.asarray(l0), equal_nan=True)
+                   for _, x in losses[1:])
+        detail = (f"every one of the {len(call.ranks)} ranks returned the same loss" if same else
+                  "the ranks disagree on the loss: " + ", ".join(
+                      f"rank {r} differs from rank {r0} by up to {d:.3g}" for r, d in diffs
+                      if d or not np.isfinite(d)))
+        invs.append(Invariant("ranks_agree_on_loss", "candidate", bool(same), detail))
+        if not same:
+            hints.append(f"the ranks disagree on the loss (rank {worst[0]} by {worst[1]:.3g}): "
+                         "a reduction is not all-reduced across the group (the max, the sum of "
+                         "exps or the target logit computed from the shard alone)")
+    hints[:0] = _shard_width_hint(call, inputs64, ref, bad, dtype, kappa, scale)
+    if bad and not hints:
+        hints.append("wrong on rank" + ("s " if len(bad) > 1 else " ") + ", ".join(
+            c.pair[0].split()[-1].rstrip("]") for c in bad) + " of " + str(len(call.ranks)))
+    return comps, invs, tuple(hints)
+
+
+def _shard_width_hint(call, inputs64: Inputs, ref, bad, dtype, kappa, scale) -> list[str]:
+    """Label smoothing's uniform part spread over the shard's width V/W instead of the
+    vocabulary V (Megatron #737): on rank r the smoothing term of the gradient is scaled by
+    V/V_r (uniform) or (V-1)/(V_r-1) (others), V_r the width it was given (JAX: padded);
+    matched with the per-rank tolerance."""
+    spec = inputs64.spec
+    if not bad or not spec.label_smoothing:
+        return []
+    plain = analytic.gradient(dataclasses.replace(inputs64, spec=spec.replace(label_smoothing=0.0)))
+    smooth = ref - plain                    # the smoothing term (linear in EPS)
+    v = ref.shape[1]
+    hit = []
+    for c in bad:
+        r = int(c.pair[0].split()[-1].rstrip("]"))
+        _, a, b, _, width = call.ranks[r]
+        k = (v / width) if spec.smoothing_convention == "uniform" else (v - 1) / max(width - 1, 1)
+        # off-target columns: the term is -EPS/V (resp. -EPS/(V-1)) per entry, times g
+        t = inputs64.target
+        off = np.ones_like(ref, bool)
+        rows = np.flatnonzero(inputs64.valid)
+        off[rows, t[rows]] = False
+        mask = np.zeros_like(ref, bool)
+        mask[:, a:b] = True
+        mask &= off
+        want = np.where(mask, plain + k * smooth, 0.0)
+        got = np.where(mask, call.grad, 0.0)
+        if compare(("x", "y"), got, want, inputs=inputs64, dtype=dtype, kappa=kappa,
+                   scale=scale).passed:
+            hit.append(r)
+    if not hit:
+        return []
+    return [f"label smoothing uses the shard's vocabulary size on rank{'s' if len(hit) > 1 else ''} "
+            f"{', '.join(map(str, hit))}: its uniform part is EPS/(V/W) instead of EPS/V "
+            "(Megatron-LM #737)"]
