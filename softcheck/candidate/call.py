@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
-from .conventions import CallFailed, Settings
+from .conventions import CallFailed, Settings, plain_keywords
 from .conventions import run as run_convention
 
 from .arrays import (CandidateError, layout_note, max_difference, padded,  # noqa: F401
@@ -76,6 +76,7 @@ class Candidate:
     hvp_source: str | None = None
     settings: Settings = Settings()   # how it is called (--convention)
     backward: object = None         # split: the backward kernel
+    probe: object = None            # the worker that described it (load.isolated reuses it)
 
     isolated = False                # the CandidateProtocol (protocol.py): in this process
     x64 = None
@@ -100,7 +101,7 @@ class Candidate:
         return name in params or varkw
 
     def kwargs(self, inputs: Inputs) -> dict:
-        return kwargs_for(inputs, self.takes)
+        return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
@@ -153,24 +154,12 @@ def signature_of(fn) -> tuple[tuple[str, ...], bool]:
     return tuple(ps), any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
 
-def kwargs_for(inputs: Inputs, takes: Callable[[str], bool]) -> dict:
-    """The keyword options a candidate declares, with their values for this case."""
-    s = inputs.spec
-    go = np.asarray(inputs.grad_output)
-    values = {
-        "weight": None if inputs.weight is None else np.array(inputs.weight, copy=True),
-        "ignore_index": -100 if s.ignore_index is None else s.ignore_index,
-        "reduction": s.reduction,
-        "label_smoothing": s.label_smoothing,
-        "smoothing_convention": s.smoothing_convention,
-        "temperature": s.temperature,
-        "softcap": s.softcap,
-        "z_loss": s.z_loss,
-        "mean_over": s.mean_over,
-        "logit_scale": s.logit_scale,
-        "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
-    }
-    return {k: values[k] for k in OPTION_NAMES if takes(k)}
+def kwargs_for(inputs: Inputs, takes: Callable[[str], bool], st: Settings | None = None
+               ) -> dict:
+    """The keyword options a plain gradient function declares, with their values for this
+    case (by their --rename'd names, --off-value in place of an off option, the --kwarg
+    constants beside them: conventions.plain_keywords)."""
+    return plain_keywords(inputs, takes, st or Settings())
 
 
 def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], case_dtype,

@@ -14,22 +14,21 @@ position t is scored against label t + 1 of its sequence; the last position is i
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..spec import FusedInputs, SoftcheckError
+import softcheck.candidate.reply as wire
+from .conventions import CallFailed, Settings, _keywords, _option_values
+from .conventions import _arguments as _conv_arguments
 from .record import repeated
-from .conventions import KERNEL_OPTIONS, CallFailed, Settings, _option_values
-from . import reply as wire
 from .errors import format_exception
-from .frameworks import to_framework, to_numpy
+from .frameworks import is_autograd_function, to_framework, to_numpy
+from .signatures import describe, names
 
-#: the class weights' keyword (``weight`` is the LM head's, as in Liger's
-#: LigerFusedLinearCrossEntropyFunction; ``--rename weight=NAME`` overrides)
-CLASS_WEIGHT = "ce_weight"
 #: the outputs of a fused kernel, in report order
 OUTPUTS = ("loss", "grad_x", "grad_w", "grad_b")
 
@@ -46,16 +45,13 @@ class FusedResult:
     output: str = ""
 
 
-def _params(fn):
-    try:
-        ps = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return set(), False
-    return set(ps), any(p.kind is p.VAR_KEYWORD for p in ps.values())
-
-
 def _arguments(fn, st: Settings, fi: FusedInputs, fw: str, grad_req: bool):
-    params, varkw = _params(fn)
+    """``(x, W, target)``, the keywords (the options it declares, the class weights as
+    ``ce_weight``, ``bias``, ``shift``, ``grad_output`` under ``grad``, --kwarg constants) and
+    the bias tensor; positional in ``--args`` order (an ``autograd.Function``'s ``.apply``)."""
+    params = describe(fn)
+    declared, varkw = names(params)
+    st = st if st.fused else dataclasses.replace(st, fused=True)   # class weights: ce_weight
     n, h = fi.x.shape
     target = fi.labels if fi.labels is not None else fi.target
     x, tgt = fi.x, target
@@ -66,20 +62,22 @@ def _arguments(fn, st: Settings, fi: FusedInputs, fw: str, grad_req: bool):
     wt = to_framework(fi.lm_weight, fw, dev, requires_grad=grad_req)
     bt = None if fi.bias is None else to_framework(fi.bias, fw, dev, requires_grad=grad_req)
     tt = to_framework(tgt, fw, dev)
-    opts = _option_values(fi, fw, dev)
-    kw = {}
-    for o in KERNEL_OPTIONS:
-        k = dict(st.rename).get(o, CLASS_WEIGHT if o == "weight" else o)
-        if k in params or (varkw and k == o):
-            kw[k] = opts[o]
+    opts = {**_option_values(fi, fw, dev, st), "bias": bt,
+            "shift": 1 if fi.labels is not None else 0}
+    if st.args:                                    # .apply order (conventions.apply_order)
+        args, _ = _conv_arguments(fn, st, (xt, wt, tt), opts)
+        if bt is not None and "bias" not in st.args:
+            raise CallFailed("the case has a bias (--bias) but --args passes no 'bias'")
+        return args, {}, bt
+    kw = _keywords(params, st, opts)
     if bt is not None:
-        if "bias" not in params and not varkw:
+        if "bias" not in declared and not varkw:
             raise CallFailed("the case has a bias (--bias) but the function takes no 'bias'")
         kw["bias"] = bt
-    if fi.labels is not None and ("shift" in params or varkw):
+    if fi.labels is not None and ("shift" in declared or varkw):
         kw["shift"] = 1
     go = np.asarray(fi.grad_output, np.float64)
-    if st.convention == "grad" and ("grad_output" in params or varkw):
+    if st.convention == "grad" and ("grad_output" in declared or varkw):
         kw["grad_output"] = float(go) if go.ndim == 0 else to_framework(
             go.astype(fi.x.dtype), fw, dev)
     return (xt, wt, tt), kw, bt
@@ -104,8 +102,8 @@ def _by_autograd(fn, st: Settings, fi: FusedInputs) -> tuple:
         raise CallFailed("--convention loss needs a torch or JAX kernel (softcheck "
                          "differentiates the returned loss); a numpy kernel returns its "
                          "gradients: --convention grad")
-    args, kw, bt = _arguments(fn, st, fi, fw, fw == "torch")
-    apply = fn.apply if hasattr(fn, "apply") and isinstance(fn, type) else fn
+    apply = fn.apply if is_autograd_function(fn) else fn
+    args, kw, bt = _arguments(apply, st, fi, fw, fw == "torch")
     if fw == "jax":
         import jax
         import jax.numpy as jnp

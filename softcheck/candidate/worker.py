@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from . import reply as wire
+import softcheck.candidate.reply as wire
 from .call import (ARGUMENT_NAMES, CallResult, exact_lse, judged, kwargs_for, repeated,
                    signature_of, with_layout_note)
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
@@ -47,7 +47,7 @@ class IsolatedCandidate:
     """The TARGET loaded and called in a worker process that is restarted after it dies or
     times out; arrays cross through one shared memory file."""
 
-    #: the worker's module, and what it adds to the environment (engine/ranks.ShardMapCandidate)
+    #: the worker's module, and what it adds to the environment (engine/shardmap.ShardMapCandidate)
     module = "softcheck.candidate.worker_main"
     env: dict = {}
     isolated = True                 # the CandidateProtocol (protocol.py)
@@ -66,6 +66,7 @@ class IsolatedCandidate:
         self._shared = None                       # a large case's logits (shared.py)
         self._worker: _Worker | None = None
         self._closed = False
+        self._serving = False                     # serve_as took it (once)
         _CANDIDATES.add(self)
         try:
             ready = self._start().ready
@@ -85,7 +86,7 @@ class IsolatedCandidate:
         return name in self._params or self._varkw
 
     def kwargs(self, inputs: Inputs) -> dict:
-        return kwargs_for(inputs, self.takes)
+        return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
@@ -118,6 +119,21 @@ class IsolatedCandidate:
         kw["variants"] = variants
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
                           kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
+
+    def serve_as(self, source, hvp_source, settings, *, x64: bool,
+                 memory_limit: int | None) -> bool:
+        """This worker, which described the TARGET (load.describing_worker), serves its calls
+        too when it was started as they need (same TARGET, memory limit, and JAX float64 for a
+        JAX TARGET); its settings become the resolved ones.  Once: False after that."""
+        if (self._closed or self._serving or source != self.source
+                or hvp_source != self.hvp_source or memory_limit != self.memory_limit
+                or (x64 != self.x64 and settings.framework == "jax")):
+            return False
+        reply, error, _ = self.exchange({"op": "settings", "settings": settings}, 60.0)
+        if error is not None or reply is None:
+            return False
+        self.settings, self._serving = settings, True
+        return True
 
     def call_fused(self, fi, *, timeout=None, repeat: int = 1):
         """Fused linear cross-entropy in the worker (fused.call_in_worker)."""

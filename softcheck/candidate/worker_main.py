@@ -130,6 +130,9 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
     """One request: the candidate called once (``call_once``), its gradient written to
     shared memory as it came, and its other array arguments as they are after the call
     (``req["back"]``: where) for the judge to compare with its originals."""
+    if req["op"] == "settings":                    # the judge resolved how it is called
+        cand.settings = req["settings"]
+        return {"error": None}
     if req["op"] == "convention":
         return serve_convention(cand, shm, req)
     if req["op"] == "fused":                       # fused linear cross-entropy (--hidden)
