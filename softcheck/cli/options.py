@@ -6,7 +6,7 @@ import click
 
 from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
-from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
+from ..spec import ALL_IGNORED, CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
 from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
                             DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, LAYOUT_PAD,
                             LAYOUTS, REGIMES, RETURN_ITEMS, SPLITS, SUITES, TOLERANCE_MODES)
@@ -89,8 +89,9 @@ def suite_options(fn):
         click.option("--reduction", type=CommaList(str),
                      help=f"{', '.join(REDUCTIONS)} [run default: all; check: mean]."),
         click.option("--regime", type=CommaList(str),
-                     help=f"{', '.join(REGIMES)} [default: all but all-ignored and "
-                          "target-prob (p_target 0.9/0.99/0.999 by row)]."),
+                     help=f"{', '.join(REGIMES)} [default: all but all-ignored, "
+                          "target-prob (p_target 0.9/0.99/0.999 by row) and below-cap "
+                          "(logits far below -softcap)]."),
         click.option("--suite", type=click.Choice(SUITES), default="default",
                      show_default=True,
                      help="kernel: a preset of cases at kernel shapes (V 50264, 65537, 128256, "
@@ -131,6 +132,10 @@ def suite_options(fn):
                      help=f"The mean's denominator: {'|'.join(MEAN_OVER)}|K: weight = Σ w[y] "
                           "of non-ignored rows (PyTorch), valid = their count even with weights "
                           "(chainer), batch = all N rows, K = a global count (n_items)."),
+        click.option("--all-ignored", type=click.Choice(ALL_IGNORED), default="nan",
+                     show_default=True,
+                     help="The loss of a mean over zero non-ignored rows: nan (0/0, PyTorch) "
+                          "or zero (Liger-Kernel, TransformerEngine)."),
         click.option("--logit-scale", type=float, default=1.0, show_default=True,
                      help="Logits multiplied by S (> 0) before the softcap, beside --temperature."),
         click.option("--fd", type=click.Choice(FD_METHODS), default=None,
@@ -139,11 +144,15 @@ def suite_options(fn):
                      help="2: check Hessian-vector products."),
         click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
                      help="Directional probes when FD covers a subset of columns."),
-        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="strict",
+        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="rounded",
                      show_default=True,
-                     help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
-                          "final rounding (fused kernels); native = also 4x the error of the "
-                          "closed form computed in the dtype itself (plain framework ops)."),
+                     help="bfloat16/float16 candidates: rounded = float32 arithmetic, the "
+                          "gradient rounded when stored and again when scaled by the upstream "
+                          "gradient, log-probabilities stored in the dtype; strict = float32 "
+                          "arithmetic and one final rounding (fused kernels); native = also 4x "
+                          "the error of the closed form computed in the dtype itself (plain "
+                          "framework ops); torch (--hidden only) = also PyTorch's own error in "
+                          "the dtype (unfused F.linear + F.cross_entropy)."),
         click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
         click.option("--atol", type=float, default=None,

@@ -121,7 +121,8 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     """The W rank processes of a --tensor-parallel candidate, or (JAX) its one shard_map
     worker hosting W devices (engine/ranks.py)."""
     from ..candidate.sharding import layout, shards
-    from .ranks import RankedCandidate, ShardMapCandidate
+    from .ranks import RankedCandidate
+    from .shardmap import ShardMapCandidate
 
     if not job.policy.isolate:
         raise SoftcheckError("--tensor-parallel runs each rank in its own process: it cannot "
@@ -158,7 +159,7 @@ def run(cfg: Config, *, fail_fast: bool = False, progress=None, jobs: int = 1) -
 def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPolicy(),
                     fail_fast=False, progress=None, jobs: int = 1) -> Report:
     """A candidate against the three references over the check suite (``check_suite``)."""
-    cases, skipped = with_inputs(cfg, select(cfg, check=True))
+    cases, skipped = with_inputs(cfg, select(cfg, check=True, candidate=cand))
     return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
                    target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs,
                    probe_dtypes=cfg.dtype is None)

@@ -137,7 +137,8 @@ PARAMS = _obj({
     "targets": _d({"enum": ["index", "onehot", "probs"]}, "Class indices or (N, C) targets."),
     "reduction": _d({"enum": ["mean", "sum", "none"]}, "The loss reduction."),
     "regime": _d({"type": "string"}, "How the logits were drawn (normal, large, tied, "
-                                     "confident, wrong, masked, all-ignored, target-prob; "
+                                     "confident, wrong, masked, all-ignored, target-prob, "
+                                     "below-cap; "
                                      "'inputs': the "
                                      "user's own arrays)."),
     "seed": _d({"type": "integer"}, "The seed every input was drawn from."),
@@ -154,11 +155,15 @@ PARAMS = _obj({
     "mean_over": _d({"oneOf": [{"enum": ["weight", "valid", "batch"]},
                                {"type": "integer", "minimum": 1}]},
                     "The mean's denominator: weight (PyTorch), valid rows, the batch, or N."),
+    "all_ignored": _d({"enum": ["nan", "zero"]},
+                      "The loss of a mean over zero non-ignored rows (--all-ignored)."),
     "logit_scale": _d({"type": "number", "exclusiveMinimum": 0},
                       "Logits multiplied by S before softcap (--logit-scale)."),
     "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),
-    "tolerance": _d({"enum": ["strict", "native", "torch"]},
-                    "The low-precision tolerance mode (torch: fused linear cross-entropy also "
+    "tolerance": _d({"enum": ["rounded", "strict", "native", "torch"]},
+                    "The low-precision tolerance mode (rounded, the default: two roundings to "
+                    "the dtype and the stored log-probabilities; strict: one rounding; "
+                    "torch: fused linear cross-entropy also "
                     "allowed PyTorch's own error in the same dtype)."),
     "fused": _d(_obj({"hidden": _d({"type": "integer", "minimum": 1}, "H, the hidden size."),
                       "bias": _d({"type": "boolean"}, "An LM-head bias (--bias)."),
@@ -199,7 +204,8 @@ TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock secon
 
 CASE = _obj({
     "name": _d({"type": "string"}, "The case's name (C-B-dtype-targets-reduction-regime)."),
-    "group": _d(_STR, "The batch group (null outside batch)."),
+    "group": _d(_STR, "The batch group (null outside batch; under pytest the test id, "
+                      "path::test[id])."),
     "target": _d(_STR, "The candidate checked (null: softcheck's own methods)."),
     "passed": _d({"type": "boolean"}, "Every comparison and invariant passed."),
     "params": _d(PARAMS, "The case's options."),
@@ -294,7 +300,9 @@ REPORT = {
                                               "worst entries of passing cases."),
         "command": _d({"enum": ["run", "check", "batch"]}, "The command that ran."),
         "target": _d(_STR, "The candidate (check), else null."),
-        "passed": _d({"type": "boolean"}, "Every case passed."),
+        "passed": _d({"type": "boolean"}, "Every case passed, and there was at least one."),
+        "reason": _d({"type": "string"}, "Why a report with no failed case does not pass "
+                                         "(no case ran)."),
         "summary": _d(SUMMARY, "Case counts."),
         "environment": _d(_obj({"python": _d({"type": "string"}, "Python version."),
                                 "numpy": _d({"type": "string"}, "NumPy version."),

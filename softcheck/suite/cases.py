@@ -26,7 +26,7 @@ class Case:
     probes: int = 8
     fd_budget: float = FD_BUDGET
     tag: str | None = None
-    tolerance: str = "strict"
+    tolerance: str = "rounded"
     atol: float | None = None       # the user's tolerances (--atol/--rtol), None: derived
     rtol: float | None = None
     hidden: int | None = None       # fused linear cross-entropy (classes = V, batch = N)

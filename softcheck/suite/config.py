@@ -16,11 +16,13 @@ from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, LossSpec, SoftcheckErr
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread",
-           "all-ignored", "target-prob")
+           "all-ignored", "target-prob", "below-cap")
 #: regimes a suite runs only when asked (--regime, or the kernel preset): target-prob =
 #: normal logits with each row's target logit set so that softmax p_target is 0.9, 0.99,
 #: 0.999 (rows cycling) in float64 before rounding (the precision of p_t − 1)
-OPT_IN_REGIMES = ("all-ignored", "target-prob")
+#: below-cap = every logit far below −S (S the --softcap, 30 without one): after the softcap
+#: the real lanes sit just above −S, where a padded lane (−inf → −S) weighs as much as they do
+OPT_IN_REGIMES = ("all-ignored", "target-prob", "below-cap")
 #: --suite: default = the axes crossed; kernel = a preset list of cases at kernel shapes
 #: (suite/kernel.py)
 SUITES = ("default", "kernel")
@@ -29,11 +31,13 @@ SUITES = ("default", "kernel")
 LAYOUTS = ("contiguous", "strided")
 LAYOUT_PAD = 64
 FD_METHODS = ("central", "richardson", "complex")
-#: strict: low-precision candidates held to float32 arithmetic + one final rounding;
-#: native: also allowed 4× the error of the closed form computed in the dtype itself
+#: low-precision candidates (judge/tolerances.py derives each): rounded (the default) =
+#: float32 arithmetic, the gradient rounded when stored and again when scaled by g, the
+#: log-probabilities stored in the dtype; strict = float32 arithmetic + one final rounding;
+#: native: rounded, also allowed 4× the error of the closed form computed in the dtype itself
 #: torch (fused linear cross-entropy, --hidden): also allowed the error PyTorch makes in the
 #: same dtype (Apple Cut Cross-Entropy's test criterion)
-TOLERANCE_MODES = ("strict", "native", "torch")
+TOLERANCE_MODES = ("rounded", "strict", "native", "torch")
 #: fused linear cross-entropy (--hidden): x as (N, H) or (B, T, H) (--shape btv)
 FUSED_SHAPES = ("nv", "btv")
 DEFAULT_BATCH = (1, 6)
@@ -102,11 +106,12 @@ class Config:
     z_loss: float = 0.0
     mean_over: str | int = "weight"
     logit_scale: float = 1.0
+    all_ignored: str = "nan"
     fd: str | None = None
     order: int = 1
     probes: int = 8
     fd_budget: float = FD_BUDGET
-    tolerance: str = "strict"
+    tolerance: str = "rounded"
     atol: float | None = None      # the user's own tolerances (None: the derived one)
     rtol: float | None = None
     inputs: str | None = None      # FILE.npz of the user's arrays: one more case
