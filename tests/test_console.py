@@ -100,3 +100,24 @@ def test_progress_bar_stays_on_one_line_at_80_columns():
     bar.close()
     frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).replace("\n", "\r")
     assert frames.strip() and max(map(len, frames.split("\r"))) <= 80
+
+
+def test_mutants_table_is_one_row_per_mutant_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from softcheck.report.console import render_mutants
+    from softcheck.tools.mutants import MUTANTS, MutantResult
+
+    results = [MutantResult(m, tuple(f"c{i}" for i in range(28)), 28, True,
+                            ("confident", "large", "masked", "normal"),
+                            tuple(f"c{i}" for i in range(26))) for m in MUTANTS]
+    for width in (80, 160):
+        buf = io.StringIO()
+        render_mutants(results, Console(file=buf, width=width, no_color=True))
+        lines = buf.getvalue().splitlines()
+        rows = [ln for ln in lines if "CAUGHT, NAMED" in ln]
+        assert len(rows) == len(MUTANTS) and max(map(len, lines)) <= width
+        assert [r.split()[0] for r in rows] == [m.name for m in MUTANTS]   # names whole
+        assert ("(confident, large" in rows[0]) == (width >= 140)
