@@ -14,10 +14,11 @@ import numpy as np
 from .engine.results import Report
 from .candidate.call import DEFAULT_TIMEOUT
 from .spec import SoftcheckError
-from .suite.config import AXES, CONFIG_KEYS, config
+from .suite.config import AXES, CALL_KEYS, CONFIG_KEYS, config
 
 METHODS = ("analytic", "autodiff", "finite_difference")
-CALL_OPTIONS = ("convention", "framework", "args", "rename", "returns", "device")
+#: the call options ``check`` takes (backward is a callable here): the CLI's, one list
+CALL_OPTIONS = tuple(k for k in CALL_KEYS if k != "backward")
 POLICY_OPTIONS = ("timeout", "repeat", "nondet_tol", "in_process", "memory_limit",
                   "fail_fast", "hvp", "backward")
 _KEYWORDS = frozenset(CONFIG_KEYS + CALL_OPTIONS + POLICY_OPTIONS)
@@ -129,7 +130,9 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
                   "path": [p for p in sys.path if p]})
 
 
-def _check_here(fn, hvp, backward, call, options, policy, fail_fast) -> Report:
+def _check_here(fn: Callable[..., Any], hvp: Callable[..., Any] | None,
+                backward: Callable[..., Any] | None, call: dict, options: dict, policy: Any,
+                fail_fast: bool) -> Report:
     """``check(..., in_process=True)``: the judge and the candidate in this process."""
     import dataclasses
 
@@ -138,7 +141,9 @@ def _check_here(fn, hvp, backward, call, options, policy, fail_fast) -> Report:
     from .engine.suites import check_candidate
 
     bname = None if backward is None else getattr(backward, "__qualname__", repr(backward))
-    st = resolve(fn, settings(backward=bname, **call), bwd=backward)
+    st = resolve(fn, settings(backward=bname, fused=options.get("hidden") is not None,
+                              shape=options.get("shape"), shift=options.get("shift"), **call),
+                 bwd=backward)
     cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
                                backward=backward)
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)

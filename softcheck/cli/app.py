@@ -100,5 +100,9 @@ class Group(click.Group):
 
 
 def _error(msg: str) -> None:
-    msg = " ".join(str(msg).split())
+    """One line on stderr; a candidate's words in it (a TARGET that failed to import) are
+    shown, never obeyed by the terminal (report/escape.py)."""
+    from ..report.escape import plain
+
+    msg = " ".join(plain(msg).split())
     click.echo(f"softcheck: error: {msg}", err=True)

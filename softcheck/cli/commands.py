@@ -6,13 +6,14 @@ import click
 
 from ..suite.config import REGIMES
 from ..spec import REDUCTIONS, TARGET_KINDS
-from .app import EXIT_FAIL, EXIT_OK, Group
+from .app import EXIT_FAIL, EXIT_OK
 from .options import (DEBUG, CommaList, WeightType, call_options, candidate_options,
                       report_options, suite_options, to_config, to_policy, to_settings)
 from .output import check_outputs, execute, make_console, with_outputs
+from .reports import ReportsFirst
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportsFirst, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="softcheck", prog_name="softcheck")
 def cli():
     """Verify softmax cross-entropy gradients three independent ways: the closed form

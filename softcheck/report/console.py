@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.results import CaseResult, Report
-from .text import (SHORT_METHOD, by_group, counted, diagnosis_key, failure_text, fmt,
-                   name_parts, why)
+from .escape import console as as_text, plain
+from .text import (NO_CASES, SHORT_METHOD, by_group, counted, diagnosis_key, failure_text,
+                   fmt, name_parts, passed, why)
 
 
 #: the second member of a fused pair, and how its label says it
@@ -45,8 +46,8 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
     the notes, each once; the failures, the cases failing the same way as one (``-v``: each
     case in full, and before them a table per group with every case's row); the skipped
     combinations; the verdict line."""
-    def say(text, style=None, **kw):
-        console.print(text, style=style, markup=False, highlight=False, **kw)
+    def say(text, style=None, **kw):      # candidate text: control characters made visible
+        console.print(plain(text), style=style, markup=False, highlight=False, **kw)
 
     failed = report.failed
     hints = sorted(counted(c.diagnosis for c in failed),      # a known bug first: it names it
@@ -80,9 +81,12 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
     for info in report.environment.get("candidate_process", {}).values():
         if info.get("sandbox", {}).get("weaker"):          # candidate/sandbox.py
             say(info["sandbox"]["weaker"], "dim", soft_wrap=True)
+        for note in info.get("notes", ()):                 # engine/precision.py
+            say(f"note: {note}", "yellow", soft_wrap=True)
     s = report.summary()
-    verdict = "all agree" if report.passed else "DISAGREEMENT"
-    style = "bold green" if report.passed else "bold red"
+    verdict = ("all agree" if passed(report) else NO_CASES if not report.cases
+               else "DISAGREEMENT")
+    style = "bold green" if passed(report) else "bold red"
     say(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, "
         f"{s['failed']} failed — {verdict} ({report.seconds:.2f} s)", style)
 
@@ -223,7 +227,8 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
     mine = [p for p in pairs if p[0] == "candidate"]
     if len(mine) > 1 and room(len(pairs)) < min(max(map(len, names)), 24):
         pairs = [CAND] + [p for p in pairs if p not in mine]
-    table = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
+    table = Table(title=title and as_text(title), title_justify="left", title_style="bold",
+                  header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / scale (the gradient's; loss, lse: their terms')")
     table.add_column("case", overflow="fold", no_wrap=False, min_width=12,
                      max_width=max(12, room(len(pairs))))

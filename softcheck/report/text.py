@@ -29,6 +29,16 @@ def name_parts(case: CaseResult) -> list[str]:
     return parts
 
 
+#: why a report without a case does not pass (nothing was checked)
+NO_CASES = "no case ran: nothing was checked, so nothing passed"
+
+
+def passed(report: Report) -> bool:
+    """The verdict every format and the exit code give: every case passed, and there was at
+    least one (a run, a batch or a pytest session that judged nothing never passes)."""
+    return bool(report.cases) and report.passed
+
+
 def fmt(x: float | None) -> str:
     if x is None:
         return "—"
