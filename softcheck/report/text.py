@@ -138,8 +138,9 @@ _NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?")
 
 
 def shape(text: str) -> str:
-    """A hint with its numbers blanked: ``off by a constant factor #`` for every factor."""
-    return _NUMBER.sub("#", text)
+    """A hint with its numbers blanked: ``off by a constant factor #`` for every factor,
+    ``rows [#]`` for every list of rows."""
+    return re.sub(r"#(, #)+", "#", _NUMBER.sub("#", text))
 
 
 def diagnosis_key(case: CaseResult) -> str:
