@@ -239,8 +239,9 @@ def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
 
 def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     """``invoke_fused`` in ``wc``'s worker process (a ``WorkerCandidate``): the arrays go
-    through its shared memory by descriptor, the gradients come back the same way (``out_dtype``),
-    the loss and notes in the reply; death and timeouts are the case's error."""
+    in a sealed memory file, the gradients come back in one the worker sealed (converted
+    here to ``out_dtype``), the loss and notes in the reply; death, timeouts and a bad
+    output file are the case's error."""
     if wc._closed:
         raise SoftcheckError("this candidate was closed")
     arrays = {k: getattr(fi, k) for k in _ARRAYS}
@@ -248,27 +249,24 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     names = [k for k, a in arrays.items() if a is not None]
     layout = _out_layout(fi)
     dt = out_dtype(fi)
-    out_bytes = sum(dt.itemsize * int(np.prod(s)) for _, s in layout)
-    descs, out_off = wc._place([arrays[k] for k in names], out_bytes)
-    reply, error, output = wc.exchange(
-        {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec, "shape": fi.shape,
-         "out": out_off, "layout": layout, "repeat": max(1, int(repeat))}, timeout)
+    reply, error, output, outs = wc.exchange_sealed(
+        lambda descs: {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec,
+                       "shape": fi.shape, "layout": layout, "repeat": max(1, int(repeat))},
+        [arrays[k] for k in names], [s for _, s in layout], timeout)
     notes = tuple(str(x) for x in (reply or {}).get("notes", ()))
     if error is not None:
         return FusedResult(error=error, notes=notes, output=output)
-    grads, pos = {}, out_off
-    for k, shape in layout:
-        size = int(np.prod(shape))
-        grads[k] = np.frombuffer(wc._mm, dt, size, pos).reshape(shape).copy()
-        pos += dt.itemsize * size
+    grads = {k: np.array(g, dt) for (k, _), g in zip(layout, outs)}
     loss = reply.get("loss")
     return FusedResult(grads, None if loss is None else np.asarray(loss, np.float64), None,
                        notes, float(reply.get("nondet", 0.0)), output)
 
 
 def serve_fused(cand, shm, req: dict) -> dict:
-    """The worker's side: fresh FusedInputs from shared memory, ``invoke_fused``, the
-    gradients written back at ``req["out"]``."""
+    """The worker's side: fresh FusedInputs from the sealed inputs ``shm``, ``invoke_fused``,
+    the gradients sent back in a sealed file (arena.outputs)."""
+    from .arena import outputs
+
     d = req["arrays"]
 
     def fresh():
@@ -279,10 +277,6 @@ def serve_fused(cand, shm, req: dict) -> dict:
     r = invoke_fused(cand.fn, cand.settings, fresh, req["repeat"])
     if r.error is not None:
         return {"error": r.error, "notes": list(r.notes)}
-    pos = req["out"]
-    for k, shape in req["layout"]:
-        g = r.grads[k]
-        np.frombuffer(shm.mm, g.dtype, g.size, pos)[:] = g.ravel()
-        pos += g.dtype.itemsize * g.size
     loss = None if r.loss is None else np.asarray(r.loss, np.float64).tolist()
-    return {"error": None, "notes": list(r.notes), "nondet": float(r.nondet), "loss": loss}
+    return {"error": None, "notes": list(r.notes), "nondet": float(r.nondet), "loss": loss,
+            **outputs([r.grads[k] for k, _ in req["layout"]])}

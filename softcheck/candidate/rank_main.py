@@ -23,7 +23,7 @@ def _join(hello: dict):
 
 def main() -> None:
     # ready before joining: the parent starts every rank, then the group forms on the first call
-    sock, shm, hello, cand = start(hvp=False)
+    sock, hello, cand = start(hvp=False)
     state: dict = {"cand": None, "error": None}
 
     def handle(req: dict) -> dict:
@@ -36,9 +36,9 @@ def main() -> None:
                 state["error"] = f"joining the process group failed: {type(e).__name__}: {e}"
         if state["error"]:
             return {"error": state["error"]}
-        return serve_call(state["cand"], shm, req)
+        return serve_call(state["cand"], req)
 
-    serve_forever(sock, shm, handle)
+    serve_forever(sock, handle)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
 """Run a candidate in its own OS process (a drop-in for Candidate): death and timeouts are
-failed calls, arrays cross through shared memory, nothing it starts outlives it."""
+failed calls, arrays cross in sealed memory files (arena.py: inputs sealed by the judge
+before the worker sees them, outputs sealed by the worker before the judge reads them),
+nothing it starts outlives it."""
 
 from __future__ import annotations
 
 import atexit
-import mmap
-import os
 import weakref
 
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
 from .call import CallResult, exact_lse, kwargs_for, signature_of, with_layout_note
-from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
+from .arena import ArenaError, close_all, place, take_outputs
+from .channel import _LIVE, _MAX_REPLY, _Died, _Worker
 from .conventions import Settings
 from .described import BadDescription, Described, load_error
 
@@ -58,9 +59,8 @@ class IsolatedCandidate:
         self.settings = settings
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.pids: list[int] = []                  # every worker started, for tests and reports
-        self._shm_fd = shared_file("softcheck")
-        self._mm, self._size = None, 0
         self._shared = None                       # a large case's logits (shared.py)
+        self._logits = None                       # ... and the arena they are drawn in
         self._worker: _Worker | None = None
         self._closed = False
         _CANDIDATES.add(self)
@@ -132,7 +132,8 @@ class IsolatedCandidate:
             self._worker = None
         if not self._closed:
             self._closed = True
-            close_shared(self._mm, self._shm_fd)
+            if self._logits is not None:
+                self._logits.close()
 
     def __enter__(self):
         return self
@@ -153,7 +154,7 @@ class IsolatedCandidate:
         hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
                  "settings": self.settings}
         try:
-            w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids,
+            w = _Worker(None, hello, self.x64, self.start_timeout, self.pids,
                         module=self.module, env=self.env, memory=self.memory_limit)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
@@ -192,7 +193,7 @@ class IsolatedCandidate:
         w.seq += 1
         w.limit = limit
         try:
-            w.send({**req, "seq": w.seq, "shm_size": self._size}, fds)
+            w.send({**req, "seq": w.seq}, fds)
             reply = w.receive(timeout)
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 raise _Died("the candidate's process sent an invalid reply")
@@ -207,29 +208,32 @@ class IsolatedCandidate:
         output = w.output()
         return reply, (w.explain(str(reply["error"])) if reply.get("error") else None), output
 
-    def _place(self, arrays: list, out_bytes: int):
-        """Write ``arrays`` into the shared file; descriptors for them and the output offset."""
-        # ascontiguousarray makes a 0-d array 1-d: keep every array's own shape
-        arrays = [np.ascontiguousarray(a).reshape(np.shape(a)) for a in arrays]
-        offsets, pos = [], 0
-        for a in arrays:
-            offsets.append(pos)
-            pos += -(-a.nbytes // 64) * 64
-        need = pos + out_bytes
-        if need > self._size:
-            size = max(need, 2 * self._size, 1 << 16)
-            os.ftruncate(self._shm_fd, size)
-            if self._mm is not None:
-                try:
-                    self._mm.close()
-                except BufferError:         # a large case's views of it live on
-                    pass
-            self._mm, self._size = mmap.mmap(self._shm_fd, size), size
-        for a, off in zip(arrays, offsets):
-            np.frombuffer(self._mm, np.uint8, a.nbytes, off)[:] = a.reshape(-1).view(np.uint8)
-        descs = [("arr", off, tuple(int(s) for s in a.shape), a.dtype.name)
-                 for a, off in zip(arrays, offsets)]
-        return descs, pos
+    def exchange_sealed(self, req: dict, arrays: list, shapes, timeout, *, limit=_MAX_REPLY
+                        ) -> tuple[dict | None, str | None, str, list]:
+        """``exchange`` with ``arrays`` sent in a sealed memory file (their descriptors in
+        ``req["args"]``, or where ``req`` puts them: ``place`` is called with them) and
+        outputs of ``shapes`` taken back from the worker's sealed file (``take_outputs``;
+        ``shapes`` may be a function of the reply).  ``(reply, error, output, outputs)``:
+        an output file that is not sealed, of the wrong size or missing is the error."""
+        arena, descs = place(arrays)
+        try:
+            reply, error, output = self.exchange(req(descs) if callable(req) else req,
+                                                 timeout, limit=limit, fds=[arena.fd])
+        finally:
+            arena.close()
+        return self.take(reply, error, output, shapes)
+
+    @staticmethod
+    def take(reply, error, output, shapes) -> tuple[dict | None, str | None, str, list]:
+        """The outputs a reply brought (its memory files closed whatever happened)."""
+        if error is not None:
+            close_all(list((reply or {}).get("fds") or ()))
+            return reply, error, output, []
+        try:
+            outs = take_outputs(reply, shapes(reply) if callable(shapes) else shapes)
+        except (ArenaError, OSError, ValueError, TypeError) as e:
+            return reply, f"its outputs did not come back as they must: {e}", output, []
+        return reply, None, output, outs
 
     def _call(self, op, inputs: Inputs, args, timeout, repeat, *, kw=None, outputs: int = 1,
               spec=None) -> CallResult:
@@ -239,23 +243,27 @@ class IsolatedCandidate:
         names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
         arrays = [*args, *(kw[k] for k in names)]
         shape = tuple(inputs.logits.shape)
-        size = 8 * int(np.prod(shape))
-        descs, out_off = self._place(arrays, outputs * size)
-        if inputs.pad:          # the worker hands the logits over as a padded view (fresh)
-            descs[0] = (*descs[0], int(inputs.pad))
-        kw.update(zip(names, descs[len(args):]))
+
+        def request(descs):
+            if inputs.pad:      # the worker hands the logits over as a padded view (fresh)
+                descs[0] = (*descs[0], int(inputs.pad))
+            kw.update(zip(names, descs[len(args):]))
+            return {"op": op, "args": descs[:len(args)], "kw": kw, "shape": shape,
+                    "case_dtype": inputs.logits.dtype.name,
+                    "repeat": max(1, int(repeat)), "spec": spec}
+
+        def shapes(reply):                  # the gradient, then one per other variant
+            return [shape] * (1 + len(reply.get("variants", ())))
+
         # the reply carries the forward's (N,) values as lists (about 9 bytes a number)
-        reply, error, output = self.exchange(
-            {"op": op, "args": descs[:len(args)], "kw": kw, "shape": shape,
-             "case_dtype": inputs.logits.dtype.name, "out": out_off,
-             "repeat": max(1, int(repeat)), "spec": spec},
-            timeout, limit=max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16)))
+        reply, error, output, outs = self.exchange_sealed(
+            request, arrays, shapes, timeout,
+            limit=max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16)))
         if error is not None:
             return CallResult(None, error, output=output)
 
-        def read(k: int) -> np.ndarray:
-            n = int(np.prod(shape))
-            return np.frombuffer(self._mm, np.float64, n, out_off + k * size).reshape(shape).copy()
+        def read(k: int) -> np.ndarray:     # the worker's raw output, converted here
+            return np.array(outs[k], np.float64)
 
         def arr(v):
             return None if v is None else np.asarray(v, np.float64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import mmap
 import os
 import pickle
 import signal
@@ -57,41 +56,16 @@ def _send(sock, obj, fds=()) -> None:
 
 
 from . import shared  # noqa: E402
-from .arrays import padded  # noqa: E402
-from .shared import dtype_named as _dtype  # noqa: E402
+from .arena import ArenaError, SealedInputs, dtype_named as _dtype, outputs  # noqa: E402
 
 
-class _Shm:
-    def __init__(self, fd: int):
-        self.fd, self.mm, self.size = fd, None, 0
-
-    def ensure(self, size: int) -> None:
-        if size > self.size:
-            if self.mm is not None:
-                try:
-                    self.mm.close()
-                except BufferError:
-                    pass
-            self.mm, self.size = mmap.mmap(self.fd, size), size
-
-    def fresh(self, desc):
-        """A writable private copy of an array described as ("arr", offset, shape, dtype)."""
-        if not (isinstance(desc, tuple) and desc and desc[0] == "arr"):
-            return desc
-        _, off, shape, dt, *pad = desc
-        dt = _dtype(dt)
-        count = int(np.prod(shape, dtype=np.int64))
-        view = np.frombuffer(self.mm, dt, count, off).reshape(shape)
-        return padded(view, pad[0] if pad else 0)     # pad: --layout strided's row padding
-
-
-def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
+def serve_convention(cand, req: dict, runner=None) -> dict:
     """A convention call (loss, inplace, split, autograd.Function): ``invoke_convention`` on
-    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); gradients to shared
-    memory, the forward's values (small) in the reply."""
+    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); gradients in a sealed
+    output file, the forward's values (small) in the reply."""
     from ..spec import Inputs
 
-    kw = req["kw"]
+    kw, shm = req["kw"], _inputs(req)
 
     def fresh():
         weight = shm.fresh(kw["weight"]) if "weight" in kw else None
@@ -104,49 +78,59 @@ def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
                           **({"runner": runner} if runner else {}))
     if r.error is not None:
         return {"error": r.error, "notes": [str(x) for x in r.notes]}
-    size = 8 * int(np.prod(req["shape"]))
-    for k, g in enumerate([r.grad] + [v[2] for v in r.variants]):
-        np.frombuffer(shm.mm, np.float64, g.size, req["out"] + k * size)[:] = g.ravel()
-
     def plain(v):
         return None if v is None else np.asarray(v, np.float64).tolist()
 
     return {"error": None, "notes": [str(x) for x in r.notes], "nondet": float(r.nondet),
             "loss": plain(r.loss), "z_loss": plain(r.z_loss), "lse": plain(r.lse),
             "variants": [(str(lab), plain(g)) for lab, g, _ in r.variants],
-            "ranks": [(r_, a, b, plain(x), w) for r_, a, b, x, w in r.ranks]}
+            "ranks": [(r_, a, b, plain(x), w) for r_, a, b, x, w in r.ranks],
+            **outputs([r.grad] + [v[2] for v in r.variants])}
 
 
-def serve_call(cand, shm: _Shm, req: dict) -> dict:
-    """One request: the candidate called (``invoke``), its gradient written to shared memory."""
+def _inputs(req: dict, k: int = -1) -> SealedInputs:
+    """The request's sealed inputs (the last memory file sent with it; a streamed call's
+    logits come first)."""
+    files = req.get("files") or ()
+    if not files:
+        raise ArenaError("no memory file came with the request")
+    return files[k]
+
+
+def serve_call(cand, req: dict) -> dict:
+    """One request: the candidate called (``invoke``), its gradient sent back in a sealed
+    output file; a streamed case's repeat is kept here and sent back a block at a time."""
     if req["op"] == "convention":
-        return serve_convention(cand, shm, req)
+        return serve_convention(cand, req)
     if req["op"] == "fused":                       # fused linear cross-entropy (--hidden)
         from .fused import serve_fused
 
-        return serve_fused(cand, shm, req)
+        return serve_fused(cand, _inputs(req), req)
+    if req["op"] == "block":                       # a kept repeat's rows (shared.py)
+        return shared.block(req)
+    shared.drop()
     fn = cand.fn if req["op"] == "call" else cand.hvp
     if fn is None:
         return {"error": "no Hessian-vector product function was given"}
 
     stream = bool(req.get("stream"))          # a large case's logits in place (shared.py)
+    shm = _inputs(req)
+    logits = _inputs(req, 0) if stream else None
 
     def fresh():
-        return (tuple(shared.private(shm, d) if stream and i == 0 else shm.fresh(d)
+        return (tuple(shared.private(logits, d) if stream and i == 0 else shm.fresh(d)
                       for i, d in enumerate(req["args"])),
                 {k: shm.fresh(v) for k, v in req["kw"].items()})
 
-    sink = shared.Sink(shm, req) if stream else None
+    sink = (shared.Keep() if req.get("keep") else shared.Sink(req)) if stream else None
     grad, error, notes, nondet = invoke(
         fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), req["repeat"],
-        pristine=(lambda: shared.pristine(shm, req["args"])) if stream else None, sink=sink)
+        pristine=(lambda: shared.pristine(logits, shm, req["args"])) if stream else None,
+        sink=sink)
     if error is not None:
         return {"error": error, "notes": [str(x) for x in notes]}
-    if sink is not None:
-        return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet),
-                "out_dtype": sink.dtype}
-    np.frombuffer(shm.mm, np.float64, grad.size, req["out"])[:] = grad.ravel()
-    return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet)}
+    reply = {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet)}
+    return {**reply, **(sink.fields if sink is not None else outputs([grad]))}
 
 
 def _flush() -> None:
@@ -159,9 +143,9 @@ def _flush() -> None:
 
 def start(hvp: bool = True):
     """Boot a worker process: die with the parent, enable faulthandler, read the hello, load
-    the TARGET (a load error is replied, then exit), reply ready.  Returns (sock, shm, hello,
+    the TARGET (a load error is replied, then exit), reply ready.  Returns (sock, hello,
     candidate)."""
-    ctl_fd, shm_fd, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
+    ctl_fd, _, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
     _prctl(1, signal.SIGKILL)                     # PR_SET_PDEATHSIG: die with the parent
     if os.getppid() != parent:
         os._exit(3)
@@ -171,7 +155,6 @@ def start(hvp: bool = True):
     except (AttributeError, ValueError):
         pass
     sock = socket.socket(fileno=ctl_fd)
-    shm = _Shm(shm_fd)
     hello = _recv(sock)
     if hello is None:
         os._exit(0)
@@ -188,23 +171,23 @@ def start(hvp: bool = True):
         os._exit(0)
     _flush()
     _send(sock, ready)
-    return sock, shm, hello, cand
+    return sock, hello, cand
 
 
-def serve_forever(sock, shm: _Shm, handle) -> None:
+def serve_forever(sock, handle) -> None:
     """Answer requests until the parent closes the channel: each call's output captured
-    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent."""
+    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded (``req["files"]``: the
+    sealed memory files that came with it, arena.SealedInputs), the reply sent."""
     while True:
         fds: list[int] = []
         req = _recv(sock, fds)
         if req is None:
             os._exit(0)
-        req["fds"] = list(fds)             # sealed inputs (arena.py): closed after the call
         _flush()
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
         try:
-            shm.ensure(req["shm_size"])
+            req["files"] = [SealedInputs(fd) for fd in fds]   # closed after the call
             reply = handle(req)
         except (KeyboardInterrupt, SystemExit) as e:
             reply = {"error": f"raised {type(e).__name__}"}
@@ -224,8 +207,8 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
 
 
 def main() -> None:
-    sock, shm, _, cand = start()
-    serve_forever(sock, shm, lambda req: serve_call(cand, shm, req))
+    sock, _, cand = start()
+    serve_forever(sock, lambda req: serve_call(cand, req))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from ..candidate.call import CallResult, kwargs_for, signature_of
 from ..candidate.described import BadDescription, load_error
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
-from ..candidate.channel import _Died, _Worker, close_shared, shared_file
-from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described
+from ..candidate.arena import ArenaError, close_all, place, take_outputs
+from ..candidate.channel import _Died, _Worker
+from ..candidate.worker import IsolatedCandidate, described
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
@@ -32,17 +33,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class _Slot:
-    """One rank's shared memory file (``IsolatedCandidate._place`` writes into it)."""
-
-    def __init__(self):
-        self._shm_fd = shared_file("softcheck-rank")
-        self._mm, self._size = None, 0
-
-    def close(self):
-        close_shared(self._mm, self._shm_fd)
 
 
 def _first_dead(ranks: list[_Worker], but: int, within: float) -> int | None:
@@ -74,7 +64,6 @@ class RankedCandidate:
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.hvp = None
         self.pids: list[int] = []
-        self._slots = [_Slot() for _ in range(self.world)]
         self._ranks: list[_Worker] | None = None
         try:
             ready = self._start()[0].ready
@@ -96,12 +85,12 @@ class RankedCandidate:
         init = f"tcp://127.0.0.1:{_free_port()}"
         ranks: list[_Worker] = []
         try:              # all W start at once (their imports overlap), then each is awaited
-            for r, slot in enumerate(self._slots):
+            for r in range(self.world):
                 hello = {"source": self.target, "label": self.label, "settings": self.settings,
                          "rank": r, "world": self.world, "backend": self.backend, "init": init}
                 # each rank its own sandbox, the network shared (gloo's TCP on loopback);
                 # NCCL's shared memory needs the host's /dev/shm
-                ranks.append(_Worker(slot._shm_fd, hello, self.x64, self.start_timeout,
+                ranks.append(_Worker(None, hello, self.x64, self.start_timeout,
                                      self.pids, module=RANK_MAIN, wait=False,
                                      memory=self.memory_limit,
                                      host_shm=self.backend == "nccl"))
@@ -133,9 +122,6 @@ class RankedCandidate:
 
     def close(self) -> None:
         self._stop()
-        for s in self._slots:
-            s.close()
-        self._slots = []
 
     def __enter__(self):
         return self
@@ -177,32 +163,29 @@ class RankedCandidate:
             ranks = self._ranks or self._start()
         except SoftcheckError as e:
             return CallResult(None, f"restarting the ranks failed: {e}")
-        outs = 1 + MAX_VARIANTS if conv else 1
-        offsets = []
-        for r, (w, slot, (a, b)) in enumerate(zip(ranks, self._slots, cols)):
+        shapes = []
+        for r, (w, (a, b)) in enumerate(zip(ranks, cols)):
             names = [k for k, x in kw.items() if isinstance(x, np.ndarray)]
             shard = np.ascontiguousarray(inputs.logits[:, a:b])
-            arrays = [shard, np.ascontiguousarray(inputs.target)] + [
-                np.ascontiguousarray(kw[k]) for k in names]
-            size = 8 * shard.size
-            descs, out_off = IsolatedCandidate._place(slot, arrays, outs * size)
+            arena, descs = place([shard, inputs.target] + [kw[k] for k in names])
             rkw = dict(kw)
             rkw.update(zip(names, descs[2:]))
             w.seq += 1
             req = {"op": "convention" if conv else "call", "seq": w.seq,
-                   "shm_size": slot._size, "args": descs[:2], "kw": rkw,
+                   "args": descs[:2], "kw": rkw,
                    "shape": tuple(shard.shape), "case_dtype": inputs.logits.dtype.name,
-                   "out": out_off, "repeat": max(1, int(repeat)),
-                   "spec": inputs.spec if conv else None}
-            offsets.append((out_off, size, tuple(shard.shape)))
+                   "repeat": max(1, int(repeat)), "spec": inputs.spec if conv else None}
+            shapes.append(tuple(shard.shape))
             try:
-                w.send(req)
+                w.send(req, [arena.fd])       # a sealed file (arena.py), closed once sent
             except _Died as e:
                 return self._failed(r, str(e))
+            finally:
+                arena.close()
         replies = self._gather(ranks, timeout)
         if isinstance(replies, CallResult):
             return replies
-        return self._assemble(replies, offsets, cols, (n, v))
+        return self._assemble(replies, shapes, cols, (n, v))
 
     def _gather(self, ranks: list[_Worker], timeout):
         """Every rank's reply, or the CallResult of the first rank that died, raised or hung."""
@@ -235,13 +218,16 @@ class RankedCandidate:
             except (_Died, TimeoutError) as e:
                 return self._failed(r, str(e) or "did not finish its reply")
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+                close_all(w.fds)
                 return self._failed(r, "sent an invalid reply")
+            reply["fds"], w.fds = w.fds, []
             if reply.get("error"):
                 # a peer's death makes the survivors' collectives raise (gloo: "Read error"):
                 # name the rank that died, not the first one to report the broken group
                 dead = _first_dead(ranks, r, within=1.0)
                 if dead is not None:
                     return self._failed(dead, ranks[dead].death_reason())
+                close_all(reply["fds"])
                 return self._failed(r, w.explain(str(reply["error"])))
             replies[r] = reply
         return replies
@@ -254,13 +240,17 @@ class RankedCandidate:
         return CallResult(None, f"rank {r} of {self.world}: {why}; all ranks were stopped",
                           output=output)
 
-    def _assemble(self, replies, offsets, cols, shape) -> CallResult:
-        def shard(r: int, j: int) -> np.ndarray:         # a view: concatenate copies once
-            off, size, sh = offsets[r]
-            return np.frombuffer(self._slots[r]._mm, np.float64, size // 8,
-                                 off + j * size).reshape(sh)
-
-        full = [np.concatenate([shard(r, j) for r in range(len(self._slots))], axis=1)
+    def _assemble(self, replies, shapes, cols, shape) -> CallResult:
+        got = []                                 # each rank's outputs, from its sealed file
+        for r in range(len(replies)):
+            try:
+                got.append(take_outputs(replies[r], [shapes[r]] * (
+                    1 + len(replies[r].get("variants", ())))))
+            except (ArenaError, OSError, ValueError, TypeError) as e:
+                for k in range(r + 1, len(replies)):
+                    close_all(replies[k].get("fds") or [])
+                return self._failed(r, f"its outputs did not come back as they must: {e}")
+        full = [np.concatenate([np.asarray(g[j], np.float64) for g in got], axis=1)
                 for j in range(1 + len(replies[0].get("variants", ())))]
         first = replies[0]
 
