@@ -154,7 +154,7 @@ class IsolatedCandidate:
         hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
                  "settings": self.settings}
         try:
-            w = _Worker(None, hello, self.x64, self.start_timeout, self.pids,
+            w = _Worker(hello, self.x64, self.start_timeout, self.pids,
                         module=self.module, env=self.env, memory=self.memory_limit)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
@@ -179,8 +179,9 @@ class IsolatedCandidate:
                  ) -> tuple[dict | None, str | None, str]:
         """One request to the worker (started afresh if it died between calls) and its reply:
         ``(reply, error, output)``; ``fds``: sealed memory files sent with the request, and
-        ``reply["fds"]`` the ones that came back (the caller's to close: arena.read_sealed).  A death or a timeout is the error and ends the worker
-        (and all it started); the candidate's error is the reply's."""
+        ``reply["fds"]`` the ones that came back (the caller's to close: ``take``).  A death
+        or a timeout is the error and ends the worker (and all it started); the candidate's
+        error is the reply's."""
         if self._closed:
             raise SoftcheckError("this candidate was closed")
         if self._worker is not None and self._worker.proc.poll() is not None:

@@ -90,7 +90,7 @@ class RankedCandidate:
                          "rank": r, "world": self.world, "backend": self.backend, "init": init}
                 # each rank its own sandbox, the network shared (gloo's TCP on loopback);
                 # NCCL's shared memory needs the host's /dev/shm
-                ranks.append(_Worker(None, hello, self.x64, self.start_timeout,
+                ranks.append(_Worker(hello, self.x64, self.start_timeout,
                                      self.pids, module=RANK_MAIN, wait=False,
                                      memory=self.memory_limit,
                                      host_shm=self.backend == "nccl"))
