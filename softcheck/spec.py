@@ -21,6 +21,9 @@ CONVENTIONS = ("uniform", "others")
 #: count without weights), valid = the non-ignored count even with weights (chainer, mygrad),
 #: batch = every row, ignored ones included; a whole number = a fixed global count (n_items)
 MEAN_OVER = ("weight", "valid", "batch")
+#: the loss of a mean over zero non-ignored rows (--all-ignored): nan = 0/0, as PyTorch;
+#: zero = 0, as Liger-Kernel and TransformerEngine return (their gradient is 0 either way)
+ALL_IGNORED = ("nan", "zero")
 #: the loss options a candidate may declare as keywords (``check``'s calling convention)
 OPTION_NAMES = ("weight", "ignore_index", "reduction", "label_smoothing", "smoothing_convention",
                 "temperature", "softcap", "z_loss", "grad_output", "mean_over", "logit_scale")
@@ -53,6 +56,7 @@ class LossSpec:
     z_loss: float = 0.0
     mean_over: str | int = "weight"
     logit_scale: float = 1.0
+    all_ignored: str = "nan"
 
     @property
     def divisor(self) -> float:
@@ -99,6 +103,7 @@ class LossSpec:
             raise SoftcheckError(f"--logit-scale must be a finite number > 0 with "
                                  f"--temperature / --logit-scale in [1e-30, 1e30], got "
                                  f"{self.logit_scale!r}")
+        _choice("all-ignored", self.all_ignored, ALL_IGNORED)
         m = self.mean_over
         if not (m in MEAN_OVER or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)):
             raise SoftcheckError(f"--mean-over must be one of {', '.join(MEAN_OVER)} or a whole "

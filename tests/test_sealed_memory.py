@@ -6,6 +6,7 @@ gradient is wrong unless the attack works), then arena.py's checks one by one.""
 import json
 import mmap
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -66,12 +67,16 @@ def test_a_repeat_the_worker_calls_the_same_is_compared_by_the_judge(tmp_path):
 
 @pytest.mark.parametrize("attack,why", [
     ("unsealed_output", "not sealed against writes and resizing"),
-    ("short_output", "holds 60 bytes, not the 120 expected")])
+    ("short_output", "bytes, not the")])
 def test_an_output_file_that_is_not_sealed_or_short_is_a_failed_case(tmp_path, attack, why):
     """A worker (its candidate patching its code) sending its gradient in a file it can still
     write or that is shorter than the gradient: a failed case with the reason, never read."""
     case = _check(tmp_path, attack, SMALL)
     assert why in case["error"], case["error"]
+    if attack == "short_output":            # half the file the judge asked for
+        held, want = (int(w) for w in re.findall(r"(\d+) bytes", case["error"])[:1] +
+                      re.findall(r"the (\d+) expected", case["error"]))
+        assert 2 * held == want, case["error"]
 
 
 # -- arena.py -----------------------------------------------------------------------------

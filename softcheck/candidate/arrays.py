@@ -83,7 +83,10 @@ def to_array(out, shape, *, low: bool = False) -> np.ndarray:
         if arr.shape == tuple(shape)[::-1] and shape[0] != shape[1]:
             raise CandidateError(f"returned shape {arr.shape}: the transpose of the expected "
                                  f"(N, C) = {tuple(shape)}")
-        raise CandidateError(f"returned shape {arr.shape}, expected (N, C) = {tuple(shape)}")
+        loss = arr.ndim == 0 or arr.shape == tuple(shape)[:1]     # a scalar or per-row loss
+        raise CandidateError(f"returned shape {arr.shape}, expected (N, C) = {tuple(shape)}"
+                             + ("; that is a loss's shape: did you mean --convention loss?"
+                                if loss else ""))
     return arr
 
 

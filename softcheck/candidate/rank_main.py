@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from . import rank_setup
 from .worker_main import serve_call, serve_forever, start
 
 
@@ -23,22 +24,27 @@ def _join(hello: dict):
 
 def main() -> None:
     # ready before joining: the parent starts every rank, then the group forms on the first call
-    sock, hello, cand = start(hvp=False)
+    sock, shm, hello, cand = start(hvp=False)
     state: dict = {"cand": None, "error": None}
 
     def handle(req: dict) -> dict:
         if state["cand"] is None and state["error"] is None:
             try:
                 group = _join(hello)
-                state["cand"] = dataclasses.replace(cand, fn=functools.partial(cand.fn,
-                                                                               group=group))
+                st = cand.settings
+                rank_setup.run(st.rank_setup, hello["rank"], hello["world"], group)
+                name = st.kernel_name("group")          # --rename group=process_group
+                fn = functools.partial(cand.fn, **{name: group}) \
+                    if rank_setup.takes_group(cand.fn, name) else cand.fn
+                state["cand"] = dataclasses.replace(cand, fn=fn)
             except Exception as e:  # noqa: BLE001
-                state["error"] = f"joining the process group failed: {type(e).__name__}: {e}"
+                state["error"] = (f"joining the process group (or --rank-setup) failed: "
+                                  f"{type(e).__name__}: {e}")
         if state["error"]:
             return {"error": state["error"]}
-        return serve_call(state["cand"], req)
+        return serve_call(state["cand"], shm, req)
 
-    serve_forever(sock, handle)
+    serve_forever(sock, shm, handle)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from .worker_main import serve_call, serve_convention, serve_forever, start
 
 
 def main() -> None:
-    sock, hello, cand = start(hvp=False)
+    sock, shm, hello, cand = start(hvp=False)
     st = cand.settings
     state: dict = {}
 
@@ -25,16 +25,14 @@ def main() -> None:
                 return {"error": str(e)}
         mesh = state["mesh"]
         if req["op"] == "convention":
-            return serve_convention(cand, req,
+            return serve_convention(cand, shm, req,
                                     runner=functools.partial(sharding.run, mesh=mesh))
-        if req["op"] == "call":                   # grad: each device's columns, no loss
+        if req["op"] == "call":       # grad: each device's columns (the judge knows them)
             fn = sharding.grad_fn(cand.fn, st, mesh)
-            reply = serve_call(dataclasses.replace(cand, fn=fn), req)
-            cols, width = sharding.layout(req["shape"][1], st.tensor_parallel, st.split)
-            return {**reply, "ranks": [(r, a, b, None, width) for r, (a, b) in enumerate(cols)]}
+            return serve_call(dataclasses.replace(cand, fn=fn), shm, req)
         return {"error": "--tensor-parallel checks first-order gradients only"}
 
-    serve_forever(sock, handle)
+    serve_forever(sock, shm, handle)
 
 
 if __name__ == "__main__":

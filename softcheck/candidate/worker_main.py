@@ -15,7 +15,8 @@ import sys
 import numpy as np
 
 from .arena import close_all, recv_with_fds, send_with_fds
-from .call import invoke, invoke_convention
+from .call import call_once, convention_once, invoke
+from .record import x64_off
 from .described import describe
 from .errors import format_exception
 from .load import load_in_worker
@@ -56,81 +57,136 @@ def _send(sock, obj, fds=()) -> None:
 
 
 from . import shared  # noqa: E402
-from .arena import ArenaError, SealedInputs, dtype_named as _dtype, outputs  # noqa: E402
+from .arena import (ArenaError, OutputArena, SealedInputs,  # noqa: E402
+                    dtype_named as _dtype)
 
 
-def serve_convention(cand, req: dict, runner=None) -> dict:
-    """A convention call (loss, inplace, split, autograd.Function): ``invoke_convention`` on
-    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); gradients in a sealed
-    output file, the forward's values (small) in the reply."""
+class _Shm:
+    """One request's memory files: its sealed inputs (``fresh``; a streamed call's logits
+    ``logits``, sent first) and the output file the judge asked for (``out``: written in
+    place, sealed by ``serve_forever`` before the reply)."""
+
+    def __init__(self):
+        self.inputs = self.logits = self.out = None
+
+    def begin(self, fds: list, out_size) -> None:
+        files = [SealedInputs(fd) for fd in fds]
+        self.inputs = files[-1] if files else None
+        self.logits = files[0] if len(files) > 1 else None
+        self.out = OutputArena(int(out_size)) if out_size else None
+
+    def fresh(self, desc):
+        """A writable private copy of an array described as ("arr", offset, shape, dtype)."""
+        if self.inputs is None:
+            raise ArenaError("no memory file came with the request")
+        return self.inputs.fresh(desc)
+
+    @property
+    def mm(self):
+        """The output file's writable mapping."""
+        if self.out is None:
+            raise ArenaError("the judge asked for no output file")
+        return self.out.mm
+
+
+def _write(shm: _Shm, arr, off: int) -> None:
+    """``arr`` as it is (its own dtype: the judge converts it) at ``off`` in the output file."""
+    arr = np.ascontiguousarray(arr)
+    np.frombuffer(shm.mm, np.uint8, arr.nbytes, off)[:] = arr.reshape(-1).view(np.uint8)
+
+
+#: the previous call's returned object, for the same-buffer note (reset at a case's first call)
+_LAST: dict = {}
+
+
+def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
+    """A convention call (loss, inplace, split, autograd.Function): ``convention_once`` on
+    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); the gradients to
+    shared memory as they came, the forward's values (small) in the reply."""
     from ..spec import Inputs
 
-    kw, shm = req["kw"], _inputs(req)
-
-    def fresh():
-        weight = shm.fresh(kw["weight"]) if "weight" in kw else None
-        return Inputs(shm.fresh(req["args"][0]), shm.fresh(req["args"][1]), weight,
-                      shm.fresh(kw["grad_output"]), req["spec"])
-
+    kw = req["kw"]
+    weight = shm.fresh(kw["weight"]) if "weight" in kw else None
+    inputs = Inputs(shm.fresh(req["args"][0]), shm.fresh(req["args"][1]), weight,
+                    shm.fresh(kw["grad_output"]), req["spec"])
     lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
-    r = invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward, lse64=lse64,
-                          repeat=req["repeat"], variants=bool(kw.get("variants", True)),
-                          **({"runner": runner} if runner else {}))
+    r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
+                        variants=bool(kw.get("variants", True)),
+                        **({"runner": runner} if runner else {}))
     if r.error is not None:
-        return {"error": r.error, "notes": [str(x) for x in r.notes]}
+        return {"error": r.error, "notes": list(r.notes)}
+    size = 8 * int(np.prod(req["shape"]))
+    for k, g in enumerate([r.grad] + [v[2] for v in r.variants]):
+        _write(shm, g, req["out"] + k * size)
+
     def plain(v):
         return None if v is None else np.asarray(v, np.float64).tolist()
 
-    return {"error": None, "notes": [str(x) for x in r.notes], "nondet": float(r.nondet),
-            "loss": plain(r.loss), "z_loss": plain(r.z_loss), "lse": plain(r.lse),
-            "variants": [(str(lab), plain(g)) for lab, g, _ in r.variants],
-            "ranks": [(r_, a, b, plain(x), w) for r_, a, b, x, w in r.ranks],
-            **outputs([r.grad] + [v[2] for v in r.variants])}
+    return {"error": None, "notes": list(r.notes), "dtype": r.grad.dtype.name,
+            "x64_off": x64_off(), "loss": plain(r.loss), "z_loss": plain(r.z_loss),
+            "lse": plain(r.lse),
+            "variants": [(lab, plain(g), x.dtype.name) for lab, g, x in r.variants],
+            "ranks": [(r_, a, b, plain(x), w) for r_, a, b, x, w in r.ranks]}
 
 
-def _inputs(req: dict, k: int = -1) -> SealedInputs:
-    """The request's sealed inputs (the last memory file sent with it; a streamed call's
-    logits come first)."""
-    files = req.get("files") or ()
-    if not files:
-        raise ArenaError("no memory file came with the request")
-    return files[k]
-
-
-def serve_call(cand, req: dict) -> dict:
-    """One request: the candidate called (``invoke``), its gradient sent back in a sealed
-    output file; a streamed case's repeat is kept here and sent back a block at a time."""
+def serve_call(cand, shm: _Shm, req: dict) -> dict:
+    """One request: the candidate called once (``call_once``), its gradient written to
+    shared memory as it came, and its other array arguments as they are after the call
+    (``req["back"]``: where) for the judge to compare with its originals."""
+    if req["op"] == "settings":                    # the judge resolved how it is called
+        cand.settings = req["settings"]
+        return {"error": None}
     if req["op"] == "convention":
-        return serve_convention(cand, req)
+        return serve_convention(cand, shm, req)
+    if req["op"] == "block":                       # a kept repeat's rows (shared.py)
+        return shared.block(req)
     if req["op"] == "fused":                       # fused linear cross-entropy (--hidden)
         from .fused import serve_fused
 
-        return serve_fused(cand, _inputs(req), req)
-    if req["op"] == "block":                       # a kept repeat's rows (shared.py)
-        return shared.block(req)
-    shared.drop()
+        return serve_fused(cand, shm, req)
     fn = cand.fn if req["op"] == "call" else cand.hvp
     if fn is None:
         return {"error": "no Hessian-vector product function was given"}
+    if req.get("stream"):               # a large case's logits in place (shared.py)
+        return _serve_stream(fn, shm, req)
+    shared.drop()
+    if req["index"] == 0:
+        _LAST.clear()
+    args = tuple(shm.fresh(d) for d in req["args"])
+    kw = {k: shm.fresh(v) for k, v in req["kw"].items()}
+    r = call_once(fn, args, kw, tuple(req["shape"]), _LAST)
+    if r.error is not None:
+        return {"error": r.error, "notes": list(r.notes)}
+    _write(shm, r.grad, req["out"])
+    for name, a in r.after:
+        _, off, shape, dt = req["back"][name]
+        a = np.asarray(a)
+        if a.shape != tuple(shape) or a.dtype.name != dt:
+            return {"error": f"changed the shape or dtype of its {name} argument in place",
+                    "notes": list(r.notes)}
+        _write(shm, a, off)
+    return {"error": None, "notes": list(r.notes), "dtype": r.grad.dtype.name,
+            "x64_off": x64_off()}
 
-    stream = bool(req.get("stream"))          # a large case's logits in place (shared.py)
-    shm = _inputs(req)
-    logits = _inputs(req, 0) if stream else None
+
+def _serve_stream(fn, shm: _Shm, req: dict) -> dict:
+    """A large case's one call (shared.py): ``invoke`` with its sink on the sealed logits
+    mapped copy-on-write; a repeat (``keep``) is kept here for ``shared.block`` to send."""
+    if shm.logits is None:
+        raise ArenaError("a streamed call came without its logits' memory file")
 
     def fresh():
-        return (tuple(shared.private(logits, d) if stream and i == 0 else shm.fresh(d)
+        return (tuple(shared.private(shm.logits, d) if i == 0 else shm.fresh(d)
                       for i, d in enumerate(req["args"])),
                 {k: shm.fresh(v) for k, v in req["kw"].items()})
 
-    sink = (shared.Keep() if req.get("keep") else shared.Sink(req)) if stream else None
-    grad, error, notes, nondet = invoke(
-        fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), req["repeat"],
-        pristine=(lambda: shared.pristine(logits, shm, req["args"])) if stream else None,
-        sink=sink)
+    sink = shared.Keep() if req.get("keep") else shared.Sink(req)
+    _, error, notes, nondet = invoke(
+        fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), 1,
+        pristine=lambda: shared.pristine(shm.logits, shm.inputs, req["args"]), sink=sink)
     if error is not None:
         return {"error": error, "notes": [str(x) for x in notes]}
-    reply = {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet)}
-    return {**reply, **(sink.fields if sink is not None else outputs([grad]))}
+    return {"error": None, "notes": [str(x) for x in notes], **sink.fields}
 
 
 def _flush() -> None:
@@ -143,7 +199,7 @@ def _flush() -> None:
 
 def start(hvp: bool = True):
     """Boot a worker process: die with the parent, enable faulthandler, read the hello, load
-    the TARGET (a load error is replied, then exit), reply ready.  Returns (sock, hello,
+    the TARGET (a load error is replied, then exit), reply ready.  Returns (sock, shm, hello,
     candidate)."""
     ctl_fd, _, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
     _prctl(1, signal.SIGKILL)                     # PR_SET_PDEATHSIG: die with the parent
@@ -155,6 +211,7 @@ def start(hvp: bool = True):
     except (AttributeError, ValueError):
         pass
     sock = socket.socket(fileno=ctl_fd)
+    shm = _Shm()
     hello = _recv(sock)
     if hello is None:
         os._exit(0)
@@ -171,13 +228,14 @@ def start(hvp: bool = True):
         os._exit(0)
     _flush()
     _send(sock, ready)
-    return sock, hello, cand
+    return sock, shm, hello, cand
 
 
-def serve_forever(sock, handle) -> None:
+def serve_forever(sock, shm: _Shm, handle) -> None:
     """Answer requests until the parent closes the channel: each call's output captured
-    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded (``req["files"]``: the
-    sealed memory files that came with it, arena.SealedInputs), the reply sent."""
+    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent.  A child
+    the candidate forked that returns into this loop never answers (it ends)."""
+    me = os.getpid()
     while True:
         fds: list[int] = []
         req = _recv(sock, fds)
@@ -187,7 +245,7 @@ def serve_forever(sock, handle) -> None:
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
         try:
-            req["files"] = [SealedInputs(fd) for fd in fds]   # closed after the call
+            shm.begin(fds, req.get("out_size"))   # sealed inputs: closed after the call
             reply = handle(req)
         except (KeyboardInterrupt, SystemExit) as e:
             reply = {"error": f"raised {type(e).__name__}"}
@@ -196,6 +254,16 @@ def serve_forever(sock, handle) -> None:
                 reply = {"error": f"judging its result failed: {format_exception(e)}"}
             except BaseException:  # noqa: BLE001
                 reply = {"error": "judging its result failed"}
+        if os.getpid() != me:
+            os._exit(0)
+        if shm.out is not None:             # the outputs written: sealed, then sent
+            try:
+                if reply.get("error"):
+                    os.close(shm.out.fd)
+                else:
+                    reply["fds"] = [shm.out.seal()]
+            except (ArenaError, OSError) as e:
+                reply = {"error": f"sending its outputs failed: {e}"}
         _flush()
         reply["seq"] = req["seq"]
         out = [int(f) for f in reply.pop("fds", ())]
@@ -204,11 +272,12 @@ def serve_forever(sock, handle) -> None:
         finally:
             close_all(out)
             close_all(fds)
+            shm.out = None
 
 
 def main() -> None:
-    sock, _, cand = start()
-    serve_forever(sock, lambda req: serve_call(cand, req))
+    sock, shm, _, cand = start()
+    serve_forever(sock, shm, lambda req: serve_call(cand, shm, req))
 
 
 if __name__ == "__main__":

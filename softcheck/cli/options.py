@@ -6,7 +6,7 @@ import click
 
 from ..candidate.call import DEFAULT_TIMEOUT
 from ..engine.results import DETAILS
-from ..spec import CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
+from ..spec import ALL_IGNORED, CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
 from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
                             DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, LAYOUT_PAD,
                             LAYOUTS, REGIMES, RETURN_ITEMS, SPLITS, SUITES, TOLERANCE_MODES)
@@ -89,8 +89,9 @@ def suite_options(fn):
         click.option("--reduction", type=CommaList(str),
                      help=f"{', '.join(REDUCTIONS)} [run default: all; check: mean]."),
         click.option("--regime", type=CommaList(str),
-                     help=f"{', '.join(REGIMES)} [default: all but all-ignored and "
-                          "target-prob (p_target 0.9/0.99/0.999 by row)]."),
+                     help=f"{', '.join(REGIMES)} [default: all but all-ignored, "
+                          "target-prob (p_target 0.9/0.99/0.999 by row) and below-cap "
+                          "(logits far below -softcap)]."),
         click.option("--suite", type=click.Choice(SUITES), default="default",
                      show_default=True,
                      help="kernel: a preset of cases at kernel shapes (V 50264, 65537, 128256, "
@@ -112,6 +113,9 @@ def suite_options(fn):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of every input."),
         click.option("--weight", type=WeightType(), default=None,
                      help="Class weights: 'random' or C comma-separated values."),
+        click.option("--weight-dtype", type=click.Choice(DTYPES), default=None,
+                     help="The class weights' own dtype (e.g. float32 with bfloat16 logits) "
+                          "[default: the case's dtype]."),
         click.option("--ignore-index", type=int, default=None,
                      help="Targets equal to it contribute nothing (PyTorch ignore_index)."),
         click.option("--label-smoothing", type=float, default=0.0, show_default=True,
@@ -128,6 +132,10 @@ def suite_options(fn):
                      help=f"The mean's denominator: {'|'.join(MEAN_OVER)}|K: weight = Σ w[y] "
                           "of non-ignored rows (PyTorch), valid = their count even with weights "
                           "(chainer), batch = all N rows, K = a global count (n_items)."),
+        click.option("--all-ignored", type=click.Choice(ALL_IGNORED), default="nan",
+                     show_default=True,
+                     help="The loss of a mean over zero non-ignored rows: nan (0/0, PyTorch) "
+                          "or zero (Liger-Kernel, TransformerEngine)."),
         click.option("--logit-scale", type=float, default=1.0, show_default=True,
                      help="Logits multiplied by S (> 0) before the softcap, beside --temperature."),
         click.option("--fd", type=click.Choice(FD_METHODS), default=None,
@@ -136,11 +144,15 @@ def suite_options(fn):
                      help="2: check Hessian-vector products."),
         click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
                      help="Directional probes when FD covers a subset of columns."),
-        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="strict",
+        click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="rounded",
                      show_default=True,
-                     help="bfloat16/float16 candidates: strict = float32 arithmetic and one "
-                          "final rounding (fused kernels); native = also 4x the error of the "
-                          "closed form computed in the dtype itself (plain framework ops)."),
+                     help="bfloat16/float16 candidates: rounded = float32 arithmetic, the "
+                          "gradient rounded when stored and again when scaled by the upstream "
+                          "gradient, log-probabilities stored in the dtype; strict = float32 "
+                          "arithmetic and one final rounding (fused kernels); native = also 4x "
+                          "the error of the closed form computed in the dtype itself (plain "
+                          "framework ops); torch (--hidden only) = also PyTorch's own error in "
+                          "the dtype (unfused F.linear + F.cross_entropy)."),
         click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
         click.option("--atol", type=float, default=None,
@@ -153,10 +165,12 @@ def suite_options(fn):
                           "size H; --classes is the vocabulary V, --batch the rows N."),
         click.option("--bias", is_flag=True, help="--hidden: an LM-head bias (V,)."),
         click.option("--shape", type=click.Choice(FUSED_SHAPES), default="nv",
-                     show_default=True, help="--hidden: x as (N, H) or (B, T, H)."),
+                     show_default=True, help="logits as (N, V) with (N,) targets, or (B, T, V) "
+                                             "with (B, T) (--hidden: x as (N, H) or (B, T, H))."),
         click.option("--shift", type=click.IntRange(0, 1), default=0, show_default=True,
-                     help="--hidden: 1 = causal shift, target holds the labels and position t "
-                          "is scored against label t+1 (the last position ignored)."),
+                     help="1 = causal shift: target holds the labels and position t is scored "
+                          "against label t+1 (the last position ignored; a (B, T-1) loss is "
+                          "accepted); needs --ignore-index."),
         click.option("--inputs", type=str, default=None,
                      help="FILE.npz with logits, target (optional weight, grad_output): judged "
                           "as one more case beside the seeded suite."),
@@ -182,7 +196,14 @@ def call_options(fn):
                           "...,name=value [default: forward's parameter names]."),
         click.option("--rename", multiple=True,
                      help="OPTION=kernel_name: pass softcheck's option under the kernel's "
-                          "keyword (repeatable), e.g. z_loss=lse_square_scale."),
+                          "keyword (repeatable), e.g. z_loss=lse_square_scale; group=NAME: "
+                          "the process group's keyword (--tensor-parallel)."),
+        click.option("--kwarg", multiple=True,
+                     help="NAME=VALUE: a constant keyword on every call (repeatable; VALUE a "
+                          "Python literal, else a string), e.g. impl=torch_compile."),
+        click.option("--off-value", multiple=True,
+                     help="OPTION=VALUE: what the kernel takes when OPTION is off (repeatable), "
+                          "e.g. softcap=0 [default: softcheck's own: None, 0, 1]."),
         click.option("--returns", default=None,
                      help=f"The returned tuple's items in order, from {', '.join(RETURN_ITEMS)} "
                           "(_ skips one) [default: loss; split: loss,lse]."),
@@ -197,6 +218,10 @@ def call_options(fn):
                           "host devices, given axis_name=."),
         click.option("--backend", type=click.Choice(BACKENDS), default="gloo",
                      show_default=True, help="torch.distributed backend of the ranks."),
+        click.option("--rank-setup", default=None,
+                     help="FILE.py:fn called once in each rank as fn(rank, world_size, group) "
+                          "before the first call, or megatron (megatron-core's parallel_state "
+                          "initialised with tensor-parallel size W)."),
         click.option("--split", type=click.Choice(SPLITS), default="even", show_default=True,
                      help="even: V/W columns per rank; uneven: rank r starts at "
                           "r*(V//W)+min(r, V%W) (JAX: V padded with -inf to W*ceil(V/W))."),
@@ -211,7 +236,8 @@ def to_settings(kw: dict):
     ``--hidden`` makes TARGET a fused linear cross-entropy kernel."""
     from ..candidate.conventions import settings
 
-    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None)
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None,
+                    shape=kw.get("shape"), shift=kw.get("shift"))
 
 
 def to_config(kw: dict):

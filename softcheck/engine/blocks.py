@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 
+from ..judge import tolerances
+from ..judge.compare import stored_of
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
 from ..spec import Inputs
@@ -127,6 +129,13 @@ class Judge:
         self.proj: list[dict] = [{} for _ in range(n_probes)]
         self.lock = threading.Lock()
 
+    def _stored(self, b64, stb):
+        """The block's STORED term (judge/tolerances.py), or None where the mode has none."""
+        dtype = self.case.dtype
+        if not tolerances.stores_logp(dtype, self.case.tolerance):
+            return None
+        return stored_of(b64, stb, dtype)
+
     def block(self, r0, r1, accs, inv, targets, valid, checked) -> None:
         inputs, tot64, st, cols = self.inputs, self.tot64, self.st, self.cols
         b64 = block_of(inputs, r0, r1)
@@ -150,8 +159,11 @@ class Judge:
         sel = slice(None) if cols is None else cols
         tb = targets[r0:r1]
         subset = {}
+        # the STORED term of every pair judged in a 16-bit dtype (as compare() adds it)
+        stored = self._stored(b64, stb)
         for (a, bname), acc in accs.items():
             extra = self.native if a == "candidate" else 0.0
+            ent = stored if acc.dtype in tolerances.LOW_PRECISION else None
             if "finite_difference" in (a, bname):
                 def side(name):
                     if name == "finite_difference" or cols is None:
@@ -160,9 +172,11 @@ class Judge:
                         subset[name] = g[name][:, sel]
                     return subset[name]
                 acc.update(r0, side(a), side(bname), target=tb, valid=valid[r0:r1],
-                           band=band + extra, cols=cols)
+                           band=band + extra, cols=cols,
+                           extra=ent if ent is None or cols is None else ent[:, cols])
             else:
-                acc.update(r0, g[a], g[bname], target=tb, valid=valid[r0:r1], band=extra)
+                acc.update(r0, g[a], g[bname], target=tb, valid=valid[r0:r1], band=extra,
+                           extra=ent)
         inv.update(r0, g[checked])
         refs = {k: v for k, v in g.items() if k != "finite_difference"}
         for k in range(self.n_probes):

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..judge import tolerances
 from ..candidate import CallPolicy, CallResult
-from ..judge.compare import Comparison, Invariant, compare, compare_values, invariants
+from ..judge.compare import (Comparison, Invariant, compare, compare_values, determinism,
+                             invariants)
 from ..judge.metamorphic import check_relations
 from ..reference import analytic, autodiff
 from ..reference.loss import values as loss_values
@@ -83,7 +84,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     for a, b in pairs:
         comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale,
                                          native if a == "candidate" else 0.0,
-                                         _user_tolerance(case, a, candidate)))
+                                         _user_tolerance(case, a, candidate), case.tolerance))
     if candidate is not None:
         comparisons += _forward_pairs(call, inputs64, case, kappa)
         comparisons += _upstream_pairs(call, inputs64, case, kappa, native / scale if scale else 0)
@@ -113,7 +114,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         relations = check_relations(relation_call, inputs,
                                     grads["candidate"], dtype=case.dtype, takes=candidate.takes,
                                     seed=case.seed, native=case.tolerance == "native",
-                                    user=_user_tolerance(case, "candidate", candidate))
+                                    user=_user_tolerance(case, "candidate", candidate),
+                                    positional=bool(case.shift))
     passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
               and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()
@@ -141,14 +143,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
 
 
 def _determinism(nondet: float, policy: CallPolicy, cmp: Comparison) -> Invariant:
-    """Repeated calls on identical inputs agree to within --nondet-tol, or else to within
-    the case's absolute tolerance (torch gradcheck's ``nondet_tol``, defaulting to what the
-    comparison with the closed form allows)."""
-    allowed = policy.nondet_tol if policy.nondet_tol is not None else cmp.atol
-    detail = (f"{policy.repeat} calls on identical inputs: bitwise identical" if nondet == 0
-              else f"{policy.repeat} calls on identical inputs differ by up to {nondet:.3g} "
-                   f"(allowed {allowed:.3g}{' by --nondet-tol' if policy.nondet_tol is not None else ', the case tolerance'})")
-    return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
+    """The ``deterministic`` invariant of a case judged against ``cmp`` (its tolerance)."""
+    return determinism(nondet, policy.repeat, policy.nondet_tol, cmp.atol)
 
 
 def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Comparison]:
@@ -184,7 +180,7 @@ def _upstream_pairs(call, inputs64: Inputs, case: Case, kappa: float, native_rel
         sc = references.row_stats(ig).scale
         out.append(compare((f"candidate@{label}", "analytic"), grad, analytic.gradient(ig),
                            inputs=ig, dtype=case.dtype, kappa=kappa, scale=sc,
-                           band=native_rel * sc))
+                           band=native_rel * sc, mode=case.tolerance))
     return out
 
 
@@ -197,6 +193,13 @@ def _forward_hint(comparisons, call, inputs64: Inputs) -> tuple[str, ...]:
     if not bad or any(not c.passed for c in comparisons if c.pair[0] == "candidate"):
         return ()
     hints = []
+    loss = bad.get("loss")
+    if loss is not None and loss.reason and ("expected NaN" in loss.reason
+                                             or "--all-ignored zero:" in loss.reason):
+        return ("every row is ignored: the only difference is the loss, "
+                + ("0 where PyTorch gives NaN (0/0): pass --all-ignored zero if the kernel "
+                   "means 0 (Liger-Kernel, TransformerEngine)" if "expected NaN" in loss.reason
+                   else "NaN where --all-ignored zero expects 0"),)
     if "lse" in bad and call.lse is not None:
         v = inputs64.logits64 / inputs64.spec.divisor
         shift = np.max(np.where(np.isfinite(v), v, -np.inf), -1)
@@ -263,7 +266,7 @@ def _user_tolerance(case: Case, a: str, candidate) -> tuple | None:
 
 
 def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
-                  user=None) -> Comparison:
+                  user=None, mode=tolerances.DEFAULT_MODE) -> Comparison:
     """Compare on the entries both sides have (FD may cover a subset of the columns)."""
     x, ref = grads[a], grads[b]
     band = extra
@@ -274,7 +277,7 @@ def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
             ref = np.where(fd.mask, ref, 0.0)
     dtype = tolerances.coarser(dtypes[a], dtypes[b])
     cmp = compare((a, b), x, ref, inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale,
-                  band=band, user=user)
+                  band=band, user=user, mode=mode)
     if fd.probes and "finite_difference" in (a, b):
         cmp = _fold_probes(cmp, a if b == "finite_difference" else b, fd)
     return cmp

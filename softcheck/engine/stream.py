@@ -156,7 +156,8 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     def accumulators():
         return {(a, b): StreamedComparison(
             (a, b), dtype=tolerances.coarser(dtypes[a], dtypes[b]), kappa=kappa, scale=scale,
-            classes=c, user=_user_tolerance(case, a, candidate)) for a, b in pairs}
+            classes=c, user=_user_tolerance(case, a, candidate), mode=case.tolerance)
+            for a, b in pairs}
 
     if n_probes < case.probes and sampled:
         notes.append(f"{n_probes} directional probe{'s' if n_probes != 1 else ''} of the "

@@ -133,15 +133,57 @@ def top(ratio: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(-key[idx], kind="stable")]
 
 
+def stored_term(inputs: Inputs, dtype: str, mode: str = tolerances.DEFAULT_MODE):
+    """The bound's STORED term (tolerances.py: the log-probabilities kept in the dtype) for
+    ``inputs``' entries, or 0 where the mode and dtype have none.  Memoized on ``inputs``."""
+    if not tolerances.stores_logp(dtype, mode):
+        return 0.0
+    from ..reference.finite_difference import row_stats
+
+    inp = inputs.float64()
+    return inputs.memo(("stored", dtype), lambda: stored_of(inp, row_stats(inp), dtype))
+
+
+def probabilities(inputs64: Inputs) -> np.ndarray:
+    """p = softmax(v) of float64 ``inputs64`` (v the logits after temperature, scale and
+    softcap; 0 where v is not finite)."""
+    from ..reference import analytic
+
+    _, _, v, e, tot, _ = analytic._exp(inputs64, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isfinite(v), e / tot, 0.0)
+
+
+def parts(stats) -> np.ndarray:
+    """S_i, the size of row i's gradient parts (tolerances.py), from a RowStats."""
+    return (stats.a + stats.b * stats.lse) / stats.temperature
+
+
+def stored_of(inputs64: Inputs, stats, dtype: str) -> np.ndarray:
+    """STORED(i, j) = S_i·p_ij·(e^{u·|log p_ij|} − 1) of float64 ``inputs64`` with the rows'
+    parts S_i from ``stats`` (a RowStats: a streamed block's carries the batch's totals)."""
+    return tolerances.stored(dtype, probabilities(inputs64), parts(stats))
+
+
+def allowed_for(inputs: Inputs, dtype: str, kappa: float, scale: float, ref: np.ndarray,
+                mode: str = tolerances.DEFAULT_MODE):
+    """``tolerances.allowed`` with the STORED term of ``inputs`` (where its shape is the
+    gradient's): (per-entry allowed, atol, rtol)."""
+    extra = stored_term(inputs, dtype, mode) if np.shape(ref) == inputs.logits.shape else 0.0
+    return tolerances.allowed(dtype, kappa, scale, ref, mode, extra)
+
+
 def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: Inputs,
             dtype: str, kappa: float, scale: float, band: float = 0.0,
-            user: tuple[float | None, float | None] | None = None) -> Comparison:
-    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band).  ``user``:
-    the user's (atol, rtol) replace the derived ones (a None keeps that one); the derived
-    pair is still recorded in ``atol``/``rtol``."""
+            user: tuple[float | None, float | None] | None = None,
+            mode: str = tolerances.DEFAULT_MODE) -> Comparison:
+    """Judge ``x`` against ``ref`` with the per-dtype tolerance (plus an FD band); ``mode``:
+    the --tolerance mode (the 16-bit bound's roundings).  ``user``: the user's (atol, rtol)
+    replace the derived ones (a None keeps that one); the derived pair is still recorded in
+    ``atol``/``rtol``."""
     x = np.asarray(x, np.float64)
     ref = np.asarray(ref, np.float64)
-    allowed, atol, rtol = tolerances.allowed(dtype, kappa, scale, ref)
+    allowed, atol, rtol = allowed_for(inputs, dtype, kappa, scale, ref, mode)
     if user is not None:
         ua, ur = (atol if user[0] is None else user[0]), (rtol if user[1] is None else user[1])
         allowed = ua + ur * np.abs(ref)
@@ -191,6 +233,20 @@ def _target_error(inputs: Inputs, err, ratio_arr, scale: float) -> dict | None:
     return {"target": part(mask), "others": part(~mask)}
 
 
+def determinism(nondet: float, repeat: int, nondet_tol: float | None, atol: float
+                ) -> Invariant:
+    """Repeated calls on identical inputs agree to within --nondet-tol, or else to within
+    the case's absolute tolerance ``atol`` (torch gradcheck's ``nondet_tol``, defaulting to
+    what the comparison with the reference allows).  ``nondet``: the largest difference, as
+    the judge measured it (candidate/record.py)."""
+    allowed = nondet_tol if nondet_tol is not None else atol
+    by = " by --nondet-tol" if nondet_tol is not None else ", the case tolerance"
+    detail = (f"{repeat} calls on identical inputs: bitwise identical" if nondet == 0
+              else f"{repeat} calls on identical inputs differ by up to {nondet:.3g} "
+                   f"(allowed {allowed:.3g}{by})")
+    return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
+
+
 def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa: float,
                scale: float, band: float = 0.0) -> list[Invariant]:
     """Row sums are zero (no z-loss, no softcap); ignored rows are exactly zero."""
@@ -215,6 +271,17 @@ def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa:
                                                            if rows.size else " are exactly zero"))
         out.append(Invariant("ignored rows are zero", method, not rows.size, detail))
     return out
+
+
+#: what a loss of 0 where the reference is NaN (every row ignored under mean) is told
+ALL_IGNORED_ZERO = ("; the kernel returns 0 there, as Liger-Kernel and TransformerEngine do: "
+                    "pass --all-ignored zero if that is what it means to return")
+
+
+def scale_is_zero(scale, i: int) -> bool:
+    """The value's scale is 0 at ``i`` (a mean over no rows: nothing to compute)."""
+    sc = np.atleast_1d(np.asarray(scale, np.float64)).ravel()
+    return bool(sc[min(i, sc.size - 1)] == 0)
 
 
 def compare_values(pair: tuple[str, str], x, ref, allowed, atol: float, rtol: float,
@@ -244,7 +311,11 @@ def compare_values(pair: tuple[str, str], x, ref, allowed, atol: float, rtol: fl
         where = f" (row {i})" if x.size > 1 else ""
         if np.isnan(ref[i]):
             reason = (f"{pair[0]} {x[i]:.8g}{where}, expected NaN (every row ignored under "
-                      "mean: 0/0, as PyTorch)")
+                      "mean: 0/0, as PyTorch)" + (ALL_IGNORED_ZERO if x[i] == 0 else ""))
+        elif ref[i] == 0 and np.isnan(x[i]) and scale_is_zero(scale, i):
+            reason = (f"{pair[0]} NaN{where}, expected 0 (--all-ignored zero: every row "
+                      "ignored under mean); a kernel that returns 0/0 as PyTorch does is "
+                      "checked with --all-ignored nan, the default")
         else:
             reason = (f"{pair[0]} {x[i]:.8g} vs {ref[i]:.8g}{where}: error {err[i]:.3g} "
                       f"exceeds the allowed {float(allowed[i]):.3g}")

@@ -47,12 +47,17 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
     for desc, g in patterns.known_bugs(inp):
-        if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc):
+        if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc,
+                             mode=case.tolerance):
             hints.append(f"looks like a known bug: {desc}")
-    precision = any("rounding level" in h or "ulps of the largest" in h for h in hints)
+    if any(h.startswith("looks like a known bug") for h in hints):
+        # a named bug explains the error: a precision guess would point at a wrong cause
+        hints = [h for h in hints if not _is_precision(h)]
+    precision = any(_is_precision(h) for h in hints)
     # a gradient already named wrong (a constant factor, a known bug) breaks relations as a
     # consequence: naming the relation too would point away from the bug
-    named = any(h.startswith(("looks like a known bug", "off by a constant factor"))
+    named = any(h.startswith(("looks like a known bug", "off by a constant factor",
+                              "the target entries cancel"))
                 for h in hints)
     for r in relations:
         if not r.passed and not precision and not named:
@@ -64,6 +69,26 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
                      + (" (the target class)" if e.is_target else "")
                      + (" (an ignored row)" if e.ignored else ""))
     return list(dict.fromkeys(hints))
+
+
+def _divisor(k: float, inp) -> str:
+    """A factor no fixed name explains, read as a wrong mean divisor."""
+    s = inp.spec
+    n, n_valid = inp.logits.shape[0], int(np.sum(inp.valid))
+    if s.reduction == "mean" and s.hard and 0 < n_valid < n and abs(k - n_valid / n) <= 1e-3 * k:
+        return (f" = n/N ({n_valid}/{n}): the mean divides by all N rows instead of the n "
+                "non-ignored ones (TransformerEngine PR #2476)")
+    for m, what in ((round(1 / k), "too large"), (round(k), "too small")):
+        if m >= 2 and abs(k - (1 / m if what == "too large" else m)) <= 1e-3 * k:
+            frac = f"1/{m}" if what == "too large" else f"{m}"
+            return (f" = {frac}: the divisor is {m}× {what} (a gradient-accumulation count "
+                    "applied twice or not at all: n_items, unsloth-zoo PR #1023)"
+                    if s.reduction == "mean" else f" = {frac}")
+    return ""
+
+
+def _is_precision(hint: str) -> bool:
+    return "rounding level" in hint or "ulps of the largest" in hint
 
 
 def _degenerate(x, inp, ref, invariants) -> list[str]:
@@ -153,12 +178,15 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
         k = float(np.vdot(x, ref) / np.vdot(ref, ref))
         resid = float(np.linalg.norm(x - k * ref))
         # claimed only when k·ref explains the error (x within tolerance of it) and k·ref is
-        # itself far from the gradient (patterns.DISTINCT tolerances): a factor at rounding
-        # level is rounding, a factor near 0 is a zeroed gradient (named above)
-        kw = dict(inputs=inp, dtype=case.dtype, kappa=kappa, scale=scale)
+        # itself far from the gradient (patterns.DISTINCT tolerances, or k off 1 by more
+        # than 1 %: in the confident regime the whole gradient is at float64's rounding
+        # level of the scale, yet a divisor bug is a plain factor there): a factor at
+        # rounding level is rounding, a factor near 0 is a zeroed gradient (named above)
+        kw = dict(inputs=inp, dtype=case.dtype, kappa=kappa, scale=scale, mode=case.tolerance)
         if (resid <= 1e-3 * rn and abs(k) > 1e-3
                 and compare(("candidate", "k·ref"), x, k * ref, **kw).passed
-                and compare(("k·ref", "ref"), k * ref, ref, **kw).ratio >= patterns.DISTINCT):
+                and (abs(k - 1) > 0.01 or compare(("k·ref", "ref"), k * ref, ref,
+                                                  **kw).ratio >= patterns.DISTINCT)):
             factor_found = True
             if abs(k + 1) < 1e-3:
                 hints.append("sign flipped: this is -∂L/∂z (the ascent direction)")
@@ -167,23 +195,54 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
                 named = [name for name, f in _FACTORS.items()
                          if abs(k - f(n, c, case.spec.temperature)) <= 1e-3 * abs(k)
                          and name != "-1" and f(n, c, case.spec.temperature) != 1]
-                hints.append(f"off by a constant factor {k:.6g}" + (f" = {named[0]}" if named else ""))
-    if not factor_found:
-        hints += _precision(x, ref, inp, case, kappa, scale)
-    from .compare import target_mask
+                hints.append(f"off by a constant factor {k:.6g}"
+                             + (f" = {named[0]}" if named else _divisor(k, inp)))
+    from .compare import allowed_for, target_mask
 
-    allowed = tolerances.allowed(case.dtype, kappa, scale, ref)[0]
+    allowed = allowed_for(inp, case.dtype, kappa, scale, ref, case.tolerance)[0]
     out = np.abs(d) > allowed
     tmask = target_mask(inp)
+    cancel = _target_cancellation(d, ref, out, tmask, inp, case.dtype)
+    if cancel:                 # the specific mechanism: no precision advice that admits it
+        return hints + cancel
+    if not factor_found:
+        hints += _precision(x, ref, inp, case, kappa, scale)
     if out.sum() == 1:
         i, j = np.argwhere(out)[0]
         got, want = digits(float(x[i, j]), float(ref[i, j]))
         hints.append(f"only one entry is out of tolerance (row {i}, class {j}"
                      + (", the target class" if tmask[i, j] else "") + f"): got {got}, "
                      f"expected {want}")
-    elif out.any() and not out[~tmask].any():
+    elif out.any() and not out[~tmask].any() and not factor_found:
         hints.append("the error is only in the target column (the -y term)")
     return hints
+
+
+def _target_cancellation(d, ref, out, tmask, inp, dtype) -> list[str]:
+    """Liger PR #1268 → #1329: p_t (times g/N) rounded to a 16-bit dtype before the 1 is
+    subtracted.  Its signature: only target entries are out of tolerance, each error at
+    most what one rounding of p_t·S_i to the dtype costs (u·p_t·S_i, twice for slack), and
+    the worst of them in a row whose p_t is near 1, where p_t − 1 is small."""
+    if dtype not in tolerances.LOW_PRECISION or not out.any() or out[~tmask].any():
+        return []
+    from ..reference.finite_difference import row_stats
+    from .compare import parts, probabilities
+
+    rows, cols = np.nonzero(out)
+    p = probabilities(inp)[rows, cols]
+    s = parts(row_stats(inp))[rows]
+    u = tolerances.TABLE[dtype].u
+    err = np.abs(d[rows, cols])
+    if not np.all(err <= 2 * u * p * s) or float(p[np.argmax(err / s)]) < 0.5:
+        return []
+    r = np.abs(ref[rows, cols])
+    worst = int(np.argmax(err / np.maximum(r, 1e-300)))
+    return [f"the target entries cancel: only p_t − 1 is wrong, each by at most one {dtype} "
+            f"rounding of p_t (rows {np.unique(rows)[:6].tolist()}; at row {int(rows[worst])}, "
+            f"p_t = {float(p[worst]):.4g}, off by {100 * float(err[worst] / max(r[worst], 1e-300)):.3g} %"
+            f"): p_t (or p_t·g/N, or the "
+            f"softmax's normaliser) is rounded to {dtype} before the 1 is subtracted — "
+            f"Liger PR #1268 → #1329; compute p_t − 1 in float32 and round once"]
 
 
 #: the next coarser arithmetic a function may have slipped into, per case dtype
@@ -199,11 +258,13 @@ def _precision(x, ref, inp, case, kappa, scale) -> list[str]:
             return []
         native = ("" if case.tolerance == "native" else
                   f" (--tolerance native accepts plain {case.dtype} arithmetic)")
+        allows = ("float32 arithmetic with one final rounding" if case.tolerance == "strict"
+                  else "float32 arithmetic, the gradient rounded when stored and again when "
+                       "scaled by g, and the log-probabilities stored in it")
         return [f"errors up to {rel / u:.1f} {case.dtype} ulps of the largest entry: "
                 f"consistent with intermediate rounding to {case.dtype} (e.g. the softmax or "
-                "the mean's denominator kept in it); the tolerance allows float32 "
-                "arithmetic with one final rounding, as fused kernels do, so small entries "
-                "must be right to their own ulp" + native]
+                f"the mean's denominator kept in it); the tolerance allows {allows}, as "
+                "fused kernels do, so small entries must be right to their own ulp" + native]
     lower = _LOWER.get(case.dtype)
     own = dict(inputs=inp, kappa=kappa, scale=scale)
     if lower is None or compare(("candidate", "analytic"), x, ref, dtype=case.dtype, **own).passed:

@@ -80,12 +80,47 @@ def _block(bad: np.ndarray) -> tuple[int, int] | None:
     return int(idx[0]), int(idx[-1])
 
 
+def _alternatives(fi64):
+    """(description, {output: gradient}) of the shipped fused-kernel slips that change the
+    loss itself: the fused path dropping label smoothing (Liger #243) or the z-loss, and a
+    per-row upstream gradient read as one scalar (Liger PR #1298)."""
+    import dataclasses
+
+    from ..reference import fused as ref_fused
+
+    s = fi64.spec
+    alts = []
+    if s.label_smoothing:
+        alts.append(("label smoothing is dropped by the fused path (the outputs match EPS = 0; "
+                     "Liger #243)", dataclasses.replace(fi64, spec=s.replace(label_smoothing=0.0))))
+    if s.z_loss:
+        alts.append(("the z-loss is dropped by the fused path (the outputs match COEF = 0)",
+                     dataclasses.replace(fi64, spec=s.replace(z_loss=0.0))))
+    go = np.asarray(fi64.grad_output)
+    if go.ndim and go.size > 1 and not np.all(go == go.flat[0]):
+        alts.append(("the per-row upstream gradient is read as one scalar: grad_output[0] "
+                     "scales every row (Liger PR #1298)",
+                     dataclasses.replace(fi64, grad_output=np.full_like(go, go.flat[0]))))
+    out = []
+    for desc, fi in alts:
+        g = ref_fused.reference(fi)
+        out.append((desc, {"grad_x": g.grad_x, "grad_w": g.grad_w, "grad_b": g.grad_b}))
+    return out
+
+
 def diagnose(cand: dict, ref: dict, allowed: dict, fi64, *, no_chain: dict | None = None
              ) -> list[str]:
     """Name the failing output and the pattern: transposed or scaled grad_W, a bias gradient
     not reduced over rows, ignored rows leaking into grad_W, errors confined to a block of
-    vocabulary columns (a chunk skipped), the softcap chain factor missing."""
+    vocabulary columns (a chunk skipped), the softcap chain factor missing, an option the
+    fused path drops, a per-row g read as one scalar; else which rows and columns fail."""
     out: list[str] = []
+    failing = [k for k in ("grad_x", "grad_w", "grad_b") if k in cand and k in ref
+               and np.all(np.isfinite(cand[k])) and np.any(np.abs(cand[k] - ref[k]) > allowed[k])]
+    for desc, alt in (_alternatives(fi64) if failing else ()):
+        if all(alt[k] is not None and np.all(np.abs(cand[k] - alt[k]) <= allowed[k])
+               for k in failing):
+            return [f"{', '.join(LABELS[k] for k in failing)}: {desc}"]
     for k in ("grad_x", "grad_w", "grad_b"):
         if k not in cand or k not in ref:
             continue
@@ -129,6 +164,14 @@ def diagnose(cand: dict, ref: dict, allowed: dict, fi64, *, no_chain: dict | Non
                        "its boundary mishandled")
             continue
         frac = float(np.mean(bad))
-        out.append(f"{name}: {100 * frac:.3g} % of entries out of tolerance")
+        rows = np.flatnonzero(np.any(bad, 1)) if bad.ndim == 2 else np.flatnonzero(bad)
+        what = ("rows" if k != "grad_w" else "vocabulary rows")
+        where = (f"; {what} {rows[:6].tolist()}" + (" ..." if rows.size > 6 else "")
+                 + f" ({rows.size} of {bad.shape[0]})")
+        if bad.ndim == 2:
+            cols = np.flatnonzero(np.any(bad, 0))
+            where += f", columns {cols[:6].tolist()}" + (" ..." if cols.size > 6 else "") \
+                + f" ({cols.size} of {bad.shape[1]})"
+        out.append(f"{name}: {100 * frac:.3g} % of entries out of tolerance{where}")
     return out
 

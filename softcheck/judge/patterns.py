@@ -92,6 +92,115 @@ def _p_minus_y(inputs):
     return g * go / (len(z) if s.reduction == "mean" else 1)
 
 
+def _transformed(inputs, v, dv):
+    """The gradient of a kernel whose transform is ``v`` (N, C), derivative ``dv``, in
+    place of the case's temperature/scale/softcap: ∂L/∂v by the closed form, times dv."""
+    plain = inputs.spec.replace(softcap=None, temperature=1.0, logit_scale=1.0)
+    with np.errstate(all="ignore"):
+        g = analytic.gradient(dataclasses.replace(inputs, logits=v, spec=plain)) * dv
+    return np.where(np.isfinite(inputs.logits64), g, 0.0)
+
+
+#: vocabulary blocks a Triton/CUDA kernel pads its last block to (powers of two)
+BLOCKS = tuple(2 ** k for k in range(6, 17))
+
+
+def padded_lanes(c: int) -> list[tuple[int, int]]:
+    """(P, B): the padded lanes P a kernel with vocabulary block B has past C (0 < P ≤ C)."""
+    out: dict[int, int] = {}
+    for b in BLOCKS:
+        p = -c % b
+        if 0 < p <= c and p not in out:
+            out[p] = b
+    return [(p, b) for p, b in out.items()]
+
+
+def _padded(inputs, p):
+    """Unsloth PR #10616: p padded lanes loaded as −inf, turned into −S by the softcap,
+    normalised with the real lanes (their own gradient dropped)."""
+    n, c = inputs.logits.shape
+    z = np.concatenate([inputs.logits64, np.full((n, p), -np.inf)], axis=1)
+    return analytic.gradient(dataclasses.replace(inputs, logits=z))[:, :c]
+
+
+def _softcap_bugs(inputs):
+    """The softcap's shipped formula and order slips (description, gradient)."""
+    s = inputs.spec
+    out = []
+    z = inputs.logits64
+    cap, d = s.softcap, s.divisor
+    with np.errstate(all="ignore"):
+        # unsloth-zoo PR #593: x·tanh(x/c) (a no-op cap) for c·tanh(x/c)
+        u = z / d
+        out.append(("the softcap is x·tanh(x/S) instead of S·tanh(x/S) (unsloth-zoo PR "
+                    "#593: the cap becomes a no-op)",
+                    _transformed(inputs, u * np.tanh(u / cap),
+                                 (np.tanh(u / cap) + u / cap * (1 - np.tanh(u / cap) ** 2)) / d)))
+        if d != 1:
+            # TRL PR #5691: the softcap applied before the scale/temperature
+            tz = np.tanh(z / cap)
+            out.append(("the scale (--logit-scale / --temperature) and the softcap are applied "
+                        "in the wrong order: S·tanh(z/S) scaled after, not S·tanh((z·s)/S) "
+                        "(TRL PR #5691)", _transformed(inputs, cap * tz / d, (1 - tz * tz) / d)))
+    if not s.label_smoothing and s.weight is None:
+        c = z.shape[1]
+        for p, b in padded_lanes(c):
+            out.append((f"padded lanes after the softcap: matches {p} padded lanes (V = {c} "
+                        f"padded to {c + p}, a multiple of {b}) loaded as −inf and turned into −S = "
+                        f"{-cap:g} by S·tanh(z/S), which take probability mass (Unsloth PR "
+                        "#10616): mask the padded lanes after the transform", _padded(inputs, p)))
+    return out
+
+
+#: options a kernel may silently not apply: name → (in use?, the inputs without it)
+_OPTIONS = {
+    "label smoothing": (lambda s: s.label_smoothing != 0,
+                        lambda i: _spec(i, label_smoothing=0.0)),
+    "the z-loss": (lambda s: s.z_loss != 0, lambda i: _spec(i, z_loss=0.0)),
+    "class weights": (lambda s: s.weight is not None,
+                      lambda i: dataclasses.replace(i, weight=None, spec=i.spec.replace(weight=None))),
+    "the softcap": (lambda s: bool(s.softcap), lambda i: _spec(i, softcap=None)),
+    "the temperature": (lambda s: s.temperature != 1.0, lambda i: _spec(i, temperature=1.0)),
+    "the logit scale": (lambda s: s.logit_scale != 1.0, lambda i: _spec(i, logit_scale=1.0)),
+}
+
+
+def _spec(inputs, **changes):
+    return dataclasses.replace(inputs, spec=inputs.spec.replace(**changes))
+
+
+def _dropped_pairs(inputs):
+    """Two options not applied at once (each alone is its own pattern, or the function's
+    missing keyword): the gradient without both."""
+    used = [k for k, (on, _) in _OPTIONS.items() if on(inputs.spec)]
+    out = []
+    for i, a in enumerate(used):
+        for b in used[i + 1:]:
+            without = _OPTIONS[b][1](_OPTIONS[a][1](inputs))
+            out.append((f"two options are not applied: {a} and {b} (the gradient matches "
+                        "the loss without both)", analytic.gradient(without)))
+    for k in ("the softcap", "the temperature", "the logit scale"):
+        if _OPTIONS[k][0](inputs.spec):
+            out.append((f"{k} is not applied (the gradient matches the loss without it)",
+                        analytic.gradient(_OPTIONS[k][1](inputs))))
+    return out
+
+
+def _smoothing_unweighted(inputs):
+    """Liger PR #420's kind of slip: class weights on the cross-entropy term only, the
+    smoothing term (EPS/C)·(p − 1/C) left unweighted (PyTorch's LossNLL.cpp weights it by
+    w_c and divides both by Σ w[y])."""
+    s = inputs.spec
+    eps = s.label_smoothing
+    plain = dataclasses.replace(inputs, weight=None, spec=s.replace(weight=None, label_smoothing=1.0))
+    smooth = analytic.gradient(plain)
+    if s.reduction == "mean":
+        valid = inputs.valid
+        denom = float(np.sum(inputs.weight64[np.where(valid, inputs.target, 0)] * valid))
+        smooth = smooth * (float(valid.sum()) / denom if denom > 0 else 0.0)
+    return (1 - eps) * _grad(inputs, label_smoothing=0.0) + eps * smooth
+
+
 def known_bugs(inputs):
     """(description, gradient) of the classic mistakes that apply to this case's options
     (``inputs`` in float64)."""
@@ -109,6 +218,11 @@ def known_bugs(inputs):
         if s.hard and s.smoothing_convention == "uniform" and n_valid < n:
             out.append(("label smoothing is left on the ignored rows (pytorch#73205): their "
                         "smoothing term (EPS/C)(Σw·p − w) is not masked", _smoothing_on_ignored(inputs)))
+    if s.label_smoothing and s.weight is not None and s.hard and s.smoothing_convention == "uniform":
+        out.append(("class weights and label smoothing are combined wrongly: the smoothing "
+                    "term is not class-weighted (PyTorch weights it by w_c and divides both "
+                    "terms by Σ w[y], LossNLL.cpp; Liger PR #420)", _smoothing_unweighted(inputs)))
+    out += _dropped_pairs(inputs)
     if s.reduction == "mean":
         out.append(("matches reduction 'sum': the mean's division is missing", _grad(inputs, reduction="sum")))
         g = _grad(inputs, reduction="sum")
@@ -139,9 +253,15 @@ def known_bugs(inputs):
         with np.errstate(all="ignore"):
             g = np.where(np.isfinite(z), _grad(inputs) / (1 - t * t), 0.0)
         out.append(("the softcap chain factor 1 - tanh²(z/S) is missing", g))
-    if not np.all(np.asarray(inputs.grad_output) == 1):
+        out += _softcap_bugs(inputs)
+    go = np.asarray(inputs.grad_output)
+    if not np.all(go == 1):
         out.append(("the upstream gradient (grad_output) is ignored",
-                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(inputs.grad_output)))))
+                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.ones_like(go)))))
+    if go.ndim and go.size > 1 and not np.all(go == go.flat[0]):
+        out.append(("the per-row upstream gradient is read as one scalar: grad_output[0] "
+                    "scales every row (Liger #678 / PR #1298, TransformerEngine #2139)",
+                    analytic.gradient(dataclasses.replace(inputs, grad_output=np.full_like(go, go.flat[0])))))
     if not s.hard and not np.allclose(np.sum(inputs.target64, -1), 1):
         out.append(("uses p - y, which assumes targets that sum to one; PyTorch accepts any "
                     "non-negative targets and the gradient is p·Σy - y", _p_minus_y(inputs)))
@@ -154,13 +274,14 @@ def known_bugs(inputs):
     return [(d, g) for d, g in out if g is not None]
 
 
-def explains(x, pattern, ref, *, inputs, dtype: str, kappa: float, scale: float) -> bool:
+def explains(x, pattern, ref, *, inputs, dtype: str, kappa: float, scale: float,
+             mode: str = "rounded") -> bool:
     """The module docstring's criterion: the pattern matches ``x`` within tolerance, is at
     least DISTINCT tolerances away from the correct gradient, and explains ≥ 90 % of the
     error."""
     if pattern.shape != x.shape or not np.all(np.isfinite(pattern)):
         return False
-    kw = dict(inputs=inputs, dtype=dtype, kappa=kappa, scale=scale)
+    kw = dict(inputs=inputs, dtype=dtype, kappa=kappa, scale=scale, mode=mode)
     if not compare(("candidate", "pattern"), x, pattern, **kw).passed:
         return False
     if compare(("pattern", "analytic"), pattern, ref, **kw).ratio < DISTINCT:

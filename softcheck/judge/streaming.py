@@ -16,10 +16,10 @@ class StreamedComparison:
     (−ratio, flat index), as ``compare``'s stable argsort orders them."""
 
     def __init__(self, pair, *, dtype: str, kappa: float, scale: float, classes: int,
-                 user=None):
+                 user=None, mode: str = tolerances.DEFAULT_MODE):
         self.pair, self.dtype, self.kappa, self.scale, self.user = pair, dtype, kappa, scale, user
         self.c = classes
-        _, self.atol, self.rtol = tolerances.allowed(dtype, kappa, scale, np.zeros(1))
+        _, self.atol, self.rtol = tolerances.allowed(dtype, kappa, scale, np.zeros(1), mode)
         self.band_max = 0.0
         self.bad_x = self.bad_ref = self.out_of = self.size = 0
         self.max_abs = self.ratio = 0.0
@@ -33,13 +33,17 @@ class StreamedComparison:
         return (self.atol if self.user[0] is None else self.user[0],
                 self.rtol if self.user[1] is None else self.user[1])
 
-    def update(self, r0: int, x, ref, *, target, valid, band=0.0, cols=None) -> None:
+    def update(self, r0: int, x, ref, *, target, valid, band=0.0, cols=None,
+               extra=None) -> None:
         """Rows r0.. of both gradients (float64 blocks); ``cols``: the columns they hold
-        (all if None); ``target`` (rows,) target class or −1; ``band`` scalar or (rows,)."""
+        (all if None); ``target`` (rows,) target class or −1; ``band`` scalar or (rows,);
+        ``extra`` per entry (the STORED term, ``tolerances.stored``) or None."""
         x = np.asarray(x, np.float64)
         ref = np.asarray(ref, np.float64)
         band = np.asarray(band, np.float64)
         self.band_max = max(self.band_max, float(np.max(band, initial=0.0)))
+        if extra is not None:           # per entry, in the allowed error but not the atol
+            band = (band[:, None] if band.ndim == 1 else band) + np.asarray(extra, np.float64)
         if not self._fast(r0, x, ref, target, valid, band, cols):
             self._general(r0, x, ref, target, valid, band, cols)
 
@@ -56,7 +60,7 @@ class StreamedComparison:
             ratio *= ur
             ratio += ua
             if band.ndim:
-                ratio += band[:, None]
+                ratio += band[:, None] if band.ndim == 1 else band
             elif band:
                 ratio += band
             np.divide(err, ratio, out=ratio)       # err 0 → ratio 0, as compare
@@ -125,7 +129,7 @@ class StreamedComparison:
 
     def _general(self, r0, x, ref, target, valid, band, cols) -> None:
         nb = x.shape[0]
-        band2 = band[:, None] if band.ndim else band
+        band2 = band[:, None] if band.ndim == 1 else band
         ua, ur = self._tolerance()
         allowed = ua + ur * np.abs(ref) + band2
         fin_ref = np.isfinite(ref)

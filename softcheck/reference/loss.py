@@ -283,6 +283,8 @@ def _values(inputs: Inputs) -> LossValues:
     if inputs.spec.reduction == "none":
         return LossValues(rows_loss, rows_z, lse, rows_scale, rows_zscale)
     if inputs.spec.reduction == "mean" and float(tt.denom) == 0:
+        if inputs.spec.all_ignored == "zero":        # --all-ignored zero (Liger, TE)
+            return LossValues(0.0, 0.0, lse, 0.0, 0.0)
         nan = float("nan")
         return LossValues(nan, nan if prm["z_loss"] else 0.0, lse, 0.0, 0.0)
     return LossValues(float(np.sum(rows_loss)), float(np.sum(rows_z)), lse,

@@ -137,7 +137,8 @@ PARAMS = _obj({
     "targets": _d({"enum": ["index", "onehot", "probs"]}, "Class indices or (N, C) targets."),
     "reduction": _d({"enum": ["mean", "sum", "none"]}, "The loss reduction."),
     "regime": _d({"type": "string"}, "How the logits were drawn (normal, large, tied, "
-                                     "confident, wrong, masked, all-ignored, target-prob; "
+                                     "confident, wrong, masked, all-ignored, target-prob, "
+                                     "below-cap; "
                                      "'inputs': the "
                                      "user's own arrays)."),
     "seed": _d({"type": "integer"}, "The seed every input was drawn from."),
@@ -154,11 +155,15 @@ PARAMS = _obj({
     "mean_over": _d({"oneOf": [{"enum": ["weight", "valid", "batch"]},
                                {"type": "integer", "minimum": 1}]},
                     "The mean's denominator: weight (PyTorch), valid rows, the batch, or N."),
+    "all_ignored": _d({"enum": ["nan", "zero"]},
+                      "The loss of a mean over zero non-ignored rows (--all-ignored)."),
     "logit_scale": _d({"type": "number", "exclusiveMinimum": 0},
                       "Logits multiplied by S before softcap (--logit-scale)."),
     "order": _d({"enum": [1, 2]}, "1: gradients; 2: Hessian-vector products."),
-    "tolerance": _d({"enum": ["strict", "native", "torch"]},
-                    "The low-precision tolerance mode (torch: fused linear cross-entropy also "
+    "tolerance": _d({"enum": ["rounded", "strict", "native", "torch"]},
+                    "The low-precision tolerance mode (rounded, the default: two roundings to "
+                    "the dtype and the stored log-probabilities; strict: one rounding; "
+                    "torch: fused linear cross-entropy also "
                     "allowed PyTorch's own error in the same dtype)."),
     "fused": _d(_obj({"hidden": _d({"type": "integer", "minimum": 1}, "H, the hidden size."),
                       "bias": _d({"type": "boolean"}, "An LM-head bias (--bias)."),
@@ -178,6 +183,16 @@ PARAMS = _obj({
     "ignored_fraction": _d({"type": "number", "minimum": 0, "maximum": 1},
                            "Exactly round(F·N) rows ignored (--ignored-fraction), present "
                            "only when given."),
+    "weight_dtype": _d({"enum": ["float64", "float32", "float16", "bfloat16"]},
+                       "The class weights' own dtype (--weight-dtype), present only when "
+                       "given."),
+    "sequence": _d(_obj({"shape": _d({"enum": ["nv", "btv"]}, "logits as (N, V) or "
+                                     "(B, T, V) with (B, T) targets (--shape)."),
+                         "shift": _d({"type": "integer", "minimum": 0, "maximum": 1},
+                                     "1: the candidate got the unshifted labels and scored "
+                                     "position t against label t+1 (--shift).")}),
+                   "How a logits case's candidate was called (--shape btv, --shift 1), "
+                   "present only then."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
 TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds."),
@@ -189,7 +204,8 @@ TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock secon
 
 CASE = _obj({
     "name": _d({"type": "string"}, "The case's name (C-B-dtype-targets-reduction-regime)."),
-    "group": _d(_STR, "The batch group (null outside batch)."),
+    "group": _d(_STR, "The batch group (null outside batch; under pytest the test id, "
+                      "path::test[id])."),
     "target": _d(_STR, "The candidate checked (null: softcheck's own methods)."),
     "passed": _d({"type": "boolean"}, "Every comparison and invariant passed."),
     "params": _d(PARAMS, "The case's options."),
@@ -231,6 +247,8 @@ SANDBOX = _d(_obj({
     "memory_limit": _d(_INT_OR_NULL, "Bytes of memory it may allocate (--memory-limit)."),
     "memory_by": _d({"type": ["string", "null"]}, "How: rlimit_data (RLIMIT_DATA)."),
     "pids_limit": _d(_INT_OR_NULL, "Processes and threads it may have (RLIMIT_NPROC)."),
+    "pids_by": _d({"type": ["string", "null"]}, "How: a cgroup's pids.max (v2 or v1), or "
+                                                "rlimit_nproc."),
     "pids_why": _d({"type": "string"}, "Why there is no process limit."),
     "why": _d({"type": "string"}, "Why it is weaker than the full sandbox."),
     "weaker": _d({"type": "string"}, "The line the console prints when it is weaker."),
@@ -246,6 +264,9 @@ CANDIDATE_PROCESS = _d({
         "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
         "why": _d({"type": "string"}, "Why it was not isolated."),
         "sandbox": SANDBOX,
+        "notes": _d({"type": "array", "items": {"type": "string"}},
+                    "What the results of this candidate cannot show (engine/precision.py: "
+                    "TRITON_INTERPRET=1 with 16-bit cases)."),
         "tensor_parallel": _d({"type": "integer", "minimum": 2},
                               "--tensor-parallel W: the TARGET ran on W torch.distributed "
                               "ranks (JAX: inside shard_map over W host devices of one "
@@ -279,7 +300,9 @@ REPORT = {
                                               "worst entries of passing cases."),
         "command": _d({"enum": ["run", "check", "batch"]}, "The command that ran."),
         "target": _d(_STR, "The candidate (check), else null."),
-        "passed": _d({"type": "boolean"}, "Every case passed."),
+        "passed": _d({"type": "boolean"}, "Every case passed, and there was at least one."),
+        "reason": _d({"type": "string"}, "Why a report with no failed case does not pass "
+                                         "(no case ran)."),
         "summary": _d(SUMMARY, "Case counts."),
         "environment": _d(_obj({"python": _d({"type": "string"}, "Python version."),
                                 "numpy": _d({"type": "string"}, "NumPy version."),

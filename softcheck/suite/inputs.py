@@ -31,6 +31,11 @@ def weight_array(weight, classes: int, seed: int, dtype) -> np.ndarray | None:
     return w.astype(dtype)
 
 
+def weight_dtype(case: Case) -> np.dtype:
+    """The class weights' dtype: ``--weight-dtype``, else the case's."""
+    return numpy_dtype(getattr(case, "weight_dtype", None) or case.dtype)
+
+
 def upstream_gradient(rng: np.random.Generator, reduction: str, upstream: str, n: int, dt):
     """The gradient flowing into the loss (see ``make_inputs``): a random non-uniform (N,)
     vector for none, else 1 or (``upstream="random"``) a random scalar, rounded to ``dt``."""
@@ -66,7 +71,10 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
                        else np.arange(c))
     y = choices[rng.integers(0, len(choices), n)] if len(choices) else np.full(n, ii)
     ignored = _ignored(case, rng, n) if s.hard and ii is not None else np.zeros(n, bool)
-    z = _logits(case.regime, rng, n, c, y)
+    if getattr(case, "shift", 0) and ii is not None:   # --shift 1: a sequence's last position
+        b, t = sequences(n, case.shape)                  # has no next token (ignored)
+        ignored.reshape(b, t)[:, -1] = True
+    z = _logits(case.regime, rng, n, c, y, s.softcap)
     if s.hard:
         target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
     else:
@@ -79,9 +87,16 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
             q /= np.sum(q, -1, keepdims=True)
             q[1::2] *= rng.uniform(0.5, 0.9, (len(q[1::2]), 1))  # rows that do not sum to one
         target = q.astype(dt)
-    weight = weight_array(s.weight, c, case.seed, dt)
+    weight = weight_array(s.weight, c, case.seed, weight_dtype(case))
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
     return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0))
+
+
+def sequences(n: int, shape: str = "btv") -> tuple[int, int]:
+    """(B, T) of N rows: under --shape btv B = 2 when N is even (and > 1), else 1; under
+    --shape nv one sequence (B = 1: what --shift counts positions along)."""
+    b = 2 if shape == "btv" and n % 2 == 0 and n > 1 else 1
+    return b, n // b
 
 
 def _ignored(case: Case, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -113,11 +128,29 @@ def set_target_prob(z: np.ndarray, y: np.ndarray, row0: int = 0) -> None:
     z[rows, y] = np.log(q / (1 - q)) + rest
 
 
-def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray) -> np.ndarray:
+#: below-cap's logits without a softcap (the kernel preset's cap)
+BELOW_CAP_DEFAULT = 30.0
+
+
+def below_cap(z: np.ndarray, softcap: float | None) -> np.ndarray:
+    """In place: the normal draw z (N(0, 4)) moved to −S·(3 + z/4), within (−5S, −S) to 4σ:
+    after S·tanh(·/S) 98 % of the lanes lie in (−S, −0.96·S), so p varies by a few × across
+    lanes and a padded lane at exactly −S carries about as much as a real one.  Without
+    a softcap S = BELOW_CAP_DEFAULT (then just logits shifted far down)."""
+    s = softcap or BELOW_CAP_DEFAULT
+    z *= -s / 4
+    z -= 3 * s
+    return z
+
+
+def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray,
+            softcap: float | None = None) -> np.ndarray:
     """Logits of each regime; ``y`` are the (would-be) target classes."""
     rows = np.arange(n)
     z = rng.standard_normal((n, c)) * 2.0
-    if regime == "large":
+    if regime == "below-cap":
+        below_cap(z, softcap)
+    elif regime == "large":
         # groups at +1000, 0, -1000 (spread >= 1e3: exp overflows without the max shift);
         # every row has a top-group entry, so p spreads over several classes there.
         grp = rng.integers(-1, 2, (n, c)).astype(float)
@@ -195,11 +228,11 @@ def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, wei
 
 #: regimes whose logits can be drawn a block of rows at a time into the case dtype (the
 #: same numbers as ``make_inputs``: a generator gives the same stream drawn in pieces)
-STREAM_REGIMES = ("normal", "confident", "wrong", "masked", "target-prob")
+STREAM_REGIMES = ("normal", "confident", "wrong", "masked", "target-prob", "below-cap")
 
 
 #: regimes whose rows are final as soon as their block is drawn
-BLOCKWISE = ("normal", "confident", "target-prob")
+BLOCKWISE = ("normal", "confident", "target-prob", "below-cap")
 
 
 def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
@@ -246,6 +279,8 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
             z[np.arange(len(z)), y[i:i + len(z)]] = rowmax[i:i + len(z)] + 30.0
         elif case.regime == "target-prob" and c > 1:
             set_target_prob(z, y[i:i + len(z)], i)
+        elif case.regime == "below-cap":
+            below_cap(z, s.softcap)
         out[i:i + len(z)] = z                      # rounded to dt as astype rounds
         if case.regime in BLOCKWISE:
             final(i, i + len(z))

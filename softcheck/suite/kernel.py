@@ -6,6 +6,9 @@ The preset (each case's ``tag`` says which regime it is; rows ``KERNEL_BATCH`` u
 * ``padded-lanes``: V ∈ KERNEL_VOCABS, float32, normal, without and with ``--softcap 30``
   (``softcap30``).  None is a power of two, so a kernel's last vocabulary block has padded
   lanes; one that pads with −inf and then applies the softcap turns them into −30: mass leaks.
+* ``softcap30-below``: float32, V = 50264, regime ``below-cap`` (every logit far below −S):
+  after the softcap the real lanes sit just above −S, so padded lanes turned into −S carry
+  as much probability as real ones — at cap 30 with normal logits they leak only ~e⁻³⁰.
 * ``target-prob``: bfloat16, V = 128256, rows whose target probability is 0.9 / 0.99 / 0.999
   (the precision of p_t − 1).
 * ``ignored-30%``: float32, V = 128256, exactly round(0.3·N) rows ignored (ignore_index −100
@@ -18,7 +21,7 @@ How the options a user pins act on the preset:
 * ``--dtype`` replaces each case's dtype (a list: every case once per dtype);
 * ``--classes`` keeps the preset cases whose V is listed (none listed: an error); the default
   (10) keeps them all;
-* ``--regime`` keeps the preset cases of the listed regimes (normal, target-prob);
+* ``--regime`` keeps the preset cases of the listed regimes (normal, below-cap, target-prob);
 * ``--softcap S`` gives the ``softcap30`` cases S instead of 30; ``--layout strided`` makes
   every case strided; ``--targets``/``--reduction`` and the loss options apply to every case.
 
@@ -53,6 +56,8 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
                                          softcap=None)))
         out.append((f"softcap{cap:g}", dict(classes=v, dtype="float32", regime="normal",
                                             softcap=cap)))
+    out.append((f"softcap{cap:g}-below", dict(classes=50264, dtype="float32",
+                                              regime="below-cap", softcap=cap)))
     out.append(("target-prob", dict(classes=128256, dtype="bfloat16", regime="target-prob")))
     ii = cfg.ignore_index if cfg.ignore_index is not None else -100
     out.append(("ignored-30%", dict(classes=128256, dtype="float32", regime="normal",
@@ -62,8 +67,30 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
     return out
 
 
-def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
-    """The preset's cases with the user's pins applied (see the module's docstring)."""
+def _not_for(candidate, tag: str, f: dict, cfg: Config) -> str | None:
+    """Why a preset case does not apply to ``candidate`` (None: it does): a plain gradient
+    function that declares no softcap keyword cannot be asked for one (it would compute
+    without it), and --tensor-parallel ranks get column shards, not the strided view.  An
+    option the user pins (--softcap, --layout) keeps its cases."""
+    if candidate is None:
+        return None
+    st = getattr(candidate, "settings", None)
+    takes = getattr(candidate, "takes", None)
+    if (f.get("softcap") and cfg.softcap is None and getattr(st, "convention", "grad") == "grad"
+            and takes is not None and not takes("softcap")):
+        return (f"kernel/{tag} (V = {f['classes']}) dropped: the function takes no softcap "
+                "keyword (declare one to be checked with the softcap)")
+    ranks = getattr(st, "tensor_parallel", None) or 1
+    if f.get("layout") == "strided" and cfg.layout is None and ranks > 1:
+        return (f"kernel/{tag} dropped: --tensor-parallel ranks get their column shards, "
+                "not the strided view")
+    return None
+
+
+def kernel_cases(cfg: Config, *, check: bool = False, candidate=None
+                 ) -> tuple[list[Case], list[str]]:
+    """The preset's cases with the user's pins applied (see the module's docstring), less
+    those that do not apply to ``candidate`` (each named in the skipped notes)."""
     preset = _preset(cfg)
     if cfg.classes != (10,):
         preset = [p for p in preset if p[1]["classes"] in cfg.classes]
@@ -75,9 +102,13 @@ def kernel_cases(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[
         preset = [p for p in preset if p[1]["regime"] in cfg.regime]
         if not preset:
             raise SoftcheckError("--suite kernel: --regime keeps the preset's cases of the "
-                                 "regimes listed (normal, target-prob); none is one")
+                                 "regimes listed (normal, below-cap, target-prob); none is one")
     cases, skipped = [], []
     for tag, f in preset:
+        why = _not_for(candidate, tag, f, cfg)
+        if why:
+            skipped.append(why)
+            continue
         base = cfg.replace(
             classes=(f["classes"],), batch=cfg.batch or (KERNEL_BATCH,),
             dtype=cfg.dtype or (f["dtype"],), regime=(f["regime"],),
@@ -103,11 +134,11 @@ def huge_cases(cfg: Config) -> list[Case]:
     return check_suite(base)[0]
 
 
-def select(cfg: Config, *, check: bool = False) -> tuple[list[Case], list[str]]:
-    """The cases of ``cfg``'s suite (``check``: the check suite's defaults), ``--huge``'s
-    case last."""
+def select(cfg: Config, *, check: bool = False, candidate=None) -> tuple[list[Case], list[str]]:
+    """The cases of ``cfg``'s suite (``check``: the check suite's defaults; ``candidate``:
+    the kernel preset leaves out what does not apply to it), ``--huge``'s case last."""
     if cfg.suite == "kernel":
-        cases, skipped = kernel_cases(cfg, check=check)
+        cases, skipped = kernel_cases(cfg, check=check, candidate=candidate)
     else:
         cases, skipped = (check_suite if check else suite)(cfg)
     if cfg.huge:
