@@ -63,17 +63,19 @@ from .arena import (ArenaError, OutputArena, SealedInputs,  # noqa: E402
 
 class _Shm:
     """One request's memory files: its sealed inputs (``fresh``; a streamed call's logits
-    ``logits``, sent first) and the output file the judge asked for (``out``: written in
-    place, sealed by ``serve_forever`` before the reply)."""
+    ``logits``, sent first) and the output file the judge asked for (``out``: made once the
+    candidate has returned, so no child it forked maps it; written in place, sealed by
+    ``serve_forever`` before the reply)."""
 
     def __init__(self):
         self.inputs = self.logits = self.out = None
+        self.out_size = 0
 
     def begin(self, fds: list, out_size) -> None:
         files = [SealedInputs(fd) for fd in fds]
         self.inputs = files[-1] if files else None
         self.logits = files[0] if len(files) > 1 else None
-        self.out = OutputArena(int(out_size)) if out_size else None
+        self.out, self.out_size = None, int(out_size or 0)
 
     def fresh(self, desc):
         """A writable private copy of an array described as ("arr", offset, shape, dtype)."""
@@ -84,8 +86,10 @@ class _Shm:
     @property
     def mm(self):
         """The output file's writable mapping."""
-        if self.out is None:
+        if not self.out_size:
             raise ArenaError("the judge asked for no output file")
+        if self.out is None:
+            self.out = OutputArena(self.out_size)
         return self.out.mm
 
 
@@ -256,11 +260,13 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
                 reply = {"error": "judging its result failed"}
         if os.getpid() != me:
             os._exit(0)
-        if shm.out is not None:             # the outputs written: sealed, then sent
+        if shm.out_size:                    # the outputs written: sealed, then sent
             try:
                 if reply.get("error"):
-                    os.close(shm.out.fd)
+                    if shm.out is not None:
+                        os.close(shm.out.fd)
                 else:
+                    _ = shm.mm                  # the file made if nothing was written
                     reply["fds"] = [shm.out.seal()]
             except (ArenaError, OSError) as e:
                 reply = {"error": f"sending its outputs failed: {e}"}
@@ -272,7 +278,7 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
         finally:
             close_all(out)
             close_all(fds)
-            shm.out = None
+            shm.out, shm.out_size = None, 0
 
 
 def main() -> None:
