@@ -26,6 +26,7 @@ import fcntl
 import mmap
 import os
 import socket
+import sys
 
 import numpy as np
 
@@ -45,6 +46,16 @@ _MAP_FIXED = 0x10
 
 class ArenaError(Exception):
     """A memory file that is not what it must be (its reason is the message)."""
+
+
+def dtype_named(name: str) -> np.dtype:
+    """A dtype by name, ml_dtypes' (bfloat16) included."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
 
 
 def memfd(name: str) -> int:
@@ -148,6 +159,57 @@ class Arena:
             self.fd = -1
 
 
+def place(arrays, name: str = "softcheck-inputs") -> tuple[Arena, list]:
+    """``arrays`` written into a fresh arena and sealed: the arena (``.fd`` to send, the
+    caller's to ``close``) and their descriptors."""
+    arena = Arena(name)
+    try:
+        descs = [arena.put(a) for a in arrays]
+        arena.seal()
+    except BaseException:
+        arena.close()
+        raise
+    return arena, descs
+
+
+#: the dtypes a worker may return an output in (the judge converts them)
+OUTPUT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def layout(dtypes, shapes) -> tuple[list[int], int]:
+    """The offsets of outputs of these dtypes and shapes, one after another (64-byte
+    aligned), and the file's size: both sides compute it, nothing in a reply says where."""
+    offsets, pos = [], 0
+    for dt, shape in zip(dtypes, shapes):
+        pos = -(-pos // _ALIGN) * _ALIGN
+        offsets.append(pos)
+        pos += dtype_named(dt).itemsize * int(np.prod(shape, dtype=np.int64))
+    return offsets, pos
+
+
+def take_outputs(reply: dict, shapes) -> list[np.ndarray]:
+    """The outputs a worker's ``reply`` brought for arrays of ``shapes`` (read-only views
+    of its sealed memory file, each in the dtype named in ``reply["out_dtypes"]``), once
+    the dtypes, the seals and the size are checked: ArenaError says what was wrong.  Every
+    descriptor that came with the reply is closed."""
+    fds = list(reply.get("fds") or ())
+    try:
+        dtypes = reply.get("out_dtypes")
+        if (not isinstance(dtypes, (list, tuple)) or len(dtypes) != len(shapes)
+                or not all(isinstance(d, str) and d in OUTPUT_DTYPES for d in dtypes)):
+            raise ArenaError(f"its reply named output dtypes {dtypes!r:.80}, not "
+                             f"{len(shapes)} of {', '.join(OUTPUT_DTYPES)}")
+        if len(fds) != 1:
+            raise ArenaError(f"its reply brought {len(fds)} memory files for its outputs, "
+                             "not 1")
+        offsets, nbytes = layout(dtypes, shapes)
+        mm = read_sealed(fds.pop(), nbytes)
+        return [np.frombuffer(mm, dtype_named(d), int(np.prod(s, dtype=np.int64)), off)
+                .reshape(s) for d, s, off in zip(dtypes, shapes, offsets)]
+    finally:
+        close_all(fds)
+
+
 def read_sealed(fd: int, nbytes: int) -> mmap.mmap | bytes:
     """The worker's memory file ``fd`` mapped read-only, once it is shown sealed against
     writes and resizing and exactly ``nbytes`` long (ArenaError: why not).  Closes ``fd``."""
@@ -167,8 +229,8 @@ def read_sealed(fd: int, nbytes: int) -> mmap.mmap | bytes:
 
 # -- worker side --------------------------------------------------------------------------
 class SealedInputs:
-    """Worker side: the judge's sealed inputs, as ``worker_main._Shm`` serves them (``fd``,
-    ``mm`` read-only, ``fresh(desc)`` a copy); ``shared.private`` maps them copy-on-write."""
+    """Worker side: the judge's sealed inputs (``fd``, ``mm`` read-only, ``fresh(desc)`` a
+    copy); ``shared.private`` maps them copy-on-write."""
 
     def __init__(self, fd: int):
         if seals_of(fd) & SEALED != SEALED:
@@ -178,8 +240,9 @@ class SealedInputs:
                    if self.size else b"")
 
     def fresh(self, desc):
+        """A writable private copy of an array described as ("arr", offset, shape, dtype)
+        (pad: --layout strided's row padding)."""
         from .arrays import padded
-        from .shared import dtype_named
 
         if not (isinstance(desc, tuple) and desc and desc[0] == "arr"):
             return desc
@@ -193,12 +256,14 @@ class SealedInputs:
 
 
 class OutputArena:
-    """Worker side: one call's outputs, written in place, sealed before the reply."""
+    """Worker side: one call's outputs, written in place, sealed before the reply (its pages
+    populated at once: a first write would fault them in page by page)."""
 
     def __init__(self, nbytes: int, name: str = "softcheck-out"):
         self.fd, self.nbytes = memfd(name), int(nbytes)
         os.ftruncate(self.fd, self.nbytes)
         self.mm = mmap.mmap(self.fd, max(1, self.nbytes))
+        populate(self.mm, 0, self.nbytes)
 
     def array(self, offset: int, count: int, dtype) -> np.ndarray:
         return np.frombuffer(self.mm, dtype, count, offset)
@@ -207,6 +272,38 @@ class OutputArena:
         _demote(self.mm, self.fd, 0, self.nbytes)
         seal(self.fd)
         return self.fd
+
+
+def outputs(arrays, dtypes=None) -> dict:
+    """Worker side: ``arrays`` written into a new sealed memory file, each in its own dtype
+    (or in ``dtypes``, converted a block of rows at a time; float64 for a dtype not in
+    OUTPUT_DTYPES): the reply's fields that carry them (``take_outputs`` reads them)."""
+    arrays = [np.asarray(a) for a in arrays]
+    dtypes = [np.dtype(d) for d in (dtypes or [a.dtype for a in arrays])]
+    dtypes = [d if d.name in OUTPUT_DTYPES else np.dtype(np.float64) for d in dtypes]
+    offsets, nbytes = layout([d.name for d in dtypes], [a.shape for a in arrays])
+    out = OutputArena(nbytes)
+    for a, dt, off in zip(arrays, dtypes, offsets):
+        view = out.array(off, a.size, dt).reshape(a.shape)
+        if a.ndim == 0:
+            view[...] = a
+        step = max(1, (1 << 21) // max(1, a.size // max(1, a.shape[0]))) if a.ndim else 1
+        for r in range(0, a.shape[0] if a.ndim else 0, step):
+            view[r:r + step] = a[r:r + step]
+    return {"out_dtypes": [d.name for d in dtypes], "fds": [out.seal()]}
+
+
+#: madvise(MADV_POPULATE_WRITE) (Linux ≥ 5.14; elsewhere the pages fault in as written)
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def populate(mm, start: int, length: int) -> None:
+    if length <= 0 or not hasattr(mm, "madvise") or not sys.platform.startswith("linux"):
+        return
+    try:
+        mm.madvise(MADV_POPULATE_WRITE, start, length)
+    except (OSError, ValueError):
+        pass
 
 
 # -- descriptors over the control socket ---------------------------------------------------

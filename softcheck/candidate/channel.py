@@ -44,7 +44,7 @@ class _SafeUnpickler(pickle.Unpickler):
 class _Worker:
     """One live worker process, its channel and output file; ``stop`` ends it and all it started."""
 
-    def __init__(self, shm_fd: int, hello: dict, x64: bool, start_timeout: float | None,
+    def __init__(self, hello: dict, x64: bool, start_timeout: float | None,
                  pids: list[int], module: str = "softcheck.candidate.worker_main",
                  env: dict | None = None, *, wait: bool = True, memory: int | None = None,
                  host_shm: bool = False):
@@ -53,7 +53,9 @@ class _Worker:
         self.out = tempfile.TemporaryFile()
         self.tag = f"SOFTCHECK_WORKER_TAG={os.getpid()}-{uuid.uuid4().hex}".encode()
         extra, env = env, dict(os.environ)
-        env["SOFTCHECK_WORKER_FDS"] = f"{child_sock.fileno()},{shm_fd},{os.getpid()}"
+        # control socket, (no shared file: memory files come with each request, arena.py),
+        # parent (sandbox_init.py rewrites it to the pid the worker sees)
+        env["SOFTCHECK_WORKER_FDS"] = f"{child_sock.fileno()},-1,{os.getpid()}"
         env["SOFTCHECK_WORKER_TAG"] = self.tag.split(b"=", 1)[1].decode()
         # the parent's import path (pytest's rootdir, a script's folder): a TARGET module or a
         # function re-imported by module and name resolves there as it does here
@@ -70,7 +72,7 @@ class _Worker:
         try:                            # in its sandbox (sandbox.py): the helper's Popen
             self.proc, status, self.cgroup = spawn(
                 [sys.executable, "-m", module], env=env, stdout=self.out,
-                pass_fds=(child_sock.fileno(), shm_fd), memory=self.memory,
+                pass_fds=(child_sock.fileno(),), memory=self.memory,
                 host_shm=host_shm)
         finally:
             child_sock.close()
@@ -251,21 +253,3 @@ class _Worker:
             f.close()
         if self.pidfd is not None:
             os.close(self.pidfd)
-
-
-def shared_file(name: str) -> int:
-    """A new shared memory file (memfd) that children do not inherit unless passed."""
-    fd = os.memfd_create(name, 0)
-    os.set_inheritable(fd, False)
-    return fd
-
-
-def close_shared(mm, fd: int) -> None:
-    """Unmap ``mm`` (if mapped; views still alive keep it, harmlessly) and close ``fd``."""
-    if mm is not None:
-        try:
-            mm.close()
-        except BufferError:
-            pass
-    os.close(fd)
-

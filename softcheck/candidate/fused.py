@@ -231,8 +231,8 @@ def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
 
 def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     """``repeat`` requests to ``wc``'s worker process (an ``IsolatedCandidate``), each one
-    call (``serve_fused``): the arrays go through its shared memory by descriptor, the
-    gradients come back the same way (``out_dtype``), the loss and notes in the reply,
+    call (``serve_fused``): the arrays go in a sealed memory file by descriptor, the
+    gradients come back in one the worker sealed (``out_dtype``), the loss and notes in the reply,
     checked (reply.py); death and timeouts are the case's error."""
     if wc._closed:
         raise SoftcheckError("this candidate was closed")
@@ -249,7 +249,8 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     fields = {"loss": lambda v, what: wire.values(v, what, n)}
 
     def one(i: int) -> FusedResult:
-        reply, error, output = wc.exchange({**req, "index": i}, timeout)
+        reply, error, output = wc.exchange({**req, "index": i}, timeout,
+                                           fds=[wc._inputs.fd], out=out_bytes)
         if reply is None:
             return FusedResult(error=error, output=output)
         try:
@@ -271,8 +272,8 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
 
 
 def serve_fused(cand, shm, req: dict) -> dict:
-    """The worker's side: fresh FusedInputs from shared memory, one call (``fused_once``),
-    the gradients written back at ``req["out"]``."""
+    """The worker's side: fresh FusedInputs from the sealed inputs, one call
+    (``fused_once``), the gradients written at ``req["out"]`` in the output file."""
     d = req["arrays"]
     a = {k: (shm.fresh(d[k]) if k in d else None) for k in _ARRAYS}
     fi = FusedInputs(a["x"], a["lm_weight"], a["bias"], a["target"], a["weight"],

@@ -1,11 +1,11 @@
 """Run a candidate in its own OS process (a drop-in for Candidate): death and timeouts are
-failed calls, arrays cross through shared memory, nothing it starts outlives it."""
+failed calls, arrays cross in sealed memory files (arena.py: inputs sealed by the judge
+before the worker sees them, outputs sealed by the worker before the judge reads them),
+nothing it starts outlives it."""
 
 from __future__ import annotations
 
 import atexit
-import mmap
-import os
 import time
 import weakref
 
@@ -15,7 +15,8 @@ from ..spec import Inputs, SoftcheckError
 import softcheck.candidate.reply as wire
 from .call import (ARGUMENT_NAMES, CallResult, exact_lse, judged, kwargs_for, repeated,
                    signature_of, with_layout_note)
-from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
+from .arena import ArenaError, close_all, place, read_sealed, take_outputs
+from .channel import _LIVE, _MAX_REPLY, _Died, _Worker
 from .conventions import Settings, upstreams
 from .described import BadDescription, Described, load_error
 
@@ -61,8 +62,9 @@ class IsolatedCandidate:
         self.settings = settings
         self.x64, self.grace, self.start_timeout = x64, grace, start_timeout
         self.pids: list[int] = []                  # every worker started, for tests and reports
-        self._shm_fd = shared_file("softcheck")
-        self._mm, self._size = None, 0
+        self._inputs = None       # the last call's sealed inputs (arena.Arena, _place)
+        self._mm = None           # the last reply's sealed outputs, mapped read-only
+        self._logits = None       # a large case's logits' arena (shared.py)
         self._shared = None                       # a large case's logits (shared.py)
         self._worker: _Worker | None = None
         self._closed = False
@@ -151,7 +153,9 @@ class IsolatedCandidate:
             self._worker = None
         if not self._closed:
             self._closed = True
-            close_shared(self._mm, self._shm_fd)
+            for a in (self._inputs, self._logits):
+                if a is not None:
+                    a.close()
 
     def __enter__(self):
         return self
@@ -172,7 +176,7 @@ class IsolatedCandidate:
         hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
                  "settings": self.settings}
         try:
-            w = _Worker(self._shm_fd, hello, self.x64, self.start_timeout, self.pids,
+            w = _Worker(hello, self.x64, self.start_timeout, self.pids,
                         module=self.module, env=self.env, memory=self.memory_limit)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
@@ -193,12 +197,15 @@ class IsolatedCandidate:
         self.sandbox = w.sandbox                  # what the first worker had in effect
         return w
 
-    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY, fds=()
+    def exchange(self, req: dict, timeout, *, limit: int = _MAX_REPLY, fds=(), out=None
                  ) -> tuple[dict | None, str | None, str]:
         """One request to the worker (started afresh if it died between calls) and its reply:
         ``(reply, error, output)``; ``fds``: sealed memory files sent with the request, and
-        ``reply["fds"]`` the ones that came back (the caller's to close: arena.read_sealed).  A death or a timeout is the error and ends the worker
-        (and all it started); the candidate's error is the reply's."""
+        ``reply["fds"]`` the ones that came back (the caller's to close: ``take``); ``out``:
+        the bytes of the sealed output file the worker must send back, mapped read-only as
+        ``self._mm`` once its seals and size are checked (a missing, unsealed or short one
+        is the error).  A death or a timeout is the error and ends the worker (and all it
+        started); the candidate's error is the reply's."""
         if self._closed:
             raise SoftcheckError("this candidate was closed")
         if self._worker is not None and self._worker.proc.poll() is not None:
@@ -211,7 +218,7 @@ class IsolatedCandidate:
         w.seq += 1
         w.limit = limit
         try:
-            w.send({**req, "seq": w.seq, "shm_size": self._size}, fds)
+            w.send({**req, "seq": w.seq, **({"out_size": out} if out else {})}, fds)
             deadline = None if not timeout else time.monotonic() + timeout
             while True:
                 reply = w.receive(None if deadline is None else
@@ -233,31 +240,42 @@ class IsolatedCandidate:
             return None, (f"took longer than {timeout:g} s (--timeout); the candidate's "
                           "process was stopped" if timed_out else why), output
         output = w.output()
-        return reply, (w.explain(str(reply["error"])) if reply.get("error") else None), output
+        if reply.get("error"):
+            close_all(reply["fds"])
+            return reply, w.explain(str(reply["error"])), output
+        if out:
+            fds = reply["fds"]
+            try:
+                if len(fds) != 1:
+                    raise ArenaError(f"its reply brought {len(fds)} memory files, not 1")
+                self._mm = read_sealed(fds.pop(), out)
+            except ArenaError as e:
+                return None, f"its outputs did not come back as they must: {e}", output
+            finally:
+                close_all(fds)
+        return reply, None, output
+
+    @staticmethod
+    def take(reply, error, output, shapes) -> tuple[dict | None, str | None, str, list]:
+        """The outputs a reply brought as ``arena.outputs`` sent them (a large case's:
+        shared.py), its memory files closed whatever happened."""
+        if error is not None:
+            close_all(list((reply or {}).get("fds") or ()))
+            return reply, error, output, []
+        try:
+            outs = take_outputs(reply, shapes)
+        except (ArenaError, OSError, ValueError, TypeError) as e:
+            return reply, f"its outputs did not come back as they must: {e}", output, []
+        return reply, None, output, outs
 
     def _place(self, arrays: list, out_bytes: int):
-        """Write ``arrays`` into the shared file; descriptors for them and the output offset."""
-        # ascontiguousarray makes a 0-d array 1-d: keep every array's own shape
-        arrays = [np.ascontiguousarray(a).reshape(np.shape(a)) for a in arrays]
-        offsets, pos = [], 0
-        for a in arrays:
-            offsets.append(pos)
-            pos += -(-a.nbytes // 64) * 64
-        need = pos + out_bytes
-        if need > self._size:
-            size = max(need, 2 * self._size, 1 << 16)
-            os.ftruncate(self._shm_fd, size)
-            if self._mm is not None:
-                try:
-                    self._mm.close()
-                except BufferError:         # a large case's views of it live on
-                    pass
-            self._mm, self._size = mmap.mmap(self._shm_fd, size), size
-        for a, off in zip(arrays, offsets):
-            np.frombuffer(self._mm, np.uint8, a.nbytes, off)[:] = a.reshape(-1).view(np.uint8)
-        descs = [("arr", off, tuple(int(s) for s in a.shape), a.dtype.name)
-                 for a, off in zip(arrays, offsets)]
-        return descs, pos
+        """``arrays`` in a fresh sealed memory file (``self._inputs``, its fd sent with the
+        call's requests); their descriptors, and where the outputs start in the file the
+        worker sends back (``out_bytes`` long: ``exchange``'s ``out``)."""
+        if self._inputs is not None:
+            self._inputs.close()
+        self._inputs, descs = place(arrays)
+        return descs, 0
 
     def _call(self, op, inputs: Inputs, args, timeout, repeat, *, kw=None, outputs: int = 1,
               spec=None) -> CallResult:
@@ -275,7 +293,8 @@ class IsolatedCandidate:
         back = [] if op == "convention" else [
             *zip(ARGUMENT_NAMES, args[1:]), *((k, kw[k]) for k in names)]
         back = [(k, np.asarray(a)) for k, a in back]
-        descs, out_off = self._place(arrays, outputs * size + sum(_aligned(a) for _, a in back))
+        out_bytes = outputs * size + sum(_aligned(a) for _, a in back)
+        descs, out_off = self._place(arrays, out_bytes)
         if inputs.pad:          # the worker hands the logits over as a padded view (fresh)
             descs[0] = (*descs[0], int(inputs.pad))
         kw.update(zip(names, descs[len(args):]))
@@ -295,7 +314,8 @@ class IsolatedCandidate:
             return np.frombuffer(self._mm, dt, n, out_off + k * size).reshape(shape).copy()
 
         def once(i: int) -> CallResult:
-            reply, error, output = self.exchange({**req, "index": i}, timeout, limit=limit)
+            reply, error, output = self.exchange({**req, "index": i}, timeout, limit=limit,
+                                                 fds=[self._inputs.fd], out=out_bytes)
             if reply is None:
                 return CallResult(None, error, output=output)
             try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import mmap
 import os
 import pickle
 import signal
@@ -58,36 +57,44 @@ def _send(sock, obj, fds=()) -> None:
 
 
 from . import shared  # noqa: E402
-from .arrays import padded  # noqa: E402
-from .shared import dtype_named as _dtype  # noqa: E402
+from .arena import (ArenaError, OutputArena, SealedInputs,  # noqa: E402
+                    dtype_named as _dtype)
 
 
 class _Shm:
-    def __init__(self, fd: int):
-        self.fd, self.mm, self.size = fd, None, 0
+    """One request's memory files: its sealed inputs (``fresh``; a streamed call's logits
+    ``logits``, sent first) and the output file the judge asked for (``out``: made once the
+    candidate has returned, so no child it forked maps it; written in place, sealed by
+    ``serve_forever`` before the reply)."""
 
-    def ensure(self, size: int) -> None:
-        if size > self.size:
-            if self.mm is not None:
-                try:
-                    self.mm.close()
-                except BufferError:
-                    pass
-            self.mm, self.size = mmap.mmap(self.fd, size), size
+    def __init__(self):
+        self.inputs = self.logits = self.out = None
+        self.out_size = 0
+
+    def begin(self, fds: list, out_size) -> None:
+        files = [SealedInputs(fd) for fd in fds]
+        self.inputs = files[-1] if files else None
+        self.logits = files[0] if len(files) > 1 else None
+        self.out, self.out_size = None, int(out_size or 0)
 
     def fresh(self, desc):
         """A writable private copy of an array described as ("arr", offset, shape, dtype)."""
-        if not (isinstance(desc, tuple) and desc and desc[0] == "arr"):
-            return desc
-        _, off, shape, dt, *pad = desc
-        dt = _dtype(dt)
-        count = int(np.prod(shape, dtype=np.int64))
-        view = np.frombuffer(self.mm, dt, count, off).reshape(shape)
-        return padded(view, pad[0] if pad else 0)     # pad: --layout strided's row padding
+        if self.inputs is None:
+            raise ArenaError("no memory file came with the request")
+        return self.inputs.fresh(desc)
+
+    @property
+    def mm(self):
+        """The output file's writable mapping."""
+        if not self.out_size:
+            raise ArenaError("the judge asked for no output file")
+        if self.out is None:
+            self.out = OutputArena(self.out_size)
+        return self.out.mm
 
 
 def _write(shm: _Shm, arr, off: int) -> None:
-    """``arr`` as it is (its own dtype: the judge converts it) at ``off`` in shared memory."""
+    """``arr`` as it is (its own dtype: the judge converts it) at ``off`` in the output file."""
     arr = np.ascontiguousarray(arr)
     np.frombuffer(shm.mm, np.uint8, arr.nbytes, off)[:] = arr.reshape(-1).view(np.uint8)
 
@@ -135,6 +142,8 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
         return {"error": None}
     if req["op"] == "convention":
         return serve_convention(cand, shm, req)
+    if req["op"] == "block":                       # a kept repeat's rows (shared.py)
+        return shared.block(req)
     if req["op"] == "fused":                       # fused linear cross-entropy (--hidden)
         from .fused import serve_fused
 
@@ -144,6 +153,7 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
         return {"error": "no Hessian-vector product function was given"}
     if req.get("stream"):               # a large case's logits in place (shared.py)
         return _serve_stream(fn, shm, req)
+    shared.drop()
     if req["index"] == 0:
         _LAST.clear()
     args = tuple(shm.fresh(d) for d in req["args"])
@@ -164,20 +174,23 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
 
 
 def _serve_stream(fn, shm: _Shm, req: dict) -> dict:
-    """A large case (shared.py): ``invoke`` with its sink, repeats and all."""
+    """A large case's one call (shared.py): ``invoke`` with its sink on the sealed logits
+    mapped copy-on-write; a repeat (``keep``) is kept here for ``shared.block`` to send."""
+    if shm.logits is None:
+        raise ArenaError("a streamed call came without its logits' memory file")
+
     def fresh():
-        return (tuple(shared.private(shm, d) if i == 0 else shm.fresh(d)
+        return (tuple(shared.private(shm.logits, d) if i == 0 else shm.fresh(d)
                       for i, d in enumerate(req["args"])),
                 {k: shm.fresh(v) for k, v in req["kw"].items()})
 
-    sink = shared.Sink(shm, req)
+    sink = shared.Keep() if req.get("keep") else shared.Sink(req)
     _, error, notes, nondet = invoke(
-        fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), req["repeat"],
-        pristine=lambda: shared.pristine(shm, req["args"]), sink=sink)
+        fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), 1,
+        pristine=lambda: shared.pristine(shm.logits, shm.inputs, req["args"]), sink=sink)
     if error is not None:
         return {"error": error, "notes": [str(x) for x in notes]}
-    return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet),
-            "out_dtype": sink.dtype}
+    return {"error": None, "notes": [str(x) for x in notes], **sink.fields}
 
 
 def _flush() -> None:
@@ -192,7 +205,7 @@ def start(hvp: bool = True):
     """Boot a worker process: die with the parent, enable faulthandler, read the hello, load
     the TARGET (a load error is replied, then exit), reply ready.  Returns (sock, shm, hello,
     candidate)."""
-    ctl_fd, shm_fd, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
+    ctl_fd, _, parent = (int(x) for x in os.environ["SOFTCHECK_WORKER_FDS"].split(","))
     _prctl(1, signal.SIGKILL)                     # PR_SET_PDEATHSIG: die with the parent
     if os.getppid() != parent:
         os._exit(3)
@@ -202,7 +215,7 @@ def start(hvp: bool = True):
     except (AttributeError, ValueError):
         pass
     sock = socket.socket(fileno=ctl_fd)
-    shm = _Shm(shm_fd)
+    shm = _Shm()
     hello = _recv(sock)
     if hello is None:
         os._exit(0)
@@ -232,12 +245,11 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
         req = _recv(sock, fds)
         if req is None:
             os._exit(0)
-        req["fds"] = list(fds)             # sealed inputs (arena.py): closed after the call
         _flush()
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
         try:
-            shm.ensure(req["shm_size"])
+            shm.begin(fds, req.get("out_size"))   # sealed inputs: closed after the call
             reply = handle(req)
         except (KeyboardInterrupt, SystemExit) as e:
             reply = {"error": f"raised {type(e).__name__}"}
@@ -248,6 +260,16 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
                 reply = {"error": "judging its result failed"}
         if os.getpid() != me:
             os._exit(0)
+        if shm.out_size:                    # the outputs written: sealed, then sent
+            try:
+                if reply.get("error"):
+                    if shm.out is not None:
+                        os.close(shm.out.fd)
+                else:
+                    _ = shm.mm                  # the file made if nothing was written
+                    reply["fds"] = [shm.out.seal()]
+            except (ArenaError, OSError) as e:
+                reply = {"error": f"sending its outputs failed: {e}"}
         _flush()
         reply["seq"] = req["seq"]
         out = [int(f) for f in reply.pop("fds", ())]
@@ -256,6 +278,7 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
         finally:
             close_all(out)
             close_all(fds)
+            shm.out, shm.out_size = None, 0
 
 
 def main() -> None:

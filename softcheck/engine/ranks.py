@@ -16,7 +16,8 @@ from ..candidate.call import CallResult, judged, kwargs_for, repeated, signature
 from ..candidate.described import BadDescription, load_error
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
-from ..candidate.channel import _Died, _Worker, close_shared, shared_file
+from ..candidate.arena import ArenaError, close_all, read_sealed
+from ..candidate.channel import _Died, _Worker
 from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described, reply_fields
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
@@ -35,14 +36,16 @@ def _free_port() -> int:
 
 
 class _Slot:
-    """One rank's shared memory file (``IsolatedCandidate._place`` writes into it)."""
+    """One rank's memory files: its call's sealed inputs (``IsolatedCandidate._place``) and
+    its last reply's sealed outputs (``_mm``, ``_out`` bytes long)."""
 
     def __init__(self):
-        self._shm_fd = shared_file("softcheck-rank")
-        self._mm, self._size = None, 0
+        self._inputs = self._mm = None
+        self._out = 0
 
     def close(self):
-        close_shared(self._mm, self._shm_fd)
+        if self._inputs is not None:
+            self._inputs.close()
 
 
 def _first_dead(ranks: list[_Worker], but: int, within: float) -> int | None:
@@ -101,7 +104,7 @@ class RankedCandidate:
                          "rank": r, "world": self.world, "backend": self.backend, "init": init}
                 # each rank its own sandbox, the network shared (gloo's TCP on loopback);
                 # NCCL's shared memory needs the host's /dev/shm
-                ranks.append(_Worker(slot._shm_fd, hello, self.x64, self.start_timeout,
+                ranks.append(_Worker(hello, self.x64, self.start_timeout,
                                      self.pids, module=RANK_MAIN, wait=False,
                                      memory=self.memory_limit,
                                      host_shm=self.backend == "nccl"))
@@ -199,12 +202,12 @@ class RankedCandidate:
             backs = dict(zip((k for k, _ in back), descs[len(arrays):]))
             w.seq += 1
             req = {"op": "convention" if conv else "call", "seq": w.seq, "index": index,
-                   "shm_size": slot._size, "args": descs[:2], "kw": rkw, "back": backs,
+                   "out_size": slot._out, "args": descs[:2], "kw": rkw, "back": backs,
                    "shape": tuple(shard.shape), "case_dtype": inputs.logits.dtype.name,
                    "out": out_off, "spec": inputs.spec if conv else None}
             placed.append((out_off, size, tuple(shard.shape), backs))
             try:
-                w.send(req)
+                w.send(req, [slot._inputs.fd])       # its sealed inputs (arena.py)
             except (_Died, OSError) as e:
                 return self._failed(r, str(e))
         replies = self._gather(ranks, timeout, fields)
@@ -245,10 +248,19 @@ class RankedCandidate:
                 return self._failed(r, str(e) or "did not finish its reply")
             except OSError as e:                          # any socket error: the call failed
                 return self._failed(r, f"its channel failed ({type(e).__name__}: {e})")
+            sent, w.fds = w.fds, []
             try:
                 got = wire.checked(reply, fields, w.seq)
+                if not got["error"]:              # its outputs, sealed by it, checked here
+                    if len(sent) != 1:
+                        raise ArenaError(f"its reply brought {len(sent)} memory files, not 1")
+                    self._slots[r]._mm = read_sealed(sent.pop(), self._slots[r]._out)
             except wire.ReplyError as e:
                 return self._failed(r, f"sent an invalid reply ({e})")
+            except ArenaError as e:
+                return self._failed(r, f"its outputs did not come back as they must: {e}")
+            finally:
+                close_all(sent)
             if got["error"]:
                 # a peer's death makes the survivors' collectives raise (gloo: "Read error"):
                 # name the rank that died, not the first one to report the broken group
@@ -307,10 +319,12 @@ class RankedCandidate:
 
 
 def _place(slot, arrays: list, out_bytes: int, back: list):
-    """``arrays`` written into a rank's shared file, ``out_bytes`` for its outputs, then room
-    for the arguments it hands back (``back``): descriptors of both, and the output offset."""
+    """``arrays`` in a rank's sealed input file; in its output file ``out_bytes`` for its
+    outputs, then room for the arguments it hands back (``back``): descriptors of both, and
+    the output offset."""
     extra = sum(-(-a.nbytes // 64) * 64 for _, a in back)
     descs, out_off = IsolatedCandidate._place(slot, arrays, out_bytes + extra)
+    slot._out = out_bytes + extra
     pos = out_off + out_bytes
     for _, a in back:
         descs.append(("arr", pos, tuple(int(s) for s in a.shape), a.dtype.name))
