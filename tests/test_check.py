@@ -136,7 +136,7 @@ def test_subprocess_check_passes_for_the_examples():
 def test_pytest_helper_message_is_the_diagnosis():
     assert_gradient_correct(correct, label_smoothing=0.1)
     with pytest.raises(AssertionError, match="sign flipped"):
-        assert_gradient_correct(lambda z, y: -correct(z, y), regime="normal")
+        assert_gradient_correct(lambda z, y: -correct(z, y), regime="normal", in_process=True)
 
 
 def test_mutants_command_exits_0():
@@ -225,7 +225,8 @@ def test_tolerance_native_accepts_plain_bfloat16_arithmetic_and_still_catches_bu
                  "off-by-one-target", "softcap-no-chain"):
         m = by_name[name]
         opts = {k: v for k, v in m.options.items() if k != "dtype"}
-        assert not softcheck.check(m.fn, dtype="bfloat16", tolerance="native", **opts).passed, name
+        assert not softcheck.check(m.fn, dtype="bfloat16", tolerance="native", in_process=True,
+                                  **opts).passed, name
 
 
 def test_candidate_hvp_is_checked_with_order_2():

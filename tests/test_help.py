@@ -46,6 +46,9 @@ def test_check_help_sections_hold_the_right_options():
 
 def test_check_help_shows_defaults_and_explains_tolerance_torch():
     text = " ".join(help_text("check").split())
-    assert "[default: 10]" in text and "[default: strict]" in text
-    for mode in ("strict =", "native =", "torch (--hidden only) ="):
-        assert mode in text
+    assert "[default: 10]" in text
+    tolerance = text[text.index("--tolerance"):text.index("--fd-budget")]
+    assert "[default: " in tolerance
+    modes = re.search(r"--tolerance \[([a-z|]+)\]", tolerance).group(1).split("|")
+    for mode in modes:                                 # every mode explained
+        assert re.search(rf"\b{mode}( \([^)]*\))? =", tolerance), mode

@@ -234,13 +234,17 @@ def test_the_api_judges_outside_the_callers_process():
     """A candidate module that patches softcheck's tolerances and comparison when imported:
     the caller imported it (to pass the function), so the caller's softcheck is patched; the
     judging, in its own process, is not.  (Its patch of Report.passed in the caller's process
-    stays the caller's: nothing can guard objects in a process the candidate shares.)"""
-    import softcheck
-    from candidates.patch_at_import import grad
-
-    rep = softcheck.check(grad, dtype="float64", regime="normal", classes=5, batch=3)
-    assert rep.cases and not any(c.passed for c in rep.cases)
-    assert all(c.comparisons and not all(x.passed for x in c.comparisons) for c in rep.cases)
+    stays the caller's: nothing can guard objects in a process the candidate shares; so this
+    runs in a process of its own, not pytest's.)"""
+    code = ("import softcheck\n"
+            "from candidates.patch_at_import import grad\n"
+            "rep = softcheck.check(grad, dtype='float64', regime='normal', classes=5, batch=3)\n"
+            "assert rep.cases and not any(c.passed for c in rep.cases), rep.cases\n"
+            "assert all(not all(x.passed for x in c.comparisons) for c in rep.cases)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           ["tests", os.environ.get("PYTHONPATH", "")])}, timeout=300)
+    assert r.returncode == 0, r.stderr
 
 
 # ------------------------------------------------------- regressions found by the review pass

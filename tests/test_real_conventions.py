@@ -311,3 +311,26 @@ def test_class_weights_in_their_own_dtype():
     same = cli(*args)                    # without it the weights are bf16, as the logits
     assert same.returncode == 1 and "weight must be float32" in same.stdout
     one_line_exit_2(cli(*args[:-2], "--weight-dtype", "float32"), "--weight-dtype")
+
+
+# ------------------------------------------------------------ P8: --inputs for fused
+
+def test_fused_kernel_judged_on_the_users_arrays(tmp_path):
+    r = np.random.default_rng(0)
+    n, v, h = 6, 40, 16
+    f = tmp_path / "fl.npz"
+    np.savez(f, x=r.standard_normal((n, h)).astype(np.float32),
+             W=(r.standard_normal((v, h)) * 0.5).astype(np.float32),
+             target=r.integers(0, v, n), bias=r.standard_normal(v).astype(np.float32))
+    args = (*FUSED, "--bias", "--inputs", str(f), "--label-smoothing", "0.1", "--rename",
+            "z_loss=lse_square_scale")
+    for fn, passed in (("FusedFunction", True), ("FusedFunctionNoSmoothing", False)):
+        out = tmp_path / f"{fn}.json"
+        res = cli(f"{K}:{fn}", *args, "--json", str(out))
+        assert res.returncode == (0 if passed else 1), res.stdout[-1500:] + res.stderr[-1500:]
+        mine = [c for c in load_report(out.read_text())["cases"] if c["name"] == "inputs[fl.npz]"]
+        assert len(mine) == 1 and mine[0]["passed"] is passed
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((3, 5), np.float32), W=np.zeros((4, 16), np.float32),
+             target=np.zeros(3, int))
+    one_line_exit_2(cli(f"{K}:FusedFunction", *FUSED, "--inputs", str(bad)), "--inputs")

@@ -177,6 +177,64 @@ def test_a_signal_ends_the_run_with_exit_128_plus_n_and_reports_saying_interrupt
     assert leftover_processes(f"REPORT_RUN={run}") == []
 
 
+def _children(pid: int) -> dict[int, bytes]:
+    """``pid``'s child processes and their command lines."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) != pid:
+                        continue
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    out[int(d)] = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def test_sigterm_during_a_parallel_run_stops_its_pool_instead_of_waiting_for_it(tmp_path):
+    """With --jobs the cases run in a process pool: ending the run on SIGTERM waited for
+    the pool's cases to finish (minutes).  The pool's processes are stopped: exit 143 and
+    the reports say interrupted, with no pool process left."""
+    paths = _stale(tmp_path)
+    p = subprocess.Popen([sys.executable, "-m", "softcheck", "run", "--classes", "2048,4096",
+                          "--batch", "256,512", "--dtype", "float64", "--jobs", "2",
+                          *_report_args(paths)], env=_env(), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pool: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        seen: list[list[int]] = []          # both workers, on two looks in a row: started
+        while len(seen) < 2 or len(seen[-1]) < 2 or seen[-1] != seen[-2]:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+            seen.append(sorted(k for k, c in _children(p.pid).items()
+                               if b"multiprocessing.spawn" in c))
+        pool = seen[-1]
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        deadline = time.monotonic() + 5
+        while (left := [k for k in pool if _alive(k)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for k in left:                      # a failing run leaves no orphan behind either
+            os.kill(k, signal.SIGKILL)
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, out, err)
+    assert left == [], left
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    _assert_failing(paths, "interrupted by SIGTERM")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 # ------------------------------------------------------------------------- zero cases
 
 def test_a_pytest_session_that_collects_no_softcheck_case_does_not_write_passed_true(

@@ -23,17 +23,19 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "ignored_fraction", "huge", "seed", "inputs", "list_only"),
     "The loss's options": (
         "weight", "ignore_index", "label_smoothing", "smoothing_convention", "temperature",
-        "softcap", "z_loss", "mean_over", "logit_scale"),
+        "softcap", "z_loss", "mean_over", "logit_scale", "weight_dtype", "all_ignored"),
     "How TARGET is called": (
         "convention", "framework", "args", "rename", "returns", "backward", "hvp_target",
-        "device", "timeout", "repeat", "nondet_tol", "in_process", "memory_limit"),
+        "device", "timeout", "repeat", "nondet_tol", "in_process", "memory_limit", "kwarg",
+        "off_value"),
     "Ranks and fused linear cross-entropy": (
-        "tensor_parallel", "backend", "split", "hidden", "bias", "shape", "shift"),
+        "tensor_parallel", "backend", "split", "rank_setup", "hidden", "bias", "shape",
+        "shift"),
     "References and tolerances": (
         "fd", "order", "probes", "fd_budget", "tolerance", "atol", "rtol"),
     "Output": (
         "json_path", "junit_path", "markdown_path", "json_detail", "verbose", "fail_fast",
-        "jobs", "devices", "plot_path", "debug", "help", "version"),
+        "jobs", "devices", "plot_path", "debug", "help", "_click_default_help", "version"),
 }
 
 
@@ -49,6 +51,8 @@ class Command(click.Command):
             return super().format_options(ctx, formatter)
         rows: dict[str, list] = {}
         for param in self.get_params(ctx):
+            if isinstance(param, click.Argument):      # in the usage line, not a section
+                continue
             row = param.get_help_record(ctx)
             if row is not None:
                 title = next((t for t, names in HELP_SECTIONS.items() if param.name in names),

@@ -101,20 +101,37 @@ def write_final(texts: dict[str, str]) -> None:
                              "says the run is incomplete") from e
 
 
+#: seconds the run may take to wind down after a signal before softcheck ends regardless
+GRACE = 5.0
+_SAID = threading.Lock()
+
+
 def _on_signal(signum, frame) -> None:
+    """End the run: stop the pool's processes (their cases have no verdict to wait for),
+    raise :class:`Interrupted` in the main thread, and end the process after :data:`GRACE`
+    seconds if unwinding hangs (a pool or a thread waiting on a case)."""
     if _SIGNALLED:                      # the second one: end now, the markers are in place
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     _SIGNALLED.append(signum)
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    timer = threading.Timer(GRACE, lambda: os._exit(_interrupted(signum)))
+    timer.daemon = True               # never cancelled: the exit itself may hang
+    timer.start()
     raise Interrupted(signum)
 
 
 def _interrupted(signum: int) -> int:
-    """Mark the reports interrupted, say so on one line, and return the exit code."""
+    """Mark the reports interrupted, say so on one line (once), and return the exit code."""
     from ..report import incomplete
     from ..report.files import write_all
 
+    if not _SAID.acquire(blocking=False):
+        return 128 + signum
     name = signal.Signals(signum).name
     reason = f"incomplete run: softcheck was interrupted by {name} before it finished"
     try:
@@ -158,3 +175,5 @@ class ReportsFirst(Group):
                 signal.signal(s, h)
             _MARKED.clear()
             _SIGNALLED.clear()
+            if _SAID.locked():
+                _SAID.release()

@@ -113,7 +113,8 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.cases)
+        """Every case passed, and there was at least one: judging nothing never passes."""
+        return bool(self.cases) and all(c.passed for c in self.cases)
 
     @property
     def failed(self) -> list[CaseResult]:

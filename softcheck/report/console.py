@@ -338,11 +338,25 @@ def render_mutants(results, console) -> bool:
 
     from ..tools.mutants import summary
 
-    table = Table(header_style="bold", pad_edge=False)
-    for col in ("mutant", "options", "caught", "named", "verdict"):
-        table.add_column(col)
+    from rich import box
+
+    # one row per mutant at any width: the options column is cut (…) where the console is
+    # narrow, and the regimes a mutant is caught in only shown where there is room
+    wide = console.width >= 140
+    rows = []
     for r in results:
-        table.add_row(*r.row(), style="green" if r.ok else "bold red")
+        name, opts, caught, named, verdict = r.row()
+        rows.append([name, caught if wide else caught.split(" (")[0], named, verdict, opts])
+    heads = ("mutant", "caught", "named", "verdict", "options")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+    room = max(12, console.width - sum(widths[:4]) - 3 * 4 - 2)   # 3: padding, divider
+    table = Table(header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
+    for h, w in zip(heads[:4], widths):
+        table.add_column(h, no_wrap=True, min_width=w)
+    table.add_column("options", no_wrap=True, overflow="ellipsis", max_width=room)
+    for r, row in zip(results, rows):
+        opts = row[4] if len(row[4]) <= room else row[4][:room - 1] + "…"
+        table.add_row(*row[:4], opts, style="green" if r.ok else "bold red")
     console.print(table)
     ok, line = summary(results)
     console.print(line, style="bold green" if ok else "bold red", markup=False)

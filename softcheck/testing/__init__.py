@@ -70,6 +70,7 @@ def check_case(fn: Callable[..., Any], case: Case, *, timeout: float | None = DE
     the pytest test id."""
     __tracebackhide__ = True
     from ..candidate.sandbox import parse_size
+    from ..report.escape import plain
     from ..report.text import failure_text, why
 
     result = _judge_case(fn, case, CallPolicy(timeout, repeat, nondet_tol, True,
@@ -81,7 +82,8 @@ def check_case(fn: Callable[..., Any], case: Case, *, timeout: float | None = DE
     if not result.passed:
         first = why(result)
         more = [f"  hint: {d}" for d in result.diagnosis if d != first]
-        raise AssertionError("\n".join([first, *more, failure_text(result, compact=True)]))
+        raise AssertionError(plain("\n".join([first, *more,      # candidate text: escaped
+                                               failure_text(result, compact=True)])))
     return result
 
 
@@ -123,6 +125,7 @@ def assert_gradient_correct(fn: Callable[..., Any], **options: Any) -> None:
     CLI); raise AssertionError, the most common hint on its first line, if it is wrong."""
     __tracebackhide__ = True
     import softcheck
+    from softcheck.report.escape import plain
     from softcheck.report.text import counted, failure_text, why
 
     report = softcheck.check(fn, **options)
@@ -132,7 +135,7 @@ def assert_gradient_correct(fn: Callable[..., Any], **options: Any) -> None:
         s = report.summary()
         hints = counted(c.diagnosis for c in report.failed)
         first = hints[0][0] if hints else why(report.failed[0])
-        details = "\n".join(failure_text(c) for c in report.failed[:5])
+        details = plain("\n".join(failure_text(c) for c in report.failed[:5]))
         more = f"\n... and {s['failed'] - 5} more" if s["failed"] > 5 else ""
         raise AssertionError(f"{first}\ngradient is wrong in {s['failed']} of {s['total']} "
                              f"cases:\n{details}{more}")
