@@ -274,15 +274,19 @@ def isolation_rows(repeats: int = 3) -> list:
                 f"{inp:.3g} s (run {inp_run:.3g} s)", "1×", "", ""))
     from softcheck.candidate.worker import IsolatedCandidate
 
-    starts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        c = IsolatedCandidate(os.path.abspath("scripts/examples/numpy_ce.py") + ":grad", None,
-                              "x")
-        starts.append(time.perf_counter() - t0)
-        c.close()
-    out.append(("—", "worker start-up (spawn + import + load)", f"{min(starts):.3g} s", "", "",
-                f"best of {repeats}"))
+    for switch, what in (("1", "sandboxed (user+PID+mount namespaces)"),
+                         ("0", "no namespaces (SOFTCHECK_SANDBOX=0)")):
+        os.environ["SOFTCHECK_SANDBOX"] = switch
+        starts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            c = IsolatedCandidate(os.path.abspath("scripts/examples/numpy_ce.py") + ":grad",
+                                  None, "x")
+            starts.append(time.perf_counter() - t0)
+            c.close()
+        out.append(("—", f"worker start-up (spawn + import + load), {what}",
+                    f"{min(starts):.3g} s", "", "", f"best of {repeats}"))
+    os.environ.pop("SOFTCHECK_SANDBOX", None)
     big = [sys.executable, "-m", "softcheck", "check", cand, "--classes", "262144", "--batch",
            "8", "--dtype", "float64", "--regime", "normal", "--json", "-"]
     for mode, extra in (("isolated", []), ("--in-process", ["--in-process"])):

@@ -14,13 +14,19 @@ from __future__ import annotations
 __all__ = ["run", "check", "loss", "gradient", "as_torch", "Report", "SoftcheckError",
            "__version__"]
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .spec import SoftcheckError
+
+if TYPE_CHECKING:                   # what the lazy names are, for type checkers
+    from .api import as_torch, check, gradient, loss, run
+    from .engine.results import Report
 
 _API = {"run", "check", "loss", "gradient", "as_torch"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """The public API on first use: a worker process importing ``softcheck.candidate`` does
     not pay for the judge's modules (ml_dtypes alone takes a second to import)."""
     if name in _API or name == "Report":

@@ -73,7 +73,9 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
                   "path": [p for p in sys.path if p]})
 
 
-def _check_here(fn, hvp, backward, call, options, policy, fail_fast) -> Report:
+def _check_here(fn: Callable[..., Any], hvp: Callable[..., Any] | None,
+                backward: Callable[..., Any] | None, call: dict, options: dict, policy: Any,
+                fail_fast: bool) -> Report:
     """``check(..., in_process=True)``: the judge and the candidate in this process."""
     import dataclasses
 

@@ -89,6 +89,7 @@ class Candidate:
     hvp_source: str | None = None
     settings: Settings = Settings()   # how it is called (--convention)
     backward: object = None         # split: the backward kernel
+    probe: object = None            # the worker that described it (load.isolated reuses it)
 
     isolated = False                # the CandidateProtocol (protocol.py): in this process
     x64 = None

@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 
-from .sandbox import explain as _explain, read_status, resolve, spawn, worker_pid
+from .sandbox import explain as _explain, read_status, release, resolve, spawn, worker_pid
 from .arena import ArenaError, close_all, recv_with_fds, send_with_fds
 from .call import OUTPUT_LIMIT, clip_output
 from .processes import _descendants, _kill, _proc_table, _set_subreaper, _tagged
@@ -66,8 +66,9 @@ class _Worker:
             env["JAX_ENABLE_X64"] = "1"
         env.update(extra or {})
         self.memory = resolve(memory)
+        self.cgroup = None
         try:                            # in its sandbox (sandbox.py): the helper's Popen
-            self.proc, status = spawn(
+            self.proc, status, self.cgroup = spawn(
                 [sys.executable, "-m", module], env=env, stdout=self.out,
                 pass_fds=(child_sock.fileno(), shm_fd), memory=self.memory,
                 host_shm=host_shm)
@@ -245,6 +246,7 @@ class _Worker:
                 break
             time.sleep(0.01)
         close_all(self.fds)
+        release(self.cgroup)                    # killing whatever is still in it
         for f in (self.sock, self.out):
             f.close()
         if self.pidfd is not None:

@@ -35,30 +35,34 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
         st = dataclasses.replace(st, backward=located(b))   # absolute: a worker reloads it
     source = located(target)
     hvp_source = located(hvp) if hvp else None
+    probe = None
     if in_process:
         fn = _load(source, target)
         h = _load(hvp_source, hvp) if hvp_source else None
         bwd = _load(st.backward, st.backward) if st.backward else None
     else:
-        fn, h, bwd = described_by_worker(source, hvp_source, label or target, st)
+        probe = describing_worker(source, hvp_source, label or target, st)
+        fn, h, bwd = probe.described, probe.described_hvp, probe.described_backward
     try:
         if st.tensor_parallel > 1 and (st.framework or describe(fn).framework) == "jax":
             check_sharded(fn, st)            # (before resolve's --device check)
         st = resolve(fn, st, bwd=bwd)
     except SoftcheckError as e:
+        if probe is not None:
+            probe.close()
         raise SoftcheckError(f"TARGET {target}: {e}") from None
     return Candidate(fn, label or target, hvp=h, source=source, hvp_source=hvp_source,
-                     settings=st, backward=bwd)
+                     settings=st, backward=bwd, probe=probe)
 
 
-def described_by_worker(source: str, hvp_source: str | None, label: str, st: Settings):
-    """The TARGET (and its hvp and backward) imported in a short-lived worker process and
-    described there: (fn, hvp, backward) as ``Described`` (None where not given).  A TARGET
-    that cannot be imported, or whose process dies or lies while loading, is one line."""
+def describing_worker(source: str, hvp_source: str | None, label: str, st: Settings):
+    """A worker process that imported the TARGET (and its hvp and backward) and described
+    them (``.described``, ``.described_hvp``, ``.described_backward``: ``Described`` or None);
+    it goes on to serve the TARGET's calls when they need no other start (``isolated``).  A
+    TARGET that cannot be imported, or whose process dies or lies while loading, is one line."""
     from .worker import IsolatedCandidate
 
-    with IsolatedCandidate(source, hvp_source, label, x64=True, settings=st) as probe:
-        return probe.described, probe.described_hvp, probe.described_backward
+    return IsolatedCandidate(source, hvp_source, label, x64=True, settings=st)
 
 
 def located(target: str) -> str:
@@ -159,11 +163,18 @@ def source_of(fn) -> str | None:
     ``path.py:name``), or None for what cannot be (a lambda, a closure, a method, a function
     of the ``__main__`` script, which re-importing would run again)."""
     name, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
-    if not name or not module or not name.isidentifier() or module == "__main__":
+    if not module or module == "__main__":
         return None
     mod = sys.modules.get(module)
-    if mod is None or getattr(mod, name, None) is not fn:
+    if mod is None:
         return None
+    if not (name and name.isidentifier() and getattr(mod, name, None) is fn):
+        # a wrapped function bound at module level under another name (jax.custom_vjp of a
+        # closure, a decorated function): the module's own name for it
+        name = next((k for k, v in list(vars(mod).items()) if v is fn and k.isidentifier()),
+                    None)
+        if name is None:
+            return None
     path = getattr(mod, "__file__", None)
     if _importable_by_name(module, path):
         return f"{module}:{name}"
@@ -200,5 +211,11 @@ def isolated(cand: Candidate, *, x64: bool, memory_limit: int | None = None):
         return None
     if cand.backward is not None and not cand.settings.backward:
         return None
+    probe = cand.probe
+    if probe is not None:              # the worker that described it, if it can serve
+        if probe.serve_as(cand.source, cand.hvp_source, cand.settings, x64=x64,
+                          memory_limit=memory_limit):
+            return probe
+        probe.close()
     return IsolatedCandidate(cand.source, cand.hvp_source, cand.label, x64=x64,
                              settings=cand.settings, memory_limit=memory_limit)

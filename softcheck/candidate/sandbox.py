@@ -27,8 +27,18 @@ INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_init.py
 SWITCH = "SOFTCHECK_SANDBOX"
 #: of MemTotal, the default --memory-limit
 DEFAULT_FRACTION = 0.75
-#: processes and threads of one sandbox (where the kernel counts them: not for uid 0)
+#: processes and threads of one sandbox (a cgroup's pids.max, else RLIMIT_NPROC, which the
+#: kernel does not apply to uid 0); $SOFTCHECK_PIDS_LIMIT overrides it
 NPROC = 4096
+PIDS_SWITCH = "SOFTCHECK_PIDS_LIMIT"
+
+
+def pids_limit() -> int:
+    """The process limit in effect: $SOFTCHECK_PIDS_LIMIT (at least 64) or NPROC."""
+    try:
+        return max(64, int(os.environ[PIDS_SWITCH]))
+    except (KeyError, ValueError):
+        return NPROC
 #: what an allocation that failed says (numpy, torch, JAX/XLA, C++)
 _OOM = re.compile(r"MemoryError|Unable to allocate|can't allocate memory|RESOURCE_EXHAUSTED|"
                   r"out of memory|bad_alloc|Cannot allocate memory", re.I)
@@ -99,18 +109,85 @@ def _mountpoint() -> str:
     return _state["tmp"]
 
 
+def pids_cgroup() -> tuple[str, str] | None:
+    """A fresh cgroup allowing ``pids_limit()`` processes and threads, which the sandbox's helper joins
+    before it starts anything: ``(path, how)``, or None where no pids controller is writable
+    (cgroup v2 with the pids controller delegated, else cgroup v1's pids hierarchy)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [ln.split() for ln in f]
+        with open("/proc/self/cgroup") as f:
+            mine = [ln.rstrip("\n").split(":", 2) for ln in f]
+    except OSError:
+        return None
+    places = []
+    for _, point, fstype, opts, *_ in mounts:
+        if fstype == "cgroup2":
+            own = next((p for h, c, p in mine if h == "0"), None)
+            places.append((point, own, "cgroup v2 pids.max"))
+        elif fstype == "cgroup" and "pids" in opts.split(","):
+            own = next((p for h, c, p in mine if "pids" in c.split(",")), None)
+            places.append((point, own, "cgroup v1 pids.max"))
+    for point, own, how in places:
+        if own is None:
+            continue
+        path = os.path.join(point + own, f"softcheck-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(path, "pids.max"), "w") as f:
+                f.write(str(pids_limit()))
+            return path, how
+        except OSError:
+            release(path)
+    return None
+
+
+def release(path: str | None) -> None:
+    """Remove a sandbox's cgroup once its processes are gone (a few tries: the kernel takes
+    the last exiting ones out a moment after they are reaped)."""
+    import signal
+    import time
+
+    for _ in range(50):
+        if not path:
+            return
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                for pid in f.read().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (OSError, ValueError):
+                        pass
+        except OSError:
+            pass
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
 def spawn(argv: list[str], *, env: dict, pass_fds: tuple, stdout, memory: int | None,
-          host_shm: bool = False) -> tuple[subprocess.Popen, int]:
+          host_shm: bool = False) -> tuple[subprocess.Popen, int, str | None]:
     """Start ``argv`` (the worker) in a sandbox; returns the helper's Popen (it ends as the
-    worker ends, a signal as the same signal) and the fd its status line comes on."""
+    worker ends, a signal as the same signal), the fd its status line comes on, and the
+    cgroup limiting its processes (``release`` it after it ended), if any."""
     _harden_judge()
+    cgroup = pids_cgroup()
     r, w = os.pipe()
     tmp = _mountpoint()
     off = os.environ.get(SWITCH, "").strip().lower() in ("0", "off", "no", "false")
     spec = {"parent": os.getpid(), "status_fd": w, "tmp": tmp, "memory": memory,
             "tmpfs": memory, "host_shm": host_shm, "namespaces": not off,
             "why_not": f"{SWITCH}={os.environ.get(SWITCH)}" if off else None,
-            "nproc": NPROC if os.getuid() != 0 else None}
+            "nproc": pids_limit() if os.getuid() != 0 and cgroup is None else None,
+            "pids_cgroup": cgroup and cgroup[0], "pids_by": cgroup and cgroup[1],
+            "pids_max": pids_limit() if cgroup else None}
     env = {**env, "TMPDIR": tmp, "XDG_CACHE_HOME": os.path.join(tmp, "cache")}
     env.setdefault("TRITON_CACHE_DIR", os.path.join(tmp, "triton"))
     if memory:
@@ -122,10 +199,11 @@ def spawn(argv: list[str], *, env: dict, pass_fds: tuple, stdout, memory: int | 
             pass_fds=(*pass_fds, w), start_new_session=True, env=env, cwd=os.getcwd())
     except BaseException:
         os.close(r)
+        release(cgroup and cgroup[0])
         raise
     finally:
         os.close(w)
-    return proc, r
+    return proc, r, cgroup and cgroup[0]
 
 
 def read_status(fd: int, timeout: float | None) -> dict:
@@ -179,12 +257,13 @@ def _children(pid: int) -> list[int]:
 def report(info: dict) -> dict:
     """What the report says of the sandbox (schema: candidate_process.<label>.sandbox)."""
     keys = ("kind", "user", "pid", "mount", "read_only", "no_new_privs", "parent_death_signal",
-            "memory_limit", "memory_by", "pids_limit", "why")
+            "memory_limit", "memory_by", "pids_limit", "pids_by", "why")
     out = {k: info.get(k) for k in keys if k in info}
     out.setdefault("kind", "unknown")
     if out.get("pids_limit") is None:
-        out["pids_why"] = ("none: the kernel does not count uid 0's processes against "
-                           "RLIMIT_NPROC, and no cgroup is used")
+        out["pids_why"] = info.get("pids_why") or (
+            "none: the kernel does not count uid 0's processes against RLIMIT_NPROC, and no "
+            "writable cgroup pids controller was found")
     if out["kind"] != "namespaces":      # the console's one line (report/console.py)
         out["weaker"] = "sandbox: " + (info.get("why") or "its helper did not say what it "
                                                           "set up")

@@ -208,7 +208,14 @@ def main() -> None:
     prctl(PR_SET_DUMPABLE, 0)
     info = {"user": os.getuid(), "no_new_privs": True, "parent_death_signal": True,
             "memory_limit": spec.get("memory"), "pids_limit": spec.get("nproc"),
+            "pids_by": "rlimit_nproc" if spec.get("nproc") else None,
             "memory_by": "rlimit_data" if spec.get("memory") else None}
+    if spec.get("pids_cgroup"):             # first, before anything here forks
+        try:
+            _write(os.path.join(spec["pids_cgroup"], "cgroup.procs"), "0")
+            info.update(pids_limit=spec["pids_max"], pids_by=spec["pids_by"])
+        except OSError as e:
+            info["pids_why"] = f"joining its cgroup failed: {e.strerror or e}"
     try:
         if not spec.get("namespaces", True):
             raise OSError(0, f"turned off by {spec.get('why_not')}")

@@ -63,6 +63,7 @@ class IsolatedCandidate:
         self._shared = None                       # a large case's logits (shared.py)
         self._worker: _Worker | None = None
         self._closed = False
+        self._serving = False                     # serve_as took it (once)
         _CANDIDATES.add(self)
         try:
             ready = self._start().ready
@@ -115,6 +116,21 @@ class IsolatedCandidate:
         kw["variants"] = variants
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
                           kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
+
+    def serve_as(self, source, hvp_source, settings, *, x64: bool,
+                 memory_limit: int | None) -> bool:
+        """This worker, which described the TARGET (load.describing_worker), serves its calls
+        too when it was started as they need (same TARGET, memory limit, and JAX float64 for a
+        JAX TARGET); its settings become the resolved ones.  Once: False after that."""
+        if (self._closed or self._serving or source != self.source
+                or hvp_source != self.hvp_source or memory_limit != self.memory_limit
+                or (x64 != self.x64 and settings.framework == "jax")):
+            return False
+        reply, error, _ = self.exchange({"op": "settings", "settings": settings}, 60.0)
+        if error is not None or reply is None:
+            return False
+        self.settings, self._serving = settings, True
+        return True
 
     def call_fused(self, fi, *, timeout=None, repeat: int = 1):
         """Fused linear cross-entropy in the worker (fused.call_in_worker)."""

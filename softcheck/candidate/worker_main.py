@@ -119,6 +119,9 @@ def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
 
 def serve_call(cand, shm: _Shm, req: dict) -> dict:
     """One request: the candidate called (``invoke``), its gradient written to shared memory."""
+    if req["op"] == "settings":                    # the judge resolved how it is called
+        cand.settings = req["settings"]
+        return {"error": None}
     if req["op"] == "convention":
         return serve_convention(cand, shm, req)
     if req["op"] == "fused":                       # fused linear cross-entropy (--hidden)

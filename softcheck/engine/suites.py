@@ -78,6 +78,8 @@ def _isolate(jobs: list[Job]) -> tuple[list[Job], list, dict]:
                 out.append(job)
                 continue
             if id(cand) not in started and cand.settings.tensor_parallel > 1:
+                if cand.probe is not None:         # its ranks start as ranks: not reused
+                    cand.probe.close()
                 started[id(cand)] = _ranked(cand, job, jobs)
                 st = cand.settings
                 process[cand.label] = {"isolated": True, "repeat": job.policy.repeat,

@@ -236,6 +236,8 @@ SANDBOX = _d(_obj({
     "memory_limit": _d(_INT_OR_NULL, "Bytes of memory it may allocate (--memory-limit)."),
     "memory_by": _d({"type": ["string", "null"]}, "How: rlimit_data (RLIMIT_DATA)."),
     "pids_limit": _d(_INT_OR_NULL, "Processes and threads it may have (RLIMIT_NPROC)."),
+    "pids_by": _d({"type": ["string", "null"]}, "How: a cgroup's pids.max (v2 or v1), or "
+                                                "rlimit_nproc."),
     "pids_why": _d({"type": "string"}, "Why there is no process limit."),
     "why": _d({"type": "string"}, "Why it is weaker than the full sandbox."),
     "weaker": _d({"type": "string"}, "The line the console prints when it is weaker."),

@@ -84,7 +84,14 @@ def _daemon() -> None:
     os.wait()
 
 
-ATTACKS = {"sigkill_judge": lambda: _signal(signal.SIGKILL),
+def _fork_bomb() -> None:
+    """Start sleeping processes until the kernel refuses (at most 6000; posix_spawn, so each
+    costs a millisecond, not a copy of this process): the refusal is raised."""
+    for _ in range(6000):
+        os.posix_spawn("/bin/sleep", ["sleep", "120"], {})
+
+
+ATTACKS = {"fork_bomb": _fork_bomb,"sigkill_judge": lambda: _signal(signal.SIGKILL),
            "sigstop_judge": lambda: _signal(signal.SIGSTOP),
            "sigterm_judge": lambda: _signal(signal.SIGTERM),
            "fsize_judge": _fsize, "write_judge_memory": _write_memory, "daemon": _daemon}
