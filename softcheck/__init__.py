@@ -11,6 +11,24 @@ Public API (JAX is imported only when a JAX reference is needed)::
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+
+def _python_m_softcheck() -> bool:
+    """Whether this is ``python -m softcheck`` importing its package (runpy sets argv[0] to
+    "-m" until the module is found).  That command puts the working folder first on sys.path
+    and the judge imports modules as it goes (numpy below, rich and xml later): a module
+    planted there under such a name would run in the judge."""
+    a = _sys.orig_argv
+    return _sys.argv[:1] == ["-m"] and ("-msoftcheck" in a or any(
+        x == "-m" and y == "softcheck" for x, y in zip(a, a[1:])))
+
+
+if _python_m_softcheck() and _sys.path[:1] in ([""], [_os.getcwd()]):
+    del _sys.path[0]     # before anything else is imported (a TARGET module still resolves
+                         # from the working folder: the worker adds it, candidate/load.py)
+
 __all__ = ["run", "check", "loss", "gradient", "as_torch", "Report", "SoftcheckError",
            "__version__"]
 

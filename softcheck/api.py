@@ -2,30 +2,86 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
+import textwrap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from .engine.results import Report
 from .candidate.call import DEFAULT_TIMEOUT
 from .spec import SoftcheckError
-from .suite.config import config
+from .suite.config import AXES, CALL_KEYS, CONFIG_KEYS, config
 
 METHODS = ("analytic", "autodiff", "finite_difference")
+#: the call options ``check`` takes (backward is a callable here): the CLI's, one list
+CALL_OPTIONS = tuple(k for k in CALL_KEYS if k != "backward")
+POLICY_OPTIONS = ("timeout", "repeat", "nondet_tol", "in_process", "memory_limit",
+                  "fail_fast", "hvp", "backward")
+_KEYWORDS = frozenset(CONFIG_KEYS + CALL_OPTIONS + POLICY_OPTIONS)
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
 
 
+def in_api_words(message: str) -> str:
+    """A message of the one validator (it names CLI flags) in the API's words: ``--dtype``
+    is the keyword ``dtype``."""
+    def word(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return name if name in _KEYWORDS else m.group(0)
+    return _FLAG.sub(word, message)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def api_errors(fn: F) -> F:
+    """``fn`` with every SoftcheckError in the API's words (:func:`in_api_words`)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except SoftcheckError as e:
+            raise SoftcheckError(in_api_words(str(e))) from None
+    return cast(F, wrapper)
+
+
+def api_options(options: dict) -> dict:
+    """The CLI's spellings accepted: an axis as a comma string (``dtype="float32,bfloat16"``,
+    ``classes="10,100"``) as well as a list; validated (the errors name the keyword)."""
+    out = dict(options)
+    for k in AXES:
+        v = out.get(k)
+        if isinstance(v, str) and "," in v or k in ("classes", "batch") and isinstance(v, str):
+            parts = [p.strip() for p in v.split(",")]
+            if k in ("classes", "batch"):
+                try:
+                    parts = [int(p) for p in parts]
+                except ValueError:
+                    raise SoftcheckError(f"{k} takes whole numbers (a list or a comma string), "
+                                         f"got {v!r}") from None
+            out[k] = parts
+    config(**out)                                 # validated here, in the caller's words
+    return out
+
+
+@api_errors
+def api_config(**options: Any):
+    """The suite options (the CLI's ``run`` options, underscored) as a validated Config."""
+    return config(**api_options(options))
+
+
+@api_errors
 def run(*, fail_fast: bool = False, **options: Any) -> Report:
     """Check analytic vs autodiff vs finite differences over the suite (``softcheck run``)."""
     from .engine.suites import run as _run
 
-    return _run(config(**options), fail_fast=fail_fast)
+    return _run(api_config(**options), fail_fast=fail_fast)
 
 
-CALL_OPTIONS = ("convention", "framework", "args", "rename", "returns", "device")
-
-
+@api_errors
 def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, repeat: int = 2,
           nondet_tol: float | None = None, in_process: bool = False, fail_fast: bool = False,
           memory_limit: int | str | None = None,
@@ -48,6 +104,7 @@ def check(fn: Callable[..., Any], *, timeout: float | None = DEFAULT_TIMEOUT, re
     from .candidate.sandbox import parse_size
 
     call = {k: options.pop(k) for k in CALL_OPTIONS if k in options}
+    options = api_options(options)
     policy = CallPolicy(timeout, repeat, nondet_tol, not in_process,
                         None if memory_limit is None else parse_size(memory_limit))
     if in_process:
@@ -84,11 +141,24 @@ def _check_here(fn: Callable[..., Any], hvp: Callable[..., Any] | None,
     from .engine.suites import check_candidate
 
     bname = None if backward is None else getattr(backward, "__qualname__", repr(backward))
-    st = resolve(fn, settings(backward=bname, **call), bwd=backward)
+    st = resolve(fn, settings(backward=bname, fused=options.get("hidden") is not None,
+                              shape=options.get("shape"), shift=options.get("shift"), **call),
+                 bwd=backward)
     cand = dataclasses.replace(Candidate.from_callable(fn, hvp=hvp), settings=st,
                                backward=backward)
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)
 
+
+def _doc(title: str, words) -> str:
+    return "\n\n" + textwrap.fill(f"{title}: {', '.join(words)}.", 88,
+                                  initial_indent="    ", subsequent_indent="    ")
+
+
+_SUITE_DOC = _doc("Suite keywords (softcheck run's options, underscored; an axis, "
+                  f"{', '.join(AXES)}, takes one value, a list or a comma string)", CONFIG_KEYS)
+run.__doc__ = (run.__doc__ or "") + _SUITE_DOC
+check.__doc__ = (check.__doc__ or "") + _SUITE_DOC + _doc(
+    "How fn is called (softcheck check's options)", CALL_OPTIONS)
 
 def loss(logits: Any, target: Any, **options: Any) -> np.ndarray:
     """The loss with PyTorch ``F.cross_entropy`` semantics (float64; (N,) for none)."""

@@ -47,7 +47,7 @@ def _ranks():
 
 def _shard_map():
     pytest.importorskip("jax")
-    from softcheck.engine.ranks import ShardMapCandidate
+    from softcheck.engine.shardmap import ShardMapCandidate
 
     src = f"{JAX_RANKS}:vocab_parallel_ce"
     st = load(src, settings=settings(convention="loss", tensor_parallel=2,

@@ -85,8 +85,6 @@ def test_a_module_patching_the_judge_at_import_patches_nothing_that_judges(tmp_p
         c["passed"] for c in report["cases"])
 
 
-@pytest.mark.xfail(strict=True, reason="the report paths are marked incomplete only after the "
-                   "TARGET loads (branch reports fixes it: remove this mark then)")
 def test_a_module_ending_in_sys_exit_0_does_not_end_softcheck_with_exit_0(tmp_path):
     """SystemExit raised by the TARGET's import in softcheck's process was not caught: exit 0
     with the stale passing report left in place.  Now the import happens in the worker: the

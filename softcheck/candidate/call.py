@@ -1,12 +1,14 @@
-"""Call the user's gradient function on one case: fresh inputs, repeated, checked, converted.
+"""Call the user's gradient function on one case: one guarded call on fresh inputs.
 
-Calling convention (fixed): ``fn(logits, target, **kw)``; ``logits`` a fresh writable numpy
+The gradient convention: ``fn(logits, target, **kw)``; ``logits`` a fresh writable numpy
 copy (N, C) in the case dtype, ``target`` int64 (N,) or float (N, C); ``kw`` holds those of
 :data:`OPTION_NAMES` the function declares (all of them if it takes ``**kwargs``).  It returns
 ∂L/∂logits as anything array-like (numpy, JAX, torch, also requiring grad or on a GPU).
 
-:func:`invoke` is the one place a candidate is called: in its worker process
-(``worker_main``) or, with ``--in-process``, here (:meth:`Candidate.call`).
+:func:`call_once` (and :func:`convention_once` for the other conventions) is one call as
+the candidate made it: what a worker process runs per request (``worker_main``) and, with
+``--in-process``, :meth:`Candidate.call` here.  The judge repeats, compares, checks and
+converts (record.py).  :func:`invoke` is a large streamed case's loop (shared.py's sink).
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import OPTION_NAMES, Inputs, SoftcheckError
-from .conventions import CallFailed, Settings
+from .conventions import CallFailed, Settings, plain_keywords
 from .conventions import run as run_convention
 
 from .arrays import (CandidateError, layout_note, max_difference, padded,  # noqa: F401
                      same_values, to_array)
 from .errors import format_exception
+from .record import (OUTPUT_LIMIT, CallResult, clip_output, judged,  # noqa: F401
+                     repeated, x64_off)
 
-#: the captured output of one call kept in a report (the rest is counted, not kept)
-OUTPUT_LIMIT = 4096
 #: seconds one call may take unless --timeout says otherwise (0: no limit)
 DEFAULT_TIMEOUT = 600.0
 
@@ -61,21 +63,6 @@ class CallPolicy:
     def limit(self) -> float | None:
         """The per-call limit in seconds, or None for none."""
         return self.timeout or None
-
-
-@dataclass(frozen=True)
-class CallResult:
-    grad: np.ndarray | None
-    error: str | None = None
-    notes: tuple[str, ...] = ()
-    output: str = ""           # what the call printed (stdout and stderr, file-descriptor level)
-    nondet: float = 0.0        # max |difference| between repeated calls on identical inputs
-    # the forward's values (convention loss/inplace/split), float64 numpy; None if not returned
-    loss: np.ndarray | None = None
-    z_loss: np.ndarray | None = None
-    lse: np.ndarray | None = None
-    variants: tuple = ()        # (label, upstream g, gradient) for the other upstream gradients
-    ranks: tuple = ()           # --tensor-parallel: (rank, start, stop, loss, width) per rank
 
 
 @dataclass
@@ -114,7 +101,7 @@ class Candidate:
         return name in params or varkw
 
     def kwargs(self, inputs: Inputs) -> dict:
-        return kwargs_for(inputs, self.takes)
+        return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
@@ -132,16 +119,16 @@ class Candidate:
         return _in_process(self.hvp, args, self.kwargs(inputs), inputs, timeout, 1)
 
     def call_fused(self, fi, *, timeout=None, repeat: int = 1):
-        """Fused linear cross-entropy in this process (fused.invoke_fused)."""
-        import dataclasses as dc
+        """Fused linear cross-entropy in this process: ``fused_once`` on fresh copies,
+        ``repeat`` times (the judge's loop, ``fused_repeated``)."""
+        from .fused import fused_once, fused_repeated
 
-        from .fused import invoke_fused
+        def one(i):
+            return fused_once(self.fn, self.settings, dataclasses.replace(
+                fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
+                bias=None if fi.bias is None else fi.bias.copy()))
 
-        def fresh():
-            return dc.replace(fi, x=fi.x.copy(), lm_weight=fi.lm_weight.copy(),
-                              bias=None if fi.bias is None else fi.bias.copy())
-
-        return invoke_fused(self.fn, self.settings, fresh, repeat)
+        return fused_repeated(one, repeat)
 
     def shared_logits(self, shape, dtype, pad: int = 0) -> None:
         """None: a large case's logits are drawn in this process's memory."""
@@ -167,31 +154,20 @@ def signature_of(fn) -> tuple[tuple[str, ...], bool]:
     return tuple(ps), any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
 
-def kwargs_for(inputs: Inputs, takes: Callable[[str], bool]) -> dict:
-    """The keyword options a candidate declares, with their values for this case."""
-    s = inputs.spec
-    go = np.asarray(inputs.grad_output)
-    values = {
-        "weight": None if inputs.weight is None else np.array(inputs.weight, copy=True),
-        "ignore_index": -100 if s.ignore_index is None else s.ignore_index,
-        "reduction": s.reduction,
-        "label_smoothing": s.label_smoothing,
-        "smoothing_convention": s.smoothing_convention,
-        "temperature": s.temperature,
-        "softcap": s.softcap,
-        "z_loss": s.z_loss,
-        "mean_over": s.mean_over,
-        "logit_scale": s.logit_scale,
-        "grad_output": float(go) if go.ndim == 0 else go.astype(inputs.logits.dtype),
-    }
-    return {k: values[k] for k in OPTION_NAMES if takes(k)}
+def kwargs_for(inputs: Inputs, takes: Callable[[str], bool], st: Settings | None = None
+               ) -> dict:
+    """The keyword options a plain gradient function declares, with their values for this
+    case (by their --rename'd names, --off-value in place of an off option, the --kwarg
+    constants beside them: conventions.plain_keywords)."""
+    return plain_keywords(inputs, takes, st or Settings())
 
 
 def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], case_dtype,
            repeat: int = 1, *, pristine: Callable[[], list] | None = None, sink=None
            ) -> tuple[np.ndarray | None, str | None, list[str], float]:
-    """Call ``fn(*args, **kw)`` ``repeat`` times on identical fresh inputs (``fresh()``) and
-    judge what it does: ``(grad float64, error, notes, nondet)``.  Everything the candidate's
+    """A large streamed case only (shared.py, in the worker): call ``fn(*args, **kw)``
+    ``repeat`` times on identical fresh inputs (``fresh()``): ``(grad float64, error, notes,
+    nondet)``.  Everything the candidate's
     objects do (``__array__``, ``.detach()``, ``str(e)``) happens inside this call.
 
     Large cases (shared.py): ``pristine()`` gives the arguments' untouched originals instead
@@ -256,39 +232,58 @@ def invoke(fn, fresh: Callable[[], tuple[tuple, dict]], shape: tuple[int, ...], 
     return first, None, notes, nondet
 
 
-def invoke_convention(fn, st: Settings, fresh: Callable[[], Inputs], *, bwd=None, lse64=None,
-                      repeat: int = 1, runner=run_convention, variants: bool = True
-                      ) -> CallResult:
-    """``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the same
-    contract: ``shardmap.run``) ``repeat`` times on identical fresh inputs, judged as
-    :func:`invoke` judges a gradient function; everything converted to float64 numpy here,
-    in the candidate's process."""
-    first, notes, nondet = None, [], 0.0
-    for i in range(max(1, repeat)):
-        inputs = fresh()
-        shape = inputs.logits.shape
-        where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
-        try:
-            out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants)
-            grad = np.array(to_array(out.grad, shape), np.float64, copy=True)
-            variants = tuple((str(lab), np.asarray(g, np.float64),
-                              np.array(to_array(x, shape), np.float64, copy=True))
-                             for lab, g, x in out.variants)
-            values = [None if v is None else np.array(v, np.float64, copy=True)
-                      for v in (out.loss, out.z_loss, out.lse)]
-        except (CallFailed, CandidateError) as e:
-            return CallResult(None, str(e) + where, tuple(notes))
-        except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
-            return CallResult(None, format_exception(e) + where, tuple(notes))
-        if first is None:
-            first = CallResult(grad, None, (), "", 0.0, *values, variants, out.ranks)
-            notes += [str(n) for n in out.notes if str(n) not in notes]
-        elif grad.tobytes() != first.grad.tobytes():
-            nondet = max(nondet, max_difference(first.grad, grad))
-    if nondet:
-        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
-                     f"{nondet:.3g} (max abs)")
-    return dataclasses.replace(first, notes=tuple(notes), nondet=nondet)
+#: the names of a gradient function's array arguments after the logits, in order
+ARGUMENT_NAMES = ("target", "direction")
+
+
+def call_once(fn, args: tuple, kw: dict, shape: tuple[int, ...], last: dict | None = None
+              ) -> CallResult:
+    """One call ``fn(*args, **kw)`` as the candidate made it, for the judge (``judged``): the
+    gradient as an array in the dtype it came in (``to_array``), the other array arguments as
+    they are after the call (``after``), and notes: it wrote into its logits; it returned the
+    buffer of the previous call (``last``: kept between the calls of one case).  Everything
+    the candidate's objects do (``__array__``, ``.detach()``, ``str(e)``) happens in here."""
+    logits = np.array(args[0], copy=True)
+    try:
+        out = fn(*args, **kw)
+        arr = to_array(out, shape)
+    except CandidateError as e:
+        return CallResult(None, str(e))
+    except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
+        return CallResult(None, format_exception(e))
+    notes = []
+    if not same_values(args[0], logits):
+        notes.append("wrote into its logits argument (allowed: each call gets a fresh copy)")
+    if last is not None:
+        prev = last.get("out")
+        if prev is not None and (out is prev[0] or np.shares_memory(arr, prev[1])
+                                 or prev[1].tobytes() != prev[2]):
+            notes.append("returned the same buffer on two calls")
+        last["out"] = (out, arr, arr.tobytes())
+    after = tuple(zip(ARGUMENT_NAMES, args[1:])) + tuple(
+        (k, v) for k, v in kw.items() if isinstance(v, np.ndarray))
+    return CallResult(arr, None, tuple(notes), after=after)
+
+
+def convention_once(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None,
+                    runner=run_convention, variants: bool = True) -> CallResult:
+    """One ``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the
+    same contract: ``sharding.run``) for the judge (``judged``): the gradients as arrays in
+    the dtype they came in, the forward's values as float64."""
+    shape = inputs.logits.shape
+    try:
+        out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants)
+        grad = to_array(out.grad, shape)
+        others = tuple((str(lab), np.asarray(g, np.float64), to_array(x, shape))
+                       for lab, g, x in out.variants)
+        values = [None if v is None else np.array(v, np.float64, copy=True)
+                  for v in (out.loss, out.z_loss, out.lse)]
+        notes = tuple(str(n) for n in out.notes)
+    except (CallFailed, CandidateError) as e:
+        return CallResult(None, str(e))
+    except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
+        return CallResult(None, format_exception(e))
+    return CallResult(grad, None, notes, "", 0.0, *values, others, out.ranks)
 
 
 def exact_lse(st: Settings, inputs: Inputs) -> np.ndarray | None:
@@ -300,18 +295,20 @@ def exact_lse(st: Settings, inputs: Inputs) -> np.ndarray | None:
 
 def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
                            variants: bool = True) -> CallResult:
-    """``invoke_convention`` in this process, output captured, as ``_in_process``."""
+    """``convention_once`` in this process, ``repeat`` times, output captured, as
+    ``_in_process``."""
     lse64 = exact_lse(cand.settings, inputs)
 
-    def fresh():
-        return dataclasses.replace(
+    def once(i):
+        fresh = dataclasses.replace(
             inputs, logits=padded(inputs.logits, inputs.pad),
             target=np.array(inputs.target, copy=True),
             weight=None if inputs.weight is None else np.array(inputs.weight, copy=True))
+        return judged(convention_once(cand.fn, cand.settings, fresh, bwd=cand.backward,
+                                      lse64=lse64, variants=variants), {},
+                      inputs.logits.dtype, x64_off())
 
-    return _threaded(lambda: invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward,
-                                               lse64=lse64, repeat=repeat,
-                                               variants=variants), timeout)
+    return _threaded(lambda: repeated(once, repeat), timeout)
 
 
 def _threaded(work: Callable[[], CallResult], timeout) -> CallResult:
@@ -338,27 +335,22 @@ def _threaded(work: Callable[[], CallResult], timeout) -> CallResult:
 
 
 def _in_process(fn, args, kw, inputs: Inputs, timeout, repeat) -> CallResult:
-    """``invoke`` in this process, with its output captured (file-descriptor level) and a
-    timeout that stops waiting (a thread cannot be stopped: prefer the worker process)."""
-    def fresh():                     # the logits in the case's layout (--layout strided)
-        return (tuple(padded(a, inputs.pad) if i == 0 else np.array(a, copy=True)
-                      for i, a in enumerate(args)),
-                {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
-                 for k, v in kw.items()})
+    """``call_once`` in this process ``repeat`` times, judged as a worker's replies are,
+    with its output captured (file-descriptor level) and a timeout that stops waiting (a
+    thread cannot be stopped: prefer the worker process)."""
+    originals = dict(zip(ARGUMENT_NAMES, args[1:]))
+    originals.update((k, v) for k, v in kw.items() if isinstance(v, np.ndarray))
+    last: dict = {}
 
-    def work():
-        grad, error, notes, nondet = invoke(fn, fresh, inputs.logits.shape,
-                                            inputs.logits.dtype, repeat)
-        return CallResult(grad, error, tuple(notes), nondet=nondet)
+    def once(i):                     # the logits in the case's layout (--layout strided)
+        a = tuple(padded(x, inputs.pad) if j == 0 else np.array(x, copy=True)
+                  for j, x in enumerate(args))
+        k = {n: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+             for n, v in kw.items()}
+        return judged(call_once(fn, a, k, inputs.logits.shape, last), originals,
+                      inputs.logits.dtype, x64_off())
 
-    return _threaded(work, timeout)
-
-
-def clip_output(text: str, total: int) -> str:
-    """At most OUTPUT_LIMIT characters of a call's output, with a note of what was cut."""
-    if total > OUTPUT_LIMIT or len(text) > OUTPUT_LIMIT:
-        return text[:OUTPUT_LIMIT] + f"… ({total - OUTPUT_LIMIT} bytes more)"
-    return text
+    return _threaded(lambda: repeated(once, repeat), timeout)
 
 
 @contextlib.contextmanager

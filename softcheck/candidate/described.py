@@ -6,7 +6,9 @@ rebuilds a :class:`Described` from that reply (:meth:`Described.from_wire`, ever
 checked: the worker is the candidate's process) and resolves and validates the calling
 convention on it: a ``Described`` answers ``inspect.signature`` with the function's own
 signature (parameter names, kinds, which have defaults), ``__name__``, and (an
-``autograd.Function``) ``.forward``; it cannot be called.
+``autograd.Function``, a ``torch.nn.Module``) ``.forward``; it cannot be called.  A Module
+class's own signature is its ``__init__``'s (its options) and its ``forward`` keeps ``self``;
+a Module instance's is its bound ``forward``'s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ _DEFAULT = "<default>"
 _P = inspect.Parameter
 _KINDS = {int(k): k for k in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD, _P.VAR_POSITIONAL,
                               _P.KEYWORD_ONLY, _P.VAR_KEYWORD)}
+#: what a Described's ``module`` may be ("": no torch.nn.Module)
+MODULE_KINDS = ("", "class", "instance")
 #: the longest name and the most parameters a description may carry
 MAX_NAME, MAX_PARAMS = 200, 256
 
@@ -39,7 +43,8 @@ class Described:
     framework: str = "numpy"
     autograd: bool = False           # a torch.autograd.Function subclass (``.apply``)
     custom_vjp: bool = False         # a jax.custom_vjp / custom_jvp
-    forward: Described | None = None  # the autograd.Function's forward(ctx, ...)
+    forward: Described | None = None  # the autograd.Function's forward(ctx, ...), a Module's
+    module: str = ""                 # a torch.nn.Module: "class" or "instance"
 
     @property
     def __name__(self) -> str:       # type: ignore[override]
@@ -61,7 +66,8 @@ class Described:
         return {"name": self.name, "params": None if self.params is None else
                 [list(p) for p in self.params], "framework": self.framework,
                 "autograd": self.autograd, "custom_vjp": self.custom_vjp,
-                "forward": None if self.forward is None else self.forward.wire()}
+                "forward": None if self.forward is None else self.forward.wire(),
+                "module": self.module}
 
     @classmethod
     def from_wire(cls, d, depth: int = 0) -> Described:
@@ -94,22 +100,27 @@ class Described:
             except (TypeError, ValueError) as e:
                 raise BadDescription(f"the parameters are not a signature ({e})") from None
             out = tuple(out)
-        fwd = d.get("forward")
+        fwd, module = d.get("forward"), d.get("module", "")
+        if module not in MODULE_KINDS:
+            raise BadDescription("the module kind is not one of class, instance or empty")
         forward = None if fwd is None else cls.from_wire(fwd, depth + 1)
-        return cls(name, out, fw, flags[0], flags[1], forward)
+        return cls(name, out, fw, flags[0], flags[1], forward, module)
 
 
 def describe(fn) -> Described:
     """``fn`` described (run where ``fn`` lives: its worker, or the caller's process for an
     explicit ``in_process`` check)."""
-    from .frameworks import detect, is_autograd_function, is_custom_vjp
+    from .frameworks import detect, is_autograd_function, is_custom_vjp, is_module
 
     if isinstance(fn, Described):
         return fn
     autograd = is_autograd_function(fn)
-    forward = describe(fn.forward) if autograd and hasattr(fn, "forward") else None
+    module = ("class" if isinstance(fn, type) else "instance") if is_module(fn) else ""
+    forward = describe(fn.forward) if (autograd or module) and hasattr(fn, "forward") \
+        else None
     name = str(getattr(fn, "__name__", None) or type(fn).__name__)[:MAX_NAME] or "fn"
-    return Described(name, _params(fn), detect(fn), autograd, is_custom_vjp(fn), forward)
+    params = forward.params if module == "instance" and forward else _params(fn)
+    return Described(name, params, detect(fn), autograd, is_custom_vjp(fn), forward, module)
 
 
 def _params(fn):

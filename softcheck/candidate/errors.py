@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import traceback
 
+class CallFailed(Exception):
+    """The kernel misbehaved on this case (turned into the case's error by the caller)."""
+
+
 #: frames of the candidate's own code shown, innermost last
 FRAMES = 3
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -33,7 +33,7 @@ def require(framework: str, what: str = "this check calls the candidate with tor
 def detect(fn) -> str:
     """torch / jax / numpy from where ``fn`` lives: its module's name, else the frameworks its
     module imports (torch first: a torch module often imports numpy too)."""
-    if is_autograd_function(fn):
+    if is_autograd_function(fn) or is_module(fn):
         return "torch"
     if is_custom_vjp(fn):
         return "jax"
@@ -58,6 +58,14 @@ def is_autograd_function(fn) -> bool:
     return isinstance(fn, type) and any(
         c.__module__.startswith("torch.autograd") and c.__name__ == "Function"
         for c in fn.__mro__)
+
+
+def is_module(fn) -> bool:
+    """A ``torch.nn.Module`` subclass or instance (a loss module: built with the case's
+    options, called as ``forward(logits, target)``)."""
+    cls = fn if isinstance(fn, type) else type(fn)
+    return any(c.__module__ == "torch.nn.modules.module" and c.__name__ == "Module"
+               for c in getattr(cls, "__mro__", ()))
 
 
 def is_custom_vjp(fn) -> bool:

@@ -14,20 +14,21 @@ position t is scored against label t + 1 of its sequence; the last position is i
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..spec import FusedInputs, SoftcheckError
-from .arrays import max_difference
-from .conventions import KERNEL_OPTIONS, CallFailed, Settings, _option_values
+import softcheck.candidate.reply as wire
+from .conventions import CallFailed, Settings, _keywords, _option_values
+from .conventions import _arguments as _conv_arguments
+from .record import repeated
 from .errors import format_exception
-from .frameworks import to_framework, to_numpy
+from .frameworks import is_autograd_function, to_framework, to_numpy
+from .signatures import describe, names
 
-#: the class weights' keyword (``weight`` is the LM head's, as in Liger's
-#: LigerFusedLinearCrossEntropyFunction; ``--rename weight=NAME`` overrides)
-CLASS_WEIGHT = "ce_weight"
 #: the outputs of a fused kernel, in report order
 OUTPUTS = ("loss", "grad_x", "grad_w", "grad_b")
 
@@ -44,16 +45,13 @@ class FusedResult:
     output: str = ""
 
 
-def _params(fn):
-    try:
-        ps = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return set(), False
-    return set(ps), any(p.kind is p.VAR_KEYWORD for p in ps.values())
-
-
 def _arguments(fn, st: Settings, fi: FusedInputs, fw: str, grad_req: bool):
-    params, varkw = _params(fn)
+    """``(x, W, target)``, the keywords (the options it declares, the class weights as
+    ``ce_weight``, ``bias``, ``shift``, ``grad_output`` under ``grad``, --kwarg constants) and
+    the bias tensor; positional in ``--args`` order (an ``autograd.Function``'s ``.apply``)."""
+    params = describe(fn)
+    declared, varkw = names(params)
+    st = st if st.fused else dataclasses.replace(st, fused=True)   # class weights: ce_weight
     n, h = fi.x.shape
     target = fi.labels if fi.labels is not None else fi.target
     x, tgt = fi.x, target
@@ -64,20 +62,22 @@ def _arguments(fn, st: Settings, fi: FusedInputs, fw: str, grad_req: bool):
     wt = to_framework(fi.lm_weight, fw, dev, requires_grad=grad_req)
     bt = None if fi.bias is None else to_framework(fi.bias, fw, dev, requires_grad=grad_req)
     tt = to_framework(tgt, fw, dev)
-    opts = _option_values(fi, fw, dev)
-    kw = {}
-    for o in KERNEL_OPTIONS:
-        k = dict(st.rename).get(o, CLASS_WEIGHT if o == "weight" else o)
-        if k in params or (varkw and k == o):
-            kw[k] = opts[o]
+    opts = {**_option_values(fi, fw, dev, st), "bias": bt,
+            "shift": 1 if fi.labels is not None else 0}
+    if st.args:                                    # .apply order (conventions.apply_order)
+        args, _ = _conv_arguments(fn, st, (xt, wt, tt), opts)
+        if bt is not None and "bias" not in st.args:
+            raise CallFailed("the case has a bias (--bias) but --args passes no 'bias'")
+        return args, {}, bt
+    kw = _keywords(params, st, opts)
     if bt is not None:
-        if "bias" not in params and not varkw:
+        if "bias" not in declared and not varkw:
             raise CallFailed("the case has a bias (--bias) but the function takes no 'bias'")
         kw["bias"] = bt
-    if fi.labels is not None and ("shift" in params or varkw):
+    if fi.labels is not None and ("shift" in declared or varkw):
         kw["shift"] = 1
     go = np.asarray(fi.grad_output, np.float64)
-    if st.convention == "grad" and ("grad_output" in params or varkw):
+    if st.convention == "grad" and ("grad_output" in declared or varkw):
         kw["grad_output"] = float(go) if go.ndim == 0 else to_framework(
             go.astype(fi.x.dtype), fw, dev)
     return (xt, wt, tt), kw, bt
@@ -102,8 +102,8 @@ def _by_autograd(fn, st: Settings, fi: FusedInputs) -> tuple:
         raise CallFailed("--convention loss needs a torch or JAX kernel (softcheck "
                          "differentiates the returned loss); a numpy kernel returns its "
                          "gradients: --convention grad")
-    args, kw, bt = _arguments(fn, st, fi, fw, fw == "torch")
-    apply = fn.apply if hasattr(fn, "apply") and isinstance(fn, type) else fn
+    apply = fn.apply if is_autograd_function(fn) else fn
+    args, kw, bt = _arguments(apply, st, fi, fw, fw == "torch")
     if fw == "jax":
         import jax
         import jax.numpy as jnp
@@ -195,29 +195,21 @@ def once(fn, st: Settings, fi: FusedInputs) -> tuple[np.ndarray | None, dict]:
     return lv, grads
 
 
-def invoke_fused(fn, st: Settings, fresh, repeat: int = 1) -> FusedResult:
-    """``once`` ``repeat`` times on identical fresh inputs (``fresh()`` → FusedInputs):
-    nondeterminism measured, every failure the case's error."""
-    first, nondet, notes = None, 0.0, []
-    for i in range(max(1, repeat)):
-        fi = fresh()
-        where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
-        try:
-            loss, grads = once(fn, st, fi)
-        except CallFailed as e:
-            return FusedResult(error=str(e) + where)
-        except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
-            return FusedResult(error=format_exception(e) + where)
-        if first is None:
-            first = FusedResult(grads, loss)
-        else:
-            for k, g in grads.items():
-                if g.tobytes() != first.grads[k].tobytes():
-                    nondet = max(nondet, max_difference(first.grads[k], g))
-    if nondet:
-        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
-                     f"{nondet:.3g} (max abs)")
-    return FusedResult(first.grads, first.loss, None, tuple(notes), nondet)
+def fused_once(fn, st: Settings, fi: FusedInputs) -> FusedResult:
+    """``once`` as a result: every failure the case's error (the judge repeats it:
+    ``fused_repeated``)."""
+    try:
+        loss, grads = once(fn, st, fi)
+    except CallFailed as e:
+        return FusedResult(error=str(e))
+    except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
+        return FusedResult(error=format_exception(e))
+    return FusedResult(grads, loss)
+
+
+def fused_repeated(once_: Callable[[int], FusedResult], repeat: int) -> FusedResult:
+    """The judge's repeat loop (record.repeated) over every gradient of a fused kernel."""
+    return repeated(once_, repeat, lambda r: [r.grads[k] for k in sorted(r.grads)])
 
 
 def check_convention(st: Settings) -> None:
@@ -238,9 +230,10 @@ def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
-    """``invoke_fused`` in ``wc``'s worker process (a ``WorkerCandidate``): the arrays go
-    through its shared memory by descriptor, the gradients come back the same way (``out_dtype``),
-    the loss and notes in the reply; death and timeouts are the case's error."""
+    """``repeat`` requests to ``wc``'s worker process (an ``IsolatedCandidate``), each one
+    call (``serve_fused``): the arrays go through its shared memory by descriptor, the
+    gradients come back the same way (``out_dtype``), the loss and notes in the reply,
+    checked (reply.py); death and timeouts are the case's error."""
     if wc._closed:
         raise SoftcheckError("this candidate was closed")
     arrays = {k: getattr(fi, k) for k in _ARRAYS}
@@ -250,33 +243,41 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     dt = out_dtype(fi)
     out_bytes = sum(dt.itemsize * int(np.prod(s)) for _, s in layout)
     descs, out_off = wc._place([arrays[k] for k in names], out_bytes)
-    reply, error, output = wc.exchange(
-        {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec, "shape": fi.shape,
-         "out": out_off, "layout": layout, "repeat": max(1, int(repeat))}, timeout)
-    notes = tuple(str(x) for x in (reply or {}).get("notes", ()))
-    if error is not None:
-        return FusedResult(error=error, notes=notes, output=output)
-    grads, pos = {}, out_off
-    for k, shape in layout:
-        size = int(np.prod(shape))
-        grads[k] = np.frombuffer(wc._mm, dt, size, pos).reshape(shape).copy()
-        pos += dt.itemsize * size
-    loss = reply.get("loss")
-    return FusedResult(grads, None if loss is None else np.asarray(loss, np.float64), None,
-                       notes, float(reply.get("nondet", 0.0)), output)
+    req = {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec, "shape": fi.shape,
+           "out": out_off, "layout": layout}
+    n = int(fi.x.shape[0])
+    fields = {"loss": lambda v, what: wire.values(v, what, n)}
+
+    def one(i: int) -> FusedResult:
+        reply, error, output = wc.exchange({**req, "index": i}, timeout)
+        if reply is None:
+            return FusedResult(error=error, output=output)
+        try:
+            got = wire.checked(reply, fields)
+        except wire.ReplyError as e:
+            wc._drop()
+            return FusedResult(error=f"the candidate's process sent an invalid reply ({e})",
+                               output=output)
+        if got["error"] is not None:
+            return FusedResult(error=error, notes=got["notes"], output=output)
+        grads, pos = {}, out_off
+        for k, shape in layout:
+            size = int(np.prod(shape))
+            grads[k] = np.frombuffer(wc._mm, dt, size, pos).reshape(shape).copy()
+            pos += dt.itemsize * size
+        return FusedResult(grads, got["loss"], None, got["notes"], 0.0, output)
+
+    return fused_repeated(one, repeat)
 
 
 def serve_fused(cand, shm, req: dict) -> dict:
-    """The worker's side: fresh FusedInputs from shared memory, ``invoke_fused``, the
-    gradients written back at ``req["out"]``."""
+    """The worker's side: fresh FusedInputs from shared memory, one call (``fused_once``),
+    the gradients written back at ``req["out"]``."""
     d = req["arrays"]
-
-    def fresh():
-        a = {k: (shm.fresh(d[k]) if k in d else None) for k in _ARRAYS}
-        return FusedInputs(a["x"], a["lm_weight"], a["bias"], a["target"], a["weight"],
-                           a["grad_output"], req["spec"], req["shape"], a["labels"])
-
-    r = invoke_fused(cand.fn, cand.settings, fresh, req["repeat"])
+    a = {k: (shm.fresh(d[k]) if k in d else None) for k in _ARRAYS}
+    fi = FusedInputs(a["x"], a["lm_weight"], a["bias"], a["target"], a["weight"],
+                     a["grad_output"], req["spec"], req["shape"], a["labels"])
+    r = fused_once(cand.fn, cand.settings, fi)
     if r.error is not None:
         return {"error": r.error, "notes": list(r.notes)}
     pos = req["out"]
@@ -285,4 +286,4 @@ def serve_fused(cand, shm, req: dict) -> dict:
         np.frombuffer(shm.mm, g.dtype, g.size, pos)[:] = g.ravel()
         pos += g.dtype.itemsize * g.size
     loss = None if r.loss is None else np.asarray(r.loss, np.float64).tolist()
-    return {"error": None, "notes": list(r.notes), "nondet": float(r.nondet), "loss": loss}
+    return {"error": None, "notes": list(r.notes), "loss": loss}

@@ -14,6 +14,7 @@ from ..spec import SoftcheckError
 from .call import Candidate
 from .conventions import Settings, resolve
 from .described import describe
+from .settings import RANK_SETUPS
 from .sharding import check as check_sharded
 
 
@@ -33,6 +34,9 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
     if st.backward:
         b = relative_to(st.backward, base) if base else st.backward
         st = dataclasses.replace(st, backward=located(b))   # absolute: a worker reloads it
+    if st.rank_setup and st.rank_setup not in RANK_SETUPS:  # (each rank loads it)
+        r = relative_to(st.rank_setup, base) if base else st.rank_setup
+        st = dataclasses.replace(st, rank_setup=located(r))
     source = located(target)
     hvp_source = located(hvp) if hvp else None
     probe = None
@@ -123,6 +127,9 @@ def _import_file(where: str):
     if not os.path.isfile(path):
         raise SoftcheckError(f"TARGET file {where} does not exist")
     modname = f"_softcheck_candidate_{zlib.crc32(path.encode())}"
+    known = sys.modules.get(modname)
+    if known is not None and getattr(known, "__file__", None) == path:
+        return known        # one module per file (the TARGET, its backward, --rank-setup)
     spec = importlib.util.spec_from_file_location(modname, path)
     if spec is None or spec.loader is None:
         raise SoftcheckError(f"TARGET file {where} cannot be imported (not a Python file?)")

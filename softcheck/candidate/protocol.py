@@ -1,7 +1,7 @@
 """The one interface every kind of candidate implements, so the engine never asks which kind
 it holds: in this process (``call.Candidate``: ``--in-process``, ``in_process=True``), in a
 sandboxed worker (``worker.IsolatedCandidate``), on torch.distributed ranks
-(``engine/ranks.RankedCandidate``) or inside JAX shard_map (``engine/ranks.ShardMapCandidate``).
+(``engine/ranks.RankedCandidate``) or inside JAX shard_map (``engine/shardmap.ShardMapCandidate``).
 ``tests/test_candidate_protocol.py`` runs the same conformance checks against each kind."""
 
 from __future__ import annotations

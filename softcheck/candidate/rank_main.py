@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from . import rank_setup
 from .worker_main import serve_call, serve_forever, start
 
 
@@ -30,10 +31,15 @@ def main() -> None:
         if state["cand"] is None and state["error"] is None:
             try:
                 group = _join(hello)
-                state["cand"] = dataclasses.replace(cand, fn=functools.partial(cand.fn,
-                                                                               group=group))
+                st = cand.settings
+                rank_setup.run(st.rank_setup, hello["rank"], hello["world"], group)
+                name = st.kernel_name("group")          # --rename group=process_group
+                fn = functools.partial(cand.fn, **{name: group}) \
+                    if rank_setup.takes_group(cand.fn, name) else cand.fn
+                state["cand"] = dataclasses.replace(cand, fn=fn)
             except Exception as e:  # noqa: BLE001
-                state["error"] = f"joining the process group failed: {type(e).__name__}: {e}"
+                state["error"] = (f"joining the process group (or --rank-setup) failed: "
+                                  f"{type(e).__name__}: {e}")
         if state["error"]:
             return {"error": state["error"]}
         return serve_call(state["cand"], shm, req)

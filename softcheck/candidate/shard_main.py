@@ -27,11 +27,9 @@ def main() -> None:
         if req["op"] == "convention":
             return serve_convention(cand, shm, req,
                                     runner=functools.partial(sharding.run, mesh=mesh))
-        if req["op"] == "call":                   # grad: each device's columns, no loss
+        if req["op"] == "call":       # grad: each device's columns (the judge knows them)
             fn = sharding.grad_fn(cand.fn, st, mesh)
-            reply = serve_call(dataclasses.replace(cand, fn=fn), shm, req)
-            cols, width = sharding.layout(req["shape"][1], st.tensor_parallel, st.split)
-            return {**reply, "ranks": [(r, a, b, None, width) for r, (a, b) in enumerate(cols)]}
+            return serve_call(dataclasses.replace(cand, fn=fn), shm, req)
         return {"error": "--tensor-parallel checks first-order gradients only"}
 
     serve_forever(sock, shm, handle)

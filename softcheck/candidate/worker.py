@@ -6,14 +6,17 @@ from __future__ import annotations
 import atexit
 import mmap
 import os
+import time
 import weakref
 
 import numpy as np
 
 from ..spec import Inputs, SoftcheckError
-from .call import CallResult, exact_lse, kwargs_for, signature_of, with_layout_note
+import softcheck.candidate.reply as wire
+from .call import (ARGUMENT_NAMES, CallResult, exact_lse, judged, kwargs_for, repeated,
+                   signature_of, with_layout_note)
 from .channel import _LIVE, _MAX_REPLY, _Died, _Worker, close_shared, shared_file
-from .conventions import Settings
+from .conventions import Settings, upstreams
 from .described import BadDescription, Described, load_error
 
 #: the gradients a convention call returns besides the main one (other upstream gradients)
@@ -44,7 +47,7 @@ class IsolatedCandidate:
     """The TARGET loaded and called in a worker process that is restarted after it dies or
     times out; arrays cross through one shared memory file."""
 
-    #: the worker's module, and what it adds to the environment (engine/ranks.ShardMapCandidate)
+    #: the worker's module, and what it adds to the environment (engine/shardmap.ShardMapCandidate)
     module = "softcheck.candidate.worker_main"
     env: dict = {}
     isolated = True                 # the CandidateProtocol (protocol.py)
@@ -83,7 +86,7 @@ class IsolatedCandidate:
         return name in self._params or self._varkw
 
     def kwargs(self, inputs: Inputs) -> dict:
-        return kwargs_for(inputs, self.takes)
+        return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
@@ -108,7 +111,7 @@ class IsolatedCandidate:
     def _call_convention(self, inputs: Inputs, timeout, repeat, variants: bool = True
                          ) -> CallResult:
         """A loss / inplace / split / autograd.Function kernel: the worker runs the
-        convention (``call.invoke_convention``); gradients come back through shared memory,
+        convention once per request (``call.convention_once``); gradients come back through shared memory,
         the forward's values in the reply."""
         arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
                   "lse64": exact_lse(self.settings, inputs)}
@@ -209,17 +212,26 @@ class IsolatedCandidate:
         w.limit = limit
         try:
             w.send({**req, "seq": w.seq, "shm_size": self._size}, fds)
-            reply = w.receive(timeout)
+            deadline = None if not timeout else time.monotonic() + timeout
+            while True:
+                reply = w.receive(None if deadline is None else
+                                  max(1e-3, deadline - time.monotonic()))
+                seq = reply.get("seq") if isinstance(reply, dict) else None
+                if not (type(seq) is int and seq < w.seq):
+                    break           # an earlier request's (a forked child's copy): dropped
             if not isinstance(reply, dict) or reply.get("seq") != w.seq:
                 raise _Died("the candidate's process sent an invalid reply")
             reply["fds"], w.fds = w.fds, []
-        except (TimeoutError, _Died) as e:
+        except (TimeoutError, _Died, OSError) as e:   # any socket error: the call failed
             output = w.output()
             timed_out = isinstance(e, TimeoutError)
             w.stop(self.grace if timed_out else None)
             self._worker = None
+            why = (str(e) if isinstance(e, _Died) else
+                   f"the channel to the candidate's process failed ({type(e).__name__}: {e}); "
+                   "it was stopped")
             return None, (f"took longer than {timeout:g} s (--timeout); the candidate's "
-                          "process was stopped" if timed_out else str(e)), output
+                          "process was stopped" if timed_out else why), output
         output = w.output()
         return reply, (w.explain(str(reply["error"])) if reply.get("error") else None), output
 
@@ -249,6 +261,8 @@ class IsolatedCandidate:
 
     def _call(self, op, inputs: Inputs, args, timeout, repeat, *, kw=None, outputs: int = 1,
               spec=None) -> CallResult:
+        """``repeat`` requests on the same inputs, each one call in the worker; the replies
+        checked (reply.py) and judged here (record.py: repeats, arguments, dtypes)."""
         if self._closed:
             raise SoftcheckError("this candidate was closed")
         kw = self.kwargs(inputs) if kw is None else kw
@@ -256,31 +270,100 @@ class IsolatedCandidate:
         arrays = [*args, *(kw[k] for k in names)]
         shape = tuple(inputs.logits.shape)
         size = 8 * int(np.prod(shape))
-        descs, out_off = self._place(arrays, outputs * size)
+        # a gradient function hands back its other array arguments after the call: the judge
+        # compares them with these, its own (a convention kernel's are checked by conventions)
+        back = [] if op == "convention" else [
+            *zip(ARGUMENT_NAMES, args[1:]), *((k, kw[k]) for k in names)]
+        back = [(k, np.asarray(a)) for k, a in back]
+        descs, out_off = self._place(arrays, outputs * size + sum(_aligned(a) for _, a in back))
         if inputs.pad:          # the worker hands the logits over as a padded view (fresh)
             descs[0] = (*descs[0], int(inputs.pad))
         kw.update(zip(names, descs[len(args):]))
+        backs, pos = {}, out_off + outputs * size
+        for k, a in back:
+            backs[k] = ("arr", pos, tuple(int(s) for s in a.shape), a.dtype.name)
+            pos += _aligned(a)
+        req = {"op": op, "args": descs[:len(args)], "kw": kw, "shape": shape,
+               "case_dtype": inputs.logits.dtype.name, "out": out_off, "back": backs,
+               "spec": spec}
+        fields = reply_fields(op, inputs, self._ranks_field(inputs))
         # the reply carries the forward's (N,) values as lists (about 9 bytes a number)
-        reply, error, output = self.exchange(
-            {"op": op, "args": descs[:len(args)], "kw": kw, "shape": shape,
-             "case_dtype": inputs.logits.dtype.name, "out": out_off,
-             "repeat": max(1, int(repeat)), "spec": spec},
-            timeout, limit=max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16)))
-        if error is not None:
-            return CallResult(None, error, output=output)
+        limit = max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16))
 
-        def read(k: int) -> np.ndarray:
+        def read(k: int, dt) -> np.ndarray:
             n = int(np.prod(shape))
-            return np.frombuffer(self._mm, np.float64, n, out_off + k * size).reshape(shape).copy()
+            return np.frombuffer(self._mm, dt, n, out_off + k * size).reshape(shape).copy()
 
-        def arr(v):
-            return None if v is None else np.asarray(v, np.float64)
+        def once(i: int) -> CallResult:
+            reply, error, output = self.exchange({**req, "index": i}, timeout, limit=limit)
+            if reply is None:
+                return CallResult(None, error, output=output)
+            try:
+                got = wire.checked(reply, fields)
+            except wire.ReplyError as e:
+                self._drop()
+                return CallResult(None, f"the candidate's process sent an invalid reply ({e})",
+                                  output=output)
+            if got["error"] is not None:
+                return CallResult(None, error, got["notes"], output)
+            after = tuple((k, np.frombuffer(self._mm, a.dtype, a.size, backs[k][1])
+                           .reshape(a.shape).copy()) for k, a in back)
+            variants = tuple((lab, g, read(k + 1, dt))
+                             for k, (lab, g, dt) in enumerate(got.get("variants", ())))
+            raw = CallResult(read(0, got["dtype"]), None, got["notes"], output,
+                             loss=got.get("loss"), z_loss=got.get("z_loss"), lse=got.get("lse"),
+                             variants=variants, ranks=got.get("ranks", ()), after=after)
+            return judged(raw, dict(back), inputs.logits.dtype, got["x64_off"])
 
-        variants = tuple((str(lab), arr(g), read(k + 1))
-                         for k, (lab, g) in enumerate(reply.get("variants", ())))
-        ranks = tuple((int(r), int(a), int(b), arr(x), int(w))      # shard_map: per device
-                      for r, a, b, x, w in reply.get("ranks", ()))
-        return CallResult(read(0), None, tuple(str(n) for n in reply.get("notes", ())),
-                          output=output, nondet=float(reply.get("nondet", 0.0)),
-                          loss=arr(reply.get("loss")), z_loss=arr(reply.get("z_loss")),
-                          lse=arr(reply.get("lse")), variants=variants, ranks=ranks)
+        return repeated(once, repeat)
+
+    def _ranks_field(self, inputs: Inputs):
+        """The check of a convention reply's ``ranks`` (shard_map's: engine/ranks.py)."""
+        return _no_ranks
+
+    def _drop(self) -> None:
+        """End a worker that sent a malformed reply (a fresh one serves the next call)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+
+def _aligned(a: np.ndarray) -> int:
+    return -(-a.nbytes // 64) * 64
+
+
+def _no_ranks(v, what):
+    if v not in ([], ()):
+        raise wire.ReplyError(f"{what} is {wire.show(v)}: this candidate has no ranks")
+    return ()
+
+
+def reply_fields(op: str, inputs: Inputs, ranks=_no_ranks) -> dict:
+    """What a successful reply to ``op`` holds, each field's check (reply.py); ``ranks``:
+    the check of a convention reply's per-device entries (shard_map's)."""
+    fields = {"dtype": wire.dtype_name, "x64_off": wire.flag}
+    if op != "convention":
+        return fields
+    n = int(inputs.logits.shape[0])
+    expected = dict(upstreams(inputs))
+
+    def variant(v, what):
+        if not isinstance(v, (list, tuple)) or len(v) != 3:
+            raise wire.ReplyError(f"{what} is not (label, upstream gradient, dtype)")
+        lab = wire.text(v[0], f"{what}'s label")
+        g = wire.values(v[1], f"{what}'s upstream gradient", n)
+        if lab not in expected or g is None or np.shape(g) not in ((), np.shape(expected[lab])) \
+                or not np.array_equal(np.broadcast_to(g, np.shape(expected[lab])), expected[lab]):
+            raise wire.ReplyError(f"{what} is for an upstream gradient the judge did not ask for")
+        return lab, expected[lab], wire.dtype_name(v[2], f"{what}'s dtype")
+
+    def variants(v, what):
+        if not isinstance(v, (list, tuple)) or len(v) > MAX_VARIANTS:
+            raise wire.ReplyError(f"{what} is not a list of at most {MAX_VARIANTS}")
+        return tuple(variant(x, f"{what}[{i}]") for i, x in enumerate(v))
+
+    def forward(v, what):
+        return wire.values(v, what, n)
+
+    return {**fields, "variants": variants, "loss": forward, "z_loss": forward, "lse": forward,
+            "ranks": ranks}

@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 from .arena import close_all, recv_with_fds, send_with_fds
-from .call import invoke, invoke_convention
+from .call import call_once, convention_once, invoke
+from .record import x64_off
 from .described import describe
 from .errors import format_exception
 from .load import load_in_worker
@@ -85,40 +86,50 @@ class _Shm:
         return padded(view, pad[0] if pad else 0)     # pad: --layout strided's row padding
 
 
+def _write(shm: _Shm, arr, off: int) -> None:
+    """``arr`` as it is (its own dtype: the judge converts it) at ``off`` in shared memory."""
+    arr = np.ascontiguousarray(arr)
+    np.frombuffer(shm.mm, np.uint8, arr.nbytes, off)[:] = arr.reshape(-1).view(np.uint8)
+
+
+#: the previous call's returned object, for the same-buffer note (reset at a case's first call)
+_LAST: dict = {}
+
+
 def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
-    """A convention call (loss, inplace, split, autograd.Function): ``invoke_convention`` on
-    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); gradients to shared
-    memory, the forward's values (small) in the reply."""
+    """A convention call (loss, inplace, split, autograd.Function): ``convention_once`` on
+    fresh Inputs (``runner``: another ``conventions.run``, shard_map's); the gradients to
+    shared memory as they came, the forward's values (small) in the reply."""
     from ..spec import Inputs
 
     kw = req["kw"]
-
-    def fresh():
-        weight = shm.fresh(kw["weight"]) if "weight" in kw else None
-        return Inputs(shm.fresh(req["args"][0]), shm.fresh(req["args"][1]), weight,
-                      shm.fresh(kw["grad_output"]), req["spec"])
-
+    weight = shm.fresh(kw["weight"]) if "weight" in kw else None
+    inputs = Inputs(shm.fresh(req["args"][0]), shm.fresh(req["args"][1]), weight,
+                    shm.fresh(kw["grad_output"]), req["spec"])
     lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
-    r = invoke_convention(cand.fn, cand.settings, fresh, bwd=cand.backward, lse64=lse64,
-                          repeat=req["repeat"], variants=bool(kw.get("variants", True)),
-                          **({"runner": runner} if runner else {}))
+    r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
+                        variants=bool(kw.get("variants", True)),
+                        **({"runner": runner} if runner else {}))
     if r.error is not None:
-        return {"error": r.error, "notes": [str(x) for x in r.notes]}
+        return {"error": r.error, "notes": list(r.notes)}
     size = 8 * int(np.prod(req["shape"]))
     for k, g in enumerate([r.grad] + [v[2] for v in r.variants]):
-        np.frombuffer(shm.mm, np.float64, g.size, req["out"] + k * size)[:] = g.ravel()
+        _write(shm, g, req["out"] + k * size)
 
     def plain(v):
         return None if v is None else np.asarray(v, np.float64).tolist()
 
-    return {"error": None, "notes": [str(x) for x in r.notes], "nondet": float(r.nondet),
-            "loss": plain(r.loss), "z_loss": plain(r.z_loss), "lse": plain(r.lse),
-            "variants": [(str(lab), plain(g)) for lab, g, _ in r.variants],
+    return {"error": None, "notes": list(r.notes), "dtype": r.grad.dtype.name,
+            "x64_off": x64_off(), "loss": plain(r.loss), "z_loss": plain(r.z_loss),
+            "lse": plain(r.lse),
+            "variants": [(lab, plain(g), x.dtype.name) for lab, g, x in r.variants],
             "ranks": [(r_, a, b, plain(x), w) for r_, a, b, x, w in r.ranks]}
 
 
 def serve_call(cand, shm: _Shm, req: dict) -> dict:
-    """One request: the candidate called (``invoke``), its gradient written to shared memory."""
+    """One request: the candidate called once (``call_once``), its gradient written to
+    shared memory as it came, and its other array arguments as they are after the call
+    (``req["back"]``: where) for the judge to compare with its originals."""
     if req["op"] == "settings":                    # the judge resolved how it is called
         cand.settings = req["settings"]
         return {"error": None}
@@ -131,25 +142,42 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
     fn = cand.fn if req["op"] == "call" else cand.hvp
     if fn is None:
         return {"error": "no Hessian-vector product function was given"}
+    if req.get("stream"):               # a large case's logits in place (shared.py)
+        return _serve_stream(fn, shm, req)
+    if req["index"] == 0:
+        _LAST.clear()
+    args = tuple(shm.fresh(d) for d in req["args"])
+    kw = {k: shm.fresh(v) for k, v in req["kw"].items()}
+    r = call_once(fn, args, kw, tuple(req["shape"]), _LAST)
+    if r.error is not None:
+        return {"error": r.error, "notes": list(r.notes)}
+    _write(shm, r.grad, req["out"])
+    for name, a in r.after:
+        _, off, shape, dt = req["back"][name]
+        a = np.asarray(a)
+        if a.shape != tuple(shape) or a.dtype.name != dt:
+            return {"error": f"changed the shape or dtype of its {name} argument in place",
+                    "notes": list(r.notes)}
+        _write(shm, a, off)
+    return {"error": None, "notes": list(r.notes), "dtype": r.grad.dtype.name,
+            "x64_off": x64_off()}
 
-    stream = bool(req.get("stream"))          # a large case's logits in place (shared.py)
 
+def _serve_stream(fn, shm: _Shm, req: dict) -> dict:
+    """A large case (shared.py): ``invoke`` with its sink, repeats and all."""
     def fresh():
-        return (tuple(shared.private(shm, d) if stream and i == 0 else shm.fresh(d)
+        return (tuple(shared.private(shm, d) if i == 0 else shm.fresh(d)
                       for i, d in enumerate(req["args"])),
                 {k: shm.fresh(v) for k, v in req["kw"].items()})
 
-    sink = shared.Sink(shm, req) if stream else None
-    grad, error, notes, nondet = invoke(
+    sink = shared.Sink(shm, req)
+    _, error, notes, nondet = invoke(
         fn, fresh, tuple(req["shape"]), _dtype(req["case_dtype"]), req["repeat"],
-        pristine=(lambda: shared.pristine(shm, req["args"])) if stream else None, sink=sink)
+        pristine=lambda: shared.pristine(shm, req["args"]), sink=sink)
     if error is not None:
         return {"error": error, "notes": [str(x) for x in notes]}
-    if sink is not None:
-        return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet),
-                "out_dtype": sink.dtype}
-    np.frombuffer(shm.mm, np.float64, grad.size, req["out"])[:] = grad.ravel()
-    return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet)}
+    return {"error": None, "notes": [str(x) for x in notes], "nondet": float(nondet),
+            "out_dtype": sink.dtype}
 
 
 def _flush() -> None:
@@ -196,7 +224,9 @@ def start(hvp: bool = True):
 
 def serve_forever(sock, shm: _Shm, handle) -> None:
     """Answer requests until the parent closes the channel: each call's output captured
-    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent."""
+    afresh (fds 1 and 2 share one file), ``handle(req)`` guarded, the reply sent.  A child
+    the candidate forked that returns into this loop never answers (it ends)."""
+    me = os.getpid()
     while True:
         fds: list[int] = []
         req = _recv(sock, fds)
@@ -216,6 +246,8 @@ def serve_forever(sock, shm: _Shm, handle) -> None:
                 reply = {"error": f"judging its result failed: {format_exception(e)}"}
             except BaseException:  # noqa: BLE001
                 reply = {"error": "judging its result failed"}
+        if os.getpid() != me:
+            os._exit(0)
         _flush()
         reply["seq"] = req["seq"]
         out = [int(f) for f in reply.pop("fds", ())]

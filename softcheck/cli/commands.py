@@ -6,13 +6,14 @@ import click
 
 from ..suite.config import REGIMES
 from ..spec import REDUCTIONS, TARGET_KINDS
-from .app import EXIT_FAIL, EXIT_OK, Group
+from .app import EXIT_FAIL, EXIT_OK
 from .options import (DEBUG, CommaList, WeightType, call_options, candidate_options,
                       report_options, suite_options, to_config, to_policy, to_settings)
 from .output import check_outputs, execute, make_console, with_outputs
+from .reports import ReportsFirst
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportsFirst, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="softcheck", prog_name="softcheck")
 def cli():
     """Verify softmax cross-entropy gradients three independent ways: the closed form
@@ -177,9 +178,11 @@ def steps(classes, batch, targets, reduction, regime, seed, plot_path):
     """Sweep the finite-difference step h over decades and print each method's error against
     the closed form: the V of truncation vs rounding, with the derived h marked (*)."""
     from ..report.console import render_steps
-    from ..tools.steps import plot, step_case, sweep
+    from ..tools.steps import plot, pyplot, step_case, sweep
 
     check_outputs(plot_path)
+    if plot_path:
+        pyplot()                        # without matplotlib: one line, exit 2, before the work
     case = step_case(classes=classes, batch=batch, targets=targets, reduction=reduction,
                      regime=regime, seed=seed)
     sweeps = sweep(case)

@@ -113,6 +113,9 @@ def suite_options(fn):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of every input."),
         click.option("--weight", type=WeightType(), default=None,
                      help="Class weights: 'random' or C comma-separated values."),
+        click.option("--weight-dtype", type=click.Choice(DTYPES), default=None,
+                     help="The class weights' own dtype (e.g. float32 with bfloat16 logits) "
+                          "[default: the case's dtype]."),
         click.option("--ignore-index", type=int, default=None,
                      help="Targets equal to it contribute nothing (PyTorch ignore_index)."),
         click.option("--label-smoothing", type=float, default=0.0, show_default=True,
@@ -146,8 +149,10 @@ def suite_options(fn):
                      help="bfloat16/float16 candidates: rounded = float32 arithmetic, the "
                           "gradient rounded when stored and again when scaled by the upstream "
                           "gradient, log-probabilities stored in the dtype; strict = float32 "
-                          "arithmetic and one final rounding; native = also 4x the error of the "
-                          "closed form computed in the dtype itself (plain framework ops)."),
+                          "arithmetic and one final rounding (fused kernels); native = also 4x "
+                          "the error of the closed form computed in the dtype itself (plain "
+                          "framework ops); torch (--hidden only) = also PyTorch's own error in "
+                          "the dtype (unfused F.linear + F.cross_entropy)."),
         click.option("--fd-budget", type=float, default=FD_BUDGET, show_default=True,
                      help="Element evaluations FD may spend per case before sampling columns."),
         click.option("--atol", type=float, default=None,
@@ -160,10 +165,12 @@ def suite_options(fn):
                           "size H; --classes is the vocabulary V, --batch the rows N."),
         click.option("--bias", is_flag=True, help="--hidden: an LM-head bias (V,)."),
         click.option("--shape", type=click.Choice(FUSED_SHAPES), default="nv",
-                     show_default=True, help="--hidden: x as (N, H) or (B, T, H)."),
+                     show_default=True, help="logits as (N, V) with (N,) targets, or (B, T, V) "
+                                             "with (B, T) (--hidden: x as (N, H) or (B, T, H))."),
         click.option("--shift", type=click.IntRange(0, 1), default=0, show_default=True,
-                     help="--hidden: 1 = causal shift, target holds the labels and position t "
-                          "is scored against label t+1 (the last position ignored)."),
+                     help="1 = causal shift: target holds the labels and position t is scored "
+                          "against label t+1 (the last position ignored; a (B, T-1) loss is "
+                          "accepted); needs --ignore-index."),
         click.option("--inputs", type=str, default=None,
                      help="FILE.npz with logits, target (optional weight, grad_output): judged "
                           "as one more case beside the seeded suite."),
@@ -189,7 +196,14 @@ def call_options(fn):
                           "...,name=value [default: forward's parameter names]."),
         click.option("--rename", multiple=True,
                      help="OPTION=kernel_name: pass softcheck's option under the kernel's "
-                          "keyword (repeatable), e.g. z_loss=lse_square_scale."),
+                          "keyword (repeatable), e.g. z_loss=lse_square_scale; group=NAME: "
+                          "the process group's keyword (--tensor-parallel)."),
+        click.option("--kwarg", multiple=True,
+                     help="NAME=VALUE: a constant keyword on every call (repeatable; VALUE a "
+                          "Python literal, else a string), e.g. impl=torch_compile."),
+        click.option("--off-value", multiple=True,
+                     help="OPTION=VALUE: what the kernel takes when OPTION is off (repeatable), "
+                          "e.g. softcap=0 [default: softcheck's own: None, 0, 1]."),
         click.option("--returns", default=None,
                      help=f"The returned tuple's items in order, from {', '.join(RETURN_ITEMS)} "
                           "(_ skips one) [default: loss; split: loss,lse]."),
@@ -204,6 +218,10 @@ def call_options(fn):
                           "host devices, given axis_name=."),
         click.option("--backend", type=click.Choice(BACKENDS), default="gloo",
                      show_default=True, help="torch.distributed backend of the ranks."),
+        click.option("--rank-setup", default=None,
+                     help="FILE.py:fn called once in each rank as fn(rank, world_size, group) "
+                          "before the first call, or megatron (megatron-core's parallel_state "
+                          "initialised with tensor-parallel size W)."),
         click.option("--split", type=click.Choice(SPLITS), default="even", show_default=True,
                      help="even: V/W columns per rank; uneven: rank r starts at "
                           "r*(V//W)+min(r, V%W) (JAX: V padded with -inf to W*ceil(V/W))."),
@@ -218,7 +236,8 @@ def to_settings(kw: dict):
     ``--hidden`` makes TARGET a fused linear cross-entropy kernel."""
     from ..candidate.conventions import settings
 
-    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None)
+    return settings(**{k: kw.pop(k) for k in CALL_KEYS}, fused=kw.get("hidden") is not None,
+                    shape=kw.get("shape"), shift=kw.get("shift"))
 
 
 def to_config(kw: dict):

@@ -37,22 +37,21 @@ def make_console(stderr: bool):
 
 def emit(report, json_path, junit_path, markdown_path, *, quiet: bool = False,
          verbose: bool = False, detail: str | None = None) -> int:
-    """Write the reports, render the table, and return the exit code."""
+    """Write the reports (every one rendered first, then all together over the markers of
+    the run), render the table, and return the exit code."""
     from ..report import FORMATS
     from ..report.console import render_table
-    from ..report.files import write_atomic
+    from ..report.text import passed
+    from .reports import files, write_final
 
+    write_final({path: FORMATS[fmt](report, detail) if fmt == "json" else FORMATS[fmt](report)
+                 for path, fmt in files(json_path, junit_path, markdown_path).items()})
     to_stdout = json_path == "-"
-    console = make_console(stderr=to_stdout)
     if not quiet:
-        render_table(report, console, verbose=verbose)
-    for fmt, path in (("json", json_path), ("junit", junit_path), ("markdown", markdown_path)):
-        if path and path != "-":
-            write_atomic(path, report.to_json(detail=detail) if fmt == "json"
-                         else FORMATS[fmt](report))
+        render_table(report, make_console(stderr=to_stdout), verbose=verbose)
     if to_stdout:
-        click.echo(report.to_json(detail=detail))
-    return EXIT_OK if report.passed else EXIT_FAIL
+        click.echo(FORMATS["json"](report, detail))
+    return EXIT_OK if passed(report) else EXIT_FAIL
 
 
 #: a run predicted to take longer than this says so before it starts (seconds)
@@ -61,17 +60,15 @@ LONG_RUN = 120.0
 
 def execute(compute, devices, json_path, junit_path, markdown_path, *, verbose: bool = False,
             detail: str | None = None, estimate=None) -> int:
-    """Set the devices up, mark every report path as an incomplete run, say how long a long
-    run will take, compute the report (with a progress bar on a terminal, progress lines on
-    stderr otherwise), write and render it, and return the exit code."""
+    """Set the devices up, mark every report path as an incomplete run (those that held a
+    report were marked before the command parsed its options: cli/reports.py), say how long a
+    long run will take, compute the report (with a progress bar on a terminal, progress lines
+    on stderr otherwise), write and render it, and return the exit code."""
     from ..reference.jaxsetup import configure
-    from ..report import incomplete
-    from ..report.files import write_atomic
+    from .reports import files, mark
 
     configure(devices)
-    for fmt, path in (("json", json_path), ("junit", junit_path), ("markdown", markdown_path)):
-        if path and path != "-":
-            write_atomic(path, incomplete(fmt))
+    mark(files(json_path, junit_path, markdown_path))
     seconds = estimate() if estimate is not None else None
     with progress_bar(json_path, seconds) as bar:
         report = compute(bar)
@@ -109,6 +106,8 @@ class _LazyBar(_Quiet):
     the work has taken over a second (a timer: also during one long case), on a terminal."""
 
     DELAY = 1.0
+    #: the columns before the case's: bar, done/total, rate, elapsed, ETA (a 999/999 run)
+    FIXED = 12 + 8 + 16 + 8 + 4 + 8 + 2
 
     def __init__(self, console, estimate: float | None = None):
         import threading
@@ -173,9 +172,11 @@ class _LazyBar(_Quiet):
             if not self.bar:
                 return
             rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            room = max(12, self.console.width - self.FIXED)      # one line, never wrapped
+            case = (self.current[:24] + " " + self.detail).rstrip()
             self.bar.update(self.task, completed=self.done, total=self.total,
                             rate=f"{rate:.1f} cases/s",
-                            case=(self.current[:24] + " " + self.detail).rstrip())
+                            case=case if len(case) <= room else case[:room - 1] + "…")
 
     def close(self) -> None:
         self.timer.cancel()
@@ -260,14 +261,13 @@ def progress_bar(json_path, estimate: float | None = None):
 
 
 def with_outputs(fn):
-    """Report paths checked and made absolute before any work (a later chdir, by softcheck
-    or an in-process candidate, cannot redirect them)."""
+    """Report paths made absolute before any work (a later chdir, by softcheck or an
+    in-process candidate, cannot redirect them); cli/reports.py checked and marked them."""
     @functools.wraps(fn)
     def wrapper(**kw):
         for k in ("json_path", "junit_path", "markdown_path"):
             if kw.get(k) and kw[k] != "-":
                 kw[k] = os.path.abspath(kw[k])
-        check_outputs(kw.get("json_path"), kw.get("junit_path"), kw.get("markdown_path"))
         return fn(**kw)
 
     return wrapper

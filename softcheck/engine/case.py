@@ -9,7 +9,8 @@ import numpy as np
 
 from ..judge import tolerances
 from ..candidate import CallPolicy, CallResult
-from ..judge.compare import Comparison, Invariant, compare, compare_values, invariants
+from ..judge.compare import (Comparison, Invariant, compare, compare_values, determinism,
+                             invariants)
 from ..judge.metamorphic import check_relations
 from ..reference import analytic, autodiff
 from ..reference.loss import values as loss_values
@@ -113,7 +114,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         relations = check_relations(relation_call, inputs,
                                     grads["candidate"], dtype=case.dtype, takes=candidate.takes,
                                     seed=case.seed, native=case.tolerance == "native",
-                                    user=_user_tolerance(case, "candidate", candidate))
+                                    user=_user_tolerance(case, "candidate", candidate),
+                                    positional=bool(case.shift))
     passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
               and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()
@@ -141,14 +143,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
 
 
 def _determinism(nondet: float, policy: CallPolicy, cmp: Comparison) -> Invariant:
-    """Repeated calls on identical inputs agree to within --nondet-tol, or else to within
-    the case's absolute tolerance (torch gradcheck's ``nondet_tol``, defaulting to what the
-    comparison with the closed form allows)."""
-    allowed = policy.nondet_tol if policy.nondet_tol is not None else cmp.atol
-    detail = (f"{policy.repeat} calls on identical inputs: bitwise identical" if nondet == 0
-              else f"{policy.repeat} calls on identical inputs differ by up to {nondet:.3g} "
-                   f"(allowed {allowed:.3g}{' by --nondet-tol' if policy.nondet_tol is not None else ', the case tolerance'})")
-    return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
+    """The ``deterministic`` invariant of a case judged against ``cmp`` (its tolerance)."""
+    return determinism(nondet, policy.repeat, policy.nondet_tol, cmp.atol)
 
 
 def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Comparison]:

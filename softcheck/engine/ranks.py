@@ -5,19 +5,19 @@ devices of one worker process; the shards' gradients judged per rank, the losses
 from __future__ import annotations
 
 import dataclasses
-import os
 import select
 import socket
 import time
 
 import numpy as np
 
-from ..candidate.call import CallResult, kwargs_for, signature_of
+import softcheck.candidate.reply as wire
+from ..candidate.call import CallResult, judged, kwargs_for, repeated, signature_of
 from ..candidate.described import BadDescription, load_error
 from ..candidate.conventions import SHARD_KEYWORDS
 from ..candidate.sharding import shards
 from ..candidate.channel import _Died, _Worker, close_shared, shared_file
-from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described
+from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described, reply_fields
 from ..judge.compare import Comparison, Invariant, compare
 from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
@@ -87,7 +87,7 @@ class RankedCandidate:
             self.close()
             raise SoftcheckError(f"TARGET {self.target}: rank 0 described it wrongly ({e})"
                                  ) from None
-        self._params = set(params) - {"group"}
+        self._params = set(params) - {settings.kernel_name("group")}
 
     def takes(self, name: str) -> bool:
         return name in self._params or self._varkw
@@ -160,17 +160,23 @@ class RankedCandidate:
     # -- one call on every rank -------------------------------------------------------
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
+        """``repeat`` calls on every rank (each its own request), judged here."""
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)
-        n, v = inputs.logits.shape
-        cols = shards(v, self.world, self.split)
         conv = self.settings.convention != "grad"
         if conv:
             kw = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output)}
             kw = {k: np.asarray(x) for k, x in kw.items() if x is not None}
             kw["variants"] = variants
         else:
-            kw = kwargs_for(inputs, self.takes)
+            kw = kwargs_for(inputs, self.takes, self.settings)
+        fields = reply_fields("convention" if conv else "call", inputs)
+        return repeated(lambda i: self._once(inputs, kw, fields, timeout, i), repeat)
+
+    def _once(self, inputs: Inputs, kw: dict, fields: dict, timeout, index: int) -> CallResult:
+        n, v = inputs.logits.shape
+        cols = shards(v, self.world, self.split)
+        conv = self.settings.convention != "grad"
         if self._ranks is not None and any(w.proc.poll() is not None for w in self._ranks):
             self._stop()
         try:
@@ -178,34 +184,37 @@ class RankedCandidate:
         except SoftcheckError as e:
             return CallResult(None, f"restarting the ranks failed: {e}")
         outs = 1 + MAX_VARIANTS if conv else 1
-        offsets = []
+        names = [k for k, x in kw.items() if isinstance(x, np.ndarray)]
+        target = np.ascontiguousarray(inputs.target)
+        # each rank hands back its other array arguments after the call (not a convention's)
+        back = [] if conv else [("target", target), *((k, np.asarray(kw[k])) for k in names)]
+        placed = []
         for r, (w, slot, (a, b)) in enumerate(zip(ranks, self._slots, cols)):
-            names = [k for k, x in kw.items() if isinstance(x, np.ndarray)]
             shard = np.ascontiguousarray(inputs.logits[:, a:b])
-            arrays = [shard, np.ascontiguousarray(inputs.target)] + [
-                np.ascontiguousarray(kw[k]) for k in names]
+            arrays = [shard, target] + [np.asarray(kw[k]) for k in names]   # 0-d stays 0-d
             size = 8 * shard.size
-            descs, out_off = IsolatedCandidate._place(slot, arrays, outs * size)
+            descs, out_off = _place(slot, arrays, outs * size, back)
             rkw = dict(kw)
-            rkw.update(zip(names, descs[2:]))
+            rkw.update(zip(names, descs[2:len(arrays)]))
+            backs = dict(zip((k for k, _ in back), descs[len(arrays):]))
             w.seq += 1
-            req = {"op": "convention" if conv else "call", "seq": w.seq,
-                   "shm_size": slot._size, "args": descs[:2], "kw": rkw,
+            req = {"op": "convention" if conv else "call", "seq": w.seq, "index": index,
+                   "shm_size": slot._size, "args": descs[:2], "kw": rkw, "back": backs,
                    "shape": tuple(shard.shape), "case_dtype": inputs.logits.dtype.name,
-                   "out": out_off, "repeat": max(1, int(repeat)),
-                   "spec": inputs.spec if conv else None}
-            offsets.append((out_off, size, tuple(shard.shape)))
+                   "out": out_off, "spec": inputs.spec if conv else None}
+            placed.append((out_off, size, tuple(shard.shape), backs))
             try:
                 w.send(req)
-            except _Died as e:
+            except (_Died, OSError) as e:
                 return self._failed(r, str(e))
-        replies = self._gather(ranks, timeout)
+        replies = self._gather(ranks, timeout, fields)
         if isinstance(replies, CallResult):
             return replies
-        return self._assemble(replies, offsets, cols, (n, v))
+        return self._assemble(replies, placed, cols, inputs, dict(back))
 
-    def _gather(self, ranks: list[_Worker], timeout):
-        """Every rank's reply, or the CallResult of the first rank that died, raised or hung."""
+    def _gather(self, ranks: list[_Worker], timeout, fields: dict):
+        """Every rank's reply, checked (reply.py), or the CallResult of the first rank that
+        died, raised, hung or sent a malformed reply."""
         deadline = None if not timeout else time.monotonic() + timeout
         replies: dict[int, dict] = {}
         while len(replies) < len(ranks):
@@ -234,97 +243,79 @@ class RankedCandidate:
                                   max(0.1, deadline - time.monotonic()))
             except (_Died, TimeoutError) as e:
                 return self._failed(r, str(e) or "did not finish its reply")
-            if not isinstance(reply, dict) or reply.get("seq") != w.seq:
-                return self._failed(r, "sent an invalid reply")
-            if reply.get("error"):
+            except OSError as e:                          # any socket error: the call failed
+                return self._failed(r, f"its channel failed ({type(e).__name__}: {e})")
+            try:
+                got = wire.checked(reply, fields, w.seq)
+            except wire.ReplyError as e:
+                return self._failed(r, f"sent an invalid reply ({e})")
+            if got["error"]:
                 # a peer's death makes the survivors' collectives raise (gloo: "Read error"):
                 # name the rank that died, not the first one to report the broken group
                 dead = _first_dead(ranks, r, within=1.0)
                 if dead is not None:
                     return self._failed(dead, ranks[dead].death_reason())
-                return self._failed(r, w.explain(str(reply["error"])))
-            replies[r] = reply
+                return self._failed(r, w.explain(got["error"]))
+            replies[r] = got
         return replies
 
     def _failed(self, r: int, why: str) -> CallResult:
-        output = "\n".join(f"[rank {k}] " + ln for k, w in enumerate(self._ranks or ())
-                           for ln in w.output().splitlines())
+        output = self._output()
         self._stop()
         why = why.replace("the candidate's process", "its process")
         return CallResult(None, f"rank {r} of {self.world}: {why}; all ranks were stopped",
                           output=output)
 
-    def _assemble(self, replies, offsets, cols, shape) -> CallResult:
-        def shard(r: int, j: int) -> np.ndarray:         # a view: concatenate copies once
-            off, size, sh = offsets[r]
-            return np.frombuffer(self._slots[r]._mm, np.float64, size // 8,
-                                 off + j * size).reshape(sh)
+    def _output(self) -> str:
+        return "\n".join(f"[rank {r}] " + ln for r, w in enumerate(self._ranks or ())
+                         for ln in w.output().splitlines())
 
-        full = [np.concatenate([shard(r, j) for r in range(len(self._slots))], axis=1)
-                for j in range(1 + len(replies[0].get("variants", ())))]
+    def _assemble(self, replies, placed, cols, inputs: Inputs, originals: dict) -> CallResult:
+        """Each rank's raw shard judged (its arguments, its dtype), then the shards joined."""
+        per = []
+        for r in range(len(self._slots)):
+            off, size, sh, backs = placed[r]
+            got, mm = replies[r], self._slots[r]._mm
+
+            def read(j: int, dt, off=off, size=size, sh=sh, mm=mm) -> np.ndarray:
+                return np.frombuffer(mm, dt, size // 8, off + j * size).reshape(sh).copy()
+
+            after = tuple((k, np.frombuffer(mm, a.dtype, a.size, backs[k][1]).reshape(
+                a.shape).copy()) for k, a in originals.items())
+            raw = CallResult(read(0, got["dtype"]), None, got["notes"], after=after,
+                             variants=tuple((lab, g, read(k + 1, dt)) for k, (lab, g, dt)
+                                            in enumerate(got.get("variants", ()))))
+            one = judged(raw, originals, inputs.logits.dtype, got["x64_off"])
+            if one.error is not None:
+                return CallResult(None, f"rank {r} of {self.world}: {one.error}",
+                                  output=self._output())
+            per.append(one)
+        full = [np.concatenate([p.grad for p in per], axis=1)] + [
+            np.concatenate([p.variants[k][2] for p in per], axis=1)
+            for k in range(len(per[0].variants))]
         first = replies[0]
-
-        def arr(x):
-            return None if x is None else np.asarray(x, np.float64)
-
-        variants = tuple((str(lab), arr(g), full[k + 1])
-                         for k, (lab, g) in enumerate(first.get("variants", ())))
+        variants = tuple((lab, g, full[k + 1])
+                         for k, (lab, g, _) in enumerate(per[0].variants))
         notes = []
-        for r in range(len(replies)):
-            notes += [f"rank {r}: {x}" for x in replies[r].get("notes", ())
-                      if f"rank {r}: {x}" not in notes]
-        info = tuple((r, a, b, arr(replies[r].get("loss")), b - a)
+        for r, p in enumerate(per):
+            notes += [f"rank {r}: {x}" for x in p.notes if f"rank {r}: {x}" not in notes]
+        info = tuple((r, a, b, replies[r].get("loss"), b - a)
                      for r, (a, b) in enumerate(cols))
-        return CallResult(full[0], None, tuple(notes),
-                          output="\n".join(f"[rank {r}] " + ln for r, w in
-                                           enumerate(self._ranks or ())
-                                           for ln in w.output().splitlines()),
-                          nondet=max(float(replies[r].get("nondet", 0.0)) for r in replies),
-                          loss=arr(first.get("loss")), z_loss=arr(first.get("z_loss")),
-                          lse=arr(first.get("lse")), variants=variants, ranks=info)
+        return CallResult(full[0], None, tuple(notes), output=self._output(),
+                          loss=first.get("loss"), z_loss=first.get("z_loss"),
+                          lse=first.get("lse"), variants=variants, ranks=info)
 
 
-class ShardMapCandidate(IsolatedCandidate):
-    """``--framework jax``: one worker process (candidate/shard_main.py) hosting the W XLA
-    host devices (XLA_FLAGS set before JAX starts there), the TARGET called inside
-    jax.shard_map (candidate/sharding.py); every device's loss comes back for the judging.
-    A death or timeout of that process fails the call like any isolated candidate's."""
-
-    module = "softcheck.candidate.shard_main"
-
-    def __init__(self, source: str, label: str, settings, *, x64: bool = True,
-                 memory_limit: int | None = None):
-        self.world, self.split = settings.tensor_parallel, settings.split    # before it starts
-        super().__init__(source, None, label, x64=x64, settings=settings,
-                         memory_limit=memory_limit)
-        self._params -= set(SHARD_KEYWORDS)
-
-    @property
-    def env(self) -> dict:                # type: ignore[override]
-        from ..reference.jaxsetup import host_devices
-
-        return {"XLA_FLAGS": host_devices(self.world, os.environ.get("XLA_FLAGS", "")),
-                "JAX_PLATFORMS": "cpu"}
-
-    def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True) -> CallResult:
-        if not inputs.spec.hard:
-            return CallResult(None, HARD_ONLY)
-        return super().call(inputs, timeout=timeout, repeat=repeat, variants=variants)
-
-    def shared_logits(self, shape, dtype, pad: int = 0) -> None:
-        """None: shard_map takes its logits whole from the engine (never streamed)."""
-        return None
-
-    def call_hvp(self, inputs, direction, *, timeout=None) -> CallResult:
-        return CallResult(None, FIRST_ORDER)
-
-    def exchange(self, req: dict, timeout, **kw):
-        reply, error, output = super().exchange(req, timeout, **kw)
-        if error and reply is None:               # died or hung: every device with it
-            error = error.replace("the candidate's process", "the shard_map worker (hosting "
-                                  f"all {self.world} devices)")
-        return reply, error, output
+def _place(slot, arrays: list, out_bytes: int, back: list):
+    """``arrays`` written into a rank's shared file, ``out_bytes`` for its outputs, then room
+    for the arguments it hands back (``back``): descriptors of both, and the output offset."""
+    extra = sum(-(-a.nbytes // 64) * 64 for _, a in back)
+    descs, out_off = IsolatedCandidate._place(slot, arrays, out_bytes + extra)
+    pos = out_off + out_bytes
+    for _, a in back:
+        descs.append(("arr", pos, tuple(int(s) for s in a.shape), a.dtype.name))
+        pos += -(-a.nbytes // 64) * 64
+    return descs, out_off
 
 
 # ------------------------------------------------------------------------------- judging

@@ -75,7 +75,10 @@ def _judge_here(req: dict):
     # what the caller could import, the worker can (the judge itself does not import from it)
     os.environ["SOFTCHECK_WORKER_PATH"] = os.pathsep.join(req.get("path", ()))
     cand = load(req["source"], hvp=req.get("hvp_source"), label=req.get("label"),
-                settings=settings(**req["call"]))
+                settings=settings(**req["call"],
+                                  fused=req["options"].get("hidden") is not None,
+                                  shape=req["options"].get("shape"),
+                                  shift=req["options"].get("shift")))
     return check_candidate(cand, config(**req["options"]), policy=req["policy"],
                            fail_fast=req["fail_fast"])
 

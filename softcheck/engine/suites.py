@@ -41,18 +41,23 @@ def options_dict(cfg: Config) -> dict:
 
 def execute(command: str, jobs: list[Job], skipped: list[str], options: dict, *,
             target: str | None = None, fail_fast: bool = False, progress=None,
-            workers: int = 1) -> Report:
+            workers: int = 1, probe_dtypes: bool = False) -> Report:
     """Judge the jobs and assemble the Report: the one place every command ends.
 
     Each candidate of the jobs runs in its own worker process when its policy says so
     (and it can be reloaded there); every worker, and all it started, has ended when this
-    returns.  JAX's float64 flag is as the caller had it."""
+    returns.  JAX's float64 flag is as the caller had it.  ``probe_dtypes`` (the user did
+    not pin --dtype): a candidate's float64 cases are dropped when one small call shows it
+    computes in float32 (engine/precision.py)."""
     from ..reference.jaxsetup import x64_restored
+    from .precision import fit
 
     t0 = time.perf_counter()
     jobs, workers_started, process = _isolate(jobs)
     try:
         with x64_restored():
+            jobs, dropped = fit(jobs, process, probe=probe_dtypes)
+            skipped = [*skipped, *dropped]
             results = run_jobs(jobs, fail_fast=fail_fast, progress=progress, workers=workers)
             env = environment()
     finally:
@@ -116,7 +121,8 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     """The W rank processes of a --tensor-parallel candidate, or (JAX) its one shard_map
     worker hosting W devices (engine/ranks.py)."""
     from ..candidate.sharding import layout, shards
-    from .ranks import RankedCandidate, ShardMapCandidate
+    from .ranks import RankedCandidate
+    from .shardmap import ShardMapCandidate
 
     if not job.policy.isolate:
         raise SoftcheckError("--tensor-parallel runs each rank in its own process: it cannot "
@@ -155,7 +161,8 @@ def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPo
     """A candidate against the three references over the check suite (``check_suite``)."""
     cases, skipped = with_inputs(cfg, select(cfg, check=True, candidate=cand))
     return execute("check", [Job(c, cand, policy) for c in cases], skipped, options_dict(cfg),
-                   target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs)
+                   target=cand.label, fail_fast=fail_fast, progress=progress, workers=jobs,
+                   probe_dtypes=cfg.dtype is None)
 
 
 # --------------------------------------------------------------------------------- estimates
@@ -216,7 +223,13 @@ def load_plan(path: str, *, in_process: bool = False) -> BatchPlan:
     for g in plan.groups:
         if g.target is None:
             continue
-        cand = _load(g.target, plan.base, g.where, "target", loaded, g.call, in_process)
+        seq = {(c.hidden is not None, c.shape, c.shift) for c in g.configs}
+        if len(seq) > 1:
+            raise SoftcheckError(f"{g.where}: hidden, shape and shift take one value in a "
+                                 "group with a target (how it is called)")
+        fused, shape, shift = seq.pop() if seq else (False, "nv", 0)
+        call = g.call + (("fused", fused), ("shape", shape), ("shift", shift))
+        cand = _load(g.target, plan.base, g.where, "target", loaded, call, in_process)
         if g.hvp is not None:
             cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
                                        in_process=in_process))
@@ -232,7 +245,7 @@ def _load(target: str, base: str, where: str, key: str, loaded: dict, call=(),
     t = relative_to(target, base)
     if (t, call) not in loaded:
         try:
-            st = settings(**dict(call)) if call else None
+            st = settings(**dict(call))
             loaded[t, call] = load(t, label=target, settings=st, base=base,
                                    in_process=in_process)
         except SoftcheckError as e:

@@ -233,6 +233,20 @@ def _target_error(inputs: Inputs, err, ratio_arr, scale: float) -> dict | None:
     return {"target": part(mask), "others": part(~mask)}
 
 
+def determinism(nondet: float, repeat: int, nondet_tol: float | None, atol: float
+                ) -> Invariant:
+    """Repeated calls on identical inputs agree to within --nondet-tol, or else to within
+    the case's absolute tolerance ``atol`` (torch gradcheck's ``nondet_tol``, defaulting to
+    what the comparison with the reference allows).  ``nondet``: the largest difference, as
+    the judge measured it (candidate/record.py)."""
+    allowed = nondet_tol if nondet_tol is not None else atol
+    by = " by --nondet-tol" if nondet_tol is not None else ", the case tolerance"
+    detail = (f"{repeat} calls on identical inputs: bitwise identical" if nondet == 0
+              else f"{repeat} calls on identical inputs differ by up to {nondet:.3g} "
+                   f"(allowed {allowed:.3g}{by})")
+    return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
+
+
 def invariants(method: str, g: np.ndarray, inputs: Inputs, *, dtype: str, kappa: float,
                scale: float, band: float = 0.0) -> list[Invariant]:
     """Row sums are zero (no z-loss, no softcap); ignored rows are exactly zero."""

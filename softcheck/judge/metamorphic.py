@@ -90,14 +90,17 @@ class Relation:
                 "detail": self.detail}
 
 
-def applicable(spec, batch: int, classes: int, takes: Callable[[str], bool]) -> list[str]:
-    """The relations that hold for these options (and that the candidate's signature allows)."""
+def applicable(spec, batch: int, classes: int, takes: Callable[[str], bool], *,
+               positional: bool = False) -> list[str]:
+    """The relations that hold for these options (and that the candidate's signature allows);
+    ``positional``: rows are positions of sequences (--shift 1: the last of each has no
+    label), so moving rows is no symmetry."""
     out = []
     if not spec.softcap and not spec.z_loss:     # tanh and lse² are not shift-invariant
         out.append("shift invariance")
     if classes > 1 and (spec.weight is None or takes("weight")):
         out.append("class permutation")
-    if batch > 1:
+    if batch > 1 and not positional:
         out.append("row permutation")
         if spec.reduction in ("sum", "none"):
             out.append("batch split")
@@ -109,8 +112,8 @@ def applicable(spec, batch: int, classes: int, takes: Callable[[str], bool]) -> 
 
 def check_relations(call: Call, inputs: Inputs, grad: np.ndarray, *, dtype: str,
                     takes: Callable[[str], bool], seed: int = 0, native: bool = False,
-                    user: tuple[float | None, float | None] | None = None
-                    ) -> tuple[Relation, ...]:
+                    user: tuple[float | None, float | None] | None = None,
+                    positional: bool = False) -> tuple[Relation, ...]:
     """Judge every applicable relation; ``grad`` is the candidate's (float64) gradient at
     ``inputs``, ``call`` calls the candidate on other inputs.  ``user``: --atol/--rtol, which
     replace the derived per-side tolerance as they do in the comparisons."""
@@ -119,7 +122,7 @@ def check_relations(call: Call, inputs: Inputs, grad: np.ndarray, *, dtype: str,
     inputs64 = inputs.float64()
     base = _Judge(dtype, inputs64, native and dtype in tolerances.LOW_PRECISION, user)
     out = []
-    for name in applicable(inputs.spec, n, c, takes):
+    for name in applicable(inputs.spec, n, c, takes, positional=positional):
         out.append(_RUNNERS[name](call, inputs, grad, rng, base))
     return tuple(out)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.results import CaseResult, Report
-from .text import SHORT_METHOD, by_group, failure_text, fmt, name_parts
+from .escape import console as as_text, plain
+from .text import (NO_CASES, SHORT_METHOD, by_group, counted, diagnosis_key, failure_text,
+                   fmt, name_parts, passed, why)
 
 
 #: the second member of a fused pair, and how its label says it
@@ -32,10 +34,31 @@ def pair_label(pair, sep: str = "\n") -> str:
     return f"{a}{sep}{SHORT_METHOD[pair[1]]}"
 
 
+#: the console shows this many ways of failing in full (the rest: one line each; -v: all)
+SHOWN_IN_FULL = 3
+#: and this many hints, the most common first
+SHOWN_HINTS = 4
+
+
 def render_table(report: Report, console, *, verbose: bool = False) -> None:
-    """The human report, summary first (like pytest): one line per group (verdict, counts,
-    worst error, FD coverage), every failing case in full, the skipped combinations, the
-    verdict line.  ``verbose``: before them, a table per group with every case's row."""
+    """The human report, hints first: what the failing cases' diagnoses say (each once, with
+    how many cases say it); one line per group (verdict, counts, worst error, FD coverage);
+    the notes, each once; the failures, the cases failing the same way as one (``-v``: each
+    case in full, and before them a table per group with every case's row); the skipped
+    combinations; the verdict line."""
+    def say(text, style=None, **kw):      # candidate text: control characters made visible
+        console.print(plain(text), style=style, markup=False, highlight=False, **kw)
+
+    failed = report.failed
+    hints = sorted(counted(c.diagnosis for c in failed),      # a known bug first: it names it
+                   key=lambda h: not h[0].startswith("looks like a known bug"))
+    for hint, n, varies in hints[:SHOWN_HINTS]:
+        tail = [f"{n} of {len(failed)} failing cases"] if n < len(failed) else []
+        tail = (["its numbers vary by case"] if varies else []) + tail
+        say(f"hint: {hint}" + (f" ({'; '.join(tail)})" if tail else ""), "bold red",
+            soft_wrap=True)
+    if len(hints) > SHOWN_HINTS:
+        say(f"(+{len(hints) - SHOWN_HINTS} more hints in fewer cases: -v)", "dim")
     groups = by_group(report)
     if verbose:
         for name, cases in groups.items():
@@ -43,23 +66,65 @@ def render_table(report: Report, console, *, verbose: bool = False) -> None:
             console.print(_table(cases, name if titled else None, console.width))
     for name, cases in groups.items():
         bad = sum(not c.passed for c in cases)
-        console.print(group_line(name, cases), style="red" if bad else "green", markup=False,
-                      highlight=False, soft_wrap=False, overflow="fold")
-    for case in report.failed:
-        console.print(failure_text(case), style="red", highlight=False, markup=False,
-                      soft_wrap=True)
+        say(group_line(name, cases), "red" if bad else "green", soft_wrap=False,
+            overflow="fold")
+    for note, n, _ in counted(c.notes for c in report.cases):
+        say(f"note: {note}" + (f" ({n} of {len(report.cases)} cases)" if n > 1 else ""),
+            "yellow", soft_wrap=True)
+    if verbose:
+        for case in failed:
+            say(failure_text(case), "red", soft_wrap=True)
+    else:
+        _render_failures(failed, say, console.width)
     for note in report.skipped:
-        console.print(f"skipped: {note}", style="dim", markup=False, highlight=False,
-                      soft_wrap=True)
+        say(f"skipped: {note}", "dim", soft_wrap=True)
     for info in report.environment.get("candidate_process", {}).values():
         if info.get("sandbox", {}).get("weaker"):          # candidate/sandbox.py
-            console.print(info["sandbox"]["weaker"], style="dim", markup=False,
-                          highlight=False, soft_wrap=True)
+            say(info["sandbox"]["weaker"], "dim", soft_wrap=True)
+        for note in info.get("notes", ()):                 # engine/precision.py
+            say(f"note: {note}", "yellow", soft_wrap=True)
     s = report.summary()
-    verdict = "all agree" if report.passed else "DISAGREEMENT"
-    style = "bold green" if report.passed else "bold red"
-    console.print(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, {s['failed']} failed — {verdict} "
-                  f"({report.seconds:.2f} s)", style=style, markup=False, highlight=False)
+    verdict = ("all agree" if passed(report) else NO_CASES if not report.cases
+               else "DISAGREEMENT")
+    style = "bold green" if passed(report) else "bold red"
+    say(f"{s['total']} case{'' if s['total'] == 1 else 's'}: {s['passed']} passed, "
+        f"{s['failed']} failed — {verdict} ({report.seconds:.2f} s)", style)
+
+
+def _render_failures(failed: list[CaseResult], say, width: int = 80) -> None:
+    """The failing cases by diagnosis, most cases first: the first case of each of the
+    first :data:`SHOWN_IN_FULL` ways in full (compact) and which other cases fail the same
+    way; the rest one line each."""
+    ways: dict = {}
+    for case in failed:
+        ways.setdefault((case.group, diagnosis_key(case)), []).append(case)
+    ordered = sorted(ways.values(), key=len, reverse=True)
+    for i, cases in enumerate(ordered):
+        first, rest = cases[0], cases[1:]
+        if i < SHOWN_IN_FULL:
+            say(failure_text(first, compact=True), "red", soft_wrap=True)
+            if rest:
+                head = f"  the same in {len(rest)} more case{'s' if len(rest) > 1 else ''}: "
+                say(head + _names(rest, width - len(head)), "red", soft_wrap=True)
+        else:
+            more = f" (and {len(rest)} more like it)" if rest else ""
+            say(f"FAIL {first.name}{more}: {why(first).splitlines()[0]}", "red",
+                soft_wrap=True)
+    if any(len(c) > 1 for c in ordered) or len(ordered) > SHOWN_IN_FULL:
+        say("(-v: every case in full, every number: --json)", "dim")
+
+
+def _names(cases: list[CaseResult], room: int) -> str:
+    """The cases' names, as many as fit in ``room`` columns (at least one), then ``… (+k)``."""
+    shown: list[str] = []
+    for i, c in enumerate(cases):
+        tail = f", … (+{len(cases) - i - 1})" if i + 1 < len(cases) else ""
+        text = ", ".join(shown + [c.name]) + tail
+        if shown and len(text) > room:
+            break
+        shown.append(c.name)
+    left = len(cases) - len(shown)
+    return ", ".join(shown) + (f", … (+{left})" if left else "")
 
 
 def table_text(report: Report, *, verbose: bool = False, width: int = 100) -> str:
@@ -85,7 +150,8 @@ def group_line(name: str, cases: list[CaseResult]) -> str:
     its share of the allowed error) and FD's coverage."""
     bad = sum(not c.passed for c in cases)
     comps = [c for case in cases for c in case.comparisons]
-    worst = max(comps, key=lambda c: c.ratio, default=None)
+    mine = [c for c in comps if c.pair[0].startswith("candidate")]
+    worst = max(mine or comps, key=lambda c: c.ratio, default=None)   # the candidate's first
     line = f"{'FAIL' if bad else 'PASS'} {name}: {len(cases) - bad} passed, {bad} failed"
     if worst is not None:
         line += (f"\n    worst error {fmt(worst.max_rel_error)} ({pair_label(worst.pair, ' vs ')}, "
@@ -115,6 +181,8 @@ def fd_cell(case: CaseResult) -> str:
 
 
 REFS = "references"
+#: one column for the worst of the candidate's pairs with the references (narrow consoles)
+CAND = "candidate vs references"
 #: one column for the worst of the gradients at the other upstream gradients (candidate@g=...)
 UPSTREAM = "upstream"
 #: one column for the worst rank's columns (candidate[rank r]): each rank's in the failures
@@ -148,22 +216,33 @@ def _table(cases: list[CaseResult], title: str | None, width: int = 80):
         title = f"{title}: {shared}" if title else shared
     else:
         same = [False] * len(parts[0])
-    table = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / scale (the gradient's; loss, lse: their terms')")
+    names = [" ".join(w for i, w in enumerate(words) if i >= len(same) or not same[i])
+             for words in parts]
     # each number column: 8 characters + 2 of padding + 1 of divider; the verdict 4 + 3; the
-    # case gets the rest, so that numbers and verdicts are never cut
+    # case gets the rest, so that numbers and verdicts are never cut.  Too narrow for the
+    # case names (80 columns, a loss convention's extra columns): the candidate's pairs with
+    # the references become one column, their worst
     fd_width = max([len(fd_cell(c)) for c in cases] + [3])
+    room = lambda n: width - 11 * n - 7 - 3 - fd_width    # noqa: E731
+    mine = [p for p in pairs if p[0] == "candidate"]
+    if len(mine) > 1 and room(len(pairs)) < min(max(map(len, names)), 24):
+        pairs = [CAND] + [p for p in pairs if p not in mine]
+    table = Table(title=title and as_text(title), title_justify="left", title_style="bold",
+                  header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, caption="errors: max |A - B| / scale (the gradient's; loss, lse: their terms')")
     table.add_column("case", overflow="fold", no_wrap=False, min_width=12,
-                     max_width=max(12, width - 11 * len(pairs) - 7 - 3 - fd_width))
+                     max_width=max(12, room(len(pairs))))
     for p in pairs:
-        label = "refs\nagree" if p == REFS else pair_label(p)
+        label = {REFS: "refs\nagree", CAND: "cand vs\nrefs"}.get(p) or pair_label(p)
         table.add_column(label, justify="right", no_wrap=True, min_width=8)
     table.add_column("FD\ncols", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True, min_width=4)
-    for case in cases:
-        words = name_parts(case)
-        cells = [Text(" ".join(w for i, w in enumerate(words) if i >= len(same) or not same[i]))]
+    for case, name in zip(cases, names):
+        cells = [Text(name)]
         by_pair = {c.pair: c for c in case.comparisons}
+        if CAND in pairs:
+            by_pair[CAND] = max((c for c in case.comparisons if c.pair in mine),
+                                key=lambda c: c.ratio, default=None)
         if has_candidate:
             refs = [c for c in case.comparisons if c.pair[0] in SHORT_METHOD
                     and c.pair[0] != "candidate"]

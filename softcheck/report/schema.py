@@ -183,6 +183,16 @@ PARAMS = _obj({
     "ignored_fraction": _d({"type": "number", "minimum": 0, "maximum": 1},
                            "Exactly round(F·N) rows ignored (--ignored-fraction), present "
                            "only when given."),
+    "weight_dtype": _d({"enum": ["float64", "float32", "float16", "bfloat16"]},
+                       "The class weights' own dtype (--weight-dtype), present only when "
+                       "given."),
+    "sequence": _d(_obj({"shape": _d({"enum": ["nv", "btv"]}, "logits as (N, V) or "
+                                     "(B, T, V) with (B, T) targets (--shape)."),
+                         "shift": _d({"type": "integer", "minimum": 0, "maximum": 1},
+                                     "1: the candidate got the unshifted labels and scored "
+                                     "position t against label t+1 (--shift).")}),
+                   "How a logits case's candidate was called (--shape btv, --shift 1), "
+                   "present only then."),
 }, required=["classes", "batch", "dtype", "targets", "reduction", "regime", "seed", "order"])
 
 TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock seconds."),
@@ -194,7 +204,8 @@ TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock secon
 
 CASE = _obj({
     "name": _d({"type": "string"}, "The case's name (C-B-dtype-targets-reduction-regime)."),
-    "group": _d(_STR, "The batch group (null outside batch)."),
+    "group": _d(_STR, "The batch group (null outside batch; under pytest the test id, "
+                      "path::test[id])."),
     "target": _d(_STR, "The candidate checked (null: softcheck's own methods)."),
     "passed": _d({"type": "boolean"}, "Every comparison and invariant passed."),
     "params": _d(PARAMS, "The case's options."),
@@ -253,6 +264,9 @@ CANDIDATE_PROCESS = _d({
         "repeat": _d({"type": "integer", "minimum": 1}, "Calls per case on identical inputs."),
         "why": _d({"type": "string"}, "Why it was not isolated."),
         "sandbox": SANDBOX,
+        "notes": _d({"type": "array", "items": {"type": "string"}},
+                    "What the results of this candidate cannot show (engine/precision.py: "
+                    "TRITON_INTERPRET=1 with 16-bit cases)."),
         "tensor_parallel": _d({"type": "integer", "minimum": 2},
                               "--tensor-parallel W: the TARGET ran on W torch.distributed "
                               "ranks (JAX: inside shard_map over W host devices of one "
@@ -286,7 +300,9 @@ REPORT = {
                                               "worst entries of passing cases."),
         "command": _d({"enum": ["run", "check", "batch"]}, "The command that ran."),
         "target": _d(_STR, "The candidate (check), else null."),
-        "passed": _d({"type": "boolean"}, "Every case passed."),
+        "passed": _d({"type": "boolean"}, "Every case passed, and there was at least one."),
+        "reason": _d({"type": "string"}, "Why a report with no failed case does not pass "
+                                         "(no case ran)."),
         "summary": _d(SUMMARY, "Case counts."),
         "environment": _d(_obj({"python": _d({"type": "string"}, "Python version."),
                                 "numpy": _d({"type": "string"}, "NumPy version."),

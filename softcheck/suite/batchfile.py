@@ -29,14 +29,15 @@ import re
 from dataclasses import dataclass
 
 from ..spec import SoftcheckError
-from .config import AXES, CALL_KEYS, CONFIG_KEYS, Config
+from .config import AXES, CALL_KEYS, CONFIG_KEYS, REPEATED_CALL_KEYS, Config
 _INT, _NUM, _STR = "an integer", "a number", "a string"
 # key -> (type, may be null).  Axes take one value or a list (the axis); other keys take one
 # value or a list of values (crossed).
 KEYS: dict[str, tuple[str, bool]] = {
     "classes": (_INT, False), "batch": (_INT, False), "dtype": (_STR, False),
     "targets": (_STR, False), "reduction": (_STR, False), "regime": (_STR, False),
-    "seed": (_INT, False), "weight": ("weight", True), "ignore_index": (_INT, True),
+    "seed": (_INT, False), "weight": ("weight", True), "weight_dtype": (_STR, True),
+    "ignore_index": (_INT, True),
     "label_smoothing": (_NUM, False), "smoothing_convention": (_STR, False),
     "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
     "mean_over": ("mean_over", False), "logit_scale": (_NUM, False),
@@ -50,7 +51,8 @@ KEYS: dict[str, tuple[str, bool]] = {
 }
 assert set(KEYS) == {*CONFIG_KEYS, "timeout"}, "batch keys are the options (suite/config.py)"
 META = ("name", "target", "hvp")
-#: how the group's target is called (check's --convention ...): strings; rename also a list
+#: how the group's target is called (check's --convention ...): strings; rename, kwarg and
+#: off_value also a list (kwarg and off_value also a table NAME = VALUE)
 CALL = CALL_KEYS
 WEIGHT_HELP = "'random' or a list of C numbers"
 
@@ -130,10 +132,15 @@ def _group(g: dict, where: str, names: set) -> Group:
             raise SoftcheckError(f"{where}: unknown key {k!r}{hint}; keys are "
                                  f"{', '.join((*META, *KEYS, *CALL))}")
     for k in (*META, *CALL):
-        ok = isinstance(g.get(k), str) or (k == "rename" and isinstance(g.get(k), list)
-                                           and all(isinstance(x, str) for x in g[k]))
+        v = g.get(k)
+        ok = isinstance(v, str) or (k in REPEATED_CALL_KEYS and isinstance(v, list)
+                                    and all(isinstance(x, str) for x in v)) or (
+            k in ("kwarg", "off_value") and isinstance(v, dict)) or (
+            k == "tensor_parallel" and isinstance(v, int) and not isinstance(v, bool))
         if k in g and not ok:
-            raise SoftcheckError(f"{where}: key {k!r} must be a string, got {_show(g[k])}")
+            kind = ("a string, a list of NAME=VALUE strings or a table" if k in
+                    ("kwarg", "off_value") else "a string")
+            raise SoftcheckError(f"{where}: key {k!r} must be {kind}, got {_show(g[k])}")
     if any(k in g for k in CALL) and "target" not in g:
         raise SoftcheckError(f"{where}: keys {', '.join(CALL)} describe how a 'target' is "
                              "called: this group has none")
@@ -172,7 +179,8 @@ def _group(g: dict, where: str, names: set) -> Group:
         except TypeError as e:
             raise SoftcheckError(f"{where}: {e}") from None
         configs.append(cfg)
-    call = tuple((k, tuple(g[k]) if isinstance(g[k], list) else g[k]) for k in CALL if k in g)
+    call = tuple((k, tuple(g[k]) if isinstance(g[k], list) else
+                  tuple(g[k].items()) if isinstance(g[k], dict) else g[k]) for k in CALL if k in g)
     return Group(unique, tuple(configs), g.get("target"), g.get("hvp"), timeout, where, call)
 
 

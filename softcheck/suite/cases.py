@@ -35,6 +35,7 @@ class Case:
     shift: int = 0
     layout: str = "contiguous"      # strided: the candidate gets buf[:, :C] of (N, C + pad)
     ignored_fraction: float | None = None   # exactly round(F·N) ignored rows (not N//3)
+    weight_dtype: str | None = None         # the class weights' own dtype (None: dtype)
 
     @property
     def pad(self) -> int:
@@ -49,6 +50,9 @@ class Case:
             name = f"FLCE-H{self.hidden}-" + name + ("-bias" if self.bias else "") + (
                 "-btv" if self.shape == "btv" else "") + (f"-shift{self.shift}" if self.shift
                                                           else "")
+        elif self.shape == "btv" or self.shift:
+            name += ("-btv" if self.shape == "btv" else "") + (f"-shift{self.shift}"
+                                                               if self.shift else "")
         return f"{name}[{self.tag}]" if self.tag else name
 
     def params(self) -> dict:
@@ -69,16 +73,25 @@ class Case:
         if self.hidden is not None:
             d["fused"] = {"hidden": self.hidden, "bias": self.bias, "shape": self.shape,
                           "shift": self.shift}
+        elif self.shape != "nv" or self.shift:
+            d["sequence"] = {"shape": self.shape, "shift": self.shift}
         if self.layout != "contiguous":
             d["layout"] = {"kind": self.layout, "row_stride": self.classes + self.pad}
         if self.ignored_fraction is not None:
             d["ignored_fraction"] = self.ignored_fraction
+        if self.weight_dtype is not None:
+            d["weight_dtype"] = self.weight_dtype
         return d
 
 
 #: the regimes of fused linear cross-entropy (--hidden): confident = a few rows whose hidden
 #: state is aligned with their target's row of W (p → 1); masked = 20 % ignored rows
 FUSED_REGIMES = ("normal", "confident", "masked")
+
+
+#: the Case fields taken from the Config of the same name (the axes and spec aside)
+CASE_KNOBS = ("group", "fd", "order", "probes", "fd_budget", "tag", "tolerance", "atol", "rtol",
+              "hidden", "bias", "shape", "shift", "ignored_fraction", "weight_dtype")
 
 
 def default_regimes(cfg: Config) -> tuple[str, ...]:
@@ -116,12 +129,8 @@ def suite(cfg: Config, *, targets=None, reduction=None, dtypes=None) -> tuple[li
                 skipped.append(note)
             continue
         spec = cfg.loss_spec(tk, red)
-        cases.append(
-            Case(c, n, dt, reg, cfg.seed, spec, cfg.group, cfg.fd, cfg.order, cfg.probes,
-                 cfg.fd_budget, cfg.tag, cfg.tolerance, cfg.atol, cfg.rtol, cfg.hidden,
-                 cfg.bias, cfg.shape, cfg.shift, cfg.layout or "contiguous",
-                 cfg.ignored_fraction)
-        )
+        cases.append(Case(c, n, dt, reg, cfg.seed, spec, layout=cfg.layout or "contiguous",
+                          **{k: getattr(cfg, k) for k in CASE_KNOBS}))
     return cases, skipped
 
 

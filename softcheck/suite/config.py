@@ -51,7 +51,9 @@ DEVICES = ("cpu", "cuda")
 RETURN_ITEMS = ("loss", "z_loss", "lse")
 #: the options on how a TARGET is called (check's, and keys of a batch group with a target)
 CALL_KEYS = ("convention", "framework", "args", "rename", "returns", "backward", "device",
-             "tensor_parallel", "backend", "split")
+             "tensor_parallel", "backend", "split", "kwarg", "off_value", "rank_setup")
+#: the call keys that repeat (a list on the command line and in batch files)
+REPEATED_CALL_KEYS = ("rename", "kwarg", "off_value")
 #: --tensor-parallel: the torch.distributed backend of the ranks, and how the vocabulary is
 #: split (even: W equal shards, V divisible by W; uneven: rank r starts at r*(V//W)+min(r, V%W);
 #: JAX shard_map: V padded with -inf to W*ceil(V/W), see candidate/sharding.py)
@@ -75,6 +77,11 @@ def numpy_dtype(name: str) -> np.dtype:
 FD_BUDGET = 2.5e8
 
 
+#: the LossSpec fields a Config holds under the same names (targets and reduction are axes)
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(LossSpec)
+                    if f.name not in ("targets", "reduction"))
+
+
 @dataclass(frozen=True)
 class Config:
     """What to run: each axis a tuple of values (crossed), plus the loss options and knobs.
@@ -90,6 +97,7 @@ class Config:
     regime: tuple[str, ...] | None = None
     seed: int = 0
     weight: tuple[float, ...] | str | None = None
+    weight_dtype: str | None = None  # the class weights' own dtype (None: the case's)
     ignore_index: int | None = None
     label_smoothing: float = 0.0
     smoothing_convention: str = "uniform"
@@ -123,20 +131,10 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def loss_spec(self, targets: str, reduction: str) -> LossSpec:
-        return LossSpec(
-            targets=targets,
-            reduction=reduction,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            smoothing_convention=self.smoothing_convention,
-            temperature=self.temperature,
-            softcap=self.softcap,
-            z_loss=self.z_loss,
-            mean_over=self.mean_over,
-            all_ignored=self.all_ignored,
-            logit_scale=self.logit_scale,
-        )
+        """The case's loss: the axes' target kind and reduction, every other LossSpec field
+        this Config's field of the same name (one list: LossSpec's)."""
+        return LossSpec(targets=targets, reduction=reduction,
+                        **{k: getattr(self, k) for k in SPEC_FIELDS})
 
     def validate(self) -> Config:
         for name in ("classes", "batch"):
@@ -154,6 +152,10 @@ class Config:
                     raise SoftcheckError(
                         f"--{name} must be one of {', '.join(allowed)}; got {v!r}"
                     )
+        if self.weight_dtype is not None and (self.weight_dtype not in DTYPES
+                                              or self.weight is None):
+            raise SoftcheckError(f"--weight-dtype must be one of {', '.join(DTYPES)}, with "
+                                 f"--weight; got {self.weight_dtype!r}")
         if self.smoothing_convention not in CONVENTIONS:
             raise SoftcheckError(
                 f"--smoothing-convention must be one of {', '.join(CONVENTIONS)}; "
@@ -179,10 +181,15 @@ class Config:
                                  f"got {self.shape!r}")
         if not isinstance(self.shift, (int, np.integer)) or not 0 <= self.shift <= 1:
             raise SoftcheckError(f"--shift must be 0 or 1, got {self.shift!r}")
-        if self.hidden is None and (self.bias or self.shape != "nv" or self.shift
-                                    or self.tolerance == "torch"):
-            raise SoftcheckError("--bias, --shape btv, --shift and --tolerance torch are for "
-                                 "fused linear cross-entropy: give --hidden H")
+        if self.hidden is None and (self.bias or self.tolerance == "torch"):
+            raise SoftcheckError("--bias and --tolerance torch are for fused linear "
+                                 "cross-entropy: give --hidden H")
+        if self.hidden is None and (self.shape != "nv" or self.shift) and (
+                (self.targets or ("index",)) != ("index",) or self.order != 1
+                or self.layout == "strided" or self.inputs):
+            raise SoftcheckError("--shape btv and --shift take class-index targets, "
+                                 "first-order gradients, contiguous seeded logits (not "
+                                 "--targets probs, --order 2, --layout strided, --inputs)")
         if self.shift and self.ignore_index is None:
             raise SoftcheckError("--shift 1 needs --ignore-index (the last position of each "
                                  "sequence has no next token and is ignored)")

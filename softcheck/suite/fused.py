@@ -7,7 +7,7 @@ import numpy as np
 from ..spec import FusedInputs
 from .cases import Case
 from .config import numpy_dtype
-from .inputs import _rng, upstream_gradient, weight_array
+from .inputs import _rng, sequences, upstream_gradient, weight_array, weight_dtype
 
 #: the confident regime: the target logit of an aligned row (p_y ≈ 1 − V·e^-CONFIDENT_LOGIT)
 CONFIDENT_LOGIT = 30.0
@@ -17,10 +17,7 @@ IGNORED_SHARE = 0.2
 
 def fused_shape(case: Case) -> tuple[int, int] | None:
     """(B, T) with --shape btv (B = 2 when N is even), else None."""
-    if case.shape != "btv":
-        return None
-    b = 2 if case.batch % 2 == 0 and case.batch > 1 else 1
-    return b, case.batch // b
+    return sequences(case.batch) if case.shape == "btv" else None
 
 
 def make_fused_inputs(case: Case, *, upstream: str = "auto") -> FusedInputs:
@@ -56,7 +53,7 @@ def make_fused_inputs(case: Case, *, upstream: str = "auto") -> FusedInputs:
         lab = labels.reshape(b, t)
         target = np.concatenate([lab[:, 1:], np.full((b, 1), ii)], 1).reshape(-1)
         raw = labels
-    weight = weight_array(s.weight, v, case.seed, dt)
+    weight = weight_array(s.weight, v, case.seed, weight_dtype(case))
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
     return FusedInputs(x.astype(dt), w.astype(dt), None if bias is None else bias.astype(dt),
                        target.astype(np.int64), weight, go, s, shape, raw)

@@ -31,6 +31,11 @@ def weight_array(weight, classes: int, seed: int, dtype) -> np.ndarray | None:
     return w.astype(dtype)
 
 
+def weight_dtype(case: Case) -> np.dtype:
+    """The class weights' dtype: ``--weight-dtype``, else the case's."""
+    return numpy_dtype(getattr(case, "weight_dtype", None) or case.dtype)
+
+
 def upstream_gradient(rng: np.random.Generator, reduction: str, upstream: str, n: int, dt):
     """The gradient flowing into the loss (see ``make_inputs``): a random non-uniform (N,)
     vector for none, else 1 or (``upstream="random"``) a random scalar, rounded to ``dt``."""
@@ -66,6 +71,9 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
                        else np.arange(c))
     y = choices[rng.integers(0, len(choices), n)] if len(choices) else np.full(n, ii)
     ignored = _ignored(case, rng, n) if s.hard and ii is not None else np.zeros(n, bool)
+    if getattr(case, "shift", 0) and ii is not None:   # --shift 1: a sequence's last position
+        b, t = sequences(n, case.shape)                  # has no next token (ignored)
+        ignored.reshape(b, t)[:, -1] = True
     z = _logits(case.regime, rng, n, c, y, s.softcap)
     if s.hard:
         target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
@@ -79,9 +87,16 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
             q /= np.sum(q, -1, keepdims=True)
             q[1::2] *= rng.uniform(0.5, 0.9, (len(q[1::2]), 1))  # rows that do not sum to one
         target = q.astype(dt)
-    weight = weight_array(s.weight, c, case.seed, dt)
+    weight = weight_array(s.weight, c, case.seed, weight_dtype(case))
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
     return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0))
+
+
+def sequences(n: int, shape: str = "btv") -> tuple[int, int]:
+    """(B, T) of N rows: under --shape btv B = 2 when N is even (and > 1), else 1; under
+    --shape nv one sequence (B = 1: what --shift counts positions along)."""
+    b = 2 if shape == "btv" and n % 2 == 0 and n > 1 else 1
+    return b, n // b
 
 
 def _ignored(case: Case, rng: np.random.Generator, n: int) -> np.ndarray:

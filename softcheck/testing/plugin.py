@@ -29,6 +29,7 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
         return
     from ..engine.results import Report
     from ..engine.suites import environment
+    from ..report import FORMATS
     from ..report.files import write_atomic
 
     targets = {c.target for c in COLLECTED}
@@ -36,12 +37,13 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
                     target=targets.pop() if len(targets) == 1 else None,
                     seconds=time.perf_counter() - (_T0[0] if _T0 else time.perf_counter()),
                     environment=environment())
-    write_atomic(path, report.to_json())
+    write_atomic(path, FORMATS["json"](report))         # no case: passed false, and why
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     path = terminalreporter.config.getoption("softcheck_json")
-    if path and COLLECTED:
+    if path:
         failed = sum(not c.passed for c in COLLECTED)
         terminalreporter.write_line(f"softcheck: {len(COLLECTED)} cases ({failed} failed) "
-                                    f"written to {path}")
+                                    f"written to {path}" + ("" if COLLECTED else
+                                                           ": no case ran, it does not pass"))

@@ -85,14 +85,22 @@ def panel_limits(s: Sweep) -> tuple[tuple[float, float], tuple[float, float]]:
     return (lo, hi), (float(np.min(shown)) / 3, float(np.max(shown)) * 3)
 
 
-def figure(sweeps: list[Sweep], title: str):
-    """One panel per method family, each with its own axes (``panel_limits``)."""
+def pyplot():
+    """matplotlib.pyplot (the Agg backend), or one line and exit 2 where it does not import
+    (not installed, or broken)."""
     try:
         import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     except ImportError as e:
-        raise SoftcheckError("--plot needs matplotlib: pip install 'softcheck[plot]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        raise SoftcheckError(f"--plot needs matplotlib ({e}): pip install "
+                             "'softcheck[plot]'") from None
+    return plt
+
+
+def figure(sweeps: list[Sweep], title: str):
+    """One panel per method family, each with its own axes (``panel_limits``)."""
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 4.2))
     for ax, s in zip(np.atleast_1d(axes), sweeps):
@@ -113,8 +121,7 @@ def figure(sweeps: list[Sweep], title: str):
 
 
 def plot(sweeps: list[Sweep], path: str, title: str) -> None:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig = figure(sweeps, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
