@@ -135,3 +135,15 @@ def test_the_judge_checks_the_arguments_it_handed_over(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     (case,) = load_report(out.read_text())["cases"]
     assert case["error"] == "modified its target argument in place"
+
+
+def test_a_forged_reply_on_the_streamed_path_is_a_failed_case_with_the_reason(tmp_path):
+    """A large case's reply (shared.call_shared) was read without the field checks: notes
+    that are not a list made softcheck exit 3 with no report."""
+    code, report, _ = check(tmp_path, "forged_notes", "--classes", "131072", "--batch", "64",
+                            "--dtype", "float32", "--regime", "normal", "--repeat", "1",
+                            limit=300)
+    assert code == 1 and report["passed"] is False and "stale" not in report
+    (case,) = report["cases"]
+    assert case["error"] == ("the candidate's process sent an invalid reply (notes is 12, not "
+                             "a list of text)")

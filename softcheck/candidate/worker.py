@@ -262,6 +262,12 @@ class IsolatedCandidate:
         if error is not None:
             close_all(list((reply or {}).get("fds") or ()))
             return reply, error, output, []
+        try:                            # its fields first (a block's reply has no notes)
+            got = wire.checked({"notes": [], **reply}, {"out_dtypes": lambda v, what: v})
+        except wire.ReplyError as e:
+            close_all(list(reply.get("fds") or ()))
+            return reply, f"the candidate's process sent an invalid reply ({e})", output, []
+        reply = {**reply, "notes": list(got["notes"])}
         try:
             outs = take_outputs(reply, shapes)
         except (ArenaError, OSError, ValueError, TypeError) as e:
