@@ -6,7 +6,7 @@ import functools
 import re
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from .engine.results import Report
 from .candidate.call import DEFAULT_TIMEOUT
 from .spec import SoftcheckError
-from .suite.config import AXES, CALL_KEYS, CONFIG_KEYS, config
+from .suite.config import AXES, CALL_KEYS, CONFIG_KEYS, Config, config
 
 METHODS = ("analytic", "autodiff", "finite_difference")
 #: the call options ``check`` takes (backward is a callable here): the CLI's, one list
@@ -55,20 +55,21 @@ def api_options(options: dict) -> dict:
     for k in AXES:
         v = out.get(k)
         if isinstance(v, str) and "," in v or k in ("classes", "batch") and isinstance(v, str):
-            parts = [p.strip() for p in v.split(",")]
+            parts: list[str] = [p.strip() for p in v.split(",")]
             if k in ("classes", "batch"):
                 try:
-                    parts = [int(p) for p in parts]
+                    out[k] = [int(p) for p in parts]
                 except ValueError:
                     raise SoftcheckError(f"{k} takes whole numbers (a list or a comma string), "
                                          f"got {v!r}") from None
-            out[k] = parts
+            else:
+                out[k] = parts
     config(**out)                                 # validated here, in the caller's words
     return out
 
 
 @api_errors
-def api_config(**options: Any):
+def api_config(**options: Any) -> Config:
     """The suite options (the CLI's ``run`` options, underscored) as a validated Config."""
     return config(**api_options(options))
 
@@ -149,7 +150,7 @@ def _check_here(fn: Callable[..., Any], hvp: Callable[..., Any] | None,
     return check_candidate(cand, config(**options), policy=policy, fail_fast=fail_fast)
 
 
-def _doc(title: str, words) -> str:
+def _doc(title: str, words: Iterable[str]) -> str:
     return "\n\n" + textwrap.fill(f"{title}: {', '.join(words)}.", 88,
                                   initial_indent="    ", subsequent_indent="    ")
 

@@ -15,10 +15,10 @@ def _json(report, detail: str | None = None) -> str:
     """The JSON report; one without a case says ``passed: false`` and why (text.NO_CASES)."""
     import json
 
-    from .text import NO_CASES, passed
+    from .text import NO_CASES
 
     d = report.to_dict(detail)
-    if not passed(report) and d["passed"]:
+    if not report.cases:
         d.update(passed=False, reason=NO_CASES)
     return json.dumps(d, indent=2, allow_nan=False)
 

@@ -87,7 +87,8 @@ def check_case(fn: Callable[..., Any], case: Case, *, timeout: float | None = DE
     return result
 
 
-def _judge_case(fn, case: Case, policy, hvp, backward, call: dict) -> CaseResult:
+def _judge_case(fn: Callable[..., Any], case: Case, policy: CallPolicy, hvp: Any,
+                backward: Any, call: dict) -> CaseResult:
     from ..api import CALL_OPTIONS
     from ..candidate import Candidate, isolated, load, source_of
     from ..candidate.conventions import resolve, settings
