@@ -173,3 +173,17 @@ def test_regression_complex_step_with_minus_inf_logits_and_temperature():
     f = references.finite_difference(inp, "complex")
     assert np.all(np.isfinite(f.grad))
     np.testing.assert_allclose(f.grad, analytic.gradient(inp), rtol=0, atol=1e-15)
+
+
+def test_complex_step_band_covers_a_lone_class_with_z_loss():
+    """Hypothesis found it: C = 1, z = 0, a zero probability target and a z-loss. The true
+    gradient is 0, the complex step gives 1e-42 (cos h rounds to 1, so the real part is off by
+    h²/2 and the z-loss's curvature carries it into the imaginary part) and the band was
+    1.5e-43: the reference's own error bound did not hold."""
+    inputs = make_inputs_from_arrays(np.array([[0.0]]), np.array([[0.0]]),
+                                     LossSpec(targets="probs", reduction="mean", z_loss=0.01),
+                                     grad_output=1.0)
+    a = analytic.gradient(inputs)
+    f = references.finite_difference(inputs, "complex")
+    assert np.max(np.abs(a - f.grad)) <= f.error_estimate
+    assert f.error_estimate < 1e-40                       # still a complex-step band
