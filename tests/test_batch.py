@@ -204,6 +204,7 @@ def test_bad_json_and_missing_batch_file(tmp_path):
 
 def test_example_batch_file_in_scripts_is_valid():
     p = suites.load_plan("scripts/ci-batch.toml")
+    suites.close_plan(p)
     groups = p.plan.groups
     assert [g.name for g in groups] == ["softcheck numerics", "llm options", "numpy kernel"]
     assert p.candidates.get("numpy kernel") is not None and groups[2].timeout == 30

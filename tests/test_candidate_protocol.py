@@ -40,8 +40,10 @@ def _ranks():
     pytest.importorskip("torch")
     from softcheck.engine.ranks import RankedCandidate
 
-    st = load(f"{RANKS}:vocab_parallel_ce", settings=settings(convention="loss",
-                                                               tensor_parallel=2)).settings
+    described = load(f"{RANKS}:vocab_parallel_ce", settings=settings(convention="loss",
+                                                                      tensor_parallel=2))
+    described.close()                             # its ranks start as ranks
+    st = described.settings
     return RankedCandidate(f"{RANKS}:vocab_parallel_ce", "ranks", st)
 
 
@@ -50,8 +52,10 @@ def _shard_map():
     from softcheck.engine.shardmap import ShardMapCandidate
 
     src = f"{JAX_RANKS}:vocab_parallel_ce"
-    st = load(src, settings=settings(convention="loss", tensor_parallel=2,
-                                     framework="jax")).settings
+    described = load(src, settings=settings(convention="loss", tensor_parallel=2,
+                                            framework="jax"))
+    described.close()
+    st = described.settings
     return ShardMapCandidate(src, "shard_map", st)
 
 

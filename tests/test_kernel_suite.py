@@ -189,6 +189,7 @@ def test_strided_view_reaches_a_torch_autograd_function(fn, ok):
     from softcheck.candidate import load
 
     cand = load(f"{KERNELS}:{fn}")
+    cand.close()                                   # only its settings are used here
     assert cand.settings.convention == "inplace"
     with IsolatedCandidate(f"{KERNELS}:{fn}", None, fn, settings=cand.settings) as iso:
         r = run_case(_strided_case(), iso)
@@ -280,9 +281,12 @@ def test_strided_layout_is_refused_with_tensor_parallel():
     pytest.importorskip("torch")
     cand = load("scripts/examples/vocab_parallel_ce.py:vocab_parallel_ce",
                 settings=settings(convention="loss", tensor_parallel=2))
-    with pytest.raises(SoftcheckError, match="--layout strided is not passed on"):
-        check_candidate(cand, config(classes=8, batch=2, dtype="float32", regime="normal",
-                                     layout="strided"))
+    try:
+        with pytest.raises(SoftcheckError, match="--layout strided is not passed on"):
+            check_candidate(cand, config(classes=8, batch=2, dtype="float32",
+                                         regime="normal", layout="strided"))
+    finally:
+        cand.close()
 
 
 def _plain_grad(logits, target):

@@ -198,6 +198,23 @@ def test_float64_probe_drops_only_float32_precision(noise, dropped):
     assert (why is not None) == dropped, why
 
 
+def test_wrong_kernel_on_confident_logits_keeps_its_float64_cases_and_is_told_the_factor():
+    """The probe took the user's regime: on --regime confident p is almost one-hot, the
+    gradient ~0, and a 2× kernel came within float32's absolute error, so its float64 cases
+    were dropped ("it computes in float32") and the hint read "factor 2 = 2"."""
+    r = cli("tests/candidates/seeded.py:numpy_doubled", "--regime", "confident", "--classes",
+            "10", "--json", "-")
+    assert r.returncode == 1, r.stderr[-1500:]
+    d = load_report(r.stdout)
+    f64 = [c for c in d["cases"] if c["params"]["dtype"] == "float64"]
+    assert f64 and not any(c["passed"] for c in f64)
+    assert not any("computes in float32" in s for s in d.get("skipped", []))
+    hints = [h for c in d["cases"] for h in c["diagnosis"]]
+    assert any(h.startswith("off by a constant factor 2: the divisor is 2× too small")
+               for h in hints), hints
+    assert not any("2 = 2" in h for h in hints)
+
+
 def test_triton_interpreter_note_for_16_bit_cases(monkeypatch):
     from softcheck.engine.precision import interpreter_note
     from softcheck.suite.config import Config

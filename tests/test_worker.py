@@ -74,6 +74,7 @@ def make(tmp_path, monkeypatch):
     """IsolatedCandidate factory; after the test every worker it ever started is gone."""
     monkeypatch.setenv("SOFTCHECK_TEST_DIR", str(tmp_path))
     made = []
+    before = set(_tagged_processes())       # an earlier test's leak is that test's failure
 
     def factory(fn, **kw):
         c = IsolatedCandidate(f"{HOSTILE}:{fn}", kw.pop("hvp_source", None), fn, **kw)
@@ -85,7 +86,7 @@ def make(tmp_path, monkeypatch):
         c.close()
     for c in made:
         assert c.pids and not any(os.path.exists(f"/proc/{p}") for p in c.pids), c.pids
-    assert _tagged_processes() == []
+    assert sorted(set(_tagged_processes()) - before) == []
 
 
 def test_load_error_is_the_same_softcheck_error(make):

@@ -135,7 +135,10 @@ class Candidate:
         return None
 
     def close(self) -> None:
-        """Nothing to end: the function runs in this process."""
+        """The function runs in this process; the worker that described it (if it still
+        lives: one left unserved, or a run that stopped before its first case) ends."""
+        if self.probe is not None:
+            self.probe.close()
 
 
 def with_layout_note(r: CallResult, inputs: Inputs, st: Settings) -> CallResult:

@@ -67,10 +67,14 @@ def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fa
     st = to_settings(kw)
     cfg = to_config(kw)
     cand = load(target, hvp=hvp_target, settings=st, in_process=not policy.isolate)
-    return execute(lambda bar: check_candidate(cand, cfg, policy=policy, fail_fast=fail_fast,
-                                               jobs=jobs, progress=bar),
-                   devices, json_path, junit_path, markdown_path, verbose=verbose,
-                   detail=json_detail, estimate=lambda: estimate_run(cfg, check=True))
+    try:
+        return execute(lambda bar: check_candidate(cand, cfg, policy=policy,
+                                                   fail_fast=fail_fast, jobs=jobs,
+                                                   progress=bar),
+                       devices, json_path, junit_path, markdown_path, verbose=verbose,
+                       detail=json_detail, estimate=lambda: estimate_run(cfg, check=True))
+    finally:                    # bad --inputs, a refused estimate: its describing worker ends
+        cand.close()
 
 
 @cli.command()
@@ -88,17 +92,20 @@ def batch(file, json_path, junit_path, markdown_path, json_detail, verbose, fail
     label_smoothing, ...); a list value runs every combination; 'target' (relative to FILE)
     checks a candidate, 'name' names the group.  Every case in the reports records its group.
     """
-    from ..engine.suites import batch_listing, estimate_batch, load_plan, run_batch
+    from ..engine.suites import batch_listing, close_plan, estimate_batch, load_plan, run_batch
 
     policy = to_policy(kw)
     plan = load_plan(file, in_process=not policy.isolate)
-    if list_only:
-        click.echo("\n".join(batch_listing(plan)))
-        return EXIT_OK
-    return execute(lambda bar: run_batch(plan, policy=policy, fail_fast=fail_fast, jobs=jobs,
-                                         progress=bar),
-                   devices, json_path, junit_path, markdown_path, verbose=verbose,
-                   detail=json_detail, estimate=lambda: estimate_batch(plan))
+    try:
+        if list_only:
+            click.echo("\n".join(batch_listing(plan)))
+            return EXIT_OK
+        return execute(lambda bar: run_batch(plan, policy=policy, fail_fast=fail_fast,
+                                             jobs=jobs, progress=bar),
+                       devices, json_path, junit_path, markdown_path, verbose=verbose,
+                       detail=json_detail, estimate=lambda: estimate_batch(plan))
+    finally:
+        close_plan(plan)
 
 
 @cli.command()

@@ -220,21 +220,32 @@ def load_plan(path: str, *, in_process: bool = False) -> BatchPlan:
     plan = batchfile.plan(path)
     loaded: dict[str, Candidate] = {}
     cands = {}
-    for g in plan.groups:
-        if g.target is None:
-            continue
-        seq = {(c.hidden is not None, c.shape, c.shift) for c in g.configs}
-        if len(seq) > 1:
-            raise SoftcheckError(f"{g.where}: hidden, shape and shift take one value in a "
-                                 "group with a target (how it is called)")
-        fused, shape, shift = seq.pop() if seq else (False, "nv", 0)
-        call = g.call + (("fused", fused), ("shape", shape), ("shift", shift))
-        cand = _load(g.target, plan.base, g.where, "target", loaded, call, in_process)
-        if g.hvp is not None:
-            cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
-                                       in_process=in_process))
-        cands[g.name] = cand
+    try:
+        for g in plan.groups:
+            if g.target is None:
+                continue
+            seq = {(c.hidden is not None, c.shape, c.shift) for c in g.configs}
+            if len(seq) > 1:
+                raise SoftcheckError(f"{g.where}: hidden, shape and shift take one value in "
+                                     "a group with a target (how it is called)")
+            fused, shape, shift = seq.pop() if seq else (False, "nv", 0)
+            call = g.call + (("fused", fused), ("shape", shape), ("shift", shift))
+            cand = _load(g.target, plan.base, g.where, "target", loaded, call, in_process)
+            if g.hvp is not None:
+                cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
+                                           in_process=in_process))
+            cands[g.name] = cand
+    except BaseException:               # a later group's problem: the earlier workers end
+        for c in loaded.values():
+            c.close()
+        raise
     return BatchPlan(plan, cands)
+
+
+def close_plan(bp: BatchPlan) -> None:
+    """End the workers that described a plan's TARGETs (those no case took over)."""
+    for c in bp.candidates.values():
+        c.close()
 
 
 def _load(target: str, base: str, where: str, key: str, loaded: dict, call=(),

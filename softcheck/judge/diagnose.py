@@ -81,9 +81,10 @@ def _divisor(k: float, inp) -> str:
     for m, what in ((round(1 / k), "too large"), (round(k), "too small")):
         if m >= 2 and abs(k - (1 / m if what == "too large" else m)) <= 1e-3 * k:
             frac = f"1/{m}" if what == "too large" else f"{m}"
-            return (f" = {frac}: the divisor is {m}× {what} (a gradient-accumulation count "
+            eq = "" if frac == f"{k:.6g}" else f" = {frac}"          # not "2 = 2"
+            return (f"{eq}: the divisor is {m}× {what} (a gradient-accumulation count "
                     "applied twice or not at all: n_items, unsloth-zoo PR #1023)"
-                    if s.reduction == "mean" else f" = {frac}")
+                    if s.reduction == "mean" else eq)
     return ""
 
 
@@ -194,7 +195,8 @@ def _shape(x, ref, inp, case, kappa, scale) -> list[str]:
                 n, c = x.shape
                 named = [name for name, f in _FACTORS.items()
                          if abs(k - f(n, c, case.spec.temperature)) <= 1e-3 * abs(k)
-                         and name != "-1" and f(n, c, case.spec.temperature) != 1]
+                         and name not in ("-1", f"{k:.6g}")     # not "2 = 2"
+                         and f(n, c, case.spec.temperature) != 1]
                 hints.append(f"off by a constant factor {k:.6g}"
                              + (f" = {named[0]}" if named else _divisor(k, inp)))
     from .compare import allowed_for, target_mask
