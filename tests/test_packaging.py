@@ -2,6 +2,8 @@
 
 import pathlib
 import re
+import subprocess
+import sys
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -37,3 +39,23 @@ def test_torch_extra_installs_torch_and_test_extra_has_every_optional_dependency
     test = {name(r) for r in extras["test"]}
     for extra in ("torch", "plot", "oracle"):
         assert {name(r) for r in extras[extra]} <= test, extra
+
+
+def test_the_judge_never_imports_torch_and_a_missing_torch_is_one_line_exit_2():
+    """Checking that torch is installed imported it in the judge: 3 s of every torch check
+    (the worker imports it anyway).  Found now, not imported; missing, one line with the hint."""
+    run = ("import sys\n{pre}\nfrom softcheck.cli import cli\n"
+           "try:\n    cli.main(['check', 'tests/candidates/seeded.py:torch_loss', '--convention',"
+           " 'loss', '--batch', '2', '--classes', '5', '--dtype', 'float32', '--regime',"
+           " 'normal'])\nexcept SystemExit as e:\n    code = e.code\n"
+           "print('torch' in sys.modules and sys.modules['torch'] is not None, code)\n")
+    r = subprocess.run([sys.executable, "-c", run.format(pre="")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout.split()[-2:] == ["False", "0"], r.stdout[-800:] + r.stderr[-800:]
+    r = subprocess.run([sys.executable, "-c", run.format(pre="sys.modules['torch'] = None")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.stdout.split()[-2:] == ["False", "2"], r.stdout[-800:] + r.stderr[-800:]
+    assert r.stderr.strip().splitlines() == [
+        "softcheck: error: TARGET tests/candidates/seeded.py:torch_loss: this check calls the "
+        "candidate with torch tensors, but torch is not installed: install it with: "
+        "pip install 'softcheck[torch]'"], r.stderr
