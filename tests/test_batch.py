@@ -54,6 +54,7 @@ def invoke(*args):
     return CliRunner().invoke(cli, list(args))
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_mixed_batch_fails_only_the_wrong_candidate(project, tmp_path, monkeypatch):
     monkeypatch.chdir("/")        # the candidate is found relative to the file, not the cwd
     out, xml, md = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md"
@@ -98,6 +99,7 @@ def test_mixed_batch_fails_only_the_wrong_candidate(project, tmp_path, monkeypat
     assert "FAIL: looks like a known bug: divides by the batch size" in text
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_two_runs_give_identical_errors(project):
     p = suites.load_plan(str(project / "b.toml"))
     a = json.loads(suites.run_batch(p).to_json())
@@ -106,6 +108,7 @@ def test_two_runs_give_identical_errors(project):
     assert all(c["timing"]["seconds"] > 0 for c in a["cases"])
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_json_batch_file_is_the_same_as_toml(project):
     import tomllib
 
@@ -117,6 +120,7 @@ def test_json_batch_file_is_the_same_as_toml(project):
     assert numbers(json.loads(t.to_json())) == numbers(json.loads(j.to_json()))
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_jobs_give_the_same_errors(project, monkeypatch):
     """Worker processes (forced on: this batch is too small to repay them) change nothing."""
     from softcheck.engine import pool as runner

@@ -63,6 +63,7 @@ KINDS = {"in_process": _in_process, "isolated": _isolated, "torch_ranks": _ranks
          "jax_shard_map": _shard_map}
 
 
+@pytest.mark.slow  # 16 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_kind_implements_the_protocol_and_agrees_on_a_case(kind):
     cand = KINDS[kind]()

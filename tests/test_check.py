@@ -28,12 +28,14 @@ def hints(report):
     {"weight": "random", "ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3,
      "softcap": 20.0, "temperature": 1.5},
 ])
+@pytest.mark.slow  # 40 s measured (2 cores, load ~1): CI runs the rest
 def test_correct_candidate_passes_under_each_option_set(opts):
     rep = softcheck.check(correct, **opts)
     assert rep.passed, [c.name for c in rep.failed]
     assert all(p.pair[0] == "candidate" for p in rep.cases[0].comparisons[:3])
 
 
+@pytest.mark.slow  # 13 s measured (2 cores, load ~1): CI runs the rest
 def test_torch_candidate_with_every_torch_option():
     from scripts_examples import torch_ce
 
@@ -44,6 +46,7 @@ def test_torch_candidate_with_every_torch_option():
     assert rep.passed
 
 
+@pytest.mark.slow  # 13 s measured (2 cores, load ~1): CI runs the rest
 def test_numpy_and_jax_examples():
     from scripts_examples import jax_ce, numpy_ce
 
@@ -126,6 +129,7 @@ def test_wrong_candidate_exit_1_with_diagnosis_in_cli_and_json():
     assert "row" in failed[0]["comparisons"][0]["worst"][0]
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_subprocess_check_passes_for_the_examples():
     r = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{EX}/torch_ce.py:grad",
                         "--weight", "random", "--ignore-index", "-100", "--label-smoothing",
@@ -133,12 +137,14 @@ def test_subprocess_check_passes_for_the_examples():
     assert r.returncode == 0, r.stderr + r.stdout
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_pytest_helper_message_is_the_diagnosis():
     assert_gradient_correct(correct, label_smoothing=0.1)
     with pytest.raises(AssertionError, match="sign flipped"):
         assert_gradient_correct(lambda z, y: -correct(z, y), regime="normal", in_process=True)
 
 
+@pytest.mark.slow  # 24 s measured (2 cores, load ~1): CI runs the rest
 def test_mutants_command_exits_0():
     r = CliRunner().invoke(cli, ["mutants"])
     assert r.exit_code == 0, r.stdout
@@ -172,6 +178,7 @@ def test_intermediate_low_precision_rounding_is_named_not_called_a_factor():
     assert not any("= N (batch size)" in h for h in hints), hints
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_as_torch_passes_bfloat16_to_a_torch_candidate():
     import ml_dtypes
 
@@ -203,6 +210,7 @@ def test_numpy_candidate_returning_bfloat16_is_accepted():
     assert all(c["passed"] for c in load_report(r.stdout)["cases"])
 
 
+@pytest.mark.slow  # 15 s measured (2 cores, load ~1): CI runs the rest
 def test_tolerance_native_accepts_plain_bfloat16_arithmetic_and_still_catches_bugs():
     """JAX's own bf16 log_softmax (intermediates in bf16) fails the strict standard with a hint
     pointing at --tolerance native, and passes it; real bugs still fail under native."""

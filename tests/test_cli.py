@@ -1,6 +1,7 @@
 """The CLI through click's CliRunner and through a real subprocess."""
 
 import json
+import pytest
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def test_one_case_when_every_axis_is_pinned():
         ["analytic", "autodiff"], ["analytic", "finite_difference"], ["autodiff", "finite_difference"]]
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_default_suite_covers_the_axes_and_passes(tmp_path):
     out = tmp_path / "r.json"
     r = invoke("run", "--classes", "10", "--json", str(out))
@@ -81,6 +83,7 @@ def test_no_color_when_not_a_tty():
     assert "\x1b[" not in r.stdout
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_real_subprocess_exit_codes(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     ok = subprocess.run([sys.executable, "-m", "softcheck", "run", *ONE_CASE, "--json", "-"],

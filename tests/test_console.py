@@ -33,6 +33,7 @@ def screen_rows(text: str, columns: int = 80) -> int:
                                "(grad_output) is ignored"),
     ("numpy_no_max_shift", "hint: NaN/Inf at"),      # hints differing by their rows: one
 ])
+@pytest.mark.slow  # 17 s measured (2 cores, load ~1): CI runs the rest
 def test_one_seeded_bug_fills_at_most_40_rows_hint_first(target, first_hint):
     out = softcheck("check", f"{SEEDED}:{target}")
     assert out.returncode == 1, out.stderr
@@ -43,6 +44,7 @@ def test_one_seeded_bug_fills_at_most_40_rows_hint_first(target, first_hint):
     assert len(hints) == len({shape(h) for h in hints}) <= 4
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_verbose_shows_every_case_in_full():
     out = softcheck("check", f"{SEEDED}:numpy_doubled", "--dtype", "float64", "-v")
     assert out.returncode == 1
@@ -60,6 +62,7 @@ def _row_names(stdout: str) -> list[str]:
      "float64,float32"],
     ["tests/candidates/seeded.py:numpy_right", "--dtype", "float32,bfloat16"],
 ])
+@pytest.mark.slow  # 12 s measured (2 cores, load ~1): CI runs the rest
 def test_verbose_table_keeps_every_case_name_at_80_columns_piped(tmp_path, args):
     report = tmp_path / "r.json"
     out = softcheck("check", *args, "-v", "--json", str(report))
@@ -71,6 +74,7 @@ def test_verbose_table_keeps_every_case_name_at_80_columns_piped(tmp_path, args)
     assert _row_names(out.stdout) == want
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_passing_console_shows_the_candidates_notes_once():
     out = softcheck("check", f"{SEEDED}:numpy_writes_logits",
                     "--dtype", "float64")
@@ -79,6 +83,7 @@ def test_passing_console_shows_the_candidates_notes_once():
     assert len(notes) == 1 and "(14 of 14 cases)" in notes[0], out.stdout
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_worst_error_names_the_candidate_not_a_reference_pair():
     out = softcheck("check", f"{SEEDED}:numpy_right", "--dtype", "float64")
     assert re.search(r"worst error \S+ \(cand vs ", out.stdout), out.stdout

@@ -31,6 +31,7 @@ def failing_pairs(rep):
 
 # --------------------------------------------------------------------------- loss convention
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_torch_cross_entropy_loss_convention_passes_with_loss_pair_in_json():
     r = cli("torch.nn.functional:cross_entropy", "--convention", "loss", "--dtype",
             "float64,float32", "--weight", "random", "--ignore-index", "-100",
@@ -54,6 +55,7 @@ def _torch_grid_case(weight, ii, eps, red, dtype, **extra):
     assert any(c.pair[0] == "candidate_loss" for c in rep.cases[0].comparisons)
 
 
+@pytest.mark.slow  # 42 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("weight,ii,eps,red", TORCH_GRID[::5])
 def test_torch_cross_entropy_every_option_float64_float32(weight, ii, eps, red):
     _torch_grid_case(weight, ii, eps, red, ("float64", "float32"), **SMALL)
@@ -65,6 +67,7 @@ def test_torch_cross_entropy_full_grid_every_regime(weight, ii, eps, red):
     _torch_grid_case(weight, ii, eps, red, ("float64", "float32"))
 
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_forward_only_bug_is_caught_by_the_loss_pair_alone():
     rep = softcheck.check(K.torch_forward_bug, convention="loss", **SMALL)
     assert not rep.passed
@@ -74,6 +77,7 @@ def test_forward_only_bug_is_caught_by_the_loss_pair_alone():
     assert r.returncode == 1 and "candidate_loss vs reference_loss" in r.stdout
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_returned_z_loss_is_judged():
     ok = softcheck.check(K.torch_tuple, convention="loss", z_loss=1e-3, returns="loss,z_loss",
                          **SMALL)
@@ -89,6 +93,7 @@ def test_returned_z_loss_is_judged():
     assert failing_pairs(bad) == {"candidate_z_loss/reference_z_loss"}
 
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_jax_custom_vjp_detected_as_loss_and_forward_bug_caught():
     from scripts_examples import jax_custom_vjp as J
 
@@ -98,6 +103,7 @@ def test_jax_custom_vjp_detected_as_loss_and_forward_bug_caught():
     assert failing_pairs(bad) == {"candidate_loss/reference_loss"}
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_optax_integer_labels_reduction_none():
     pytest.importorskip("optax")
     r = cli("optax:softmax_cross_entropy_with_integer_labels", "--convention", "loss",
@@ -105,6 +111,7 @@ def test_optax_integer_labels_reduction_none():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_mutating_target_fails_and_writing_logits_under_loss_is_noted():
     rep = softcheck.check(K.torch_mutates_target, convention="loss", **SMALL)
     assert all("modified its target" in c.error for c in rep.cases)
@@ -116,6 +123,7 @@ LIGER = dict(rename=["z_loss=lse_square_scale"], z_loss=1e-3, returns="loss,z_lo
              weight="random", ignore_index=-100, label_smoothing=0.1, batch=6)
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_liger_style_function_passes_every_reduction():
     from scripts_examples import liger_style_inplace as L
 
@@ -125,6 +133,7 @@ def test_liger_style_function_passes_every_reduction():
     assert rep.cases[0].params["reduction"] == "mean"
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_per_row_grad_output_ignored_is_caught_and_named():
     """Liger #678: with g = 1 (all its tests used) the bug is invisible; softcheck's own
     random per-row g catches it, and g=1 is reported passing beside it."""
@@ -137,6 +146,7 @@ def test_per_row_grad_output_ignored_is_caught_and_named():
     assert any("drops or misapplies grad_output" in h for c in rep.failed for h in c.diagnosis)
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_apply_order_from_args_and_literals():
     from scripts_examples import liger_style_inplace as L
 
@@ -145,6 +155,7 @@ def test_apply_order_from_args_and_literals():
     assert rep.passed, failing_pairs(rep)
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_numpy_inplace_reads_the_buffer():
     ok = softcheck.check(K.numpy_inplace, convention="inplace", framework="numpy", **SMALL)
     assert ok.passed, failing_pairs(ok)
@@ -155,6 +166,7 @@ def test_numpy_inplace_reads_the_buffer():
 
 # ----------------------------------------------------------------------------------- split
 
+@pytest.mark.slow  # 7 s measured (2 cores, load ~1): CI runs the rest
 def test_split_forward_and_backward():
     r = cli(f"{EX}/split_kernel.py:fwd", "--convention", "split", "--backward",
             f"{EX}/split_kernel.py:bwd", "--reduction", "none", "--ignore-index", "-100",
@@ -177,6 +189,7 @@ def test_split_forward_and_backward():
     (["tests/candidates/conventions_kernels.py:torch_loss", "--convention", "loss",
       "--returns", "z_loss,loss"], "--returns"),
 ])
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_target_that_cannot_be_called_so_is_one_line_exit_2(args, needle):
     r = cli(*args)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
@@ -189,6 +202,7 @@ def test_function_with_one_argument_is_refused_at_load(tmp_path):
     assert r.returncode == 2 and "cannot be called as (logits, target" in r.stderr
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_package_module_target_resolves_from_the_current_directory(tmp_path):
     pkg = tmp_path / "mykernels"
     pkg.mkdir()
@@ -229,6 +243,7 @@ def test_cuda_device(request):
     assert rep.passed, failing_pairs(rep)
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_batch_group_takes_the_call_keys(tmp_path):
     f = tmp_path / "b.toml"
     root = os.getcwd()

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import os
+import pytest
 import pathlib
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def test_pyproject_registers_the_pytest_plugin():
     assert meta["project"]["entry-points"]["pytest11"] == {"softcheck": "softcheck.testing.plugin"}
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_pytest_plugin_one_id_per_case_diagnosis_and_json(tmp_path):
     (tmp_path / "test_kernel.py").write_text(PLUGIN_TESTS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests/candidates")])}
@@ -157,6 +159,7 @@ def _run_action(tmp_path, batch_text):
         line.split("=", 1) for line in output.read_text().splitlines())
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_action_script_passing_batch_fills_summary_junit_and_outputs(tmp_path):
     import junitparser
 
@@ -171,6 +174,7 @@ def test_action_script_passing_batch_fills_summary_junit_and_outputs(tmp_path):
     assert outputs == {"passed": "true", "failed": "0"}
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_action_script_failing_batch_exits_1_with_the_failure_in_the_summary(tmp_path):
     r, ws, summary, outputs = _run_action(tmp_path, (
         f'[[case]]\nname = "bad"\ntarget = "{ROOT / BAD}:wrong_denominator"\nclasses = 5\n'

@@ -188,6 +188,7 @@ def _cli(*args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_check_isolated_json_per_output_pairs(tmp_path):
     out = tmp_path / "r.json"
     p = _cli("check", f"{EX}/numpy_flce.py:flce", "--convention", "grad", "--hidden", "16",
@@ -211,6 +212,7 @@ def test_cli_seeded_bug_fails_isolated_with_output_named():
     assert "softcap chain factor" in p.stdout and "candidate_grad_W" in p.stdout
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_run_hidden_and_bad_input():
     p = _cli("run", "--hidden", "8", "--classes", "50", "--batch", "4", "--dtype", "float64",
              "--bias")

@@ -222,6 +222,7 @@ def test_low_precision_extremes_pass(dtype):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_tiny_temperature_skips_the_dtype_that_cannot_hold_the_gradient():
     """Found while hardening: T = 1e-30 makes entries ~1e30, beyond float16 (not a bug)."""
     r = invoke("run", "--classes", "5", "--temperature", "1e-30", "--json", "-")
@@ -263,6 +264,7 @@ def _command_lines():
                                                 for k in sorted(d)]))
 
 
+@pytest.mark.slow  # 11 s measured (2 cores, load ~1): CI runs the rest
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pairs=_command_lines(), command=st.sampled_from(["run", "check"]))
 def test_fuzzed_command_lines_never_crash(tmp_path_factory, pairs, command):

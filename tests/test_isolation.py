@@ -55,6 +55,7 @@ def failed_reasons(report):
     ("abort", 1, "killed by signal 6 (SIGABRT)"),
     ("alarm", 1, "killed by signal 14 (SIGALRM)"),
 ])
+@pytest.mark.slow  # 23 s measured (2 cores, load ~1): CI runs the rest
 def test_a_dying_candidate_fails_its_case_and_the_run_goes_on(tmp_path, attack, on_call, reason):
     code, report, suite, _ = check(tmp_path, attack, on_call=on_call)
     assert code == 1
@@ -71,6 +72,7 @@ def test_a_segfault_reason_carries_the_python_stack(tmp_path):
     assert "attacks.py" in failed_reasons(report)[0] and "string_at" in failed_reasons(report)[0]
 
 
+@pytest.mark.slow  # 13 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("attack", ["loop", "gil", "regex", "array_forever"])
 def test_timeout_really_stops_the_candidate(tmp_path, attack):
     # bounded by the subprocess limit (no timing assertion): 1 case × (1 s + grace) at most
@@ -86,6 +88,7 @@ def test_lingering_thread_and_forked_child_do_not_keep_softcheck_alive(tmp_path)
     assert code == 0 and report["passed"]
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_a_forked_child_cannot_rewrite_the_report_after_the_run(tmp_path):
     code, report, _, _ = check(tmp_path, "fork_writer", "--regime", "normal",
                                env_extra={"ATTACK_DELAY": "2"})
@@ -103,6 +106,7 @@ def test_printing_to_fd_1_under_json_stdout_stays_valid_json(tmp_path):
     assert all("fd1 text from C-level code" in c["output"] for c in report["cases"])
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_forging_the_judge_changes_no_verdict(tmp_path):
     """The candidate patches numpy.abs, Report.passed, a tolerance, compare, sys.exit, atexit
     and JAX x64 — in its own process — and returns twice the gradient."""
@@ -143,6 +147,7 @@ def test_an_interrupted_run_leaves_an_incomplete_marker_never_a_stale_pass(tmp_p
     assert d["incomplete"] is True and d["passed"] is False
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("attack", ["sysexit_array", "sysexit_str"])
 def test_sys_exit_from_the_candidates_objects_is_a_failed_case(tmp_path, attack):
     code, report, _, _ = check(tmp_path, attack)
@@ -150,6 +155,7 @@ def test_sys_exit_from_the_candidates_objects_is_a_failed_case(tmp_path, attack)
     assert all("raised SystemExit" in r for r in failed_reasons(report))
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_a_nondeterministic_candidate_fails_with_the_difference(tmp_path):
     code, report, _, _ = check(tmp_path, "nondet")
     assert code == 1
@@ -167,6 +173,7 @@ def test_a_candidate_returning_an_aliased_buffer_is_caught(tmp_path):
     assert all("returned the same buffer on two calls" in c["notes"] for c in report["cases"])
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_isolated_and_in_process_give_the_same_numbers(tmp_path):
     _, iso, _, _ = check(tmp_path, "none")
     _, inp, _, _ = check(tmp_path, "none", "--in-process")
@@ -181,6 +188,7 @@ def test_isolated_and_in_process_give_the_same_numbers(tmp_path):
     ("scripts/examples/jax_ce.py:grad", "float32,float64"),      # float32 cases first
     ("optax_loss.py:grad", "float64,float32"),
 ])
+@pytest.mark.slow  # 28 s measured (2 cores, load ~1): CI runs the rest
 def test_jax_candidates_pass_every_case_from_a_fresh_process(tmp_path, target, order):
     """The README's JAX example and an optax loss: x64 is on in the worker before the TARGET
     loads (it used to be turned on after the first call: 23/24 from a fresh process)."""
@@ -199,6 +207,7 @@ def test_jax_candidates_pass_every_case_from_a_fresh_process(tmp_path, target, o
     assert report["environment"]["candidate_process"][target]["jax_enable_x64"] is True
 
 
+@pytest.mark.slow  # 7 s measured (2 cores, load ~1): CI runs the rest
 def test_the_api_leaves_jax_float64_as_it_found_it():
     code = ("import jax.numpy as jnp, softcheck\n"
             "from scripts_examples.jax_ce import grad\n"
@@ -230,6 +239,7 @@ def test_the_api_isolates_a_module_function_and_refuses_a_lambda_unless_in_proce
     assert not lam_info["isolated"] and "in-process" in lam_info["why"]
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_the_api_judges_outside_the_callers_process():
     """A candidate module that patches softcheck's tolerances and comparison when imported:
     the caller imported it (to pass the function), so the caller's softcheck is patched; the
@@ -249,6 +259,7 @@ def test_the_api_judges_outside_the_callers_process():
 
 # ------------------------------------------------------- regressions found by the review pass
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_closing_the_control_channel_is_a_failed_case_not_a_traceback(tmp_path):
     """A candidate that closes its inherited fds and lives on: the parent used to read the
     output file of a worker it had already stopped (ValueError, exit 3)."""
@@ -257,6 +268,7 @@ def test_closing_the_control_channel_is_a_failed_case_not_a_traceback(tmp_path):
     assert all("closed its control channel" in e for e in failed_reasons(report))
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_a_scalar_grad_output_reaches_the_worker_as_a_scalar(tmp_path):
     """np.ascontiguousarray made the 0-d upstream gradient (1,): a correct isolated JAX loss
     kernel failed every mean case (jnp.broadcast_to to a scalar loss)."""

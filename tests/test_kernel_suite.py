@@ -156,6 +156,7 @@ def _strided_case(n=5, c=300, dtype="float32", **kw):
     return Case(c, n, dtype, "normal", 0, LossSpec(), layout="strided", **kw)
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("fn,ok", [("strided_grad", True), ("contiguous_grad", False)])
 def test_strided_view_reaches_a_plain_candidate(fn, ok):
     with IsolatedCandidate(f"{KERNELS}:{fn}", None, fn) as cand:
@@ -166,6 +167,7 @@ def test_strided_view_reaches_a_plain_candidate(fn, ok):
             assert run_case(Case(300, 5, "float32", "normal", 0, LossSpec()), cand).passed
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_strided_view_in_process_and_streamed(monkeypatch):
     monkeypatch.setattr(stream, "BLOCK_ELEMENTS", 3 * 300)
     from importlib import util
@@ -183,6 +185,7 @@ def test_strided_view_in_process_and_streamed(monkeypatch):
             assert any("row stride V+64" in x for x in r.notes)
 
 
+@pytest.mark.slow  # 11 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("fn,ok", [("StridedCE", True), ("ContiguousCE", False)])
 def test_strided_view_reaches_a_torch_autograd_function(fn, ok):
     pytest.importorskip("torch")
@@ -241,6 +244,7 @@ def _kernel_cli(tmp_path, target):
     return r, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_kernel_suite_subprocess(tmp_path):
     """--suite kernel --batch 2 --dtype float32 through a real subprocess (measured 5.5 s on
     2 cores: CI): every preset case passes a right kernel."""
@@ -251,6 +255,7 @@ def test_cli_kernel_suite_subprocess(tmp_path):
     assert any("row stride V+64" in n for c in d["cases"] for n in c["notes"])
 
 
+@pytest.mark.slow  # 7 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_kernel_suite_drops_softcap_cases_for_a_kernel_without_softcap(tmp_path):
     """numpy_ce.py:grad has no softcap parameter: the preset's softcap cases do not apply to
     it and are dropped with a note (issue #28: they failed with the option hint); the rest

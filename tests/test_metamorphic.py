@@ -51,6 +51,7 @@ def test_shift_that_is_not_per_row_fails_the_default_suite(fn):
         assert "shift invariance" in broken(rep)     # in every regime, not only spread
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_batch_max_shift_is_named():
     rep = softcheck.check(_batch_max, regime="spread", batch=6, dtype="float64")
     assert any("batch-wide maximum" in h for h in hints(rep))
@@ -71,6 +72,7 @@ def test_one_broken_relation_fails_with_its_name():
     assert "relation broken: all-equal logits" in out.stdout + out.stderr
 
 
+@pytest.mark.slow  # 7 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("tolerance", ["strict", "native"])
 def test_correct_numpy_and_mutants_correct_pass_every_relation_in_every_dtype(tolerance):
     from scripts_examples import numpy_ce
@@ -110,6 +112,7 @@ def test_every_mutant_caught_and_named_by_its_own_hint():
     assert all(r.ok for r in results), [(r.mutant.name, r.verdict) for r in results]
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_mutants_table_has_named_column():
     out = subprocess.run([sys.executable, "-m", "softcheck", "mutants", "--help"],
                          capture_output=True, text=True)
@@ -175,6 +178,7 @@ def test_confident_regime_names_no_accidental_known_bug():
     assert not any("known bug" in h for h in hints(rep))
 
 
+@pytest.mark.slow  # 9 s measured (2 cores, load ~1): CI runs the rest
 def test_native_hint_not_suggested_when_native_is_on():
     from scripts_examples import jax_ce
 
@@ -199,6 +203,7 @@ def _col(z, y):
     return g
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_target_error_reported_apart_and_schema_valid(tmp_path):
     out = subprocess.run([sys.executable, "-m", "softcheck", "check",
                           "tests/candidates/relations.py:target_off", "--regime", "normal",

@@ -4,6 +4,7 @@ failure's message opens with the hint and shows none of softcheck's frames; the
 ``--softcheck-json`` report records each case's test id."""
 
 import json
+import pytest
 import os
 import re
 import subprocess
@@ -69,6 +70,7 @@ def test_loss_wrong(case):
 '''
 
 
+@pytest.mark.slow  # 26 s measured (2 cores, load ~1): CI runs the rest
 def test_per_case_pytest_autograd_function_and_loss_convention(tmp_path):
     (tmp_path / "test_kernel.py").write_text(TESTS)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -30,6 +30,7 @@ def one_line_exit_2(r, needle):
 
 # ------------------------------------------------------ P1: required keyword parameters
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_required_weight_parameter_is_passed_not_refused():
     ok = cli(f"{K}:grad_weight_required", "--weight", "random", *FAST)
     assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
@@ -37,6 +38,7 @@ def test_required_weight_parameter_is_passed_not_refused():
     assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_required_grad_output_parameter_is_passed_not_refused():
     ok = cli(f"{K}:grad_output_required", "--reduction", "none", *FAST)
     assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
@@ -44,6 +46,7 @@ def test_required_grad_output_parameter_is_passed_not_refused():
     assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_required_parameter_softcheck_cannot_supply_is_refused_by_name():
     one_line_exit_2(cli(f"{K}:grad_mystery_required"), "passes no 'mystery'")
 
@@ -68,6 +71,7 @@ def test_signature_check_is_plain_data():
 
 # ------------------------------------------------------------- P2: --kwarg, --off-value
 
+@pytest.mark.slow  # 18 s measured (2 cores, load ~1): CI runs the rest
 def test_kwarg_constant_reaches_the_kernel():
     ok = cli(f"{K}:torch_impl_required", "--convention", "loss", "--kwarg", "impl=torch_compile",
              *FAST)
@@ -96,6 +100,7 @@ UNSLOTH = ("--convention", "loss", "--rename", "softcap=logit_softcapping", "--r
            "logit_scaling=0", "--ignore-index", "-100", "--dtype", "float32", *FAST)
 
 
+@pytest.mark.slow  # 30 s measured (2 cores, load ~1): CI runs the rest
 def test_off_value_is_what_the_kernel_gets_when_an_option_is_off():
     """Unsloth: 0 means off (None crashes its kernel); on, the option's own value."""
     crash = cli(f"{K}:unsloth_style", *UNSLOTH[:6], "--ignore-index", "-100", *FAST)
@@ -111,6 +116,7 @@ def test_off_value_is_what_the_kernel_gets_when_an_option_is_off():
                     "--off-value reduction")
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_kwarg_and_off_value_in_a_batch_file(tmp_path):
     root = os.getcwd()
     f = tmp_path / "b.toml"
@@ -143,6 +149,7 @@ regime = "normal"
 
 # ------------------------------------------------------------------ P2: dtypes that fit
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_float32_kernel_is_not_failed_for_float64_by_default(tmp_path):
     """A correct float32-only kernel (as Liger's CE Function) passes check's default dtypes:
     the float64 probe drops the float64 cases, saying so; --dtype float64 still demands it."""
@@ -198,6 +205,7 @@ def test_float64_probe_drops_only_float32_precision(noise, dropped):
     assert (why is not None) == dropped, why
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_wrong_kernel_on_confident_logits_keeps_its_float64_cases_and_is_told_the_factor():
     """The probe took the user's regime: on --regime confident p is almost one-hot, the
     gradient ~0, and a 2× kernel came within float32's absolute error, so its float64 cases
@@ -228,6 +236,7 @@ def test_triton_interpreter_note_for_16_bit_cases(monkeypatch):
     assert interpreter_note([c for c in cases if c.dtype == "float32"]) is None
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_triton_interpreter_note_reaches_console_and_report(tmp_path):
     out = tmp_path / "r.json"
     r = cli(f"{K}:Float32Only", *FAST, "--dtype", "bfloat16", "--json", str(out),
@@ -241,6 +250,7 @@ def test_triton_interpreter_note_reaches_console_and_report(tmp_path):
 
 # ------------------------------------------------------------------- P3: nn.Module losses
 
+@pytest.mark.slow  # 9 s measured (2 cores, load ~1): CI runs the rest
 def test_module_class_is_built_with_the_options_and_called_forward():
     ok = cli(f"{K}:ModuleCE", "--label-smoothing", "0.1", "--weight", "random", *FAST)
     assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
@@ -248,11 +258,13 @@ def test_module_class_is_built_with_the_options_and_called_forward():
     assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_module_instance_is_called_forward():
     ok = cli(f"{K}:MODULE_INSTANCE", *FAST, "--dtype", "float32")
     assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_target_that_cannot_be_called_is_one_line_exit_2():
     one_line_exit_2(cli(f"{K}:NOT_CALLABLE"), "not callable")
 
@@ -263,6 +275,7 @@ FUSED = ("--hidden", "16", "--classes", "40", "--batch", "6", "--regime", "norma
          "--dtype", "float32")
 
 
+@pytest.mark.slow  # 12 s measured (2 cores, load ~1): CI runs the rest
 def test_fused_autograd_function_is_called_positionally():
     """As Liger's: .apply(x, W, target, bias, ce_weight, ignore_index, lse_square_scale,
     label_smoothing, ...) in forward's order (lse_square_scale is z_loss by --rename)."""
@@ -280,6 +293,7 @@ SEQ = ("--convention", "loss", "--batch", "6", "--regime", "normal,confident", "
        "float32", "--ignore-index", "-100")
 
 
+@pytest.mark.slow  # 9 s measured (2 cores, load ~1): CI runs the rest
 def test_causal_lm_loss_with_shape_btv_and_shift():
     """As HF's ForCausalLMLoss: (B, T, V) logits, (B, T) labels shifted inside."""
     ok = cli(f"{K}:hf_causal_lm_loss", *SEQ, "--shape", "btv", "--shift", "1",
@@ -290,6 +304,7 @@ def test_causal_lm_loss_with_shape_btv_and_shift():
     assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_shifted_per_position_loss_of_length_t_minus_1_is_accepted():
     """As Apple CCE's shift=1 (passed to the kernel that declares shift): a (B, T-1) loss."""
     ok = cli(f"{K}:cce_style_shift", *SEQ, "--shape", "btv", "--shift", "1",
@@ -297,6 +312,7 @@ def test_shifted_per_position_loss_of_length_t_minus_1_is_accepted():
     assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_shape_btv_without_shift_and_refused_for_plain_gradients():
     ok = cli(f"{K}:hf_fixed_cross_entropy", *SEQ, "--shape", "btv", "--reduction", "mean")
     assert ok.returncode == 0, ok.stdout[-1500:] + ok.stderr[-1500:]
@@ -320,6 +336,7 @@ def test_sequence_helpers_round_trip():
 
 # ------------------------------------------------------------ P7: --weight-dtype
 
+@pytest.mark.slow  # 13 s measured (2 cores, load ~1): CI runs the rest
 def test_class_weights_in_their_own_dtype():
     args = (f"{K}:weight_in_float32", "--convention", "loss", "--batch", "6", "--regime",
             "normal", "--dtype", "bfloat16", "--weight", "random")
@@ -332,6 +349,7 @@ def test_class_weights_in_their_own_dtype():
 
 # ------------------------------------------------------------ P8: --inputs for fused
 
+@pytest.mark.slow  # 15 s measured (2 cores, load ~1): CI runs the rest
 def test_fused_kernel_judged_on_the_users_arrays(tmp_path):
     r = np.random.default_rng(0)
     n, v, h = 6, 40, 16

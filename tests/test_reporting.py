@@ -2,6 +2,7 @@
 --json-detail), str/repr of a Report, the candidate's frames, progress lines, the estimate."""
 
 import json
+import pytest
 import os
 import re
 import stat
@@ -175,6 +176,7 @@ def test_format_exception_keeps_the_innermost_frames_outside_softcheck():
     assert all("test_reporting.py:" in x and x.endswith("in inner") for x in lines[1:])
 
 
+@pytest.mark.slow  # 21 s measured (2 cores, load ~1): CI runs the rest
 def test_piped_run_prints_progress_lines_to_stderr():
     env = {**os.environ, "SOFTCHECK_PROGRESS_INTERVAL": "0.2"}
     env.pop("SOFTCHECK_NO_PROGRESS", None)
@@ -187,6 +189,7 @@ def test_piped_run_prints_progress_lines_to_stderr():
     assert "cases done" not in r.stdout
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_a_long_run_says_its_estimate_before_it_starts():
     from softcheck.engine.suites import estimate_run
     from softcheck.suite.config import config

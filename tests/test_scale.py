@@ -81,6 +81,7 @@ def test_beyond_the_budget_fd_coverage_is_reported():
     assert ("candidate", "analytic") in pairs and ("candidate", "autodiff") in pairs
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_devices_2_gives_the_same_errors_as_1():
     args = [sys.executable, "-m", "softcheck", "run", "--classes", "1000", "--batch", "4",
             "--dtype", "float64", "--targets", "index", "--reduction", "mean",
@@ -111,12 +112,14 @@ def _on_a_tty(*args) -> str:
     return out.decode("utf-8", "replace")
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_progress_bar_on_a_terminal_for_work_over_a_second():
     out = _on_a_tty("run", "--classes", "300")
     assert "cases/s" in out and "ETA" in out and "/504" in out
     assert "504 cases: 504 passed" in out
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_progress_bar_shows_during_one_long_case():
     out = _on_a_tty("check", EXAMPLE, "--classes", "250000", "--batch", "8", "--dtype", "float64",
                     "--targets", "index", "--regime", "normal", "--reduction", "mean")
@@ -124,6 +127,7 @@ def test_progress_bar_shows_during_one_long_case():
     assert "1 case: 1 passed" in out
 
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_no_progress_bar_when_json_goes_to_stdout_or_not_a_terminal():
     out = _on_a_tty("run", "--classes", "300", "--json", "-")
     assert "cases/s" not in out
@@ -132,6 +136,7 @@ def test_no_progress_bar_when_json_goes_to_stdout_or_not_a_terminal():
     assert "cases/s" not in r.stdout + r.stderr
 
 
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_256k_vocabulary_case_in_bounded_memory():
     """The LLM-vocabulary acceptance case: every coordinate against analytic, autodiff and
     finite differences (a column sweep costs O(N), so all 262144 columns fit), peak RSS of the whole process under 2 GiB (no timing asserted)."""

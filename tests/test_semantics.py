@@ -68,6 +68,7 @@ def test_megatron_smoothing_is_the_others_convention():
     np.testing.assert_allclose(ours, megatron, rtol=1e-13)
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_mean_over_batch_run_agrees_and_a_count_bug_is_caught():
     assert softcheck.run(classes=6, batch=5, mean_over="batch", ignore_index=-100,
                          dtype="float64", regime=("normal", "all-ignored")).passed

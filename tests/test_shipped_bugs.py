@@ -40,6 +40,7 @@ def _ratio(result) -> float:
 
 
 # ------------------------------------------------------------------ the derived 16-bit bound
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("kernel", ["liger_stored", "torch_cuda_arith", "te_fused"])
 def test_float32_kernels_that_round_when_storing_pass_the_default_bound(kernel, dtype):
@@ -124,6 +125,7 @@ ALL_IGNORED = ("--convention", "loss", "--ignore-index", "-100", "--regime", "al
                "--dtype", "float64", "--batch", "6")
 
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_all_ignored_zero_loss_is_named_and_passes_with_the_flag(tmp_path):
     """Liger and TE return loss 0 for a mean over zero non-ignored rows where PyTorch gives
     NaN: under the default (--all-ignored nan) the case fails saying exactly that and naming
@@ -138,6 +140,7 @@ def test_cli_all_ignored_zero_loss_is_named_and_passes_with_the_flag(tmp_path):
     assert rep["cases"][0]["params"]["all_ignored"] == "zero"
 
 
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_all_ignored_zero_fails_a_kernel_that_returns_nan(tmp_path):
     """--all-ignored zero is not a pass for everything: PyTorch's NaN is then the error."""
     p, _ = _cli("torch.nn.functional:cross_entropy", *ALL_IGNORED, "--all-ignored", "zero",
@@ -223,6 +226,7 @@ def test_shipped_divisor_weight_and_option_bugs_are_named(bug, control, opts, na
                 assert run_case(case, Candidate.from_callable(getattr(sb, control))).passed
 
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_per_row_grad_output_read_as_one_scalar_is_named_in_function_and_plain_form():
     """Liger #678 (an autograd.Function that stores dL/dz in forward; backward uses row 0's g)
     and TE #2139 (a plain kernel reading one grad_output): named as one scalar for all rows."""
@@ -239,6 +243,7 @@ def test_per_row_grad_output_read_as_one_scalar_is_named_in_function_and_plain_f
     assert not r.passed and any("read as one scalar" in h and "#2139" in h for h in r.diagnosis)
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_cli_kernel_preset_catches_the_padded_lane_leak(tmp_path):
     """The preset catches what it promises: Unsloth's padded-lane leak (V = 50264 padded to
     65536) passes the preset's normal softcap30 case (~e⁻³⁰ of leak) and fails its

@@ -46,6 +46,7 @@ def agreement(case) -> dict:
     return [i for i in case["invariants"] if i["name"] == "ranks_agree_on_loss"][0]
 
 
+@pytest.mark.slow  # 11 s measured (2 cores, load ~1): CI runs the rest
 def test_correct_example_passes_on_2_devices_uneven_with_every_option(tmp_path):
     code, rep, r = check(tmp_path, "vocab_parallel_ce", "--tensor-parallel", "2", "--split",
                          "uneven", "--classes", "37", "--label-smoothing", "0.1",
@@ -61,6 +62,7 @@ def test_correct_example_passes_on_2_devices_uneven_with_every_option(tmp_path):
     assert (proc["tensor_parallel"], proc["backend"], proc["split"]) == (2, "shard_map", "uneven")
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_smoothing_with_the_shards_vocabulary_fails_naming_the_pattern_and_ranks(tmp_path):
     code, rep, r = check(tmp_path, "smoothing_shard_v", "--tensor-parallel", "2",
                          "--classes", "64", "--label-smoothing", "0.2")
@@ -72,6 +74,7 @@ def test_smoothing_with_the_shards_vocabulary_fails_naming_the_pattern_and_ranks
                for h in case["diagnosis"]), case["diagnosis"]
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_max_not_all_reduced_fails_with_the_devices_disagreeing_on_the_loss(tmp_path):
     code, rep, r = check(tmp_path, "local_max", "--tensor-parallel", "2", "--classes", "64")
     assert code == 1
@@ -80,6 +83,7 @@ def test_max_not_all_reduced_fails_with_the_devices_disagreeing_on_the_loss(tmp_
     assert any("not all-reduced" in h for h in rep["cases"][0]["diagnosis"])
 
 
+@pytest.mark.slow  # 10 s measured (2 cores, load ~1): CI runs the rest
 def test_grad_convention_each_device_returns_its_shards_gradient(tmp_path):
     code, rep, r = check(tmp_path, "vocab_parallel_grad", "--tensor-parallel", "2",
                          "--split", "uneven", "--classes", "21", "--ignore-index", "2",
@@ -89,6 +93,7 @@ def test_grad_convention_each_device_returns_its_shards_gradient(tmp_path):
         assert len(rank_errors(case)) == 2 and case["passed"]
 
 
+@pytest.mark.slow  # 8 s measured (2 cores, load ~1): CI runs the rest
 def test_without_torch_the_jax_path_still_runs(tmp_path):
     fake = tmp_path / "notorch"
     (fake / "torch").mkdir(parents=True)
@@ -98,6 +103,7 @@ def test_without_torch_the_jax_path_still_runs(tmp_path):
     assert code == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # 6 s measured (2 cores, load ~1): CI runs the rest
 def test_the_worker_killed_mid_call_fails_the_case_and_leaves_no_process(tmp_path):
     code, rep, r = check(tmp_path, "crash", "--tensor-parallel", "2", "--classes", "8",
                          "--timeout", "60")
@@ -114,6 +120,7 @@ def test_the_worker_killed_mid_call_fails_the_case_and_leaves_no_process(tmp_pat
     (["--classes", "7"], "--split even needs the classes (7) divisible"),
     (["--convention", "inplace"], "--tensor-parallel checks --convention loss or grad"),
 ])
+@pytest.mark.slow  # 13 s measured (2 cores, load ~1): CI runs the rest
 def test_bad_combinations_exit_2_in_one_line(extra, words):
     r = softcheck(f"{EXAMPLE}:vocab_parallel_ce", "--framework", "jax", "--convention", "loss",
                   "--tensor-parallel", "2", "--classes", "8", *extra)

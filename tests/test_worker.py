@@ -161,6 +161,7 @@ def test_system_exit_is_an_error_not_an_exit(make, how):
     (4, "was killed by signal 6 (SIGABRT)"),
     (5, "was killed by signal 14 (SIGALRM)"),
 ])
+@pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
 def test_death_is_a_failed_call(make, how, reason):
     c = make("dies")
     r = c.call(_inputs(how))
@@ -175,6 +176,7 @@ def test_death_is_a_failed_call(make, how, reason):
 
 @pytest.mark.parametrize("how", [1, 2, 3, 4], ids=["python-loop", "C-loop", "__array__",
                                                    "ignores-SIGTERM"])
+@pytest.mark.slow  # 5 s measured (2 cores, load ~1): CI runs the rest
 def test_timeout_stops_the_process(make, how):
     c = make("slow", grace=0.3)
     t0 = time.monotonic()
@@ -240,6 +242,7 @@ def test_argument_checks_as_today(make):
         "wrote into its logits argument (allowed: each call gets a fresh copy)",)
 
 
+@pytest.mark.slow  # 3 s measured (2 cores, load ~1): CI runs the rest
 def test_float32_hint_only_when_jax_x64_is_off(make):
     r = make("jax_float32_x64_off").call(_inputs())
     assert r.notes == ("returned float32 for a float64 case (JAX x64 is off in the "
