@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import contextlib
 import dataclasses
 import importlib
@@ -20,7 +22,8 @@ from .sharding import check as check_sharded
 
 def load(target: str, *, hvp: str | None = None, label: str | None = None,
          settings: Settings | None = None, base: str | None = None,
-         in_process: bool = False) -> Candidate:
+         in_process: bool = False, meanwhile: Callable[[], object] | None = None
+         ) -> Candidate:
     """``path/to/file.py:function`` or ``package.module:function`` → a Candidate (exit 2 if
     not); ``hvp`` another TARGET for its Hessian-vector product; ``label`` its report name;
     ``settings`` how it is called (validated against it here: exit 2 if it cannot be);
@@ -29,7 +32,8 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
     The TARGET is imported in a worker process, never here: the worker replies what the
     validation needs as plain data (``described.Described``), and the Candidate holds that
     description in place of the function.  Only ``in_process=True`` (``--in-process``, an
-    explicit choice) imports it into this process."""
+    explicit choice) imports it into this process.  ``meanwhile`` runs in this process while
+    that worker starts (the CLI imports JAX there)."""
     st = settings or Settings()
     if st.backward:
         b = relative_to(st.backward, base) if base else st.backward
@@ -45,7 +49,7 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
         h = _load(hvp_source, hvp) if hvp_source else None
         bwd = _load(st.backward, st.backward) if st.backward else None
     else:
-        probe = describing_worker(source, hvp_source, label or target, st)
+        probe = describing_worker(source, hvp_source, label or target, st, meanwhile)
         fn, h, bwd = probe.described, probe.described_hvp, probe.described_backward
     try:
         if st.tensor_parallel > 1 and (st.framework or describe(fn).framework) == "jax":
@@ -59,14 +63,16 @@ def load(target: str, *, hvp: str | None = None, label: str | None = None,
                      settings=st, backward=bwd, probe=probe)
 
 
-def describing_worker(source: str, hvp_source: str | None, label: str, st: Settings):
+def describing_worker(source: str, hvp_source: str | None, label: str, st: Settings,
+                      meanwhile: Callable[[], object] | None = None):
     """A worker process that imported the TARGET (and its hvp and backward) and described
     them (``.described``, ``.described_hvp``, ``.described_backward``: ``Described`` or None);
     it goes on to serve the TARGET's calls when they need no other start (``isolated``).  A
     TARGET that cannot be imported, or whose process dies or lies while loading, is one line."""
     from .worker import IsolatedCandidate
 
-    return IsolatedCandidate(source, hvp_source, label, x64=True, settings=st)
+    return IsolatedCandidate(source, hvp_source, label, x64=True, settings=st,
+                             meanwhile=meanwhile)
 
 
 def located(target: str) -> str:

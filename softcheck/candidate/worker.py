@@ -5,6 +5,8 @@ nothing it starts outlives it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import atexit
 import time
 import weakref
@@ -56,7 +58,8 @@ class IsolatedCandidate:
 
     def __init__(self, source: str, hvp_source: str | None, label: str, *, x64: bool = True,
                  settings: Settings = Settings(), memory_limit: int | None = None,
-                 grace: float = 2.0, start_timeout: float | None = 300.0):
+                 grace: float = 2.0, start_timeout: float | None = 300.0,
+                 meanwhile: Callable[[], object] | None = None):
         self.source, self.hvp_source, self.label = source, hvp_source, label
         self.memory_limit = memory_limit
         self.settings = settings
@@ -71,7 +74,7 @@ class IsolatedCandidate:
         self._serving = False                     # serve_as took it (once)
         _CANDIDATES.add(self)
         try:
-            ready = self._start().ready
+            ready = self._start(meanwhile).ready
         except BaseException:
             self.close()
             raise
@@ -172,12 +175,21 @@ class IsolatedCandidate:
         return 0 if self._worker is None else self._worker.bytes_sent
 
     # -- internals ---------------------------------------------------------------------
-    def _start(self) -> _Worker:
+    def _start(self, meanwhile: Callable[[], object] | None = None) -> _Worker:
+        """A new worker; ``meanwhile`` runs here while it starts (before its ready message)."""
         hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
                  "settings": self.settings}
         try:
             w = _Worker(hello, self.x64, self.start_timeout, self.pids,
-                        module=self.module, env=self.env, memory=self.memory_limit)
+                        module=self.module, env=self.env, memory=self.memory_limit,
+                        wait=meanwhile is None)
+            if meanwhile is not None:
+                try:
+                    meanwhile()
+                except BaseException:
+                    w.stop()
+                    raise
+                w.handshake(self.start_timeout)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
                                  f"{self.start_timeout:g} s") from None

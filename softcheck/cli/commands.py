@@ -66,7 +66,10 @@ def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fa
     policy = to_policy(kw)
     st = to_settings(kw)
     cfg = to_config(kw)
-    cand = load(target, hvp=hvp_target, settings=st, in_process=not policy.isolate)
+    from ..reference.jaxsetup import warm
+
+    cand = load(target, hvp=hvp_target, settings=st, in_process=not policy.isolate,
+                meanwhile=lambda: warm(devices))      # JAX imports while the worker starts
     try:
         return execute(lambda bar: check_candidate(cand, cfg, policy=policy,
                                                    fail_fast=fail_fast, jobs=jobs,
