@@ -140,3 +140,17 @@ def test_a_fork_bomb_is_stopped_by_the_process_limit(tmp_path):
     (case,) = report["cases"]
     assert not case["passed"] and "Resource temporarily unavailable" in case["error"], case
     assert _no_process_left(run) == []
+
+
+def test_an_ordinary_program_runs_in_the_sandbox_that_keeps_the_host_read_only(tmp_path):
+    """The sandbox made /dev read-only, so opening /dev/null for writing was EROFS: Apple
+    CCE's torch.compile path (inductor starts a process with DEVNULL) failed in the worker,
+    and so did its cache under a host TORCHINDUCTOR_CACHE_DIR. A correct kernel that needs
+    them passes; the host's files stay read-only to it."""
+    r, out, _ = _run(tmp_path, "sandbox_needs.py:grad",
+                     TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "host-cache"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = load_report(out.read_text())
+    _require_sandbox(report)
+    assert report["passed"]
+    assert not (tmp_path / "host-cache").exists()            # the private tmpfs held it

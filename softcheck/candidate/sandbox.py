@@ -189,7 +189,10 @@ def spawn(argv: list[str], *, env: dict, pass_fds: tuple, stdout, memory: int | 
             "pids_cgroup": cgroup and cgroup[0], "pids_by": cgroup and cgroup[1],
             "pids_max": pids_limit() if cgroup else None}
     env = {**env, "TMPDIR": tmp, "XDG_CACHE_HOME": os.path.join(tmp, "cache")}
-    env.setdefault("TRITON_CACHE_DIR", os.path.join(tmp, "triton"))
+    # compilers' caches in the private tmpfs: a host path (the user's, or one torch wrote into
+    # os.environ in the parent) is read-only in the sandbox, and torch.compile failed there
+    env["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton")
+    env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "torchinductor")
     if memory:
         env["SOFTCHECK_MEMORY_LIMIT"] = str(memory)
     try:

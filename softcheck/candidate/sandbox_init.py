@@ -57,6 +57,22 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
+#: device files a program may open for writing: those whose writes go nowhere or to the
+#: kernel's pool, and the accelerators' (a GPU is opened O_RDWR: NVIDIA's, DRM's, AMD's kfd)
+WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+ACCELERATOR_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps/*", "/dev/dri/*", "/dev/kfd")
+
+
+def writable_devices() -> list[str]:
+    """The device files bound read-write into the read-only mounts (existing ones only)."""
+    import glob
+
+    found = [d for d in WRITABLE_DEVICES if os.path.exists(d)]
+    for pattern in ACCELERATOR_DEVICES:
+        found += sorted(p for p in glob.glob(pattern) if not os.path.isdir(p))
+    return found
+
+
 def _read_only_everywhere() -> None:
     """Every mount of the new namespace read-only and nosuid: one recursive mount_setattr
     (5.12+), else a bind remount of each mount keeping its locked flags."""
@@ -122,6 +138,14 @@ def _namespaces(spec: dict) -> None:
             _mount("/dev/shm", "/dev/shm", None, MS_BIND | MS_REC)
         else:
             _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" + size)
+    # a read-only /dev made opening a device for writing EROFS: subprocess(stdout=DEVNULL)
+    # failed in the worker (torch inductor, CCE), and so would a GPU's O_RDWR open
+    for dev in writable_devices():
+        try:                               # each bound afresh, read-write
+            _mount(dev, dev, None, MS_BIND)
+            _mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC)
+        except OSError:
+            pass                           # a locked read-only flag: it stays as it was
 
 
 def _exec_worker(spec: dict, argv: list[str], parent: int) -> None:
