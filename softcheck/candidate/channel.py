@@ -47,7 +47,7 @@ class _Worker:
     def __init__(self, hello: dict, x64: bool, start_timeout: float | None,
                  pids: list[int], module: str = "softcheck.candidate.worker_main",
                  env: dict | None = None, *, wait: bool = True, memory: int | None = None,
-                 host_shm: bool = False):
+                 host_shm: bool = False, meanwhile=None):
         _set_subreaper()
         parent_sock, child_sock = socket.socketpair()
         self.out = tempfile.TemporaryFile()
@@ -90,6 +90,8 @@ class _Worker:
         try:
             self.sandbox = read_status(status, start_timeout)
             self.send(hello)
+            if meanwhile is not None:     # the caller's own work while the worker loads
+                meanwhile()
         except BaseException:
             self.stop()
             raise

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import contextlib
 import dataclasses
 import importlib
@@ -11,6 +9,7 @@ import importlib.util
 import os
 import sys
 import zlib
+from collections.abc import Callable
 
 from ..spec import SoftcheckError
 from .call import Candidate

@@ -5,11 +5,10 @@ nothing it starts outlives it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import atexit
 import time
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -176,20 +175,12 @@ class IsolatedCandidate:
 
     # -- internals ---------------------------------------------------------------------
     def _start(self, meanwhile: Callable[[], object] | None = None) -> _Worker:
-        """A new worker; ``meanwhile`` runs here while it starts (before its ready message)."""
+        """A new worker; ``meanwhile`` runs here while it loads (before its ready message)."""
         hello = {"source": self.source, "hvp_source": self.hvp_source, "label": self.label,
                  "settings": self.settings}
         try:
-            w = _Worker(hello, self.x64, self.start_timeout, self.pids,
-                        module=self.module, env=self.env, memory=self.memory_limit,
-                        wait=meanwhile is None)
-            if meanwhile is not None:
-                try:
-                    meanwhile()
-                except BaseException:
-                    w.stop()
-                    raise
-                w.handshake(self.start_timeout)
+            w = _Worker(hello, self.x64, self.start_timeout, self.pids, module=self.module,
+                        env=self.env, memory=self.memory_limit, meanwhile=meanwhile)
         except TimeoutError:
             raise SoftcheckError(f"TARGET {self.source}: loading took longer than "
                                  f"{self.start_timeout:g} s") from None

@@ -62,12 +62,11 @@ def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fa
     """
     from ..candidate import load
     from ..engine.suites import check_candidate, estimate_run
+    from ..reference.jaxsetup import warm
 
     policy = to_policy(kw)
     st = to_settings(kw)
     cfg = to_config(kw)
-    from ..reference.jaxsetup import warm
-
     cand = load(target, hvp=hvp_target, settings=st, in_process=not policy.isolate,
                 meanwhile=lambda: warm(devices))      # JAX imports while the worker starts
     try:
