@@ -302,6 +302,24 @@ def test_causal_lm_loss_with_shape_btv_and_shift():
     bad = cli(f"{K}:hf_causal_lm_loss_unshifted", *SEQ, "--shape", "btv", "--shift", "1",
               "--reduction", "mean")
     assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
+    assert_sequence_hint(bad, "the labels are not shifted: position k is scored against label k")
+
+
+def assert_sequence_hint(r, named):
+    """Regression: a kernel scoring every row against its neighbour's label was blamed on a
+    broken relation (tied logits) and on ignore_index; the shift alone is named."""
+    hints = [ln for ln in r.stdout.splitlines() if ln.startswith("hint: ")]
+    assert hints and all(named in h for h in hints), r.stdout[-2000:]
+
+
+@pytest.mark.slow  # 10 s measured (2 cores, load ~2): CI runs the rest
+def test_a_kernel_that_shifts_targets_given_shifted_is_named():
+    """--shift 0 (the targets already shifted) on a kernel that shifts them again."""
+    bad = cli(f"{K}:hf_causal_lm_loss", *SEQ, "--shape", "btv", "--reduction", "mean")
+    assert bad.returncode == 1, bad.stdout[-1500:] + bad.stderr[-1500:]
+    assert_sequence_hint(bad, "the targets are shifted again: position k is scored against "
+                              "target k + 1 (the kernel shifts labels itself: check it with "
+                              "--shift 1")
 
 
 @pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest

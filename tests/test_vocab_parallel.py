@@ -207,3 +207,20 @@ def test_a_rank_that_raises_fails_the_case_with_the_rank_named(tmp_path):
     assert code == 1
     err = rep["cases"][0]["error"]
     assert "rank 1 of 2" in err and "ValueError" in err and "shard mismatch" in err, err
+
+
+@pytest.mark.slow  # 33 s measured (2 cores, load ~3): CI runs the rest
+def test_a_3d_kernel_on_ranks_with_shape_btv_as_transformer_engine_takes_it(tmp_path):
+    """TransformerEngine's parallel_cross_entropy takes (B, T, V/W) logits only: each rank
+    gets its shard as (B, T, V_r) with (B, T) targets; a (B, T) loss for reduction none.
+    The same kernel under --shift 1 (it never shifts) fails with the shift named."""
+    code, rep, r = check(tmp_path, "vocab_parallel_ce_btv", "--tensor-parallel", "2",
+                         "--shape", "btv", "--classes", "64", "--ignore-index", "-100",
+                         "--reduction", "mean,none", "--label-smoothing", "0.1")
+    assert code == 0, r.stdout + r.stderr
+    assert all(len(rank_errors(c)) == 2 and c["passed"] for c in rep["cases"])
+    code, rep, r = check(tmp_path, "vocab_parallel_ce_btv", "--tensor-parallel", "2",
+                         "--shape", "btv", "--shift", "1", "--classes", "64",
+                         "--ignore-index", "-100", "--reduction", "none")
+    assert code == 1
+    assert "the labels are not shifted" in rep["cases"][0]["diagnosis"][0]

@@ -98,6 +98,18 @@ def local_max(logits, target, group=None, label_smoothing=0.0,
                  reduction, all_reduce_max=False)
 
 
+def vocab_parallel_ce_btv(logits, target, group=None, label_smoothing=0.0,
+                          smoothing_convention="uniform", ignore_index=-100, reduction="mean"):
+    """Correct, TransformerEngine-style: 3-D logits (B, T, V/W) and targets (B, T) only
+    (``--shape btv``); reduction none gives the loss as (B, T)."""
+    if logits.ndim != 3:
+        raise ValueError(f"expected (B, T, V) logits, got {tuple(logits.shape)}")
+    b, t, v = logits.shape
+    loss = _loss(logits.reshape(b * t, v), target.reshape(-1), group, label_smoothing,
+                 smoothing_convention, ignore_index, reduction)
+    return loss.reshape(b, t) if reduction == "none" else loss
+
+
 def crash_on_rank1(logits, target, group=None, reduction="mean"):
     """For the tests: rank 1 is killed in the middle of the call (rank 0 then waits in a
     collective that never completes)."""

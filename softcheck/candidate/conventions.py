@@ -73,10 +73,11 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
                              "differentiated by softcheck: --convention loss, --framework torch, "
                              "one rank")
     if (st.shape != "nv" or st.shift) and not st.fused and (
-            conv not in ("loss", "inplace") or st.tensor_parallel > 1):
+            conv not in ("loss", "inplace") or (st.tensor_parallel > 1 and fw == "jax")):
         raise SoftcheckError("--shape btv and --shift call a loss kernel (--convention loss or "
-                             "inplace, one rank) with (B, T, V) logits: a plain gradient "
-                             "function, a split kernel or ranks take (N, V)")
+                             "inplace; on torch ranks each its (B, T, V/W) shard) with (B, T, "
+                             "V) logits: a plain gradient function, a split kernel or JAX "
+                             "shard_map take (N, V)")
     # inside jax.shard_map (sharding.py, which load.py has check the rest): given, not required
     free = SHARD_KEYWORDS if st.tensor_parallel > 1 and fw == "jax" else ()
     free += (st.kernel_name("group"),) if st.tensor_parallel > 1 and fw != "jax" else ()
@@ -91,7 +92,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
         if fn.autograd or st.args:
             return dataclasses.replace(st, args=apply_order(fn, st, FUSED_POSITIONAL))
         extra = ("grad_output",) if conv == "grad" else ()
-        check_call(describe(fn), 3, st, label=label_of(fn), conv=conv, free=extra)
+        check_call(describe(fn), 3, st, label=label_of(fn), conv=conv, free=extra + free)
         return st
     if conv == "grad":
         check_call(describe(fn), 2, st, label=label_of(fn), conv=conv, free=free,

@@ -43,6 +43,7 @@ class FusedResult:
     notes: tuple[str, ...] = ()
     nondet: float = 0.0
     output: str = ""
+    ranks: tuple = ()              # vocab-parallel: (rank, start, stop, loss, grad_x) each
 
 
 def _arguments(fn, st: Settings, fi: FusedInputs, fw: str, grad_req: bool):
@@ -209,7 +210,8 @@ def fused_once(fn, st: Settings, fi: FusedInputs) -> FusedResult:
 
 def fused_repeated(once_: Callable[[int], FusedResult], repeat: int) -> FusedResult:
     """The judge's repeat loop (record.repeated) over every gradient of a fused kernel."""
-    return repeated(once_, repeat, lambda r: [r.grads[k] for k in sorted(r.grads)])
+    return repeated(once_, repeat, lambda r: [r.grads[k] for k in sorted(r.grads)]
+                    + [p[4] for p in r.ranks])
 
 
 def check_convention(st: Settings) -> None:
@@ -222,11 +224,53 @@ def check_convention(st: Settings) -> None:
 _ARRAYS = ("x", "lm_weight", "bias", "target", "weight", "labels", "grad_output")
 
 
-def _out_layout(fi: FusedInputs) -> list[tuple[str, tuple[int, ...]]]:
+def fused_request(fi: FusedInputs, rows: tuple[int, int] | None = None):
+    """What one fused call sends: the arrays' names, the arrays (W and the bias cut to a
+    rank's vocabulary ``rows`` a:b), the gradients' layout in the output file, its bytes."""
+    arrays = {k: getattr(fi, k) for k in _ARRAYS}
+    arrays["grad_output"] = np.asarray(fi.grad_output, np.float64)
+    if rows is not None:
+        for k in ("lm_weight", "bias"):
+            if arrays[k] is not None:
+                arrays[k] = np.ascontiguousarray(arrays[k][rows[0]:rows[1]])
+    names = [k for k, a in arrays.items() if a is not None]
     n, h = fi.x.shape
-    v = fi.lm_weight.shape[0]
-    return [("grad_x", (n, h)), ("grad_w", (v, h))] + (
+    v = arrays["lm_weight"].shape[0]
+    layout = [("grad_x", (n, h)), ("grad_w", (v, h))] + (
         [("grad_b", (v,))] if fi.bias is not None else [])
+    out_bytes = sum(out_dtype(fi).itemsize * int(np.prod(s)) for _, s in layout)
+    return names, [arrays[k] for k in names], layout, out_bytes
+
+
+def read_grads(mm, pos: int, layout: list, dt: np.dtype) -> dict:
+    """The gradients a worker wrote at ``pos`` of its sealed output file, copied out."""
+    grads = {}
+    for k, shape in layout:
+        size = int(np.prod(shape))
+        grads[k] = np.frombuffer(mm, dt, size, pos).reshape(shape).copy()
+        pos += dt.itemsize * size
+    return grads
+
+
+def loss_fields(fi: FusedInputs) -> dict:
+    """The reply's loss, checked (reply.py): one value, or one per row."""
+    n = int(fi.x.shape[0])
+    return {"loss": lambda v, what: wire.values(v, what, n)}
+
+
+def joined(per: list, output: str = "") -> FusedResult:
+    """Vocab-parallel ranks' results as one (``per``: rank, start, stop, loss, gradients,
+    notes): rank 0's loss and grad_x, the rows of grad_W (grad_b) in vocabulary order; every
+    rank's loss and grad_x kept in ``ranks`` for the judge (judge/ranks.py)."""
+    grads = {"grad_x": per[0][4]["grad_x"]}
+    for k in ("grad_w", "grad_b"):
+        if k in per[0][4]:
+            grads[k] = np.concatenate([p[4][k] for p in per])
+    notes: list[str] = []
+    for r, *_, got_notes in per:
+        notes += [f"rank {r}: {x}" for x in got_notes if f"rank {r}: {x}" not in notes]
+    return FusedResult(grads, per[0][3], None, tuple(notes), 0.0, output,
+                       tuple((r, a, b, loss, g["grad_x"]) for r, a, b, loss, g, _ in per))
 
 
 def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
@@ -236,17 +280,12 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
     checked (reply.py); death and timeouts are the case's error."""
     if wc._closed:
         raise SoftcheckError("this candidate was closed")
-    arrays = {k: getattr(fi, k) for k in _ARRAYS}
-    arrays["grad_output"] = np.asarray(fi.grad_output, np.float64)
-    names = [k for k, a in arrays.items() if a is not None]
-    layout = _out_layout(fi)
+    names, arrays, layout, out_bytes = fused_request(fi)
     dt = out_dtype(fi)
-    out_bytes = sum(dt.itemsize * int(np.prod(s)) for _, s in layout)
-    descs, out_off = wc._place([arrays[k] for k in names], out_bytes)
+    descs, out_off = wc._place(arrays, out_bytes)
     req = {"op": "fused", "arrays": dict(zip(names, descs)), "spec": fi.spec, "shape": fi.shape,
            "out": out_off, "layout": layout}
-    n = int(fi.x.shape[0])
-    fields = {"loss": lambda v, what: wire.values(v, what, n)}
+    fields = loss_fields(fi)
 
     def one(i: int) -> FusedResult:
         reply, error, output = wc.exchange({**req, "index": i}, timeout,
@@ -261,12 +300,8 @@ def call_in_worker(wc, fi: FusedInputs, timeout, repeat: int) -> FusedResult:
                                output=output)
         if got["error"] is not None:
             return FusedResult(error=error, notes=got["notes"], output=output)
-        grads, pos = {}, out_off
-        for k, shape in layout:
-            size = int(np.prod(shape))
-            grads[k] = np.frombuffer(wc._mm, dt, size, pos).reshape(shape).copy()
-            pos += dt.itemsize * size
-        return FusedResult(grads, got["loss"], None, got["notes"], 0.0, output)
+        return FusedResult(read_grads(wc._mm, out_off, layout, dt), got["loss"], None,
+                           got["notes"], 0.0, output)
 
     return fused_repeated(one, repeat)
 

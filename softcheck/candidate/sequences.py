@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..suite.inputs import sequences
+from ..suite.inputs import sequences, unshifted
 
 
 def _bt(n: int, st) -> tuple[int, int]:
@@ -27,9 +27,7 @@ def as_called(logits, target, st):
         return logits, target
     n = len(logits)
     b, t = _bt(n, st)
-    lab = np.asarray(target).reshape(b, t)
-    if st.shift:        # labels[:, k + 1] = target[:, k]; label 0 is no row's (first's kept)
-        lab = np.concatenate([lab[:, :1], lab[:, :-1]], 1)
+    lab = unshifted(target, b, t) if st.shift else np.asarray(target).reshape(b, t)
     if st.shape == "btv":
         return logits.reshape(b, t, *logits.shape[1:]), lab
     return logits, lab.reshape(-1)

@@ -109,9 +109,9 @@ def settings(convention=None, framework=None, args=None, rename=(), returns=None
     if fused and conv not in ("loss", "grad"):
         raise SoftcheckError(f"--convention {conv} is not available with --hidden (fused "
                              "linear cross-entropy): use loss or grad")
-    if fused and tp > 1:
-        raise SoftcheckError("--tensor-parallel and --hidden cannot be combined (a sharded "
-                             "fused linear cross-entropy is not checked yet)")
+    if fused and tp > 1 and framework == "jax":
+        raise SoftcheckError("--tensor-parallel with --hidden runs torch.distributed ranks "
+                             "(each holding its rows of W): not --framework jax")
     kw = pairs(kwarg, "--kwarg")
     clash = [k for k, _ in kw if k in {b for _, b in ren} | set(KERNEL_OPTIONS) - set(dict(ren))]
     if clash:

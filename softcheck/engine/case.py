@@ -18,7 +18,7 @@ from ..reference import finite_difference as references
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.inputs import make_inputs
-from .ranks import judge_ranks
+from ..judge.ranks import judge_ranks
 from .results import CaseResult, Coverage, FDInfo
 
 REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
@@ -122,7 +122,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     grad_failed = not all(c.passed for c in comparisons if c.pair[0] == "candidate") or \
         not all(i.passed for i in invs) or not all(r.passed for r in relations)
     if candidate is not None and not passed:
-        from ..judge.diagnose import diagnose
+        from ..judge.diagnose import SEQUENCE_BUGS, diagnose
 
         unheard = unheard_hint(candidate, case.spec)
         diagnosis = unheard + rank_hints + _upstream_hint(
@@ -130,6 +130,8 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         if grad_failed and not unheard:   # the gradient itself is wrong somewhere: say how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
                                         relations))
+        shifted = tuple(h for h in diagnosis if h.startswith(SEQUENCE_BUGS))
+        diagnosis = shifted or diagnosis  # it explains every rank's error and the loss's
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
                   fd.columns, len(fd.probes))
     coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),

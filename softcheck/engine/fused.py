@@ -10,6 +10,7 @@ from ..candidate import CallPolicy
 from ..judge import tolerances
 from ..judge.compare import Comparison, determinism
 from ..judge.fused import LABELS, compare_output, diagnose
+from ..judge.ranks import judge_fused_ranks
 from ..reference import fused as ref_fused
 from ..suite.cases import Case
 from ..suite.fused import make_fused_inputs
@@ -36,9 +37,11 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
     xnorm, wnorm, bmax = ref_fused.norms(fi)
     dv = tolerances.fused_logit_error(dtype, h, xnorm, wnorm, bmax, spec.divisor)
 
+    world = candidate.settings.tensor_parallel if candidate is not None else 1
+
     def row_error(kappa):
         return tolerances.fused_row_error(dtype, kappa, dv, fi.lm_weight.shape[0], n,
-                                          spec.softcap)
+                                          spec.softcap, world)
 
     pending = None
     if candidate is not None and candidate.isolated:
@@ -105,19 +108,31 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
                    + const * np.sum(np.abs(np.reshape(dirs[1], (len(dirs[0]), -1))), 1))
         cands.append(compare_output(_pair("candidate", "finite_difference", k),
                                     ref_fused.project(res.grads[k], dirs), fd, allowed, 0.0, 0.0))
-    invs = ()
+    invs: tuple = ()
     if policy.repeat > 1:      # the judge's own figure (candidate/record.py), the tightest
         grad_cmps = [c for c in cands if c.pair[1].startswith("reference_grad")]
         invs = (determinism(res.nondet, policy.repeat, policy.nondet_tol,
                             min(c.atol for c in grad_cmps)),)
+    rank_hints: list[str] = []
+    if res.ranks:              # vocab-parallel ranks: each one's grad_x, and their agreement
+        shards = [(a, b) for _, a, b, _, _ in res.ranks]
+        rank_cmps, rank_invs, rank_hints = judge_fused_ranks(
+            res.ranks, refs["grad_x"], bounds["grad_x"], tol["grad_x"], ~fi.valid,
+            lambda: ref_fused.reference(fi, shards=shards).grad_x_parts)
+        cands += rank_cmps
+        invs += tuple(rank_invs)
     diagnosis: tuple[str, ...] = ()
-    if not all(c.passed for c in cands):
+    if not all(c.passed for c in cands) or rank_hints:
         no_chain = None
         if spec.softcap:
             nc = ref_fused.reference(fi, chain=False)
             no_chain = {"grad_x": nc.grad_x, "grad_w": nc.grad_w, "grad_b": nc.grad_b}
         allowed = {k: bounds[k] + tol[k][0] * np.abs(refs[k]) + tol[k][1] for k in refs}
         diagnosis = tuple(diagnose(res.grads, refs, allowed, fi, no_chain=no_chain))
+        if rank_hints:         # a sharding pattern first (it explains grad_x's own lines)
+            unreduced = "grad_x is not all-reduced" in rank_hints[0]
+            diagnosis = tuple(rank_hints) + tuple(d for d in diagnosis if not (
+                unreduced and d.startswith("grad_x")))
         if any(c.pair[0] == "candidate_loss" and not c.passed for c in cands):
             diagnosis += ("loss: the returned loss value is wrong (the gradients may still be "
                           "right: see their own pairs)",)

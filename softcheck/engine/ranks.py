@@ -4,7 +4,6 @@ devices of one worker process; the shards' gradients judged per rank, the losses
 
 from __future__ import annotations
 
-import dataclasses
 import select
 import socket
 import time
@@ -19,8 +18,6 @@ from ..candidate.sharding import shards
 from ..candidate.arena import ArenaError, close_all, read_sealed
 from ..candidate.channel import _Died, _Worker
 from ..candidate.worker import MAX_VARIANTS, IsolatedCandidate, described, reply_fields
-from ..judge.compare import Comparison, Invariant, compare
-from ..reference import analytic
 from ..spec import Inputs, SoftcheckError
 
 RANK_MAIN = "softcheck.candidate.rank_main"
@@ -150,8 +147,32 @@ class RankedCandidate:
     hvp_source = None
 
     def call_fused(self, fi, *, timeout=None, repeat: int = 1):
-        raise SoftcheckError("--hidden (fused linear cross-entropy) does not run on "
-                             "--tensor-parallel ranks")
+        """Fused linear cross-entropy on vocab-parallel ranks (``--hidden``, as Apple CCE's
+        VocabParallelOptions): rank r gets x, its rows W[a:b] (bias[a:b]) and the global
+        targets; back come its loss, its grad_x (the all-reduced whole: judged on every rank)
+        and its rows of grad_W (grad_b), joined here (candidate/fused.py ``joined``)."""
+        from ..candidate import fused
+
+        cols = shards(fi.lm_weight.shape[0], self.world, self.split)
+        sent = [fused.fused_request(fi, c) for c in cols]
+        dt, fields = fused.out_dtype(fi), fused.loss_fields(fi)
+
+        def one(i: int):
+            def build(r: int, slot: _Slot):
+                names, arrays, layout, nbytes = sent[r]
+                descs, out = _place(slot, arrays, nbytes, [])
+                return {"op": "fused", "index": i, "arrays": dict(zip(names, descs)),
+                        "spec": fi.spec, "shape": fi.shape, "out": out, "layout": layout}, out
+
+            replies, outs = self._round(build, timeout, fields)
+            if isinstance(replies, CallResult):
+                return fused.FusedResult(error=replies.error, output=replies.output)
+            return fused.joined([(r, a, b, replies[r]["loss"],
+                                  fused.read_grads(self._slots[r]._mm, outs[r], sent[r][2], dt),
+                                  replies[r]["notes"]) for r, (a, b) in enumerate(cols)],
+                                self._output())
+
+        return fused.fused_repeated(one, repeat)
 
     def shared_logits(self, shape, dtype, pad: int = 0) -> None:
         """None: the ranks get their shards from the engine's own memory."""
@@ -180,19 +201,14 @@ class RankedCandidate:
         n, v = inputs.logits.shape
         cols = shards(v, self.world, self.split)
         conv = self.settings.convention != "grad"
-        if self._ranks is not None and any(w.proc.poll() is not None for w in self._ranks):
-            self._stop()
-        try:
-            ranks = self._ranks or self._start()
-        except SoftcheckError as e:
-            return CallResult(None, f"restarting the ranks failed: {e}")
         outs = 1 + MAX_VARIANTS if conv else 1
         names = [k for k, x in kw.items() if isinstance(x, np.ndarray)]
         target = np.ascontiguousarray(inputs.target)
         # each rank hands back its other array arguments after the call (not a convention's)
         back = [] if conv else [("target", target), *((k, np.asarray(kw[k])) for k in names)]
-        placed = []
-        for r, (w, slot, (a, b)) in enumerate(zip(ranks, self._slots, cols)):
+
+        def build(r: int, slot: _Slot):
+            a, b = cols[r]
             shard = np.ascontiguousarray(inputs.logits[:, a:b])
             arrays = [shard, target] + [np.asarray(kw[k]) for k in names]   # 0-d stays 0-d
             size = 8 * shard.size
@@ -200,20 +216,40 @@ class RankedCandidate:
             rkw = dict(kw)
             rkw.update(zip(names, descs[2:len(arrays)]))
             backs = dict(zip((k for k, _ in back), descs[len(arrays):]))
-            w.seq += 1
-            req = {"op": "convention" if conv else "call", "seq": w.seq, "index": index,
-                   "out_size": slot._out, "args": descs[:2], "kw": rkw, "back": backs,
-                   "shape": tuple(shard.shape), "case_dtype": inputs.logits.dtype.name,
-                   "out": out_off, "spec": inputs.spec if conv else None}
-            placed.append((out_off, size, tuple(shard.shape), backs))
-            try:
-                w.send(req, [slot._inputs.fd])       # its sealed inputs (arena.py)
-            except (_Died, OSError) as e:
-                return self._failed(r, str(e))
-        replies = self._gather(ranks, timeout, fields)
+            return ({"op": "convention" if conv else "call", "index": index, "args": descs[:2],
+                     "kw": rkw, "back": backs, "shape": tuple(shard.shape),
+                     "case_dtype": inputs.logits.dtype.name, "out": out_off,
+                     "spec": inputs.spec if conv else None},
+                    (out_off, size, tuple(shard.shape), backs))
+
+        replies, placed = self._round(build, timeout, fields)
         if isinstance(replies, CallResult):
             return replies
         return self._assemble(replies, placed, cols, inputs, dict(back))
+
+    def _round(self, build, timeout, fields: dict):
+        """One request on every rank (the ranks restarted first if one has died):
+        ``build(r, slot)`` → (its request, what the caller keeps of it), sent with the slot's
+        sealed inputs; then every reply (``_gather``).  ``(replies, kept)``, or the
+        CallResult of the first rank that failed and None."""
+        if self._ranks is not None and any(w.proc.poll() is not None for w in self._ranks):
+            self._stop()
+        try:
+            ranks = self._ranks or self._start()
+        except SoftcheckError as e:
+            return CallResult(None, f"restarting the ranks failed: {e}"), None
+        kept = []
+        for r, (w, slot) in enumerate(zip(ranks, self._slots)):
+            req, keep = build(r, slot)
+            kept.append(keep)
+            w.seq += 1
+            try:
+                w.send({**req, "seq": w.seq, "out_size": slot._out},
+                       [slot._inputs.fd])       # its sealed inputs (arena.py)
+            except (_Died, OSError) as e:
+                return self._failed(r, str(e)), None
+        replies = self._gather(ranks, timeout, fields)
+        return replies, (kept if not isinstance(replies, CallResult) else None)
 
     def _gather(self, ranks: list[_Worker], timeout, fields: dict):
         """Every rank's reply, checked (reply.py), or the CallResult of the first rank that
@@ -330,82 +366,3 @@ def _place(slot, arrays: list, out_bytes: int, back: list):
         descs.append(("arr", pos, tuple(int(s) for s in a.shape), a.dtype.name))
         pos += -(-a.nbytes // 64) * 64
     return descs, out_off
-
-
-# ------------------------------------------------------------------------------- judging
-
-def judge_ranks(call: CallResult, inputs64: Inputs, *, dtype: str, kappa: float, scale: float,
-                user=None) -> tuple[list[Comparison], list[Invariant], tuple[str, ...]]:
-    """Per rank: its shard's gradient against its columns of the float64 closed form (the
-    other columns zeroed on both sides, so entries keep their global class ids); across ranks:
-    the loss each returned, identical on every rank.  Hints name the sharding bug's pattern."""
-    if not call.ranks:
-        return [], [], ()
-    ref = analytic.gradient(inputs64)
-    comps, hints = [], []
-    for r, a, b, _, _ in call.ranks:
-        mask = np.zeros(ref.shape[1], bool)
-        mask[a:b] = True
-        comps.append(compare((f"candidate[rank {r}]", "analytic"),
-                             np.where(mask, call.grad, 0.0), np.where(mask, ref, 0.0),
-                             inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale, user=user))
-    bad = [c for c in comps if not c.passed]
-    invs = []
-    losses = [(r, loss) for r, _, _, loss, _ in call.ranks if loss is not None]
-    if losses:
-        r0, l0 = losses[0]
-        diffs = [(r, float(np.max(np.abs(np.asarray(x) - np.asarray(l0)), initial=0.0)))
-                 for r, x in losses[1:]]
-        worst = max(diffs, key=lambda d: d[1], default=(r0, 0.0))
-        same = all(np.array_equal(np.asarray(x), np.asarray(l0), equal_nan=True)
-                   for _, x in losses[1:])
-        detail = (f"every one of the {len(call.ranks)} ranks returned the same loss" if same else
-                  "the ranks disagree on the loss: " + ", ".join(
-                      f"rank {r} differs from rank {r0} by up to {d:.3g}" for r, d in diffs
-                      if d or not np.isfinite(d)))
-        invs.append(Invariant("ranks_agree_on_loss", "candidate", bool(same), detail))
-        if not same:
-            hints.append(f"the ranks disagree on the loss (rank {worst[0]} by {worst[1]:.3g}): "
-                         "a reduction is not all-reduced across the group (the max, the sum of "
-                         "exps or the target logit computed from the shard alone)")
-    hints[:0] = _shard_width_hint(call, inputs64, ref, bad, dtype, kappa, scale)
-    if bad and not hints:
-        hints.append("wrong on rank" + ("s " if len(bad) > 1 else " ") + ", ".join(
-            c.pair[0].split()[-1].rstrip("]") for c in bad) + " of " + str(len(call.ranks)))
-    return comps, invs, tuple(hints)
-
-
-def _shard_width_hint(call, inputs64: Inputs, ref, bad, dtype, kappa, scale) -> list[str]:
-    """Label smoothing's uniform part spread over the shard's width V/W instead of the
-    vocabulary V (Megatron #737): on rank r the smoothing term of the gradient is scaled by
-    V/V_r (uniform) or (V-1)/(V_r-1) (others), V_r the width it was given (JAX: padded);
-    matched with the per-rank tolerance."""
-    spec = inputs64.spec
-    if not bad or not spec.label_smoothing:
-        return []
-    plain = analytic.gradient(dataclasses.replace(inputs64, spec=spec.replace(label_smoothing=0.0)))
-    smooth = ref - plain                    # the smoothing term (linear in EPS)
-    v = ref.shape[1]
-    hit = []
-    for c in bad:
-        r = int(c.pair[0].split()[-1].rstrip("]"))
-        _, a, b, _, width = call.ranks[r]
-        k = (v / width) if spec.smoothing_convention == "uniform" else (v - 1) / max(width - 1, 1)
-        # off-target columns: the term is -EPS/V (resp. -EPS/(V-1)) per entry, times g
-        t = inputs64.target
-        off = np.ones_like(ref, bool)
-        rows = np.flatnonzero(inputs64.valid)
-        off[rows, t[rows]] = False
-        mask = np.zeros_like(ref, bool)
-        mask[:, a:b] = True
-        mask &= off
-        want = np.where(mask, plain + k * smooth, 0.0)
-        got = np.where(mask, call.grad, 0.0)
-        if compare(("x", "y"), got, want, inputs=inputs64, dtype=dtype, kappa=kappa,
-                   scale=scale).passed:
-            hit.append(r)
-    if not hit:
-        return []
-    return [f"label smoothing uses the shard's vocabulary size on rank{'s' if len(hit) > 1 else ''} "
-            f"{', '.join(map(str, hit))}: its uniform part is EPS/(V/W) instead of EPS/V "
-            "(Megatron-LM #737)"]

@@ -27,6 +27,11 @@ _FACTORS = {"N (batch size)": lambda n, c, t: n, "1/N": lambda n, c, t: 1 / n,
             "2": lambda n, c, t: 2.0, "1/2": lambda n, c, t: 0.5, "-1": lambda n, c, t: -1.0}
 
 
+#: the known bugs of a case called as sequences (patterns._sequence_bugs): they explain all
+SEQUENCE_BUGS = ("looks like a known bug: the labels are not shifted",
+                 "looks like a known bug: the targets are shifted again")
+
+
 def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str]:
     """Hints, most specific first, for a candidate gradient ``x`` that failed: degenerate
     outputs, then non-finite entries, then the shape of the error, known bugs, broken
@@ -46,10 +51,16 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
     for inv in invariants:
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
-    for desc, g in patterns.known_bugs(inp):
+    for desc, g in patterns.known_bugs(inp, (getattr(case, "shape", "nv"),
+                                             getattr(case, "shift", 0))):
         if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc,
                              mode=case.tolerance):
             hints.append(f"looks like a known bug: {desc}")
+    shifted = [h for h in hints if h.startswith(SEQUENCE_BUGS)]
+    if shifted:
+        # every row scored against its neighbour's label: the ignored rows and the zero rows
+        # are that, not an ignore_index or a masking bug of their own
+        return shifted
     if any(h.startswith("looks like a known bug") for h in hints):
         # a named bug explains the error: a precision guess would point at a wrong cause
         hints = [h for h in hints if not _is_precision(h)]

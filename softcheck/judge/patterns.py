@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from ..reference import analytic
+from ..suite.inputs import sequences, unshifted
 from .compare import compare
 
 DISTINCT = 10.0
@@ -201,13 +202,37 @@ def _smoothing_unweighted(inputs):
     return (1 - eps) * _grad(inputs, label_smoothing=0.0) + eps * smooth
 
 
-def known_bugs(inputs):
+def _sequence_bugs(inputs, shape: str, shift: int) -> list:
+    """A logits case called as sequences (``--shape btv`` / ``--shift``): the kernel that
+    does not shift the labels it is given (scores position k against label k), or one that
+    shifts targets it was given already shifted."""
+    s = inputs.spec
+    n = inputs.logits.shape[0]
+    b, t = sequences(n, shape)
+    if not s.hard or t < 2:
+        return []
+    if shift:
+        lab = unshifted(inputs.target, b, t).reshape(-1)
+        return [("the labels are not shifted: position k is scored against label k, not "
+                 "k + 1 (--shift 1 passes the unshifted labels, as HF's ForCausalLMLoss takes "
+                 "them; a kernel given targets already shifted is checked with --shift 0)",
+                 analytic.gradient(dataclasses.replace(inputs, target=lab)))]
+    if s.ignore_index is None or shape != "btv":
+        return []
+    tgt = np.asarray(inputs.target).reshape(b, t)
+    again = np.concatenate([tgt[:, 1:], np.full((b, 1), s.ignore_index)], 1).reshape(-1)
+    return [("the targets are shifted again: position k is scored against target k + 1 (the "
+             "kernel shifts labels itself: check it with --shift 1, which passes them "
+             "unshifted)", analytic.gradient(dataclasses.replace(inputs, target=again)))]
+
+
+def known_bugs(inputs, sequence: tuple[str, int] = ("nv", 0)):
     """(description, gradient) of the classic mistakes that apply to this case's options
-    (``inputs`` in float64)."""
+    (``inputs`` in float64; ``sequence`` its --shape and --shift)."""
     s = inputs.spec
     n = inputs.logits.shape[0]
     n_valid = int(inputs.valid.sum())
-    out = []
+    out = [] if sequence == ("nv", 0) else _sequence_bugs(inputs, *sequence)
     if s.label_smoothing:
         other = "others" if s.smoothing_convention == "uniform" else "uniform"
         out.append((f"matches label smoothing convention '{other}' "

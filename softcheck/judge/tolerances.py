@@ -218,7 +218,7 @@ K_CHAIN = 10.0
 
 
 def fused_row_error(dtype: str, kappa: float, dv: np.ndarray, vocab: int, rows: int,
-                    softcap: float | None):
+                    softcap: float | None, ranks: int = 1):
     """(e (N,), γ_V, γ_N, c): row i's relative error allowed in G = ∂L/∂z, the error of the
     two accumulations that follow, and the absolute error c of the softcap factor, for a fused
     kernel in ``dtype``; ``dv`` the logits' error (``fused_logit_error``).
@@ -239,13 +239,17 @@ def fused_row_error(dtype: str, kappa: float, dv: np.ndarray, vocab: int, rows: 
     The softcap factor 1 − t² cancels where |t| → 1 (a confident row under a small S): t =
     tanh(·) errs relatively by ~2u, t² by ~4u, so 1 − t² errs by up to c = K_CHAIN·u_compute
     absolutely — each part also errs by its size before the factor times c.
+    On W vocab-parallel ranks (``ranks``) grad_x is W parts, each rank's sum over its rows of
+    W, all-reduced: in float32/64 that is one more order of the same V-term sum (inside γ_V);
+    a 16-bit kernel rounds each part to its dtype and sums the W of them in it, W·u(d) more.
     Float32, H = 1024, κ ≈ 12, ‖x‖‖W‖ ≈ 64: e ≈ 4·1024·6e-8·64 ≈ 1.6e-2 of the parts' size
     — a transposed, scaled, leaking or missing-chain-factor gradient is off by O(1).
     """
     t = TABLE[dtype]
     e = K_ABS * t.u_compute * kappa + K_FUSED * dv * (1 + (1 / softcap if softcap else 0)) \
         + (t.u if dtype in LOW_PRECISION else 0.0)
-    return e, vocab * t.u_compute, rows * t.u_compute, K_CHAIN * t.u_compute
+    gv = vocab * t.u_compute + (ranks * t.u if ranks > 1 and dtype in LOW_PRECISION else 0.0)
+    return e, gv, rows * t.u_compute, K_CHAIN * t.u_compute
 
 
 def fused_logit_error(dtype: str, hidden: int, xnorm: np.ndarray, wnorm: float, bmax: float,

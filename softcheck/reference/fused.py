@@ -42,6 +42,7 @@ class FusedGrads:
     kappa: float = 1.0
     scale: float = 0.0      # max_i of row i's gradient scale S_i / T (tolerances.py)
     loss_rows: np.ndarray | None = None   # a_i·(Σm_i + 2·COEF·|lse_i|): row i's loss terms' size
+    grad_x_parts: list | None = None      # ``shards``: each vocabulary shard's part of grad_x
 
 
 class _Rows:
@@ -105,9 +106,11 @@ def _transform(z, spec):
     return u, None
 
 
-def _blocks(n: int, v: int, block: int | None):
+def _blocks(n: int, v: int, block: int | None, shards=None):
+    """Vocabulary blocks (j0, j1, the shard they lie in: each lies in one of ``shards``)."""
     b = block or max(64, BLOCK_ELEMENTS // max(n, 1))
-    return [(j, min(j + b, v)) for j in range(0, v, b)]
+    return [(j, min(j + b, s1), k) for k, (s0, s1) in enumerate(shards or [(0, v)])
+            for j in range(s0, s1, b)]
 
 
 def _logits(x, w, bias, j0, j1):
@@ -116,12 +119,14 @@ def _logits(x, w, bias, j0, j1):
 
 
 def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
-              chain: bool = True) -> FusedGrads:
+              chain: bool = True, shards: list | None = None) -> FusedGrads:
     """Loss, grad_x, grad_W, grad_b of float64 ``fi`` in vocabulary blocks.
 
     ``row_error(kappa)`` → (e (N,), γ_V, γ_N, c): the relative error a candidate may have in
     row i's G, its two accumulation lengths and the absolute error of its softcap factor
-    1 − t² (``tolerances.fused_row_error``); with it the bounds are computed too.  ``chain=False`` leaves the softcap's chain factor out (what a
+    1 − t² (``tolerances.fused_row_error``); with it the bounds are computed too.
+    ``shards`` ([(a, b)], vocabulary ranges covering V): also each range's part of grad_x,
+    Σ over its columns of G·W (what a vocab-parallel rank holds before the all-reduce).  ``chain=False`` leaves the softcap's chain factor out (what a
     kernel missing it computes: the diagnosis compares with it).
     """
     w = fi.lm_weight                                # cast to float64 one block at a time
@@ -129,14 +134,14 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
     x, bias, spec = fi.x, fi.bias, fi.spec
     n, v = x.shape[0], w.shape[0]
     r = _Rows(fi)
-    blocks = _blocks(n, v, block)
+    blocks = _blocks(n, v, block, shards)
     mx = np.full(n, -np.inf)
     tot = np.zeros(n)
     vy = np.zeros(n)
     swv = np.zeros(n)
     vmax = 0.0
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
-        for j0, j1 in blocks:                                   # pass 1: online lse
+        for j0, j1, _ in blocks:                                # pass 1: online lse
             vb, _ = _transform(_logits(x, w, bias, j0, j1), spec)
             vmax = max(vmax, float(np.max(np.abs(vb))))
             new = np.maximum(mx, np.max(vb, 1))
@@ -169,7 +174,8 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
         bw = np.zeros(w.shape, np.float32) if e is not None else None
         bb = np.zeros(v) if e is not None else None
         ax = np.abs(x).astype(np.float32) if e is not None else None
-        for j0, j1 in blocks:                                   # pass 2: G per block
+        parts = [np.zeros_like(x) for _ in shards] if shards else None
+        for j0, j1, k in blocks:                                # pass 2: G per block
             vb, t = _transform(_logits(x, w, bias, j0, j1), spec)
             p = np.exp(vb - lse[:, None])
             m = r.mass_block(j0, j1)
@@ -179,6 +185,8 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
             g = g * cf
             wb = np.asarray(w[j0:j1], np.float64)
             gx += g @ wb
+            if parts is not None:
+                parts[k] += g @ wb
             gw[j0:j1] = g.T @ x
             gb[j0:j1] = np.sum(g, 0)
             if e is not None:
@@ -193,7 +201,7 @@ def reference(fi: FusedInputs, *, row_error=None, block: int | None = None,
                 bb[j0:j1] = np.sum(sn, 0)
     loss_rows = r.a * r.mass + r.b * 2 * r.coef * np.abs(lse)
     return FusedGrads(loss, gx, gw, gb if bias is not None else None, lse, bx, bw,
-                      bb if bias is not None else None, kappa, scale, loss_rows)
+                      bb if bias is not None else None, kappa, scale, loss_rows, parts)
 
 
 def _float64_but_w(fi: FusedInputs) -> FusedInputs:

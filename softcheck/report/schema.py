@@ -57,12 +57,14 @@ COMPARISON = _obj({
         "candidate_loss", "reference_loss", "candidate_z_loss", "reference_z_loss",
         "candidate_lse", "reference_lse", "candidate@g=1", "candidate@g=scalar",
         *FUSED_PAIR_NAMES]},
-        {"type": "string", "pattern": r"^candidate\[rank [0-9]+\]$"}]},
+        {"type": "string", "pattern": r"^candidate\[rank [0-9]+\](_grad_x)?$"}]},
                 "minItems": 2, "maxItems": 2},
                "The two things compared: [checked, reference]: a gradient pair; a forward value "
                "(candidate_loss vs reference_loss, z_loss, lse); the gradient at another "
                "upstream gradient (candidate@g=1, candidate@g=scalar vs analytic); under "
-               "--tensor-parallel, rank r's columns (candidate[rank r] vs analytic); or, for "
+               "--tensor-parallel, rank r's columns (candidate[rank r] vs analytic) or, with "
+               "--hidden, rank r's whole grad_x (candidate[rank r]_grad_x vs "
+               "reference_grad_x); or, for "
                "fused linear cross-entropy (--hidden), one output of METHOD_OUTPUT against "
                "another method's (METHOD: candidate, reference = the blockwise closed form, "
                "autodiff, finite_difference = complex-step directional probes; OUTPUT: loss, "
@@ -272,7 +274,12 @@ CANDIDATE_PROCESS = _d({
                               "ranks (JAX: inside shard_map over W host devices of one "
                               "process), each given its column shard; the comparisons "
                               "'candidate[rank r]' vs 'analytic' judge rank r's columns and "
-                              "the invariant 'ranks_agree_on_loss' the losses across ranks."),
+                              "the invariant 'ranks_agree_on_loss' the losses across ranks; "
+                              "with --hidden each rank held its rows of W (and of the bias): "
+                              "'candidate[rank r]_grad_x' judges its whole grad_x, "
+                              "'ranks_agree_on_grad_x' that every rank returned the same "
+                              "(all-reduced) one, and grad_W / grad_b are the ranks' rows "
+                              "joined."),
         "backend": _d({"type": "string"}, "The ranks' torch.distributed backend (gloo, "
                                           "nccl), or shard_map (--framework jax)."),
         "split": _d({"type": "string"}, "How the vocabulary was split: even, or uneven (rank r "

@@ -99,6 +99,14 @@ def sequences(n: int, shape: str = "btv") -> tuple[int, int]:
     return b, n // b
 
 
+def unshifted(target: np.ndarray, b: int, t: int) -> np.ndarray:
+    """The (B, T) labels a ``--shift 1`` kernel is given for the shifted targets ``target``
+    (row (s, k) scored against label k + 1 of sequence s): labels[:, k + 1] = target[:, k];
+    label 0 is no row's target (the first's kept)."""
+    lab = np.asarray(target).reshape(b, t)
+    return np.concatenate([lab[:, :1], lab[:, :-1]], 1)
+
+
 def _ignored(case: Case, rng: np.random.Generator, n: int) -> np.ndarray:
     """The ignored rows (a case with an ignore index): every row (all-ignored), exactly
     round(F·N) of them (``ignored_fraction`` F), else N//3 (at least one when N > 1)."""
