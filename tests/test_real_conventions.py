@@ -168,10 +168,11 @@ def test_float32_kernel_is_not_failed_for_float64_by_default(tmp_path):
 class _Fake:
     """A candidate whose float64 gradient is the truth plus ``noise`` (relative)."""
 
-    def __init__(self, noise):
+    def __init__(self, noise, where=None, float32=False):
         from softcheck.candidate.settings import Settings
 
         self.noise, self.settings, self.label = noise, Settings(), "fake"
+        self.where, self.float32 = where, float32
 
     def takes(self, name):
         return False
@@ -181,6 +182,12 @@ class _Fake:
         from softcheck.reference import analytic
 
         g = analytic.gradient(inputs.float64())
+        if self.float32:                       # float32 arithmetic: float32 values
+            return CallResult(grad=g.astype(np.float32).astype(np.float64))
+        if self.where is not None:             # one entry wrong, the rest float64-exact
+            g = g.copy()
+            g.flat[self.where] *= 1 + self.noise
+            return CallResult(grad=g)
         return CallResult(grad=g * (1 + self.noise * np.sign(np.sin(np.arange(g.size)))
                                     .reshape(g.shape)))
 
@@ -203,6 +210,19 @@ def test_float64_probe_drops_only_float32_precision(noise, dropped):
 
     why = float64_probe(_Fake(noise), _f64_case(), CallPolicy())
     assert (why is not None) == dropped, why
+    assert float64_probe(_Fake(0, float32=True), _f64_case(), CallPolicy()) is not None
+
+
+@pytest.mark.parametrize("where", [0, 1, 37])
+def test_float64_probe_keeps_the_float64_cases_of_a_kernel_wrong_at_one_entry(where):
+    """Regression (bench.py --throughput's sanity kernel): a float64 kernel with ONE entry off
+    by 1e-4 relative came within float32's tolerance, so it was taken for float32 arithmetic,
+    its float64 cases dropped and `check` passed it.  Float32 arithmetic errs almost
+    everywhere (or leaves float32 values); one wrong entry keeps the float64 cases."""
+    from softcheck.candidate import CallPolicy
+    from softcheck.engine.precision import float64_probe
+
+    assert float64_probe(_Fake(1e-4, where=where), _f64_case(), CallPolicy()) is None
 
 
 @pytest.mark.slow  # 4 s measured (2 cores, load ~1): CI runs the rest
