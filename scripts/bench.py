@@ -511,7 +511,8 @@ def throughput_rows(k: int = 20) -> tuple[list, bool]:
             wall, run, workers, zero = wall + t, run + v[3], workers + w, zero + (rc == 0)
             ok, passed, cases = ok and v[0], passed + v[1], cases + v[2]
         good &= ok
-        row("cold", f"{k} × `softcheck check FILE:grad` (a process each)", wall, k,
+        row("cold", f"{k} × `softcheck check FILE:grad {' '.join(DTYPES)}` (a process each)",
+            wall, k,
             f"{'ok' if ok else 'NOT OK'}: {passed}/{cases} cases passed, rc 0 {zero}/{k}, "
             f"sandbox on; {workers} workers; the runs' own {run:.3g} s")
         for mode, path, what in (("batch", many, f"{k} TARGETs"), ("reused", one, "ONE TARGET")):
