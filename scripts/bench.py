@@ -16,6 +16,12 @@ A peer whose predicted time exceeds ``--cap`` seconds is skipped, and the table 
 (gradcheck grows as (B·C)²: predicted from the largest size it ran).  The "catches" column
 says whether each checker rejects a gradient with ONE entry wrong by 1e-4 relative (a bug
 confined to a few entries): fast_mode and check_grads test one random direction.
+
+``--throughput [K]`` (issue 30) instead measures kernels judged per minute for graders: K
+distinct correct numpy kernels (default 20), each the default check suite at 30×1000, sandbox
+on, whole CLI processes: K ``softcheck check`` processes (cold), one ``softcheck batch`` of K
+TARGETs, one of K groups on ONE TARGET (its worker reused), with every exit code and case
+verified from the JSON reports, and a sanity batch with one wrong kernel that must fail.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 DEFAULT_SIZES = "10x10,10x1000,30x1000,8x32768,8x262144"
 
@@ -379,6 +386,176 @@ def tensor_parallel_rows(repeats: int = 2) -> list:
     return out
 
 
+THROUGHPUT_KERNEL = '''"""Throughput kernel {i}: softmax cross-entropy's gradient in closed form
+(mean over the batch), the logits shifted by {shift!r} first, which softmax ignores: each
+file its own TARGET.{extra}"""
+import numpy as np
+
+SHIFT, WRONG = {shift!r}, {wrong!r}
+
+
+def grad(logits, target):
+    z = np.asarray(logits, np.float64) - SHIFT
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(target)), target] -= 1
+    p /= len(target)
+    if WRONG:
+        p[0, 1] *= 1 + 1e-4              # one entry off by 1e-4 relative
+    return p.astype(logits.dtype)
+'''
+
+
+def _kernels(folder: str, k: int, wrong: int = -1) -> list[str]:
+    """``k`` distinct kernel files k0.py, k1.py, ... in ``folder`` (number ``wrong``: one
+    entry of its gradient off)."""
+    for i in range(k):
+        with open(os.path.join(folder, f"k{i}.py"), "w") as f:
+            f.write(THROUGHPUT_KERNEL.format(i=i, shift=0.25 * i, wrong=i == wrong, extra=(
+                "\nWRONG: one entry of the gradient is off." if i == wrong else "")))
+    return [f"k{i}.py" for i in range(k)]
+
+
+def _batch_file(path: str, files: list[str]) -> str:
+    """One group per entry of ``files`` (a name may repeat: the same TARGET), each the default
+    check suite at --batch 30 --classes 1000, group i with seed i."""
+    with open(path, "w") as f:
+        f.writelines(f'[[case]]\nname = "g{i} {name}"\ntarget = "{name}:grad"\nclasses = 1000\n'
+                     f"batch = 30\nseed = {i}\n\n" for i, name in enumerate(files))
+    return path
+
+
+def run_counted(args: list[str], every: float = 0.05) -> tuple[float, int, int]:
+    """A whole process, the sandbox on (SOFTCHECK_SANDBOX dropped): wall seconds, exit code,
+    and how many candidate workers it started (each has its own SOFTCHECK_WORKER_TAG; the
+    tags of its processes are read from /proc every ``every`` s)."""
+    import subprocess
+    import uuid
+
+    mark = f"SOFTCHECK_BENCH={uuid.uuid4().hex}".encode()
+    env = {k: v for k, v in os.environ.items() if k != "SOFTCHECK_SANDBOX"}
+    env["SOFTCHECK_BENCH"] = mark.split(b"=")[1].decode()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, env.get("PYTHONPATH"))))
+    seen: set[bytes] = set()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while p.poll() is None:
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    items = f.read().split(b"\0")
+            except OSError:
+                continue
+            if mark in items:
+                seen.update(x for x in items if x.startswith(b"SOFTCHECK_WORKER_TAG="))
+        time.sleep(every)
+    return time.perf_counter() - t0, p.returncode, len(seen)
+
+
+def _report(path: str) -> dict:
+    """A run's JSON report ({} when it wrote none)."""
+    import json
+
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _verdict(path: str, rc: int, groups: int) -> tuple[bool, int, int, float]:
+    """One run's JSON report: (rc 0, every case passed, ``groups`` groups ran, every worker
+    sandboxed), cases passed, cases, the run's own seconds."""
+    rep = _report(path)
+    cases = rep.get("cases", [])
+    passed = sum(c["passed"] for c in cases)
+    procs = rep.get("environment", {}).get("candidate_process", {}).values()
+    boxed = bool(procs) and all(p.get("sandbox", {}).get("kind") == "namespaces" for p in procs)
+    ok = (rc == 0 and bool(cases) and passed == len(cases) and boxed
+          and len({c["group"] for c in cases}) == groups)
+    return ok, passed, len(cases), rep.get("timing", {}).get("seconds", float("nan"))
+
+
+#: check's default dtypes, pinned: without them ``check`` first probes whether the candidate
+#: computes in float32 (a batch does not), and drops its float64 cases if it seems to
+DTYPES = ["--dtype", "float64,float32"]
+
+
+def throughput_rows(k: int = 20) -> tuple[list, bool]:
+    """#30: kernels judged per minute, each the default check suite at 30×1000 (14 cases),
+    sandbox on, whole CLI processes: each kernel in its own ``softcheck check`` (cold); all K
+    in one ``softcheck batch`` (K TARGETs, one group each); K groups of ONE TARGET in one
+    batch (its worker reused); ``--list`` of both files (TARGETs loaded, no JAX, nothing
+    judged); a sanity batch with one wrong kernel, which must fail (exit 1).  Returns the
+    rows and whether every run's verdict was the expected one."""
+    import tempfile
+
+    sc = [sys.executable, "-m", "softcheck"]
+    out, good = [], True
+
+    def row(mode, run, wall, n, note):
+        out.append((mode, run, f"{wall:.3g} s", f"{60 * n / wall:.3g}" if n else "",
+                    f"{wall / n:.3g} s" if n else "", f"{note}; load {os.getloadavg()[0]:.2f}"))
+        print(" | ".join(out[-1]), flush=True)
+
+    with tempfile.TemporaryDirectory() as d:
+        files = _kernels(d, k)
+        many = _batch_file(os.path.join(d, "many.toml"), files)
+        one = _batch_file(os.path.join(d, "one.toml"), files[:1] * k)
+        wall, run, ok, passed, cases, workers, zero = 0.0, 0.0, True, 0, 0, 0, 0
+        for i, name in enumerate(files):
+            js = os.path.join(d, f"c{i}.json")
+            t, rc, w = run_counted(sc + ["check", os.path.join(d, name) + ":grad", "--batch",
+                                        "30", "--classes", "1000", "--seed", str(i), *DTYPES,
+                                        "--json", js])
+            v = _verdict(js, rc, 1)
+            wall, run, workers, zero = wall + t, run + v[3], workers + w, zero + (rc == 0)
+            ok, passed, cases = ok and v[0], passed + v[1], cases + v[2]
+        good &= ok
+        row("cold", f"{k} × `softcheck check FILE:grad {' '.join(DTYPES)}` (a process each)",
+            wall, k,
+            f"{'ok' if ok else 'NOT OK'}: {passed}/{cases} cases passed, rc 0 {zero}/{k}, "
+            f"sandbox on; {workers} workers; the runs' own {run:.3g} s")
+        for mode, path, what in (("batch", many, f"{k} TARGETs"), ("reused", one, "ONE TARGET")):
+            js = os.path.join(d, mode + ".json")
+            t, rc, w = run_counted(sc + ["batch", path, "--json", js])
+            v = _verdict(js, rc, k)
+            good &= v[0]
+            row(mode, f"one `softcheck batch`, {k} groups, {what}", t, k,
+                f"{'ok' if v[0] else 'NOT OK'}: {v[1]}/{v[2]} cases passed, rc {rc}, sandbox "
+                f"{'on' if v[0] else '?'}; {w} workers; the run's own {v[3]:.3g} s")
+        for path, what in ((many, f"{k} TARGETs"), (one, "ONE TARGET")):
+            t, rc, w = run_counted(sc + ["batch", path, "--list"])
+            row("—", f"`softcheck batch --list`, {what} (loads them; no JAX, judges nothing)",
+                t, 0, f"rc {rc}; {w} workers")
+        js = os.path.join(d, "sanity.json")
+        t, rc, _ = run_counted(sc + ["batch", _batch_file(os.path.join(d, "sanity.toml"),
+                                                          _kernels(d, 3, wrong=1)),
+                                     "--json", js])
+        cs = _report(js).get("cases", [])
+        bad = [c["passed"] for c in cs if c["target"] == "k1.py:grad"]
+        fine = [c["passed"] for c in cs if c["target"] != "k1.py:grad"]
+        caught = rc == 1 and False in bad and bool(fine) and all(fine)
+        good &= caught
+        row("sanity", "one `softcheck batch`, 3 kernels, k1 one entry off by 1e-4", t, 0,
+            f"{'ok' if caught else 'NOT OK'}: rc {rc}; k1 {bad.count(False)}/{len(bad)} cases "
+            f"failed, k0 and k2 {fine.count(True)}/{len(fine)} passed")
+        for extra in (DTYPES, []):           # pinned as the cold rows; check's default
+            js = os.path.join(d, f"sanity{len(extra)}.json")
+            t, rc, _ = run_counted(sc + ["check", os.path.join(d, "k1.py:grad"), "--batch", "30",
+                                        "--classes", "1000", "--seed", "1", *extra, "--json",
+                                        js])
+            rep = _report(js)
+            failed = rep.get("summary", {}).get("failed", 0)
+            probe = any("computes in float32" in x for x in rep.get("skipped", []))
+            verdict = "ok" if rc == 1 else "NOT OK" if extra else "the wrong kernel PASSES"
+            good &= rc == 1 or not extra
+            row("sanity", f"`softcheck check k1.py:grad {' '.join(extra) or '(no --dtype)'}`",
+                t, 0, f"{verdict}: rc {rc}, {failed}/{len(rep.get('cases', []))} cases failed"
+                + ("; float64 cases dropped: the dtype probe took it for a float32 kernel"
+                   if probe else ""))
+    return out, good
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES)
@@ -393,7 +570,21 @@ def main(argv=None) -> int:
                     help="only the LLM-size rows (#17), e.g. 8192x32000:float32")
     ap.add_argument("--tensor-parallel", action="store_true",
                     help="only the tensor-parallel rows (#20): W=4 ranks vs one process")
+    ap.add_argument("--throughput", nargs="?", type=int, const=20, default=None, metavar="K",
+                    help="only the graders' rows (#30): K kernels (default 20) judged per "
+                         "minute, cold / one batch / one TARGET's worker reused")
     args = ap.parse_args(argv)
+    if args.throughput:
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} before; python "
+              f"{platform.python_version()}; default check suite at 30×1000 (14 cases a "
+              "kernel), sandbox on", flush=True)
+        table, good = throughput_rows(args.throughput)
+        print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.markdown:
+            _print_markdown(table, ("mode", "run", "wall", "kernels / min", "per kernel",
+                                    "verdict; workers started; load (1 min) after the row"))
+        return 0 if good else 1
     if args.scale or args.tensor_parallel:
         table = scale_rows(args.scale) if args.scale else tensor_parallel_rows()
         _print_markdown(table) if args.markdown else None
@@ -436,9 +627,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _print_markdown(table) -> None:
-    header = ("size", "tool", "time", "÷ softcheck FD (devices: ÷ 1 device)",
-              "catches 1 entry off 1e-4", "result")
+HEADER = ("size", "tool", "time", "÷ softcheck FD (devices: ÷ 1 device)",
+          "catches 1 entry off 1e-4", "result")
+
+
+def _print_markdown(table, header=HEADER) -> None:
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
