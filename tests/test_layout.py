@@ -116,9 +116,12 @@ def test_cli_has_no_numerics():
 
 
 def test_help_imports_no_jax():
+    """Nor ml_dtypes (regression: judge/metamorphic imported it at the top, 1.1 s of the
+    1.9 s that --help took, measured by bench.py --throughput's helper)."""
     code = ("import sys\nfrom softcheck.cli import cli\n"
             "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'jax' not in sys.modules and 'torch' not in sys.modules, "
-            "sorted(m for m in sys.modules if m.startswith(('jax', 'torch')))\n")
+            "heavy = ('jax', 'torch', 'ml_dtypes')\n"
+            "assert not any(m.split('.')[0] in heavy for m in sys.modules), "
+            "sorted(m for m in sys.modules if m.startswith(heavy))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -21,7 +21,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from ..reference import analytic
@@ -208,6 +207,8 @@ def _shift(call, inputs, grad, rng, judge):
     dt = inputs.logits.dtype
     z = inputs.logits64
     shift = rng.choice([-1.0, 1.0], n) * 2.0 ** rng.integers(0, 11, n)
+    import ml_dtypes                # lazily: a second to import, and --help needs none of it
+
     top = float(ml_dtypes.finfo(dt).max) / 2
     finite = z[np.isfinite(z)]
     if finite.size and float(np.max(np.abs(finite))) + 1024 > top:
