@@ -84,3 +84,30 @@ def test_megatron_core_with_rank_setup_on_two_gloo_ranks():
     passes(cli(fn, "--convention", "loss", "--tensor-parallel", "2", "--rank-setup",
                "megatron", "--reduction", "none", "--dtype", "float32", "--repeat", "1",
                *FAST))
+
+
+UNSLOTH = ("--convention", "loss", "--shape", "btv", "--rename", "softcap=logit_softcapping",
+           "--rename", "logit_scale=logit_scaling", "--off-value", "softcap=0",
+           "--off-value", "logit_scale=0", "--ignore-index", "-100", "--reduction", "mean")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="Unsloth's Triton kernel needs a GPU: on CPU "
+                    "unsloth 2026.10.9 imports (its CPU fallback) but its kernel fails under "
+                    "TRITON_INTERPRET=1 outside softcheck too (InterpreterError: 'Did you "
+                    "forget to add @triton.jit?', triton 3.8.0), and without the interpreter "
+                    "Triton has no CPU driver")
+def test_unsloth_fast_cross_entropy_loss_with_off_value():
+    """(B, T, V) logits, 0 for an option that is off (None crashes it), on the GPU."""
+    pytest.importorskip("unsloth")
+    fn = "unsloth.kernels.cross_entropy_loss:fast_cross_entropy_loss"
+    passes(cli(fn, *UNSLOTH, "--device", "cuda", "--batch", "8", "--classes", "1000"))
+    passes(cli(fn, *UNSLOTH, "--device", "cuda", "--batch", "8", "--classes", "1000",
+               "--softcap", "30", "--dtype", "float32"))
