@@ -3,6 +3,7 @@ strided (the candidate's logits a non-contiguous view) and --huge's refusal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -359,3 +360,58 @@ def test_kernel_preset_drops_the_strided_case_on_ranks():
     cases, _ = select(config(suite="kernel", batch=2, layout="strided"), check=True,
                       candidate=ranked)
     assert {c.layout for c in cases} == {"strided"}
+
+
+def test_kernel_preset_composes_with_hidden():
+    """#28: --suite kernel with --hidden was refused (exit 2).  The fused preset: the same
+    vocabularies and softcap at the user's H; what a fused case cannot be is dropped with a
+    note; target-prob's p_t → 1 becomes the confident rows; the 30 % ignored rows exact."""
+    from softcheck.suite.fused import make_fused_inputs
+
+    cases, skipped = select(config(suite="kernel", hidden=16, batch=10), check=True)
+    assert [c.tag for c in cases] == [
+        *(t for _ in KERNEL_VOCABS for t in ("kernel/padded-lanes", "kernel/softcap30")),
+        "kernel/confident", "kernel/ignored-30%"]
+    assert {c.hidden for c in cases} == {16}
+    assert [c.dtype for c in cases[-2:]] == ["bfloat16", "float32"]
+    assert skipped == [
+        "kernel/softcap30-below dropped with --hidden: fused cases draw x and W, not logits "
+        "placed below the cap",
+        "kernel/strided dropped with --hidden: x and W are passed contiguous: there is no "
+        "logits view to stride"]
+    small = dataclasses.replace(cases[-1], classes=50)
+    fi = make_fused_inputs(small)
+    assert int(np.sum(~fi.valid)) == 3 and set(fi.target[~fi.valid]) == {-100}
+
+
+@pytest.mark.slow  # 22 s measured (2 cores, load ~2): CI runs the rest
+def test_cli_kernel_suite_on_a_fused_kernel_and_on_2_ranks(tmp_path):
+    """The correct fused kernel passes the preset at V = 50264; its seeded bug (the softcap's
+    chain factor missing) fails only the softcap case, with the mechanism named; a fused
+    vocab-parallel kernel without a softcap keyword passes on 2 ranks, softcap cases dropped."""
+    def cli(target, *extra):
+        out = tmp_path / "r.json"
+        r = subprocess.run([sys.executable, "-m", "softcheck", "check", target, "--suite",
+                            "kernel", "--hidden", "16", "--classes", "50264", "--batch", "8",
+                            "--convention", "loss", "--json", str(out), *extra],
+                           capture_output=True, text=True, timeout=600)
+        assert "Traceback" not in r.stderr, r.stderr
+        return r, json.loads(out.read_text())
+
+    def tag(case):
+        return case["name"].rsplit("[", 1)[1].rstrip("]")
+
+    r, d = cli("scripts/examples/torch_flce.py:flce")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert [tag(c) for c in d["cases"]] == ["kernel/padded-lanes", "kernel/softcap30"]
+    r, d = cli("scripts/examples/torch_flce.py:flce_detached_softcap")
+    assert r.returncode == 1
+    verdict = {tag(c): c for c in d["cases"]}
+    assert verdict["kernel/padded-lanes"]["passed"]
+    assert any("softcap chain factor" in h for h in verdict["kernel/softcap30"]["diagnosis"])
+    r, d = cli("scripts/examples/vocab_parallel_flce.py:vocab_parallel_flce",
+               "--tensor-parallel", "2")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert [tag(c) for c in d["cases"]] == ["kernel/padded-lanes"]
+    assert any("kernel/softcap30 (V = 50264) dropped: the function takes no softcap" in s
+               for s in d["skipped"])

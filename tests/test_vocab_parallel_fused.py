@@ -59,6 +59,7 @@ def test_grad_x_not_all_reduced_fails_naming_it_on_2_ranks(tmp_path):
     assert all(not c["passed"] for c in rank_pairs(case).values())
     assert case["diagnosis"][0].startswith("grad_x is not all-reduced across the group: "
                                            "ranks 0, 1 return only their own"), case["diagnosis"]
+    assert not any(h.startswith("the ranks disagree on grad_x") for h in case["diagnosis"])
     assert not invariant(case, "ranks_agree_on_grad_x")["passed"]
     assert invariant(case, "ranks_agree_on_loss")["passed"]     # the forward is right
     loss = next(c for c in case["comparisons"] if c["pair"][0] == "candidate_loss")

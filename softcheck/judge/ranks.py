@@ -129,7 +129,7 @@ def judge_fused_ranks(ranks: tuple, ref_x, bound_x, tol: tuple[float, float], ig
         alone = [r for r in bad if np.all(np.abs(ranks[r][4] - part[r]) <= allowed)]
         if alone:
             many = len(alone) > 1
-            hints = [h for h in hints if "the grad_x" not in h]
+            hints = [h for h in hints if not h.startswith("the ranks disagree on grad_x")]
             hints.insert(0, GRAD_X_HINT.format(
                 which=f"rank{'s' if many else ''} {', '.join(map(str, alone))} "
                       f"return{'' if many else 's'}", its="their" if many else "its"))

@@ -214,10 +214,9 @@ class Config:
         if f is not None and self.ignore_index is None:
             raise SoftcheckError("--ignored-fraction needs --ignore-index (the value of the "
                                  "ignored rows' targets)")
-        if self.hidden is not None and (self.layout == "strided" or f is not None
-                                        or self.suite != "default" or self.huge):
-            raise SoftcheckError("--layout, --ignored-fraction, --suite kernel and --huge are "
-                                 "for logits cases: not with --hidden")
+        if self.hidden is not None and (self.layout == "strided" or self.huge):
+            raise SoftcheckError("--layout and --huge are for logits cases: not with --hidden "
+                                 "(x and W are passed contiguous)")
         if self.regime and "all-ignored" in self.regime and self.ignore_index is None:
             raise SoftcheckError("--regime all-ignored needs --ignore-index")
         if self.regime and "masked" in self.regime and self.label_smoothing > 0:

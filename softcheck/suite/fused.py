@@ -49,8 +49,10 @@ def make_fused_inputs(case: Case, *, upstream: str = "auto") -> FusedInputs:
             + 0.05 * x[rows]
     bias = rng.standard_normal(v) * 0.5 if case.bias else None
     ignored = np.zeros(n, bool)
-    if case.regime == "masked" and ii is not None:
-        ignored[rng.choice(n, max(1, int(round(IGNORED_SHARE * n))), replace=False)] = True
+    frac = getattr(case, "ignored_fraction", None)        # --ignored-fraction: exactly F·N
+    if ii is not None and (frac is not None or case.regime == "masked"):
+        k = int(round(frac * n)) if frac is not None else max(1, int(round(IGNORED_SHARE * n)))
+        ignored[rng.choice(n, k, replace=False)] = True
     labels = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
     shape = fused_shape(case)
     target, raw = labels, None

@@ -15,6 +15,10 @@ The preset (each case's ``tag`` says which regime it is; rows ``KERNEL_BATCH`` u
   unless ``--ignore-index`` gives another).
 * ``strided``: float32, V = 50264, the candidate gets ``buf[:, :V]`` of an (N, V + 64) buffer.
 
+With ``--hidden H`` (a fused kernel) the same cases at H, but ``strided`` and
+``softcap30-below`` (no logits to lay out or place) are dropped with a note, and
+``target-prob`` becomes ``confident`` (rows aligned with their target's row of W: p_t → 1).
+
 How the options a user pins act on the preset:
 
 * ``--batch`` replaces KERNEL_BATCH (a list: every case once per value);
@@ -67,6 +71,27 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
     return out
 
 
+#: the fused preset (--hidden H): the logits preset's cases, but those a fused case cannot be
+#: (a strided logits view: x and W arrive contiguous; below-cap logits; target-prob rows),
+#: with the confident regime (rows aligned with their target's row of W) in bfloat16 for
+#: target-prob's p_t → 1
+FUSED_NOT = {"strided": "x and W are passed contiguous: there is no logits view to stride",
+             "below-cap": "fused cases draw x and W, not logits placed below the cap"}
+
+
+def _fused(preset: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], list[str]]:
+    out, skipped = [], []
+    for tag, f in preset:
+        why = FUSED_NOT.get(f.get("layout")) or FUSED_NOT.get(f["regime"])
+        if why:
+            skipped.append(f"kernel/{tag} dropped with --hidden: {why}")
+        elif f["regime"] == "target-prob":
+            out.append(("confident", dict(f, regime="confident")))
+        else:
+            out.append((tag, f))
+    return out, skipped
+
+
 def _not_for(candidate, tag: str, f: dict, cfg: Config) -> str | None:
     """Why a preset case does not apply to ``candidate`` (None: it does): a plain gradient
     function that declares no softcap keyword cannot be asked for one (it would compute
@@ -76,7 +101,8 @@ def _not_for(candidate, tag: str, f: dict, cfg: Config) -> str | None:
         return None
     st = getattr(candidate, "settings", None)
     takes = getattr(candidate, "takes", None)
-    if (f.get("softcap") and cfg.softcap is None and getattr(st, "convention", "grad") == "grad"
+    plain = getattr(st, "convention", "grad") == "grad" or getattr(st, "fused", False)
+    if (f.get("softcap") and cfg.softcap is None and plain and not getattr(st, "args", None)
             and takes is not None and not takes("softcap")):
         return (f"kernel/{tag} (V = {f['classes']}) dropped: the function takes no softcap "
                 "keyword (declare one to be checked with the softcap)")
@@ -91,7 +117,9 @@ def kernel_cases(cfg: Config, *, check: bool = False, candidate=None
                  ) -> tuple[list[Case], list[str]]:
     """The preset's cases with the user's pins applied (see the module's docstring), less
     those that do not apply to ``candidate`` (each named in the skipped notes)."""
-    preset = _preset(cfg)
+    preset, skipped = _preset(cfg), []
+    if cfg.hidden is not None:
+        preset, skipped = _fused(preset)
     if cfg.classes != (10,):
         preset = [p for p in preset if p[1]["classes"] in cfg.classes]
         if not preset:
@@ -102,8 +130,9 @@ def kernel_cases(cfg: Config, *, check: bool = False, candidate=None
         preset = [p for p in preset if p[1]["regime"] in cfg.regime]
         if not preset:
             raise SoftcheckError("--suite kernel: --regime keeps the preset's cases of the "
-                                 "regimes listed (normal, below-cap, target-prob); none is one")
-    cases, skipped = [], []
+                                 "regimes listed (normal, below-cap, target-prob; with "
+                                 "--hidden normal, confident); none is one")
+    cases = []
     for tag, f in preset:
         why = _not_for(candidate, tag, f, cfg)
         if why:
