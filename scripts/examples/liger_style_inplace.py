@@ -7,12 +7,16 @@ backward only multiplies by ``grad_output`` (per row for reduction ``none``).
 
 ``PerRowBugCE`` carries the seeded bug of Liger #678: its backward uses the first entry of
 ``grad_output`` for every row, so with ``none`` the per-row upstream gradient is dropped.
+``BehindAutogradCE`` stores the gradient as Liger's Triton ``tl.store`` does, through
+``.data``: autograd's version counter does not move, so an op upstream that saved the logits
+for its backward reads the gradient instead (Liger #272); ``LigerStyleCE``'s ``copy_``
+moves it, and autograd refuses such an upstream op instead of computing a wrong gradient.
 """
 
 import torch
 
 
-def _make(per_row_bug: bool):
+def _make(per_row_bug: bool, behind: bool = False):
     class CE(torch.autograd.Function):
         @staticmethod
         def forward(ctx, _input, target, weight=None, ignore_index=-100, lse_square_scale=0.0,
@@ -44,7 +48,8 @@ def _make(per_row_bug: bool):
                 loss, z = ce + zl, zl
             else:
                 loss, z = a * ce.sum() + b * zl.sum(), b * zl.sum()
-            _input.copy_(g.to(_input.dtype))          # the gradient, in the logits buffer
+            # the gradient, in the logits buffer (behind: as tl.store, unseen by autograd)
+            (_input.data if behind else _input).copy_(g.to(_input.dtype))
             ctx.save_for_backward(_input.detach())
             ctx.none = reduction == "none"
             return loss.to(_input.dtype), z.to(_input.dtype)
@@ -65,3 +70,5 @@ LigerStyleCE = _make(False)
 LigerStyleCE.__name__ = LigerStyleCE.__qualname__ = "LigerStyleCE"
 PerRowBugCE = _make(True)
 PerRowBugCE.__name__ = PerRowBugCE.__qualname__ = "PerRowBugCE"
+BehindAutogradCE = _make(False, behind=True)
+BehindAutogradCE.__name__ = BehindAutogradCE.__qualname__ = "BehindAutogradCE"

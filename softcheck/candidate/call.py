@@ -104,11 +104,12 @@ class Candidate:
         return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True) -> CallResult:
+             variants: bool = True, upstream: bool = False) -> CallResult:
         """The gradient (``repeat`` calls); under a loss convention also the gradients for the
-        other upstream gradients unless ``variants`` is False (a relation's call)."""
+        other upstream gradients unless ``variants`` is False (a relation's call);
+        ``upstream``: the logits an upstream op's saved output (conventions.run)."""
         if self.settings.convention != "grad":
-            r = _in_process_convention(self, inputs, timeout, repeat, variants)
+            r = _in_process_convention(self, inputs, timeout, repeat, variants, upstream)
         else:
             args = [inputs.logits, inputs.target]
             r = _in_process(self.fn, args, self.kwargs(inputs), inputs, timeout, repeat)
@@ -269,13 +270,15 @@ def call_once(fn, args: tuple, kw: dict, shape: tuple[int, ...], last: dict | No
 
 
 def convention_once(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None,
-                    runner=run_convention, variants: bool = True) -> CallResult:
+                    runner=run_convention, variants: bool = True,
+                    upstream: bool = False) -> CallResult:
     """One ``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the
     same contract: ``sharding.run``) for the judge (``judged``): the gradients as arrays in
     the dtype they came in, the forward's values as float64."""
     shape = inputs.logits.shape
     try:
-        out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants)
+        out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants,
+                     **({"upstream": True} if upstream else {}))
         grad = to_array(out.grad, shape)
         others = tuple((str(lab), np.asarray(g, np.float64), to_array(x, shape))
                        for lab, g, x in out.variants)
@@ -297,7 +300,7 @@ def exact_lse(st: Settings, inputs: Inputs) -> np.ndarray | None:
 
 
 def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
-                           variants: bool = True) -> CallResult:
+                           variants: bool = True, upstream: bool = False) -> CallResult:
     """``convention_once`` in this process, ``repeat`` times, output captured, as
     ``_in_process``."""
     lse64 = exact_lse(cand.settings, inputs)
@@ -308,7 +311,7 @@ def _in_process_convention(cand: Candidate, inputs: Inputs, timeout, repeat,
             target=np.array(inputs.target, copy=True),
             weight=None if inputs.weight is None else np.array(inputs.weight, copy=True))
         return judged(convention_once(cand.fn, cand.settings, fresh, bwd=cand.backward,
-                                      lse64=lse64, variants=variants), {},
+                                      lse64=lse64, variants=variants, upstream=upstream), {},
                       inputs.logits.dtype, x64_off())
 
     return _threaded(lambda: repeated(once, repeat), timeout)

@@ -67,7 +67,7 @@ def resolve(fn, st: Settings, *, bwd=None) -> Settings:
     elif (fn.custom_vjp or fn.module) and st.convention == "grad":
         conv = "loss"
     fw = fw or fn.framework
-    st = dataclasses.replace(st, convention=conv, framework=fw)
+    st = dataclasses.replace(st, convention=conv, framework=fw, autograd=bool(fn.autograd))
     if fn.module and (conv != "loss" or fw != "torch" or st.tensor_parallel > 1):
         raise SoftcheckError("a torch.nn.Module loss is called as forward(logits, target) and "
                              "differentiated by softcheck: --convention loss, --framework torch, "
@@ -226,20 +226,26 @@ def upstreams(inputs: Inputs) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: bool = True
-        ) -> Outputs:
+def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: bool = True,
+        upstream: bool = False) -> Outputs:
     """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split);
-    ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call)."""
+    ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call);
+    ``upstream``: a torch autograd kernel's logits are the output of ``torch.relu`` on a leaf
+    h (positive logits: the same values), an op that saves its output for its backward; the
+    gradient is h's, so a kernel that writes into its logits behind autograd's back (Liger
+    #272) hands relu a corrupted saved output and h a wrong gradient."""
     if st.convention == "split":
         return _split(fn, bwd, st, inputs, lse64)
     by_autograd = st.convention == "loss" or is_autograd_function(fn)
+    if upstream and not (by_autograd and st.framework == "torch"):
+        raise CallFailed("the upstream check calls a torch autograd kernel")
     gs = [("main", np.asarray(inputs.grad_output, np.float64))] + (
-        upstreams(inputs) if variants else [])
+        upstreams(inputs) if variants and not upstream else [])
     if st.convention == "inplace" and not by_autograd:
         gs = gs[:1]                  # softcheck applies g itself: one call says it all
     grads, first, notes = [], None, []
     for label, g in gs:
-        grad, values, note = _one(fn, st, inputs, g, by_autograd)
+        grad, values, note = _one(fn, st, inputs, g, by_autograd, upstream)
         grads.append((label, g, grad))
         first = first or values
         notes += [x for x in note if x not in notes]
@@ -248,10 +254,17 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: boo
                    tuple(notes))
 
 
-def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool):
+def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
+         upstream: bool = False):
     fw, dev = st.framework, st.device
     zc, tc = as_called(inputs.logits, inputs.target, st)      # --shape btv, --shift 1
     z = to_framework(zc, fw, dev, requires_grad=by_autograd and fw == "torch")
+    leaf = z
+    if upstream:                     # z = relu(h) = h (positive): relu saves z for backward
+        import torch
+
+        z = torch.relu(leaf)
+        seen, before = z._version, z.detach().clone()
     t = to_framework(tc, fw, dev)
     opts = _option_values(inputs, fw, dev, st)
     notes = []
@@ -281,8 +294,11 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool):
                 raise CallFailed("returned a loss that does not require grad: it is not "
                                  "connected to the logits through autograd")
             gl = upstream_for(g, tuple(loss.shape), st)
+            if upstream and z._version == seen and not torch.equal(z.detach(), before):
+                notes.append("wrote into its logits behind autograd's back (their version "
+                             "counter did not move)")
             loss.backward(torch.as_tensor(gl, dtype=loss.dtype, device=loss.device))
-            grad = z.grad
+            grad = leaf.grad
             if grad is None:
                 raise CallFailed("the logits received no gradient from loss.backward()")
         else:

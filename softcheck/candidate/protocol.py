@@ -26,8 +26,10 @@ class CandidateProtocol(Protocol):
         """Whether it declares the keyword option ``name`` (``**kwargs`` takes them all)."""
 
     def call(self, inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True):
-        """Its gradient on ``inputs`` (a ``call.CallResult``)."""
+             variants: bool = True, upstream: bool = False):
+        """Its gradient on ``inputs`` (a ``call.CallResult``); ``upstream``: a torch autograd
+        kernel given logits an op upstream saved for its backward (conventions.py), the
+        gradient that reaches that op's input."""
 
     def call_hvp(self, inputs, direction, *, timeout: float | None = None):
         """Its Hessian-vector product along ``direction`` (a ``call.CallResult``)."""

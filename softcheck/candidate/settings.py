@@ -48,6 +48,7 @@ class Settings:
     rank_setup: str | None = None           # --rank-setup FILE.py:fn | megatron (each rank)
     shape: str = "nv"                       # --shape btv: logits (B, T, V), targets (B, T)
     shift: int = 0                          # --shift 1: the labels unshifted (t scores t+1)
+    autograd: bool = False                  # the TARGET is a torch.autograd.Function (resolve)
 
     @property
     def returned(self) -> tuple[str, ...]:

@@ -93,9 +93,9 @@ class IsolatedCandidate:
         return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True) -> CallResult:
+             variants: bool = True, upstream: bool = False) -> CallResult:
         if self.settings.convention != "grad":
-            r = self._call_convention(inputs, timeout, repeat, variants)
+            r = self._call_convention(inputs, timeout, repeat, variants, upstream)
         elif self._shared is not None and inputs.logits is self._shared:
             from .shared import call_shared
 
@@ -112,15 +112,15 @@ class IsolatedCandidate:
         self._shared = logits_in(self, shape, dtype, pad)
         return self._shared
 
-    def _call_convention(self, inputs: Inputs, timeout, repeat, variants: bool = True
-                         ) -> CallResult:
+    def _call_convention(self, inputs: Inputs, timeout, repeat, variants: bool = True,
+                         upstream: bool = False) -> CallResult:
         """A loss / inplace / split / autograd.Function kernel: the worker runs the
         convention once per request (``call.convention_once``); gradients come back through shared memory,
         the forward's values in the reply."""
         arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
                   "lse64": exact_lse(self.settings, inputs)}
         kw: dict = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
-        kw["variants"] = variants
+        kw["variants"], kw["upstream"] = variants, upstream
         return self._call("convention", inputs, [inputs.logits, inputs.target], timeout, repeat,
                           kw=kw, outputs=1 + MAX_VARIANTS, spec=inputs.spec)
 

@@ -116,6 +116,7 @@ def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
     lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
     r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
                         variants=bool(kw.get("variants", True)),
+                        upstream=kw.get("upstream") is True,
                         **({"runner": runner} if runner else {}))
     if r.error is not None:
         return {"error": r.error, "notes": list(r.notes)}

@@ -27,7 +27,7 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "How TARGET is called": (
         "convention", "framework", "args", "rename", "returns", "backward", "hvp_target",
         "device", "timeout", "repeat", "nondet_tol", "in_process", "memory_limit", "kwarg",
-        "off_value"),
+        "off_value", "upstream_check"),
     "Ranks and fused linear cross-entropy": (
         "tensor_parallel", "backend", "split", "rank_setup", "hidden", "bias", "shape",
         "shift"),

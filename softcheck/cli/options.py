@@ -9,7 +9,8 @@ from ..engine.results import DETAILS
 from ..spec import ALL_IGNORED, CONVENTIONS, MEAN_OVER, REDUCTIONS, TARGET_KINDS
 from ..suite.config import (BACKENDS, CALL_KEYS, CALLING_CONVENTIONS, CONFIG_KEYS, DEVICES,
                             DTYPES, FD_BUDGET, FD_METHODS, FRAMEWORKS, FUSED_SHAPES, LAYOUT_PAD,
-                            LAYOUTS, REGIMES, RETURN_ITEMS, SPLITS, SUITES, TOLERANCE_MODES)
+                            LAYOUTS, REGIMES, RETURN_ITEMS, SPLITS, SUITES, TOLERANCE_MODES,
+                            UPSTREAM_CHECKS)
 
 #: --debug is read by the command group (app.Group) from the command line; commands ignore it
 DEBUG = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks.")
@@ -144,6 +145,12 @@ def suite_options(fn):
                      help="2: check Hessian-vector products."),
         click.option("--probes", type=click.IntRange(0), default=8, show_default=True,
                      help="Directional probes when FD covers a subset of columns."),
+        click.option("--upstream-check", type=click.Choice(UPSTREAM_CHECKS), default="on",
+                     show_default=True,
+                     help="A torch autograd kernel (a loss, an autograd.Function) is also "
+                          "given logits that relu, upstream, saved for its backward: a kernel "
+                          "that writes into them behind autograd's back corrupts that op's "
+                          "gradient (Liger-Kernel #272)."),
         click.option("--tolerance", type=click.Choice(TOLERANCE_MODES), default="rounded",
                      show_default=True,
                      help="bfloat16/float16 candidates: rounded = float32 arithmetic, the "

@@ -19,6 +19,7 @@ from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.inputs import make_inputs
 from ..judge.ranks import judge_ranks
+from . import saved_logits
 from .results import CaseResult, Coverage, FDInfo
 
 REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
@@ -97,6 +98,13 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native) + rank_invs
+    upstream_hint: tuple[str, ...] = ()
+    if candidate is not None and saved_logits.applies(candidate, case, inputs):
+        inv = saved_logits.check(candidate, case, inputs, policy,
+                                   _user_tolerance(case, "candidate", candidate))
+        invs.append(inv)
+        if not inv.passed and all(c.passed for c in comparisons):   # right on a leaf
+            upstream_hint = (saved_logits.HINT,)
     if candidate is not None and policy.repeat > 1:
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
     relations = ()
@@ -125,9 +133,9 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         from ..judge.diagnose import SEQUENCE_BUGS, diagnose
 
         unheard = unheard_hint(candidate, case.spec)
-        diagnosis = unheard + rank_hints + _upstream_hint(
+        diagnosis = upstream_hint + unheard + rank_hints + _upstream_hint(
             comparisons, inputs) + _forward_hint(comparisons, call, inputs64)
-        if grad_failed and not unheard:   # the gradient itself is wrong somewhere: say how
+        if grad_failed and not unheard and not upstream_hint:   # the gradient is wrong: how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
                                         relations))
         shifted = tuple(h for h in diagnosis if h.startswith(SEQUENCE_BUGS))

@@ -153,7 +153,13 @@ def group_line(name: str, cases: list[CaseResult]) -> str:
     mine = [c for c in comps if c.pair[0].startswith("candidate")]
     worst = max(mine or comps, key=lambda c: c.ratio, default=None)   # the candidate's first
     line = f"{'FAIL' if bad else 'PASS'} {name}: {len(cases) - bad} passed, {bad} failed"
-    if worst is not None:
+    broken = list(dict.fromkeys(i.name for case in cases for i in case.invariants
+                                if not i.passed))
+    if bad and broken and (worst is None or worst.passed) and \
+            not any(c.error for c in cases):        # the failure is an invariant, not an error
+        line += (f"\n    every comparison within tolerance; broken: {', '.join(broken[:3])}"
+                 + (f" (+{len(broken) - 3})" if len(broken) > 3 else ""))
+    elif worst is not None:
         line += (f"\n    worst error {fmt(worst.max_rel_error)} ({pair_label(worst.pair, ' vs ')}, "
                  f"{worst.ratio:.2g}× allowed)")
     partial = [c for c in cases if fd_cell(c) not in ("all", "—")]

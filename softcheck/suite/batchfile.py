@@ -41,7 +41,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "label_smoothing": (_NUM, False), "smoothing_convention": (_STR, False),
     "temperature": (_NUM, False), "softcap": (_NUM, True), "z_loss": (_NUM, False),
     "mean_over": ("mean_over", False), "logit_scale": (_NUM, False),
-    "all_ignored": (_STR, False),
+    "all_ignored": (_STR, False), "upstream_check": (_STR, False),
     "fd": (_STR, True), "order": (_INT, False), "probes": (_INT, False),
     "fd_budget": (_NUM, False), "tolerance": (_STR, False), "timeout": (_NUM, True),
     "atol": (_NUM, True), "rtol": (_NUM, True), "inputs": (_STR, True),

@@ -36,6 +36,7 @@ class Case:
     layout: str = "contiguous"      # strided: the candidate gets buf[:, :C] of (N, C + pad)
     ignored_fraction: float | None = None   # exactly round(F·N) ignored rows (not N//3)
     weight_dtype: str | None = None         # the class weights' own dtype (None: dtype)
+    upstream_check: str = "on"              # engine/upstream.py
 
     @property
     def pad(self) -> int:
@@ -91,7 +92,8 @@ FUSED_REGIMES = ("normal", "confident", "masked")
 
 #: the Case fields taken from the Config of the same name (the axes and spec aside)
 CASE_KNOBS = ("group", "fd", "order", "probes", "fd_budget", "tag", "tolerance", "atol", "rtol",
-              "hidden", "bias", "shape", "shift", "ignored_fraction", "weight_dtype")
+              "hidden", "bias", "shape", "shift", "ignored_fraction", "weight_dtype",
+              "upstream_check")
 
 
 def default_regimes(cfg: Config) -> tuple[str, ...]:

@@ -46,6 +46,9 @@ DEFAULT_BATCH = (1, 6)
 #: split: fwd -> (loss, lse) and a separate bwd(logits, target, dloss, lse) -> dlogits
 CALLING_CONVENTIONS = ("grad", "loss", "inplace", "split")
 FRAMEWORKS = ("torch", "jax", "numpy")
+#: --upstream-check: a torch autograd kernel also given logits an op upstream saved for its
+#: backward (engine/upstream.py; Liger #272), or not
+UPSTREAM_CHECKS = ("on", "off")
 DEVICES = ("cpu", "cuda")
 #: what a loss-returning candidate's tuple holds, in order (--returns)
 RETURN_ITEMS = ("loss", "z_loss", "lse")
@@ -112,6 +115,7 @@ class Config:
     probes: int = 8
     fd_budget: float = FD_BUDGET
     tolerance: str = "rounded"
+    upstream_check: str = "on"     # --upstream-check on|off (engine/upstream.py)
     atol: float | None = None      # the user's own tolerances (None: the derived one)
     rtol: float | None = None
     inputs: str | None = None      # FILE.npz of the user's arrays: one more case
@@ -156,6 +160,9 @@ class Config:
                                               or self.weight is None):
             raise SoftcheckError(f"--weight-dtype must be one of {', '.join(DTYPES)}, with "
                                  f"--weight; got {self.weight_dtype!r}")
+        if self.upstream_check not in UPSTREAM_CHECKS:
+            raise SoftcheckError(f"--upstream-check must be one of {', '.join(UPSTREAM_CHECKS)}"
+                                 f"; got {self.upstream_check!r}")
         if self.smoothing_convention not in CONVENTIONS:
             raise SoftcheckError(
                 f"--smoothing-convention must be one of {', '.join(CONVENTIONS)}; "
