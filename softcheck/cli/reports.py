@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 import click
@@ -106,10 +107,28 @@ GRACE = 5.0
 _SAID = threading.Lock()
 
 
+#: the first signal's Interrupted was swallowed (raised inside a gc callback, a __del__):
+#: the signal is sent again, and raises again where it can propagate
+_AGAIN: list[int] = []
+
+
+def _unraisable(unraisable) -> None:
+    """sys.unraisablehook: an Interrupted raised where Python can only ignore exceptions
+    (JAX's gc callback, while it imports) is raised again a moment later, not printed."""
+    exc = unraisable.exc_value
+    if isinstance(exc, Interrupted):
+        _AGAIN.append(exc.signum)
+        threading.Timer(0.01, os.kill, (os.getpid(), exc.signum)).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _on_signal(signum, frame) -> None:
     """End the run: stop the pool's processes (their cases have no verdict to wait for),
     raise :class:`Interrupted` in the main thread, and end the process after :data:`GRACE`
     seconds if unwinding hangs (a pool or a thread waiting on a case)."""
+    if _AGAIN:                          # the first one's Interrupted was swallowed
+        raise Interrupted(_AGAIN.pop())
     if _SIGNALLED:                      # the second one: end now, the markers are in place
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -166,11 +185,15 @@ class ReportsFirst(Group):
         for s in SIGNALS if main else ():
             if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler):
                 before[s] = signal.signal(s, _on_signal)
+        hook = sys.unraisablehook
+        if before:
+            sys.unraisablehook = _unraisable
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as e:
             return _interrupted(getattr(e, "signum", signal.SIGINT))
         finally:
+            sys.unraisablehook = hook
             for s, h in before.items():
                 signal.signal(s, h)
             _MARKED.clear()

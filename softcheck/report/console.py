@@ -157,7 +157,7 @@ def group_line(name: str, cases: list[CaseResult]) -> str:
                                 if not i.passed))
     if bad and broken and (worst is None or worst.passed) and \
             not any(c.error for c in cases):        # the failure is an invariant, not an error
-        line += (f"\n    every comparison within tolerance; broken: {', '.join(broken[:3])}"
+        line += (f"\n    within tolerance but broken: {', '.join(broken[:3])}"
                  + (f" (+{len(broken) - 3})" if len(broken) > 3 else ""))
     elif worst is not None:
         line += (f"\n    worst error {fmt(worst.max_rel_error)} ({pair_label(worst.pair, ' vs ')}, "
