@@ -168,6 +168,9 @@ class Inputs:
     #: the candidate's logits arrive as a view of rows padded by this many elements (row
     #: stride C + pad, --layout strided); the references see the same values, contiguous
     pad: int = 0
+    #: --layout transposed: a --shape btv candidate's (B, T, V) logits are a view of a
+    #: (T, B, V) buffer (candidate/sequences.py)
+    transposed: bool = False
 
     @property
     def logits64(self) -> np.ndarray:

@@ -352,7 +352,7 @@ def test_kernel_preset_drops_the_strided_case_on_ranks():
     from types import SimpleNamespace
 
     ranked = SimpleNamespace(settings=SimpleNamespace(convention="loss", tensor_parallel=2),
-                             takes=lambda name: False)
+                             takes=lambda name: name == "softcap")
     cases, skipped = select(config(suite="kernel", batch=2), check=True, candidate=ranked)
     assert "kernel/strided" not in {c.tag for c in cases} and len(cases) == 11
     assert skipped == ["kernel/strided dropped: --tensor-parallel ranks get their column "
@@ -415,3 +415,48 @@ def test_cli_kernel_suite_on_a_fused_kernel_and_on_2_ranks(tmp_path):
     assert [tag(c) for c in d["cases"]] == ["kernel/padded-lanes"]
     assert any("kernel/softcap30 (V = 50264) dropped: the function takes no softcap" in s
                for s in d["skipped"])
+
+
+def test_transposed_layout_needs_shape_btv_and_joins_the_preset_for_btv_kernels():
+    """#28, TransformerEngine #2746 (wrong on a (B, SQ, V) view of an (SQ, B, V) buffer)."""
+    with pytest.raises(SoftcheckError, match="--layout transposed hands a --shape btv"):
+        config(layout="transposed")
+    with pytest.raises(SoftcheckError, match="an even --batch"):
+        config(layout="transposed", shape="btv", batch=3)
+    cases, _ = select(config(suite="kernel", shape="btv", batch=2), check=True)
+    assert cases[-1].tag == "kernel/transposed"
+    assert cases[-1].params()["layout"] == {"kind": "transposed"}
+    assert "kernel/transposed" not in {c.tag for c in select(config(suite="kernel"))[0]}
+    from types import SimpleNamespace
+
+    ranked = SimpleNamespace(settings=SimpleNamespace(convention="loss", tensor_parallel=2),
+                             takes=lambda name: name == "softcap")
+    _, skipped = select(config(suite="kernel", shape="btv", batch=2), check=True,
+                        candidate=ranked)
+    assert "kernel/transposed dropped: --tensor-parallel ranks get their column shards, not "\
+        "the transposed view" in skipped
+
+
+def _btv(fn, *extra):
+    r = subprocess.run([sys.executable, "-m", "softcheck", "check", f"{KERNELS}:{fn}",
+                        "--convention", "loss", "--shape", "btv", "--layout", "transposed",
+                        "--batch", "8", "--classes", "40", "--regime", "normal", "--dtype",
+                        "float32", "--json", "-", *extra], capture_output=True, text=True,
+                       timeout=300)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.returncode, json.loads(r.stdout)["cases"]
+
+
+def test_a_kernel_that_reads_the_transposed_view_as_contiguous_is_named():
+    code, cases = _btv("btv_loss_assumes_contiguous", "--reduction", "mean,none")
+    assert code == 1
+    for case in cases:
+        assert case["diagnosis"] and "read as if contiguous" in case["diagnosis"][0], case
+        assert "TransformerEngine #2746" in case["diagnosis"][0]
+
+
+@pytest.mark.slow  # 4 s measured (2 cores, load ~2): CI runs the rest
+def test_the_transposed_view_reaches_a_btv_kernel_that_honours_strides():
+    code, cases = _btv("btv_loss")
+    assert code == 0
+    assert any("view of a (T, B, V) buffer" in n for n in cases[0]["notes"])

@@ -124,8 +124,14 @@ def copy_layout(a) -> np.ndarray:
     return padded(a, row_pad(a))
 
 
-def layout_note(pad: int, classes: int, framework: str | None = None) -> list[str]:
-    """The case note of --layout strided (none for contiguous logits)."""
+def layout_note(pad: int, classes: int, framework: str | None = None,
+                transposed: bool = False) -> list[str]:
+    """The case note of --layout strided / transposed (none for contiguous logits)."""
+    if transposed:
+        return ["--layout transposed: JAX arrays have no strides; the candidate received "
+                "contiguous logits"] if framework == "jax" else [
+            "logits passed as a (B, T, V) view of a (T, B, V) buffer (--layout transposed: "
+            "strides (V, B·V, 1) elements)"]
     if not pad:
         return []
     if framework == "jax":

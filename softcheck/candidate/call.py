@@ -145,7 +145,7 @@ class Candidate:
 def with_layout_note(r: CallResult, inputs: Inputs, st: Settings) -> CallResult:
     """The call's result with the note of --layout strided first (none when contiguous)."""
     fw = st.framework if st.convention != "grad" else None
-    note = layout_note(inputs.pad, inputs.logits.shape[-1], fw)
+    note = layout_note(inputs.pad, inputs.logits.shape[-1], fw, inputs.transposed)
     return dataclasses.replace(r, notes=(*note, *r.notes)) if note else r
 
 

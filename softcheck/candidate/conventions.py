@@ -257,7 +257,8 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: boo
 def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
          upstream: bool = False):
     fw, dev = st.framework, st.device
-    zc, tc = as_called(inputs.logits, inputs.target, st)      # --shape btv, --shift 1
+    zc, tc = as_called(inputs.logits, inputs.target, st,      # --shape btv, --shift 1
+                       inputs.transposed)
     z = to_framework(zc, fw, dev, requires_grad=by_autograd and fw == "torch")
     leaf = z
     if upstream:                     # z = relu(h) = h (positive): relu saves z for backward

@@ -21,15 +21,20 @@ def _bt(n: int, st) -> tuple[int, int]:
     return sequences(n, st.shape)
 
 
-def as_called(logits, target, st):
-    """The logits and targets as the candidate is given them (numpy)."""
+def as_called(logits, target, st, transposed: bool = False):
+    """The logits and targets as the candidate is given them (numpy); ``transposed``
+    (--layout transposed): the (B, T, V) logits a view of a fresh (T, B, V) buffer, as
+    TransformerEngine gets a (B, SQ, V) view of Megatron's (SQ, B, V) output."""
     if st is None or st.fused or (st.shape == "nv" and not st.shift):
         return logits, target
     n = len(logits)
     b, t = _bt(n, st)
     lab = unshifted(target, b, t) if st.shift else np.asarray(target).reshape(b, t)
     if st.shape == "btv":
-        return logits.reshape(b, t, *logits.shape[1:]), lab
+        z = logits.reshape(b, t, *logits.shape[1:])
+        if transposed:
+            z = np.ascontiguousarray(z.transpose(1, 0, 2)).transpose(1, 0, 2)
+        return z, lab
     return logits, lab.reshape(-1)
 
 

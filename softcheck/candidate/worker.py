@@ -313,7 +313,7 @@ class IsolatedCandidate:
             pos += _aligned(a)
         req = {"op": op, "args": descs[:len(args)], "kw": kw, "shape": shape,
                "case_dtype": inputs.logits.dtype.name, "out": out_off, "back": backs,
-               "spec": spec}
+               "spec": spec, "transposed": inputs.transposed}
         fields = reply_fields(op, inputs, self._ranks_field(inputs))
         # the reply carries the forward's (N,) values as lists (about 9 bytes a number)
         limit = max(_MAX_REPLY, 64 * 8 * int(shape[0]) + (1 << 16))

@@ -112,7 +112,8 @@ def serve_convention(cand, shm: _Shm, req: dict, runner=None) -> dict:
     kw = req["kw"]
     weight = shm.fresh(kw["weight"]) if "weight" in kw else None
     inputs = Inputs(shm.fresh(req["args"][0]), shm.fresh(req["args"][1]), weight,
-                    shm.fresh(kw["grad_output"]), req["spec"])
+                    shm.fresh(kw["grad_output"]), req["spec"],
+                    transposed=req.get("transposed") is True)
     lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
     r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
                         variants=bool(kw.get("variants", True)),

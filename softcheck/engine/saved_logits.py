@@ -40,11 +40,13 @@ REFUSED = "modified by an inplace operation"
 
 
 def applies(candidate, case, inputs) -> bool:
-    """A torch autograd kernel on one process, finite logits, the check on."""
+    """A torch autograd kernel on one process, finite logits, the check on; not a --layout
+    strided case (relu's output of a view with gaps is contiguous: the layout would be lost;
+    a transposed view is dense, and relu keeps its strides)."""
     st = candidate.settings
     return (getattr(case, "upstream_check", "on") == "on" and st.framework == "torch"
             and st.tensor_parallel <= 1 and (st.convention == "loss" or st.autograd)
-            and bool(np.all(np.isfinite(inputs.logits64))))
+            and not inputs.pad and bool(np.all(np.isfinite(inputs.logits64))))
 
 
 def positive(inputs):

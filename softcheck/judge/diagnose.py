@@ -29,7 +29,8 @@ _FACTORS = {"N (batch size)": lambda n, c, t: n, "1/N": lambda n, c, t: 1 / n,
 
 #: the known bugs of a case called as sequences (patterns._sequence_bugs): they explain all
 SEQUENCE_BUGS = ("looks like a known bug: the labels are not shifted",
-                 "looks like a known bug: the targets are shifted again")
+                 "looks like a known bug: the targets are shifted again",
+                 "looks like a known bug: the (B, T, V) logits are read as if contiguous")
 
 
 def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str]:
@@ -52,7 +53,8 @@ def diagnose(x, inputs, case, comparisons, invariants, relations=()) -> list[str
         if not inv.passed and inv.name == "ignored rows are zero":
             hints.append("ignored rows must be exactly zero: ignore_index is not applied")
     for desc, g in patterns.known_bugs(inp, (getattr(case, "shape", "nv"),
-                                             getattr(case, "shift", 0))):
+                                             getattr(case, "shift", 0),
+                                             getattr(case, "layout", "") == "transposed")):
         if patterns.explains(x, g, ref, inputs=inp, dtype=case.dtype, kappa=kappa, scale=sc,
                              mode=case.tolerance):
             hints.append(f"looks like a known bug: {desc}")

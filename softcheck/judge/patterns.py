@@ -202,15 +202,36 @@ def _smoothing_unweighted(inputs):
     return (1 - eps) * _grad(inputs, label_smoothing=0.0) + eps * smooth
 
 
-def _sequence_bugs(inputs, shape: str, shift: int) -> list:
+def _read_as_contiguous(inputs, b: int, t: int):
+    """--layout transposed: a kernel that reads the (B, T, V) view's memory as if it were
+    contiguous pairs its row k (label k, upstream gradient k) with the logits stored there,
+    those of position (k mod B, k div B): the gradient with labels and g moved to them."""
+    k = np.arange(b * t)
+    n = (k % b) * t + k // b
+    target = np.empty_like(inputs.target)
+    target[n] = inputs.target
+    go = np.asarray(inputs.grad_output)
+    if go.ndim:
+        go = go.copy()
+        go[n] = np.asarray(inputs.grad_output)
+    return analytic.gradient(dataclasses.replace(inputs, target=target, grad_output=go))
+
+
+def _sequence_bugs(inputs, shape: str, shift: int, transposed: bool = False) -> list:
     """A logits case called as sequences (``--shape btv`` / ``--shift``): the kernel that
     does not shift the labels it is given (scores position k against label k), or one that
-    shifts targets it was given already shifted."""
+    shifts targets it was given already shifted; under --layout transposed, one that reads
+    its (B, T, V) view as if contiguous (TransformerEngine #2746)."""
     s = inputs.spec
     n = inputs.logits.shape[0]
     b, t = sequences(n, shape)
     if not s.hard or t < 2:
         return []
+    if transposed and b > 1:
+        return [("the (B, T, V) logits are read as if contiguous: they are a view of a (T, B, "
+                 "V) buffer, and row (b, t) was paired with the logits stored at b·T + t "
+                 "(the view's strides ignored; TransformerEngine #2746)",
+                 _read_as_contiguous(inputs, b, t))]
     if shift:
         lab = unshifted(inputs.target, b, t).reshape(-1)
         return [("the labels are not shifted: position k is scored against label k, not "
@@ -226,13 +247,14 @@ def _sequence_bugs(inputs, shape: str, shift: int) -> list:
              "unshifted)", analytic.gradient(dataclasses.replace(inputs, target=again)))]
 
 
-def known_bugs(inputs, sequence: tuple[str, int] = ("nv", 0)):
+def known_bugs(inputs, sequence: tuple = ("nv", 0)):
     """(description, gradient) of the classic mistakes that apply to this case's options
-    (``inputs`` in float64; ``sequence`` its --shape and --shift)."""
+    (``inputs`` in float64; ``sequence`` its --shape, --shift and whether --layout is
+    transposed)."""
     s = inputs.spec
     n = inputs.logits.shape[0]
     n_valid = int(inputs.valid.sum())
-    out = [] if sequence == ("nv", 0) else _sequence_bugs(inputs, *sequence)
+    out = [] if tuple(sequence[:2]) == ("nv", 0) else _sequence_bugs(inputs, *sequence)
     if s.label_smoothing:
         other = "others" if s.smoothing_convention == "uniform" else "uniform"
         out.append((f"matches label smoothing convention '{other}' "

@@ -76,8 +76,10 @@ class Case:
                           "shift": self.shift}
         elif self.shape != "nv" or self.shift:
             d["sequence"] = {"shape": self.shape, "shift": self.shift}
-        if self.layout != "contiguous":
+        if self.layout == "strided":
             d["layout"] = {"kind": self.layout, "row_stride": self.classes + self.pad}
+        elif self.layout != "contiguous":
+            d["layout"] = {"kind": self.layout}
         if self.ignored_fraction is not None:
             d["ignored_fraction"] = self.ignored_fraction
         if self.weight_dtype is not None:

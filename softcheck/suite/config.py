@@ -27,8 +27,9 @@ OPT_IN_REGIMES = ("all-ignored", "target-prob", "below-cap")
 #: (suite/kernel.py)
 SUITES = ("default", "kernel")
 #: --layout: how the candidate receives the logits; strided = a view buf[:, :C] of an
-#: (N, C + LAYOUT_PAD) buffer (row stride != C), the padding filled with NaN
-LAYOUTS = ("contiguous", "strided")
+#: (N, C + LAYOUT_PAD) buffer (row stride != C), the padding filled with NaN; transposed
+#: (--shape btv) = the (B, T, V) logits a view of a (T, B, V) buffer (TransformerEngine #2746)
+LAYOUTS = ("contiguous", "strided", "transposed")
 LAYOUT_PAD = 64
 FD_METHODS = ("central", "richardson", "complex")
 #: low-precision candidates (judge/tolerances.py derives each): rounded (the default) =
@@ -197,6 +198,11 @@ class Config:
             raise SoftcheckError("--shape btv and --shift take class-index targets, "
                                  "first-order gradients, contiguous seeded logits (not "
                                  "--targets probs, --order 2, --layout strided, --inputs)")
+        if self.layout == "transposed" and (self.hidden is not None or self.shape != "btv"
+                                            or any(n % 2 for n in self.batch or (2,))):
+            raise SoftcheckError("--layout transposed hands a --shape btv kernel its (B, T, V) "
+                                 "logits as a view of a (T, B, V) buffer: it needs --shape "
+                                 "btv and an even --batch (B = 2), not --hidden")
         if self.shift and self.ignore_index is None:
             raise SoftcheckError("--shift 1 needs --ignore-index (the last position of each "
                                  "sequence has no next token and is ignored)")

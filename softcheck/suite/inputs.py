@@ -89,7 +89,8 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
         target = q.astype(dt)
     weight = weight_array(s.weight, c, case.seed, weight_dtype(case))
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
-    return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0))
+    return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0),
+                  getattr(case, "layout", "contiguous") == "transposed")
 
 
 def sequences(n: int, shape: str = "btv") -> tuple[int, int]:

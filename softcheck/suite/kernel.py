@@ -14,6 +14,8 @@ The preset (each case's ``tag`` says which regime it is; rows ``KERNEL_BATCH`` u
 * ``ignored-30%``: float32, V = 128256, exactly round(0.3·N) rows ignored (ignore_index −100
   unless ``--ignore-index`` gives another).
 * ``strided``: float32, V = 50264, the candidate gets ``buf[:, :V]`` of an (N, V + 64) buffer.
+* ``transposed`` (only with ``--shape btv``): float32, V = 50264, the (B, T, V) logits a view
+  of a (T, B, V) buffer (TransformerEngine #2746: wrong on such a view).
 
 With ``--hidden H`` (a fused kernel) the same cases at H, but ``strided`` and
 ``softcap30-below`` (no logits to lay out or place) are dropped with a note, and
@@ -68,6 +70,9 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
                                     ignore_index=ii, ignored_fraction=0.3)))
     out.append(("strided", dict(classes=50264, dtype="float32", regime="normal",
                                 layout="strided")))
+    if cfg.shape == "btv" and cfg.hidden is None:       # a (B, T, V) kernel: TE #2746
+        out.append(("transposed", dict(classes=50264, dtype="float32", regime="normal",
+                                       layout="transposed")))
     return out
 
 
@@ -93,23 +98,28 @@ def _fused(preset: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], list
 
 
 def _not_for(candidate, tag: str, f: dict, cfg: Config) -> str | None:
-    """Why a preset case does not apply to ``candidate`` (None: it does): a plain gradient
-    function that declares no softcap keyword cannot be asked for one (it would compute
-    without it), and --tensor-parallel ranks get column shards, not the strided view.  An
-    option the user pins (--softcap, --layout) keeps its cases."""
+    """Why a preset case does not apply to ``candidate`` (None: it does): a kernel that
+    declares no softcap keyword (or, an autograd.Function, has none in its --args) cannot be
+    asked for one (it would compute without it); --tensor-parallel ranks get column shards,
+    not the strided or transposed view; a --shape btv kernel gets the transposed view, not
+    the strided rows.  An option the user pins (--softcap, --layout) keeps its cases."""
+    if f.get("layout") == "strided" and cfg.shape == "btv" and cfg.layout is None:
+        return (f"kernel/{tag} dropped: --shape btv takes contiguous rows; a (B, T, V) kernel "
+                "gets kernel/transposed instead")
     if candidate is None:
         return None
     st = getattr(candidate, "settings", None)
     takes = getattr(candidate, "takes", None)
-    plain = getattr(st, "convention", "grad") == "grad" or getattr(st, "fused", False)
-    if (f.get("softcap") and cfg.softcap is None and plain and not getattr(st, "args", None)
-            and takes is not None and not takes("softcap")):
+    name = st.kernel_name("softcap") if hasattr(st, "kernel_name") else "softcap"
+    args = getattr(st, "args", None)                # an autograd.Function: its .apply order
+    declares = (name in args) if args else (takes is None or takes(name))
+    if f.get("softcap") and cfg.softcap is None and not declares:
         return (f"kernel/{tag} (V = {f['classes']}) dropped: the function takes no softcap "
                 "keyword (declare one to be checked with the softcap)")
     ranks = getattr(st, "tensor_parallel", None) or 1
-    if f.get("layout") == "strided" and cfg.layout is None and ranks > 1:
+    if f.get("layout") in ("strided", "transposed") and cfg.layout is None and ranks > 1:
         return (f"kernel/{tag} dropped: --tensor-parallel ranks get their column shards, "
-                "not the strided view")
+                f"not the {f['layout']} view")
     return None
 
 

@@ -117,3 +117,21 @@ def kernel_grad(logits, target, ignore_index=-100, softcap=None):
     if softcap:
         g *= 1 - t**2
     return g.astype(logits.dtype)
+
+
+def btv_loss(logits, target, ignore_index=-100, reduction="mean"):
+    """A (B, T, V) loss that honours the view's strides (reshape copies); it refuses
+    contiguous logits, so it proves the transposed view reached it."""
+    assert not logits.is_contiguous(), f"contiguous logits, strides {logits.stride()}"
+    b, t, v = logits.shape
+    return torch.nn.functional.cross_entropy(logits.reshape(b * t, v).float(),
+                                             target.reshape(-1), ignore_index=ignore_index,
+                                             reduction=reduction)
+
+
+def btv_loss_assumes_contiguous(logits, target, ignore_index=-100, reduction="mean"):
+    """TransformerEngine #2746's mistake: the memory read as if the view were contiguous."""
+    b, t, v = logits.shape
+    flat = torch.as_strided(logits, (b * t, v), (v, 1))
+    return torch.nn.functional.cross_entropy(flat.float(), target.reshape(-1),
+                                             ignore_index=ignore_index, reduction=reduction)
