@@ -187,3 +187,25 @@ def test_complex_step_band_covers_a_lone_class_with_z_loss():
     f = references.finite_difference(inputs, "complex")
     assert np.max(np.abs(a - f.grad)) <= f.error_estimate
     assert f.error_estimate < 1e-40                       # still a complex-step band
+
+
+def test_one_rule_for_the_users_atol_rtol():
+    """#30: the --atol/--rtol override was restated in five judges; one Tolerance now (each
+    side replaced by the user's, a None keeps the derived one)."""
+    import ast
+    import pathlib
+
+    from softcheck.judge.tolerances import Tolerance
+
+    t = Tolerance(1e-6, 1e-3)
+    assert t.override(None) is t
+    assert t.override((None, 0.5)) == Tolerance(1e-6, 0.5)
+    assert t.override((2.0, None)) == Tolerance(2.0, 1e-3)
+    np.testing.assert_array_equal(t.override((1.0, 2.0)).allowed(np.array([-1.0, 3.0])),
+                                  [3.0, 7.0])
+    root = pathlib.Path(__file__).parents[1] / "softcheck"
+    restated = [str(f.relative_to(root)) for f in root.rglob("*.py")
+                if f.name != "tolerances.py" and any(
+                    isinstance(n, ast.Subscript) and isinstance(n.value, ast.Attribute)
+                    and n.value.attr == "user" for n in ast.walk(ast.parse(f.read_text())))]
+    assert restated == [], f"the override restated in {restated}: use Tolerance.override"

@@ -299,7 +299,7 @@ def _fold_probes(cmp: Comparison, name: str, fd) -> Comparison:
     worst = 0.0
     for probe in fd.probes:
         got = probe.projections[name]
-        atol = cmp.user[0] if cmp.user and cmp.user[0] is not None else cmp.atol
+        atol = tolerances.Tolerance(cmp.atol, cmp.rtol).override(cmp.user).atol
         allowed = atol * probe.l1 + probe.band
         err = np.abs(got - probe.value)
         ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, 1e-300))

@@ -184,9 +184,9 @@ def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: In
     x = np.asarray(x, np.float64)
     ref = np.asarray(ref, np.float64)
     allowed, atol, rtol = allowed_for(inputs, dtype, kappa, scale, ref, mode)
+    mine = tolerances.Tolerance(atol, rtol).override(user)
     if user is not None:
-        ua, ur = (atol if user[0] is None else user[0]), (rtol if user[1] is None else user[1])
-        allowed = ua + ur * np.abs(ref)
+        allowed = mine.allowed(ref)
     allowed = allowed + band
     atol += float(np.max(band, initial=0.0))
     bad_x = ~np.isfinite(x) & np.isfinite(ref)
@@ -209,7 +209,8 @@ def compare(pair: tuple[str, str], x: np.ndarray, ref: np.ndarray, *, inputs: In
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = reason is None and ratio <= 1.0
     if not passed and reason is None:
-        a, r = (atol, rtol) if user is None else (ua + float(np.max(band, initial=0.0)), ur)
+        a, r = (atol, rtol) if user is None else (mine.atol + float(np.max(band, initial=0.0)),
+                                                  mine.rtol)
         who = "" if user is None else " (--atol/--rtol)"
         reason = f"max error {max_abs:.3g} exceeds the allowed {a:.3g} + {r:.1g}·|ref|{who}"
     return Comparison(pair, max_abs, rel, atol, rtol, ratio, passed, reason, worst, user,

@@ -149,10 +149,10 @@ class _Judge:
         other = mine if original is None else tolerances.allowed(self.dtype, kappa, scale,
                                                                   original)[0]
         if self.user is not None:       # --atol/--rtol, per side, as in compare()
-            atol = atol if self.user[0] is None else self.user[0]
-            rtol = rtol if self.user[1] is None else self.user[1]
-            mine = atol + rtol * np.abs(expected)
-            other = mine if original is None else atol + rtol * np.abs(original)
+            tol = tolerances.Tolerance(atol, rtol).override(self.user)
+            atol, rtol = tol.atol, tol.rtol
+            mine = tol.allowed(expected)
+            other = mine if original is None else tol.allowed(original)
         allowed = mine + other + 2.0 * band
         with np.errstate(invalid="ignore", over="ignore"):
             err = np.abs(got - expected)

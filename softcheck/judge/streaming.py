@@ -28,10 +28,8 @@ class StreamedComparison:
         self.top: list[tuple] = []      # (−ratio, flat, x, ref, is_target, ignored)
 
     def _tolerance(self):
-        if self.user is None:
-            return self.atol, self.rtol
-        return (self.atol if self.user[0] is None else self.user[0],
-                self.rtol if self.user[1] is None else self.user[1])
+        t = tolerances.Tolerance(self.atol, self.rtol).override(self.user)
+        return t.atol, t.rtol
 
     def update(self, r0: int, x, ref, *, target, valid, band=0.0, cols=None,
                extra=None) -> None:
@@ -215,11 +213,8 @@ class StreamedComparison:
         rel = self.max_abs / scale if scale > 0 else (0.0 if self.max_abs == 0 else float("inf"))
         passed = reason is None and self.ratio <= 1.0
         if not passed and reason is None:
-            if self.user is None:
-                a, r = atol, self.rtol
-            else:
-                a = (self.atol if self.user[0] is None else self.user[0]) + self.band_max
-                r = self.rtol if self.user[1] is None else self.user[1]
+            ua, r = self._tolerance()
+            a = atol if self.user is None else ua + self.band_max
             who = "" if self.user is None else " (--atol/--rtol)"
             reason = (f"max error {self.max_abs:.3g} exceeds the allowed {a:.3g} + "
                       f"{r:.1g}·|ref|{who}")

@@ -151,6 +151,25 @@ def stored(dtype: str, p: np.ndarray, parts: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(t), t, 0.0) * np.asarray(parts, np.float64)[:, None]
 
 
+@dataclass(frozen=True)
+class Tolerance:
+    """|x − ref| ≤ atol + rtol·|ref|: a derived pair, or the user's where ``override`` put it
+    (the one rule for --atol/--rtol: each replaces its side of the derived pair, a None keeps
+    it; every judge — compare, streaming, relations, probes — asks here)."""
+
+    atol: float
+    rtol: float
+
+    def override(self, user: tuple[float | None, float | None] | None) -> Tolerance:
+        if user is None:
+            return self
+        return Tolerance(self.atol if user[0] is None else float(user[0]),
+                         self.rtol if user[1] is None else float(user[1]))
+
+    def allowed(self, ref) -> np.ndarray:
+        return self.atol + self.rtol * np.abs(ref)
+
+
 def allowed(dtype: str, kappa: float, scale: float, reference: np.ndarray,
             mode: str = DEFAULT_MODE, extra=0.0) -> tuple[np.ndarray, float, float]:
     """Per-entry allowed error, and the (atol, rtol) that make it up; ``extra``: the STORED
