@@ -6,8 +6,8 @@ import itertools
 from dataclasses import dataclass
 
 from ..spec import REDUCTIONS, TARGET_KINDS, LossSpec
-from .config import (DEFAULT_BATCH, DTYPES, FD_BUDGET, LAYOUT_PAD, OPT_IN_REGIMES, REGIMES,
-                     Config, numpy_dtype)
+from .config import (DEFAULT_BATCH, DTYPES, FD_BUDGET, FUSED_REGIMES, LAYOUT_PAD,
+                     OPT_IN_REGIMES, REGIMES, Config, numpy_dtype)
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,6 @@ class Case:
         return d
 
 
-#: the regimes of fused linear cross-entropy (--hidden): confident = a few rows whose hidden
-#: state is aligned with their target's row of W (p → 1); masked = 20 % ignored rows
-FUSED_REGIMES = ("normal", "confident", "masked")
 
 
 #: the Case fields taken from the Config of the same name (the axes and spec aside)

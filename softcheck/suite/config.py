@@ -15,14 +15,51 @@ import numpy as np
 from ..spec import CONVENTIONS, REDUCTIONS, TARGET_KINDS, LossSpec, SoftcheckError
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
-REGIMES = ("normal", "large", "tied", "confident", "wrong", "masked", "spread",
-           "all-ignored", "target-prob", "below-cap")
-#: regimes a suite runs only when asked (--regime, or the kernel preset): target-prob =
-#: normal logits with each row's target logit set so that softmax p_target is 0.9, 0.99,
-#: 0.999 (rows cycling) in float64 before rounding (the precision of p_t − 1)
-#: below-cap = every logit far below −S (S the --softcap, 30 without one): after the softcap
-#: the real lanes sit just above −S, where a padded lane (−inf → −S) weighs as much as they do
-OPT_IN_REGIMES = ("all-ignored", "target-prob", "below-cap")
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One regime's facts, stated once: what its logits are (suite/inputs.py draws them),
+    whether a suite runs it unasked, whether a large case draws it a block of rows at a time
+    (``streams``; ``blockwise``: each block's rows final as soon as it is drawn, so a reader
+    can follow the draw), and whether fused linear cross-entropy cases have it."""
+
+    name: str
+    what: str
+    default: bool = True
+    streams: bool = False
+    blockwise: bool = False
+    fused: bool = False
+
+
+REGIME_TABLE = (
+    Regime("normal", "N(0, 4) logits", streams=True, blockwise=True, fused=True),
+    Regime("large", "groups at +1000, 0, -1000: exp overflows without the max shift"),
+    Regime("tied", "every logit of a row equal (p = 1/C)"),
+    Regime("confident", "the target logit 30 above the row's max (p_t -> 1); fused: rows "
+           "aligned with their target's row of W", streams=True, blockwise=True, fused=True),
+    Regime("wrong", "another class 30 above the max (p_t -> 0)", streams=True),
+    Regime("masked", "30 % of the logits -inf (fused: 20 % of the rows ignored)",
+           streams=True, fused=True),
+    Regime("spread", "row maxima from -1e4 to 1e4, scales from 1e-3 to 1e2 in one batch"),
+    Regime("all-ignored", "every row ignored (with --ignore-index: the default suite adds it)",
+           default=False),
+    Regime("target-prob", "each row's target logit set so that p_t is 0.9 / 0.99 / 0.999 "
+           "(rows cycling) in float64 before rounding: the precision of p_t - 1",
+           default=False, streams=True, blockwise=True),
+    Regime("below-cap", "every logit far below -S (S the --softcap, 30 without one): padded "
+           "lanes (-inf -> -S) weigh as much as real ones", default=False, streams=True,
+           blockwise=True),
+)
+REGIMES = tuple(r.name for r in REGIME_TABLE)
+#: regimes a suite runs only when asked (--regime, or the kernel preset)
+OPT_IN_REGIMES = tuple(r.name for r in REGIME_TABLE if not r.default)
+#: regimes a large case draws a block of rows at a time (the same numbers as whole)
+STREAM_REGIMES = tuple(r.name for r in REGIME_TABLE if r.streams)
+#: regimes whose rows are final as soon as their block is drawn
+BLOCKWISE = tuple(r.name for r in REGIME_TABLE if r.blockwise)
+#: the regimes of fused linear cross-entropy (--hidden)
+FUSED_REGIMES = tuple(r.name for r in REGIME_TABLE if r.fused)
 #: --suite: default = the axes crossed; kernel = a preset list of cases at kernel shapes
 #: (suite/kernel.py)
 SUITES = ("default", "kernel")

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..spec import Inputs, LossSpec, SoftcheckError
 from .cases import Case
-from .config import normalize_weight, numpy_dtype
+from .config import BLOCKWISE, STREAM_REGIMES, normalize_weight, numpy_dtype  # noqa: F401
 
 def _rng(case: Case, stream: str) -> np.random.Generator:
     s = case.spec
@@ -233,15 +233,6 @@ def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, wei
     if spec.reduction == "none" and go.shape != (n,):
         raise SoftcheckError(f"grad_output for reduction none must have shape ({n},)")
     return Inputs(z, t if spec.hard else t.astype(z.dtype), w, go, spec)
-
-
-#: regimes whose logits can be drawn a block of rows at a time into the case dtype (the
-#: same numbers as ``make_inputs``: a generator gives the same stream drawn in pieces)
-STREAM_REGIMES = ("normal", "confident", "wrong", "masked", "target-prob", "below-cap")
-
-
-#: regimes whose rows are final as soon as their block is drawn
-BLOCKWISE = ("normal", "confident", "target-prob", "below-cap")
 
 
 def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
