@@ -226,3 +226,31 @@ def test_list_checks_the_file_and_runs_nothing(project):
     assert lines[0] == "own: 144 cases, softcheck's own methods"
     assert "correct: 12 cases, checks kernels/ce.py:grad" in lines
     assert lines[-1] == "168 cases in 3 groups"
+
+
+def test_targets_load_at_once_and_the_first_bad_group_in_file_order_is_named(project):
+    """The describing workers start together (LOAD_AT_ONCE) while the judge imports JAX; an
+    error is still the first bad group's in file order (not the first to finish), and every
+    worker that did start ends (checked by the load_plan probe: none stays open)."""
+    text = "".join(f"[[case]]\nname = 'g{i}'\ntarget = '{t}'\nclasses = 4\n"
+                   for i, t in enumerate(["kernels/ce.py:grad", "kernels/ce.py:nope",
+                                          "kernels/missing.py:grad", "kernels/ce.py:grad"]))
+    f = project / "order.toml"
+    f.write_text(text)
+    started = []
+    real = suites.load
+
+    def spy(*a, **k):
+        c = real(*a, **k)
+        started.append(c)
+        return c
+
+    suites.load = spy
+    try:
+        with pytest.raises(suites.SoftcheckError, match=r"group 2 \('g1'\): key 'target': .*"
+                                                          "has no function named 'nope'"):
+            suites.load_plan(str(f), meanwhile=lambda: None)
+    finally:
+        suites.load = real
+    assert len(started) == 1                  # g0 and g3 share one TARGET: loaded once
+    assert all(c.probe is None or c.probe._closed for c in started)

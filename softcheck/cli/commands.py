@@ -96,8 +96,11 @@ def batch(file, json_path, junit_path, markdown_path, json_detail, verbose, fail
     """
     from ..engine.suites import batch_listing, close_plan, estimate_batch, load_plan, run_batch
 
+    from ..reference.jaxsetup import warm
+
     policy = to_policy(kw)
-    plan = load_plan(file, in_process=not policy.isolate)
+    plan = load_plan(file, in_process=not policy.isolate,   # JAX imports while workers start
+                     meanwhile=None if list_only else (lambda: warm(devices)))
     try:
         if list_only:
             click.echo("\n".join(batch_listing(plan)))

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import platform
 import time
+from collections.abc import Callable
 
 from ..candidate import CallPolicy, Candidate, isolated, load, relative_to
 from ..spec import SoftcheckError
@@ -213,55 +214,78 @@ class BatchPlan:
     candidates: dict            # group name -> Candidate (candidate groups only)
 
 
-def load_plan(path: str, *, in_process: bool = False) -> BatchPlan:
+#: describing workers a batch starts at once (each waits on its TARGET's imports)
+LOAD_AT_ONCE = 4
+
+
+def load_plan(path: str, *, in_process: bool = False,
+              meanwhile: Callable[[], object] | None = None) -> BatchPlan:
     """Read, check and expand a batch file and load its TARGETs (each described by its own
-    worker process; imported here only ``in_process``): every problem is raised (naming
-    file, group and key) before any case runs."""
+    worker process, up to LOAD_AT_ONCE starting at once while ``meanwhile`` runs here — the
+    judge's own imports; imported here only ``in_process``, one after another): every
+    problem is raised (naming file, group and key, the first group's first) before any case
+    runs."""
     plan = batchfile.plan(path)
-    loaded: dict[str, Candidate] = {}
+    wanted: list[tuple] = []                # (group, key, target, call) in file order
+    for g in plan.groups:
+        if g.target is None:
+            continue
+        seq = {(c.hidden is not None, c.shape, c.shift) for c in g.configs}
+        if len(seq) > 1:
+            raise SoftcheckError(f"{g.where}: hidden, shape and shift take one value in "
+                                 "a group with a target (how it is called)")
+        fused, shape, shift = seq.pop() if seq else (False, "nv", 0)
+        wanted.append((g, "target", g.target,
+                       g.call + (("fused", fused), ("shape", shape), ("shift", shift))))
+        if g.hvp is not None:
+            wanted.append((g, "hvp", g.hvp, ()))
+    loaded = _load_all(wanted, plan.base, in_process, meanwhile)
     cands = {}
-    try:
-        for g in plan.groups:
-            if g.target is None:
-                continue
-            seq = {(c.hidden is not None, c.shape, c.shift) for c in g.configs}
-            if len(seq) > 1:
-                raise SoftcheckError(f"{g.where}: hidden, shape and shift take one value in "
-                                     "a group with a target (how it is called)")
-            fused, shape, shift = seq.pop() if seq else (False, "nv", 0)
-            call = g.call + (("fused", fused), ("shape", shape), ("shift", shift))
-            cand = _load(g.target, plan.base, g.where, "target", loaded, call, in_process)
-            if g.hvp is not None:
-                cand = cand.with_hvp(_load(g.hvp, plan.base, g.where, "hvp", loaded,
-                                           in_process=in_process))
-            cands[g.name] = cand
-    except BaseException:               # a later group's problem: the earlier workers end
-        for c in loaded.values():
-            c.close()
-        raise
+    for g, key, target, call in wanted:
+        cand = loaded[relative_to(target, plan.base), call]
+        cands[g.name] = cand if key == "target" else cands[g.name].with_hvp(cand)
     return BatchPlan(plan, cands)
+
+
+def _load_all(wanted: list, base: str, in_process: bool, meanwhile) -> dict:
+    """Each (TARGET, how it is called) once: {(target, call): Candidate}; on any failure
+    every worker started ends and the first group's error (in file order) is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..candidate.conventions import settings
+
+    def one(target, call):
+        return load(relative_to(target, base), label=target, settings=settings(**dict(call)),
+                    base=base, in_process=in_process)
+
+    futures: dict = {}
+    with ThreadPoolExecutor(1 if in_process else LOAD_AT_ONCE) as pool:
+        for _, _, target, call in wanted:
+            key = (relative_to(target, base), call)
+            if key not in futures:              # (setdefault would submit it again)
+                futures[key] = pool.submit(one, target, call)
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            done = {k: f.exception() or f.result() for k, f in futures.items()}
+    bad = [(g, key, done[relative_to(t, base), call]) for g, key, t, call in wanted
+           if isinstance(done[relative_to(t, base), call], BaseException)]
+    if bad:
+        for c in done.values():
+            if not isinstance(c, BaseException):
+                c.close()
+        g, key, e = bad[0]
+        if isinstance(e, SoftcheckError):
+            raise SoftcheckError(f"{g.where}: key {key!r}: {e}") from None
+        raise e
+    return done
 
 
 def close_plan(bp: BatchPlan) -> None:
     """End the workers that described a plan's TARGETs (those no case took over)."""
     for c in bp.candidates.values():
         c.close()
-
-
-def _load(target: str, base: str, where: str, key: str, loaded: dict, call=(),
-          in_process: bool = False) -> Candidate:
-    """A group's TARGET, loaded once per (TARGET, how it is called)."""
-    from ..candidate.conventions import settings
-
-    t = relative_to(target, base)
-    if (t, call) not in loaded:
-        try:
-            st = settings(**dict(call))
-            loaded[t, call] = load(t, label=target, settings=st, base=base,
-                                   in_process=in_process)
-        except SoftcheckError as e:
-            raise SoftcheckError(f"{where}: key {key!r}: {e}") from None
-    return loaded[t, call]
 
 
 def _batch_jobs(bp: BatchPlan, policy: CallPolicy = CallPolicy()
