@@ -192,12 +192,12 @@ class _Fake:
                                     .reshape(g.shape)))
 
 
-def _f64_case():
+def _f64_case(**options):
     from softcheck.suite.config import Config
     from softcheck.suite.kernel import select
 
-    cases, _ = select(Config(classes=(50,), dtype=("float64",), regime=("normal",)),
-                      check=True)
+    cases, _ = select(Config(classes=(50,), dtype=("float64",), regime=("normal",),
+                             **options), check=True)
     return cases
 
 
@@ -211,6 +211,9 @@ def test_float64_probe_drops_only_float32_precision(noise, dropped):
     why = float64_probe(_Fake(noise), _f64_case(), CallPolicy())
     assert (why is not None) == dropped, why
     assert float64_probe(_Fake(0, float32=True), _f64_case(), CallPolicy()) is not None
+    # many ignored rows (exact zeros in any arithmetic) do not hide float32 rounding (review)
+    many = _f64_case(ignore_index=-100, ignored_fraction=0.6, batch=(6,))
+    assert (float64_probe(_Fake(noise), many, CallPolicy()) is not None) == dropped
 
 
 @pytest.mark.parametrize("where", [0, 1, 37])

@@ -59,4 +59,49 @@ def test_a_loss_kernel_is_checked_upstream_too():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (inv,) = saved(load_report(r.stdout)["cases"][0])
-    assert inv["passed"] and "is right" in inv["detail"]
+    assert inv["passed"] and "is the kernel's own" in inv["detail"]
+
+
+@pytest.mark.slow  # 5 s measured (2 cores, load ~3): CI runs the rest
+def test_a_store_of_positive_values_and_a_low_precision_kernel(tmp_path):
+    """Review findings: with relu(h) as the upstream op, a kernel storing softmax p (> 0)
+    behind autograd's back kept relu's mask and passed; and a correct bfloat16 loss failed
+    on relu's shifted logits (its own precision) with the #272 hint.  The op now reads its
+    saved values, on the case's own logits, against the kernel's own gradient."""
+    k = tmp_path / "k.py"
+    k.write_text('''
+import torch, torch.nn.functional as F
+
+class StoreP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target):
+        x = logits.detach().double()
+        p = torch.softmax(x, -1)
+        g = p.clone()
+        g[torch.arange(len(x)), target] -= 1
+        ctx.save_for_backward(g / len(x))
+        ctx.dt = logits.dtype
+        logits.data.copy_(p.to(logits.dtype))          # p > 0, behind autograd's back
+        return F.cross_entropy(x, target).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, go):
+        (g,) = ctx.saved_tensors
+        return (g * go).to(ctx.dt), None
+
+def loss(logits, target, reduction="mean"):
+    return F.cross_entropy(logits.float(), target, reduction=reduction)
+''')
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "softcheck", "check", *args, "--batch", "6",
+                            "--json", "-"], capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in r.stderr, r.stderr
+        return r.returncode, load_report(r.stdout)["cases"]
+
+    code, cases = run(f"{k}:StoreP", "--regime", "normal", "--dtype", "float32")
+    assert code == 1 and not saved(cases[0])[0]["passed"]
+    assert "Liger-Kernel #272" in cases[0]["diagnosis"][0]
+    code, cases = run(f"{k}:loss", "--convention", "loss", "--dtype", "bfloat16",
+                      "--regime", "spread,normal")
+    assert code == 0, [c["invariants"] for c in cases]

@@ -65,15 +65,26 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(stream, "BLOCK_ELEMENTS", 3 * 500)     # 3 rows per block
 
 
-@pytest.mark.parametrize("regime", ["normal", "confident", "wrong", "masked"])
+@pytest.mark.parametrize("regime", ["normal", "confident", "wrong", "masked", "target-prob",
+                                    "below-cap"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_blocked_inputs_are_the_same_numbers(regime, dtype):
-    case = Case(700, 11, dtype, regime, 3, LossSpec(ignore_index=2, reduction="none"))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_blocked_inputs_are_the_same_numbers(monkeypatch, regime, dtype, reduction):
+    """Seed scheme 2: each drawing block has its own generator, so the threads of the
+    streamed draw and the whole draw give the same bytes; ``ready`` follows in row order."""
+    from softcheck.suite import inputs as drawing
+
+    monkeypatch.setattr(drawing, "DRAW_ELEMENTS", 2100)          # 3 rows a block: 4 blocks
+    case = Case(700, 11, dtype, regime, 3, LossSpec(ignore_index=2, reduction=reduction))
     a = make_inputs(case, upstream="random")
+    seen = []
     b = make_inputs_into(case, np.empty((11, 700), numpy_dtype(dtype)), upstream="random",
-                         block=2100)
+                         ready=lambda inp, r0, r1: seen.append(r1))
     assert a.logits.tobytes() == b.logits.tobytes()
     assert np.array_equal(a.target, b.target) and np.array_equal(a.grad_output, b.grad_output)
+    assert seen == [3, 6, 9, 11]
+    monkeypatch.setattr(drawing, "DRAW_ELEMENTS", 1 << 20)       # one block: other numbers
+    assert make_inputs(case, upstream="random").logits.tobytes() != a.logits.tobytes()
 
 
 @pytest.mark.parametrize("regime,ii", [("normal", None), ("confident", 1), ("masked", None)])

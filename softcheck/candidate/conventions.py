@@ -230,10 +230,10 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: boo
         upstream: bool = False) -> Outputs:
     """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split);
     ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call);
-    ``upstream``: a torch autograd kernel's logits are the output of ``torch.relu`` on a leaf
-    h (positive logits: the same values), an op that saves its output for its backward; the
-    gradient is h's, so a kernel that writes into its logits behind autograd's back (Liger
-    #272) hands relu a corrupted saved output and h a wrong gradient."""
+    ``upstream``: a torch autograd kernel's logits are the output of an op on a leaf h that
+    saves its output for its backward and reads its values there (``_SavesOutput``: the same
+    values, layout and strides); the gradient is h's, so a kernel that writes into its logits
+    behind autograd's back (Liger #272) hands that op other numbers and h a wrong gradient."""
     if st.convention == "split":
         return _split(fn, bwd, st, inputs, lse64)
     by_autograd = st.convention == "loss" or is_autograd_function(fn)
@@ -261,10 +261,10 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
                        inputs.transposed)
     z = to_framework(zc, fw, dev, requires_grad=by_autograd and fw == "torch")
     leaf = z
-    if upstream:                     # z = relu(h) = h (positive): relu saves z for backward
+    if upstream:                     # z = h by an op that saves z and reads it in backward
         import torch
 
-        z = torch.relu(leaf)
+        z = saves_output().apply(leaf)
         seen, before = z._version, z.detach().clone()
     t = to_framework(tc, fw, dev)
     opts = _option_values(inputs, fw, dev, st)
@@ -298,7 +298,12 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
             if upstream and z._version == seen and not torch.equal(z.detach(), before):
                 notes.append("wrote into its logits behind autograd's back (their version "
                              "counter did not move)")
-            loss.backward(torch.as_tensor(gl, dtype=loss.dtype, device=loss.device))
+            try:
+                loss.backward(torch.as_tensor(gl, dtype=loss.dtype, device=loss.device))
+            except RuntimeError as e:     # autograd's own check of the saved output
+                if upstream and z._version != seen and "inplace operation" in str(e):
+                    raise CallFailed(UPSTREAM_REFUSED) from None
+                raise
             grad = leaf.grad
             if grad is None:
                 raise CallFailed("the logits received no gradient from loss.backward()")
@@ -313,6 +318,36 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
     values = {k: per_row(to_numpy(v), len(inputs.logits), st) for k, v in got.items()
               if v is not None}
     return to_numpy(grad).reshape(inputs.logits.shape), values, notes
+
+
+#: the upstream call's error when autograd refused a write it could see into the saved output
+UPSTREAM_REFUSED = ("upstream check: autograd refused the saved logits, modified in place "
+                    "(their version counter moved)")
+
+
+def saves_output():
+    """An identity op that saves its output for its backward and reads it there (as softmax,
+    tanh or exp do): the backward multiplies by saved / original, exactly 1 while nobody
+    wrote into the output.  Its output keeps the input's strides (--layout strided,
+    transposed).  Built on first use (torch imported lazily)."""
+    import torch
+
+    class SavesOutput(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h):
+            out = torch.empty_strided(h.size(), h.stride(), dtype=h.dtype, device=h.device)
+            out.copy_(h)
+            ctx.save_for_backward(out)
+            ctx.original = h.detach().clone()
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            (out,) = ctx.saved_tensors
+            same = out == ctx.original               # ±inf logits stay exact as well
+            return g * torch.where(same, torch.ones_like(out), out / ctx.original)
+
+    return SavesOutput
 
 
 def _unchanged(x, original, name: str) -> None:

@@ -87,7 +87,8 @@ def to_framework(a, framework: str, device: str = "cpu", *, requires_grad: bool 
         pad = row_pad(arr)              # --layout strided: the tensor keeps the row stride
         buf = padded_buffer(arr, pad) if pad else np.array(arr, copy=True)
         if arr.dtype.name == "bfloat16":
-            t = torch.from_numpy(np.ascontiguousarray(buf).view(np.uint16)).view(torch.bfloat16)
+            # the same itemsize: the view keeps any strides (--layout transposed)
+            t = torch.from_numpy(buf.view(np.uint16)).view(torch.bfloat16)
         else:
             t = torch.from_numpy(buf)
         t = t.to(device)

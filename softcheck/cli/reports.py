@@ -118,7 +118,9 @@ def _unraisable(unraisable) -> None:
     exc = unraisable.exc_value
     if isinstance(exc, Interrupted):
         _AGAIN.append(exc.signum)
-        threading.Timer(0.01, os.kill, (os.getpid(), exc.signum)).start()
+        again = threading.Timer(0.01, os.kill, (os.getpid(), exc.signum))
+        again.daemon = True
+        again.start()
         return
     sys.__unraisablehook__(unraisable)
 

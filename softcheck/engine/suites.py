@@ -24,8 +24,10 @@ def environment() -> dict:
     """Python, NumPy and JAX versions and the backend, recorded once per report."""
     import numpy
 
+    from ..suite.inputs import SEED_SCHEME
+
     env = {"python": platform.python_version(), "numpy": numpy.__version__,
-           "platform": platform.platform()}
+           "platform": platform.platform(), "seed_scheme": SEED_SCHEME}
     try:
         from ..reference.jaxsetup import backend_info
 
@@ -134,7 +136,9 @@ def _ranked(cand, job: Job, jobs: list[Job]):
     st = cand.settings
     if any(getattr(j.case, "layout", "contiguous") != "contiguous" for j in jobs
            if j.candidate is cand):
-        raise SoftcheckError("--layout strided is not passed on to --tensor-parallel ranks "
+        layout = next(j.case.layout for j in jobs if j.candidate is cand
+                      and getattr(j.case, "layout", "contiguous") != "contiguous")
+        raise SoftcheckError(f"--layout {layout} is not passed on to --tensor-parallel ranks "
                              "(each gets its own column shard): drop one of the two")
     jax = st.framework == "jax"
     for v in sorted({j.case.classes for j in jobs if j.candidate is cand}):

@@ -227,22 +227,23 @@ def _sequence_bugs(inputs, shape: str, shift: int, transposed: bool = False) -> 
     b, t = sequences(n, shape)
     if not s.hard or t < 2:
         return []
+    out = []
     if transposed and b > 1:
-        return [("the (B, T, V) logits are read as if contiguous: they are a view of a (T, B, "
-                 "V) buffer, and row (b, t) was paired with the logits stored at b·T + t "
-                 "(the view's strides ignored; TransformerEngine #2746)",
-                 _read_as_contiguous(inputs, b, t))]
+        out.append(("the (B, T, V) logits are read as if contiguous: they are a view of a (T, "
+                    "B, V) buffer, and row (b, t) was paired with the logits stored at b·T + t "
+                    "(the view's strides ignored; TransformerEngine #2746)",
+                    _read_as_contiguous(inputs, b, t)))
     if shift:
         lab = unshifted(inputs.target, b, t).reshape(-1)
-        return [("the labels are not shifted: position k is scored against label k, not "
+        return out + [("the labels are not shifted: position k is scored against label k, not "
                  "k + 1 (--shift 1 passes the unshifted labels, as HF's ForCausalLMLoss takes "
                  "them; a kernel given targets already shifted is checked with --shift 0)",
                  analytic.gradient(dataclasses.replace(inputs, target=lab)))]
     if s.ignore_index is None or shape != "btv":
-        return []
+        return out
     tgt = np.asarray(inputs.target).reshape(b, t)
     again = np.concatenate([tgt[:, 1:], np.full((b, 1), s.ignore_index)], 1).reshape(-1)
-    return [("the targets are shifted again: position k is scored against target k + 1 (the "
+    return out + [("the targets are shifted again: position k is scored against target k + 1 (the "
              "kernel shifts labels itself: check it with --shift 1, which passes them "
              "unshifted)", analytic.gradient(dataclasses.replace(inputs, target=again)))]
 

@@ -313,6 +313,12 @@ REPORT = {
         "summary": _d(SUMMARY, "Case counts."),
         "environment": _d(_obj({"python": _d({"type": "string"}, "Python version."),
                                 "numpy": _d({"type": "string"}, "NumPy version."),
+                                "seed_scheme": _d({"type": "integer", "minimum": 1},
+                                                  "How the seeded inputs were drawn "
+                                                  "(suite/inputs.py SEED_SCHEME: 2 = a "
+                                                  "generator per block of 2^20 logits; 1 = "
+                                                  "one sequential generator, other numbers "
+                                                  "for the same seed)."),
                                 "candidate_process": CANDIDATE_PROCESS},
                                required=["python", "numpy"], strict=False),
                           "Versions, platform and JAX backend, recorded once."),

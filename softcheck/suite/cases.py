@@ -36,7 +36,7 @@ class Case:
     layout: str = "contiguous"      # strided: the candidate gets buf[:, :C] of (N, C + pad)
     ignored_fraction: float | None = None   # exactly round(F·N) ignored rows (not N//3)
     weight_dtype: str | None = None         # the class weights' own dtype (None: dtype)
-    upstream_check: str = "on"              # engine/upstream.py
+    upstream_check: str = "on"              # engine/saved_logits.py
 
     @property
     def pad(self) -> int:

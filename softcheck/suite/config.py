@@ -19,25 +19,24 @@ DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class Regime:
-    """One regime's facts, stated once: what its logits are (suite/inputs.py draws them),
-    whether a suite runs it unasked, whether a large case draws it a block of rows at a time
-    (``streams``; ``blockwise``: each block's rows final as soon as it is drawn, so a reader
-    can follow the draw), and whether fused linear cross-entropy cases have it."""
+    """One regime's facts, stated once: what its logits are (suite/inputs.py draws them, a
+    block of rows at a time), whether a suite runs it unasked, whether a large case streams
+    (is judged a block of rows at a time: engine/stream.py), and whether fused linear
+    cross-entropy cases have it."""
 
     name: str
     what: str
     default: bool = True
     streams: bool = False
-    blockwise: bool = False
     fused: bool = False
 
 
 REGIME_TABLE = (
-    Regime("normal", "N(0, 4) logits", streams=True, blockwise=True, fused=True),
+    Regime("normal", "N(0, 4) logits", streams=True, fused=True),
     Regime("large", "groups at +1000, 0, -1000: exp overflows without the max shift"),
     Regime("tied", "every logit of a row equal (p = 1/C)"),
     Regime("confident", "the target logit 30 above the row's max (p_t -> 1); fused: rows "
-           "aligned with their target's row of W", streams=True, blockwise=True, fused=True),
+           "aligned with their target's row of W", streams=True, fused=True),
     Regime("wrong", "another class 30 above the max (p_t -> 0)", streams=True),
     Regime("masked", "30 % of the logits -inf (fused: 20 % of the rows ignored)",
            streams=True, fused=True),
@@ -46,18 +45,15 @@ REGIME_TABLE = (
            default=False),
     Regime("target-prob", "each row's target logit set so that p_t is 0.9 / 0.99 / 0.999 "
            "(rows cycling) in float64 before rounding: the precision of p_t - 1",
-           default=False, streams=True, blockwise=True),
+           default=False, streams=True),
     Regime("below-cap", "every logit far below -S (S the --softcap, 30 without one): padded "
-           "lanes (-inf -> -S) weigh as much as real ones", default=False, streams=True,
-           blockwise=True),
+           "lanes (-inf -> -S) weigh as much as real ones", default=False, streams=True),
 )
 REGIMES = tuple(r.name for r in REGIME_TABLE)
 #: regimes a suite runs only when asked (--regime, or the kernel preset)
 OPT_IN_REGIMES = tuple(r.name for r in REGIME_TABLE if not r.default)
-#: regimes a large case draws a block of rows at a time (the same numbers as whole)
+#: regimes a large case streams (judged a block of rows at a time; the same numbers as whole)
 STREAM_REGIMES = tuple(r.name for r in REGIME_TABLE if r.streams)
-#: regimes whose rows are final as soon as their block is drawn
-BLOCKWISE = tuple(r.name for r in REGIME_TABLE if r.blockwise)
 #: the regimes of fused linear cross-entropy (--hidden)
 FUSED_REGIMES = tuple(r.name for r in REGIME_TABLE if r.fused)
 #: --suite: default = the axes crossed; kernel = a preset list of cases at kernel shapes
@@ -85,7 +81,7 @@ DEFAULT_BATCH = (1, 6)
 CALLING_CONVENTIONS = ("grad", "loss", "inplace", "split")
 FRAMEWORKS = ("torch", "jax", "numpy")
 #: --upstream-check: a torch autograd kernel also given logits an op upstream saved for its
-#: backward (engine/upstream.py; Liger #272), or not
+#: backward (engine/saved_logits.py; Liger #272), or not
 UPSTREAM_CHECKS = ("on", "off")
 DEVICES = ("cpu", "cuda")
 #: what a loss-returning candidate's tuple holds, in order (--returns)
@@ -153,7 +149,7 @@ class Config:
     probes: int = 8
     fd_budget: float = FD_BUDGET
     tolerance: str = "rounded"
-    upstream_check: str = "on"     # --upstream-check on|off (engine/upstream.py)
+    upstream_check: str = "on"     # --upstream-check on|off (engine/saved_logits.py)
     atol: float | None = None      # the user's own tolerances (None: the derived one)
     rtol: float | None = None
     inputs: str | None = None      # FILE.npz of the user's arrays: one more case

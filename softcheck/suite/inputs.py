@@ -9,7 +9,7 @@ import numpy as np
 
 from ..spec import Inputs, LossSpec, SoftcheckError
 from .cases import Case
-from .config import BLOCKWISE, STREAM_REGIMES, normalize_weight, numpy_dtype  # noqa: F401
+from .config import STREAM_REGIMES, normalize_weight, numpy_dtype  # noqa: F401
 
 def _rng(case: Case, stream: str) -> np.random.Generator:
     s = case.spec
@@ -61,36 +61,100 @@ def make_inputs(case: Case, *, upstream: str = "auto") -> Inputs:
         if upstream != "one":
             return user
         return dataclasses.replace(user, grad_output=np.ones_like(user.grad_output))
+    pre = _prelude(case, upstream)
+    n, c = case.batch, case.classes
+    z = np.empty((n, c))
+    q = None if case.spec.hard else np.empty((n, c))
+    for k, (r0, r1) in enumerate(draw_blocks(n, c)):
+        z[r0:r1], qb = _block(case, pre, k, r0, r1)
+        if q is not None:
+            q[r0:r1] = qb
+    target = pre.target if q is None else q.astype(pre.dt)
+    return Inputs(z.astype(pre.dt), target, pre.weight, pre.go, case.spec,
+                  getattr(case, "pad", 0), getattr(case, "layout", "contiguous") == "transposed")
+
+
+#: the seeded inputs' scheme (every report's environment records it).  2 (from 2026-12-07):
+#: the targets, ignored rows and upstream gradient come from the case's generator, then each
+#: block of DRAW_ELEMENTS logits from a generator of its own (seed, case key, block index),
+#: so whole and streamed cases draw the same numbers and blocks can be drawn in parallel.
+#: 1 drew everything from one sequential generator (other numbers for the same seed).
+SEED_SCHEME = 2
+#: logits per drawing block (rows: DRAW_ELEMENTS // C, at least one)
+DRAW_ELEMENTS = 1 << 20
+#: threads a large case's draw uses (numpy's generators release the GIL while they fill)
+DRAW_THREADS = 2
+
+
+def draw_blocks(n: int, c: int) -> list[tuple[int, int]]:
+    """The drawing blocks of an (N, C) case: rows [r0, r1), DRAW_ELEMENTS logits each."""
+    step = max(1, DRAW_ELEMENTS // max(c, 1))
+    return [(r, min(n, r + step)) for r in range(0, n, step)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prelude:
+    """What the case's own generator draws before any logits: the would-be target classes
+    y, the targets, the class weights, the upstream gradient, spread's two end rows."""
+
+    y: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray | None
+    go: object
+    ends: tuple[int, int] | None
+    dt: np.dtype
+
+
+def _prelude(case: Case, upstream: str) -> _Prelude:
     s = case.spec
     n, c = case.batch, case.classes
     rng = _rng(case, "inputs")
     dt = numpy_dtype(case.dtype)
     ii = s.ignore_index
     # class targets (never the ignore index, unless the row is meant to be ignored)
-    choices = np.array([k for k in range(c) if k != ii] if ii is not None and 0 <= ii < c
-                       else np.arange(c))
-    y = choices[rng.integers(0, len(choices), n)] if len(choices) else np.full(n, ii)
+    if ii is not None and 0 <= ii < c:
+        y = rng.integers(0, c - 1, n) if c > 1 else np.full(n, ii)
+        y = y + (y >= ii) if c > 1 else y          # every class but ii, in order
+    else:
+        y = rng.integers(0, c, n)
     ignored = _ignored(case, rng, n) if s.hard and ii is not None else np.zeros(n, bool)
     if getattr(case, "shift", 0) and ii is not None:   # --shift 1: a sequence's last position
         b, t = sequences(n, case.shape)                  # has no next token (ignored)
         ignored.reshape(b, t)[:, -1] = True
-    z = _logits(case.regime, rng, n, c, y, s.softcap)
-    if s.hard:
-        target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
-    else:
-        q = np.zeros((n, c))
-        q[np.arange(n), y] = 1.0
-        if s.targets == "probs":
-            q = rng.random((n, c)) ** 3 + 1e-3
-            q[np.arange(n), y] += np.max(q, -1)      # the target class is the most likely
-            q[~np.isfinite(z)] = 0.0
-            q /= np.sum(q, -1, keepdims=True)
-            q[1::2] *= rng.uniform(0.5, 0.9, (len(q[1::2]), 1))  # rows that do not sum to one
-        target = q.astype(dt)
-    weight = weight_array(s.weight, c, case.seed, weight_dtype(case))
+    target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
+    ends = tuple(int(e) for e in rng.choice(n, 2, replace=False)) \
+        if case.regime == "spread" and n > 1 else None
     go = upstream_gradient(rng, s.reduction, upstream, n, dt)
-    return Inputs(z.astype(dt), target, weight, go, s, getattr(case, "pad", 0),
-                  getattr(case, "layout", "contiguous") == "transposed")
+    return _Prelude(y, target, weight_array(s.weight, c, case.seed, weight_dtype(case)), go,
+                    ends, dt)
+
+
+def _block(case: Case, pre: _Prelude, k: int, r0: int, r1: int):
+    """Block k (rows r0..r1) of the case's float64 logits, from its own generator, and of its
+    probability targets (None for index targets)."""
+    s = case.spec
+    c = case.classes
+    key = f"logits|{c}|{case.batch}|{s.targets}|{s.reduction}|{case.regime}"
+    rng = np.random.default_rng([case.seed, zlib.crc32(key.encode()), k])
+    y = pre.y[r0:r1]
+    z = _logits(case.regime, rng, r1 - r0, c, y, s.softcap, r0)
+    if case.regime == "spread" and pre.ends is not None:
+        for e, (off, sc) in zip(pre.ends, ((-1e4, 1e2), (1e4, 1e-3))):
+            if r0 <= e < r1:
+                z[e - r0] = off + sc * rng.standard_normal(c)
+    if s.hard:
+        return z, None
+    rows = np.arange(r1 - r0)
+    q = np.zeros((r1 - r0, c))
+    q[rows, y] = 1.0
+    if s.targets == "probs":
+        q = rng.random((r1 - r0, c)) ** 3 + 1e-3
+        q[rows, y] += np.max(q, -1)                  # the target class is the most likely
+        q[~np.isfinite(z)] = 0.0
+        q /= np.sum(q, -1, keepdims=True)
+        odd = (r0 + rows) % 2 == 1                   # rows that do not sum to one
+        q[odd] *= rng.uniform(0.5, 0.9, (int(np.sum(odd)), 1))
+    return z, q
 
 
 def sequences(n: int, shape: str = "btv") -> tuple[int, int]:
@@ -153,8 +217,8 @@ def below_cap(z: np.ndarray, softcap: float | None) -> np.ndarray:
 
 
 def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray,
-            softcap: float | None = None) -> np.ndarray:
-    """Logits of each regime; ``y`` are the (would-be) target classes."""
+            softcap: float | None = None, row0: int = 0) -> np.ndarray:
+    """Logits of each regime for n rows from ``row0``; ``y`` their (would-be) targets."""
     rows = np.arange(n)
     z = rng.standard_normal((n, c)) * 2.0
     if regime == "below-cap":
@@ -178,7 +242,7 @@ def _logits(regime: str, rng: np.random.Generator, n: int, c: int, y: np.ndarray
     elif regime == "spread":
         z = _spread(rng, n, c)
     elif regime == "target-prob" and c > 1:
-        set_target_prob(z, y)
+        set_target_prob(z, y, row0)
     elif regime == "masked" and c > 1:
         mask = rng.random((n, c)) < 0.3
         mask[rows, y] = False
@@ -191,13 +255,10 @@ def _spread(rng: np.random.Generator, n: int, c: int) -> np.ndarray:
     """Rows whose offsets and scales differ by orders of magnitude in one batch: row maxima
     from -1e4 to 1e4 (both ends present when N > 1), scales from 1e-3 to 1e2.  A softmax
     shifted by anything but each row's own maximum (the batch's, a column's) underflows to
-    0/0 on the rows far below it, overflows on those far above."""
+    0/0 on the rows far below it, overflows on those far above (the batch's two end rows,
+    at -1e4 and 1e4, are set by ``_block``)."""
     offset = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(0, 4, n)
     scale = 10.0 ** rng.uniform(-3, 2, n)
-    if n > 1:
-        ends = rng.choice(n, 2, replace=False)
-        offset[ends] = (-1e4, 1e4)
-        scale[ends] = (1e2, 1e-3)
     return offset[:, None] + scale[:, None] * rng.standard_normal((n, c))
 
 
@@ -236,70 +297,30 @@ def make_inputs_from_arrays(logits, target, spec: LossSpec | None = None, *, wei
 
 
 def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
-                     block: int = 1 << 20, ready=None) -> Inputs:
-    """``make_inputs`` for a large case (index targets, a regime of STREAM_REGIMES), its
-    logits written into ``out`` (N, C) of the case dtype with float64 one block at a time:
-    the same numbers (tests/test_stream.py).  ``ready(inputs, r0, r1)``: called when rows
-    r0..r1 of ``inputs`` (the returned Inputs, or one with the same arrays) hold their final
-    values: block by block where the regime and the upstream gradient allow, so a reader can
-    follow the draw."""
-    s = case.spec
+                     ready=None) -> Inputs:
+    """``make_inputs`` for a large case (a regime of STREAM_REGIMES), its logits written into
+    ``out`` (N, C) of the case dtype one drawing block at a time by DRAW_THREADS threads:
+    the same numbers (tests/test_stream.py), float64 only a few blocks at a time.
+    ``ready(inputs, r0, r1)``: called here, in row order, once rows ..r1 hold their final
+    values, so a reader can follow the draw."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pre = _prelude(case, upstream)
     n, c = case.batch, case.classes
-    rng = _rng(case, "inputs")
-    dt = numpy_dtype(case.dtype)
-    ii = s.ignore_index
-    if ii is not None and 0 <= ii < c:
-        y = rng.integers(0, c - 1, n)
-        y = y + (y >= ii)                          # choices[k]: every class but ii, in order
-    else:
-        y = rng.integers(0, c, n)
-    ignored = _ignored(case, rng, n) if ii is not None else np.zeros(n, bool)
-    target = np.where(ignored, ii if ii is not None else 0, y).astype(np.int64)
-    weight = weight_array(s.weight, c, case.seed, dt)
-    # the upstream gradient is drawn after the logits, unless it takes no draw: then the
-    # rows can be handed to ``ready`` as they are drawn
-    pad = getattr(case, "pad", 0)
-    late = (s.reduction == "none" and upstream != "one") or (
-        s.reduction != "none" and upstream == "random")
-    go = None if late else upstream_gradient(rng, s.reduction, upstream, n, dt)
-    early = None if late else Inputs(out, target, weight, go, s, pad)
+    inputs = Inputs(out, pre.target, pre.weight, pre.go, case.spec, getattr(case, "pad", 0),
+                    getattr(case, "layout", "contiguous") == "transposed")
 
-    def final(r0, r1):
-        if ready is not None and early is not None:
-            ready(early, r0, r1)
+    def fill(k: int, r0: int, r1: int) -> None:
+        out[r0:r1] = _block(case, pre, k, r0, r1)[0]     # rounded to dt as astype rounds
 
-    step = max(1, block // c)
-    rowmax = np.empty(n) if case.regime in ("confident", "wrong") else None
-    for i in range(0, n, step):
-        z = rng.standard_normal((min(step, n - i), c))
-        z *= 2.0
-        if rowmax is not None:
-            rowmax[i:i + len(z)] = np.max(z, -1)
-        if case.regime == "confident":
-            z[np.arange(len(z)), y[i:i + len(z)]] = rowmax[i:i + len(z)] + 30.0
-        elif case.regime == "target-prob" and c > 1:
-            set_target_prob(z, y[i:i + len(z)], i)
-        elif case.regime == "below-cap":
-            below_cap(z, s.softcap)
-        out[i:i + len(z)] = z                      # rounded to dt as astype rounds
-        if case.regime in BLOCKWISE:
-            final(i, i + len(z))
-    rows = np.arange(n)
-    if case.regime == "wrong" and c > 1:
-        other = (y + 1 + rng.integers(0, c - 1, n)) % c
-        out[rows, other] = (rowmax + 30.0).astype(dt)
-    elif case.regime == "masked" and c > 1:
-        for i in range(0, n, step):
-            r = rows[i:i + step]
-            mask = rng.random((len(r), c)) < 0.3
-            mask[np.arange(len(r)), y[r]] = False
-            mask[np.arange(len(r)), (y[r] + 1) % c] = True
-            out[r[0]:r[-1] + 1][mask] = -np.inf
-            final(i, min(n, i + step))
-    elif case.regime not in BLOCKWISE:
-        final(0, n)
-    go = upstream_gradient(rng, s.reduction, upstream, n, dt) if late else go
-    inputs = Inputs(out, target, weight, go, s, pad)
-    if ready is not None and late:
-        ready(inputs, 0, n)
+    blocks = draw_blocks(n, c)
+    window: list = []
+    with ThreadPoolExecutor(DRAW_THREADS) as pool:
+        for k, (r0, r1) in enumerate(blocks):
+            window.append((pool.submit(fill, k, r0, r1), r1))
+            while window and (len(window) > 2 * DRAW_THREADS or k == len(blocks) - 1):
+                done, upto = window.pop(0)
+                done.result()
+                if ready is not None:
+                    ready(inputs, 0, upto)
     return inputs

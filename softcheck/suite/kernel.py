@@ -70,7 +70,8 @@ def _preset(cfg: Config) -> list[tuple[str, dict]]:
                                     ignore_index=ii, ignored_fraction=0.3)))
     out.append(("strided", dict(classes=50264, dtype="float32", regime="normal",
                                 layout="strided")))
-    if cfg.shape == "btv" and cfg.hidden is None:       # a (B, T, V) kernel: TE #2746
+    if cfg.shape == "btv" and cfg.hidden is None and not any(
+            n % 2 for n in cfg.batch or (KERNEL_BATCH,)):    # a (B, T, V) kernel: TE #2746
         out.append(("transposed", dict(classes=50264, dtype="float32", regime="normal",
                                        layout="transposed")))
     return out
