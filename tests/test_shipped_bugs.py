@@ -97,20 +97,27 @@ def test_torch_cpu_half_cross_entropy_cancels_at_confident_targets(dtype):
     assert "the target entries cancel" in r.diagnosis[0]
 
 
+@pytest.mark.slow  # 7 s measured (2 cores, load ~2): CI runs the rest
 @pytest.mark.parametrize("dtype", HALF)
 def test_torch_cpu_half_cross_entropy_is_plain_half_arithmetic(dtype):
     """PyTorch's CPU 16-bit log_softmax rounds x − max, log Σ exp and ℓ to the dtype: plain
     16-bit arithmetic, which --tolerance native admits on the whole grid (measured ≤ 0.35 of
-    it); in bf16 at C = 1000 its off-target entries exceed the float32-arithmetic default
-    (measured 1.03–1.18×) and the hint says so, naming --tolerance native."""
+    it); in bf16 at C = 1000 its off-target entries reach the float32-arithmetic default
+    (measured 0.94–1.08× over seeds 0–5 under seed scheme 2; 1.03–1.18× under scheme 1), and
+    where they pass it the hint says why, naming --tolerance native."""
     for regime, reduction, n, c, ii in GRID:
         r = _run(sb.torch_ce, dtype, regime, reduction, n, c, ii, tolerance="native")
         assert r.passed, (regime, reduction, n, c, [x.reason for x in r.comparisons])
     if dtype == "bfloat16":
-        r = _run(sb.torch_ce, dtype, "normal", "none", 24, 1000)
-        assert not r.passed
-        assert "intermediate rounding to bfloat16" in r.diagnosis[0]
-        assert "--tolerance native" in r.diagnosis[0]
+        failed = 0
+        for seed in range(4):
+            case = Case(1000, 24, dtype, "normal", seed, LossSpec(reduction="none"))
+            r = run_case(case, Candidate.from_callable(sb.torch_ce))
+            if not r.passed:
+                failed += 1
+                assert "intermediate rounding to bfloat16" in r.diagnosis[0]
+                assert "--tolerance native" in r.diagnosis[0]
+        assert failed
 
 
 # ----------------------------------------------------------------------------- all-ignored
