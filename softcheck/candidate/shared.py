@@ -90,10 +90,86 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     return CallResult(grad, None, tuple(notes), output=output, nondet=nondet or 0.0)
 
 
-def _repeat(wc, req: dict, fds, kept: np.ndarray, timeout):
+def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallResult:
+    """``call_shared`` for a convention kernel (loss, inplace, split, autograd.Function): one
+    request per call, each for the upstream gradient ``inputs.grad_output`` alone; the
+    gradient comes back in its own precision (a view of the worker's sealed file), the
+    forward's values in the reply.  The other upstream gradients are left to the engine
+    (``variants``: (label, g, None) each, one more call apiece, judged and dropped in turn);
+    a plain in-place kernel's buffer is the gradient for g = 1 (``times``: g, applied by the
+    judge block by block, as the whole-array path multiplies it)."""
+    import softcheck.candidate.reply as wire
+
+    from .channel import _MAX_REPLY
+    from .conventions import upstreams
+    from ..reference.loss import lse_rows
+
+    st = wc.settings
+    z = inputs.logits
+    shape, n = tuple(int(s) for s in z.shape), int(z.shape[0])
+    arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
+              "lse64": lse_rows(inputs) if st.convention == "split" else None}
+    kw = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+    names = list(kw)
+    logits_fd = wc._logits.seal()
+    small, descs = place([inputs.target] + [kw[k] for k in names])
+    kw.update(zip(names, descs[1:]))
+    req = {"op": "convention", "args": [("arr", 0, shape, z.dtype.name, int(inputs.pad)),
+                                        descs[0]],
+           "kw": kw, "shape": shape, "case_dtype": z.dtype.name, "spec": inputs.spec,
+           "stream": True}
+    limit = max(_MAX_REPLY, 64 * 8 * n + (1 << 16))
+    fields = {"out_dtypes": lambda v, what: v, "x64_off": wire.flag,
+              **{k: (lambda v, what: wire.values(v, what, n)) for k in ("loss", "z_loss", "lse")}}
+    fds, reply = [logits_fd, small.fd], None
+    try:
+        reply, error, output = wc.exchange(req, timeout, limit=limit, fds=fds)
+        try:
+            if error is not None:
+                return CallResult(None, error, output=output)
+            got = wire.checked(reply, fields)
+            grad = take_outputs(reply, [shape])[0]
+        except wire.ReplyError as e:
+            return CallResult(None, f"the candidate's process sent an invalid reply ({e})",
+                              output=output)
+        except (ArenaError, OSError, ValueError, TypeError) as e:
+            return CallResult(None, f"its outputs did not come back as they must: {e}",
+                              output=output)
+        finally:
+            close_all(list((reply or {}).get("fds") or ()))
+        applies = st.convention != "inplace" or bool(getattr(wc.described, "autograd", False))
+        times = None if applies else np.asarray(inputs.grad_output, np.float64)
+        notes, nondet = list(got["notes"]), None
+        if grad.dtype.itemsize < z.dtype.itemsize:
+            notes.append(f"returned {grad.dtype} for a {z.dtype.name} case"
+                         + (" (JAX x64 is off in the candidate's process?)"
+                            if got["x64_off"] else ""))
+        for i in range(1, max(1, int(repeat))):
+            d, error, more = _repeat(wc, {**req, "keep": True}, fds, grad, timeout, limit,
+                                     times)
+            output += more
+            if error is not None:
+                return CallResult(None, f"{error} (on call {i + 1} of {repeat} on identical "
+                                  "inputs)", tuple(notes), output=output)
+            if d is not None:
+                nondet = max(nondet or 0.0, d)
+    finally:
+        small.close()
+    if nondet is not None:
+        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
+                     f"{nondet:.3g} (max abs)")
+    others = tuple((lab, g, None) for lab, g in upstreams(inputs)) if applies and variants \
+        else ()
+    return CallResult(grad, None, tuple(notes), output, nondet or 0.0, got["loss"],
+                      got["z_loss"], got["lse"], others, times=times)
+
+
+def _repeat(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):
     """One more call, its gradient brought back a block of rows at a time and compared with
-    ``kept``: ``(max |difference| or None when bitwise equal, error, output)``."""
-    reply, error, output = wc.exchange(req, timeout, fds=fds)
+    ``kept``: ``(max |difference| or None when bitwise equal, error, output)``; ``times``:
+    the g both are multiplied by before their difference is measured (None: 1)."""
+    reply, error, output = wc.exchange(req, timeout, fds=fds,
+                                       **({} if limit is None else {"limit": limit}))
     close_all(list((reply or {}).get("fds") or ()))
     if error is not None:
         return None, error, output
@@ -105,19 +181,22 @@ def _repeat(wc, req: dict, fds, kept: np.ndarray, timeout):
         output += more
         if error is not None:
             return None, error, output
-        d = difference(kept[r0:r1], outs[0])
+        t = None if times is None or times.ndim == 0 else times[r0:r1, None]
+        d = difference(kept[r0:r1], outs[0], times if t is None else t)
         if d is not None:
             differs, worst = True, max(worst, d)
     return (worst if differs else None), None, output
 
 
-def difference(kept: np.ndarray, got: np.ndarray) -> float | None:
+def difference(kept: np.ndarray, got: np.ndarray, times=None) -> float | None:
     """None if ``got`` (rounded to the kept precision) is bitwise ``kept``, else the max
-    |difference|."""
+    |difference| (of both times ``times``, when given)."""
     got = np.asarray(got).astype(kept.dtype, copy=False)
     if same_bits(kept, got):
         return None
     b, a = np.asarray(kept, np.float64), np.asarray(got, np.float64)
+    if times is not None:
+        b, a = b * times, a * times
     return max_difference(b, a) if a.tobytes() != b.tobytes() else None
 
 
@@ -203,3 +282,40 @@ def block(req: dict) -> dict:
 
 def drop() -> None:
     _KEPT.clear()
+
+
+def serve_convention(cand, shm, req: dict) -> dict:
+    """Worker side of ``call_convention``: one call by the kernel's convention on a
+    copy-on-write mapping of the sealed logits (``conventions.Streamed``), for the one
+    upstream gradient sent; its gradient in its own precision in a sealed file (``keep``: a
+    repeat's, kept for ``block``), the forward's values in the reply."""
+    from ..spec import Inputs
+    from .call import convention_once
+    from .conventions import Streamed
+    from .record import x64_off
+
+    if shm.logits is None:
+        raise ArenaError("a streamed call came without its logits' memory file")
+    drop()
+    d, kw = req["args"][0], req["kw"]
+    weight = shm.fresh(kw["weight"]) if "weight" in kw else None
+    inputs = Inputs(private(shm.logits, d), shm.fresh(req["args"][1]), weight,
+                    shm.fresh(kw["grad_output"]), req["spec"])
+    lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
+    streamed = Streamed(_rows_of(shm.logits.mm, d), lambda: private(shm.logits, d))
+    r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
+                        variants=False, streamed=streamed)
+    inputs = streamed = None
+    if r.error is not None:
+        return {"error": r.error, "notes": list(r.notes)}
+    if req.get("keep"):
+        _KEPT["arr"] = r.grad
+        fields: dict = {}
+    else:
+        fields = outputs([r.grad])
+
+    def plain(v):
+        return None if v is None else np.asarray(v, np.float64).tolist()
+
+    return {"error": None, "notes": list(r.notes), "x64_off": x64_off(), "loss": plain(r.loss),
+            "z_loss": plain(r.z_loss), "lse": plain(r.lse), **fields}

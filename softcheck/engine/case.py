@@ -125,7 +125,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         from ..judge.diagnose import diagnose
 
         unheard = unheard_hint(candidate, case.spec)
-        diagnosis = unheard + rank_hints + _upstream_hint(
+        diagnosis = unheard + rank_hints + upstream_hint(
             comparisons, inputs) + _forward_hint(comparisons, call, inputs64)
         if grad_failed and not unheard:   # the gradient itself is wrong somewhere: say how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
@@ -152,8 +152,12 @@ def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Com
     float64 reference values (tolerances.loss_allowed / lse_allowed)."""
     if call.loss is None and call.lse is None:
         return []
-    ref = loss_values(inputs64)
-    n = inputs64.logits.shape[0]
+    return forward_pairs(call, loss_values(inputs64), case, kappa, inputs64.logits.shape[0])
+
+
+def forward_pairs(call, ref, case: Case, kappa: float, n: int) -> list[Comparison]:
+    """``_forward_pairs`` against reference values ``ref`` (``reference.loss.LossValues``:
+    a streamed case's are computed a block of rows at a time, engine/blocks.py)."""
     out = []
     for name, x, r, sc in (("loss", call.loss, ref.loss, ref.scale),
                            ("z_loss", call.z_loss if case.spec.z_loss else None, ref.z_loss,
@@ -235,7 +239,7 @@ def unheard_hint(candidate, spec) -> tuple[str, ...]:
             f"it computed without it (declare the keyword to be checked with it)",)
 
 
-def _upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
+def upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
     """Right for g = 1 (and a uniform g) but wrong for the case's own g: name it."""
     main = [c for c in comparisons if c.pair[0] == "candidate"]
     other = [c for c in comparisons if c.pair[0].startswith("candidate@")]

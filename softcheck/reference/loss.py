@@ -34,6 +34,7 @@ upstream gradient (``grad_output``).  Rows are independent, which the finite dif
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -263,7 +264,14 @@ def values(inputs: Inputs) -> LossValues:
 
 
 def _values(inputs: Inputs) -> LossValues:
-    prm = params(inputs)
+    return reduced(inputs.spec, *value_rows(inputs))
+
+
+def value_rows(inputs: Inputs, totals=None) -> tuple:
+    """The per-row parts of :func:`values` (rows of the loss, z-loss, lse, and their scales)
+    and the mean's denominator; ``totals``: the batch's (D, n) when ``inputs`` is a block of
+    its rows (engine/stream.py: the rows concatenated, then :func:`reduced`)."""
+    prm = params(inputs, totals)
     prm["go"] = np.ones_like(prm["go"])
     z = inputs.logits64
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -280,12 +288,31 @@ def _values(inputs: Inputs) -> LossValues:
         b = tt.beta * tt.valid
         rows_loss, rows_z = a * ce + b * zl, b * zl
         rows_scale, rows_zscale = a * tt.msum + b * zpart, b * zpart
-    if inputs.spec.reduction == "none":
+    return rows_loss, rows_z, lse, rows_scale, rows_zscale, float(tt.denom)
+
+
+def lse_rows(inputs: Inputs, block: int = 1 << 21) -> np.ndarray:
+    """:func:`values`' lse, computed a block of rows at a time (no float64 copy of a large
+    case's logits: the exact lse a streamed split backward is given)."""
+    n, c = inputs.logits.shape
+    step = max(1, block // max(1, c))
+    out = np.empty(n)
+    for r in range(0, n, step):
+        b = dataclasses.replace(inputs, logits=np.asarray(inputs.logits[r:r + step], np.float64),
+                                target=inputs.target[r:r + step], grad_output=1.0)
+        out[r:r + step] = value_rows(b, (1.0, 1.0))[2]
+    return out
+
+
+def reduced(spec: LossSpec, rows_loss, rows_z, lse, rows_scale, rows_zscale, denom
+            ) -> LossValues:
+    """:func:`value_rows`' rows reduced as the case's reduction does."""
+    if spec.reduction == "none":
         return LossValues(rows_loss, rows_z, lse, rows_scale, rows_zscale)
-    if inputs.spec.reduction == "mean" and float(tt.denom) == 0:
-        if inputs.spec.all_ignored == "zero":        # --all-ignored zero (Liger, TE)
+    if spec.reduction == "mean" and denom == 0:
+        if spec.all_ignored == "zero":        # --all-ignored zero (Liger, TE)
             return LossValues(0.0, 0.0, lse, 0.0, 0.0)
         nan = float("nan")
-        return LossValues(nan, nan if prm["z_loss"] else 0.0, lse, 0.0, 0.0)
+        return LossValues(nan, nan if spec.z_loss else 0.0, lse, 0.0, 0.0)
     return LossValues(float(np.sum(rows_loss)), float(np.sum(rows_z)), lse,
                       float(np.sum(rows_scale)), float(np.sum(rows_zscale)))
