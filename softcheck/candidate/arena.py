@@ -274,10 +274,11 @@ class OutputArena:
         return self.fd
 
 
-def outputs(arrays, dtypes=None) -> dict:
+def outputs(arrays, dtypes=None, copied=None) -> dict:
     """Worker side: ``arrays`` written into a new sealed memory file, each in its own dtype
     (or in ``dtypes``, converted a block of rows at a time; float64 for a dtype not in
-    OUTPUT_DTYPES): the reply's fields that carry them (``take_outputs`` reads them)."""
+    OUTPUT_DTYPES): the reply's fields that carry them (``take_outputs`` reads them).
+    ``copied(a, r1)``: told once rows ..r1 of ``a`` are written (shared.py frees them)."""
     arrays = [np.asarray(a) for a in arrays]
     dtypes = [np.dtype(d) for d in (dtypes or [a.dtype for a in arrays])]
     dtypes = [d if d.name in OUTPUT_DTYPES else np.dtype(np.float64) for d in dtypes]
@@ -290,6 +291,8 @@ def outputs(arrays, dtypes=None) -> dict:
         step = max(1, (1 << 21) // max(1, a.size // max(1, a.shape[0]))) if a.ndim else 1
         for r in range(0, a.shape[0] if a.ndim else 0, step):
             view[r:r + step] = a[r:r + step]
+            if copied is not None:
+                copied(a, min(a.shape[0], r + step))
     return {"out_dtypes": [d.name for d in dtypes], "fds": [out.seal()]}
 
 

@@ -12,7 +12,8 @@ difference is computed by the judge.
 Worker side (``private``, ``pristine``, ``Sink``, ``Keep``, ``block``): the candidate gets a
 copy-on-write private mapping of the sealed logits (an in-place kernel writes only its own
 pages; the pages it does not touch are never copied), the untouched original is the sealed
-pages themselves.
+pages themselves.  A convention kernel's streamed calls (loss, inplace, split,
+autograd.Function) build on these: streamed.py.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
             return CallResult(None, error, output=output)
         grad, notes, nondet = outs[0], [str(n) for n in reply.get("notes", ())], None
         for i in range(1, max(1, int(repeat))):
-            d, error, more = _repeat(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
+            d, error, more = repeat_compared(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
                                      timeout)
             output += more
             if error is not None:
@@ -90,81 +91,7 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     return CallResult(grad, None, tuple(notes), output=output, nondet=nondet or 0.0)
 
 
-def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallResult:
-    """``call_shared`` for a convention kernel (loss, inplace, split, autograd.Function): one
-    request per call, each for the upstream gradient ``inputs.grad_output`` alone; the
-    gradient comes back in its own precision (a view of the worker's sealed file), the
-    forward's values in the reply.  The other upstream gradients are left to the engine
-    (``variants``: (label, g, None) each, one more call apiece, judged and dropped in turn);
-    a plain in-place kernel's buffer is the gradient for g = 1 (``times``: g, applied by the
-    judge block by block, as the whole-array path multiplies it)."""
-    import softcheck.candidate.reply as wire
-
-    from .channel import _MAX_REPLY
-    from .conventions import upstreams
-    from ..reference.loss import lse_rows
-
-    st = wc.settings
-    z = inputs.logits
-    shape, n = tuple(int(s) for s in z.shape), int(z.shape[0])
-    arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
-              "lse64": lse_rows(inputs) if st.convention == "split" else None}
-    kw = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
-    names = list(kw)
-    logits_fd = wc._logits.seal()
-    small, descs = place([inputs.target] + [kw[k] for k in names])
-    kw.update(zip(names, descs[1:]))
-    req = {"op": "convention", "args": [("arr", 0, shape, z.dtype.name, int(inputs.pad)),
-                                        descs[0]],
-           "kw": kw, "shape": shape, "case_dtype": z.dtype.name, "spec": inputs.spec,
-           "stream": True}
-    limit = max(_MAX_REPLY, 64 * 8 * n + (1 << 16))
-    fields = {"out_dtypes": lambda v, what: v, "x64_off": wire.flag,
-              **{k: (lambda v, what: wire.values(v, what, n)) for k in ("loss", "z_loss", "lse")}}
-    fds, reply = [logits_fd, small.fd], None
-    try:
-        reply, error, output = wc.exchange(req, timeout, limit=limit, fds=fds)
-        try:
-            if error is not None:
-                return CallResult(None, error, output=output)
-            got = wire.checked(reply, fields)
-            grad = take_outputs(reply, [shape])[0]
-        except wire.ReplyError as e:
-            return CallResult(None, f"the candidate's process sent an invalid reply ({e})",
-                              output=output)
-        except (ArenaError, OSError, ValueError, TypeError) as e:
-            return CallResult(None, f"its outputs did not come back as they must: {e}",
-                              output=output)
-        finally:
-            close_all(list((reply or {}).get("fds") or ()))
-        applies = st.convention != "inplace" or bool(getattr(wc.described, "autograd", False))
-        times = None if applies else np.asarray(inputs.grad_output, np.float64)
-        notes, nondet = list(got["notes"]), None
-        if grad.dtype.itemsize < z.dtype.itemsize:
-            notes.append(f"returned {grad.dtype} for a {z.dtype.name} case"
-                         + (" (JAX x64 is off in the candidate's process?)"
-                            if got["x64_off"] else ""))
-        for i in range(1, max(1, int(repeat))):
-            d, error, more = _repeat(wc, {**req, "keep": True}, fds, grad, timeout, limit,
-                                     times)
-            output += more
-            if error is not None:
-                return CallResult(None, f"{error} (on call {i + 1} of {repeat} on identical "
-                                  "inputs)", tuple(notes), output=output)
-            if d is not None:
-                nondet = max(nondet or 0.0, d)
-    finally:
-        small.close()
-    if nondet is not None:
-        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
-                     f"{nondet:.3g} (max abs)")
-    others = tuple((lab, g, None) for lab, g in upstreams(inputs)) if applies and variants \
-        else ()
-    return CallResult(grad, None, tuple(notes), output, nondet or 0.0, got["loss"],
-                      got["z_loss"], got["lse"], others, times=times)
-
-
-def _repeat(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):
+def repeat_compared(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):
     """One more call, its gradient brought back a block of rows at a time and compared with
     ``kept``: ``(max |difference| or None when bitwise equal, error, output)``; ``times``:
     the g both are multiplied by before their difference is measured (None: 1)."""
@@ -201,7 +128,7 @@ def difference(kept: np.ndarray, got: np.ndarray, times=None) -> float | None:
 
 
 # -- worker side ------------------------------------------------------------------------
-def _rows_of(buffer, desc) -> np.ndarray:
+def rows_of(buffer, desc) -> np.ndarray:
     """The (N, C) array of ("arr", offset, shape, dtype[, pad]) in ``buffer`` (rows of
     C + pad elements: a non-contiguous view when pad > 0)."""
     _, off, shape, dt, *pad = desc
@@ -210,20 +137,22 @@ def _rows_of(buffer, desc) -> np.ndarray:
     return np.frombuffer(buffer, dtype_named(dt), n * width, off).reshape(n, width)[:, :c]
 
 
-def private(logits, desc) -> np.ndarray:
+def private(logits, desc, maps: list | None = None) -> np.ndarray:
     """A writable copy-on-write mapping of the sealed logits: the candidate may write into
-    it; the sealed pages stay as they were."""
+    it; the sealed pages stay as they were (``maps``: the mapping appended, for ``Release``)."""
     _, off, shape, dt, *pad = desc
     size = int(shape[0]) * (int(shape[1]) + (int(pad[0]) if pad else 0)) * \
         dtype_named(dt).itemsize
     mm = mmap.mmap(logits.fd, max(1, size), flags=mmap.MAP_PRIVATE,
                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=off)
-    return _rows_of(mm, ("arr", 0, *desc[2:]))
+    if maps is not None:
+        maps.append(mm)
+    return rows_of(mm, ("arr", 0, *desc[2:]))
 
 
 def pristine(logits, shm, descs) -> list:
     """The arguments' untouched originals: the logits' sealed pages themselves (read-only)."""
-    return [_rows_of(logits.mm, d) if i == 0 else shm.fresh(d) for i, d in enumerate(descs)]
+    return [rows_of(logits.mm, d) if i == 0 else shm.fresh(d) for i, d in enumerate(descs)]
 
 
 def _rows(arr, test) -> bool:
@@ -280,42 +209,10 @@ def block(req: dict) -> dict:
     return {"error": None, **fields}
 
 
+def keep(arr) -> None:
+    """A repeat's gradient (a convention kernel's: streamed.py) kept for ``block``."""
+    _KEPT["arr"] = arr
+
+
 def drop() -> None:
     _KEPT.clear()
-
-
-def serve_convention(cand, shm, req: dict) -> dict:
-    """Worker side of ``call_convention``: one call by the kernel's convention on a
-    copy-on-write mapping of the sealed logits (``conventions.Streamed``), for the one
-    upstream gradient sent; its gradient in its own precision in a sealed file (``keep``: a
-    repeat's, kept for ``block``), the forward's values in the reply."""
-    from ..spec import Inputs
-    from .call import convention_once
-    from .conventions import Streamed
-    from .record import x64_off
-
-    if shm.logits is None:
-        raise ArenaError("a streamed call came without its logits' memory file")
-    drop()
-    d, kw = req["args"][0], req["kw"]
-    weight = shm.fresh(kw["weight"]) if "weight" in kw else None
-    inputs = Inputs(private(shm.logits, d), shm.fresh(req["args"][1]), weight,
-                    shm.fresh(kw["grad_output"]), req["spec"])
-    lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
-    streamed = Streamed(_rows_of(shm.logits.mm, d), lambda: private(shm.logits, d))
-    r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
-                        variants=False, streamed=streamed)
-    inputs = streamed = None
-    if r.error is not None:
-        return {"error": r.error, "notes": list(r.notes)}
-    if req.get("keep"):
-        _KEPT["arr"] = r.grad
-        fields: dict = {}
-    else:
-        fields = outputs([r.grad])
-
-    def plain(v):
-        return None if v is None else np.asarray(v, np.float64).tolist()
-
-    return {"error": None, "notes": list(r.notes), "x64_off": x64_off(), "loss": plain(r.loss),
-            "z_loss": plain(r.z_loss), "lse": plain(r.lse), **fields}

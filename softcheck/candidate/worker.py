@@ -95,7 +95,8 @@ class IsolatedCandidate:
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True) -> CallResult:
         if self._shared is not None and inputs.logits is self._shared:   # shared.py
-            from .shared import call_convention, call_shared
+            from .shared import call_shared
+            from .streamed import call_convention
 
             r = (call_shared(self, inputs, timeout, repeat) if self.settings.convention == "grad"
                  else call_convention(self, inputs, timeout, repeat, variants))

@@ -32,19 +32,23 @@ RELATIONS_NOTE = ("metamorphic relations and the diagnosis are not run on stream
                   "(each would call the candidate on another full-size input)")
 
 
-def streamable(case: Case, candidate=None) -> bool:
+def streamable(case: Case, candidate=None, *, isolate: bool | None = None) -> bool:
     """Index targets, first order, a regime drawn block by block, no user arrays, not
     --hidden; a plain gradient function, or a convention kernel (loss, inplace, split,
-    autograd.Function) in its own worker process; not tensor-parallel ranks."""
+    autograd.Function) in its own worker process (``isolate``: whether it will be, for a
+    candidate not yet swapped for its worker; None: ``candidate.isolated``); not
+    tensor-parallel ranks."""
     settings = None if candidate is None else candidate.settings
+    isolate = getattr(candidate, "isolated", False) if isolate is None else isolate
     return (case.order == 1 and case.spec.hard and case.regime in STREAM_REGIMES
             and case.hidden is None and getattr(case, "inputs", None) is None
             and (settings is None or (settings.tensor_parallel <= 1 and (
-                settings.convention == "grad" or getattr(candidate, "isolated", False)))))
+                settings.convention == "grad" or isolate))))
 
 
-def should_stream(case: Case, candidate=None) -> bool:
-    return case.batch * case.classes >= STREAM_ELEMENTS and streamable(case, candidate)
+def should_stream(case: Case, candidate=None, *, isolate: bool | None = None) -> bool:
+    return (case.batch * case.classes >= STREAM_ELEMENTS
+            and streamable(case, candidate, isolate=isolate))
 
 
 #: element evaluations of one directional probe per entry: two real evaluations (central

@@ -274,10 +274,13 @@ def value_rows(inputs: Inputs, totals=None) -> tuple:
     prm = params(inputs, totals)
     prm["go"] = np.ones_like(prm["go"])
     z = inputs.logits64
+    c = z.shape[-1]
+    sparse = sparse_targets(inputs, prm)          # a gather: the dense sum's numbers, faster
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, z.shape[-1])
+        tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, c, sparse)
         feats = features(prm)
-        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats)
+        index = np.clip(inputs.target, 0, c - 1).astype(np.int64) if sparse else None
+        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats, index=index)
         v = transform(np, z, prm, feats)
         mx = np.max(v, -1, keepdims=True)
         mx = np.where(np.isfinite(mx), mx, 0.0)
