@@ -106,7 +106,7 @@ class FirstPass:
                 err = np.abs(nat - ref)
             native = float(np.max(err[np.isfinite(err)], initial=0.0))
         if self.loss_rows is not None:
-            *rows, denom = value_rows(b, self.tot64)
+            *rows, denom = value_rows(b, self.tot64, (st.top, st.s))
             for arr, part in zip(self.loss_rows, rows):
                 arr[r0:r1] = part
             self.denom = denom                 # the batch's, the same for every block

@@ -267,10 +267,13 @@ def _values(inputs: Inputs) -> LossValues:
     return reduced(inputs.spec, *value_rows(inputs))
 
 
-def value_rows(inputs: Inputs, totals=None) -> tuple:
+def value_rows(inputs: Inputs, totals=None, sums=None) -> tuple:
     """The per-row parts of :func:`values` (rows of the loss, z-loss, lse, and their scales)
     and the mean's denominator; ``totals``: the batch's (D, n) when ``inputs`` is a block of
-    its rows (engine/stream.py: the rows concatenated, then :func:`reduced`)."""
+    its rows (engine/stream.py: the rows concatenated, then :func:`reduced`).  ``sums``:
+    each row's max of v and Σ exp(v − max) (``RowStats.top``, ``.s``) already computed: with
+    index targets, no smoothing and every max finite, the lse is theirs and the loss a
+    gather (the same numbers: the same operations on the same values), no pass over C."""
     prm = params(inputs, totals)
     prm["go"] = np.ones_like(prm["go"])
     z = inputs.logits64
@@ -280,11 +283,17 @@ def value_rows(inputs: Inputs, totals=None) -> tuple:
         tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, c, sparse)
         feats = features(prm)
         index = np.clip(inputs.target, 0, c - 1).astype(np.int64) if sparse else None
-        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats, index=index)
-        v = transform(np, z, prm, feats)
-        mx = np.max(v, -1, keepdims=True)
-        mx = np.where(np.isfinite(mx), mx, 0.0)
-        lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))
+        if sparse and sums is not None and np.all(np.isfinite(sums[0])):
+            lse = sums[0] + np.log(sums[1])
+            vy = transform(np, z[np.arange(len(index)), index], prm, feats)
+            ce = np.where(tt.msum != 0, (lse - vy) * tt.msum, 0.0)
+            zl = prm["z_loss"] * lse**2 if feats[2] else 0.0
+        else:
+            ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats, index=index)
+            v = transform(np, z, prm, feats)
+            mx = np.max(v, -1, keepdims=True)
+            mx = np.where(np.isfinite(mx), mx, 0.0)
+            lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))
         zl = np.broadcast_to(zl, ce.shape)
         zpart = 2 * prm["z_loss"] * np.abs(lse)
         a = tt.alpha * tt.valid
