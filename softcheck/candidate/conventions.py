@@ -59,7 +59,7 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Streamed:
-    """A streamed case's call in its worker (shared.py): the logits are a copy-on-write
+    """A streamed case's call in its worker (streamed.py): the logits are a copy-on-write
     mapping the kernel gets itself (no copy), ``original`` their untouched sealed pages,
     ``fresh()`` another such mapping (split's backward); the gradient comes back in its own
     precision (no float64 copy), a plain in-place kernel's with g apart (``times``)."""
@@ -236,12 +236,6 @@ def upstreams(inputs: Inputs) -> list[tuple[str, np.ndarray]]:
     if g.ndim == 1:
         out.append(("g=scalar", np.full_like(g, float(np.mean(g)))))
     return out
-
-
-def applies_upstream(fn, st: Settings) -> bool:
-    """Whether the kernel applies the upstream gradient g itself (its variants are called):
-    not a plain in-place function, whose buffer softcheck multiplies by g."""
-    return not (st.convention == "inplace" and not is_autograd_function(fn))
 
 
 def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: bool = True,

@@ -198,6 +198,27 @@ class Judge:
             with self.lock:
                 for name, p in got.items():
                     self.proj[k].setdefault(name, np.zeros(inputs.logits.shape[0]))[r0:r1] = p
+        trim()
+
+
+def trim() -> None:
+    """Hand the heap's free pages back after a block (glibc ``malloc_trim``): each judging
+    thread's malloc arena would otherwise keep its largest block's temporaries, counted in the
+    run's memory while the full-size arrays are held."""
+    f = _TRIM.get("f")
+    if f is None:
+        try:
+            import ctypes
+
+            f = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            f = False
+        _TRIM["f"] = f
+    if f:
+        f(0)
+
+
+_TRIM: dict = {}
 
 
 class Scaled:
