@@ -176,9 +176,11 @@ SECONDS_PER_LOGIT = 2e-6
 # 4096×131072 float32 150 s and 8192×32000 float32 ~78 s whole process, ~25 s and ~19 s of
 # them FD's budget and probe: ~2.4e-7 s per logit besides FD.
 STREAMED_SECONDS_PER_LOGIT = 2.4e-7
-# A streamed convention kernel adds, per other upstream gradient (and for the forward's loss),
-# one more call and a closed form + comparison a block at a time: ~1e-7 s per logit each.
-STREAMED_CALL_SECONDS_PER_LOGIT = 1e-7
+# A streamed convention kernel adds, per other upstream gradient, one more call and a closed
+# form + comparison a block at a time: measured (2026-12-07, load ~4) 4096×131072 float32 of
+# the Liger-style in-place example 207 s against the plain path's 147 s the same hour, ~1.1e-7
+# s per logit for its one variant (g = 1).
+STREAMED_CALL_SECONDS_PER_LOGIT = 1.1e-7
 
 
 # Fused linear cross-entropy (--hidden): the reference's six N·V·H products (four float64,
@@ -197,7 +199,7 @@ def estimate_seconds(cases: list[Case], candidate=None, *, isolate: bool | None 
     def per_logit(c: Case) -> float:
         if not should_stream(c, candidate, isolate=isolate):
             return SECONDS_PER_LOGIT
-        extra = (1 + len(upstreams_of(c))) * STREAMED_CALL_SECONDS_PER_LOGIT if conv else 0.0
+        extra = len(upstreams_of(c)) * STREAMED_CALL_SECONDS_PER_LOGIT if conv else 0.0
         return STREAMED_SECONDS_PER_LOGIT + extra
 
     return sum(FUSED_SECONDS_PER_MAC * c.batch * c.classes * c.hidden if c.hidden is not None
