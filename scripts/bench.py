@@ -322,35 +322,70 @@ t0 = time.perf_counter(); g = m.grad(z, y); print(time.perf_counter() - t0)
 """
 
 
-def scale_rows(sizes: str = SCALE_SIZES) -> list:
-    """#17: one ``softcheck check`` case of the numpy example at LLM sizes (streamed): wall
+_ALONE_TORCH = """
+import sys, time, numpy as np, torch, importlib, importlib.util
+n, c, dt, target, conv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+path, _, name = target.rpartition(":")
+if path.endswith(".py"):
+    spec = importlib.util.spec_from_file_location("cand", path)
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+else:
+    m = importlib.import_module(path)
+fn = getattr(m, name)
+fn = fn.apply if isinstance(fn, type) and issubclass(fn, torch.autograd.Function) else fn
+tdt = torch.bfloat16 if dt == "bfloat16" else getattr(torch, dt)
+rng = np.random.default_rng(0)
+z = torch.empty((n, c), dtype=tdt)
+for i in range(0, n, 64):
+    z[i:i + 64] = torch.from_numpy(rng.standard_normal((min(64, n - i), c)) * 2.0)
+z.requires_grad_(True)
+y = torch.from_numpy(rng.integers(0, c, n))
+t0 = time.perf_counter()
+loss = fn(z, y)
+loss = loss[0] if isinstance(loss, (tuple, list)) else loss
+loss.backward(torch.tensor(0.7, dtype=loss.dtype))
+print(time.perf_counter() - t0)
+"""
+
+
+def scale_rows(sizes: str = SCALE_SIZES, target: str | None = None,
+               convention: str | None = None) -> list:
+    """#17 / #30: one ``softcheck check`` case of a kernel at LLM sizes (streamed): wall
     time and peak Pss of softcheck + worker, beside the candidate alone (its own call time
-    and the peak of a process that only makes the logits and calls it), and the issue's
-    memory bound: alone + 0.5 × (logits + gradient bytes) + 0.6 GiB."""
+    and the peak of a process that only makes the logits and calls it: a torch kernel's
+    forward and backward with g = 0.7), and the issues' memory bound: alone + 0.5 × (logits
+    + gradient bytes) + 0.6 GiB.  ``target``: the numpy example unless given (a torch
+    autograd.Function or, with ``convention`` loss, a loss function)."""
     import json
 
     out = []
-    cand = "scripts/examples/numpy_ce.py:grad"
+    cand = target or "scripts/examples/numpy_ce.py:grad"
+    extra = ["--convention", convention] if convention else []
     for item in sizes.split(","):
         size, dtype = item.split(":")
         b, c = (int(x) for x in size.lower().split("x"))
-        t, peak, text = run_measured([sys.executable, "-m", "softcheck", "check", cand,
+        print(f"{size} {dtype}: load average before {os.getloadavg()[0]:.2f}", flush=True)
+        t, peak, text = run_measured([sys.executable, "-m", "softcheck", "check", cand, *extra,
                                       "--batch", str(b), "--classes", str(c), "--dtype", dtype,
                                       "--regime", "normal", "--json", "-"], every=0.5)
+        load = os.getloadavg()[0]
         case = json.loads(text)["cases"][0] if text.strip() else {}
-        ta, alone, atext = run_measured([sys.executable, "-c", _ALONE, str(b), str(c), dtype],
-                                        every=0.1)
+        alone_cmd = ([sys.executable, "-c", _ALONE, str(b), str(c), dtype] if target is None
+                     else [sys.executable, "-c", _ALONE_TORCH, str(b), str(c), dtype, cand,
+                           convention or ""])
+        ta, alone, atext = run_measured(alone_cmd, every=0.1)
         call = float(atext.split()[-1]) if atext.strip() else float("nan")
         item_bytes = 2 if dtype == "bfloat16" else 4
         bound = alone + 0.5 * 2 * item_bytes * b * c + 0.6 * 2**30
         ph = case.get("timing", {}).get("phases", {})
         stages = ", ".join(f"{k} {v:.3g} s" for k, v in ph.items())
-        out.append((f"{b}×{c} {dtype}", "softcheck check (streamed)", f"{t:.3g} s",
+        out.append((f"{b}×{c} {dtype}", f"softcheck check {cand} (streamed)", f"{t:.3g} s",
                     f"candidate alone, one call {call:.3g} s; in the run: {stages}",
                     "PASS" if case.get("passed") else "FAIL",
                     f"peak Pss {peak / 2**30:.2f} GiB (bound {bound / 2**30:.2f} GiB; "
                     f"candidate alone {alone / 2**30:.2f} GiB); FD "
-                    f"{case.get('fd', {}).get('coverage', '?')}"))
+                    f"{case.get('fd', {}).get('coverage', '?')}; load average after "
+                    f"{load:.2f}"))
         print(" | ".join(out[-1]), flush=True)
     return out
 
@@ -568,6 +603,11 @@ def main(argv=None) -> int:
                     help="only the isolation rows (#15): isolated vs --in-process check")
     ap.add_argument("--scale", nargs="?", const=SCALE_SIZES, default=None,
                     help="only the LLM-size rows (#17), e.g. 8192x32000:float32")
+    ap.add_argument("--scale-target", default=None,
+                    help="--scale of this TARGET instead of the numpy example (#30), e.g. "
+                         "scripts/examples/liger_blockwise.py:LigerBlockwiseCE")
+    ap.add_argument("--scale-convention", default=None,
+                    help="--convention for --scale-target (loss for a loss function)")
     ap.add_argument("--tensor-parallel", action="store_true",
                     help="only the tensor-parallel rows (#20): W=4 ranks vs one process")
     ap.add_argument("--throughput", nargs="?", type=int, const=20, default=None, metavar="K",
@@ -586,7 +626,8 @@ def main(argv=None) -> int:
                                     "verdict; workers started; load (1 min) after the row"))
         return 0 if good else 1
     if args.scale or args.tensor_parallel:
-        table = scale_rows(args.scale) if args.scale else tensor_parallel_rows()
+        table = (scale_rows(args.scale, args.scale_target, args.scale_convention) if args.scale
+                 else tensor_parallel_rows())
         _print_markdown(table) if args.markdown else None
         return 0
     if args.isolation:

@@ -154,18 +154,28 @@ def test_memory_model_streamed_is_per_dtype():
 
 def test_memory_model_asks_whether_the_candidate_streams(monkeypatch):
     """Found reading the model: it assumed any large case streams, but a --convention loss
-    kernel is judged whole (~300 bytes a logit), so 4096×131072 with torch's cross_entropy
-    was let through to allocate ~150 GiB.  The candidate now decides, and the refusal
-    says why the case does not stream."""
+    kernel was judged whole (~300 bytes a logit), so 4096×131072 with torch's cross_entropy
+    was let through to allocate ~150 GiB.  The candidate now decides: a convention kernel in
+    its worker streams (issue 30), counted with more arrays of its own than a plain gradient
+    function; one called --in-process does not, and the refusal says why."""
     from types import SimpleNamespace
 
     case = Case(131072, 4096, "float32", "normal", 0, LossSpec())
-    loss_kernel = SimpleNamespace(settings=SimpleNamespace(convention="loss", tensor_parallel=1))
-    plain = SimpleNamespace(settings=SimpleNamespace(convention="grad", tensor_parallel=1))
+
+    def kernel(convention, isolated=True):
+        return SimpleNamespace(settings=SimpleNamespace(convention=convention,
+                                                        tensor_parallel=1), isolated=isolated)
+
     monkeypatch.setattr(pool, "available_bytes", lambda: 20 * 2**30)
-    pool.check_memory([case], 1, [plain])                   # streams: ~7 GiB
-    with pytest.raises(Exception, match="not streamed: only a plain gradient function"):
-        pool.check_memory([case], 1, [loss_kernel])
+    pool.check_memory([case], 1, [kernel("grad")])          # streams: ~7 GiB
+    pool.check_memory([case], 1, [kernel("loss")])          # streams: ~11 GiB
+    assert pool.estimate_bytes(case, kernel("loss")) > pool.estimate_bytes(case, kernel("grad"))
+    assert stream.should_stream(case, kernel("inplace"))
+    with pytest.raises(Exception, match="not streamed: a --convention .* own worker process"):
+        pool.check_memory([case], 1, [kernel("loss", isolated=False)])
+    ranks = SimpleNamespace(settings=SimpleNamespace(convention="loss", tensor_parallel=2),
+                            isolated=True)
+    assert not stream.should_stream(case, ranks)
 
 
 @pytest.mark.slow

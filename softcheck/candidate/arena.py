@@ -259,11 +259,12 @@ class OutputArena:
     """Worker side: one call's outputs, written in place, sealed before the reply (its pages
     populated at once: a first write would fault them in page by page)."""
 
-    def __init__(self, nbytes: int, name: str = "softcheck-out"):
+    def __init__(self, nbytes: int, name: str = "softcheck-out", *, now: bool = True):
         self.fd, self.nbytes = memfd(name), int(nbytes)
         os.ftruncate(self.fd, self.nbytes)
         self.mm = mmap.mmap(self.fd, max(1, self.nbytes))
-        populate(self.mm, 0, self.nbytes)
+        if now:                          # else the writer populates each part as it goes
+            populate(self.mm, 0, self.nbytes)
 
     def array(self, offset: int, count: int, dtype) -> np.ndarray:
         return np.frombuffer(self.mm, dtype, count, offset)
@@ -274,22 +275,29 @@ class OutputArena:
         return self.fd
 
 
-def outputs(arrays, dtypes=None) -> dict:
+def outputs(arrays, dtypes=None, copied=None) -> dict:
     """Worker side: ``arrays`` written into a new sealed memory file, each in its own dtype
     (or in ``dtypes``, converted a block of rows at a time; float64 for a dtype not in
-    OUTPUT_DTYPES): the reply's fields that carry them (``take_outputs`` reads them)."""
+    OUTPUT_DTYPES): the reply's fields that carry them (``take_outputs`` reads them).
+    ``copied(a, r1)``: told once rows ..r1 of ``a`` are written (shared.py frees them)."""
     arrays = [np.asarray(a) for a in arrays]
     dtypes = [np.dtype(d) for d in (dtypes or [a.dtype for a in arrays])]
     dtypes = [d if d.name in OUTPUT_DTYPES else np.dtype(np.float64) for d in dtypes]
     offsets, nbytes = layout([d.name for d in dtypes], [a.shape for a in arrays])
-    out = OutputArena(nbytes)
+    out = OutputArena(nbytes, now=copied is None)
     for a, dt, off in zip(arrays, dtypes, offsets):
         view = out.array(off, a.size, dt).reshape(a.shape)
         if a.ndim == 0:
             view[...] = a
         step = max(1, (1 << 21) // max(1, a.size // max(1, a.shape[0]))) if a.ndim else 1
+        row = dt.itemsize * (a.size // max(1, a.shape[0])) if a.ndim else 0
         for r in range(0, a.shape[0] if a.ndim else 0, step):
+            if copied is not None:           # this block's pages only: the source's go back
+                lo = (off + r * row) // mmap.PAGESIZE * mmap.PAGESIZE
+                populate(out.mm, lo, off + min(a.shape[0], r + step) * row - lo)
             view[r:r + step] = a[r:r + step]
+            if copied is not None:
+                copied(a, min(a.shape[0], r + step))
     return {"out_dtypes": [d.name for d in dtypes], "fds": [out.seal()]}
 
 

@@ -270,16 +270,18 @@ def call_once(fn, args: tuple, kw: dict, shape: tuple[int, ...], last: dict | No
 
 
 def convention_once(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None,
-                    runner=run_convention, variants: bool = True,
+                    runner=run_convention, variants: bool = True, streamed=None,
                     upstream: bool = False) -> CallResult:
     """One ``conventions.run`` (loss, inplace, split, autograd.Function; or ``runner``, the
     same contract: ``sharding.run``) for the judge (``judged``): the gradients as arrays in
-    the dtype they came in, the forward's values as float64."""
+    the dtype they came in, the forward's values as float64; ``streamed``
+    (``conventions.Streamed``): a large case's one call, its gradient in its own precision."""
     shape = inputs.logits.shape
     try:
         out = runner(fn, st, inputs, bwd=bwd, lse64=lse64, variants=variants,
+                     **({} if streamed is None else {"streamed": streamed}),
                      **({"upstream": True} if upstream else {}))
-        grad = to_array(out.grad, shape)
+        grad = to_array(out.grad, shape, low=streamed is not None)
         others = tuple((str(lab), np.asarray(g, np.float64), to_array(x, shape))
                        for lab, g, x in out.variants)
         values = [None if v is None else np.array(v, np.float64, copy=True)
@@ -289,7 +291,8 @@ def convention_once(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None,
         return CallResult(None, str(e))
     except BaseException as e:  # noqa: BLE001 - any failure is the candidate's
         return CallResult(None, format_exception(e))
-    return CallResult(grad, None, notes, "", 0.0, *values, others, out.ranks)
+    times = None if out.times is None else np.asarray(out.times, np.float64)
+    return CallResult(grad, None, notes, "", 0.0, *values, others, out.ranks, times=times)
 
 
 def exact_lse(st: Settings, inputs: Inputs) -> np.ndarray | None:

@@ -30,9 +30,11 @@ from ..spec import OPTION_NAMES, Inputs, LossSpec, SoftcheckError
 from ..suite.config import DTYPES, numpy_dtype
 from .described import describe as described
 from .errors import CallFailed  # noqa: F401  (re-exported: the convention's failure)
+from .arrays import same_values
 from .frameworks import (check_device, dtype_name, is_autograd_function, is_module, require,
-                         to_framework, to_numpy)
+                         to_framework, to_native, to_numpy)
 from .sequences import as_called, loss_shapes, per_row, upstream_for
+from .upstream_op import UPSTREAM_REFUSED, saves_output
 from .settings import (CLASS_WEIGHT, NEVER, SHARD_KEYWORDS, SWITCHABLE, Settings,  # noqa: F401
                        settings)
 from .signatures import (KERNEL_OPTIONS, apply_order, check_call, check_module, describe,
@@ -53,6 +55,18 @@ class Outputs:
     variants: tuple = ()
     notes: tuple[str, ...] = ()
     ranks: tuple = ()           # shard_map: (rank, start, stop, loss, width) per device
+    times: np.ndarray | None = None   # streamed plain in-place: g, for the judge to apply
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A streamed case's call in its worker (streamed.py): the logits are a copy-on-write
+    mapping the kernel gets itself (no copy), ``original`` their untouched sealed pages,
+    ``fresh()`` another such mapping (split's backward); the gradient comes back in its own
+    precision (no float64 copy), a plain in-place kernel's with g apart (``times``)."""
+
+    original: np.ndarray
+    fresh: object
 
 
 def resolve(fn, st: Settings, *, bwd=None) -> Settings:
@@ -227,15 +241,17 @@ def upstreams(inputs: Inputs) -> list[tuple[str, np.ndarray]]:
 
 
 def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: bool = True,
-        upstream: bool = False) -> Outputs:
+        streamed: Streamed | None = None, upstream: bool = False) -> Outputs:
     """Call ``fn`` by convention ``st`` on the case; ``lse64`` the exact lse (split);
-    ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call);
-    ``upstream``: a torch autograd kernel's logits are the output of an op on a leaf h that
-    saves its output for its backward and reads its values there (``_SavesOutput``: the same
-    values, layout and strides); the gradient is h's, so a kernel that writes into its logits
-    behind autograd's back (Liger #272) hands that op other numbers and h a wrong gradient."""
+    ``variants=False``: the case's own upstream gradient only (a metamorphic relation's call,
+    and each call of a streamed case: ``streamed``); ``upstream``: a torch autograd kernel's
+    logits are the output of an op on a leaf h that saves its output for its backward and
+    reads its values there (``saves_output``: the same values, layout and strides); the
+    gradient is h's, so a kernel that writes into its logits behind autograd's back (Liger
+    #272) hands that op other numbers and h a wrong gradient."""
+    variants = variants and streamed is None
     if st.convention == "split":
-        return _split(fn, bwd, st, inputs, lse64)
+        return _split(fn, bwd, st, inputs, lse64, variants, streamed)
     by_autograd = st.convention == "loss" or is_autograd_function(fn)
     if upstream and not (by_autograd and st.framework == "torch"):
         raise CallFailed("the upstream check calls a torch autograd kernel")
@@ -245,21 +261,23 @@ def run(fn, st: Settings, inputs: Inputs, *, bwd=None, lse64=None, variants: boo
         gs = gs[:1]                  # softcheck applies g itself: one call says it all
     grads, first, notes = [], None, []
     for label, g in gs:
-        grad, values, note = _one(fn, st, inputs, g, by_autograd, upstream)
+        grad, values, note = _one(fn, st, inputs, g, by_autograd, streamed, upstream)
         grads.append((label, g, grad))
         first = first or values
         notes += [x for x in note if x not in notes]
     loss = first.get("loss")
+    times = gs[0][1] if streamed is not None and not by_autograd else None
     return Outputs(grads[0][2], loss, first.get("z_loss"), first.get("lse"), tuple(grads[1:]),
-                   tuple(notes))
+                   tuple(notes), times=times)
 
 
 def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
-         upstream: bool = False):
+         streamed: Streamed | None = None, upstream: bool = False):
     fw, dev = st.framework, st.device
     zc, tc = as_called(inputs.logits, inputs.target, st,      # --shape btv, --shift 1
                        inputs.transposed)
-    z = to_framework(zc, fw, dev, requires_grad=by_autograd and fw == "torch")
+    z = to_framework(zc, fw, dev, requires_grad=by_autograd and fw == "torch",
+                     copy=streamed is None)
     leaf = z
     if upstream:                     # z = h by an op that saves z and reads it in backward
         import torch
@@ -307,47 +325,22 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
             grad = leaf.grad
             if grad is None:
                 raise CallFailed("the logits received no gradient from loss.backward()")
+        elif streamed is not None:
+            grad = z                      # g is applied by the judge (Outputs.times)
         else:
             grad = to_numpy(z).reshape(inputs.logits.shape) * (g[:, None] if g.ndim else g)
-        if st.convention == "loss" and not np.array_equal(
-                to_numpy(z).reshape(inputs.logits.shape), inputs.logits64, equal_nan=True):
+        if st.convention == "loss" and not (
+                same_values(to_native(z).reshape(inputs.logits.shape), streamed.original)
+                if streamed is not None else np.array_equal(
+                    to_numpy(z).reshape(inputs.logits.shape), inputs.logits64, equal_nan=True)):
             notes.append("wrote into its logits argument under --convention loss (declare "
                          "--convention inplace if that is the design)")
     _unchanged(t, tc, "target")
     _unchanged(opts["weight"], inputs.weight, "weight")
     values = {k: per_row(to_numpy(v), len(inputs.logits), st) for k, v in got.items()
               if v is not None}
-    return to_numpy(grad).reshape(inputs.logits.shape), values, notes
-
-
-#: the upstream call's error when autograd refused a write it could see into the saved output
-UPSTREAM_REFUSED = ("upstream check: autograd refused the saved logits, modified in place "
-                    "(their version counter moved)")
-
-
-def saves_output():
-    """An identity op that saves its output for its backward and reads it there (as softmax,
-    tanh or exp do): the backward multiplies by saved / original, exactly 1 while nobody
-    wrote into the output.  Its output keeps the input's strides (--layout strided,
-    transposed).  Built on first use (torch imported lazily)."""
-    import torch
-
-    class SavesOutput(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, h):
-            out = torch.empty_strided(h.size(), h.stride(), dtype=h.dtype, device=h.device)
-            out.copy_(h)
-            ctx.save_for_backward(out)
-            ctx.original = h.detach().clone()
-            return out
-
-        @staticmethod
-        def backward(ctx, g):
-            (out,) = ctx.saved_tensors
-            same = out == ctx.original               # ±inf logits stay exact as well
-            return g * torch.where(same, torch.ones_like(out), out / ctx.original)
-
-    return SavesOutput
+    return (to_numpy if streamed is None else to_native)(grad).reshape(inputs.logits.shape), \
+        values, notes
 
 
 def _unchanged(x, original, name: str) -> None:
@@ -357,10 +350,11 @@ def _unchanged(x, original, name: str) -> None:
         raise CallFailed(f"modified its {name} argument in place")
 
 
-def _split(fwd, bwd, st: Settings, inputs: Inputs, lse64) -> Outputs:
+def _split(fwd, bwd, st: Settings, inputs: Inputs, lse64, variants: bool = True,
+           streamed: Streamed | None = None) -> Outputs:
     fw, dev = st.framework, st.device
     opts = _option_values(inputs, fw, dev, st)
-    z = to_framework(inputs.logits, fw, dev)
+    z = to_framework(inputs.logits, fw, dev, copy=streamed is None)
     t = to_framework(inputs.target, fw, dev)
     got = _returned(_invoke(fwd, st, (z, t), opts), st, len(inputs.logits))
     _check_loss_shape(got["loss"], inputs)
@@ -371,8 +365,11 @@ def _split(fwd, bwd, st: Settings, inputs: Inputs, lse64) -> Outputs:
     name = dtype_name(got["loss"])               # dloss in the loss's own dtype
     loss_dtype = numpy_dtype(name) if name in DTYPES else np.float64
     grads = []
-    for label, g in [("main", np.asarray(inputs.grad_output, np.float64))] + upstreams(inputs):
-        zb = to_framework(inputs.logits, fw, dev)
+    gs = [("main", np.asarray(inputs.grad_output, np.float64))] + (
+        upstreams(inputs) if variants else [])
+    for label, g in gs:
+        zb = (to_framework(inputs.logits, fw, dev) if streamed is None else
+              to_framework(streamed.fresh(), fw, dev, copy=False))
         tb = to_framework(inputs.target, fw, dev)
         dl = to_framework(np.asarray(g, loss_dtype), fw, dev)
         lse = to_framework(np.asarray(lse64, lse_dtype), fw, dev)
@@ -380,7 +377,7 @@ def _split(fwd, bwd, st: Settings, inputs: Inputs, lse64) -> Outputs:
         if dx is None:
             raise CallFailed("the backward returned None instead of dlogits")
         _unchanged(tb, inputs.target, "target")
-        grads.append((label, g, to_numpy(dx)))
+        grads.append((label, g, (to_numpy if streamed is None else to_native)(dx)))
     _unchanged(t, inputs.target, "target")
     _unchanged(opts["weight"], inputs.weight, "weight")
     return Outputs(grads[0][2], values.get("loss"), values.get("z_loss"), values.get("lse"),

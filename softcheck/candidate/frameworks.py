@@ -76,15 +76,26 @@ def is_custom_vjp(fn) -> bool:
         type(fn).__module__.startswith("jax")
 
 
-def to_framework(a, framework: str, device: str = "cpu", *, requires_grad: bool = False):
-    """A numpy array (or None, or a Python scalar) as the framework's array on ``device``."""
+def to_framework(a, framework: str, device: str = "cpu", *, requires_grad: bool = False,
+                 copy: bool = True):
+    """A numpy array (or None, or a Python scalar) as the framework's array on ``device``;
+    ``copy=False``: a torch tensor on the CPU views the (writable) array itself, strides
+    included (a streamed case's copy-on-write logits: shared.private)."""
     if a is None or framework == "numpy":
+        if not copy:
+            return a
         return None if a is None else copy_layout(a)       # a strided view stays strided
     arr = np.asarray(a)
     if framework == "torch":
         import torch
 
         pad = row_pad(arr)              # --layout strided: the tensor keeps the row stride
+        if not copy and device == "cpu":
+            if arr.dtype.name == "bfloat16":
+                t = torch.from_numpy(arr.view(np.uint16)).view(torch.bfloat16)
+            else:
+                t = torch.from_numpy(arr)
+            return t.requires_grad_(True) if requires_grad else t
         buf = padded_buffer(arr, pad) if pad else np.array(arr, copy=True)
         if arr.dtype.name == "bfloat16":
             # the same itemsize: the view keeps any strides (--layout transposed)
@@ -140,6 +151,20 @@ def to_numpy(x) -> np.ndarray:
     return arr.astype(np.float64) if arr.dtype.kind == "f" else arr
 
 
+def to_native(x) -> np.ndarray:
+    """A framework result as numpy in its own precision, without a copy where it can be
+    (a CPU tensor's memory; bfloat16 as ml_dtypes' bfloat16): a streamed case's gradient."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            import ml_dtypes
+            import torch
+
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    return np.asarray(x)
+
+
 def dtype_name(x) -> str:
     """The dtype of a framework array in numpy's words (``float32``, ``bfloat16``, ...)."""
     d = getattr(x, "dtype", None)
@@ -147,4 +172,4 @@ def dtype_name(x) -> str:
 
 
 __all__ = ["FRAMEWORKS", "TORCH_HINT", "check_device", "detect", "dtype_name", "require",
-           "to_framework", "to_numpy"]
+           "to_framework", "to_native", "to_numpy"]

@@ -41,6 +41,9 @@ class CallResult:
     # one raw call only (before ``judged``): (name, array) of its other array arguments as
     # they were after the call, for the judge to compare with its originals
     after: tuple = ()
+    # a streamed plain in-place kernel's gradient is its buffer (for g = 1): the judge
+    # multiplies it by this g (scalar or (N,)) a block of rows at a time
+    times: np.ndarray | None = None
 
 
 def clip_output(text: str, total: int) -> str:

@@ -12,7 +12,8 @@ difference is computed by the judge.
 Worker side (``private``, ``pristine``, ``Sink``, ``Keep``, ``block``): the candidate gets a
 copy-on-write private mapping of the sealed logits (an in-place kernel writes only its own
 pages; the pages it does not touch are never copied), the untouched original is the sealed
-pages themselves.
+pages themselves.  A convention kernel's streamed calls (loss, inplace, split,
+autograd.Function) build on these: streamed.py.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
             return CallResult(None, error, output=output)
         grad, notes, nondet = outs[0], [str(n) for n in reply.get("notes", ())], None
         for i in range(1, max(1, int(repeat))):
-            d, error, more = _repeat(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
+            d, error, more = repeat_compared(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
                                      timeout)
             output += more
             if error is not None:
@@ -90,10 +91,12 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     return CallResult(grad, None, tuple(notes), output=output, nondet=nondet or 0.0)
 
 
-def _repeat(wc, req: dict, fds, kept: np.ndarray, timeout):
+def repeat_compared(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):
     """One more call, its gradient brought back a block of rows at a time and compared with
-    ``kept``: ``(max |difference| or None when bitwise equal, error, output)``."""
-    reply, error, output = wc.exchange(req, timeout, fds=fds)
+    ``kept``: ``(max |difference| or None when bitwise equal, error, output)``; ``times``:
+    the g both are multiplied by before their difference is measured (None: 1)."""
+    reply, error, output = wc.exchange(req, timeout, fds=fds,
+                                       **({} if limit is None else {"limit": limit}))
     close_all(list((reply or {}).get("fds") or ()))
     if error is not None:
         return None, error, output
@@ -105,24 +108,27 @@ def _repeat(wc, req: dict, fds, kept: np.ndarray, timeout):
         output += more
         if error is not None:
             return None, error, output
-        d = difference(kept[r0:r1], outs[0])
+        t = None if times is None or times.ndim == 0 else times[r0:r1, None]
+        d = difference(kept[r0:r1], outs[0], times if t is None else t)
         if d is not None:
             differs, worst = True, max(worst, d)
     return (worst if differs else None), None, output
 
 
-def difference(kept: np.ndarray, got: np.ndarray) -> float | None:
+def difference(kept: np.ndarray, got: np.ndarray, times=None) -> float | None:
     """None if ``got`` (rounded to the kept precision) is bitwise ``kept``, else the max
-    |difference|."""
+    |difference| (of both times ``times``, when given)."""
     got = np.asarray(got).astype(kept.dtype, copy=False)
     if same_bits(kept, got):
         return None
     b, a = np.asarray(kept, np.float64), np.asarray(got, np.float64)
+    if times is not None:
+        b, a = b * times, a * times
     return max_difference(b, a) if a.tobytes() != b.tobytes() else None
 
 
 # -- worker side ------------------------------------------------------------------------
-def _rows_of(buffer, desc) -> np.ndarray:
+def rows_of(buffer, desc) -> np.ndarray:
     """The (N, C) array of ("arr", offset, shape, dtype[, pad]) in ``buffer`` (rows of
     C + pad elements: a non-contiguous view when pad > 0)."""
     _, off, shape, dt, *pad = desc
@@ -131,20 +137,22 @@ def _rows_of(buffer, desc) -> np.ndarray:
     return np.frombuffer(buffer, dtype_named(dt), n * width, off).reshape(n, width)[:, :c]
 
 
-def private(logits, desc) -> np.ndarray:
+def private(logits, desc, maps: list | None = None) -> np.ndarray:
     """A writable copy-on-write mapping of the sealed logits: the candidate may write into
-    it; the sealed pages stay as they were."""
+    it; the sealed pages stay as they were (``maps``: the mapping appended, for ``Release``)."""
     _, off, shape, dt, *pad = desc
     size = int(shape[0]) * (int(shape[1]) + (int(pad[0]) if pad else 0)) * \
         dtype_named(dt).itemsize
     mm = mmap.mmap(logits.fd, max(1, size), flags=mmap.MAP_PRIVATE,
                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=off)
-    return _rows_of(mm, ("arr", 0, *desc[2:]))
+    if maps is not None:
+        maps.append(mm)
+    return rows_of(mm, ("arr", 0, *desc[2:]))
 
 
 def pristine(logits, shm, descs) -> list:
     """The arguments' untouched originals: the logits' sealed pages themselves (read-only)."""
-    return [_rows_of(logits.mm, d) if i == 0 else shm.fresh(d) for i, d in enumerate(descs)]
+    return [rows_of(logits.mm, d) if i == 0 else shm.fresh(d) for i, d in enumerate(descs)]
 
 
 def _rows(arr, test) -> bool:
@@ -199,6 +207,11 @@ def block(req: dict) -> dict:
     if r1 >= arr.shape[0]:
         drop()
     return {"error": None, **fields}
+
+
+def keep(arr) -> None:
+    """A repeat's gradient (a convention kernel's: streamed.py) kept for ``block``."""
+    _KEPT["arr"] = arr
 
 
 def drop() -> None:

@@ -94,12 +94,14 @@ class IsolatedCandidate:
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
              variants: bool = True, upstream: bool = False) -> CallResult:
-        if self.settings.convention != "grad":
-            r = self._call_convention(inputs, timeout, repeat, variants, upstream)
-        elif self._shared is not None and inputs.logits is self._shared:
+        if self._shared is not None and inputs.logits is self._shared:   # shared.py
             from .shared import call_shared
+            from .streamed import call_convention
 
-            r = call_shared(self, inputs, timeout, repeat)
+            r = (call_shared(self, inputs, timeout, repeat) if self.settings.convention == "grad"
+                 else call_convention(self, inputs, timeout, repeat, variants))
+        elif self.settings.convention != "grad":
+            r = self._call_convention(inputs, timeout, repeat, variants, upstream)
         else:
             r = self._call("call", inputs, [inputs.logits, inputs.target], timeout, repeat)
         return with_layout_note(r, inputs, self.settings)

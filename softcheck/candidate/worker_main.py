@@ -143,6 +143,10 @@ def serve_call(cand, shm: _Shm, req: dict) -> dict:
         cand.settings = req["settings"]
         return {"error": None}
     if req["op"] == "convention":
+        if req.get("stream"):                      # a large case's logits in place
+            from .streamed import serve_convention as serve_streamed
+
+            return serve_streamed(cand, shm, req)
         return serve_convention(cand, shm, req)
     if req["op"] == "block":                       # a kept repeat's rows (shared.py)
         return shared.block(req)

@@ -74,7 +74,8 @@ def check(target, json_path, junit_path, markdown_path, json_detail, verbose, fa
                                                    fail_fast=fail_fast, jobs=jobs,
                                                    progress=bar),
                        devices, json_path, junit_path, markdown_path, verbose=verbose,
-                       detail=json_detail, estimate=lambda: estimate_run(cfg, check=True))
+                       detail=json_detail, estimate=lambda: estimate_run(
+                           cfg, check=True, candidate=cand, isolate=policy.isolate))
     finally:                    # bad --inputs, a refused estimate: its describing worker ends
         cand.close()
 

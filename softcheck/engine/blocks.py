@@ -11,6 +11,7 @@ from ..judge import tolerances
 from ..judge.compare import stored_of
 from ..reference import analytic, autodiff
 from ..reference import finite_difference as references
+from ..reference.loss import reduced, value_rows
 from ..spec import Inputs
 
 
@@ -32,10 +33,13 @@ class FirstPass:
     candidate).  Blocks are taken as the draw finishes their rows (``ready``), by the thread
     started for it and, once the candidate has returned, by the caller's too (``work``)."""
 
-    def __init__(self, blocks, ticker, n_probes, seed, native_wanted, dt):
+    def __init__(self, blocks, ticker, n_probes, seed, native_wanted, dt, loss=False):
         n = blocks[-1][1]
         self.blocks, self.ticker, self.seed, self.dt = blocks, ticker, seed, dt
         self.native_wanted = native_wanted
+        # the reference loss values' rows (a convention kernel returns its loss): value_rows
+        self.loss_rows = [np.zeros(n) for _ in range(5)] if loss else None
+        self.denom = 0.0
         self.rows = {k: np.zeros(n) for k in ("a", "b", "lse", "vmax", "s", "top")}
         self.zmax = self.native = 0.0
         self.probes = [(np.zeros(n), np.zeros(n), np.zeros(n)) for _ in range(n_probes)]
@@ -101,6 +105,11 @@ class FirstPass:
                                         ).astype(np.float64)
                 err = np.abs(nat - ref)
             native = float(np.max(err[np.isfinite(err)], initial=0.0))
+        if self.loss_rows is not None:
+            *rows, denom = value_rows(b, self.tot64, (st.top, st.s))
+            for arr, part in zip(self.loss_rows, rows):
+                arr[r0:r1] = part
+            self.denom = denom                 # the batch's, the same for every block
         with self.cond:
             self.zmax, self.native = max(self.zmax, zmax), max(self.native, native)
         if self.probes and not self.quick:
@@ -108,6 +117,10 @@ class FirstPass:
             for k, (val, band, l1) in enumerate(self.probes):
                 pr = references.probe(prep, st, k, self.seed, {}, r0)
                 val[r0:r1], band[r0:r1], l1[r0:r1] = pr.value, pr.band, pr.l1
+
+    def loss_values(self, spec):
+        """The reference's loss, z-loss and lse (``reference.loss.values`` of the batch)."""
+        return reduced(spec, *self.loss_rows, self.denom)
 
     def stats(self, spec, c: int) -> references.RowStats:
         r = self.rows
@@ -185,3 +198,55 @@ class Judge:
             with self.lock:
                 for name, p in got.items():
                     self.proj[k].setdefault(name, np.zeros(inputs.logits.shape[0]))[r0:r1] = p
+        trim()
+
+
+def trim() -> None:
+    """Hand the heap's free pages back after a block (glibc ``malloc_trim``): each judging
+    thread's malloc arena would otherwise keep its largest block's temporaries, counted in the
+    run's memory while the full-size arrays are held."""
+    f = _TRIM.get("f")
+    if f is None:
+        try:
+            import ctypes
+
+            f = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            f = False
+        _TRIM["f"] = f
+    if f:
+        f(0)
+
+
+_TRIM: dict = {}
+
+
+class Scaled:
+    """A plain in-place kernel's buffer (its gradient for g = 1) read a block of rows at a
+    time as float64 times the case's g, as the whole-array path multiplies it."""
+
+    def __init__(self, buffer, times):
+        self.buffer, self.times = buffer, np.asarray(times, np.float64)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        t = self.times
+        return np.asarray(self.buffer[rows], np.float64) * (t if t.ndim == 0 else t[rows, None])
+
+
+def in_threads(fn, count: int) -> None:
+    """``fn(t)`` for t < count, each in its own thread; the first error is raised here."""
+    errors: list[BaseException] = []
+
+    def run(t):
+        try:
+            fn(t)
+        except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]

@@ -98,7 +98,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
                       scale=scale, band=native) + rank_invs
-    upstream_hint: tuple[str, ...] = ()
+    saved_hint: tuple[str, ...] = ()
     if candidate is not None and saved_logits.applies(candidate, case):
         inv, wrote = saved_logits.check(
             candidate, inputs, grads["candidate"], policy, inputs64=inputs64,
@@ -106,7 +106,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
             user=_user_tolerance(case, "candidate", candidate))
         invs.append(inv)
         if wrote and call.nondet == 0:      # its own gradient moved: the saved logits did
-            upstream_hint = (saved_logits.HINT,)
+            saved_hint = (saved_logits.HINT,)
     if candidate is not None and policy.repeat > 1:
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
     relations = ()
@@ -135,9 +135,9 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         from ..judge.diagnose import SEQUENCE_BUGS, diagnose
 
         unheard = unheard_hint(candidate, case.spec)
-        diagnosis = upstream_hint + unheard + rank_hints + _upstream_hint(
+        diagnosis = saved_hint + unheard + rank_hints + upstream_hint(
             comparisons, inputs) + _forward_hint(comparisons, call, inputs64)
-        if grad_failed and not unheard and not upstream_hint:   # the gradient is wrong: how
+        if grad_failed and not unheard and not saved_hint:   # the gradient is wrong: how
             diagnosis += tuple(diagnose(grads["candidate"], inputs, case, comparisons, invs,
                                         relations))
         shifted = tuple(h for h in diagnosis if h.startswith(SEQUENCE_BUGS))
@@ -164,8 +164,12 @@ def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Com
     float64 reference values (tolerances.loss_allowed / lse_allowed)."""
     if call.loss is None and call.lse is None:
         return []
-    ref = loss_values(inputs64)
-    n = inputs64.logits.shape[0]
+    return forward_pairs(call, loss_values(inputs64), case, kappa, inputs64.logits.shape[0])
+
+
+def forward_pairs(call, ref, case: Case, kappa: float, n: int) -> list[Comparison]:
+    """``_forward_pairs`` against reference values ``ref`` (``reference.loss.LossValues``:
+    a streamed case's are computed a block of rows at a time, engine/blocks.py)."""
     out = []
     for name, x, r, sc in (("loss", call.loss, ref.loss, ref.scale),
                            ("z_loss", call.z_loss if case.spec.z_loss else None, ref.z_loss,
@@ -247,7 +251,7 @@ def unheard_hint(candidate, spec) -> tuple[str, ...]:
             f"it computed without it (declare the keyword to be checked with it)",)
 
 
-def _upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
+def upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
     """Right for g = 1 (and a uniform g) but wrong for the case's own g: name it."""
     main = [c for c in comparisons if c.pair[0] == "candidate"]
     other = [c for c in comparisons if c.pair[0].startswith("candidate@")]

@@ -98,11 +98,16 @@ BYTES_PER_FUSED_ENTRY = 80
 #: gradient is counted at 4 bytes, as a float32 return would need).
 STREAM_CANDIDATE_ARRAYS = 1
 STREAM_BLOCK_ARRAYS = 30
+#: a streamed convention kernel (loss, inplace, split, autograd.Function) holds more of its
+#: own: the logits buffer it writes (an in-place kernel's gradient; copy-on-write pages of the
+#: sealed logits) and a gradient of its own (autograd's, a loss kernel's saved softmax), while
+#: the judge keeps the first call's gradient for the repeat's bitwise comparison
+STREAM_CONVENTION_ARRAYS = 2
 
 
 def estimate_bytes(case: Case, candidate=None) -> float:
     """Peak bytes of one case: whole-array ~300 B/logit; streamed per dtype (stream.py) when
-    the case streams with this ``candidate`` (a loss/inplace/split convention does not)."""
+    the case streams with this ``candidate`` (a convention kernel: more of its own arrays)."""
     from .stream import BLOCK_ELEMENTS, should_stream
 
     if case.hidden is not None:
@@ -112,7 +117,9 @@ def estimate_bytes(case: Case, candidate=None) -> float:
         return BASE_BYTES + BYTES_PER_LOGIT * n
     item = numpy_dtype(case.dtype).itemsize
     kept = 8 if item >= 8 else 4
-    return (BASE_BYTES + n * (item + kept + STREAM_CANDIDATE_ARRAYS * max(item, 4))
+    conv = candidate is not None and candidate.settings.convention != "grad"
+    own = STREAM_CONVENTION_ARRAYS if conv else STREAM_CANDIDATE_ARRAYS
+    return (BASE_BYTES + n * (item + kept + own * max(item, 4))
             + STREAM_BLOCK_ARRAYS * 8 * BLOCK_ELEMENTS)
 
 
@@ -123,8 +130,8 @@ def per_logit(case: Case, candidate=None) -> str:
     if case.hidden is not None or not should_stream(case, candidate):
         why = ""
         if case.hidden is None and streamable(case) and not streamable(case, candidate):
-            why = (", not streamed: only a plain gradient function streams, not a "
-                   "--convention loss/inplace/split kernel or --tensor-parallel ranks")
+            why = (", not streamed: a --convention loss/inplace/split kernel streams in its "
+                   "own worker process only (not --in-process), --tensor-parallel ranks never")
         return f"~{BYTES_PER_LOGIT} bytes each{why}"
     return (f"~{(estimate_bytes(case, candidate) - BASE_BYTES) / (case.batch * case.classes):.0f} "
             f"bytes each in {case.dtype}, streamed")
@@ -164,17 +171,17 @@ def check_memory(cases: list[Case], workers: int = 1, candidates=None) -> None:
                "lower --batch or --classes") + (" or --jobs" if workers > 1 else ""))
 
 
-def estimate_seconds(case: Case) -> float:
+def estimate_seconds(case: Case, candidate=None) -> float:
     """FD's share of a case's time (suites.estimate_seconds adds the rest)."""
     from .stream import probe_count, should_stream
 
-    probes = probe_count(case) if should_stream(case) else case.probes
+    probes = probe_count(case) if should_stream(case, candidate) else case.probes
     work = finite_difference.fd_work(case.batch, case.classes, case.fd_budget, probes)
     return 2e-3 + work / _EVALS_PER_SECOND
 
 
 def _parallel_pays(jobs: list[Job]) -> bool:
-    return sum(estimate_seconds(j.case) for j in jobs) > 2 * POOL_STARTUP_SECONDS
+    return sum(estimate_seconds(j.case, j.candidate) for j in jobs) > 2 * POOL_STARTUP_SECONDS
 
 
 def _run_pool(jobs, workers, fail_fast, progress) -> list[CaseResult]:

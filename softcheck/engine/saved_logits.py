@@ -20,7 +20,7 @@ Not on ranks, JAX kernels or streamed cases.
 
 from __future__ import annotations
 
-from ..candidate.conventions import UPSTREAM_REFUSED
+from ..candidate.upstream_op import UPSTREAM_REFUSED
 from ..judge.compare import Invariant, compare
 
 NAME = "logits_saved_upstream"

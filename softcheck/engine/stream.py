@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -17,7 +18,7 @@ from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.config import numpy_dtype
 from ..suite.inputs import STREAM_REGIMES, make_inputs_into
-from .blocks import FirstPass, Judge, block_of
+from .blocks import FirstPass, Judge, Scaled, block_of, in_threads
 from .results import CaseResult, Coverage, FDInfo
 
 #: from this many logits on, a case streams (below it the whole-array path runs: the
@@ -31,18 +32,24 @@ RELATIONS_NOTE = ("metamorphic relations and the diagnosis are not run on stream
                   "(each would call the candidate on another full-size input)")
 
 
-def streamable(case: Case, candidate=None) -> bool:
-    """Index targets, first order, a regime drawn block by block, no user arrays, a plain
-    gradient function (not a loss convention, not tensor-parallel ranks, not --hidden)."""
+def streamable(case: Case, candidate=None, *, isolate: bool | None = None) -> bool:
+    """Index targets, first order, a regime drawn block by block, no user arrays, not
+    --hidden; a plain gradient function, or a convention kernel (loss, inplace, split,
+    autograd.Function) in its own worker process (``isolate``: whether it will be, for a
+    candidate not yet swapped for its worker; None: ``candidate.isolated``); not
+    tensor-parallel ranks; not --layout transposed (a (T, B, V) buffer of the whole)."""
     settings = None if candidate is None else candidate.settings
+    isolate = getattr(candidate, "isolated", False) if isolate is None else isolate
     return (case.order == 1 and case.spec.hard and case.regime in STREAM_REGIMES
             and case.hidden is None and getattr(case, "inputs", None) is None
-            and (settings is None or (settings.convention == "grad"
-                                      and settings.tensor_parallel <= 1)))
+            and getattr(case, "layout", "contiguous") != "transposed"
+            and (settings is None or (settings.tensor_parallel <= 1 and (
+                settings.convention == "grad" or isolate))))
 
 
-def should_stream(case: Case, candidate=None) -> bool:
-    return case.batch * case.classes >= STREAM_ELEMENTS and streamable(case, candidate)
+def should_stream(case: Case, candidate=None, *, isolate: bool | None = None) -> bool:
+    return (case.batch * case.classes >= STREAM_ELEMENTS
+            and streamable(case, candidate, isolate=isolate))
 
 
 #: element evaluations of one directional probe per entry: two real evaluations (central
@@ -74,8 +81,9 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     t0 = time.perf_counter()
     n, c = case.batch, case.classes
     upstream = "auto"
+    conv = candidate is not None and candidate.settings.convention != "grad"
     if candidate is not None:
-        upstream = "random" if candidate.takes("grad_output") else "one"
+        upstream = "random" if conv or candidate.takes("grad_output") else "one"
     dt = numpy_dtype(case.dtype)
     out = None if candidate is None else candidate.shared_logits((n, c), dt, case.pad)
     out = np.empty((n, c), dt) if out is None else out
@@ -87,7 +95,7 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
     method = case.fd or references.default_fd_method(n, c, case.fd_budget)
     sampled = references.EVALS[method] * n * c > case.fd_budget
     n_probes = probe_count(case) if sampled else 0
-    first = FirstPass(blocks, ticker, n_probes, case.seed, native_wanted, dt)
+    first = FirstPass(blocks, ticker, n_probes, case.seed, native_wanted, dt, loss=conv)
     helper = threading.Thread(target=first.work)
     helper.start()
     call = None
@@ -97,6 +105,8 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
         clock.lap("draw")
         if candidate is not None:
             call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
+            if call.times is not None and call.grad is not None:
+                call = dataclasses.replace(call, grad=Scaled(call.grad, call.times))
             first.quick = bool(call.error)      # the report needs the scale, not the probes
         clock.lap("candidate_calls")
     except BaseException:
@@ -174,7 +184,7 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
             ticker.tick()
 
     clock.lap("fd_columns")
-    _in_threads(lane, JUDGE_THREADS)
+    in_threads(lane, JUDGE_THREADS)
     clock.lap("judge")
     accs, inv = lanes[0]
     for other, oinv in lanes[1:]:
@@ -196,15 +206,34 @@ def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(
         from .case import _determinism
 
         invs.append(_determinism(call.nondet, policy, comparisons[0]))
-    passed = all(x.passed for x in comparisons) and all(i.passed for i in invs)
+    error = None
+    if conv:                 # the forward's values, then each other upstream gradient's call
+        from .case import forward_pairs
+        from .upstreams import judge_variants
+
+        comparisons += forward_pairs(call, first.loss_values(spec), case, kappa, n)
+        judge.grad = grad = priority = None            # the main gradient dropped first
+        call = dataclasses.replace(call, grad=None)
+        more, error, vnotes = judge_variants(
+            call, candidate, inputs, case, timeout=policy.limit, tot64=tot64, st=st,
+            kappa=kappa, blocks=blocks, native_rel=native / scale if scale else 0.0,
+            targets=targets, valid=valid, threads=JUDGE_THREADS)
+        comparisons += more
+        notes += [x for x in vnotes if x not in notes]
+        clock.lap("upstream_variants")
+    passed = all(x.passed for x in comparisons) and all(i.passed for i in invs) and not error
     notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
     base["diagnosis"] = () if passed else unheard_hint(candidate, spec)
+    if not passed and conv:
+        from .case import upstream_hint
+
+        base["diagnosis"] += upstream_hint(comparisons, inputs)
     info = FDInfo(method, float(np.max(judge.fd_band, initial=0.0)),
                   float(np.median(judge.fd_step)), fdr.coverage, fdr.columns, len(fdr.probes))
     coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
                         (), len(fdr.probes), fdr.coverage)
-    return CaseResult(passed=passed, comparisons=tuple(comparisons), invariants=tuple(invs),
-                      coverage=coverage, fd=info, notes=tuple(notes),
+    return CaseResult(passed=passed, error=error, comparisons=tuple(comparisons),
+                      invariants=tuple(invs), coverage=coverage, fd=info, notes=tuple(notes),
                       seconds=time.perf_counter() - t0, **base)
 
 
@@ -232,25 +261,6 @@ class _Ticker:
             self.done += 1
             if self.progress is not None and hasattr(self.progress, "block"):
                 self.progress.block(self.done, self.total)
-
-
-def _in_threads(fn, count: int) -> None:
-    """``fn(t)`` for t < count, each in its own thread; the first error is raised here."""
-    errors: list[BaseException] = []
-
-    def run(t):
-        try:
-            fn(t)
-        except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(count)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
 
 
 class _FD:

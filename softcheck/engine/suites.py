@@ -181,6 +181,11 @@ SECONDS_PER_LOGIT = 2e-6
 # 4096×131072 float32 150 s and 8192×32000 float32 ~78 s whole process, ~25 s and ~19 s of
 # them FD's budget and probe: ~2.4e-7 s per logit besides FD.
 STREAMED_SECONDS_PER_LOGIT = 2.4e-7
+# A streamed convention kernel adds, per other upstream gradient, one more call and a closed
+# form + comparison a block at a time: measured (2026-12-07, load ~4) 4096×131072 float32 of
+# the Liger-style in-place example 207 s against the plain path's 147 s the same hour, ~1.1e-7
+# s per logit for its one variant (g = 1).
+STREAMED_CALL_SECONDS_PER_LOGIT = 1.1e-7
 
 
 # Fused linear cross-entropy (--hidden): the reference's six N·V·H products (four float64,
@@ -188,20 +193,34 @@ STREAMED_SECONDS_PER_LOGIT = 2.4e-7
 FUSED_SECONDS_PER_MAC = 4e-10
 
 
-def estimate_seconds(cases: list[Case]) -> float:
-    """A rough prediction of a run's time (the CLI prints it before a long run)."""
+def estimate_seconds(cases: list[Case], candidate=None, *, isolate: bool | None = None
+                     ) -> float:
+    """A rough prediction of a run's time (the CLI prints it before a long run); whether a
+    case streams depends on the ``candidate`` (``isolate``: it will run in its worker)."""
     from .stream import should_stream
 
+    conv = candidate is not None and candidate.settings.convention != "grad"
+
     def per_logit(c: Case) -> float:
-        return STREAMED_SECONDS_PER_LOGIT if should_stream(c) else SECONDS_PER_LOGIT
+        if not should_stream(c, candidate, isolate=isolate):
+            return SECONDS_PER_LOGIT
+        extra = len(upstreams_of(c)) * STREAMED_CALL_SECONDS_PER_LOGIT if conv else 0.0
+        return STREAMED_SECONDS_PER_LOGIT + extra
 
     return sum(FUSED_SECONDS_PER_MAC * c.batch * c.classes * c.hidden if c.hidden is not None
-               else pool_estimate(c) + per_logit(c) * c.batch * c.classes for c in cases)
+               else pool_estimate(c, candidate) + per_logit(c) * c.batch * c.classes
+               for c in cases)
 
 
-def estimate_run(cfg: Config, *, check: bool = False) -> float:
-    cases, _ = with_inputs(cfg, select(cfg, check=check))
-    return estimate_seconds(cases)
+def upstreams_of(case: Case) -> tuple[str, ...]:
+    """The other upstream gradients a convention kernel is called for (conventions.upstreams)."""
+    return ("g=1", "g=scalar") if case.spec.reduction == "none" else ("g=1",)
+
+
+def estimate_run(cfg: Config, *, check: bool = False, candidate=None,
+                 isolate: bool | None = None) -> float:
+    cases, _ = with_inputs(cfg, select(cfg, check=check, candidate=candidate))
+    return estimate_seconds(cases, candidate, isolate=isolate)
 
 
 def estimate_batch(bp: BatchPlan) -> float:

@@ -34,6 +34,7 @@ upstream gradient (``grad_output``).  Rows are independent, which the finite dif
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -263,29 +264,67 @@ def values(inputs: Inputs) -> LossValues:
 
 
 def _values(inputs: Inputs) -> LossValues:
-    prm = params(inputs)
+    return reduced(inputs.spec, *value_rows(inputs))
+
+
+def value_rows(inputs: Inputs, totals=None, sums=None) -> tuple:
+    """The per-row parts of :func:`values` (rows of the loss, z-loss, lse, and their scales)
+    and the mean's denominator; ``totals``: the batch's (D, n) when ``inputs`` is a block of
+    its rows (engine/stream.py: the rows concatenated, then :func:`reduced`).  ``sums``:
+    each row's max of v and Σ exp(v − max) (``RowStats.top``, ``.s``) already computed: with
+    index targets, no smoothing and every max finite, the lse is theirs and the loss a
+    gather (the same numbers: the same operations on the same values), no pass over C."""
+    prm = params(inputs, totals)
     prm["go"] = np.ones_like(prm["go"])
     z = inputs.logits64
+    c = z.shape[-1]
+    sparse = sparse_targets(inputs, prm)          # a gather: the dense sum's numbers, faster
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, z.shape[-1])
+        tt = target_terms(np, inputs.target64, prm, inputs.spec.hard, c, sparse)
         feats = features(prm)
-        ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats)
-        v = transform(np, z, prm, feats)
-        mx = np.max(v, -1, keepdims=True)
-        mx = np.where(np.isfinite(mx), mx, 0.0)
-        lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))
+        index = np.clip(inputs.target, 0, c - 1).astype(np.int64) if sparse else None
+        if sparse and sums is not None and np.all(np.isfinite(sums[0])):
+            lse = sums[0] + np.log(sums[1])
+            vy = transform(np, z[np.arange(len(index)), index], prm, feats)
+            ce = np.where(tt.msum != 0, (lse - vy) * tt.msum, 0.0)
+            zl = prm["z_loss"] * lse**2 if feats[2] else 0.0
+        else:
+            ce, zl = logit_terms(np, z, tt.m, tt.nz, tt.msum, prm, feats=feats, index=index)
+            v = transform(np, z, prm, feats)
+            mx = np.max(v, -1, keepdims=True)
+            mx = np.where(np.isfinite(mx), mx, 0.0)
+            lse = mx[:, 0] + np.log(np.sum(np.exp(v - mx), -1))
         zl = np.broadcast_to(zl, ce.shape)
         zpart = 2 * prm["z_loss"] * np.abs(lse)
         a = tt.alpha * tt.valid
         b = tt.beta * tt.valid
         rows_loss, rows_z = a * ce + b * zl, b * zl
         rows_scale, rows_zscale = a * tt.msum + b * zpart, b * zpart
-    if inputs.spec.reduction == "none":
+    return rows_loss, rows_z, lse, rows_scale, rows_zscale, float(tt.denom)
+
+
+def lse_rows(inputs: Inputs, block: int = 1 << 21) -> np.ndarray:
+    """:func:`values`' lse, computed a block of rows at a time (no float64 copy of a large
+    case's logits: the exact lse a streamed split backward is given)."""
+    n, c = inputs.logits.shape
+    step = max(1, block // max(1, c))
+    out = np.empty(n)
+    for r in range(0, n, step):
+        b = dataclasses.replace(inputs, logits=np.asarray(inputs.logits[r:r + step], np.float64),
+                                target=inputs.target[r:r + step], grad_output=1.0)
+        out[r:r + step] = value_rows(b, (1.0, 1.0))[2]
+    return out
+
+
+def reduced(spec: LossSpec, rows_loss, rows_z, lse, rows_scale, rows_zscale, denom
+            ) -> LossValues:
+    """:func:`value_rows`' rows reduced as the case's reduction does."""
+    if spec.reduction == "none":
         return LossValues(rows_loss, rows_z, lse, rows_scale, rows_zscale)
-    if inputs.spec.reduction == "mean" and float(tt.denom) == 0:
-        if inputs.spec.all_ignored == "zero":        # --all-ignored zero (Liger, TE)
+    if spec.reduction == "mean" and denom == 0:
+        if spec.all_ignored == "zero":        # --all-ignored zero (Liger, TE)
             return LossValues(0.0, 0.0, lse, 0.0, 0.0)
         nan = float("nan")
-        return LossValues(nan, nan if prm["z_loss"] else 0.0, lse, 0.0, 0.0)
+        return LossValues(nan, nan if spec.z_loss else 0.0, lse, 0.0, 0.0)
     return LossValues(float(np.sum(rows_loss)), float(np.sum(rows_z)), lse,
                       float(np.sum(rows_scale)), float(np.sum(rows_zscale)))

@@ -201,7 +201,9 @@ TIMING = _obj({"seconds": _d({"type": "number", "minimum": 0}, "Wall-clock secon
                "phases": _d({"type": "object", "additionalProperties": {"type": "number"}},
                             "A streamed case's wall-clock seconds per stage: draw, "
                             "candidate_calls (the candidate's calls, the first pass beside "
-                            "them), first_pass_after (what was left of it), fd_columns, judge.")},
+                            "them), first_pass_after (what was left of it), fd_columns, judge; "
+                            "a convention kernel's upstream_variants (its calls for the other "
+                            "upstream gradients, each judged).")},
               required=["seconds"])
 
 CASE = _obj({

@@ -1,0 +1,220 @@
+"""A streamed case's convention kernel (loss, inplace, split, autograd.Function) in its worker
+(engine/stream.py): the logits drawn into a sealed memory file as for a plain gradient
+function (shared.py), each call its own request for one upstream gradient, the gradient back
+in its own precision (float32 stays float32, bfloat16 16-bit) in a file the worker sealed,
+the forward's values in the reply.
+
+Judge side (``call_convention``): the repeats of ``--repeat`` are made first, each kept in
+the worker and brought back a block of rows at a time to be digested here (SHA-256 per
+block); then the main call, whose gradient the judge keeps and compares with the digests.  So
+no two full-size gradients are ever held at once (an in-place kernel's own pages plus the
+judge's copy would be three arrays with the logits).  Where a digest differs, one more call
+is compared with the kept gradient block by block: the difference measured, as for a plain
+gradient function.
+
+Worker side (``serve_convention``, ``Release``): the kernel gets a copy-on-write mapping of
+the sealed logits (``conventions.Streamed``); an in-place kernel's gradient, in the pages it
+wrote, is copied to the output file a block of rows at a time and those pages are handed
+back as they are copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+
+import numpy as np
+
+from .arena import ArenaError, close_all, outputs, place, take_outputs
+from .arrays import row_blocks
+from .call import CallResult
+from .shared import REPEAT_BLOCK, drop, keep, private, repeat_compared, rows_of
+
+
+def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallResult:
+    """``call_shared`` for a convention kernel (loss, inplace, split, autograd.Function): one
+    request per call, each for the upstream gradient ``inputs.grad_output`` alone; the
+    gradient comes back in its own precision (a view of the worker's sealed file), the
+    forward's values in the reply.  The other upstream gradients are left to the engine
+    (``variants``: (label, g, None) each, one more call apiece, judged and dropped in turn);
+    a plain in-place kernel's buffer is the gradient for g = 1 (``times``: g, applied by the
+    judge block by block, as the whole-array path multiplies it)."""
+    import softcheck.candidate.reply as wire
+
+    from .channel import _MAX_REPLY
+    from .conventions import upstreams
+    from ..reference.loss import lse_rows
+
+    st = wc.settings
+    z = inputs.logits
+    shape, n = tuple(int(s) for s in z.shape), int(z.shape[0])
+    arrays = {"weight": inputs.weight, "grad_output": np.asarray(inputs.grad_output),
+              "lse64": lse_rows(inputs) if st.convention == "split" else None}
+    kw = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+    names = list(kw)
+    logits_fd = wc._logits.seal()
+    small, descs = place([inputs.target] + [kw[k] for k in names])
+    kw.update(zip(names, descs[1:]))
+    req = {"op": "convention", "args": [("arr", 0, shape, z.dtype.name, int(inputs.pad)),
+                                        descs[0]],
+           "kw": kw, "shape": shape, "case_dtype": z.dtype.name, "spec": inputs.spec,
+           "stream": True}
+    limit = max(_MAX_REPLY, 64 * 8 * n + (1 << 16))
+    fields = {"out_dtypes": lambda v, what: v, "x64_off": wire.flag,
+              **{k: (lambda v, what: wire.values(v, what, n)) for k in ("loss", "z_loss", "lse")}}
+    fds, reply, output, earlier = [logits_fd, small.fd], None, "", []
+    try:
+        for i in range(max(1, int(repeat)) - 1):     # the repeats first, kept as digests
+            d, error, more = _digests(wc, {**req, "keep": True}, fds, shape, timeout, limit)
+            output += more
+            if error is not None:
+                where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
+                return CallResult(None, error + where, output=output)
+            earlier.append(d)
+        reply, error, more = wc.exchange(req, timeout, limit=limit, fds=fds)
+        output += more
+        where = f" (on call {repeat} of {repeat} on identical inputs)" if earlier else ""
+        try:
+            if error is not None:
+                return CallResult(None, error + where, output=output)
+            got = wire.checked(reply, fields)
+            grad = take_outputs(reply, [shape])[0]
+        except wire.ReplyError as e:
+            return CallResult(None, f"the candidate's process sent an invalid reply ({e})",
+                              output=output)
+        except (ArenaError, OSError, ValueError, TypeError) as e:
+            return CallResult(None, f"its outputs did not come back as they must: {e}",
+                              output=output)
+        finally:
+            close_all(list((reply or {}).get("fds") or ()))
+        applies = st.convention != "inplace" or bool(getattr(wc.described, "autograd", False))
+        times = None if applies else np.asarray(inputs.grad_output, np.float64)
+        notes, nondet = list(got["notes"]), None
+        if grad.dtype.itemsize < z.dtype.itemsize:
+            notes.append(f"returned {grad.dtype} for a {z.dtype.name} case"
+                         + (" (JAX x64 is off in the candidate's process?)"
+                            if got["x64_off"] else ""))
+        mine = [digest(grad[r]) for r in row_blocks(shape, REPEAT_BLOCK)] if earlier else []
+        if any(d != mine for d in earlier):
+            # the earlier calls' gradients are gone (digests only): the difference is
+            # measured against one more call, kept and compared here block by block
+            d, error, more = repeat_compared(wc, {**req, "keep": True}, fds, grad, timeout, limit,
+                                     times)
+            output += more
+            if error is not None:
+                return CallResult(None, f"{error} (on call {repeat + 1} on identical inputs, "
+                                  "after calls that differed)", tuple(notes), output=output)
+            nondet = float("inf") if d is None else d
+            if d is None:
+                notes.append(f"nondeterministic: of {repeat + 1} calls on identical inputs "
+                             "the earlier ones differ bitwise from the later two (identical); "
+                             "their gradients were not kept, so the difference is not "
+                             "measured")
+    finally:
+        small.close()
+    if nondet is not None and np.isfinite(nondet):
+        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
+                     f"{nondet:.3g} (max abs)")
+    others = tuple((lab, g, None) for lab, g in upstreams(inputs)) if applies and variants \
+        else ()
+    return CallResult(grad, None, tuple(notes), output, nondet or 0.0, got["loss"],
+                      got["z_loss"], got["lse"], others, times=times)
+
+
+def digest(a: np.ndarray) -> bytes:
+    """A block's bits (dtype and shape included): SHA-256, for the repeat's comparison."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.digest()
+
+
+def _digests(wc, req: dict, fds, shape, timeout, limit):
+    """One call kept in the worker, its gradient brought back a block of rows at a time and
+    digested (nothing of it kept here): ``(digests, error, output)``."""
+    reply, error, output = wc.exchange(req, timeout, fds=fds, limit=limit)
+    close_all(list((reply or {}).get("fds") or ()))
+    if error is not None:
+        return None, error, output
+    out = []
+    for r in row_blocks(shape, REPEAT_BLOCK):
+        r0, r1 = r.indices(shape[0])[:2]
+        reply, error, more, outs = wc.take(
+            *wc.exchange({"op": "block", "rows": (r0, r1)}, timeout), [(r1 - r0, shape[1])])
+        output += more
+        if error is not None:
+            return None, error, output
+        out.append(digest(outs[0]))
+    return out, None, output
+
+
+class Release:
+    """``arena.outputs``' ``copied``: an in-place kernel's gradient lives in the pages it
+    wrote of its copy-on-write logits (``private``); once rows are in the output file, their
+    pages are handed back (MADV_DONTNEED: they read as the sealed logits again), so the
+    gradient is never held twice.  A gradient elsewhere (a tensor of the kernel's) is left."""
+
+    def __init__(self, maps: list):
+        import ctypes
+
+        self.spans = []
+        for mm in maps:
+            ref = ctypes.c_char.from_buffer(mm)
+            self.spans.append((mm, ctypes.addressof(ref), len(mm)))
+            del ref
+        self.freed: dict = {}
+
+    def __call__(self, a, r1: int) -> None:
+        if a.ndim != 2 or not a.shape[0]:
+            return
+        p = a.__array_interface__["data"][0]
+        step, row = a.strides[0], a.shape[1] * a.itemsize
+        if step <= 0 or a.strides[1] != a.itemsize:
+            return
+        end = p + (a.shape[0] - 1) * step + row
+        for mm, base, size in self.spans:
+            if base <= p and end <= base + size:
+                lo = self.freed.get(id(mm), p - base)
+                hi = (p - base + r1 * step) // mmap.PAGESIZE * mmap.PAGESIZE
+                lo = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE
+                if hi > lo:
+                    mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                    self.freed[id(mm)] = hi
+                return
+
+
+def serve_convention(cand, shm, req: dict) -> dict:
+    """Worker side of ``call_convention``: one call by the kernel's convention on a
+    copy-on-write mapping of the sealed logits (``conventions.Streamed``), for the one
+    upstream gradient sent; its gradient in its own precision in a sealed file (``keep``: a
+    repeat's, kept for ``block``), the forward's values in the reply."""
+    from ..spec import Inputs
+    from .call import convention_once
+    from .conventions import Streamed
+    from .record import x64_off
+
+    if shm.logits is None:
+        raise ArenaError("a streamed call came without its logits' memory file")
+    drop()
+    d, kw, maps = req["args"][0], req["kw"], []
+    weight = shm.fresh(kw["weight"]) if "weight" in kw else None
+    inputs = Inputs(private(shm.logits, d, maps), shm.fresh(req["args"][1]), weight,
+                    shm.fresh(kw["grad_output"]), req["spec"])
+    lse64 = shm.fresh(kw["lse64"]) if "lse64" in kw else None
+    streamed = Streamed(rows_of(shm.logits.mm, d), lambda: private(shm.logits, d, maps))
+    r = convention_once(cand.fn, cand.settings, inputs, bwd=cand.backward, lse64=lse64,
+                        variants=False, streamed=streamed)
+    inputs = streamed = None
+    if r.error is not None:
+        return {"error": r.error, "notes": list(r.notes)}
+    if req.get("keep"):
+        keep(r.grad)
+        fields: dict = {}
+    else:
+        fields = outputs([r.grad], copied=Release(maps))
+
+    def plain(v):
+        return None if v is None else np.asarray(v, np.float64).tolist()
+
+    return {"error": None, "notes": list(r.notes), "x64_off": x64_off(), "loss": plain(r.loss),
+            "z_loss": plain(r.z_loss), "lse": plain(r.lse), **fields}
