@@ -60,7 +60,9 @@ def same(a, b) -> None:
     rounding of the scale (JAX's per-block code may round the last bit differently)."""
     assert [c.pair for c in a.comparisons] == [c.pair for c in b.comparisons]
     da, db = numbers(a), numbers(b)
-    assert da["invariants"] == db["invariants"] and da["fd"] == db["fd"]
+    # the upstream check runs on whole cases only (engine/saved_logits.py)
+    kept = [i for i in da["invariants"] if i["name"] != "logits_saved_upstream"]
+    assert kept == db["invariants"] and da["fd"] == db["fd"]
     for x, y, dx, dy in zip(a.comparisons, b.comparisons, da["comparisons"],
                             db["comparisons"]):
         assert x.passed == y.passed, x.pair
