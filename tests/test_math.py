@@ -209,3 +209,17 @@ def test_one_rule_for_the_users_atol_rtol():
                     isinstance(n, ast.Subscript) and isinstance(n.value, ast.Attribute)
                     and n.value.attr == "user" for n in ast.walk(ast.parse(f.read_text())))]
     assert restated == [], f"the override restated in {restated}: use Tolerance.override"
+
+
+def test_complex_step_band_covers_subnormal_imaginary_parts():
+    """Regression (hypothesis): probability targets near 1e-303 put Im f(z + ih) = h·g in the
+    subnormals, where a double's spacing is 2^-1074, not u·|x|: the error 3.2e-304 exceeded a
+    band of 2.8e-318."""
+    from softcheck.suite.inputs import make_inputs_from_arrays
+
+    inputs = make_inputs_from_arrays(np.zeros((1, 2)), np.array([[0.0, 1.62723668e-303]]),
+                                     targets="probs")
+    a = analytic.gradient(_f64(inputs))
+    f = references.finite_difference(_f64(inputs), "complex")
+    assert np.max(np.abs(a - f.grad)) > 1e-305                    # the quantization is real
+    assert np.max(np.abs(a - f.grad), initial=0) <= f.error_estimate

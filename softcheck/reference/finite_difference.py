@@ -39,6 +39,11 @@ operation plus the pairwise sum over C).
   loss carries that into the imaginary part (a lone class with a z-loss has F1 = 0 there and
   showed it: 1e-42 against a band of 1.5e-43).
 
+Below 2^-1022 a double's spacing is 2^-1074, not u·|x|: every evaluation errs by up to
+γ·2^-1074 more, divided by h in the difference.  Under the complex step that reaches the
+gradient (1e-20 · 8e-304 is subnormal): probability targets of 1.6e-303 gave an error of
+3.2e-304 against a band of 2.8e-318 (hypothesis); the floor γ·2^-1074/h covers it.
+
 The band (the error bound at the chosen h) is reported per case and added to the tolerance of
 every pair that involves ``finite_difference``.
 
@@ -179,10 +184,15 @@ def _bounds(st: RowStats):
     return f1, m2, m3, m5, r, gamma
 
 
+#: the spacing of the subnormal doubles, 2^-1074 (the absolute floor of every rounding)
+SUBNORMAL = 2.0**-1074
+
+
 def fd_plan(st: RowStats, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-row step h and predicted error band for ``method`` (see the module docstring)."""
     f1, m2, m3, m5, r, gamma = _bounds(st)
-    noise = gamma * U64 * r
+    floor = gamma * SUBNORMAL         # each rounding errs by u·|x| or, below 2^-1022, by this
+    noise = gamma * U64 * r + floor
     cap = st.temperature * min(1.0, st.softcap or 1.0)       # keep h inside the Taylor region
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "central":
@@ -196,7 +206,8 @@ def fd_plan(st: RowStats, method: str) -> tuple[np.ndarray, np.ndarray]:
         elif method == "complex":
             h = np.full_like(r, COMPLEX_STEP * cap)
             kappa = 1 + st.lse + st.vmax
-            band = gamma * U64 * kappa * f1 / st.temperature + m3 * h**2 / 6 + m2 * h**2
+            band = (gamma * U64 * kappa * f1 / st.temperature + m3 * h**2 / 6 + m2 * h**2
+                    + floor / h)
         else:
             raise ValueError(method)
     return h, band
