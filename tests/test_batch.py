@@ -254,3 +254,16 @@ def test_targets_load_at_once_and_the_first_bad_group_in_file_order_is_named(pro
         suites.load = real
     assert len(started) == 1                  # g0 and g3 share one TARGET: loaded once
     assert all(c.probe is None or c.probe._closed for c in started)
+    (project / "one.toml").write_text("[[case]]\ntarget = 'kernels/ce.py:grad'\nclasses = 4\n")
+    started.clear()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    suites.load = spy
+    try:                          # a signal while the judge imports: the workers end too
+        with pytest.raises(KeyboardInterrupt):
+            suites.load_plan(str(project / "one.toml"), meanwhile=interrupted)
+    finally:
+        suites.load = real
+    assert len(started) == 1 and started[0].probe._closed

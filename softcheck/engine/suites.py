@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 
@@ -290,19 +291,25 @@ def _load_all(wanted: list, base: str, in_process: bool, meanwhile) -> dict:
         try:
             if meanwhile is not None:
                 meanwhile()
-        finally:
+        finally:                # (an interrupt here too: the workers that started end)
             done = {k: f.exception() or f.result() for k, f in futures.items()}
+            if sys.exc_info()[0] is not None:
+                _close_loaded(done)
     bad = [(g, key, done[relative_to(t, base), call]) for g, key, t, call in wanted
            if isinstance(done[relative_to(t, base), call], BaseException)]
     if bad:
-        for c in done.values():
-            if not isinstance(c, BaseException):
-                c.close()
+        _close_loaded(done)
         g, key, e = bad[0]
         if isinstance(e, SoftcheckError):
             raise SoftcheckError(f"{g.where}: key {key!r}: {e}") from None
         raise e
     return done
+
+
+def _close_loaded(done: dict) -> None:
+    for c in done.values():
+        if not isinstance(c, BaseException):
+            c.close()
 
 
 def close_plan(bp: BatchPlan) -> None:
