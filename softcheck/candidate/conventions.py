@@ -283,7 +283,7 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
         import torch
 
         z = saves_output().apply(leaf)
-        seen, before = z._version, z.detach().clone()
+        seen = z._version            # its untouched values: the op's own copy (grad_fn)
     t = to_framework(tc, fw, dev)
     opts = _option_values(inputs, fw, dev, st)
     notes = []
@@ -313,7 +313,8 @@ def _one(fn, st: Settings, inputs: Inputs, g: np.ndarray, by_autograd: bool,
                 raise CallFailed("returned a loss that does not require grad: it is not "
                                  "connected to the logits through autograd")
             gl = upstream_for(g, tuple(loss.shape), st)
-            if upstream and z._version == seen and not torch.equal(z.detach(), before):
+            if upstream and z._version == seen and not torch.equal(z.detach(),
+                                                                   z.grad_fn.original):
                 notes.append("wrote into its logits behind autograd's back (their version "
                              "counter did not move)")
             try:

@@ -21,6 +21,7 @@ Not on ranks, JAX kernels or streamed cases.
 from __future__ import annotations
 
 from ..candidate.upstream_op import UPSTREAM_REFUSED
+from ..judge import tolerances
 from ..judge.compare import Invariant, compare
 
 NAME = "logits_saved_upstream"
@@ -39,7 +40,7 @@ def applies(candidate, case) -> bool:
 
 
 def check(candidate, inputs, grad, policy, *, inputs64, dtype, kappa, scale, user=None,
-          mode="rounded") -> tuple[Invariant, bool]:
+          mode=tolerances.DEFAULT_MODE) -> tuple[Invariant, bool]:
     """The invariant, and whether it names #272: h's gradient through the op that saved the
     logits against ``grad``, the kernel's own gradient of the case."""
     r = candidate.call(inputs, timeout=policy.limit, variants=False, upstream=True)
