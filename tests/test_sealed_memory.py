@@ -158,3 +158,40 @@ def test_take_outputs_refuses_a_file_sized_for_other_shapes():
     reply = arena.outputs([np.zeros((2, 3))])
     with pytest.raises(ArenaError, match="holds 48 bytes, not the 64"):
         arena.take_outputs(reply, [(2, 4)])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd, MADV_POPULATE_WRITE")
+def test_populate_split_between_threads_faults_in_every_page(monkeypatch):
+    """A large range is populated by two threads, each a part: a part left out would be
+    faulted in page by page later (the cost populate exists to avoid); shmem counts its
+    allocated pages in st_blocks."""
+    monkeypatch.setattr(arena, "POPULATE_SPLIT", 4 * mmap.PAGESIZE)
+    size = 37 * mmap.PAGESIZE + 123                   # not a whole number of pages or parts
+    fd = os.memfd_create("t")
+    try:
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size)
+        assert os.fstat(fd).st_blocks == 0
+        arena.populate(mm, 0, size)
+        assert os.fstat(fd).st_blocks * 512 >= 37 * mmap.PAGESIZE
+        assert not np.frombuffer(mm, np.uint8).any()      # populated, not written
+        mm.close()
+    finally:
+        os.close(fd)
+
+
+def test_release_knows_the_gradient_written_into_the_logits_pages():
+    """An in-place kernel's gradient is its copy-on-write logits (candidate/streamed.py): the
+    next call on them is populated at once; a gradient of its own is not (populating would
+    copy every page for nothing)."""
+    torch = pytest.importorskip("torch")
+    from softcheck.candidate.streamed import Release
+
+    mm = mmap.mmap(-1, 8 * 4096)
+    z = np.frombuffer(mm, np.float32).reshape(8, 1024)
+    rel = Release([mm])
+    assert rel.holds(z) and rel.holds(z[2:5]) and rel.holds(torch.from_numpy(z))
+    assert not rel.holds(np.zeros((8, 1024), np.float32))
+    assert not rel.holds(torch.zeros(8, 1024)) and not rel.holds(z[:, ::2])
+    del z
+    mm.close()

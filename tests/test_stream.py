@@ -162,14 +162,20 @@ def test_memory_model_asks_whether_the_candidate_streams(monkeypatch):
 
     case = Case(131072, 4096, "float32", "normal", 0, LossSpec())
 
-    def kernel(convention, isolated=True):
-        return SimpleNamespace(settings=SimpleNamespace(convention=convention,
+    def kernel(convention, isolated=True, autograd=False):
+        return SimpleNamespace(settings=SimpleNamespace(convention=convention, autograd=autograd,
                                                         tensor_parallel=1), isolated=isolated)
 
     monkeypatch.setattr(pool, "available_bytes", lambda: 20 * 2**30)
     pool.check_memory([case], 1, [kernel("grad")])          # streams: ~7 GiB
     pool.check_memory([case], 1, [kernel("loss")])          # streams: ~11 GiB
     assert pool.estimate_bytes(case, kernel("loss")) > pool.estimate_bytes(case, kernel("grad"))
+    # an in-place kernel's gradient is its logits' pages, moved to the output file as copied
+    # (measured 4.84 GiB at this size): counted with none of its own, not as a loss kernel
+    est = {k: pool.estimate_bytes(case, kernel(k, autograd=k == "autograd"))
+           for k in ("inplace", "autograd", "loss")}
+    assert est["inplace"] < est["autograd"] < est["loss"]
+    assert 4.84 * 2**30 < est["inplace"] < 1.5 * 4.84 * 2**30
     assert stream.should_stream(case, kernel("inplace"))
     with pytest.raises(Exception, match="not streamed: a --convention .* own worker process"):
         pool.check_memory([case], 1, [kernel("loss", isolated=False)])
@@ -216,3 +222,37 @@ def test_first_pass_takes_each_block_once_under_two_threads(monkeypatch, small_b
         seen.clear()
         result = run_case(case, stream=True)
         assert sorted(seen) == list(range(0, 13, 3)) and result.passed
+
+
+def test_a_comparison_taken_a_few_rows_at_a_time_is_the_same_as_at_once(monkeypatch):
+    """StreamedComparison compares SUB_ELEMENTS entries at a time in kept scratch arrays (in
+    cache): every number, the worst entries and their order, the same as one pass over the
+    block, with a target column, a band per row and per entry, and an entry out of bounds."""
+    from softcheck.judge import streaming
+
+    rng = np.random.default_rng(7)
+    n, c = 13, 40
+    ref = rng.standard_normal((n, c))
+    x = ref + 1e-7 * rng.standard_normal((n, c))
+    x[4, 9] += 1e-3                                            # the one bad entry
+    target = rng.integers(-1, c, n)
+    valid = target >= 0
+    band = np.abs(rng.standard_normal(n)) * 1e-9
+    extra = np.abs(rng.standard_normal((n, c))) * 1e-9
+
+    def result(sub, cols=None):
+        monkeypatch.setattr(streaming, "SUB_ELEMENTS", sub)
+        acc = streaming.StreamedComparison(("candidate", "analytic"), dtype="float32",
+                                           kappa=5.0, scale=1.0, classes=c)
+        xs, rs = (x, ref) if cols is None else (x[:, cols], ref[:, cols])
+        acc.update(0, xs[:7], rs[:7], target=target[:7], valid=valid[:7], band=band[:7],
+                   cols=cols, extra=None if cols is not None else extra[:7])
+        acc.update(7, xs[7:], rs[7:], target=target[7:], valid=valid[7:], band=band[7:],
+                   cols=cols, extra=None if cols is not None else extra[7:])
+        return acc.result(np.where(valid, target, -1))
+
+    for cols in (None, np.array([9, 3, 30, 1])):
+        whole = result(2**18, cols)
+        assert not whole.passed and (whole.worst[0].row, whole.worst[0].cls) == (4, 9)
+        for sub in (1, 2 * c, 3 * c):
+            assert result(sub, cols) == whole

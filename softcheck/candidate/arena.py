@@ -305,9 +305,34 @@ def outputs(arrays, dtypes=None, copied=None) -> dict:
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
+#: from this many bytes on, ``populate`` splits the range between POPULATE_THREADS threads
+#: (the kernel zeroes or copies each page in the calling thread: one core for gigabytes)
+POPULATE_SPLIT = 1 << 28
+POPULATE_THREADS = 2
+
+
 def populate(mm, start: int, length: int) -> None:
+    """``mm``'s pages in [start, start + length) faulted in by one madvise per thread: a
+    first write would fault them in one page at a time."""
     if length <= 0 or not hasattr(mm, "madvise") or not sys.platform.startswith("linux"):
         return
+    if length < POPULATE_SPLIT:
+        _populate(mm, start, length)
+        return
+    import threading
+
+    part = -(-length // POPULATE_THREADS // mmap.PAGESIZE) * mmap.PAGESIZE
+    spans = [(start + k * part, min(part, length - k * part))
+             for k in range(POPULATE_THREADS) if k * part < length]
+    threads = [threading.Thread(target=_populate, args=(mm, a, n)) for a, n in spans[1:]]
+    for t in threads:
+        t.start()
+    _populate(mm, *spans[0])
+    for t in threads:
+        t.join()
+
+
+def _populate(mm, start: int, length: int) -> None:
     try:
         mm.madvise(MADV_POPULATE_WRITE, start, length)
     except (OSError, ValueError):

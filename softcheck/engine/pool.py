@@ -93,22 +93,24 @@ BYTES_PER_FUSED_ENTRY = 80
 #: in shared memory (4 bytes, 8 for float64: shared.py), plus what a plain candidate itself
 #: allocates: its returned gradient (one array of its dtype, float32 at least; a repeated
 #: call's comes after the first is kept and dropped); the references hold ~30 float64 arrays
-#: of one block (BLOCK_ELEMENTS) at a time.  Measured (docs/benchmarks.md): 4096×131072
-#: float32 peaks at 6.15 GiB of Pss (model 6.3), bfloat16 at 3.15 GiB (model 5.4: the kept
-#: gradient is counted at 4 bytes, as a float32 return would need).
+#: of one block (BLOCK_ELEMENTS) in each judging thread and in the first pass's (their heaps
+#: kept between blocks: engine/blocks.KeptHeap).  Measured (docs/benchmarks.md): 4096×131072
+#: float32 peaks at 6.2 GiB of Pss (model 7.1), bfloat16 at 3.15 GiB (the kept gradient is
+#: counted at 4 bytes, as a float32 return would need).
 STREAM_CANDIDATE_ARRAYS = 1
 STREAM_BLOCK_ARRAYS = 30
-#: a streamed convention kernel (loss, inplace, split, autograd.Function) holds more of its
-#: own: the logits buffer it writes (an in-place kernel's gradient; copy-on-write pages of the
-#: sealed logits) and a gradient of its own (autograd's, a loss kernel's saved softmax), while
-#: the judge keeps the first call's gradient for the repeat's bitwise comparison
-STREAM_CONVENTION_ARRAYS = 2
+#: a streamed convention kernel's own full-size arrays besides the kept gradient (the
+#: repeat is digested, never held beside it: candidate/streamed.py): a plain in-place
+#: kernel's gradient is its logits' copy-on-write pages, handed back as they are copied out
+#: (none); an autograd.Function may return a gradient of its own, copied out beside it (one);
+#: a loss or split kernel holds autograd's gradient and what it saved (its softmax: two)
+STREAM_CONVENTION_ARRAYS = {"inplace": 0, "autograd": 1, "loss": 2, "split": 2}
 
 
 def estimate_bytes(case: Case, candidate=None) -> float:
     """Peak bytes of one case: whole-array ~300 B/logit; streamed per dtype (stream.py) when
     the case streams with this ``candidate`` (a convention kernel: more of its own arrays)."""
-    from .stream import BLOCK_ELEMENTS, should_stream
+    from .stream import BLOCK_ELEMENTS, JUDGE_THREADS, should_stream
 
     if case.hidden is not None:
         return BASE_BYTES + BYTES_PER_FUSED_ENTRY * (case.batch + case.classes) * case.hidden
@@ -117,10 +119,14 @@ def estimate_bytes(case: Case, candidate=None) -> float:
         return BASE_BYTES + BYTES_PER_LOGIT * n
     item = numpy_dtype(case.dtype).itemsize
     kept = 8 if item >= 8 else 4
-    conv = candidate is not None and candidate.settings.convention != "grad"
-    own = STREAM_CONVENTION_ARRAYS if conv else STREAM_CANDIDATE_ARRAYS
+    st = None if candidate is None else candidate.settings
+    own = STREAM_CANDIDATE_ARRAYS
+    if st is not None and st.convention != "grad":
+        own = STREAM_CONVENTION_ARRAYS.get(
+            "autograd" if getattr(st, "autograd", False) else st.convention,
+            max(STREAM_CONVENTION_ARRAYS.values()))
     return (BASE_BYTES + n * (item + kept + own * max(item, 4))
-            + STREAM_BLOCK_ARRAYS * 8 * BLOCK_ELEMENTS)
+            + STREAM_BLOCK_ARRAYS * 8 * BLOCK_ELEMENTS * (JUDGE_THREADS + 1))
 
 
 def per_logit(case: Case, candidate=None) -> str:

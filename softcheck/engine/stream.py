@@ -18,14 +18,17 @@ from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.config import numpy_dtype
 from ..suite.inputs import STREAM_REGIMES, make_inputs_into
-from .blocks import FirstPass, Judge, Scaled, block_of, in_threads
+from .blocks import FirstPass, Judge, KeptHeap, Scaled, block_of, in_threads
 from .results import CaseResult, Coverage, FDInfo
 
 #: from this many logits on, a case streams (below it the whole-array path runs: the
 #: numbers are the same, see tests/test_stream.py, the whole-array path is faster when small)
 STREAM_ELEMENTS = 2**23
-#: float64 elements per block of rows (16 MB per array; ~30 arrays live at once per thread)
-BLOCK_ELEMENTS = 2**21
+#: float64 elements per block of rows (8 MB per array; ~30 arrays live at once per thread,
+#: kept in the heap between blocks: KeptHeap).  At 2^21 the kept heaps put an in-place
+#: kernel's 4096×131072 run above its memory bound (5.04 GiB against 4.86); at 2^20 it peaks
+#: at 4.84 GiB and takes as long (docs/benchmarks.md)
+BLOCK_ELEMENTS = 2**20
 #: threads judging blocks once the candidate has returned (numpy and XLA release the GIL)
 JUDGE_THREADS = 2
 RELATIONS_NOTE = ("metamorphic relations and the diagnosis are not run on streamed cases "
@@ -70,6 +73,13 @@ def block_rows(classes: int) -> int:
 
 def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
                  progress=None) -> CaseResult:
+    """``_streamed`` with the block temporaries kept in the heap (``KeptHeap``)."""
+    with KeptHeap():
+        return _streamed(case, candidate, policy=policy, progress=progress)
+
+
+def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
+              progress=None) -> CaseResult:
     """``run_case`` for a large case: the same comparisons, invariants and FD coverage,
     computed over blocks of rows (``progress.block(done, total)`` after each).
 

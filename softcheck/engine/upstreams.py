@@ -15,7 +15,7 @@ from ..judge.compare import stored_of
 from ..judge.streaming import StreamedComparison
 from ..reference import analytic
 from ..reference import finite_difference as references
-from .blocks import Scaled, block_of, in_threads, trim
+from .blocks import Scaled, block_of, in_threads
 
 
 def variant_stats(inputs, g, st: references.RowStats, tot64) -> references.RowStats:
@@ -68,7 +68,6 @@ def judge_variants(call, candidate, inputs, case, *, timeout, tot64, st, kappa, 
                 accs[t].update(r0, np.asarray(grad[r0:r1], np.float64), ref,
                                target=targets[r0:r1], valid=valid[r0:r1],
                                band=native_rel * sc, extra=extra)
-                trim()
 
         in_threads(lane, threads)
         grad = None                        # this call's gradient dropped before the next

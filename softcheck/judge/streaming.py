@@ -8,6 +8,11 @@ from . import tolerances
 from .compare import WORST_ENTRIES, Comparison, Entry, Invariant
 
 
+#: entries compared at once (2 MiB a float64 array: the few temporaries stay in cache; a
+#: block of 16 MiB arrays took 8.7 ns an entry, 2 MiB ones 2.7 ns, on this project's machine)
+SUB_ELEMENTS = 2**18
+
+
 class StreamedComparison:
     """``compare`` accumulated over blocks of rows (and, for finite differences, over the
     sampled columns only: the other entries are zero on both sides, ratio 0).
@@ -26,6 +31,7 @@ class StreamedComparison:
         self.parts = {True: [0.0, 0.0], False: [0.0, 0.0]}     # target / others: err, ratio
         self.has_target = False
         self.top: list[tuple] = []      # (−ratio, flat, x, ref, is_target, ignored)
+        self._buf: np.ndarray | None = None
 
     def _tolerance(self):
         t = tolerances.Tolerance(self.atol, self.rtol).override(self.user)
@@ -42,8 +48,14 @@ class StreamedComparison:
         self.band_max = max(self.band_max, float(np.max(band, initial=0.0)))
         if extra is not None:           # per entry, in the allowed error but not the atol
             band = (band[:, None] if band.ndim == 1 else band) + np.asarray(extra, np.float64)
-        if not self._fast(r0, x, ref, target, valid, band, cols):
-            self._general(r0, x, ref, target, valid, band, cols)
+        target, valid = np.asarray(target), np.asarray(valid)
+        step = max(1, SUB_ELEMENTS // max(1, x.shape[1]))
+        for i in range(0, x.shape[0], step):      # a few rows at a time: in cache (3× faster)
+            j = min(x.shape[0], i + step)
+            bi = band[i:j] if band.ndim else band
+            xi, ri, ti, vi = x[i:j], ref[i:j], target[i:j], valid[i:j]
+            if not self._fast(r0 + i, xi, ri, ti, vi, bi, cols):
+                self._general(r0 + i, xi, ri, ti, vi, bi, cols)
 
     def _fast(self, r0, x, ref, target, valid, band, cols) -> bool:
         """Every entry finite and a positive tolerance (the usual block): the same numbers in
@@ -52,9 +64,10 @@ class StreamedComparison:
         if not ua > 0 or (band.ndim and not np.all(band >= 0)):
             return False
         with np.errstate(invalid="ignore", over="ignore"):   # non-finite: _general
-            err = np.subtract(x, ref)
+            err, ratio = self._scratch(x.shape)
+            np.subtract(x, ref, out=err)
             np.abs(err, out=err)
-            ratio = np.abs(ref)
+            np.abs(ref, out=ratio)
             ratio *= ur
             ratio += ua
             if band.ndim:
@@ -88,6 +101,15 @@ class StreamedComparison:
         if bmax > 1.0:
             self.out_of += int(np.sum(ratio > 1.0)) + int(np.sum(rt > 1.0))
         return True
+
+    def _scratch(self, shape) -> tuple[np.ndarray, np.ndarray]:
+        """Two float64 arrays of ``shape`` kept between calls: fresh ones of a few MiB would
+        come from new pages each time (malloc hands such sizes back at once), page faults
+        and zeroing costing more than the arithmetic."""
+        size = shape[0] * shape[1]
+        if self._buf is None or self._buf.shape[1] < size:
+            self._buf = np.empty((2, size))
+        return self._buf[0, :size].reshape(shape), self._buf[1, :size].reshape(shape)
 
     def _positions(self, target, w, cols):
         """The block's columns (all, or the sampled ``cols``) and each row's target position
