@@ -93,7 +93,7 @@ BYTES_PER_FUSED_ENTRY = 80
 #: in shared memory (4 bytes, 8 for float64: shared.py), plus what a plain candidate itself
 #: allocates: its returned gradient (one array of its dtype, float32 at least; a repeated
 #: call's comes after the first is kept and dropped); the references hold ~30 float64 arrays
-#: of one block (BLOCK_ELEMENTS) in each judging thread and in the first pass's (their heaps
+#: of one block (stream.block_elements) in each judging thread and in the first pass's (their heaps
 #: kept between blocks: engine/blocks.KeptHeap).  Measured (docs/benchmarks.md): 4096×131072
 #: float32 peaks at 6.2 GiB of Pss (model 7.1), bfloat16 at 3.15 GiB (the kept gradient is
 #: counted at 4 bytes, as a float32 return would need).
@@ -110,7 +110,7 @@ STREAM_CONVENTION_ARRAYS = {"inplace": 0, "autograd": 1, "loss": 2, "split": 2}
 def estimate_bytes(case: Case, candidate=None) -> float:
     """Peak bytes of one case: whole-array ~300 B/logit; streamed per dtype (stream.py) when
     the case streams with this ``candidate`` (a convention kernel: more of its own arrays)."""
-    from .stream import BLOCK_ELEMENTS, JUDGE_THREADS, should_stream
+    from .stream import JUDGE_THREADS, block_elements, should_stream
 
     if case.hidden is not None:
         return BASE_BYTES + BYTES_PER_FUSED_ENTRY * (case.batch + case.classes) * case.hidden
@@ -126,7 +126,7 @@ def estimate_bytes(case: Case, candidate=None) -> float:
             "autograd" if getattr(st, "autograd", False) else st.convention,
             max(STREAM_CONVENTION_ARRAYS.values()))
     return (BASE_BYTES + n * (item + kept + own * max(item, 4))
-            + STREAM_BLOCK_ARRAYS * 8 * BLOCK_ELEMENTS * (JUDGE_THREADS + 1))
+            + STREAM_BLOCK_ARRAYS * 8 * block_elements(case.dtype) * (JUDGE_THREADS + 1))
 
 
 def per_logit(case: Case, candidate=None) -> str:

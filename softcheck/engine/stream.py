@@ -25,9 +25,11 @@ from .results import CaseResult, Coverage, FDInfo
 #: numbers are the same, see tests/test_stream.py, the whole-array path is faster when small)
 STREAM_ELEMENTS = 2**23
 #: float64 elements per block of rows (8 MB per array; ~30 arrays live at once per thread,
-#: kept in the heap between blocks: KeptHeap).  At 2^21 the kept heaps put an in-place
-#: kernel's 4096×131072 run above its memory bound (5.04 GiB against 4.86); at 2^20 it peaks
-#: at 4.84 GiB and takes as long (docs/benchmarks.md)
+#: kept in the heap between blocks: KeptHeap), half as many for a 16-bit case.  At 2^21 the
+#: kept heaps put an in-place kernel's 4096×131072 float32 run above its memory bound (5.04
+#: GiB against 4.86); at 2^20 it peaks at 4.81 GiB and takes as long.  A bfloat16 case's
+#: bound is smaller (its logits and gradient are half the bytes, the judge's blocks are not):
+#: 2.90 GiB at 2^20 against 2.88, 2.72 GiB at 2^19 (docs/benchmarks.md)
 BLOCK_ELEMENTS = 2**20
 #: threads judging blocks once the candidate has returned (numpy and XLA release the GIL)
 JUDGE_THREADS = 2
@@ -67,8 +69,13 @@ def probe_count(case: Case) -> int:
     return max(1, min(case.probes, int(case.fd_budget // each))) if case.probes else 0
 
 
-def block_rows(classes: int) -> int:
-    return max(1, BLOCK_ELEMENTS // classes)
+def block_elements(dtype: str) -> int:
+    """Logits per block of a ``dtype`` case (BLOCK_ELEMENTS; half for 16-bit dtypes)."""
+    return BLOCK_ELEMENTS if numpy_dtype(dtype).itemsize >= 4 else max(1, BLOCK_ELEMENTS // 2)
+
+
+def block_rows(classes: int, dtype: str = "float32") -> int:
+    return max(1, block_elements(dtype) // classes)
 
 
 def run_streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
@@ -97,7 +104,7 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     dt = numpy_dtype(case.dtype)
     out = None if candidate is None else candidate.shared_logits((n, c), dt, case.pad)
     out = np.empty((n, c), dt) if out is None else out
-    nb = block_rows(c)
+    nb = block_rows(c, case.dtype)
     blocks = [(r, min(n, r + nb)) for r in range(0, n, nb)]
     ticker = _Ticker(progress, 2 * len(blocks))
     native_wanted = (candidate is not None and case.tolerance == "native"

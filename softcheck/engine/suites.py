@@ -179,14 +179,13 @@ def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPo
 # whole process, 1.6 s of it FD (~2e-6 s per logit); 8×262144 float64 5.5 s (~2.4e-6).
 SECONDS_PER_LOGIT = 2e-6
 # A streamed case (engine/stream.py) costs less per logit (blocks in cache, no relations):
-# 4096×131072 float32 150 s and 8192×32000 float32 ~78 s whole process, ~25 s and ~19 s of
-# them FD's budget and probe: ~2.4e-7 s per logit besides FD.
-STREAMED_SECONDS_PER_LOGIT = 2.4e-7
+# measured quiet (2026-12-07, after KeptHeap) 4096×131072 float32 of the numpy example 85.8 s
+# whole process, ~26 s of it FD's budget and probe: ~1.1e-7 s per logit besides FD.
+STREAMED_SECONDS_PER_LOGIT = 1.1e-7
 # A streamed convention kernel adds, per other upstream gradient, one more call and a closed
-# form + comparison a block at a time: measured (2026-12-07, load ~4) 4096×131072 float32 of
-# the Liger-style in-place example 207 s against the plain path's 147 s the same hour, ~1.1e-7
-# s per logit for its one variant (g = 1).
-STREAMED_CALL_SECONDS_PER_LOGIT = 1.1e-7
+# form + comparison a block at a time: measured the same day, 4096×131072 float32 of the
+# Liger-style in-place example, 12.8 s for its one variant (g = 1): ~2.4e-8 s per logit.
+STREAMED_CALL_SECONDS_PER_LOGIT = 2.4e-8
 
 
 # Fused linear cross-entropy (--hidden): the reference's six N·V·H products (four float64,
