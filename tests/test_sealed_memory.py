@@ -193,5 +193,11 @@ def test_release_knows_the_gradient_written_into_the_logits_pages():
     assert rel.holds(z) and rel.holds(z[2:5]) and rel.holds(torch.from_numpy(z))
     assert not rel.holds(np.zeros((8, 1024), np.float32))
     assert not rel.holds(torch.zeros(8, 1024)) and not rel.holds(z[:, ::2])
-    del z
+    assert not rel.holds(torch.zeros(8, 1024, dtype=torch.bfloat16))    # no numpy dtype
+    # a split kernel's backward mapping (made anew each call) is not the logits' pages
+    other = mmap.mmap(-1, 8 * 4096)
+    w = np.frombuffer(other, np.float32).reshape(8, 1024)
+    assert Release([mm, other]).holds(z) and not Release([mm, other]).holds(w)
+    del z, w
     mm.close()
+    other.close()

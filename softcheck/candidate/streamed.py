@@ -147,7 +147,7 @@ def _digests(wc, req: dict, fds, shape, timeout, limit):
         return None, error, output
     from concurrent.futures import ThreadPoolExecutor
 
-    out = []
+    out, pending = [], None
     with ThreadPoolExecutor(1) as pool:      # a block digested while the next one comes
         for r in row_blocks(shape, REPEAT_BLOCK):
             r0, r1 = r.indices(shape[0])[:2]
@@ -157,8 +157,13 @@ def _digests(wc, req: dict, fds, shape, timeout, limit):
             output += more
             if error is not None:
                 return None, error, output
-            out.append(pool.submit(digest, outs[0]))
-        return [f.result() for f in out], None, output
+            if pending is not None:          # at most two blocks mapped here at once
+                out.append(pending.result())
+            pending = pool.submit(digest, outs[0])
+            outs = None
+        if pending is not None:
+            out.append(pending.result())
+        return out, None, output
 
 
 class Release:
@@ -181,7 +186,10 @@ class Release:
         """The mapping ``a``'s rows lie in, with its address and ``a``'s (None: elsewhere;
         only a numpy array or a CPU torch tensor is looked at: nothing is copied)."""
         if hasattr(a, "data_ptr") and getattr(getattr(a, "device", None), "type", "") == "cpu":
-            a = a.detach().numpy()
+            try:
+                a = a.detach().numpy()
+            except (TypeError, RuntimeError):         # bfloat16 has no numpy dtype
+                return None
         if not isinstance(a, np.ndarray) or a.ndim != 2 or not a.shape[0]:
             return None
         p = a.__array_interface__["data"][0]
@@ -195,8 +203,11 @@ class Release:
         return None
 
     def holds(self, a) -> bool:
-        """Whether ``a`` is the kernel's logits pages themselves (it wrote its gradient there)."""
-        return self.span(a) is not None
+        """Whether ``a`` is the kernel's logits pages themselves (the first mapping: the one
+        it is called on; it wrote its gradient there).  A split kernel's backward writing
+        into its own mapping (``Streamed.fresh``) is not: that one is made anew each call."""
+        found = self.span(a)
+        return found is not None and found[0] is self.spans[0][0]
 
     def __call__(self, a, r1: int) -> None:
         found = self.span(a)
@@ -244,6 +255,7 @@ def serve_convention(cand, shm, req: dict) -> dict:
                         variants=False, streamed=streamed)
     inputs = streamed = None
     if r.error is not None:
+        _WROTE.clear()
         return {"error": r.error, "notes": list(r.notes)}
     release = Release(maps)
     _WROTE["key"] = key if release.holds(r.grad) else None

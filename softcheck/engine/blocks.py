@@ -215,7 +215,7 @@ def _libc():
             lib = ctypes.CDLL(None)
             _LIBC["libc"] = lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") \
                 else None
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):      # not glibc (macOS, musl, Windows)
             _LIBC["libc"] = None
     return _LIBC["libc"]
 
@@ -224,25 +224,30 @@ _LIBC: dict = {}
 #: glibc's mallopt parameters, and their defaults (restored after a streamed case)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 DEFAULT_TRIM, DEFAULT_MMAP = 128 * 1024, 128 * 1024
+KEPT_MMAP, KEPT_TRIM = 1 << 25, 1 << 30
 
 
 class KeptHeap:
     """While a streamed case runs, freed block temporaries stay in the heap for the next
-    block (glibc: allocations below 64 MiB from the heap, freed memory not trimmed): a block's
-    16 MiB arrays otherwise come as fresh pages every time, and faulting and zeroing them cost
+    block (glibc: allocations below 32 MiB from the heap, freed memory not trimmed): a block's
+    arrays otherwise come as fresh pages every time, and faulting and zeroing them cost
     the judge more than its arithmetic (a quarter of the run as system time at 4096×131072).
-    The heap is trimmed once at the end (``malloc_trim``) and the defaults restored."""
+    The heap is trimmed once at the end (``malloc_trim``) and glibc's default values set
+    again: fixed ones, so its dynamic mmap threshold stays off for the rest of the process
+    (large arrays are then always mapped and unmapped: memory handed back at once)."""
 
     def __enter__(self):
         lib = _libc()
-        if lib is not None:
-            lib.mallopt(M_MMAP_THRESHOLD, 1 << 26)
-            lib.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        # 32 MiB: the largest M_MMAP_THRESHOLD every glibc accepts; the 8 MiB block arrays
+        # are below it.  Refused (0): the trim threshold is left alone too.
+        self.kept = lib is not None and lib.mallopt(M_MMAP_THRESHOLD, KEPT_MMAP) == 1
+        if self.kept:
+            lib.mallopt(M_TRIM_THRESHOLD, KEPT_TRIM)
         return self
 
     def __exit__(self, *exc):
         lib = _libc()
-        if lib is not None:
+        if self.kept:
             lib.mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP)
             lib.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM)
         trim()

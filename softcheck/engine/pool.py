@@ -101,10 +101,12 @@ STREAM_CANDIDATE_ARRAYS = 1
 STREAM_BLOCK_ARRAYS = 30
 #: a streamed convention kernel's own full-size arrays besides the kept gradient (the
 #: repeat is digested, never held beside it: candidate/streamed.py): a plain in-place
-#: kernel's gradient is its logits' copy-on-write pages, handed back as they are copied out
-#: (none); an autograd.Function may return a gradient of its own, copied out beside it (one);
-#: a loss or split kernel holds autograd's gradient and what it saved (its softmax: two)
-STREAM_CONVENTION_ARRAYS = {"inplace": 0, "autograd": 1, "loss": 2, "split": 2}
+#: kernel's gradient is its logits' copy-on-write pages, handed back as they are copied out,
+#: so one covers a nondeterministic kernel's extra call, kept in the worker while the judge
+#: holds the main one; an autograd.Function may save its softmax and return a gradient of
+#: its own (two: a Liger-style one that writes its logits is counted too high, which errs
+#: towards refusing); a loss or split kernel holds autograd's gradient and what it saved
+STREAM_CONVENTION_ARRAYS = {"inplace": 1, "autograd": 2, "loss": 2, "split": 2}
 
 
 def estimate_bytes(case: Case, candidate=None) -> float:
@@ -122,9 +124,9 @@ def estimate_bytes(case: Case, candidate=None) -> float:
     st = None if candidate is None else candidate.settings
     own = STREAM_CANDIDATE_ARRAYS
     if st is not None and st.convention != "grad":
-        own = STREAM_CONVENTION_ARRAYS.get(
-            "autograd" if getattr(st, "autograd", False) else st.convention,
-            max(STREAM_CONVENTION_ARRAYS.values()))
+        autograd = getattr(st, "autograd", False) and st.convention == "inplace"
+        own = STREAM_CONVENTION_ARRAYS.get("autograd" if autograd else st.convention,
+                                           max(STREAM_CONVENTION_ARRAYS.values()))
     return (BASE_BYTES + n * (item + kept + own * max(item, 4))
             + STREAM_BLOCK_ARRAYS * 8 * block_elements(case.dtype) * (JUDGE_THREADS + 1))
 
