@@ -93,8 +93,9 @@ BYTES_PER_FUSED_ENTRY = 80
 #: in shared memory (4 bytes, 8 for float64: shared.py), plus what a plain candidate itself
 #: allocates: its returned gradient (one array of its dtype, float32 at least; a repeated
 #: call's comes after the first is kept and dropped); the references hold ~30 float64 arrays
-#: of one block (stream.block_elements) in each judging thread and in the first pass's (their heaps
-#: kept between blocks: engine/blocks.KeptHeap).  Measured (docs/benchmarks.md): 4096×131072
+#: of one block (stream.block_elements) in each judging thread and in the first pass's
+#: (their heaps kept between blocks: engine/blocks.KeptHeap).  Measured
+#: (docs/benchmarks.md): 4096×131072
 #: float32 peaks at 6.2 GiB of Pss (model 7.1), bfloat16 at 3.15 GiB (the kept gradient is
 #: counted at 4 bytes, as a float32 return would need).
 STREAM_CANDIDATE_ARRAYS = 1
