@@ -319,17 +319,13 @@ def populate(mm, start: int, length: int) -> None:
     if length < POPULATE_SPLIT:
         _populate(mm, start, length)
         return
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     part = -(-length // POPULATE_THREADS // mmap.PAGESIZE) * mmap.PAGESIZE
     spans = [(start + k * part, min(part, length - k * part))
              for k in range(POPULATE_THREADS) if k * part < length]
-    threads = [threading.Thread(target=_populate, args=(mm, a, n)) for a, n in spans[1:]]
-    for t in threads:
-        t.start()
-    _populate(mm, *spans[0])
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(len(spans)) as pool:
+        list(pool.map(lambda span: _populate(mm, *span), spans))
 
 
 def _populate(mm, start: int, length: int) -> None:

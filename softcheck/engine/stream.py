@@ -74,7 +74,7 @@ def block_elements(dtype: str) -> int:
     return BLOCK_ELEMENTS if numpy_dtype(dtype).itemsize >= 4 else max(1, BLOCK_ELEMENTS // 2)
 
 
-def block_rows(classes: int, dtype: str = "float32") -> int:
+def block_rows(classes: int, dtype: str) -> int:
     return max(1, block_elements(dtype) // classes)
 
 
