@@ -4,13 +4,13 @@ function (shared.py), each call its own request for one upstream gradient, the g
 in its own precision (float32 stays float32, bfloat16 16-bit) in a file the worker sealed,
 the forward's values in the reply.
 
-Judge side (``call_convention``): the repeats of ``--repeat`` are made first, each kept in
-the worker and brought back a block of rows at a time to be digested here (SHA-256 per
-block); then the main call, whose gradient the judge keeps and compares with the digests.  So
-no two full-size gradients are ever held at once (an in-place kernel's own pages plus the
-judge's copy would be three arrays with the logits).  Where a digest differs, one more call
-is compared with the kept gradient block by block: the difference measured, as for a plain
-gradient function.
+Judge side (``call_convention``): the repeats of ``--repeat`` are made first, each one's
+gradient brought back whole in its own sealed file, as the main call's is, digested here
+(SHA-256 per block of rows) and dropped; then the main call, whose gradient the judge keeps
+and compares with the digests.  So no two full-size gradients are ever held at once (an
+in-place kernel's own pages are handed back as they are copied).  Where a digest differs,
+one more call is kept in the worker and compared with the kept gradient block by block: the
+difference measured, as for a plain gradient function.
 
 Worker side (``serve_convention``, ``Release``): the kernel gets a copy-on-write mapping of
 the sealed logits (``conventions.Streamed``); an in-place kernel's gradient, in the pages it
@@ -66,7 +66,7 @@ def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallR
     fds, reply, output, earlier = [logits_fd, small.fd], None, "", []
     try:
         for i in range(max(1, int(repeat)) - 1):     # the repeats first, kept as digests
-            d, error, more = _digests(wc, {**req, "keep": True}, fds, shape, timeout, limit)
+            d, error, more = _digests(wc, req, fds, shape, timeout, limit)
             output += more
             if error is not None:
                 where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
@@ -139,31 +139,24 @@ def digests(blocks) -> list[bytes]:
 
 
 def _digests(wc, req: dict, fds, shape, timeout, limit):
-    """One call kept in the worker, its gradient brought back a block of rows at a time and
-    digested (nothing of it kept here): ``(digests, error, output)``."""
+    """One call whose gradient comes back whole, in its own sealed file, as the main call's
+    does (an in-place kernel's pages handed back as they are copied: no more memory than the
+    main call), digested here a block of rows at a time and dropped: ``(digests, error,
+    output)``.  One reply, not a request per block: a block's file was made, populated,
+    sealed and mapped for 64 MiB at a time, 2-3x slower per byte."""
     reply, error, output = wc.exchange(req, timeout, fds=fds, limit=limit)
-    close_all(list((reply or {}).get("fds") or ()))
-    if error is not None:
-        return None, error, output
-    from concurrent.futures import ThreadPoolExecutor
-
-    out, pending = [], None
-    with ThreadPoolExecutor(1) as pool:      # a block digested while the next one comes
-        for r in row_blocks(shape, REPEAT_BLOCK):
-            r0, r1 = r.indices(shape[0])[:2]
-            reply, error, more, outs = wc.take(
-                *wc.exchange({"op": "block", "rows": (r0, r1)}, timeout),
-                [(r1 - r0, shape[1])])
-            output += more
-            if error is not None:
-                return None, error, output
-            if pending is not None:          # at most two blocks mapped here at once
-                out.append(pending.result())
-            pending = pool.submit(digest, outs[0])
-            outs = None
-        if pending is not None:
-            out.append(pending.result())
+    try:
+        if error is not None:
+            return None, error, output
+        try:
+            grad = take_outputs(reply, [shape])[0]
+        except (ArenaError, OSError, ValueError, TypeError) as e:
+            return None, f"its outputs did not come back as they must: {e}", output
+        out = digests([grad[r] for r in row_blocks(shape, REPEAT_BLOCK)])
+        grad = None                          # its mapping goes before the main call's comes
         return out, None, output
+    finally:
+        close_all(list((reply or {}).get("fds") or ()))
 
 
 class Release:
