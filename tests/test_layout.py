@@ -125,3 +125,24 @@ def test_help_imports_no_jax():
             "sorted(m for m in sys.modules if m.startswith(heavy))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_case_runners_share_one_skeleton():
+    """Whole, streamed and fused cases make their results through engine/skeleton.Frame
+    (one early return, one verdict) and share the pairs' judging (judge/pairs.py): no
+    runner builds a CaseResult itself or reaches into another runner's private helpers,
+    as stream.py once imported case.py's."""
+    runners = {name: (ROOT / "engine" / f"{name}.py").read_text()
+               for name in ("case", "stream", "fused")}
+    for name, text in runners.items():
+        tree = ast.parse(text)
+        made = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and getattr(n.func, "id", None) == "CaseResult"]
+        assert not made, f"engine/{name}.py builds a CaseResult itself (use Frame)"
+        assert "Frame(case, candidate)" in text, f"engine/{name}.py does not use Frame"
+    for path in (ROOT / "engine").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level and \
+                    (node.module or "").split(".")[0] in ("case", "stream", "fused"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"

@@ -107,6 +107,25 @@ def test_streamed_catches_one_wrong_entry(tmp_path, small_blocks):
     assert (worst.row, worst.cls) == (0, 5)
 
 
+RAISES = '''
+def grad(logits, target, ignore_index=-100):
+    print("about to fail")
+    raise ValueError("no gradient today")
+'''
+
+
+def test_a_failed_call_is_reported_alike_whole_and_streamed(tmp_path, small_blocks):
+    """One skeleton (engine/skeleton.Frame): the call's error, its output and the case's
+    identity, scale and κ, the same whether the case is judged whole or streamed."""
+    case = Case(500, 8, "float32", "normal", 3, LossSpec())
+    a, b = both_paths(tmp_path, RAISES, case)
+    for r in (a, b):
+        assert not r.passed and "no gradient today" in r.error
+        assert "about to fail" in r.output and r.comparisons == () and r.seconds > 0
+    assert (a.name, a.params, a.target, a.kappa) == (b.name, b.params, b.target, b.kappa)
+    assert a.scale == pytest.approx(b.scale, rel=1e-12)
+
+
 def test_streamed_bfloat16_gradient_reaches_the_sink_as_bfloat16(tmp_path, small_blocks):
     """Caught by the 4096×131072 bfloat16 benchmark (5.15 GiB against a 3.67 GiB bound):
     ``to_array`` turned the candidate's bfloat16 gradient into a full float32 copy before the

@@ -149,6 +149,12 @@ class Judge:
         self.proj: list[dict] = [{} for _ in range(n_probes)]
         self.lock = threading.Lock()
 
+    def probes(self, first: FirstPass) -> tuple:
+        """The directional probes: the first pass's values, bands and |d|₁ with this judge's
+        projections of every method on them."""
+        return tuple(references.Probe(v, b, l1, self.proj[k])
+                     for k, (v, b, l1) in enumerate(first.probes))
+
     def _stored(self, b64, stb):
         """The block's STORED term (judge/tolerances.py), or None where the mode has none."""
         dtype = self.case.dtype

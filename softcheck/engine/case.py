@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
 from ..judge import tolerances
 from ..candidate import CallPolicy, CallResult
-from ..judge.compare import (Comparison, Invariant, compare, compare_values, determinism,
-                             invariants)
+from ..judge.compare import Comparison, compare, invariants
 from ..judge.metamorphic import check_relations
+from ..judge.pairs import (REFERENCE_PAIRS, fold_probes, forward_pairs, methods_of,
+                           native_band, native_note, pairs_of, repeat_invariant,
+                           unheard_hint, upstream_hint, user_tolerance)
 from ..reference import analytic, autodiff
 from ..reference.loss import values as loss_values
 from ..reference import finite_difference as references
@@ -20,12 +21,8 @@ from ..suite.cases import Case
 from ..suite.inputs import make_inputs
 from ..judge.ranks import judge_ranks
 from . import saved_logits
-from .results import CaseResult, Coverage, FDInfo
-
-REFERENCE_PAIRS = (("analytic", "autodiff"), ("analytic", "finite_difference"),
-                   ("autodiff", "finite_difference"))
-CANDIDATE_PAIRS = (("candidate", "analytic"), ("candidate", "autodiff"),
-                   ("candidate", "finite_difference"))
+from .results import CaseResult, FDInfo
+from .skeleton import Frame, coverage
 
 
 def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -> CaseResult:
@@ -35,7 +32,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         from .fused import run_fused_case
 
         return run_fused_case(case, candidate, policy=policy)
-    t0 = time.perf_counter()
+    frame = Frame(case, candidate)
     timeout = policy.limit
     upstream = "auto"
     if candidate is not None:
@@ -46,22 +43,16 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     stats = references.row_stats(inputs64)
     scale = stats.scale
     kappa = tolerances.condition(inputs64.logits, case.spec.divisor, case.spec.softcap)
-    base = dict(name=case.name, params=case.params(), group=case.group, scale=scale, kappa=kappa,
-                target=candidate.label if candidate is not None else None)
+    frame.measured(scale=scale, kappa=kappa)
     if case.order == 2:
-        result = _second_order(case, inputs64, candidate, scale, kappa, timeout, base)
-        return dataclasses.replace(result, seconds=time.perf_counter() - t0)
+        return _second_order(case, inputs64, candidate, scale, kappa, timeout, frame)
 
     grads: dict[str, np.ndarray] = {}
     dtypes = {"analytic": case.dtype, "autodiff": "float64", "finite_difference": "float64"}
-    notes: list[str] = []
     if candidate is not None:
         call = candidate.call(inputs, timeout=timeout, repeat=policy.repeat)
-        notes.extend(call.notes)
-        base["output"] = call.output or None
-        if call.error:
-            return CaseResult(passed=False, error=call.error, notes=tuple(notes),
-                              seconds=time.perf_counter() - t0, **base)
+        if frame.heard(call):
+            return frame.failed(call.error)
         grads["candidate"] = call.grad
         dtypes["candidate"] = case.dtype
         dtypes["analytic"] = "float64"       # the candidate is judged by float64 references
@@ -76,24 +67,22 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     native = 0.0
     if (candidate is not None and case.tolerance == "native"
             and case.dtype in tolerances.LOW_PRECISION):
-        native = _native_band(inputs, grads["analytic"])
-        notes.append(f"--tolerance native: candidate entries also allowed "
-                     f"{tolerances.K_NATIVE:g} × {native / tolerances.K_NATIVE:.2g}, the largest "
-                     f"error of the closed form computed in {case.dtype} arithmetic")
-    pairs = (CANDIDATE_PAIRS + REFERENCE_PAIRS) if candidate is not None else REFERENCE_PAIRS
+        native = native_band(inputs, grads["analytic"])
+        frame.notes.append(native_note(native, case.dtype))
+    pairs = pairs_of(candidate)
+    user = user_tolerance(case, "candidate", candidate)
     comparisons = []
     for a, b in pairs:
         comparisons.append(_compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale,
                                          native if a == "candidate" else 0.0,
-                                         _user_tolerance(case, a, candidate), case.tolerance))
+                                         user_tolerance(case, a, candidate), case.tolerance))
     if candidate is not None:
         comparisons += _forward_pairs(call, inputs64, case, kappa)
         comparisons += _upstream_pairs(call, inputs64, case, kappa, native / scale if scale else 0)
     rank_invs, rank_hints = [], ()
     if candidate is not None and call.ranks:            # --tensor-parallel: per rank
         rank_cmps, rank_invs, rank_hints = judge_ranks(
-            call, inputs64, dtype=case.dtype, kappa=kappa, scale=scale,
-            user=_user_tolerance(case, "candidate", candidate))
+            call, inputs64, dtype=case.dtype, kappa=kappa, scale=scale, user=user)
         comparisons += rank_cmps
     checked = "candidate" if candidate is not None else "analytic"
     invs = invariants(checked, grads[checked], inputs64, dtype=dtypes[checked], kappa=kappa,
@@ -102,13 +91,12 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
     if candidate is not None and saved_logits.applies(candidate, case):
         inv, wrote = saved_logits.check(
             candidate, inputs, grads["candidate"], policy, inputs64=inputs64,
-            dtype=case.dtype, kappa=kappa, scale=scale, mode=case.tolerance,
-            user=_user_tolerance(case, "candidate", candidate))
+            dtype=case.dtype, kappa=kappa, scale=scale, mode=case.tolerance, user=user)
         invs.append(inv)
         if wrote and call.nondet == 0:      # its own gradient moved: the saved logits did
             saved_hint = (saved_logits.HINT,)
     if candidate is not None and policy.repeat > 1:
-        invs.append(_determinism(call.nondet, policy, comparisons[0]))
+        invs.append(repeat_invariant(call.nondet, policy, comparisons[0]))
     relations = ()
     call_errors: list[str] = []
 
@@ -124,8 +112,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         relations = check_relations(relation_call, inputs,
                                     grads["candidate"], dtype=case.dtype, takes=candidate.takes,
                                     seed=case.seed, native=case.tolerance == "native",
-                                    user=_user_tolerance(case, "candidate", candidate),
-                                    positional=bool(case.shift))
+                                    user=user, positional=bool(case.shift))
     passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
               and all(r.passed for r in relations))
     diagnosis: tuple[str, ...] = ()
@@ -144,19 +131,10 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
         diagnosis = shifted or diagnosis  # it explains every rank's error and the loss's
     info = FDInfo(fd.method, fd.error_estimate, float(np.median(fd.step)), fd.coverage,
                   fd.columns, len(fd.probes))
-    coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
-                        tuple(r.name for r in relations), len(fd.probes), fd.coverage)
     error = f"{call_errors[0]} (in a metamorphic relation's call)" if call_errors else None
-    return CaseResult(passed=passed and not call_errors, error=error,
-                      comparisons=tuple(comparisons), invariants=tuple(invs),
-                      relations=relations, coverage=coverage,
-                      fd=info, diagnosis=diagnosis, notes=tuple(notes),
-                      seconds=time.perf_counter() - t0, **base)
-
-
-def _determinism(nondet: float, policy: CallPolicy, cmp: Comparison) -> Invariant:
-    """The ``deterministic`` invariant of a case judged against ``cmp`` (its tolerance)."""
-    return determinism(nondet, policy.repeat, policy.nondet_tol, cmp.atol)
+    return frame.result(comparisons, invs, relations, fd=info, diagnosis=diagnosis, error=error,
+                        coverage=coverage(methods_of(pairs), relations, len(fd.probes),
+                                          fd.coverage))
 
 
 def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Comparison]:
@@ -165,24 +143,6 @@ def _forward_pairs(call, inputs64: Inputs, case: Case, kappa: float) -> list[Com
     if call.loss is None and call.lse is None:
         return []
     return forward_pairs(call, loss_values(inputs64), case, kappa, inputs64.logits.shape[0])
-
-
-def forward_pairs(call, ref, case: Case, kappa: float, n: int) -> list[Comparison]:
-    """``_forward_pairs`` against reference values ``ref`` (``reference.loss.LossValues``:
-    a streamed case's are computed a block of rows at a time, engine/blocks.py)."""
-    out = []
-    for name, x, r, sc in (("loss", call.loss, ref.loss, ref.scale),
-                           ("z_loss", call.z_loss if case.spec.z_loss else None, ref.z_loss,
-                            ref.zscale)):
-        if x is not None:
-            allowed, atol, rtol = tolerances.loss_allowed(case.dtype, kappa, sc, n, r)
-            out.append(compare_values((f"candidate_{name}", f"reference_{name}"), x, r,
-                                      allowed, atol, rtol, sc))
-    if call.lse is not None:
-        allowed, atol, rtol = tolerances.lse_allowed(case.dtype, kappa, ref.lse)
-        out.append(compare_values(("candidate_lse", "reference_lse"), call.lse, ref.lse,
-                                  allowed, atol, rtol, 1.0))
-    return out
 
 
 def _upstream_pairs(call, inputs64: Inputs, case: Case, kappa: float, native_rel: float
@@ -234,53 +194,6 @@ def _forward_hint(comparisons, call, inputs64: Inputs) -> tuple[str, ...]:
         "(tests that compare only gradients miss it)" for name in bad)
 
 
-def unheard_hint(candidate, spec) -> tuple[str, ...]:
-    """Options the case uses that a plain gradient function does not declare: it cannot have
-    honoured them (it gets only the keywords it takes: candidate/call.kwargs_for).  A
-    convention kernel gets options by --args and --rename too: no hint."""
-    if candidate is None or candidate.settings.convention != "grad":
-        return ()
-    used = {"softcap": spec.softcap is not None, "label_smoothing": spec.label_smoothing != 0,
-            "temperature": spec.temperature != 1.0, "z_loss": spec.z_loss != 0,
-            "logit_scale": spec.logit_scale != 1.0}
-    missing = [k for k, on in used.items() if on and not candidate.takes(k)]
-    if not missing:
-        return ()
-    flags = ", ".join("--" + k.replace("_", "-") for k in missing)
-    return (f"the function takes no {' / '.join(missing)} keyword but the case uses {flags}: "
-            f"it computed without it (declare the keyword to be checked with it)",)
-
-
-def upstream_hint(comparisons, inputs: Inputs) -> tuple[str, ...]:
-    """Right for g = 1 (and a uniform g) but wrong for the case's own g: name it."""
-    main = [c for c in comparisons if c.pair[0] == "candidate"]
-    other = [c for c in comparisons if c.pair[0].startswith("candidate@")]
-    if not other or all(c.passed for c in main) or not all(c.passed for c in other):
-        return ()
-    g = np.asarray(inputs.grad_output)
-    what = "a random per-row upstream gradient" if g.ndim else f"the upstream gradient {g:.4g}"
-    return (f"right with {', '.join(c.pair[0].split('@')[1] for c in other)} but wrong with "
-            f"{what}: the backward drops or misapplies grad_output (Liger #678, "
-            "TransformerEngine #2139)",)
-
-
-def _native_band(inputs: Inputs, ref64: np.ndarray) -> float:
-    """K_NATIVE × the largest error of the closed form computed in the case dtype itself."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        nat = analytic.gradient(inputs, native=True).astype(np.float64)
-        err = np.abs(nat - ref64)
-    err = err[np.isfinite(err)]
-    return tolerances.K_NATIVE * float(np.max(err, initial=0.0))
-
-
-def _user_tolerance(case: Case, a: str, candidate) -> tuple | None:
-    """--atol/--rtol judge the pairs of the method under check (the candidate, or every pair
-    of ``run``); None: the derived tolerance."""
-    if case.atol is None and case.rtol is None:
-        return None
-    return (case.atol, case.rtol) if candidate is None or a == "candidate" else None
-
-
 def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
                   user=None, mode=tolerances.DEFAULT_MODE) -> Comparison:
     """Compare on the entries both sides have (FD may cover a subset of the columns)."""
@@ -295,30 +208,12 @@ def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
     cmp = compare((a, b), x, ref, inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale,
                   band=band, user=user, mode=mode)
     if fd.probes and "finite_difference" in (a, b):
-        cmp = _fold_probes(cmp, a if b == "finite_difference" else b, fd)
+        cmp = fold_probes(cmp, a if b == "finite_difference" else b, fd)
     return cmp
 
 
-def _fold_probes(cmp: Comparison, name: str, fd) -> Comparison:
-    """Directional probes: Σ_c x_ic d_ic of method ``name`` against the central-difference
-    derivative along d, per row (the projections were taken when the probes were made)."""
-    worst = 0.0
-    for probe in fd.probes:
-        got = probe.projections[name]
-        atol = tolerances.Tolerance(cmp.atol, cmp.rtol).override(cmp.user).atol
-        allowed = atol * probe.l1 + probe.band
-        err = np.abs(got - probe.value)
-        ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, 1e-300))
-        ratio = np.where(np.isfinite(ratio), ratio, np.inf)
-        worst = max(worst, float(np.max(ratio)))
-    if worst <= 1.0:
-        return cmp
-    reason = (cmp.reason + "; " if cmp.reason else "") + (
-        f"a directional probe disagrees ({worst:.3g}× the allowed error)")
-    return dataclasses.replace(cmp, passed=False, reason=reason, ratio=max(cmp.ratio, worst))
-
-
-def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> CaseResult:
+def _second_order(case, inputs64, candidate, scale, kappa, timeout, frame: Frame
+                  ) -> CaseResult:
     """Hessian-vector products: analytic vs jax.jvp(jax.grad) vs FD of the analytic gradient."""
     rng = np.random.default_rng([case.seed, 2])
     d = rng.standard_normal(inputs64.logits.shape)
@@ -327,15 +222,13 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
     hv = {"analytic": analytic.hvp(inputs64, d), "autodiff": autodiff.autodiff_hvp(inputs64, d)}
     fd_hv, band = references.finite_difference_hvp(inputs64, d, analytic.gradient, scale)
     hv["finite_difference"] = fd_hv
-    notes = []
     pairs = REFERENCE_PAIRS
     if candidate is not None and candidate.hvp is not None:
         call = candidate.call_hvp(inputs64, d, timeout=timeout)
-        notes.extend(call.notes)
-        if call.error:
-            return CaseResult(passed=False, error=call.error, notes=tuple(notes), **base)
+        if frame.heard(call):
+            return frame.failed(call.error)
         hv["candidate"] = call.grad
-        pairs = CANDIDATE_PAIRS + REFERENCE_PAIRS
+        pairs = pairs_of(candidate)
     # The natural scale of H·d, as for the gradient (tolerances.py): per row H = A(diag p − p pᵀ)
     # (+ the z-loss p pᵀ and the softcap g'' terms), each part at most the gradient's scale
     # times |d| and 1/T; ‖diag p − p pᵀ‖∞ ≤ 2, |g''| ≤ 0.77/S.  Rounding scales with the parts,
@@ -348,8 +241,6 @@ def _second_order(case, inputs64, candidate, scale, kappa, timeout, base) -> Cas
         bd = band if "finite_difference" in (a, b) else 0.0
         comps.append(compare((a, b), hv[a], hv[b], inputs=inputs64, dtype="float64",
                              kappa=kappa, scale=hscale, band=bd))
-    passed = all(c.passed for c in comps)
     info = FDInfo("central (of the analytic gradient)", band, 1e-5, "one random direction "
                   "orthogonal to the all-ones vector, every entry of H·d")
-    return CaseResult(passed=passed, comparisons=tuple(comps), fd=info, notes=tuple(notes),
-                      **base)
+    return frame.result(comps, fd=info)

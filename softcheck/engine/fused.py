@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ..candidate import CallPolicy
@@ -14,7 +12,8 @@ from ..judge.ranks import judge_fused_ranks
 from ..reference import fused as ref_fused
 from ..suite.cases import Case
 from ..suite.fused import make_fused_inputs
-from .results import CaseResult, Coverage
+from .results import CaseResult
+from .skeleton import Frame, coverage
 
 
 def _pair(a: str, b: str, k: str) -> tuple[str, str]:
@@ -25,7 +24,7 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
                    ) -> CaseResult:
     """The blockwise float64 reference against autodiff and the FD probes, and the
     candidate's loss / grad_x / grad_W / grad_b against the reference."""
-    t0 = time.perf_counter()
+    frame = Frame(case, candidate)
     upstream = "auto"
     if candidate is not None:
         upstream = ("random" if candidate.settings.convention == "loss"
@@ -57,9 +56,7 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
     bounds = {"grad_x": ref.bound_x, "grad_w": ref.bound_w}
     if ref.grad_b is not None:
         refs["grad_b"], bounds["grad_b"] = ref.grad_b, ref.bound_b
-    base = dict(name=case.name, params=case.params(), group=case.group, scale=ref.scale,
-                kappa=ref.kappa, target=candidate.label if candidate is not None else None)
-    notes: list[str] = []
+    frame.measured(scale=ref.scale, kappa=ref.kappa)
     ours: list[Comparison] = []
     # softcheck's own methods against each other, in float64: every term of fused_row_error
     # is proportional to u_compute for float32/64, so the bounds scale by the ratio of roundoffs
@@ -76,20 +73,18 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
         ours.append(compare_output(_pair("reference", "finite_difference", k),
                                    ref_fused.project(refs[k], dirs), fd, allowed, 0.0, 0.0))
     if candidate is None:
-        return _result(ours, (), notes, t0, base, methods, probes)
+        return _result(frame, ours, (), methods, probes)
     # the candidate's call (overlapping with the references above when isolated)
     res = pending.result() if pending is not None else call_fused(candidate, fi, policy)
-    notes += list(res.notes)
-    base["output"] = res.output or None
-    if res.error:
-        return CaseResult(passed=False, error=res.error, notes=tuple(notes),
-                          seconds=time.perf_counter() - t0, **base)
+    if frame.heard(res):
+        return frame.failed(res.error)
     extra = dict.fromkeys(("loss",) + tuple(refs), 0.0)
     if case.tolerance == "torch":
         extra.update(ref_fused.torch_errors(fi, ref))
-        notes.append(f"--tolerance torch: each output also allowed PyTorch's own largest error "
-                     f"in {case.dtype} (" + ", ".join(f"{LABELS[k]} {v:.3g}"
-                                                       for k, v in extra.items()) + ")")
+        frame.notes.append(
+            f"--tolerance torch: each output also allowed PyTorch's own largest error in "
+            f"{case.dtype} (" + ", ".join(f"{LABELS[k]} {v:.3g}" for k, v in extra.items())
+            + ")")
     cands: list[Comparison] = []
     if res.loss is not None:
         bound, rt, const = tolerances.fused_loss_allowed(case.dtype, ref.kappa, ref.loss_rows,
@@ -136,16 +131,13 @@ def run_fused_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolic
         if any(c.pair[0] == "candidate_loss" and not c.passed for c in cands):
             diagnosis += ("loss: the returned loss value is wrong (the gradients may still be "
                           "right: see their own pairs)",)
-    return _result(cands + ours, diagnosis, notes, t0, base, methods, probes, invs)
+    return _result(frame, cands + ours, diagnosis, methods, probes, invs)
 
 
-def _result(comparisons, diagnosis, notes, t0, base, methods, probes, invs=()) -> CaseResult:
-    coverage = Coverage(tuple(methods), (), sum(len(p[0][0]) for p in probes.values()),
-                        "complex-step probes along x rows, W vocabulary rows, b entries")
-    return CaseResult(passed=all(c.passed for c in comparisons) and all(i.passed for i in invs),
-                      comparisons=tuple(comparisons), invariants=tuple(invs), coverage=coverage,
-                      diagnosis=tuple(diagnosis), notes=tuple(notes),
-                      seconds=time.perf_counter() - t0, **base)
+def _result(frame: Frame, comparisons, diagnosis, methods, probes, invs=()) -> CaseResult:
+    return frame.result(comparisons, invs, diagnosis=diagnosis, coverage=coverage(
+        methods, (), sum(len(p[0][0]) for p in probes.values()),
+        "complex-step probes along x rows, W vocabulary rows, b entries"))
 
 
 def call_fused(candidate, fi, policy: CallPolicy):

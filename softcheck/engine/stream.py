@@ -10,16 +10,18 @@ import numpy as np
 
 from ..candidate import CallPolicy
 from ..judge import tolerances
+from ..judge.pairs import (fold_probes, forward_pairs, methods_of, native_note, pairs_of,
+                           repeat_invariant, unheard_hint, upstream_hint, user_tolerance)
 from ..judge.streaming import StreamedComparison, StreamedInvariants
 from ..reference import analytic
 from ..reference import finite_difference as references
-from ..reference.finite_difference import Probe
 from ..spec import Inputs
 from ..suite.cases import Case
 from ..suite.config import numpy_dtype
 from ..suite.inputs import STREAM_REGIMES, make_inputs_into
 from .blocks import FirstPass, Judge, KeptHeap, Scaled, block_of, in_threads
-from .results import CaseResult, Coverage, FDInfo
+from .results import CaseResult, FDInfo
+from .skeleton import Frame, coverage
 
 #: from this many logits on, a case streams (below it the whole-array path runs: the
 #: numbers are the same, see tests/test_stream.py, the whole-array path is faster when small)
@@ -93,17 +95,12 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     Two stages.  A first pass (row statistics, and the directional probes' reference values,
     which need no candidate) follows the draw block by block on a second thread, goes on
     beside the candidate's calls in its worker, and is finished by both threads once they
-    return.  Then the blocks are judged by ``JUDGE_THREADS`` threads, each with its own
-    accumulators, merged at the end (the numbers do not depend on the split)."""
-    t0 = time.perf_counter()
+    return (``_drawn_and_called``).  Then the blocks are judged by ``JUDGE_THREADS`` threads,
+    each with its own accumulators, merged at the end (the numbers do not depend on the
+    split: ``_judged``)."""
+    frame = Frame(case, candidate)
     n, c = case.batch, case.classes
-    upstream = "auto"
     conv = candidate is not None and candidate.settings.convention != "grad"
-    if candidate is not None:
-        upstream = "random" if conv or candidate.takes("grad_output") else "one"
-    dt = numpy_dtype(case.dtype)
-    out = None if candidate is None else candidate.shared_logits((n, c), dt, case.pad)
-    out = np.empty((n, c), dt) if out is None else out
     nb = block_rows(c, case.dtype)
     blocks = [(r, min(n, r + nb)) for r in range(0, n, nb)]
     ticker = _Ticker(progress, 2 * len(blocks))
@@ -112,11 +109,72 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     method = case.fd or references.default_fd_method(n, c, case.fd_budget)
     sampled = references.EVALS[method] * n * c > case.fd_budget
     n_probes = probe_count(case) if sampled else 0
+    dt = numpy_dtype(case.dtype)
     first = FirstPass(blocks, ticker, n_probes, case.seed, native_wanted, dt, loss=conv)
+    clock = _Clock(frame.t0)
+    inputs, call = _drawn_and_called(case, candidate, policy, first, clock, conv)
+    st = first.stats(case.spec, c)
+    kappa = tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
+    frame.measured(scale=st.scale, kappa=kappa, phases=clock.laps)
+    if call is not None and frame.heard(call):
+        return frame.failed(call.error)
+    native = tolerances.K_NATIVE * first.native if native_wanted else 0.0
+    if native_wanted:
+        frame.notes.append(native_note(native, case.dtype))
+    if n_probes < case.probes and sampled:
+        frame.notes.append(
+            f"{n_probes} directional probe{'s' if n_probes != 1 else ''} of the {case.probes} "
+            f"asked (each two real evaluations of all {n * c} entries, {PROBE_EVALS}·N·C "
+            f"element evaluations; scaled to --fd-budget {case.fd_budget:g}, at least 1)")
+    grad = call.grad if call is not None else None
+    cols = None
+    if sampled:
+        cols = _columns(inputs, _priority(inputs, grad, dt),
+                        int(case.fd_budget // (references.EVALS[method] * n)), case.seed, nb)
+    clock.lap("fd_columns")
+    pairs = pairs_of(candidate)
+    judge = Judge(inputs, first.tot64, st, grad, cols, method, case, native, n_probes, dt)
+    comparisons, invs = _judged(case, candidate, judge, pairs, first, blocks, ticker, kappa)
+    clock.lap("judge")
+    fdr = _FD(method, judge.fd_band, judge.fd_step, cols, c, judge.probes(first))
+    comparisons = [fold_probes(cmp, cmp.pair[0] if cmp.pair[1] == "finite_difference"
+                               else cmp.pair[1], fdr)
+                   if fdr.probes and "finite_difference" in cmp.pair else cmp
+                   for cmp in comparisons]
+    if candidate is not None and policy.repeat > 1:
+        invs.append(repeat_invariant(call.nondet, policy, comparisons[0]))
+    error = None
+    if conv:                 # the forward's values, then each other upstream gradient's call
+        comparisons += forward_pairs(call, first.loss_values(case.spec), case, kappa, n)
+        judge.grad = grad = None                       # the main gradient dropped first
+        more, error = _variants(dataclasses.replace(call, grad=None), candidate, inputs, case,
+                                policy, first, st, kappa, blocks, native, frame)
+        comparisons += more
+        clock.lap("upstream_variants")
+    frame.notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
+    passed = all(x.passed for x in comparisons) and all(i.passed for i in invs) and not error
+    diagnosis = () if passed else unheard_hint(candidate, case.spec) + (
+        upstream_hint(comparisons, inputs) if conv else ())
+    info = FDInfo(method, float(np.max(judge.fd_band, initial=0.0)),
+                  float(np.median(judge.fd_step)), fdr.coverage, fdr.columns, len(fdr.probes))
+    return frame.result(comparisons, invs, fd=info, diagnosis=diagnosis, error=error,
+                        coverage=coverage(methods_of(pairs), (), len(fdr.probes), fdr.coverage))
+
+
+def _drawn_and_called(case, candidate, policy, first: FirstPass, clock, conv: bool):
+    """The logits drawn (into the candidate's sealed memory file, if any) and the candidate
+    called on them, the first pass going on beside both and finished once they are done:
+    ``(inputs, call or None)``."""
+    n, c = case.batch, case.classes
+    upstream = "auto"
+    if candidate is not None:
+        upstream = "random" if conv or candidate.takes("grad_output") else "one"
+    dt = numpy_dtype(case.dtype)
+    out = None if candidate is None else candidate.shared_logits((n, c), dt, case.pad)
+    out = np.empty((n, c), dt) if out is None else out
     helper = threading.Thread(target=first.work)
     helper.start()
     call = None
-    clock = _Clock(t0)
     try:
         inputs = make_inputs_into(case, out, upstream=upstream, ready=first.ready)
         clock.lap("draw")
@@ -135,64 +193,38 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     clock.lap("first_pass_after")
     if first.error is not None:
         raise first.error
-    if first.finished != len(blocks):
-        raise RuntimeError(f"first pass finished {first.finished} of {len(blocks)} blocks")
-    tot64 = first.tot64                                   # the whole batch's (D, n)
+    if first.finished != len(first.blocks):
+        raise RuntimeError(f"first pass finished {first.finished} of {len(first.blocks)} "
+                           "blocks")
+    return inputs, call
+
+
+def _priority(inputs: Inputs, grad, dt):
+    """Rows r0..r1 of what the FD columns are chosen by: the candidate's gradient, or the
+    closed form's where there is no candidate."""
+    if grad is not None:
+        return lambda r0, r1: grad[r0:r1]
+    tot = analytic.mean_totals(inputs, analytic.compute_dtype(dt))
+    return lambda r0, r1: analytic.gradient(block_of(inputs, r0, r1, False), totals=tot)
+
+
+def _judged(case, candidate, judge: Judge, pairs, first: FirstPass, blocks, ticker, kappa):
+    """Every block judged by ``JUDGE_THREADS`` threads, each with its own accumulators, merged
+    at the end: ``(comparisons, invariants)`` (the probes not folded in yet)."""
+    inputs, st, c = judge.inputs, judge.st, case.classes
     valid = inputs.valid
     targets = np.where(valid, inputs.target, -1)
-    spec = case.spec
-    st = first.stats(spec, c)
-    scale = st.scale
-    kappa = tolerances.condition_of(first.zmax, c, spec.divisor, spec.softcap)
-    base = dict(name=case.name, params=case.params(), group=case.group, scale=scale,
-                kappa=kappa, target=candidate.label if candidate is not None else None,
-                phases=clock.laps)
-    notes: list[str] = []
-    if call is not None:
-        notes.extend(call.notes)
-        base["output"] = call.output or None
-        if call.error:
-            return CaseResult(passed=False, error=call.error, notes=tuple(notes),
-                              seconds=time.perf_counter() - t0, **base)
-    native = tolerances.K_NATIVE * first.native if native_wanted else 0.0
-    if native_wanted:
-        notes.append(f"--tolerance native: candidate entries also allowed "
-                     f"{tolerances.K_NATIVE:g} × {first.native:.2g}, the largest "
-                     f"error of the closed form computed in {case.dtype} arithmetic")
-    grad = call.grad if call is not None else None
-    if grad is None:             # the columns of the largest entries of the closed form
-        tot = analytic.mean_totals(inputs, analytic.compute_dtype(dt))
-
-        def priority(r0, r1):
-            return analytic.gradient(block_of(inputs, r0, r1, False), totals=tot)
-    else:
-        def priority(r0, r1):
-            return grad[r0:r1]
-    cols = None
-    if sampled:
-        cols = _columns(inputs, priority, int(case.fd_budget // (references.EVALS[method] * n)),
-                        case.seed, nb)
-    from .case import (CANDIDATE_PAIRS, REFERENCE_PAIRS, _fold_probes, _user_tolerance,
-                       unheard_hint)
-
-    pairs = (CANDIDATE_PAIRS + REFERENCE_PAIRS) if candidate is not None else REFERENCE_PAIRS
     dtypes = {"analytic": "float64" if candidate is not None else case.dtype,
               "autodiff": "float64", "finite_difference": "float64", "candidate": case.dtype}
     checked = "candidate" if candidate is not None else "analytic"
 
     def accumulators():
         return {(a, b): StreamedComparison(
-            (a, b), dtype=tolerances.coarser(dtypes[a], dtypes[b]), kappa=kappa, scale=scale,
-            classes=c, user=_user_tolerance(case, a, candidate), mode=case.tolerance)
+            (a, b), dtype=tolerances.coarser(dtypes[a], dtypes[b]), kappa=kappa, scale=st.scale,
+            classes=c, user=user_tolerance(case, a, candidate), mode=case.tolerance)
             for a, b in pairs}
 
-    if n_probes < case.probes and sampled:
-        notes.append(f"{n_probes} directional probe{'s' if n_probes != 1 else ''} of the "
-                     f"{case.probes} asked (each two real evaluations of all {n * c} entries, "
-                     f"{PROBE_EVALS}·N·C element evaluations; scaled to --fd-budget "
-                     f"{case.fd_budget:g}, at least 1)")
-    judge = Judge(inputs, tot64, st, grad, cols, method, case, native, n_probes, dt)
-    lanes = [(accumulators(), StreamedInvariants(n)) for _ in range(JUDGE_THREADS)]
+    lanes = [(accumulators(), StreamedInvariants(len(valid))) for _ in range(JUDGE_THREADS)]
 
     def lane(t):
         accs, inv = lanes[t]
@@ -200,58 +232,30 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
             judge.block(r0, r1, accs, inv, targets, valid, checked)
             ticker.tick()
 
-    clock.lap("fd_columns")
     in_threads(lane, JUDGE_THREADS)
-    clock.lap("judge")
     accs, inv = lanes[0]
     for other, oinv in lanes[1:]:
         for key, acc in accs.items():
             acc.merge(other[key])
         inv.merge(oinv)
-    probes = tuple(Probe(v, b, l1, judge.proj[k]) for k, (v, b, l1) in
-                   enumerate(first.probes))
-    fdr = _FD(method, judge.fd_band, judge.fd_step, cols, c, probes)
-    comparisons = []
-    for (a, b), acc in accs.items():
-        cmp = acc.result(targets)
-        if fdr.probes and "finite_difference" in (a, b):
-            cmp = _fold_probes(cmp, a if b == "finite_difference" else b, fdr)
-        comparisons.append(cmp)
-    invs = inv.result(checked, spec, valid, c, dtype=dtypes[checked], kappa=kappa, scale=scale,
-                      band=native)
-    if candidate is not None and policy.repeat > 1:
-        from .case import _determinism
+    invs = inv.result(checked, case.spec, valid, c, dtype=dtypes[checked], kappa=kappa,
+                      scale=st.scale, band=judge.native)
+    return [acc.result(targets) for acc in accs.values()], invs
 
-        invs.append(_determinism(call.nondet, policy, comparisons[0]))
-    error = None
-    if conv:                 # the forward's values, then each other upstream gradient's call
-        from .case import forward_pairs
-        from .upstreams import judge_variants
 
-        comparisons += forward_pairs(call, first.loss_values(spec), case, kappa, n)
-        judge.grad = grad = priority = None            # the main gradient dropped first
-        call = dataclasses.replace(call, grad=None)
-        more, error, vnotes = judge_variants(
-            call, candidate, inputs, case, timeout=policy.limit, tot64=tot64, st=st,
-            kappa=kappa, blocks=blocks, native_rel=native / scale if scale else 0.0,
-            targets=targets, valid=valid, threads=JUDGE_THREADS)
-        comparisons += more
-        notes += [x for x in vnotes if x not in notes]
-        clock.lap("upstream_variants")
-    passed = all(x.passed for x in comparisons) and all(i.passed for i in invs) and not error
-    notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
-    base["diagnosis"] = () if passed else unheard_hint(candidate, spec)
-    if not passed and conv:
-        from .case import upstream_hint
+def _variants(call, candidate, inputs, case, policy, first, st, kappa, blocks, native,
+              frame: Frame):
+    """Each other upstream gradient's call judged (engine/upstreams.py): ``(comparisons,
+    error)``; its notes added to ``frame``'s."""
+    from .upstreams import judge_variants
 
-        base["diagnosis"] += upstream_hint(comparisons, inputs)
-    info = FDInfo(method, float(np.max(judge.fd_band, initial=0.0)),
-                  float(np.median(judge.fd_step)), fdr.coverage, fdr.columns, len(fdr.probes))
-    coverage = Coverage(tuple(dict.fromkeys(m for p in pairs for m in p if m != "candidate")),
-                        (), len(fdr.probes), fdr.coverage)
-    return CaseResult(passed=passed, error=error, comparisons=tuple(comparisons),
-                      invariants=tuple(invs), coverage=coverage, fd=info, notes=tuple(notes),
-                      seconds=time.perf_counter() - t0, **base)
+    valid = inputs.valid
+    more, error, notes = judge_variants(
+        call, candidate, inputs, case, timeout=policy.limit, tot64=first.tot64, st=st,
+        kappa=kappa, blocks=blocks, native_rel=native / st.scale if st.scale else 0.0,
+        targets=np.where(valid, inputs.target, -1), valid=valid, threads=JUDGE_THREADS)
+    frame.note(*notes)
+    return more, error
 
 
 class _Clock:
@@ -281,7 +285,7 @@ class _Ticker:
 
 
 class _FD:
-    """What ``_fold_probes`` and the report read of an FDResult."""
+    """What ``fold_probes`` and the report read of an FDResult."""
 
     def __init__(self, method, band, step, cols, classes, probes):
         self.method, self.band, self.step, self.probes = method, band, step, probes

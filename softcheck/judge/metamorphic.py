@@ -186,13 +186,12 @@ def _native_band(inputs64: Inputs, dtype: str) -> float:
     """K_NATIVE × the closed form's largest error in the dtype's own arithmetic (as the
     comparisons allow under ``--tolerance native``)."""
     from ..suite.config import numpy_dtype
+    from .pairs import native_band
 
     low = dataclasses.replace(inputs64, logits=inputs64.logits.astype(numpy_dtype(dtype)))
     with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(analytic.gradient(low, native=True).astype(np.float64)
-                     - analytic.gradient(inputs64))
-    err = err[np.isfinite(err)]
-    return tolerances.K_NATIVE * float(np.max(err, initial=0.0))
+        ref = analytic.gradient(inputs64)
+    return native_band(low, ref)
 
 
 def _grad_of(call: Call, inputs: Inputs):
