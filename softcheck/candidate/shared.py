@@ -4,10 +4,13 @@ Judge side (``logits_in``, ``call_shared``): the logits are drawn straight into 
 (``arena.Arena.reserve``), sealed before the worker ever sees it; the target and the keyword
 arrays go in a second, small one.  The gradient comes back in a file the worker sealed, in
 its own precision (4 bytes a logit, 8 for float64), read in place.  Each repetition of the
-determinism check is its own request: the worker keeps the repeat's gradient (the
-candidate's own array) and sends it back a block of rows at a time, each block in its own
-sealed file, compared here with the first gradient: nothing full-size is copied, and the
-difference is computed by the judge.
+determinism check is its own request, made before the main call: its gradient comes back
+whole, as the main call's does, is digested here (SHA-256 per block of rows) and dropped, so
+no two full-size gradients are held at once.  Where a digest differs from the main call's,
+one more call is kept in the worker and sent back a block of rows at a time, each block in
+its own sealed file, compared here with the main gradient (``repeat_compared``): the
+difference is computed by the judge, never copied whole.  The same for a convention kernel
+(streamed.py).
 
 Worker side (``private``, ``pristine``, ``Sink``, ``Keep``, ``block``): the candidate gets a
 copy-on-write private mapping of the sealed logits (an in-place kernel writes only its own
@@ -18,6 +21,7 @@ autograd.Function) build on these: streamed.py.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 
 import numpy as np
@@ -68,27 +72,90 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     req = {"op": "call", "args": [("arr", 0, shape, z.dtype.name, int(inputs.pad)), descs[0]],
            "kw": kw, "shape": shape, "case_dtype": z.dtype.name, "repeat": 1, "spec": None,
            "stream": True, "out_itemsize": room(z.dtype)}
+    fds, output, earlier = [logits_fd, small.fd], "", []
     try:
-        reply, error, output, outs = wc.take(
-            *wc.exchange(req, timeout, fds=[logits_fd, small.fd]), [shape])
-        if error is not None:
-            return CallResult(None, error, output=output)
-        grad, notes, nondet = outs[0], [str(n) for n in reply.get("notes", ())], None
-        for i in range(1, max(1, int(repeat))):
-            d, error, more = repeat_compared(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
-                                     timeout)
+        for i in range(max(1, int(repeat)) - 1):     # the repeats first, kept as digests
+            d, error, more = digested_call(wc, req, fds, shape, timeout)
             output += more
             if error is not None:
-                return CallResult(None, f"{error} (on call {i + 1} of {repeat} on identical "
-                                  "inputs)", tuple(notes), output=output)
-            if d is not None:
-                nondet = max(nondet or 0.0, d)
+                where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
+                return CallResult(None, error + where, output=output)
+            earlier.append(d)
+        reply, error, more, outs = wc.take(*wc.exchange(req, timeout, fds=fds), [shape])
+        output += more
+        if error is not None:
+            where = f" (on call {repeat} of {repeat} on identical inputs)" if earlier else ""
+            return CallResult(None, error + where, output=output)
+        grad, notes = outs[0], [str(n) for n in reply.get("notes", ())]
+        nondet, error, more, nnotes = compared_repeats(wc, req, fds, grad, earlier, timeout)
+        output += more
+        notes += nnotes
+        if error is not None:
+            return CallResult(None, f"{error} (on call {repeat + 1} on identical inputs, "
+                              "after calls that differed)", tuple(notes), output=output)
     finally:
         small.close()
-    if nondet is not None:
-        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
-                     f"{nondet:.3g} (max abs)")
     return CallResult(grad, None, tuple(notes), output=output, nondet=nondet or 0.0)
+
+
+def digest(a: np.ndarray) -> bytes:
+    """A block's bits (dtype and shape included): SHA-256, for the repeat's comparison."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.digest()
+
+
+def digests(blocks) -> list[bytes]:
+    """``digest`` of each block, on two threads (hashlib lets go of the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(digest, blocks))
+
+
+def digested_call(wc, req: dict, fds, shape, timeout, limit=None):
+    """One call whose gradient comes back whole, in its own sealed file, as the main call's
+    does (an in-place kernel's pages handed back as they are copied: no more memory than the
+    main call), digested here a block of rows at a time and dropped: ``(digests, error,
+    output)``.  One reply, not a request per block: a block's file was made, populated,
+    sealed and mapped for 64 MiB at a time, 2-3x slower per byte."""
+    reply, error, output = wc.exchange(req, timeout, fds=fds,
+                                       **({} if limit is None else {"limit": limit}))
+    try:
+        if error is not None:
+            return None, error, output
+        try:
+            grad = take_outputs(reply, [shape])[0]
+        except (ArenaError, OSError, ValueError, TypeError) as e:
+            return None, f"its outputs did not come back as they must: {e}", output
+        out = digests([grad[r] for r in row_blocks(shape, REPEAT_BLOCK)])
+        grad = None                          # its mapping goes before the main call's comes
+        return out, None, output
+    finally:
+        close_all(list((reply or {}).get("fds") or ()))
+
+
+def compared_repeats(wc, req: dict, fds, grad, earlier: list, timeout, limit=None,
+                     times=None):
+    """The main call's ``grad`` against the digests of the ``earlier`` calls on the same
+    inputs; where one differs, one more call is kept in the worker and compared with
+    ``grad`` block by block (``repeat_compared``): ``(nondet or None, error, output,
+    notes)``, nondet ∞ when the earlier calls differ but the last two do not."""
+    mine = digests([grad[r] for r in row_blocks(grad.shape, REPEAT_BLOCK)]) if earlier else []
+    if all(d == mine for d in earlier):
+        return None, None, "", []
+    d, error, output = repeat_compared(wc, {**req, "keep": True}, fds, grad, timeout, limit,
+                                       times)
+    if error is not None:
+        return None, error, output, []
+    if d is None:
+        return float("inf"), None, output, [
+            f"nondeterministic: of {len(earlier) + 2} calls on identical inputs the earlier "
+            "ones differ bitwise from the later two (identical); their gradients were not "
+            "kept, so the difference is not measured"]
+    return d, None, output, [f"nondeterministic: two calls on identical inputs differ by up "
+                             f"to {d:.3g} (max abs)"]
 
 
 def repeat_compared(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):

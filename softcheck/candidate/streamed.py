@@ -29,7 +29,7 @@ import numpy as np
 from .arena import ArenaError, close_all, outputs, place, populate, take_outputs
 from .arrays import row_blocks
 from .call import CallResult
-from .shared import REPEAT_BLOCK, drop, keep, private, repeat_compared, rows_of
+from .shared import compared_repeats, digested_call, drop, keep, private, rows_of
 
 
 def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallResult:
@@ -66,7 +66,7 @@ def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallR
     fds, reply, output, earlier = [logits_fd, small.fd], None, "", []
     try:
         for i in range(max(1, int(repeat)) - 1):     # the repeats first, kept as digests
-            d, error, more = _digests(wc, req, fds, shape, timeout, limit)
+            d, error, more = digested_call(wc, req, fds, shape, timeout, limit)
             output += more
             if error is not None:
                 where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
@@ -90,73 +90,24 @@ def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallR
             close_all(list((reply or {}).get("fds") or ()))
         applies = st.convention != "inplace" or bool(getattr(wc.described, "autograd", False))
         times = None if applies else np.asarray(inputs.grad_output, np.float64)
-        notes, nondet = list(got["notes"]), None
+        notes = list(got["notes"])
         if grad.dtype.itemsize < z.dtype.itemsize:
             notes.append(f"returned {grad.dtype} for a {z.dtype.name} case"
                          + (" (JAX x64 is off in the candidate's process?)"
                             if got["x64_off"] else ""))
-        mine = digests([grad[r] for r in row_blocks(shape, REPEAT_BLOCK)]) if earlier else []
-        if any(d != mine for d in earlier):
-            # the earlier calls' gradients are gone (digests only): the difference is
-            # measured against one more call, kept and compared here block by block
-            d, error, more = repeat_compared(wc, {**req, "keep": True}, fds, grad, timeout, limit,
-                                     times)
-            output += more
-            if error is not None:
-                return CallResult(None, f"{error} (on call {repeat + 1} on identical inputs, "
-                                  "after calls that differed)", tuple(notes), output=output)
-            nondet = float("inf") if d is None else d
-            if d is None:
-                notes.append(f"nondeterministic: of {repeat + 1} calls on identical inputs "
-                             "the earlier ones differ bitwise from the later two (identical); "
-                             "their gradients were not kept, so the difference is not "
-                             "measured")
+        nondet, error, more, nnotes = compared_repeats(wc, req, fds, grad, earlier, timeout,
+                                                       limit, times)
+        output += more
+        notes += nnotes
+        if error is not None:
+            return CallResult(None, f"{error} (on call {repeat + 1} on identical inputs, "
+                              "after calls that differed)", tuple(notes), output=output)
     finally:
         small.close()
-    if nondet is not None and np.isfinite(nondet):
-        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
-                     f"{nondet:.3g} (max abs)")
     others = tuple((lab, g, None) for lab, g in upstreams(inputs)) if applies and variants \
         else ()
     return CallResult(grad, None, tuple(notes), output, nondet or 0.0, got["loss"],
                       got["z_loss"], got["lse"], others, times=times)
-
-
-def digest(a: np.ndarray) -> bytes:
-    """A block's bits (dtype and shape included): SHA-256, for the repeat's comparison."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a.reshape(-1).view(np.uint8)))
-    return h.digest()
-
-
-def digests(blocks) -> list[bytes]:
-    """``digest`` of each block, on two threads (hashlib lets go of the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(digest, blocks))
-
-
-def _digests(wc, req: dict, fds, shape, timeout, limit):
-    """One call whose gradient comes back whole, in its own sealed file, as the main call's
-    does (an in-place kernel's pages handed back as they are copied: no more memory than the
-    main call), digested here a block of rows at a time and dropped: ``(digests, error,
-    output)``.  One reply, not a request per block: a block's file was made, populated,
-    sealed and mapped for 64 MiB at a time, 2-3x slower per byte."""
-    reply, error, output = wc.exchange(req, timeout, fds=fds, limit=limit)
-    try:
-        if error is not None:
-            return None, error, output
-        try:
-            grad = take_outputs(reply, [shape])[0]
-        except (ArenaError, OSError, ValueError, TypeError) as e:
-            return None, f"its outputs did not come back as they must: {e}", output
-        out = digests([grad[r] for r in row_blocks(shape, REPEAT_BLOCK)])
-        grad = None                          # its mapping goes before the main call's comes
-        return out, None, output
-    finally:
-        close_all(list((reply or {}).get("fds") or ()))
 
 
 class Release:
