@@ -4,13 +4,13 @@ Judge side (``logits_in``, ``call_shared``): the logits are drawn straight into 
 (``arena.Arena.reserve``), sealed before the worker ever sees it; the target and the keyword
 arrays go in a second, small one.  The gradient comes back in a file the worker sealed, in
 its own precision (4 bytes a logit, 8 for float64), read in place.  Each repetition of the
-determinism check is its own request, made before the main call: its gradient comes back
-whole, as the main call's does, is digested here (SHA-256 per block of rows) and dropped, so
-no two full-size gradients are held at once.  Where a digest differs from the main call's,
-one more call is kept in the worker and sent back a block of rows at a time, each block in
-its own sealed file, compared here with the main gradient (``repeat_compared``): the
-difference is computed by the judge, never copied whole.  The same for a convention kernel
-(streamed.py).
+determinism check is its own request: the worker keeps the repeat's gradient (the
+candidate's own array) and sends it back a block of rows at a time, each block in its own
+sealed file, compared here with the first gradient (``repeat_compared``): nothing
+full-size is copied, and the difference is computed by the judge.  A convention kernel's
+repeats (streamed.py) come first instead, each back whole, digested here and dropped
+(``digested_call``), then compared with the main call's (``compared_repeats``): its
+in-place gradient lives in the logits' own pages, which a kept repeat would double.
 
 Worker side (``private``, ``pristine``, ``Sink``, ``Keep``, ``block``): the candidate gets a
 copy-on-write private mapping of the sealed logits (an in-place kernel writes only its own
@@ -72,29 +72,26 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
     req = {"op": "call", "args": [("arr", 0, shape, z.dtype.name, int(inputs.pad)), descs[0]],
            "kw": kw, "shape": shape, "case_dtype": z.dtype.name, "repeat": 1, "spec": None,
            "stream": True, "out_itemsize": room(z.dtype)}
-    fds, output, earlier = [logits_fd, small.fd], "", []
     try:
-        for i in range(max(1, int(repeat)) - 1):     # the repeats first, kept as digests
-            d, error, more = digested_call(wc, req, fds, shape, timeout)
+        reply, error, output, outs = wc.take(
+            *wc.exchange(req, timeout, fds=[logits_fd, small.fd]), [shape])
+        if error is not None:
+            return CallResult(None, error, output=output)
+        grad, notes, nondet = outs[0], [str(n) for n in reply.get("notes", ())], None
+        for i in range(1, max(1, int(repeat))):
+            d, error, more = repeat_compared(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
+                                     timeout)
             output += more
             if error is not None:
-                where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
-                return CallResult(None, error + where, output=output)
-            earlier.append(d)
-        reply, error, more, outs = wc.take(*wc.exchange(req, timeout, fds=fds), [shape])
-        output += more
-        if error is not None:
-            where = f" (on call {repeat} of {repeat} on identical inputs)" if earlier else ""
-            return CallResult(None, error + where, output=output)
-        grad, notes = outs[0], [str(n) for n in reply.get("notes", ())]
-        nondet, error, more, nnotes = compared_repeats(wc, req, fds, grad, earlier, timeout)
-        output += more
-        notes += nnotes
-        if error is not None:
-            return CallResult(None, f"{error} (on call {repeat + 1} on identical inputs, "
-                              "after calls that differed)", tuple(notes), output=output)
+                return CallResult(None, f"{error} (on call {i + 1} of {repeat} on identical "
+                                  "inputs)", tuple(notes), output=output)
+            if d is not None:
+                nondet = max(nondet or 0.0, d)
     finally:
         small.close()
+    if nondet is not None:
+        notes.append(f"nondeterministic: two calls on identical inputs differ by up to "
+                     f"{nondet:.3g} (max abs)")
     return CallResult(grad, None, tuple(notes), output=output, nondet=nondet or 0.0)
 
 
