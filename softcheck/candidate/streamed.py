@@ -20,14 +20,12 @@ back as they are copied.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 
 import numpy as np
 
 from .arena import ArenaError, close_all, outputs, place, populate, take_outputs
-from .arrays import row_blocks
 from .call import CallResult
 from .shared import compared_repeats, digested_call, drop, keep, private, rows_of
 
