@@ -22,7 +22,7 @@ from ..suite.inputs import make_inputs
 from ..judge.ranks import judge_ranks
 from . import saved_logits
 from .results import CaseResult, FDInfo
-from .skeleton import Frame, coverage
+from .skeleton import Frame, all_passed, coverage
 
 
 def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -> CaseResult:
@@ -113,8 +113,7 @@ def run_case(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy()) -
                                     grads["candidate"], dtype=case.dtype, takes=candidate.takes,
                                     seed=case.seed, native=case.tolerance == "native",
                                     user=user, positional=bool(case.shift))
-    passed = (all(c.passed for c in comparisons) and all(i.passed for i in invs)
-              and all(r.passed for r in relations))
+    passed = all_passed(comparisons, invs, relations)
     diagnosis: tuple[str, ...] = ()
     grad_failed = not all(c.passed for c in comparisons if c.pair[0] == "candidate") or \
         not all(i.passed for i in invs) or not all(r.passed for r in relations)
@@ -207,9 +206,7 @@ def _compare_pair(a, b, grads, fd, dtypes, inputs64, kappa, scale, extra=0.0,
     dtype = tolerances.coarser(dtypes[a], dtypes[b])
     cmp = compare((a, b), x, ref, inputs=inputs64, dtype=dtype, kappa=kappa, scale=scale,
                   band=band, user=user, mode=mode)
-    if fd.probes and "finite_difference" in (a, b):
-        cmp = fold_probes(cmp, a if b == "finite_difference" else b, fd)
-    return cmp
+    return fold_probes(cmp, fd)
 
 
 def _second_order(case, inputs64, candidate, scale, kappa, timeout, frame: Frame

@@ -46,12 +46,18 @@ class Frame:
                diagnosis=(), error: str | None = None) -> CaseResult:
         """The verdict: every comparison, invariant and relation passed, and no ``error``
         (a later call of the case that failed)."""
-        passed = (all(c.passed for c in comparisons) and all(i.passed for i in invariants)
-                  and all(r.passed for r in relations) and error is None)
-        return CaseResult(passed=passed, error=error, comparisons=tuple(comparisons),
+        return CaseResult(passed=all_passed(comparisons, invariants, relations, error), error=error, comparisons=tuple(comparisons),
                           invariants=tuple(invariants), relations=tuple(relations),
                           coverage=coverage, fd=fd, diagnosis=tuple(diagnosis),
                           notes=tuple(self.notes), seconds=self.seconds(), **self.base)
+
+
+def all_passed(comparisons=(), invariants=(), relations=(), error: str | None = None
+               ) -> bool:
+    """The verdict of what was judged: every comparison, invariant and relation passed, and
+    no call of the case failed (``error``)."""
+    return (all(c.passed for c in comparisons) and all(i.passed for i in invariants)
+            and all(r.passed for r in relations) and not error)
 
 
 def coverage(methods, relations=(), probes: int = 0, fd: str | None = None) -> Coverage:

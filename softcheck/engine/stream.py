@@ -21,7 +21,7 @@ from ..suite.config import numpy_dtype
 from ..suite.inputs import STREAM_REGIMES, make_inputs_into
 from .blocks import FirstPass, Judge, KeptHeap, Scaled, block_of, in_threads
 from .results import CaseResult, FDInfo
-from .skeleton import Frame, coverage
+from .skeleton import Frame, all_passed, coverage
 
 #: from this many logits on, a case streams (below it the whole-array path runs: the
 #: numbers are the same, see tests/test_stream.py, the whole-array path is faster when small)
@@ -134,13 +134,10 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     clock.lap("fd_columns")
     pairs = pairs_of(candidate)
     judge = Judge(inputs, first.tot64, st, grad, cols, method, case, native, n_probes, dt)
-    comparisons, invs = _judged(case, candidate, judge, pairs, first, blocks, ticker, kappa)
+    comparisons, invs = _judged(case, candidate, judge, pairs, blocks, ticker, kappa)
     clock.lap("judge")
     fdr = _FD(method, judge.fd_band, judge.fd_step, cols, c, judge.probes(first))
-    comparisons = [fold_probes(cmp, cmp.pair[0] if cmp.pair[1] == "finite_difference"
-                               else cmp.pair[1], fdr)
-                   if fdr.probes and "finite_difference" in cmp.pair else cmp
-                   for cmp in comparisons]
+    comparisons = [fold_probes(cmp, fdr) for cmp in comparisons]
     if candidate is not None and policy.repeat > 1:
         invs.append(repeat_invariant(call.nondet, policy, comparisons[0]))
     error = None
@@ -152,8 +149,7 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
         comparisons += more
         clock.lap("upstream_variants")
     frame.notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
-    passed = all(x.passed for x in comparisons) and all(i.passed for i in invs) and not error
-    diagnosis = () if passed else unheard_hint(candidate, case.spec) + (
+    diagnosis = () if all_passed(comparisons, invs, error=error) else unheard_hint(candidate, case.spec) + (
         upstream_hint(comparisons, inputs) if conv else ())
     info = FDInfo(method, float(np.max(judge.fd_band, initial=0.0)),
                   float(np.median(judge.fd_step)), fdr.coverage, fdr.columns, len(fdr.probes))
@@ -208,7 +204,7 @@ def _priority(inputs: Inputs, grad, dt):
     return lambda r0, r1: analytic.gradient(block_of(inputs, r0, r1, False), totals=tot)
 
 
-def _judged(case, candidate, judge: Judge, pairs, first: FirstPass, blocks, ticker, kappa):
+def _judged(case, candidate, judge: Judge, pairs, blocks, ticker, kappa):
     """Every block judged by ``JUDGE_THREADS`` threads, each with its own accumulators, merged
     at the end: ``(comparisons, invariants)`` (the probes not folded in yet)."""
     inputs, st, c = judge.inputs, judge.st, case.classes

@@ -44,9 +44,14 @@ def repeat_invariant(nondet: float, policy, cmp: Comparison) -> Invariant:
     return determinism(nondet, policy.repeat, policy.nondet_tol, cmp.atol)
 
 
-def fold_probes(cmp: Comparison, name: str, fd) -> Comparison:
-    """Directional probes: Σ_c x_ic d_ic of method ``name`` against the central-difference
-    derivative along d, per row (the projections were taken when the probes were made)."""
+def fold_probes(cmp: Comparison, fd) -> Comparison:
+    """A pair with the finite differences, and ``fd``'s directional probes: Σ_c x_ic d_ic of
+    the pair's other method against the central-difference derivative along d, per row (the
+    projections were taken when the probes were made); any other pair as it is."""
+    a, b = cmp.pair
+    if not fd.probes or "finite_difference" not in (a, b):
+        return cmp
+    name = a if b == "finite_difference" else b
     worst = 0.0
     for probe in fd.probes:
         got = probe.projections[name]
