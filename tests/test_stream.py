@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softcheck.candidate.worker import IsolatedCandidate
 from softcheck.engine import blocks, pool, stream
@@ -317,3 +319,47 @@ def test_kept_heap_sets_glibc_back_and_leaves_it_alone_when_refused(monkeypatch)
     monkeypatch.setitem(blocks._LIBC, "libc", None)      # not glibc: nothing to do
     with blocks.KeptHeap():
         pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 30),
+       st.sampled_from(["none", "scalar", "rows"]), st.booleans(), st.floats(0, 3))
+def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, subset, spread):
+    """StreamedComparison skips the ratios of a row whose bound max err / (atol + band) is
+    at most the others' largest ratio, the k-th worst and 1: the result (maxima, counts, the
+    worst entries and their order) is the one of every ratio computed, with ties, zeros,
+    large rows late, target columns and sampled columns."""
+    from softcheck.judge import streaming
+
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((n, c)) * 10.0 ** rng.uniform(-spread, spread, (n, 1))
+    err = rng.choice([0.0, 1e-8, 2e-8], (n, c)) + 1e-8 * rng.random((n, c)) * (rng.random((n, 1)) < 0.5)
+    x = ref + err * np.where(rng.random((n, c)) < 0.5, 1, -1) * 10.0 ** rng.uniform(0, spread, (n, 1))
+    if rng.random() < 0.5:                     # one outlier early: later rows rank below it
+        x[0, rng.integers(c)] += 10.0 ** rng.uniform(-8, -4)
+    target = rng.integers(-1, c, n)
+    valid = target >= 0
+    if rng.random() < 0.5:                     # the target entries worst: the others' max apart
+        x[np.flatnonzero(valid), target[valid]] += 10.0 ** rng.uniform(-7, -5)
+    band = {"none": 0.0, "scalar": 1e-9, "rows": np.abs(rng.standard_normal(n)) * 1e-9}[band_kind]
+    cols = np.sort(rng.choice(c, max(1, c // 2), replace=False)) if subset else None
+    cuts = sorted(set(rng.integers(1, n, 3).tolist()) | {0, n}) if n > 1 else [0, n]
+    scale = rng.choice([1e-6, 1e-2, 1.0])           # failing, or passing: the bound decides
+
+    def result(skip):
+        streaming.SKIP_ROWS = skip
+        try:
+            acc = streaming.StreamedComparison(("candidate", "analytic"), dtype="float32",
+                                               kappa=3.0, scale=scale, classes=c)
+            for r0, r1 in zip(cuts, cuts[1:]):
+                xs, rs = x[r0:r1], ref[r0:r1]
+                if cols is not None:
+                    xs, rs = xs[:, cols], rs[:, cols]
+                b = band[r0:r1] if np.ndim(band) else band
+                acc.update(r0, xs, rs, target=target[r0:r1], valid=valid[r0:r1], band=b,
+                           cols=cols)
+            return acc.result(np.where(valid, target, -1))
+        finally:
+            streaming.SKIP_ROWS = True
+
+    assert result(True) == result(False)

@@ -11,6 +11,9 @@ from .compare import WORST_ENTRIES, Comparison, Entry, Invariant
 #: entries compared at once (2 MiB a float64 array: the few temporaries stay in cache; a
 #: block of 16 MiB arrays took 8.7 ns an entry, 2 MiB ones 2.7 ns, on this project's machine)
 SUB_ELEMENTS = 2**18
+#: skip the ratios of rows that cannot change a number (``StreamedComparison._fast``); off,
+#: every ratio is computed (the arithmetic the skip must reproduce: tests/test_stream.py)
+SKIP_ROWS = True
 
 
 class StreamedComparison:
@@ -59,40 +62,61 @@ class StreamedComparison:
 
     def _fast(self, r0, x, ref, target, valid, band, cols) -> bool:
         """Every entry finite and a positive tolerance (the usual block): the same numbers in
-        few passes (no masks; the target entries taken aside); False: use ``_general``."""
+        few passes (no masks; the target entries taken aside); False: use ``_general``.
+
+        Once the worst entries are known, a row's ratios are computed only where they could
+        change a number: every allowed error of row i is at least fl(atol + band_i) (the
+        same roundings of larger terms), so fl(max_j err_ij / fl(atol + band_i)) bounds each
+        of the row's ratios, and a row whose bound is at most the others' largest ratio, the
+        k-th worst and 1 can change none (measured: 1–3 % of rows computed)."""
         ua, ur = self._tolerance()
         if not ua > 0 or (band.ndim and not np.all(band >= 0)):
             return False
+        nb, w = x.shape
+        if not w:
+            return False
+        k = WORST_ENTRIES
+        full = len(self.top) >= k and self.top[k - 1][0] < 0
         with np.errstate(invalid="ignore", over="ignore"):   # non-finite: _general
             err, ratio = self._scratch(x.shape)
             np.subtract(x, ref, out=err)
             np.abs(err, out=err)
-            np.abs(ref, out=ratio)
-            ratio *= ur
-            ratio += ua
-            if band.ndim:
-                ratio += band[:, None] if band.ndim == 1 else band
-            elif band:
-                ratio += band
-            np.divide(err, ratio, out=ratio)       # err 0 → ratio 0, as compare
-        nb, w = err.shape
-        colidx, pos = self._positions(target, w, cols)
-        rows = np.flatnonzero(pos >= 0)
-        tp = pos[rows]
-        et, rt = err[rows, tp], ratio[rows, tp]
-        err[rows, tp] = -1.0
-        ratio[rows, tp] = -1.0
-        eo = float(np.max(err, initial=0.0))
-        if not (np.isfinite(eo) and np.all(np.isfinite(et))):
-            return False                           # NaN/Inf somewhere (or ∞ − ∞)
+            colidx, pos = self._positions(target, w, cols)
+            rows = np.flatnonzero(pos >= 0)
+            tp = pos[rows]
+            et = err[rows, tp]
+            bt = band[rows] if band.ndim == 1 else (band[rows, tp] if band.ndim else band)
+            rt = et / self._allowed(ref[rows, tp], ua, ur, bt)
+            err[rows, tp] = -1.0
+            emax = np.max(err, axis=1)
+            eo = float(np.max(emax))
+            if not (np.isfinite(eo) and np.all(np.isfinite(et))):
+                return False                       # NaN/Inf somewhere (or ∞ − ∞)
+            sel = None
+            if SKIP_ROWS and full and band.ndim < 2:
+                # the allowed error of an entry of 0: fl(fl(0·rtol + atol) + band) = fl(atol + band)
+                floor = ua + band if (band.ndim or band) else ua
+                bound = emax / floor
+                limit = min(self.parts[False][1], -self.top[k - 1][0], 1.0)
+                sel = np.flatnonzero(bound > limit)
+            if sel is None:
+                self._allowed(ref, ua, ur, band, out=ratio)
+                np.divide(err, ratio, out=ratio)   # err 0 → ratio 0; targets (−1) < 0
+            else:
+                ratio = ratio[:sel.size]
+                self._allowed(ref[sel], ua, ur, band[sel] if band.ndim else band, out=ratio)
+                np.divide(err[sel], ratio, out=ratio)
         ro = float(np.max(ratio, initial=0.0))
         self.size += nb * self.c
         if (np.asarray(target) >= 0).any():
             self.has_target = True
         rtmax = float(np.max(rt, initial=0.0))
         bmax = max(ro, rtmax)
-        self._keep_fast(r0, ratio, rows, tp, rt, bmax, x, ref, colidx, pos, valid,
-                        cols is not None)
+        if sel is None and not full:
+            ratio[rows, tp] = rt
+            self._keep(r0, ratio, x, ref, colidx, pos, valid, cols is not None)
+        else:
+            self._keep_fast(r0, ratio, sel, rows, tp, rt, bmax, x, ref, colidx, pos, valid)
         t, o = self.parts[True], self.parts[False]
         t[0], t[1] = max(t[0], float(np.max(et, initial=0.0))), max(t[1], rtmax)
         o[0], o[1] = max(o[0], eo), max(o[1], ro)
@@ -101,6 +125,20 @@ class StreamedComparison:
         if bmax > 1.0:
             self.out_of += int(np.sum(ratio > 1.0)) + int(np.sum(rt > 1.0))
         return True
+
+    @staticmethod
+    def _allowed(ref, ua, ur, band, out=None):
+        """fl(fl(fl(|ref|·rtol) + atol) + band): every entry's allowed error, rounded the
+        same way wherever it is computed (a band of 0 is not added: the same numbers)."""
+        out = np.abs(ref, out=out) if out is not None else np.abs(np.asarray(ref, np.float64))
+        out *= ur
+        out += ua
+        band = np.asarray(band)
+        if band.ndim:
+            out += band[:, None] if band.ndim == 1 and out.ndim == 2 else band
+        elif band:
+            out += band
+        return out
 
     def _scratch(self, shape) -> tuple[np.ndarray, np.ndarray]:
         """Two float64 arrays of ``shape`` kept between calls: fresh ones of a few MiB would
@@ -121,27 +159,26 @@ class StreamedComparison:
         lookup[colidx] = np.arange(w)
         return colidx, np.where(np.asarray(target) >= 0, lookup[np.maximum(target, 0)], -1)
 
-    def _keep_fast(self, r0, ratio, rows, tp, rt, bmax, x, ref, colidx, pos, valid,
-                   subset) -> None:
-        """``_keep`` scanning only for entries above the current k-th worst (``ratio`` has
-        the target entries at −1: theirs are ``rt`` at (rows, tp))."""
+    def _keep_fast(self, r0, ratio, sel, rows, tp, rt, bmax, x, ref, colidx, pos,
+                   valid) -> None:
+        """``_keep`` once the worst entries are known, scanning only for entries above the
+        k-th worst: ``ratio`` holds rows ``sel`` of the block (all if None), the target
+        entries below 0 (theirs are ``rt`` at (rows, tp))."""
         k = WORST_ENTRIES
-        if len(self.top) < k or self.top[k - 1][0] >= 0:     # ratio 0 entries may still enter
-            ratio[rows, tp] = rt
-            self._keep(r0, ratio, x, ref, colidx, pos, valid, subset)
-            ratio[rows, tp] = -1.0
-            return None
         thr = -self.top[k - 1][0]
         if not bmax > thr:
             return None                            # later flat index: ties lose
         w = ratio.shape[1]
         flat = np.flatnonzero(ratio.ravel() > thr)
+        at = flat // w if sel is None else sel[flat // w]
         hit = rt > thr
-        flat = np.concatenate([flat, rows[hit] * w + tp[hit]])
-        vals = np.concatenate([ratio.ravel()[flat[:flat.size - int(hit.sum())]], rt[hit]])
-        order = np.lexsort((flat, -vals))[:k]
-        for f, v in zip(flat[order], vals[order]):
-            i, jj = divmod(int(f), w)
+        at = np.concatenate([at, rows[hit]])
+        col = np.concatenate([flat % w, tp[hit]])
+        vals = np.concatenate([ratio.ravel()[flat], rt[hit]])
+        where = at * w + col                       # the block's flat index (ties by it)
+        order = np.lexsort((where, -vals))[:k]
+        for i, jj, v in zip(at[order], col[order], vals[order]):
+            i, jj = int(i), int(jj)
             self.top.append((-float(v), (r0 + i) * self.c + int(colidx[jj]),
                              float(x[i, jj]), float(ref[i, jj]), bool(pos[i] == jj),
                              not bool(valid[i])))

@@ -69,7 +69,7 @@ def _exp(inputs: Inputs, cd):
     transformed logits v, e = exp(v − max), the rows' sums tot and maxima mx (N, 1)."""
     spec = inputs.spec
     z = np.asarray(inputs.logits, dtype=cd)
-    u = z / cd(spec.divisor)
+    u = z / cd(spec.divisor) if spec.divisor != 1 else z      # z / 1 is z: a pass saved
     t = None
     if spec.softcap:
         s = cd(spec.softcap)
@@ -174,14 +174,17 @@ def _grad_v(inputs: Inputs, cd, p, lse, totals=None, consume: bool = False):
         keep = eps or spec.z_loss
         g = p.copy() if keep or not consume else p           # p − e_y
         g[rows, y] -= 1
-        g *= (1 - eps) * wy
+        factor = (1 - eps) * wy
+        if not np.all(factor == 1):            # g·1 is g (NaN and ±inf too): a pass saved
+            g *= factor
         if eps and uniform:
             g += (eps / c) * (np.sum(w) * p - w)
         elif eps and c > 1:
             off = np.broadcast_to(w, (n, c)).copy()             # w ⊙ (1 − e_y)
             off[rows, y] = 0
             g += (eps / (c - 1)) * ((np.sum(w) - wy) * p - off)
-        g *= valid[:, None]
+        if not valid.all():
+            g *= valid[:, None]
     else:
         g = mass[:, None] * p - m
     gv = g
@@ -208,7 +211,8 @@ def _gradient(inputs: Inputs, native: bool, totals=None) -> np.ndarray:
         g = _grad_v(inputs, cd, p, lse, totals, consume=True)[0]
         if t is not None:
             g *= 1 - t * t
-        g /= cd(inputs.spec.divisor)
+        if inputs.spec.divisor != 1:
+            g /= cd(inputs.spec.divisor)
     return g.astype(inputs.logits.dtype, copy=False)
 
 

@@ -31,6 +31,17 @@ class Prepared:
         return rows_of(np, zz, self.tt, self.prm, feats=self.feats, shift=self.shift,
                        index=self.index)
 
+    def rows_at(self, zz, r):
+        """``rows`` of rows ``r`` of the batch, at logits ``zz`` (those rows only)."""
+        n = self.z.shape[0]
+
+        def cut(x):
+            return x[r] if x is not None and np.ndim(x) and np.shape(x)[0] == n else x
+
+        tt = type(self.tt)(*(cut(x) for x in self.tt))
+        return rows_of(np, zz, tt, self.prm, feats=self.feats, shift=cut(self.shift),
+                       index=cut(self.index))
+
 
 def sweep_columns(prep: Prepared, cols, h, method: str) -> np.ndarray:
     """The finite-difference derivatives of columns ``cols`` of every row: (N, len(cols))."""
