@@ -41,6 +41,7 @@ class FirstPass:
         self.loss_rows = [np.zeros(n) for _ in range(5)] if loss else None
         self.denom = 0.0
         self.rows = {k: np.zeros(n) for k in ("a", "b", "lse", "vmax", "s", "top")}
+        self.rows["plain"] = np.zeros(n, bool)
         self.zmax = self.native = 0.0
         self.probes = [(np.zeros(n), np.zeros(n), np.zeros(n)) for _ in range(n_probes)]
         self.error: BaseException | None = None
@@ -132,7 +133,7 @@ class FirstPass:
     def stats(self, spec, c: int) -> references.RowStats:
         r = self.rows
         return references.RowStats(r["a"], r["b"], r["lse"], r["vmax"], spec.divisor,
-                                   spec.softcap, c, r["s"], r["top"])
+                                   spec.softcap, c, r["s"], r["top"], r["plain"])
 
 
 class Judge:
@@ -182,7 +183,6 @@ class Judge:
         c = inputs.logits.shape[1]
         g["finite_difference"] = references.sweep_columns(
             prep, np.arange(c) if cols is None else cols, h, self.method)
-        sel = slice(None) if cols is None else cols
         tb = targets[r0:r1]
         subset = {}
         # the STORED term of every pair judged in a 16-bit dtype (as compare() adds it)
@@ -195,11 +195,11 @@ class Judge:
                     if name == "finite_difference" or cols is None:
                         return g[name]
                     if name not in subset:
-                        subset[name] = g[name][:, sel]
+                        subset[name] = np.take(g[name], cols, axis=1)
                     return subset[name]
                 acc.update(r0, side(a), side(bname), target=tb, valid=valid[r0:r1],
                            band=band + extra, cols=cols,
-                           extra=ent if ent is None or cols is None else ent[:, cols])
+                           extra=ent if ent is None or cols is None else np.take(ent, cols, axis=1))
             else:
                 acc.update(r0, g[a], g[bname], target=tb, valid=valid[r0:r1], band=extra,
                            extra=ent)

@@ -92,10 +92,11 @@ class RowStats:
     classes: int
     s: np.ndarray | None = None     # Σ exp(v − top) per row (0 where the max is not finite)
     top: np.ndarray | None = None   # max v per row (NaN or ±inf where not finite)
+    plain: np.ndarray | None = None  # rows whose every v is finite (their min and max are)
 
     def rows(self, r0: int, r1: int) -> "RowStats":
         """Rows r0..r1 (a block of a streamed case's)."""
-        cut = {k: getattr(self, k)[r0:r1] for k in ("a", "b", "lse", "vmax", "s", "top")
+        cut = {k: getattr(self, k)[r0:r1] for k in ("a", "b", "lse", "vmax", "s", "top", "plain")
                if getattr(self, k) is not None}
         return dataclasses.replace(self, **cut)
 
@@ -127,8 +128,9 @@ def _row_stats(inputs: Inputs, totals=None) -> RowStats:
     a = np.abs(alpha * mass) * inputs.valid
     b = 2 * np.abs(beta) * spec.z_loss
     s = np.where(np.isfinite(mx[:, 0]), tot[:, 0], 0.0)
+    plain = np.isfinite(low) & np.isfinite(mx[:, 0])
     return RowStats(a, b, np.abs(lse), vmax, spec.divisor, spec.softcap, v.shape[1], s,
-                    mx[:, 0])
+                    mx[:, 0], plain)
 
 
 # --------------------------------------------------------------------------------------
@@ -342,7 +344,7 @@ def probe(prep: Prepared, st: RowStats, k: int, seed: int, project: dict, r0: in
     h, band = probe_plan(st, z)
     signs = probe_signs(seed, k, r0, n, c)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        fast = (np.isfinite(np.sum(z, -1)) if not prep.feats[0] else np.zeros(n, bool))
+        fast = prep.plain if not prep.feats[0] else np.zeros(n, bool)
         val, l1 = np.empty(n), np.empty(n)
         if fast.any():
             r = slice(None) if fast.all() else np.flatnonzero(fast)

@@ -25,6 +25,9 @@ class Prepared:
             np, self.z, inputs.target64, self.prm, inputs.spec.hard, self.feats,
             sparse_targets(inputs, self.prm), st)
         self.s = None if st is None else st.s
+        # rows whose every logit is finite: from ``st`` where known (sweep, probe)
+        known = st is not None and st.plain is not None
+        self.plain = st.plain if known else np.isfinite(np.sum(self.z, -1))
 
     def rows(self, zz):
         """Each row's value at logits ``zz`` (real or complex)."""
@@ -109,11 +112,13 @@ class _Sweep:
                 m = tt.m[i:i + rows]
                 bad[i:i + rows] = ~np.isfinite(np.sum(np.where(m != 0, m * v, 0.0), -1))
         self.s[bad] = np.nan
+        # rows whose every logit, shift and sum are finite (``_factorised``)
+        self.plain = prep.plain & np.isfinite(self.s) & np.isfinite(shift[:, 0])
 
     def target_mass(self, js):
         """Columns ``js`` of m: (N, K)."""
         if self.index is None:
-            return self.tt.m[:, js]
+            return np.take(self.tt.m, js, axis=1)
         return np.where(js[None, :] == self.index[:, None], self.tt.msum[:, None], 0.0)
 
     def value(self, zj, ej, mj, dz):
@@ -128,10 +133,24 @@ class _Sweep:
         return tt.valid[:, None] * out
 
     def columns(self, js, h, method):
-        """Derivatives for columns ``js`` of every row: shape (len(js), N)."""
-        zj = self.z[:, js]                                                # (N, K)
+        """Derivatives for columns ``js`` of every row: shape (len(js), N).  Central and
+        Richardson differences without a softcap take ``_moved``'s closed difference on the
+        rows whose logits and sums are finite; the others evaluate both sides."""
+        js = np.asarray(js)
+        zj = np.take(self.z, js, axis=1)               # (N, K): twice as fast as z[:, js]
         ej = np.exp(transform(np, zj, self.prm, self.feats) - self.shift)
-        mj = self.target_mass(np.asarray(js))
+        plain = self.plain if method != "complex" and not self.feats[0] else None
+        if plain is not None and plain.all():
+            return self._factorised(js, ej, h, method).T
+        mj = self.target_mass(js)
+        d = self._evaluated(zj, ej, mj, h, method)
+        if plain is not None and plain.any():
+            r = np.flatnonzero(plain)
+            d[r] = self._factorised(js, ej, h, method, r)
+        return d.T
+
+    def _evaluated(self, zj, ej, mj, h, method):
+        """Both sides of each difference evaluated (``value``): (N, K)."""
         hh = h[:, None]
         finite = np.isfinite(zj)
 
@@ -140,9 +159,60 @@ class _Sweep:
             return (self.value(zj, ej, mj, hh) - self.value(zj, ej, mj, -hh)) / step
 
         if method == "central":
-            d = central(hh)
-        elif method == "richardson":
-            d = (4 * central(hh / 2) - central(hh)) / 3
+            return central(hh)
+        if method == "richardson":
+            return (4 * central(hh / 2) - central(hh)) / 3
+        return np.imag(self.value(zj, ej, mj, 1j * hh)) / hh
+
+    def _factorised(self, js, ej, h, method, r=None):
+        """Rows ``r`` (all if None; every logit and sum finite, no softcap): moving z_ij by
+        ±t multiplies its exponential by e^{±t/T}, so the row's sum becomes S − e_ij +
+        e_ij·e^{±t/T} and lse₊ − lse₋ = log1p(2·e_ij·sinh(t/T) / S'₋) (no difference of two
+        nearly equal logarithms); Σ m·v moves by ±m_ij·t/T.  The same difference of loss
+        values as both sides evaluated (module docstring of finite_difference.py)."""
+        if r is not None:
+            ej, h = ej[r], h[r]
+
+        n = len(h)
+
+        def rows(x):
+            x = x if r is None or not np.ndim(x) else x[r]
+            return np.broadcast_to(np.asarray(x, np.float64), (n,) + np.shape(x)[1:])
+
+        tt, prm = self.tt, self.prm
+        temp = float(prm["temperature"]) if self.feats[1] else 1.0
+        s = rows(self.s)[:, None]
+        alpha, msum, valid = rows(tt.alpha), rows(tt.msum), rows(tt.valid)
+        if self.index is not None:
+            lookup = np.full(self.z.shape[1], -1)
+            lookup[js] = np.arange(len(js))
+            at = lookup[self.index if r is None else self.index[r]]
+            hit = np.flatnonzero(at >= 0)
         else:
-            d = np.imag(self.value(zj, ej, mj, 1j * hh)) / hh
-        return d.T
+            mj = np.take(self.tt.m if r is None else self.tt.m[r], js, axis=1)
+        zl = self.feats[2]
+        if zl:
+            shift, beta = rows(self.shift), rows(tt.beta)
+
+        def central(t):
+            a = t / temp                                                  # (n,)
+            base = s - ej
+            minus = base + ej * np.exp(-a)[:, None]                       # S'₋
+            dl = np.log1p(ej * (2 * np.sinh(a))[:, None] / minus)         # lse₊ − lse₋
+            out = (alpha * msum)[:, None] * dl
+            if self.index is not None:
+                out[hit, at[hit]] -= (alpha * msum * 2 * a)[hit]
+            else:
+                out -= (alpha * 2 * a)[:, None] * mj
+            if zl:
+                plus = base + ej * np.exp(a)[:, None]
+                both = 2 * shift + np.log(plus) + np.log(minus)           # lse₊ + lse₋
+                out += (beta * prm["z_loss"])[:, None] * dl * both
+            if not np.all(valid == 1):
+                out *= valid[:, None]
+            out /= (2 * t)[:, None]
+            return out
+
+        if method == "central":
+            return central(h)
+        return (4 * central(h / 2) - central(h)) / 3
