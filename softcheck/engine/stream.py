@@ -294,25 +294,45 @@ class _FD:
 
 def _columns(inputs: Inputs, priority, count: int, seed: int, nb: int) -> np.ndarray:
     """``finite_difference._choose_columns`` with the largest |priority| entries found a
-    block at a time (the first 4·count by (−|g|, flat index), as its stable sort).
-
-    Blocks come in flat-index order, so once 4·count entries are at least ``thr``, a later
-    entry equal to it ranks after them all: only larger ones are kept; the kept set is sorted
-    down to 4·count when it has grown to twice that."""
+    block at a time (the first 4·count by (−|g|, flat index), as its stable sort), each half
+    of the rows by its own thread: each half's kept entries hold its own first 4·count, so
+    their union holds the batch's."""
     n, c = inputs.logits.shape
     count = max(1, min(c, count))
     chosen = list(dict.fromkeys(int(j) for j in inputs.target[inputs.valid]))
     k = 4 * count
+    starts = list(range(0, n, nb))
+    halves = [starts[: len(starts) // 2], starts[len(starts) // 2:]]
+    kept: list = [None, None]
+
+    def half(t):
+        kept[t] = _largest(priority, halves[t], n, nb, c, k)
+
+    in_threads(half, 2)
+    keep_v, keep_f = _trim(np.concatenate([kept[0][0], kept[1][0]]),
+                           np.concatenate([kept[0][1], kept[1][1]]), k)
+    chosen += [int(j) for j in dict.fromkeys((keep_f % c).tolist())]
+    rng = np.random.default_rng([seed, 3])
+    chosen += [int(j) for j in rng.permutation(c)]
+    return np.array(list(dict.fromkeys(chosen))[:count])
+
+
+def _trim(v, f, k):
+    """The first k of entries ``v`` at flat indices ``f`` by (−v, f)."""
+    order = np.lexsort((f, -v))[:k]
+    return v[order], f[order]
+
+
+def _largest(priority, starts, n: int, nb: int, c: int, k: int):
+    """The first k entries by (−|priority|, flat index) of the blocks of rows at ``starts``
+    (in order).  Blocks come in flat-index order, so once k entries are at least ``thr``, a
+    later entry equal to it ranks after them all: only larger ones are kept; the kept set
+    is sorted down to k when it has grown to twice that."""
     keep_v, keep_f = np.zeros(0), np.zeros(0, np.int64)
     new_v: list = []
     new_f: list = []
     thr, pending = None, 0
-
-    def trim(v, f):
-        order = np.lexsort((f, -v))[:k]
-        return v[order], f[order]
-
-    for r0 in range(0, n, nb):
+    for r0 in starts:
         a = np.asarray(priority(r0, min(n, r0 + nb)))
         if a.dtype not in (np.float32, np.float64):
             a = a.astype(np.float32)
@@ -330,13 +350,9 @@ def _columns(inputs: Inputs, priority, count: int, seed: int, nb: int) -> np.nda
         new_f.append(r0 * c + idx.astype(np.int64))
         pending += idx.size
         if thr is None or pending > k:
-            keep_v, keep_f = trim(np.concatenate([keep_v] + new_v),
-                                  np.concatenate([keep_f] + new_f))
+            keep_v, keep_f = _trim(np.concatenate([keep_v] + new_v),
+                                   np.concatenate([keep_f] + new_f), k)
             new_v, new_f, pending = [], [], 0
             if len(keep_v) >= k:
                 thr = keep_v[k - 1]
-    keep_v, keep_f = trim(np.concatenate([keep_v] + new_v), np.concatenate([keep_f] + new_f))
-    chosen += [int(j) for j in dict.fromkeys((keep_f % c).tolist())]
-    rng = np.random.default_rng([seed, 3])
-    chosen += [int(j) for j in rng.permutation(c)]
-    return np.array(list(dict.fromkeys(chosen))[:count])
+    return _trim(np.concatenate([keep_v] + new_v), np.concatenate([keep_f] + new_f), k)

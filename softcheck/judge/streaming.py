@@ -305,10 +305,13 @@ class StreamedInvariants:
     def update(self, r0: int, g) -> None:
         g = np.asarray(g, np.float64)
         r1 = r0 + g.shape[0]
-        self.finite &= bool(np.all(np.isfinite(g)))
+        l1 = np.sum(np.abs(g), -1)
+        # a finite Σ|g| has every entry finite (NaN and ±inf carry into it); only where it
+        # is not (an overflow of finite entries, or not) is every entry looked at
+        self.finite &= bool(np.all(np.isfinite(l1)) or np.all(np.isfinite(g)))
         self.sums[r0:r1] = np.abs(np.sum(g, -1))
-        self.l1[r0:r1] = np.sum(np.abs(g), -1)
-        self.nonzero[r0:r1] = np.any(g != 0, -1)
+        self.l1[r0:r1] = l1
+        self.nonzero[r0:r1] = l1 != 0        # any(g != 0): NaN ≠ 0, and a sum of |g| is 0 only if all are
 
     def merge(self, other: "StreamedInvariants") -> None:
         """Fold in ``other``'s rows (each row written by one of the two)."""
