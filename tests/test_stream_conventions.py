@@ -223,3 +223,39 @@ def test_convention_streamed_equals_whole_at_issue_sizes(n, c):
     same(a, b)
     a, b = both_paths("torch.nn.functional:cross_entropy", case, convention="loss")
     same(a, b)
+
+
+def test_regression_main_gradient_dropped_before_the_variant_call(small_blocks, monkeypatch):
+    """A streamed convention kernel's main gradient (its sealed file) has no reference left
+    when the next upstream gradient's call is made: the call record kept it alive, so two
+    full-size gradients were mapped at once (8192×32000 float32 peaked at 3.52 GiB against
+    its bound of 2.81; 2.73 once dropped)."""
+    import gc
+    import weakref
+
+    from softcheck.engine import upstreams
+
+    case = Case(500, 11, "float32", "normal", 0, LossSpec(ignore_index=-100), fd_budget=5e3,
+                probes=1)
+    cand = candidate(BLOCKWISE)
+    seen, alive = [], []
+    real_call, real_judge = cand.call, upstreams.judge_variants
+
+    def call(*a, **kw):
+        r = real_call(*a, **kw)
+        if r.grad is not None:
+            seen.append(weakref.ref(r.grad))
+        return r
+
+    def judge(*a, **kw):
+        gc.collect()
+        alive.append([ref() is not None for ref in seen])
+        return real_judge(*a, **kw)
+
+    monkeypatch.setattr(cand, "call", call)
+    monkeypatch.setattr(upstreams, "judge_variants", judge)
+    try:
+        result = run_streamed(case, cand)
+    finally:
+        cand.close()
+    assert result.passed and alive == [[False]], alive

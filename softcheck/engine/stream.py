@@ -143,9 +143,11 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     error = None
     if conv:                 # the forward's values, then each other upstream gradient's call
         comparisons += forward_pairs(call, first.loss_values(case.spec), case, kappa, n)
-        judge.grad = grad = None                       # the main gradient dropped first
-        more, error = _variants(dataclasses.replace(call, grad=None), candidate, inputs, case,
-                                policy, first, st, kappa, blocks, native, frame)
+        # the main gradient dropped first (every reference to its file: the call's too)
+        judge.grad = grad = None
+        call = dataclasses.replace(call, grad=None)
+        more, error = _variants(call, candidate, inputs, case, policy, first, st, kappa,
+                                blocks, native, frame)
         comparisons += more
         clock.lap("upstream_variants")
     frame.notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
