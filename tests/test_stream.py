@@ -323,12 +323,13 @@ def test_kept_heap_sets_glibc_back_and_leaves_it_alone_when_refused(monkeypatch)
 
 @settings(max_examples=150, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 30),
-       st.sampled_from(["none", "scalar", "rows"]), st.booleans(), st.floats(0, 3))
+       st.sampled_from(["none", "scalar", "rows", "entries"]), st.booleans(), st.floats(0, 3))
 def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, subset, spread):
     """StreamedComparison skips the ratios of a row whose bound max err / (atol + band) is
     at most the others' largest ratio, the k-th worst and 1: the result (maxima, counts, the
     worst entries and their order) is the one of every ratio computed, with ties, zeros,
-    large rows late, target columns and sampled columns."""
+    large rows late, target columns, sampled columns and a band per entry (the 16-bit
+    STORED term: a row's least band is its floor)."""
     from softcheck.judge import streaming
 
     rng = np.random.default_rng(seed)
@@ -337,14 +338,20 @@ def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, sub
     x = ref + err * np.where(rng.random((n, c)) < 0.5, 1, -1) * 10.0 ** rng.uniform(0, spread, (n, 1))
     if rng.random() < 0.5:                     # one outlier early: later rows rank below it
         x[0, rng.integers(c)] += 10.0 ** rng.uniform(-8, -4)
+    scale = rng.choice([1e-6, 1e-2, 1.0])           # failing, or passing: the bound decides
     target = rng.integers(-1, c, n)
     valid = target >= 0
     if rng.random() < 0.5:                     # the target entries worst: the others' max apart
         x[np.flatnonzero(valid), target[valid]] += 10.0 ** rng.uniform(-7, -5)
-    band = {"none": 0.0, "scalar": 1e-9, "rows": np.abs(rng.standard_normal(n)) * 1e-9}[band_kind]
+    band = {"none": 0.0, "scalar": 1e-9, "rows": np.abs(rng.standard_normal(n)) * 1e-9,
+            "entries": np.abs(rng.standard_normal(n)) * 1e-9}[band_kind]
+    extra = None
+    if band_kind == "entries":                 # as large as the atol: the floor matters
+        atol = streaming.StreamedComparison(("candidate", "analytic"), dtype="float32",
+                                            kappa=3.0, scale=scale, classes=c).atol
+        extra = np.abs(rng.standard_normal((n, c))) * 10.0 ** rng.uniform(-2, 1, (n, c)) * atol
     cols = np.sort(rng.choice(c, max(1, c // 2), replace=False)) if subset else None
     cuts = sorted(set(rng.integers(1, n, 3).tolist()) | {0, n}) if n > 1 else [0, n]
-    scale = rng.choice([1e-6, 1e-2, 1.0])           # failing, or passing: the bound decides
 
     def result(skip):
         streaming.SKIP_ROWS = skip
@@ -356,8 +363,11 @@ def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, sub
                 if cols is not None:
                     xs, rs = xs[:, cols], rs[:, cols]
                 b = band[r0:r1] if np.ndim(band) else band
+                e = None
+                if extra is not None:
+                    e = extra[r0:r1] if cols is None else extra[r0:r1][:, cols]
                 acc.update(r0, xs, rs, target=target[r0:r1], valid=valid[r0:r1], band=b,
-                           cols=cols)
+                           cols=cols, extra=e)
             return acc.result(np.where(valid, target, -1))
         finally:
             streaming.SKIP_ROWS = True

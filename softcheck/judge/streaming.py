@@ -66,11 +66,14 @@ class StreamedComparison:
 
         Once the worst entries are known, a row's ratios are computed only where they could
         change a number: every allowed error of row i is at least fl(atol + band_i) (the
-        same roundings of larger terms), so fl(max_j err_ij / fl(atol + band_i)) bounds each
+        same roundings of larger terms; band_i its least band where there is one per
+        entry), so fl(max_j err_ij / fl(atol + band_i)) bounds each
         of the row's ratios, and a row whose bound is at most the others' largest ratio, the
         k-th worst and 1 can change none (measured: 1–3 % of rows computed)."""
         ua, ur = self._tolerance()
-        if not ua > 0 or (band.ndim and not np.all(band >= 0)):
+        # the least band of each row (a band per entry: its row's minimum, one pass)
+        low = np.min(band, axis=1) if band.ndim == 2 and band.shape[1] else band
+        if not ua > 0 or (np.ndim(low) and not np.all(low >= 0)):
             return False
         nb, w = x.shape
         if not w:
@@ -93,9 +96,9 @@ class StreamedComparison:
             if not (np.isfinite(eo) and np.all(np.isfinite(et))):
                 return False                       # NaN/Inf somewhere (or ∞ − ∞)
             sel = None
-            if SKIP_ROWS and full and band.ndim < 2:
-                # the allowed error of an entry of 0: fl(fl(0·rtol + atol) + band) = fl(atol + band)
-                floor = ua + band if (band.ndim or band) else ua
+            if SKIP_ROWS and full:
+                # below every allowed error of the row: fl(fl(0·rtol + atol) + its least band)
+                floor = ua + low if (np.ndim(low) or low) else ua
                 bound = emax / floor
                 limit = min(self.parts[False][1], -self.top[k - 1][0], 1.0)
                 sel = np.flatnonzero(bound > limit)
