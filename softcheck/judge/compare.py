@@ -151,7 +151,10 @@ def probabilities(inputs64: Inputs) -> np.ndarray:
 
     _, _, v, e, tot, _ = analytic._exp(inputs64, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(np.isfinite(v), e / tot, 0.0)
+        e /= tot
+        if np.isfinite(np.sum(v)):           # every v finite: nothing to zero (a pass saved)
+            return e
+        return np.where(np.isfinite(v), e, 0.0)
 
 
 def parts(stats) -> np.ndarray:

@@ -102,6 +102,8 @@ class StreamedComparison:
                 bound = emax / floor
                 limit = min(self.parts[False][1], -self.top[k - 1][0], 1.0)
                 sel = np.flatnonzero(bound > limit)
+                if 2 * sel.size > nb:              # most rows: computed in place, no copies
+                    sel = None
             if sel is None:
                 self._allowed(ref, ua, ur, band, out=ratio)
                 np.divide(err, ratio, out=ratio)   # err 0 → ratio 0; targets (−1) < 0

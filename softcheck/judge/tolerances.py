@@ -147,8 +147,15 @@ def stored(dtype: str, p: np.ndarray, parts: np.ndarray) -> np.ndarray:
     probabilities, ``parts`` (N,) the rows' S_i."""
     u = TABLE[dtype].u
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        t = p * np.expm1(u * np.abs(np.log(p)))
-    return np.where(np.isfinite(t), t, 0.0) * np.asarray(parts, np.float64)[:, None]
+        t = np.log(p)
+        np.abs(t, out=t)
+        t *= u
+        np.expm1(t, out=t)
+        t *= p
+    if not np.isfinite(np.sum(t)):         # a finite sum: every entry finite (a pass saved)
+        t = np.where(np.isfinite(t), t, 0.0)
+    t *= np.asarray(parts, np.float64)[:, None]
+    return t
 
 
 @dataclass(frozen=True)
