@@ -373,3 +373,25 @@ def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, sub
             streaming.SKIP_ROWS = True
 
     assert result(True) == result(False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=64),
+       st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=64))
+def test_bfloat16_rounding_of_the_draw_is_astype(bits, values):
+    """The draw rounds float64 to bfloat16 through float32 rounded to odd: every bit pattern
+    (subnormals, the edge of float32's range, ±inf, ±0) rounds as ml_dtypes' astype does,
+    NaN stays NaN."""
+    import ml_dtypes
+
+    from softcheck.suite.inputs import rounded_into
+
+    x = np.concatenate([np.array(bits, np.uint64).view(np.float64), np.array(values, np.float64),
+                        [3.3895313892515355e38, 3.4e38, 3.4028235e38, 3.5e38, -1e-45, 5e-324]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(ml_dtypes.bfloat16)
+    got = np.empty(x.shape, ml_dtypes.bfloat16)
+    rounded_into(got, x)
+    nan = np.isnan(want.astype(np.float32))
+    assert np.array_equal(nan, np.isnan(got.astype(np.float32)))
+    assert np.array_equal(want.view(np.uint16)[~nan], got.view(np.uint16)[~nan])

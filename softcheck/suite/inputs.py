@@ -129,6 +129,24 @@ def _prelude(case: Case, upstream: str) -> _Prelude:
                     ends, dt)
 
 
+def rounded_into(out: np.ndarray, x: np.ndarray) -> None:
+    """``out[...] = x`` (float64 rounded to ``out``'s dtype once, to nearest even, as astype
+    rounds).  bfloat16 goes through float32 rounded to odd (truncated, its last bit set where
+    inexact: 24 bits keep the information a second rounding to 8 needs, so no double
+    rounding), five times faster than ml_dtypes' own cast from float64."""
+    if out.dtype.name != "bfloat16":
+        out[...] = x
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x.astype(np.float32)
+        back = y.astype(np.float64)
+        bits = y.view(np.uint32)
+        # rounded away from zero: one step back (sign and magnitude: the magnitude less 1)
+        bits -= (np.abs(back) > np.abs(x)).view(np.uint8)
+        bits |= (back != x).view(np.uint8)          # inexact: the odd neighbour
+    out[...] = y
+
+
 def _block(case: Case, pre: _Prelude, k: int, r0: int, r1: int):
     """Block k (rows r0..r1) of the case's float64 logits, from its own generator, and of its
     probability targets (None for index targets)."""
@@ -311,7 +329,7 @@ def make_inputs_into(case: Case, out: np.ndarray, *, upstream: str = "auto",
                     getattr(case, "layout", "contiguous") == "transposed")
 
     def fill(k: int, r0: int, r1: int) -> None:
-        out[r0:r1] = _block(case, pre, k, r0, r1)[0]     # rounded to dt as astype rounds
+        rounded_into(out[r0:r1], _block(case, pre, k, r0, r1)[0])
 
     blocks = draw_blocks(n, c)
     window: list = []
