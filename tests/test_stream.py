@@ -380,14 +380,22 @@ def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, sub
        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=64))
 def test_bfloat16_rounding_of_the_draw_is_astype(bits, values):
     """The draw rounds float64 to bfloat16 through float32 rounded to odd: every bit pattern
-    (subnormals, the edge of float32's range, ±inf, ±0) rounds as ml_dtypes' astype does,
-    NaN stays NaN."""
+    (subnormals, the edge of float32's range, ±inf, ±0, values a hair off a tie, where a
+    plain float32 first rounds wrong) rounds as ml_dtypes' astype does, NaN stays NaN."""
     import ml_dtypes
 
     from softcheck.suite.inputs import rounded_into
 
+    # just above and below halfway between two bfloat16 neighbours, by less than float32
+    # resolves: a float32 first would round them onto the tie, and the tie to the even one
+    b = (np.array(bits, np.uint64) >> np.uint64(48)).astype(np.uint16).view(ml_dtypes.bfloat16)
+    b = b.astype(np.float64)
+    b = b[np.isfinite(b) & (np.abs(b) < 1e38)]
+    ulp = np.spacing(b.astype(ml_dtypes.bfloat16)).astype(np.float64)
+    near = np.concatenate([b + ulp / 2 * (1 + 2.0**-30), b + ulp / 2 * (1 - 2.0**-30)])
     x = np.concatenate([np.array(bits, np.uint64).view(np.float64), np.array(values, np.float64),
-                        [3.3895313892515355e38, 3.4e38, 3.4028235e38, 3.5e38, -1e-45, 5e-324]])
+                        near, [3.3895313892515355e38, 3.4e38, 3.4028235e38, 3.5e38, -1e-45,
+                               5e-324]])
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(ml_dtypes.bfloat16)
     got = np.empty(x.shape, ml_dtypes.bfloat16)
