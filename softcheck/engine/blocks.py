@@ -206,7 +206,7 @@ class Judge:
         inv.update(r0, g[checked])
         refs = {k: v for k, v in g.items() if k != "finite_difference"}
         for k in range(self.n_probes):
-            d = references.probe_directions(self.case.seed, k, r0, b64.logits)
+            d = references.probe_directions(self.case.seed, k, r0, b64.logits, stb.plain)
             got = references.project_on(d, refs)
             with self.lock:
                 for name, p in got.items():

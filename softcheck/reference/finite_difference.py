@@ -316,12 +316,15 @@ def probe_signs(seed: int, k: int, r0: int, n: int, c: int) -> np.ndarray:
     return signs.reshape(n, 64 * words)[:, :c]
 
 
-def probe_directions(seed: int, k: int, r0: int, z: np.ndarray) -> np.ndarray:
+def probe_directions(seed: int, k: int, r0: int, z: np.ndarray, plain=None) -> np.ndarray:
     """Probe k's direction on rows r0.. (``z`` those rows' logits): ``probe_signs``, zero on
     non-finite logits, centred over the finite ones (orthogonal to the all-ones vector, along
-    which the loss does not change)."""
+    which the loss does not change); ``plain``: the rows known to be finite (RowStats.plain),
+    so that z need not be looked at."""
     n, c = z.shape
     d = probe_signs(seed, k, r0, n, c)
+    if plain is not None and np.all(plain):
+        return _centred(d)
     finite = np.isfinite(z)
     if finite.all():
         d -= np.sum(d, -1, keepdims=True) / c
@@ -363,9 +366,11 @@ def probe(prep: Prepared, st: RowStats, k: int, seed: int, project: dict, r0: in
 
 
 def _centred(signs: np.ndarray) -> np.ndarray:
-    """A row of finite logits' direction: its signs less their mean (probe_directions)."""
+    """A row of finite logits' direction: its signs less their mean (probe_directions), in
+    place."""
     c = signs.shape[1]
-    return signs - np.sum(signs, -1, keepdims=True) / c
+    signs -= np.sum(signs, -1, keepdims=True) / c
+    return signs
 
 
 def _factorised(prep: Prepared, signs: np.ndarray, h: np.ndarray, r) -> tuple:
@@ -436,10 +441,13 @@ def project_on(d: np.ndarray, grads: dict) -> dict:
     out = {}
     for name, g in grads.items():
         g = np.asarray(g, np.float64)
-        if not np.isfinite(g).all():
-            g = np.where(d != 0, g, 0.0)
-        with np.errstate(invalid="ignore"):
-            out[name] = np.einsum("ij,ij->i", g, d)
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = np.einsum("ij,ij->i", g, d)
+            # a finite projection had no NaN or ∞ in g, beside a 0 of d or not: the same
+            # sums as with them left out (no pass over g to look for them)
+            if not np.all(np.isfinite(p)):
+                p = np.einsum("ij,ij->i", np.where(d != 0, g, 0.0), d)
+        out[name] = p
     return out
 
 
