@@ -213,6 +213,14 @@ def test_estimates_know_which_candidates_stream():
     finally:
         cand.close()
     assert not stream.should_stream(case, cand, isolate=False)
+    # regression: the CLI estimates before the candidate is swapped for its worker (isolate
+    # says it will be); FD's share took the whole-array probe count (8, not 1) all the same,
+    # and announced 3:12 for a case that takes under a minute
+    loaded = load(BLOCKWISE, settings=Settings())
+    try:
+        assert suites.estimate_seconds([case], loaded, isolate=True) == conv
+    finally:
+        loaded.close()
 
 
 @pytest.mark.slow  # 16 s measured each (2 cores, load ~2.5)

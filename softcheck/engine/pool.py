@@ -73,6 +73,9 @@ def run_jobs(jobs: list[Job], *, fail_fast=False, progress=None, workers: int = 
 # only adds its start-up time.
 POOL_STARTUP_SECONDS = 1.5
 _EVALS_PER_SECOND = 2e7
+#: a streamed case's: its column sweeps and probes in closed differences on two threads
+#: (2026-12-07, fourth session: 2.5e8 swept and 5.4e8 probed at 4096×131072 in ~2.5 s)
+_STREAMED_EVALS_PER_SECOND = 2e8
 
 
 # Peak memory of one case: JAX and friends (~0.4 GB resident) plus ~300 bytes per logit (the
@@ -180,13 +183,15 @@ def check_memory(cases: list[Case], workers: int = 1, candidates=None) -> None:
                "lower --batch or --classes") + (" or --jobs" if workers > 1 else ""))
 
 
-def estimate_seconds(case: Case, candidate=None) -> float:
-    """FD's share of a case's time (suites.estimate_seconds adds the rest)."""
+def estimate_seconds(case: Case, candidate=None, *, isolate: bool | None = None) -> float:
+    """FD's share of a case's time (suites.estimate_seconds adds the rest); ``isolate``:
+    whether the candidate will run in its worker (a convention kernel streams only there)."""
     from .stream import probe_count, should_stream
 
-    probes = probe_count(case) if should_stream(case, candidate) else case.probes
+    streams = should_stream(case, candidate, isolate=isolate)
+    probes = probe_count(case) if streams else case.probes
     work = finite_difference.fd_work(case.batch, case.classes, case.fd_budget, probes)
-    return 2e-3 + work / _EVALS_PER_SECOND
+    return 2e-3 + work / (_STREAMED_EVALS_PER_SECOND if streams else _EVALS_PER_SECOND)
 
 
 def _parallel_pays(jobs: list[Job]) -> bool:

@@ -179,13 +179,14 @@ def check_candidate(cand: Candidate, cfg: Config, *, policy: CallPolicy = CallPo
 # whole process, 1.6 s of it FD (~2e-6 s per logit); 8×262144 float64 5.5 s (~2.4e-6).
 SECONDS_PER_LOGIT = 2e-6
 # A streamed case (engine/stream.py) costs less per logit (blocks in cache, no relations):
-# measured quiet (2026-12-07, after KeptHeap) 4096×131072 float32 of the numpy example 85.8 s
-# whole process, ~26 s of it FD's budget and probe: ~1.1e-7 s per logit besides FD.
-STREAMED_SECONDS_PER_LOGIT = 1.1e-7
+# measured quiet (2026-12-07, fourth session, docs/benchmarks.md) 4096×131072 float32 of the
+# numpy example 47–60 s whole process, ~2.6 s of it FD's budget and probe (pool.py's
+# streamed rate): ~8.3e-8 s per logit besides FD.
+STREAMED_SECONDS_PER_LOGIT = 8.3e-8
 # A streamed convention kernel adds, per other upstream gradient, one more call and a closed
 # form + comparison a block at a time: measured the same day, 4096×131072 float32 of the
-# Liger-style in-place example, 12.8 s for its one variant (g = 1): ~2.4e-8 s per logit.
-STREAMED_CALL_SECONDS_PER_LOGIT = 2.4e-8
+# Liger-style in-place example, 6.4–9.3 s for its one variant (g = 1): ~1.4e-8 s per logit.
+STREAMED_CALL_SECONDS_PER_LOGIT = 1.4e-8
 
 
 # Fused linear cross-entropy (--hidden): the reference's six N·V·H products (four float64,
@@ -208,7 +209,8 @@ def estimate_seconds(cases: list[Case], candidate=None, *, isolate: bool | None 
         return STREAMED_SECONDS_PER_LOGIT + extra
 
     return sum(FUSED_SECONDS_PER_MAC * c.batch * c.classes * c.hidden if c.hidden is not None
-               else pool_estimate(c, candidate) + per_logit(c) * c.batch * c.classes
+               else pool_estimate(c, candidate, isolate=isolate)
+               + per_logit(c) * c.batch * c.classes
                for c in cases)
 
 

@@ -50,7 +50,10 @@ class StreamedComparison:
         band = np.asarray(band, np.float64)
         self.band_max = max(self.band_max, float(np.max(band, initial=0.0)))
         if extra is not None:           # per entry, in the allowed error but not the atol
-            band = (band[:, None] if band.ndim == 1 else band) + np.asarray(extra, np.float64)
+            extra = np.asarray(extra, np.float64)
+            # 0 + e is e: no pass to add a band of 0 (a 16-bit candidate pair's, by default)
+            band = extra if band.ndim == 0 and band == 0 else (
+                (band[:, None] if band.ndim == 1 else band) + extra)
         target, valid = np.asarray(target), np.asarray(valid)
         step = max(1, SUB_ELEMENTS // max(1, x.shape[1]))
         for i in range(0, x.shape[0], step):      # a few rows at a time: in cache (3× faster)
