@@ -260,10 +260,15 @@ def test_regression_main_gradient_dropped_before_the_variant_call(small_blocks, 
         alive.append([ref() is not None for ref in seen])
         return real_judge(*a, **kw)
 
-    monkeypatch.setattr(cand, "call", call)
-    monkeypatch.setattr(upstreams, "judge_variants", judge)
     try:
+        # a fresh process's first torch call may round differently from the next ones (seen
+        # in 2 of 5 fresh processes, softcheck not involved): the worker is warmed first, so
+        # the repeat's digests compare like with like
+        run_streamed(case, cand)
+        monkeypatch.setattr(cand, "call", call)
+        monkeypatch.setattr(upstreams, "judge_variants", judge)
         result = run_streamed(case, cand)
     finally:
         cand.close()
-    assert result.passed and alive == [[False]], alive
+    assert result.passed, (result.error, [(c.pair, c.reason) for c in result.comparisons if not c.passed], [i for i in result.invariants if not i.passed])
+    assert alive == [[False]], alive

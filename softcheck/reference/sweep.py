@@ -46,8 +46,11 @@ class Prepared:
                        index=cut(self.index))
 
 
-def sweep_columns(prep: Prepared, cols, h, method: str) -> np.ndarray:
-    """The finite-difference derivatives of columns ``cols`` of every row: (N, len(cols))."""
+def sweep_columns(prep: Prepared, cols, h, method: str, evaluated: bool = False
+                  ) -> np.ndarray:
+    """The finite-difference derivatives of columns ``cols`` of every row: (N, len(cols));
+    ``evaluated``: both sides of every difference evaluated, never the closed difference
+    (``softcheck steps`` shows the classic step trade-off that way)."""
     n = prep.z.shape[0]
     cols = np.asarray(cols)
     out = np.empty((n, len(cols)))
@@ -55,7 +58,7 @@ def sweep_columns(prep: Prepared, cols, h, method: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         sweep = _Sweep(prep)
         for j0 in range(0, len(cols), k):
-            out[:, j0:j0 + k] = sweep.columns(cols[j0:j0 + k], h, method).T
+            out[:, j0:j0 + k] = sweep.columns(cols[j0:j0 + k], h, method, evaluated).T
     return out
 
 
@@ -132,14 +135,16 @@ class _Sweep:
             out = out + tt.beta[:, None] * prm["z_loss"] * lse**2
         return tt.valid[:, None] * out
 
-    def columns(self, js, h, method):
+    def columns(self, js, h, method, evaluated: bool = False):
         """Derivatives for columns ``js`` of every row: shape (len(js), N).  Central and
-        Richardson differences without a softcap take ``_moved``'s closed difference on the
-        rows whose logits and sums are finite; the others evaluate both sides."""
+        Richardson differences without a softcap take ``_factorised``'s closed difference on
+        the rows whose logits and sums are finite (unless ``evaluated``); the others evaluate
+        both sides."""
         js = np.asarray(js)
         zj = np.take(self.z, js, axis=1)               # (N, K): twice as fast as z[:, js]
         ej = np.exp(transform(np, zj, self.prm, self.feats) - self.shift)
-        plain = self.plain if method != "complex" and not self.feats[0] else None
+        closed = method != "complex" and not self.feats[0] and not evaluated
+        plain = self.plain if closed else None
         if plain is not None and plain.all():
             return self._factorised(js, ej, h, method).T
         mj = self.target_mass(js)
