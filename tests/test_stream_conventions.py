@@ -272,3 +272,15 @@ def test_regression_main_gradient_dropped_before_the_variant_call(small_blocks, 
         cand.close()
     assert result.passed, (result.error, [(c.pair, c.reason) for c in result.comparisons if not c.passed], [i for i in result.invariants if not i.passed])
     assert alive == [[False]], alive
+
+
+def test_regression_an_unmeasured_repeat_difference_is_not_called_infinite():
+    """Where an earlier call's digests differ and the later two calls agree, the difference
+    was not measured (its gradient was not kept): the invariant says so, where it read
+    "differ by up to inf" (a torch kernel's first call in a fresh process can round
+    differently from the next ones)."""
+    from softcheck.judge.compare import determinism
+
+    det = determinism(float("inf"), 3, None, 1e-6)
+    assert not det.passed and "not measured" in det.detail and "up to inf" not in det.detail
+    assert "up to 2e-07" in determinism(2e-7, 2, None, 1e-6).detail

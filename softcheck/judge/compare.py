@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -245,9 +246,15 @@ def determinism(nondet: float, repeat: int, nondet_tol: float | None, atol: floa
     the judge measured it (candidate/record.py)."""
     allowed = nondet_tol if nondet_tol is not None else atol
     by = " by --nondet-tol" if nondet_tol is not None else ", the case tolerance"
-    detail = (f"{repeat} calls on identical inputs: bitwise identical" if nondet == 0
-              else f"{repeat} calls on identical inputs differ by up to {nondet:.3g} "
-                   f"(allowed {allowed:.3g}{by})")
+    if nondet == 0:
+        detail = f"{repeat} calls on identical inputs: bitwise identical"
+    elif math.isinf(nondet):           # an earlier call's gradient not kept (streamed), or ∞
+        detail = (f"{repeat} calls on identical inputs differ bitwise, by an amount not "
+                  f"measured (an earlier call's gradient was not kept) or infinite (allowed "
+                  f"{allowed:.3g}{by})")
+    else:
+        detail = (f"{repeat} calls on identical inputs differ by up to {nondet:.3g} "
+                  f"(allowed {allowed:.3g}{by})")
     return Invariant("deterministic", "candidate", bool(nondet <= allowed), detail)
 
 
