@@ -233,6 +233,7 @@ def test_convention_streamed_equals_whole_at_issue_sizes(n, c):
     same(a, b)
 
 
+@pytest.mark.slow  # 4.4 s measured (2 cores, load ~1.5)
 def test_regression_main_gradient_dropped_before_the_variant_call(small_blocks, monkeypatch):
     """A streamed convention kernel's main gradient (its sealed file) has no reference left
     when the next upstream gradient's call is made: the call record kept it alive, so two

@@ -146,9 +146,12 @@ def test_an_ordinary_program_runs_in_the_sandbox_that_keeps_the_host_read_only(t
     """The sandbox made /dev read-only, so opening /dev/null for writing was EROFS: Apple
     CCE's torch.compile path (inductor starts a process with DEVNULL) failed in the worker,
     and so did its cache under a host TORCHINDUCTOR_CACHE_DIR. A correct kernel that needs
-    them passes; the host's files stay read-only to it."""
+    them passes; the host's files stay read-only to it.  Regression: JAX's cache (jaxsetup's
+    SOFTCHECK_CACHE_DIR) stayed the judge's host path, read-only there, so a JAX candidate's
+    compile warned into its output (the README's vocab-parallel blocks went stale)."""
     r, out, _ = _run(tmp_path, "sandbox_needs.py:grad",
-                     TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "host-cache"))
+                     TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "host-cache"),
+                     SOFTCHECK_CACHE_DIR=str(tmp_path / "host-jax"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = load_report(out.read_text())
     _require_sandbox(report)

@@ -193,6 +193,9 @@ def spawn(argv: list[str], *, env: dict, pass_fds: tuple, stdout, memory: int | 
     # os.environ in the parent) is read-only in the sandbox, and torch.compile failed there
     env["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton")
     env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "torchinductor")
+    # and JAX's (reference/jaxsetup.py): the judge's ~/.cache/softcheck/jax is read-only here
+    # (a compile not in it warned into the candidate's output), and not the candidate's to use
+    env["SOFTCHECK_CACHE_DIR"] = os.path.join(tmp, "jax")
     if memory:
         env["SOFTCHECK_MEMORY_LIMIT"] = str(memory)
     try:

@@ -1,6 +1,6 @@
 """A correct candidate that needs what an ordinary program may: /dev/null for writing, a
-child process with its output discarded, and a writable compiler cache (torch.compile's and
-Triton's, at the paths the sandbox names).  It must pass inside the sandbox while the host's
+child process with its output discarded, and a writable compiler cache (torch.compile's,
+Triton's and JAX's through softcheck's jaxsetup, at the paths the sandbox names).  It must pass inside the sandbox while the host's
 files stay read-only to it (tests/test_trust.py)."""
 
 import os
@@ -15,7 +15,7 @@ def grad(logits, target):
         f.write(b"discarded")
     subprocess.run([sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, check=True)
-    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SOFTCHECK_CACHE_DIR"):
         os.makedirs(os.path.join(os.environ[var], "probe"), exist_ok=True)
     try:
         open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "written"), "w")
