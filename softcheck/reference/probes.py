@@ -133,15 +133,13 @@ def _factorised(prep: Prepared, signs: np.ndarray, h: np.ndarray, r) -> tuple:
     s_minus = np.exp(-a) * sp + np.exp(-b) * sm
     dlse = np.log1p(2 * (np.sinh(a) * sp + np.sinh(b) * sm) / s_minus)
     # Σ m·d: the target's d (index targets) or d₊·Σ_{+} m + d₋·Σ_{−} m
+    msum = _rows(tt.msum, r)
     if prep.index is not None:
         at = signs[np.arange(len(mu)), prep.index[r]]
-        md = _rows(tt.msum, r) * np.where(at > 0, dp, dm)
+        md = msum * np.where(at > 0, dp, dm)
     else:
-        m = tt.m[r]
-        msum = _rows(tt.msum, r)
-        mt = np.einsum("ij,ij->i", m, signs)               # Σ₊ m − Σ₋ m
+        mt = np.einsum("ij,ij->i", tt.m[r], signs)         # Σ₊ m − Σ₋ m
         md = dp * (msum + mt) / 2 + dm * (msum - mt) / 2
-    msum = _rows(tt.msum, r)
     diff = _rows(tt.alpha, r) * (msum * dlse - 2 * (h / temp) * md)
     if prep.feats[2]:
         lse_sum = 2 * np.where(np.isfinite(shift[:, 0]), shift[:, 0], 0.0) + np.log(
