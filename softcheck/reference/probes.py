@@ -10,7 +10,7 @@ import numpy as np
 
 from .bands import U64, RowStats, fd_plan
 from .loss import transform
-from .sweep import Prepared
+from .sweep import Prepared, row_part
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def _factorised(prep: Prepared, signs: np.ndarray, h: np.ndarray, r) -> tuple:
     entries, a = h·d₊/T, b = h·d₋/T; Σ m·v moves by ±(h/T)·Σ m·d.  lse₊ − lse₋ is taken as
     log1p(2(sinh a·S₊ + sinh b·S₋)/S'₋): no difference of two nearly equal logarithms."""
     prm, tt = prep.prm, prep.tt
+    n = prep.z.shape[0]
     z = prep.z[r]
     c = z.shape[1]
     temp = float(prm["temperature"]) if prep.feats[1] else 1.0
@@ -133,27 +134,22 @@ def _factorised(prep: Prepared, signs: np.ndarray, h: np.ndarray, r) -> tuple:
     s_minus = np.exp(-a) * sp + np.exp(-b) * sm
     dlse = np.log1p(2 * (np.sinh(a) * sp + np.sinh(b) * sm) / s_minus)
     # Σ m·d: the target's d (index targets) or d₊·Σ_{+} m + d₋·Σ_{−} m
-    msum = _rows(tt.msum, r)
+    msum = row_part(tt.msum, r, n)
     if prep.index is not None:
         at = signs[np.arange(len(mu)), prep.index[r]]
         md = msum * np.where(at > 0, dp, dm)
     else:
         mt = np.einsum("ij,ij->i", tt.m[r], signs)         # Σ₊ m − Σ₋ m
         md = dp * (msum + mt) / 2 + dm * (msum - mt) / 2
-    diff = _rows(tt.alpha, r) * (msum * dlse - 2 * (h / temp) * md)
+    diff = row_part(tt.alpha, r, n) * (msum * dlse - 2 * (h / temp) * md)
     if prep.feats[2]:
         lse_sum = 2 * np.where(np.isfinite(shift[:, 0]), shift[:, 0], 0.0) + np.log(
             np.exp(a) * sp + np.exp(b) * sm) + np.log(s_minus)
-        diff = diff + _rows(tt.beta, r) * prm["z_loss"] * dlse * lse_sum
-    diff = _rows(tt.valid, r) * diff
+        diff = diff + row_part(tt.beta, r, n) * prm["z_loss"] * dlse * lse_sum
+    diff = row_part(tt.valid, r, n) * diff
     npos = (c + ssum) / 2
     l1 = npos * np.abs(dp) + (c - npos) * np.abs(dm)
     return diff / (2 * h), l1
-
-
-def _rows(x, r):
-    """Rows ``r`` of a per-row target term (a scalar stays as it is)."""
-    return x[r] if np.ndim(x) else x
 
 
 def probe_plan(st: RowStats, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,13 +37,17 @@ class Prepared:
     def rows_at(self, zz, r):
         """``rows`` of rows ``r`` of the batch, at logits ``zz`` (those rows only)."""
         n = self.z.shape[0]
+        tt = type(self.tt)(*(row_part(x, r, n) for x in self.tt))
+        return rows_of(np, zz, tt, self.prm, feats=self.feats,
+                       shift=row_part(self.shift, r, n), index=row_part(self.index, r, n))
 
-        def cut(x):
-            return x[r] if x is not None and np.ndim(x) and np.shape(x)[0] == n else x
 
-        tt = type(self.tt)(*(cut(x) for x in self.tt))
-        return rows_of(np, zz, tt, self.prm, feats=self.feats, shift=cut(self.shift),
-                       index=cut(self.index))
+def row_part(x, r, n: int):
+    """Rows ``r`` of a per-row term of a batch of ``n`` rows (``r`` None: all of them); a
+    scalar, None or a term of another shape stays as it is."""
+    if r is None or x is None or not np.ndim(x) or np.shape(x)[0] != n:
+        return x
+    return x[r]
 
 
 def sweep_columns(prep: Prepared, cols, h, method: str, evaluated: bool = False
@@ -178,10 +182,10 @@ class _Sweep:
         if r is not None:
             ej, h = ej[r], h[r]
 
-        n = len(h)
+        n, rows_all = len(h), self.z.shape[0]
 
         def rows(x):
-            x = x if r is None or not np.ndim(x) else x[r]
+            x = row_part(x, r, rows_all)
             return np.broadcast_to(np.asarray(x, np.float64), (n,) + np.shape(x)[1:])
 
         tt, prm = self.tt, self.prm
