@@ -403,3 +403,66 @@ def test_bfloat16_rounding_of_the_draw_is_astype(bits, values):
     nan = np.isnan(want.astype(np.float32))
     assert np.array_equal(nan, np.isnan(got.astype(np.float32)))
     assert np.array_equal(want.view(np.uint16)[~nan], got.view(np.uint16)[~nan])
+
+
+def _held_repeat(monkeypatch):
+    """The repeat call's comparison held until the lane begun beside it has judged every
+    block (so the test does not depend on how fast either is): the Beside seen."""
+    import time
+
+    from softcheck.candidate import shared
+    from softcheck.engine import lanes
+
+    seen: dict = {}
+    call, compared = lanes.Beside.__call__, shared.repeat_compared
+
+    def beside(self, grad):
+        seen["beside"] = self
+        call(self, grad)
+
+    def held(*a, **k):
+        judging = seen["beside"].made().judging
+        deadline = time.monotonic() + 120
+        while judging.taken() < len(judging.blocks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen["taken_before_the_repeat"] = judging.taken()
+        return compared(*a, **k)
+
+    monkeypatch.setattr(lanes.Beside, "__call__", beside)
+    monkeypatch.setattr(shared, "repeat_compared", held)
+    return seen
+
+
+def test_judging_begun_beside_the_repeat_call_gives_the_same_numbers(tmp_path, small_blocks,
+                                                                     monkeypatch):
+    """A plain function's repeat call runs while one lane judges the main call's sealed
+    gradient (engine/lanes.py): every block judged before the repeat came back, and the
+    numbers, verdicts and the measured repeat the same as the whole-array path's."""
+    seen = _held_repeat(monkeypatch)
+    case = Case(500, 11, "float32", "masked", 0, LossSpec(), fd_budget=5e3, probes=1)
+    a, b = both_paths(tmp_path, GRAD, case)
+    assert seen["taken_before_the_repeat"] == 4          # 11 rows, 3 a block
+    _same(a, b)
+    assert b.passed and [i.name for i in b.invariants][-1] == "deterministic"
+
+
+SECOND_FAILS = GRAD + '''
+CALLS = []
+_grad = grad
+def grad(logits, target, ignore_index=-100):
+    CALLS.append(1)
+    if len(CALLS) % 2 == 0:
+        raise ValueError("the second call fails")
+    return _grad(logits, target, ignore_index)
+'''
+
+
+def test_a_repeat_that_fails_after_judging_began_is_a_failed_case(tmp_path, small_blocks,
+                                                                 monkeypatch):
+    """The lane begun beside the repeat is stopped and joined; the case reports the repeat's
+    error, as the whole-array path does."""
+    seen = _held_repeat(monkeypatch)
+    a, b = both_paths(tmp_path, SECOND_FAILS, Case(500, 11, "float32", "normal", 0, LossSpec()))
+    assert seen["beside"].thread is not None and not seen["beside"].thread.is_alive()
+    for r in (a, b):
+        assert not r.passed and "the second call fails" in r.error and "call 2" in r.error

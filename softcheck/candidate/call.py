@@ -104,10 +104,11 @@ class Candidate:
         return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True, upstream: bool = False) -> CallResult:
+             variants: bool = True, upstream: bool = False, beside=None) -> CallResult:
         """The gradient (``repeat`` calls); under a loss convention also the gradients for the
         other upstream gradients unless ``variants`` is False (a relation's call);
-        ``upstream``: the logits an upstream op's saved output (conventions.run)."""
+        ``upstream``: the logits an upstream op's saved output (conventions.run); ``beside``
+        is never called (the repeats are made in this process, before it returns)."""
         if self.settings.convention != "grad":
             r = _in_process_convention(self, inputs, timeout, repeat, variants, upstream)
         else:

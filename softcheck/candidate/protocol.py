@@ -26,10 +26,12 @@ class CandidateProtocol(Protocol):
         """Whether it declares the keyword option ``name`` (``**kwargs`` takes them all)."""
 
     def call(self, inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True, upstream: bool = False):
+             variants: bool = True, upstream: bool = False, beside=None):
         """Its gradient on ``inputs`` (a ``call.CallResult``); ``upstream``: a torch autograd
         kernel given logits an op upstream saved for its backward (conventions.py), the
-        gradient that reaches that op's input."""
+        gradient that reaches that op's input; ``beside``: where the first call's gradient
+        is final before the repeats are made (a plain function's sealed file, shared.py),
+        ``beside(gradient)`` is called then, in the caller's thread; it may never be."""
 
     def call_hvp(self, inputs, direction, *, timeout: float | None = None):
         """Its Hessian-vector product along ``direction`` (a ``call.CallResult``)."""

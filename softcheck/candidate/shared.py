@@ -58,10 +58,11 @@ def logits_in(wc, shape: tuple[int, int], dtype, pad: int = 0) -> np.ndarray:
     return buf[:, :c]
 
 
-def call_shared(wc, inputs, timeout, repeat) -> CallResult:
+def call_shared(wc, inputs, timeout, repeat, beside=None) -> CallResult:
     """``IsolatedCandidate._call`` for logits made by ``logits_in``: nothing full-size is
     copied; the returned gradient is a view of the worker's sealed file in the precision it
-    was kept; ``repeat`` > 1: each further call its own request, compared here."""
+    was kept; ``repeat`` > 1: each further call its own request, compared here, after
+    ``beside(gradient)`` (the engine's judging begins on the sealed gradient meanwhile)."""
     kw = wc.kwargs(inputs)
     names = [k for k, v in kw.items() if isinstance(v, np.ndarray)]
     z = inputs.logits
@@ -78,6 +79,8 @@ def call_shared(wc, inputs, timeout, repeat) -> CallResult:
         if error is not None:
             return CallResult(None, error, output=output)
         grad, notes, nondet = outs[0], [str(n) for n in reply.get("notes", ())], None
+        if beside is not None and int(repeat) > 1:
+            beside(grad)
         for i in range(1, max(1, int(repeat))):
             d, error, more = repeat_compared(wc, {**req, "keep": True}, [logits_fd, small.fd], grad,
                                      timeout)

@@ -93,12 +93,13 @@ class IsolatedCandidate:
         return kwargs_for(inputs, self.takes, self.settings)
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True, upstream: bool = False) -> CallResult:
+             variants: bool = True, upstream: bool = False, beside=None) -> CallResult:
         if self._shared is not None and inputs.logits is self._shared:   # shared.py
             from .shared import call_shared
             from .streamed import call_convention
 
-            r = (call_shared(self, inputs, timeout, repeat) if self.settings.convention == "grad"
+            r = (call_shared(self, inputs, timeout, repeat, beside)
+                 if self.settings.convention == "grad"
                  else call_convention(self, inputs, timeout, repeat, variants))
         elif self.settings.convention != "grad":
             r = self._call_convention(inputs, timeout, repeat, variants, upstream)

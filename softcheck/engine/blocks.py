@@ -86,7 +86,16 @@ class FirstPass:
                 return
             with self.cond:
                 self.finished += 1
+                self.cond.notify_all()
             self.ticker.tick()
+
+    def wait(self) -> None:
+        """Until every block taken is finished (or one failed: raised here)."""
+        with self.cond:
+            while self.finished < self.next and self.error is None:
+                self.cond.wait()
+        if self.error is not None and not isinstance(self.error, Abandoned):
+            raise self.error
 
     def abandon(self) -> None:
         """The draw or the call failed: the waiting thread stops."""

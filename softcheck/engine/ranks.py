@@ -183,7 +183,7 @@ class RankedCandidate:
 
     # -- one call on every rank -------------------------------------------------------
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True, upstream: bool = False) -> CallResult:
+             variants: bool = True, upstream: bool = False, beside=None) -> CallResult:
         """``repeat`` calls on every rank (each its own request), judged here."""
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)

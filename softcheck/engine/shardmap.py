@@ -38,7 +38,7 @@ class ShardMapCandidate(IsolatedCandidate):
                 "JAX_PLATFORMS": "cpu"}
 
     def call(self, inputs: Inputs, *, timeout: float | None = None, repeat: int = 1,
-             variants: bool = True, upstream: bool = False) -> CallResult:
+             variants: bool = True, upstream: bool = False, beside=None) -> CallResult:
         if not inputs.spec.hard:
             return CallResult(None, HARD_ONLY)
         try:

@@ -11,8 +11,7 @@ import numpy as np
 from ..candidate import CallPolicy
 from ..judge import tolerances
 from ..judge.pairs import (fold_probes, forward_pairs, methods_of, native_note, pairs_of,
-                           repeat_invariant, unheard_hint, upstream_hint, user_tolerance)
-from ..judge.streaming import StreamedComparison, StreamedInvariants
+                           repeat_invariant, unheard_hint, upstream_hint)
 from ..reference import analytic
 from ..reference import finite_difference as references
 from ..spec import Inputs
@@ -20,6 +19,7 @@ from ..suite.cases import Case
 from ..suite.config import numpy_dtype
 from ..suite.inputs import STREAM_REGIMES, make_inputs_into
 from .blocks import FirstPass, Judge, KeptHeap, Scaled, block_of, in_threads
+from .lanes import Beside, Judging
 from .results import CaseResult, FDInfo
 from .skeleton import Frame, all_passed, coverage
 
@@ -95,9 +95,9 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     Two stages.  A first pass (row statistics, and the directional probes' reference values,
     which need no candidate) follows the draw block by block on a second thread, goes on
     beside the candidate's calls in its worker, and is finished by both threads once they
-    return (``_drawn_and_called``).  Then the blocks are judged by ``JUDGE_THREADS`` threads,
+    return (``_drawn_and_called``).  Then the blocks are judged by ``JUDGE_THREADS`` lanes,
     each with its own accumulators, merged at the end (the numbers do not depend on the
-    split: ``_judged``)."""
+    split: engine/lanes.py); a plain function's first lane begins beside its repeat call."""
     frame = Frame(case, candidate)
     n, c = case.batch, case.classes
     conv = candidate is not None and candidate.settings.convention != "grad"
@@ -112,13 +112,49 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     dt = numpy_dtype(case.dtype)
     first = FirstPass(blocks, ticker, n_probes, case.seed, native_wanted, dt, loss=conv)
     clock = _Clock(frame.t0)
-    inputs, call = _drawn_and_called(case, candidate, policy, first, clock, conv)
-    st = first.stats(case.spec, c)
-    kappa = tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
-    frame.measured(scale=st.scale, kappa=kappa, phases=clock.laps)
-    if call is not None and frame.heard(call):
-        return frame.failed(call.error)
-    native = tolerances.K_NATIVE * first.native if native_wanted else 0.0
+    pairs = pairs_of(candidate)
+
+    def setup(grad) -> _Made:
+        """Once the first pass is done: the row statistics, κ, the FD columns, the judge."""
+        first.work()
+        first.wait()
+        if first.error is not None:             # the call was abandoned
+            raise first.error
+        inputs = first.inputs
+        st = first.stats(case.spec, c)
+        kappa = tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
+        native = tolerances.K_NATIVE * first.native if native_wanted else 0.0
+        cols = None
+        if sampled:
+            cols = _columns(inputs, _priority(inputs, grad, dt),
+                            int(case.fd_budget // (references.EVALS[method] * n)), case.seed, nb)
+        judge = Judge(inputs, first.tot64, st, grad, cols, method, case, native, n_probes, dt)
+        return _Made(st, kappa, native, cols, judge,
+                     Judging(case, candidate, judge, pairs, blocks, ticker, kappa))
+
+    # a plain function's repeat runs while one lane judges its main call (engine/lanes.py)
+    beside = Beside(setup) if (candidate is not None and not conv and policy.repeat > 1
+                               and getattr(candidate, "isolated", False)) else None
+    try:
+        inputs, call = _drawn_and_called(case, candidate, policy, first, clock, conv, beside)
+        st = first.stats(case.spec, c)
+        kappa = tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
+        frame.measured(scale=st.scale, kappa=kappa, phases=clock.laps)
+        if call is not None and frame.heard(call):
+            return frame.failed(call.error)
+        grad = call.grad if call is not None else None
+        made = (beside.made() if beside is not None else None) or setup(grad)
+        clock.lap("fd_columns")
+        lanes = JUDGE_THREADS - (1 if beside is not None and beside.thread is not None else 0)
+        in_threads(lambda t: made.judging.lane(), lanes)
+        if beside is not None:
+            beside.join()
+    finally:
+        if beside is not None:
+            beside.cancel()
+    comparisons, invs = made.judging.result()
+    clock.lap("judge")
+    native, judge = made.native, made.judge
     if native_wanted:
         frame.notes.append(native_note(native, case.dtype))
     if n_probes < case.probes and sampled:
@@ -126,16 +162,7 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
             f"{n_probes} directional probe{'s' if n_probes != 1 else ''} of the {case.probes} "
             f"asked (each two real evaluations of all {n * c} entries, {PROBE_EVALS}·N·C "
             f"element evaluations; scaled to --fd-budget {case.fd_budget:g}, at least 1)")
-    grad = call.grad if call is not None else None
-    cols = None
-    if sampled:
-        cols = _columns(inputs, _priority(inputs, grad, dt),
-                        int(case.fd_budget // (references.EVALS[method] * n)), case.seed, nb)
-    clock.lap("fd_columns")
-    pairs = pairs_of(candidate)
-    judge = Judge(inputs, first.tot64, st, grad, cols, method, case, native, n_probes, dt)
-    comparisons, invs = _judged(case, candidate, judge, pairs, blocks, ticker, kappa)
-    clock.lap("judge")
+    cols = made.cols
     fdr = _FD(method, judge.fd_band, judge.fd_step, cols, c, judge.probes(first))
     comparisons = [fold_probes(cmp, fdr) for cmp in comparisons]
     if candidate is not None and policy.repeat > 1:
@@ -159,10 +186,11 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
                         coverage=coverage(methods_of(pairs), (), len(fdr.probes), fdr.coverage))
 
 
-def _drawn_and_called(case, candidate, policy, first: FirstPass, clock, conv: bool):
+def _drawn_and_called(case, candidate, policy, first: FirstPass, clock, conv: bool,
+                      beside=None):
     """The logits drawn (into the candidate's sealed memory file, if any) and the candidate
     called on them, the first pass going on beside both and finished once they are done:
-    ``(inputs, call or None)``."""
+    ``(inputs, call or None)``; ``beside``: given the main gradient while the repeats run."""
     n, c = case.batch, case.classes
     upstream = "auto"
     if candidate is not None:
@@ -170,24 +198,29 @@ def _drawn_and_called(case, candidate, policy, first: FirstPass, clock, conv: bo
     dt = numpy_dtype(case.dtype)
     out = None if candidate is None else candidate.shared_logits((n, c), dt, case.pad)
     out = np.empty((n, c), dt) if out is None else out
+    # the first pass begins once the draw is done: the draw's threads keep both cores busy,
+    # the candidate's call leaves one idle (a first pass beside the draw only slowed it)
     helper = threading.Thread(target=first.work)
-    helper.start()
     call = None
     try:
         inputs = make_inputs_into(case, out, upstream=upstream, ready=first.ready)
         clock.lap("draw")
+        helper.start()
         if candidate is not None:
-            call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat)
+            more = {} if beside is None else {"beside": beside}
+            call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat, **more)
             if call.times is not None and call.grad is not None:
                 call = dataclasses.replace(call, grad=Scaled(call.grad, call.times))
             first.quick = bool(call.error)      # the report needs the scale, not the probes
         clock.lap("candidate_calls")
     except BaseException:
         first.abandon()
-        helper.join()
+        if helper.is_alive():
+            helper.join()
         raise
     first.work()                       # this thread joins in once the candidate has returned
     helper.join()
+    first.wait()                       # (a lane begun beside the repeat may hold a block)
     clock.lap("first_pass_after")
     if first.error is not None:
         raise first.error
@@ -206,41 +239,6 @@ def _priority(inputs: Inputs, grad, dt):
     return lambda r0, r1: analytic.gradient(block_of(inputs, r0, r1, False), totals=tot)
 
 
-def _judged(case, candidate, judge: Judge, pairs, blocks, ticker, kappa):
-    """Every block judged by ``JUDGE_THREADS`` threads, each with its own accumulators, merged
-    at the end: ``(comparisons, invariants)`` (the probes not folded in yet)."""
-    inputs, st, c = judge.inputs, judge.st, case.classes
-    valid = inputs.valid
-    targets = np.where(valid, inputs.target, -1)
-    dtypes = {"analytic": "float64" if candidate is not None else case.dtype,
-              "autodiff": "float64", "finite_difference": "float64", "candidate": case.dtype}
-    checked = "candidate" if candidate is not None else "analytic"
-
-    def accumulators():
-        return {(a, b): StreamedComparison(
-            (a, b), dtype=tolerances.coarser(dtypes[a], dtypes[b]), kappa=kappa, scale=st.scale,
-            classes=c, user=user_tolerance(case, a, candidate), mode=case.tolerance)
-            for a, b in pairs}
-
-    lanes = [(accumulators(), StreamedInvariants(len(valid))) for _ in range(JUDGE_THREADS)]
-
-    def lane(t):
-        accs, inv = lanes[t]
-        for r0, r1 in blocks[t::JUDGE_THREADS]:
-            judge.block(r0, r1, accs, inv, targets, valid, checked)
-            ticker.tick()
-
-    in_threads(lane, JUDGE_THREADS)
-    accs, inv = lanes[0]
-    for other, oinv in lanes[1:]:
-        for key, acc in accs.items():
-            acc.merge(other[key])
-        inv.merge(oinv)
-    invs = inv.result(checked, case.spec, valid, c, dtype=dtypes[checked], kappa=kappa,
-                      scale=st.scale, band=judge.native)
-    return [acc.result(targets) for acc in accs.values()], invs
-
-
 def _variants(call, candidate, inputs, case, policy, first, st, kappa, blocks, native,
               frame: Frame):
     """Each other upstream gradient's call judged (engine/upstreams.py): ``(comparisons,
@@ -254,6 +252,18 @@ def _variants(call, candidate, inputs, case, policy, first, st, kappa, blocks, n
         targets=np.where(valid, inputs.target, -1), valid=valid, threads=JUDGE_THREADS)
     frame.note(*notes)
     return more, error
+
+
+@dataclasses.dataclass
+class _Made:
+    """What judging needs once the first pass is done (``_streamed``'s ``setup``)."""
+
+    st: object
+    kappa: float
+    native: float
+    cols: object
+    judge: Judge
+    judging: Judging
 
 
 class _Clock:
