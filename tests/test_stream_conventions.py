@@ -173,17 +173,18 @@ class Noisy(torch.autograd.Function):
 
 
 @pytest.mark.slow  # 6 s measured (2 cores, load ~2.3)
-def test_repeat_is_compared_bitwise_and_measured(tmp_path, small_blocks):
-    """The repeat's gradient is digested block by block; where it differs, one more call is
-    compared with the kept gradient and the difference measured (determinism judged)."""
+def test_repeat_is_compared_bitwise_and_bounded(tmp_path, small_blocks):
+    """The repeat's gradient is digested block by block against the main call's; where a
+    block differs, its rows' distances from the closed form bound the difference (noise of
+    1e-9 an entry: within the case's tolerance, so deterministic enough)."""
     f = tmp_path / "noisy.py"
     f.write_text(NOISY)
     case = Case(500, 11, "float32", "normal", 0, LossSpec())
     b = run_streamed(case, cand := candidate(f"{f}:Noisy"))
     cand.close()
     det = [i for i in b.invariants if i.name == "deterministic"]
-    assert det and "differ by up to" in det[0].detail
-    assert any("nondeterministic" in n for n in b.notes)
+    assert det and det[0].passed and "by at most" in det[0].detail, det
+    assert any("differs bitwise from the first in 4 of 4 blocks" in n for n in b.notes), b.notes
     a, b = both_paths(BLOCKWISE, case)
     det = [i for i in b.invariants if i.name == "deterministic"][0]
     assert det.passed and "bitwise identical" in det.detail
@@ -198,7 +199,7 @@ def test_gradient_crosses_in_its_own_precision(tmp_path):
     try:
         z = cand.shared_logits((8, 256), numpy_dtype("bfloat16"))
         inputs = make_inputs_into(case, z, upstream="random")
-        r = cand.call(inputs, timeout=60, repeat=2)
+        r = cand.call(inputs, timeout=60, repeat=1)
         assert r.error is None and r.grad.dtype.name == "bfloat16" and r.nondet == 0
         assert [lab for lab, _, g in r.variants if g is None] == ["g=1"]
     finally:
@@ -276,16 +277,58 @@ def test_regression_main_gradient_dropped_before_the_variant_call(small_blocks, 
     finally:
         cand.close()
     assert result.passed, (result.error, [(c.pair, c.reason) for c in result.comparisons if not c.passed], [i for i in result.invariants if not i.passed])
-    assert alive == [[False]], alive
+    assert alive == [[False, False]], alive      # the main call's, and the repeat's
 
 
-def test_regression_an_unmeasured_repeat_difference_is_not_called_infinite():
-    """Where an earlier call's digests differ and the later two calls agree, the difference
-    was not measured (its gradient was not kept): the invariant says so, where it read
-    "differ by up to inf" (a torch kernel's first call in a fresh process can round
-    differently from the next ones)."""
+FIRST_CALL_ROUNDS = """
+import torch
+from liger_blockwise import LigerBlockwiseCE
+
+CALLS = []
+
+class FirstCallRounds(torch.autograd.Function):
+    \"\"\"LigerBlockwiseCE, its first call in a process off by 3e-7 relative (a torch kernel's
+    first call can round differently: ~6e-6 in lse seen in 2 of 5 fresh processes).\"\"\"
+    @staticmethod
+    def forward(ctx, x, target):
+        CALLS.append(1)
+        loss = LigerBlockwiseCE.forward(ctx, x, target)
+        if len(CALLS) == 1:
+            x.mul_(1 + 3e-7)
+        return loss
+    backward = LigerBlockwiseCE.backward
+"""
+
+
+def test_regression_a_first_call_that_rounds_differently_is_bounded_not_failed(tmp_path,
+                                                                               small_blocks):
+    """The repeats came first, digested and dropped: a first call that rounded differently
+    was never kept, the later two agreed, and the case failed as nondeterministic by an
+    amount "not measured" (6 of 40 fresh workers at 11×500).  The main call is now the first,
+    judged; the repeat is bounded against it."""
+    import shutil
+
+    shutil.copy(f"{EX}/liger_blockwise.py", tmp_path)
+    f = tmp_path / "first_call.py"
+    f.write_text(FIRST_CALL_ROUNDS)
+    case = Case(500, 11, "float32", "normal", 0, LossSpec(ignore_index=-100), fd_budget=5e3,
+                probes=1)
+    cand = candidate(f"{f}:FirstCallRounds")
+    try:
+        b = run_streamed(case, cand)
+    finally:
+        cand.close()
+    (det,) = [i for i in b.invariants if i.name == "deterministic"]
+    assert b.passed and det.passed and "by at most" in det.detail, (det, b.error)
+
+
+def test_determinism_wording_says_what_was_measured():
+    """An infinite difference is called that (a value not finite in one call), not "up to
+    inf"; a bound says it is one."""
     from softcheck.judge.compare import determinism
 
     det = determinism(float("inf"), 3, None, 1e-6)
-    assert not det.passed and "not measured" in det.detail and "up to inf" not in det.detail
+    assert not det.passed and "infinite" in det.detail and "up to inf" not in det.detail
     assert "up to 2e-07" in determinism(2e-7, 2, None, 1e-6).detail
+    bounded = determinism(2e-7, 2, None, 1e-6, bounded=True)
+    assert bounded.passed and "at most 2e-07 (a bound" in bounded.detail

@@ -8,9 +8,9 @@ determinism check is its own request: the worker keeps the repeat's gradient (th
 candidate's own array) and sends it back a block of rows at a time, each block in its own
 sealed file, compared here with the first gradient (``repeat_compared``): nothing
 full-size is copied, and the difference is computed by the judge.  A convention kernel's
-repeats (streamed.py) come first instead, each back whole, digested here and dropped
-(``digested_call``), then compared with the main call's (``compared_repeats``): its
-in-place gradient lives in the logits' own pages, which a kept repeat would double.
+repeats are the engine's instead (engine/repeats.py: each back whole once the main call is
+judged and dropped, compared by digest): its in-place gradient lives in the logits' own
+pages, which a kept repeat would double.
 
 Worker side (``private``, ``pristine``, ``Sink``, ``Keep``, ``block``): the candidate gets a
 copy-on-write private mapping of the sealed logits (an in-place kernel writes only its own
@@ -26,8 +26,7 @@ import mmap
 
 import numpy as np
 
-from .arena import (ArenaError, Arena, close_all, dtype_named, outputs, place, populate,
-                    take_outputs)
+from .arena import ArenaError, Arena, close_all, dtype_named, outputs, place, populate
 from .arrays import max_difference, row_blocks, same_bits
 from .call import CallResult
 
@@ -112,50 +111,6 @@ def digests(blocks) -> list[bytes]:
 
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(digest, blocks))
-
-
-def digested_call(wc, req: dict, fds, shape, timeout, limit=None):
-    """One call whose gradient comes back whole, in its own sealed file, as the main call's
-    does (an in-place kernel's pages handed back as they are copied: no more memory than the
-    main call), digested here a block of rows at a time and dropped: ``(digests, error,
-    output)``.  One reply, not a request per block: a block's file was made, populated,
-    sealed and mapped for 64 MiB at a time, 2-3x slower per byte."""
-    reply, error, output = wc.exchange(req, timeout, fds=fds,
-                                       **({} if limit is None else {"limit": limit}))
-    try:
-        if error is not None:
-            return None, error, output
-        try:
-            grad = take_outputs(reply, [shape])[0]
-        except (ArenaError, OSError, ValueError, TypeError) as e:
-            return None, f"its outputs did not come back as they must: {e}", output
-        out = digests([grad[r] for r in row_blocks(shape, REPEAT_BLOCK)])
-        grad = None                          # its mapping goes before the main call's comes
-        return out, None, output
-    finally:
-        close_all(list((reply or {}).get("fds") or ()))
-
-
-def compared_repeats(wc, req: dict, fds, grad, earlier: list, timeout, limit=None,
-                     times=None):
-    """The main call's ``grad`` against the digests of the ``earlier`` calls on the same
-    inputs; where one differs, one more call is kept in the worker and compared with
-    ``grad`` block by block (``repeat_compared``): ``(nondet or None, error, output,
-    notes)``, nondet ∞ when the earlier calls differ but the last two do not."""
-    mine = digests([grad[r] for r in row_blocks(grad.shape, REPEAT_BLOCK)]) if earlier else []
-    if all(d == mine for d in earlier):
-        return None, None, "", []
-    d, error, output = repeat_compared(wc, {**req, "keep": True}, fds, grad, timeout, limit,
-                                       times)
-    if error is not None:
-        return None, error, output, []
-    if d is None:
-        return float("inf"), None, output, [
-            f"nondeterministic: of {len(earlier) + 2} calls on identical inputs the earlier "
-            "ones differ bitwise from the later two (identical); their gradients were not "
-            "kept, so the difference is not measured"]
-    return d, None, output, [f"nondeterministic: two calls on identical inputs differ by up "
-                             f"to {d:.3g} (max abs)"]
 
 
 def repeat_compared(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):
@@ -274,11 +229,6 @@ def block(req: dict) -> dict:
     if r1 >= arr.shape[0]:
         drop()
     return {"error": None, **fields}
-
-
-def keep(arr) -> None:
-    """A repeat's gradient (a convention kernel's: streamed.py) kept for ``block``."""
-    _KEPT["arr"] = arr
 
 
 def drop() -> None:

@@ -4,13 +4,10 @@ function (shared.py), each call its own request for one upstream gradient, the g
 in its own precision (float32 stays float32, bfloat16 16-bit) in a file the worker sealed,
 the forward's values in the reply.
 
-Judge side (``call_convention``): the repeats of ``--repeat`` are made first, each one's
-gradient brought back whole in its own sealed file, as the main call's is, digested here
-(SHA-256 per block of rows) and dropped; then the main call, whose gradient the judge keeps
-and compares with the digests.  So no two full-size gradients are ever held at once (an
-in-place kernel's own pages are handed back as they are copied).  Where a digest differs,
-one more call is kept in the worker and compared with the kept gradient block by block: the
-difference measured, as for a plain gradient function.
+Judge side (``call_convention``): one call, its gradient brought back whole in its own
+sealed file (an in-place kernel's own pages handed back as they are copied).  The repeats of
+``--repeat`` are the engine's, each one such call made once the main call is judged and
+dropped (engine/repeats.py), so no two full-size gradients are ever held at once.
 
 Worker side (``serve_convention``, ``Release``): the kernel gets a copy-on-write mapping of
 the sealed logits (``conventions.Streamed``); an in-place kernel's gradient, in the pages it
@@ -27,12 +24,13 @@ import numpy as np
 
 from .arena import ArenaError, close_all, outputs, place, populate, take_outputs
 from .call import CallResult
-from .shared import compared_repeats, digested_call, drop, keep, private, rows_of
+from .shared import drop, private, rows_of
 
 
 def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallResult:
     """``call_shared`` for a convention kernel (loss, inplace, split, autograd.Function): one
-    request per call, each for the upstream gradient ``inputs.grad_output`` alone; the
+    request, for the upstream gradient ``inputs.grad_output`` alone (``repeat`` must be 1:
+    the engine makes the repeats, engine/repeats.py); the
     gradient comes back in its own precision (a view of the worker's sealed file), the
     forward's values in the reply.  The other upstream gradients are left to the engine
     (``variants``: (label, g, None) each, one more call apiece, judged and dropped in turn);
@@ -44,6 +42,9 @@ def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallR
     from .conventions import upstreams
     from ..reference.loss import lse_rows
 
+    if int(repeat) != 1:
+        raise ValueError("a streamed convention kernel is called once per request: its "
+                         "repeats are the engine's (engine/repeats.py)")
     st = wc.settings
     z = inputs.logits
     shape, n = tuple(int(s) for s in z.shape), int(z.shape[0])
@@ -61,21 +62,12 @@ def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallR
     limit = max(_MAX_REPLY, 64 * 8 * n + (1 << 16))
     fields = {"out_dtypes": lambda v, what: v, "x64_off": wire.flag,
               **{k: (lambda v, what: wire.values(v, what, n)) for k in ("loss", "z_loss", "lse")}}
-    fds, reply, output, earlier = [logits_fd, small.fd], None, "", []
+    fds, reply = [logits_fd, small.fd], None
     try:
-        for i in range(max(1, int(repeat)) - 1):     # the repeats first, kept as digests
-            d, error, more = digested_call(wc, req, fds, shape, timeout, limit)
-            output += more
-            if error is not None:
-                where = f" (on call {i + 1} of {repeat} on identical inputs)" if i else ""
-                return CallResult(None, error + where, output=output)
-            earlier.append(d)
-        reply, error, more = wc.exchange(req, timeout, limit=limit, fds=fds)
-        output += more
-        where = f" (on call {repeat} of {repeat} on identical inputs)" if earlier else ""
+        reply, error, output = wc.exchange(req, timeout, limit=limit, fds=fds)
         try:
             if error is not None:
-                return CallResult(None, error + where, output=output)
+                return CallResult(None, error, output=output)
             got = wire.checked(reply, fields)
             grad = take_outputs(reply, [shape])[0]
         except wire.ReplyError as e:
@@ -93,18 +85,11 @@ def call_convention(wc, inputs, timeout, repeat, variants: bool = True) -> CallR
             notes.append(f"returned {grad.dtype} for a {z.dtype.name} case"
                          + (" (JAX x64 is off in the candidate's process?)"
                             if got["x64_off"] else ""))
-        nondet, error, more, nnotes = compared_repeats(wc, req, fds, grad, earlier, timeout,
-                                                       limit, times)
-        output += more
-        notes += nnotes
-        if error is not None:
-            return CallResult(None, f"{error} (on call {repeat + 1} on identical inputs, "
-                              "after calls that differed)", tuple(notes), output=output)
     finally:
         small.close()
     others = tuple((lab, g, None) for lab, g in upstreams(inputs)) if applies and variants \
         else ()
-    return CallResult(grad, None, tuple(notes), output, nondet or 0.0, got["loss"],
+    return CallResult(grad, None, tuple(notes), output, 0.0, got["loss"],
                       got["z_loss"], got["lse"], others, times=times)
 
 
@@ -201,11 +186,7 @@ def serve_convention(cand, shm, req: dict) -> dict:
         return {"error": r.error, "notes": list(r.notes)}
     release = Release(maps)
     _WROTE["key"] = key if release.holds(r.grad) else None
-    if req.get("keep"):
-        keep(r.grad)
-        fields: dict = {}
-    else:
-        fields = outputs([r.grad], copied=release)
+    fields = outputs([r.grad], copied=release)
 
     def plain(v):
         return None if v is None else np.asarray(v, np.float64).tolist()

@@ -157,6 +157,7 @@ class Judge:
         self.fd_band, self.fd_step = np.zeros(n), np.zeros(n)
         self.n_probes = n_probes
         self.proj: list[dict] = [{} for _ in range(n_probes)]
+        self.kept = None          # repeats.Kept: what the repeats are compared with
         self.lock = threading.Lock()
 
     def probes(self, first: FirstPass) -> tuple:
@@ -185,6 +186,9 @@ class Judge:
                 block_of(inputs, r0, r1, False),
                 totals=analytic.mean_totals(inputs, analytic.compute_dtype(self.dt))
             ).astype(np.float64)
+        if self.kept is not None:
+            raw = self.grad.buffer if isinstance(self.grad, Scaled) else self.grad
+            self.kept.record(r0, raw[r0:r1], g["candidate"], g["analytic"])
         g["autodiff"] = autodiff.autodiff(b64, tot64)
         h, band = references.fd_plan(stb, self.method)
         self.fd_band[r0:r1], self.fd_step[r0:r1] = band, h

@@ -20,6 +20,7 @@ from ..suite.config import numpy_dtype
 from ..suite.inputs import STREAM_REGIMES, make_inputs_into
 from .blocks import FirstPass, Judge, KeptHeap, Scaled, block_of, in_threads
 from .lanes import Beside, Judging
+from .repeats import Kept, repeated
 from .results import CaseResult, FDInfo
 from .skeleton import Frame, all_passed, coverage
 
@@ -129,6 +130,8 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
             cols = _columns(inputs, _priority(inputs, grad, dt),
                             int(case.fd_budget // (references.EVALS[method] * n)), case.seed, nb)
         judge = Judge(inputs, first.tot64, st, grad, cols, method, case, native, n_probes, dt)
+        if conv and policy.repeat > 1:           # the repeats are compared with this call
+            judge.kept = Kept(n)
         return _Made(st, kappa, native, cols, judge,
                      Judging(case, candidate, judge, pairs, blocks, ticker, kappa))
 
@@ -165,18 +168,26 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     cols = made.cols
     fdr = _FD(method, judge.fd_band, judge.fd_step, cols, c, judge.probes(first))
     comparisons = [fold_probes(cmp, fdr) for cmp in comparisons]
-    if candidate is not None and policy.repeat > 1:
+    if candidate is not None and policy.repeat > 1 and not conv:
         invs.append(repeat_invariant(call.nondet, policy, comparisons[0]))
     error = None
-    if conv:                 # the forward's values, then each other upstream gradient's call
+    if conv:       # the forward's values, the repeats, then each other upstream gradient's
         comparisons += forward_pairs(call, first.loss_values(case.spec), case, kappa, n)
         # the main gradient dropped first (every reference to its file: the call's too)
         judge.grad = grad = None
         call = dataclasses.replace(call, grad=None)
-        more, error = _variants(call, candidate, inputs, case, policy, first, st, kappa,
-                                blocks, native, frame)
-        comparisons += more
-        clock.lap("upstream_variants")
+        if policy.repeat > 1:
+            nondet, error, notes, output = repeated(candidate, inputs, policy, judge.kept,
+                                                    first.tot64, blocks, JUDGE_THREADS)
+            frame.note(*notes)
+            frame.base["output"] = (frame.base.get("output") or "") + output or None
+            invs.append(repeat_invariant(nondet, policy, comparisons[0], bounded=True))
+            clock.lap("repeats")
+        if error is None:
+            more, error = _variants(call, candidate, inputs, case, policy, first, st, kappa,
+                                    blocks, native, frame)
+            comparisons += more
+            clock.lap("upstream_variants")
     frame.notes.append(f"streamed in {len(blocks)} blocks of {nb} rows; " + RELATIONS_NOTE)
     diagnosis = () if all_passed(comparisons, invs, error=error) else unheard_hint(candidate, case.spec) + (
         upstream_hint(comparisons, inputs) if conv else ())
@@ -208,7 +219,9 @@ def _drawn_and_called(case, candidate, policy, first: FirstPass, clock, conv: bo
         helper.start()
         if candidate is not None:
             more = {} if beside is None else {"beside": beside}
-            call = candidate.call(inputs, timeout=policy.limit, repeat=policy.repeat, **more)
+            # a convention kernel's repeats come after its main call is judged (repeats.py)
+            call = candidate.call(inputs, timeout=policy.limit,
+                                  repeat=1 if conv else policy.repeat, **more)
             if call.times is not None and call.grad is not None:
                 call = dataclasses.replace(call, grad=Scaled(call.grad, call.times))
             first.quick = bool(call.error)      # the report needs the scale, not the probes

@@ -238,20 +238,25 @@ def _target_error(inputs: Inputs, err, ratio_arr, scale: float) -> dict | None:
     return {"target": part(mask), "others": part(~mask)}
 
 
-def determinism(nondet: float, repeat: int, nondet_tol: float | None, atol: float
-                ) -> Invariant:
+def determinism(nondet: float, repeat: int, nondet_tol: float | None, atol: float,
+                bounded: bool = False) -> Invariant:
     """Repeated calls on identical inputs agree to within --nondet-tol, or else to within
     the case's absolute tolerance ``atol`` (torch gradcheck's ``nondet_tol``, defaulting to
     what the comparison with the reference allows).  ``nondet``: the largest difference, as
-    the judge measured it (candidate/record.py)."""
+    the judge measured it (candidate/record.py), or (``bounded``) an upper bound on it: each
+    call's distance from the float64 closed form, row by row (a streamed convention kernel's:
+    engine/repeats.py)."""
     allowed = nondet_tol if nondet_tol is not None else atol
     by = " by --nondet-tol" if nondet_tol is not None else ", the case tolerance"
     if nondet == 0:
         detail = f"{repeat} calls on identical inputs: bitwise identical"
-    elif math.isinf(nondet):           # an earlier call's gradient not kept (streamed), or ∞
-        detail = (f"{repeat} calls on identical inputs differ bitwise, by an amount not "
-                  f"measured (an earlier call's gradient was not kept) or infinite (allowed "
-                  f"{allowed:.3g}{by})")
+    elif math.isinf(nondet):           # a value finite in one call and not in another
+        detail = (f"{repeat} calls on identical inputs differ bitwise, by an infinite amount "
+                  f"(a value not finite in one of them; allowed {allowed:.3g}{by})")
+    elif bounded:
+        detail = (f"{repeat} calls on identical inputs differ bitwise, by at most {nondet:.3g} "
+                  f"(a bound: each call's distance from the float64 closed form, row by row; "
+                  f"allowed {allowed:.3g}{by})")
     else:
         detail = (f"{repeat} calls on identical inputs differ by up to {nondet:.3g} "
                   f"(allowed {allowed:.3g}{by})")

@@ -38,10 +38,12 @@ def user_tolerance(case, a: str, candidate) -> tuple | None:
     return (case.atol, case.rtol) if candidate is None or a == "candidate" else None
 
 
-def repeat_invariant(nondet: float, policy, cmp: Comparison) -> Invariant:
+def repeat_invariant(nondet: float, policy, cmp: Comparison, bounded: bool = False
+                     ) -> Invariant:
     """The ``deterministic`` invariant of a case called ``policy.repeat`` times, judged against
-    ``cmp``'s tolerance (the case's first candidate pair)."""
-    return determinism(nondet, policy.repeat, policy.nondet_tol, cmp.atol)
+    ``cmp``'s tolerance (the case's first candidate pair); ``bounded``: ``nondet`` is a bound
+    on the difference, not the difference (engine/repeats.py)."""
+    return determinism(nondet, policy.repeat, policy.nondet_tol, cmp.atol, bounded)
 
 
 def fold_probes(cmp: Comparison, fd) -> Comparison:
