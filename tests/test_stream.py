@@ -329,7 +329,8 @@ def test_rows_skipped_by_their_bound_change_no_number(seed, n, c, band_kind, sub
     at most the others' largest ratio, the k-th worst and 1: the result (maxima, counts, the
     worst entries and their order) is the one of every ratio computed, with ties, zeros,
     large rows late, target columns, sampled columns and a band per entry (the 16-bit
-    STORED term: a row's least band is its floor)."""
+    STORED term: a row's least band is its floor); where most rows could, entry by entry
+    (``_spots``: fails if its threshold is raised)."""
     from softcheck.judge import streaming
 
     rng = np.random.default_rng(seed)
