@@ -300,6 +300,7 @@ class FirstCallRounds(torch.autograd.Function):
 """
 
 
+@pytest.mark.slow  # 3.5 s measured (2 cores, load ~1.8, the slow group beside it)
 def test_regression_a_first_call_that_rounds_differently_is_bounded_not_failed(tmp_path,
                                                                                small_blocks):
     """The repeats came first, digested and dropped: a first call that rounded differently
