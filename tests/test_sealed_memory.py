@@ -201,3 +201,69 @@ def test_release_knows_the_gradient_written_into_the_logits_pages():
     del z, w
     mm.close()
     other.close()
+
+
+def _anonymous_pages(mm) -> int:
+    """Pages of ``mm`` that are private copies (/proc/self/pagemap: present, not a file's)."""
+    import ctypes
+    import struct
+
+    ref = ctypes.c_char.from_buffer(mm)
+    base = ctypes.addressof(ref)
+    del ref
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        raw = os.pread(fd, 8 * (len(mm) // 4096), base // 4096 * 8)
+    finally:
+        os.close(fd)
+    flags = struct.unpack(f"{len(raw) // 8}Q", raw)
+    return sum(1 for v in flags if (v >> 63) & 1 and not (v >> 61) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pagemap and madvise")
+@pytest.mark.parametrize("writes", ["all", "none", "first"])
+def test_ahead_populates_only_behind_the_kernels_writes(monkeypatch, writes):
+    """A first call's copy-on-write logits are made private a chunk ahead of the kernel's
+    writes (candidate/streamed.Ahead): all of them for a kernel writing them in order, none
+    for one that only reads them, at most two chunks more than one writes; values untouched."""
+    import time
+
+    from softcheck.candidate.streamed import Ahead
+
+    monkeypatch.setattr(Ahead, "CHUNK", 1 << 20)
+    size = 16 << 20
+    fd = os.memfd_create("logits")
+    try:
+        os.ftruncate(fd, size)
+        sealed = mmap.mmap(fd, size)
+        np.frombuffer(sealed, np.float32)[:] = np.arange(size // 4, dtype=np.float32)
+        mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        z = np.frombuffer(mm, np.float32)
+        with Ahead(mm, sealed, 0) as ahead:
+            step = (1 << 20) // 4
+            for i in range({"all": 16, "none": 16, "first": 1}[writes]):
+                if writes != "none":
+                    z[i * step:(i + 1) * step] *= -1.0
+                else:
+                    float(z[i * step:(i + 1) * step].sum())
+                time.sleep(0.02)                 # the watcher keeps up (it polls each 1 ms)
+            deadline = time.monotonic() + 10       # (or catches up, on a loaded machine)
+            goal = {"all": size, "none": 0, "first": 2 << 20}[writes]
+            while ahead.populated < goal and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)                       # (it would go on here if it went too far)
+        chunks = _anonymous_pages(mm) * 4096 // (1 << 20)
+        if writes == "all":
+            assert ahead.populated == size and chunks == 16
+            assert np.array_equal(z, -np.arange(size // 4, dtype=np.float32))
+        elif writes == "none":
+            assert ahead.populated == 0 and chunks == 0
+        else:            # its chunk, and the next made private ahead of a write to come
+            assert ahead.populated == 2 << 20 and chunks == 2
+        assert np.array_equal(np.frombuffer(sealed, np.float32),
+                              np.arange(size // 4, dtype=np.float32))
+        del z
+        mm.close()
+        sealed.close()
+    finally:
+        os.close(fd)
