@@ -105,14 +105,6 @@ def digest(a: np.ndarray) -> bytes:
     return h.digest()
 
 
-def digests(blocks) -> list[bytes]:
-    """``digest`` of each block, on two threads (hashlib lets go of the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(digest, blocks))
-
-
 def repeat_compared(wc, req: dict, fds, kept: np.ndarray, timeout, limit=None, times=None):
     """One more call, its gradient brought back a block of rows at a time and compared with
     ``kept``: ``(max |difference| or None when bitwise equal, error, output)``; ``times``:

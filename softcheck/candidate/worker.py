@@ -97,10 +97,9 @@ class IsolatedCandidate:
         if self._shared is not None and inputs.logits is self._shared:   # shared.py
             from .shared import call_shared
             from .streamed import call_convention
-
-            r = (call_shared(self, inputs, timeout, repeat, beside)
-                 if self.settings.convention == "grad"
-                 else call_convention(self, inputs, timeout, repeat, variants))
+            grad = self.settings.convention == "grad"
+            r = call_shared(self, inputs, timeout, repeat, beside) if grad else \
+                call_convention(self, inputs, timeout, repeat, variants)
         elif self.settings.convention != "grad":
             r = self._call_convention(inputs, timeout, repeat, variants, upstream)
         else:
